@@ -1,0 +1,158 @@
+"""Safe checkpoints: safetensors weights plus JSON metadata, never pickle.
+
+Metadata (stored in the safetensors header under the key ``epsl``) holds the architecture
+and its arguments, the dataset, input shape, classes, normalisation, the full training config,
+steps done, clean train/test accuracy and the epsl version. A foreign ``.pt``/``.pth``
+state_dict loads with ``torch.load(weights_only=True)`` and an ``arch``; a user's own model
+comes from ``module:factory``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+import epsl
+from epsl.data import INFOS
+from epsl.errors import EpslError
+from epsl.io import atomic_path
+from epsl.models import MODELS, create_model
+
+METADATA_KEY = "epsl"
+
+
+def model_kwargs_for(dataset: str, **extra: Any) -> dict[str, Any]:
+    """The constructor arguments every factory takes, filled from a dataset's info."""
+    info = INFOS[dataset]
+    return {"in_channels": info.shape[0], "num_classes": info.num_classes,
+            "input_size": info.shape[1], "mean": list(info.mean), "std": list(info.std), **extra}
+
+
+def save(path: Path | str, model: nn.Module, metadata: dict[str, Any]) -> Path:
+    """Write ``model``'s state_dict and ``metadata`` (JSON-able) atomically as safetensors."""
+    path = Path(path)
+    meta = {"epsl_version": epsl.__version__, **metadata}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
+    return path
+
+
+def read_metadata(path: Path | str) -> dict[str, Any]:
+    """The JSON metadata of an epsl safetensors checkpoint, without loading its weights."""
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise EpslError(f"{path}: not a readable safetensors file ({_short(exc)})") from None
+    if raw is None:
+        return {}
+    try:
+        meta: dict[str, Any] = json.loads(raw)
+    except json.JSONDecodeError:
+        raise EpslError(f"{path}: checkpoint metadata is not valid JSON") from None
+    return meta
+
+
+def _existing(path: Path | str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise EpslError(f"{path}: no such checkpoint")
+    return path
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def _load_factory(spec: str) -> Any:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise EpslError(f"--model {spec!r}: expected 'package.module:factory'")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise EpslError(f"--model {spec!r}: cannot import ({_short(exc)})") from None
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise EpslError(f"{path}: not a readable safetensors file ({_short(exc)})") from None
+    try:
+        # weights_only=True refuses any pickle that would build arbitrary objects or run code
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError...
+        raise EpslError(f"{path}: refused to load: not a plain tensor state_dict "
+                        f"({_short(exc)})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise EpslError(f"{path}: expected a state_dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load(path: Path | str, *, arch: str | None = None, model: str | None = None,
+         dataset: str | None = None, arch_kwargs: dict[str, Any] | None = None,
+         device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Load a checkpoint: ``(model in eval mode, metadata)``.
+
+    An epsl ``.safetensors`` file rebuilds its own architecture from metadata. A foreign
+    ``.pt``/``.pth``/``.safetensors`` state_dict needs ``arch`` (a registered architecture,
+    built for ``dataset``, default ``digits``) or ``model`` (``package.module:factory``).
+    """
+    path = _existing(path)
+    meta = read_metadata(path) if path.suffix == ".safetensors" else {}
+    state = _read_state(path)
+    if model is not None:
+        net = _load_factory(model)(**(arch_kwargs or {}))
+        meta = {**meta, "arch": model, "arch_kwargs": arch_kwargs or {}}
+    else:
+        name = arch or meta.get("arch")
+        if name is None:
+            raise EpslError(f"{path}: no epsl metadata; pass --arch NAME or --model module:factory")
+        if name not in MODELS:
+            raise EpslError(f"unknown architecture {name!r}; choose from {', '.join(MODELS.names())}")
+        kwargs = meta.get("arch_kwargs") if arch is None or arch == meta.get("arch") else None
+        if kwargs is None:
+            kwargs = model_kwargs_for(dataset or meta.get("dataset") or "digits",
+                                      **(arch_kwargs or {}))
+            meta = {**meta, "arch": name, "arch_kwargs": kwargs,
+                    "dataset": meta.get("dataset", dataset)}
+        try:
+            net = create_model(name, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise EpslError(f"{path}: cannot build {name!r} ({_short(exc)})") from None
+    if not isinstance(net, nn.Module):
+        raise EpslError(f"{path}: the factory did not return a torch.nn.Module")
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise EpslError(f"{path}: weights do not fit architecture {meta.get('arch')!r} "
+                        f"({_short(exc)})") from None
+    net.to(device).eval()
+    return net, meta
+
+
+def check_dataset(meta: dict[str, Any], shape: tuple[int, ...], num_classes: int,
+                  path: str = "checkpoint") -> None:
+    """Raise a clear error when a checkpoint's input shape or classes do not fit the data."""
+    expected = meta.get("input_shape")
+    if expected is not None and tuple(expected) != tuple(shape):
+        raise EpslError(f"{path} expects inputs of shape {tuple(expected)} but the data has "
+                        f"{tuple(shape)}")
+    classes = meta.get("num_classes")
+    if classes is not None and num_classes > int(classes):
+        raise EpslError(f"{path} has {classes} classes but the data has labels up to "
+                        f"{num_classes - 1}")

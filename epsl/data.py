@@ -1,0 +1,236 @@
+"""Dataset registry: every split is a pair of tensors, images float in [0, 1] (N x C x H x W)
+and integer labels (N,). Row order is the example index in every per-example output.
+
+- ``digits``: scikit-learn's bundled 8x8 digits (the embedded default; nothing to fetch),
+  pixels 0..16 scaled to [0, 1], a fixed seeded 80/20 train/test split.
+- ``fashion-mnist``: read from the Debian package ``dataset-fashion-mnist``
+  (``/usr/share/datasets/fashion-mnist``) or from ``--data-root``.
+- ``mnist``, ``cifar10``, ``cifar100``: torchvision, from ``--data-root`` (``download`` only
+  when asked).
+- bring your own: an ``.npz`` with ``x`` (N x C x H x W, float in [0, 1] or uint8) and ``y``;
+  optional ``x_train``/``y_train``/``x_test``/``y_test`` give per-split arrays.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from epsl.errors import EpslError
+from epsl.registry import Registry
+
+SPLITS = ("train", "test")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about its data: shape, classes, normalisation, augmentation."""
+
+    name: str
+    shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool = False  # random crop (4-pixel padding) + horizontal flip, as for CIFAR
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset: ``x`` float in [0, 1], N x C x H x W; ``y`` int64, N."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    info: DatasetInfo
+    split: str
+    source: str  # provenance, e.g. the path read
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, limit: int | None) -> Split:
+        """The first ``limit`` examples (all of them for ``None``)."""
+        if limit is None or limit >= len(self):
+            return self
+        return Split(self.x[:limit], self.y[:limit], self.info, self.split, self.source)
+
+
+Loader = Callable[[str, "Path | None", bool], Split]
+DATASETS: Registry[Loader] = Registry("dataset")
+
+INFOS = {
+    "digits": DatasetInfo("digits", (1, 8, 8), 10, (0.3,), (0.4,)),
+    "fashion-mnist": DatasetInfo("fashion-mnist", (1, 28, 28), 10, (0.2860,), (0.3530,)),
+    "mnist": DatasetInfo("mnist", (1, 28, 28), 10, (0.1307,), (0.3081,)),
+    "cifar10": DatasetInfo("cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465),
+                           (0.2470, 0.2435, 0.2616), augment=True),
+    "cifar100": DatasetInfo("cifar100", (3, 32, 32), 100, (0.5071, 0.4865, 0.4409),
+                            (0.2673, 0.2564, 0.2762), augment=True),
+}
+
+
+def _to_split(x: np.ndarray, y: np.ndarray, info: DatasetInfo, split: str, source: str) -> Split:
+    xt = torch.from_numpy(np.array(x, copy=True))
+    if xt.dtype == torch.uint8:
+        xt = xt.float() / 255.0
+    else:
+        xt = xt.float()
+    return Split(xt.contiguous(), torch.as_tensor(np.asarray(y), dtype=torch.long), info, split,
+                 source)
+
+
+@DATASETS.register("digits")
+def _digits(split: str, data_root: Path | None, download: bool) -> Split:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.data.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
+    y = bunch.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(y))
+    n_train = int(round(0.8 * len(y)))
+    idx = order[:n_train] if split == "train" else order[n_train:]
+    return _to_split(x[idx], y[idx], INFOS["digits"], split, "sklearn.datasets.load_digits")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:  # type: ignore[operator]
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise EpslError(f"{path}: truncated IDX file ({arr.size} values, expected {dims})")
+    return arr.reshape(dims)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+@DATASETS.register("fashion-mnist")
+def _fashion_mnist(split: str, data_root: Path | None, download: bool) -> Split:
+    prefix = "train" if split == "train" else "t10k"
+    candidates = []
+    if data_root is not None:
+        candidates += [data_root / "fashion-mnist", data_root / "FashionMNIST" / "raw", data_root]
+    candidates.append(DEBIAN_FASHION_MNIST)
+    for folder in candidates:
+        images = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
+        labels = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
+        if images and labels:
+            x = _read_idx(images)[:, None]
+            return _to_split(x, _read_idx(labels), INFOS["fashion-mnist"], split, str(folder))
+    if data_root is not None and download:
+        return _torchvision("fashion-mnist", split, data_root, True)
+    looked = ", ".join(str(c) for c in candidates)
+    raise EpslError(
+        f"fashion-mnist not found (looked in {looked}); install it with "
+        "'apt-get install dataset-fashion-mnist' or pass --data-root DIR [--download]"
+    )
+
+
+def _torchvision(name: str, split: str, data_root: Path | None, download: bool) -> Split:
+    import torchvision
+
+    classes = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST,
+               "cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}
+    if data_root is None:
+        raise EpslError(f"{name} needs --data-root DIR (add --download to fetch it there)")
+    try:
+        ds = classes[name](str(data_root), train=split == "train", download=download)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+        raise EpslError(
+            f"{name} not found under {data_root}; pass --download to fetch it ({exc})"
+        ) from None
+    data = np.asarray(ds.data)
+    x = data[:, None] if data.ndim == 3 else data.transpose(0, 3, 1, 2)
+    return _to_split(x, np.asarray(ds.targets), INFOS[name], split, str(data_root))
+
+
+for _name in ("mnist", "cifar10", "cifar100"):
+    DATASETS.register(_name)(
+        lambda split, root, download, _n=_name: _torchvision(_n, split, root, download)
+    )
+
+
+def load_npz(path: Path, split: str) -> Split:
+    """A user's own data: ``x`` (N x C x H x W, float in [0, 1] or uint8) and ``y``."""
+    path = Path(path)
+    if not path.is_file():
+        raise EpslError(f"--data {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            keys = set(arrays.files)
+            xk, yk = (f"x_{split}", f"y_{split}") if f"x_{split}" in keys else ("x", "y")
+            if xk not in keys or yk not in keys:
+                raise EpslError(f"--data {path}: needs arrays 'x' and 'y' (found {sorted(keys)})")
+            x, y = arrays[xk], arrays[yk]
+    except (OSError, ValueError) as exc:
+        raise EpslError(f"--data {path}: not a readable .npz file ({exc})") from None
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+        raise EpslError(f"--data {path}: x must be N x C x H x W and y length N "
+                        f"(got {x.shape} and {y.shape})")
+    if x.dtype != np.uint8:
+        x = x.astype(np.float32)
+        if x.size and (x.min() < 0.0 or x.max() > 1.0):
+            raise EpslError(f"--data {path}: float pixels must lie in [0, 1] "
+                            f"(found {x.min():.3g}..{x.max():.3g})")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise EpslError(f"--data {path}: y must hold integer labels (got {y.dtype})")
+    xf = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
+    channels = xf.shape[1]
+    info = DatasetInfo(
+        name=f"npz:{path.name}",
+        shape=(int(xf.shape[1]), int(xf.shape[2]), int(xf.shape[3])),
+        num_classes=int(y.max()) + 1 if len(y) else 0,
+        mean=tuple(float(v) for v in xf.mean(axis=(0, 2, 3))) if len(xf) else (0.5,) * channels,
+        std=tuple(max(float(v), 1e-3) for v in xf.std(axis=(0, 2, 3))) if len(xf) else (0.5,) * channels,
+    )
+    return _to_split(xf, y.astype(np.int64), info, split, str(path))
+
+
+def load_split(dataset: str | None = "digits", split: str = "test", *,
+               data: Path | str | None = None, data_root: Path | str | None = None,
+               download: bool = False) -> Split:
+    """Load one split of a registered dataset, or of a user's ``.npz`` when ``data`` is given."""
+    if split not in SPLITS:
+        raise EpslError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if data is not None:
+        return load_npz(Path(data), split)
+    if dataset not in DATASETS:
+        raise EpslError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS.names())}")
+    root = Path(data_root) if data_root is not None else None
+    return DATASETS[dataset](split, root, download)
+
+
+def dataset_info(dataset: str) -> DatasetInfo:
+    if dataset not in INFOS:
+        raise EpslError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS.names())}")
+    return INFOS[dataset]
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard CIFAR augmentation on a batch: a random crop with 4-pixel zero padding and a
+    random horizontal flip, drawn per example."""
+    n, c, h, w = x.shape
+    dev = x.device
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    oy = torch.randint(0, 9, (n,), generator=generator).to(dev)
+    ox = torch.randint(0, 9, (n,), generator=generator).to(dev)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
+    rows = (oy[:, None] + torch.arange(h, device=dev)).view(n, 1, h, 1).expand(n, c, h, w + 8)
+    cropped = padded.gather(2, rows)  # n x c x h x (w + 8)
+    cols = torch.arange(w, device=dev).expand(n, w)
+    cols = torch.where(flip[:, None], w - 1 - cols, cols) + ox[:, None]
+    return cropped.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))

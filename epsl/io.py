@@ -1,0 +1,96 @@
+"""Atomic result I/O: every file is written to a temporary sibling and renamed into place, so a
+killed run never leaves a half-written or clobbered result."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from epsl.errors import EpslError
+
+
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path | str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False, default=_default, allow_nan=True) + "\n"
+
+
+def write_json(path: Path | str, obj: Any) -> None:
+    write_text(path, to_json(obj))
+
+
+def read_json(path: Path | str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise EpslError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise EpslError(f"{path}: not valid JSON ({exc})") from None
+
+
+def write_table(df: pd.DataFrame, path: Path | str) -> Path:
+    """Write a per-example table as CSV or Parquet (by suffix), atomically."""
+    path = Path(path)
+    writers: dict[str, Callable[[Path], None]] = {
+        ".csv": lambda p: df.to_csv(p, index=False),
+        ".parquet": lambda p: df.to_parquet(p, index=False),
+    }
+    if path.suffix not in writers:
+        raise EpslError(f"{path}: tables are written as .csv or .parquet")
+    with atomic_path(path) as tmp:
+        writers[path.suffix](tmp)
+    return path
+
+
+def read_table(path: Path | str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise EpslError(f"{path}: no such table")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path)
+
+
+def check_out_dir(out: Path | str, products: list[str], overwrite: bool) -> Path:
+    """Refuse to overwrite results already in ``out`` unless ``overwrite`` is set."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EpslError(f"{out} exists and is not a folder")
+    existing = [p for p in products if (out / p).exists()]
+    if existing and not overwrite:
+        raise EpslError(f"{out} already holds {', '.join(existing)}; pass --overwrite to replace")
+    out.mkdir(parents=True, exist_ok=True)
+    return out

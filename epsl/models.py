@@ -1,0 +1,209 @@
+"""Model registry.
+
+Every model takes pixels in [0, 1] (N x C x H x W) and normalises inside ``forward`` with
+mean/std buffers, so every gradient and every epsilon is in pixel space. Every model is a
+:class:`Classifier` that exposes ``features(x)`` (penultimate activations, N x D) and
+``head(features)`` (logits, N x classes), so diagnostics read penultimate activations
+without hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from epsl.registry import Registry
+
+ModelFactory = Callable[..., "Classifier"]
+MODELS: Registry[ModelFactory] = Registry("architecture")
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, with mean and std as buffers (saved in checkpoints)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """Base class: ``forward(x) = head(features(x))`` with normalisation first."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:  # normalised input -> penultimate
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate activations (N x D) for pixels x in [0, 1]."""
+        return self.body(self.normalize(x))
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (N x classes) from penultimate activations."""
+        return self.fc(features)  # type: ignore[no-any-return]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def create_model(name: str, **kwargs: Any) -> Classifier:
+    """Build a registered architecture: ``create_model("madry-mnist", in_channels=1, ...)``.
+
+    Every factory takes ``in_channels``, ``num_classes``, ``input_size``, ``mean`` and ``std``
+    plus its own keyword arguments (``depth``, ``widen_factor`` ...).
+    """
+    return MODELS[name](**kwargs)
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+class SmallCNN(Classifier):
+    """A fast CNN for 8x8 digits and other small inputs: two 3x3 convs, a pool, fc 128."""
+
+    def __init__(self, *, in_channels: int, num_classes: int, input_size: int,
+                 mean: Sequence[float], std: Sequence[float], width: int = 32,
+                 hidden: int = 128) -> None:
+        super().__init__(mean, std)
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        side = input_size // 2
+        self.fc1 = nn.Linear(2 * width * side * side, hidden)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return F.relu(self.fc1(x.flatten(1)))
+
+
+class MadryCNN(Classifier):
+    """The MNIST CNN of Madry et al. (2017): conv 32 5x5, pool, conv 64 5x5, pool, fc 1024."""
+
+    def __init__(self, *, in_channels: int, num_classes: int, input_size: int,
+                 mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__(mean, std)
+        self.conv1 = nn.Conv2d(in_channels, 32, 5, padding=2)
+        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
+        side = input_size // 4
+        self.fc1 = nn.Linear(64 * side * side, 1024)
+        self.fc = nn.Linear(1024, num_classes)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return F.relu(self.fc1(x.flatten(1)))
+
+
+class _WideBlock(nn.Module):
+    def __init__(self, in_planes: int, out_planes: int, stride: int, dropout: float) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
+        self.dropout = dropout
+        self.shortcut: nn.Module | None = None
+        if in_planes != out_planes or stride != 1:
+            self.shortcut = nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        skip = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        out = F.relu(self.bn2(out))
+        if self.dropout > 0:
+            out = F.dropout(out, p=self.dropout, training=self.training)
+        return self.conv2(out) + skip
+
+
+class WideResNet(Classifier):
+    """Wide ResNet (Zagoruyko & Komodakis 2016); ``depth=28, widen_factor=10`` is the paper's."""
+
+    def __init__(self, *, in_channels: int, num_classes: int, input_size: int,
+                 mean: Sequence[float], std: Sequence[float], depth: int = 28,
+                 widen_factor: int = 10, dropout: float = 0.0) -> None:
+        super().__init__(mean, std)
+        if (depth - 4) % 6 != 0:
+            raise ValueError(f"WRN depth must be 6n+4, got {depth}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        layers: list[nn.Module] = []
+        in_planes = widths[0]
+        for stage, stride in zip(range(1, 4), (1, 2, 2), strict=True):
+            for i in range(n):
+                layers.append(_WideBlock(in_planes, widths[stage], stride if i == 0 else 1, dropout))
+                in_planes = widths[stage]
+        self.blocks = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn(self.blocks(self.conv1(x))))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+
+class _PreActBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        skip = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + skip
+
+
+class PreActResNet18(Classifier):
+    """Pre-activation ResNet-18 (He et al. 2016), the usual CIFAR robustness baseline."""
+
+    def __init__(self, *, in_channels: int, num_classes: int, input_size: int,
+                 mean: Sequence[float], std: Sequence[float], width: int = 64) -> None:
+        super().__init__(mean, std)
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        layers: list[nn.Module] = []
+        in_planes = width
+        for mult, stride in ((1, 1), (2, 2), (4, 2), (8, 2)):
+            for i in range(2):
+                layers.append(_PreActBlock(in_planes, width * mult, stride if i == 0 else 1))
+                in_planes = width * mult
+        self.blocks = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn(self.blocks(self.conv1(x))))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+
+MODELS.register("small-cnn")(SmallCNN)
+MODELS.register("madry-mnist")(MadryCNN)
+MODELS.register("wrn")(WideResNet)
+MODELS.register("preact-resnet18")(PreActResNet18)
+
+
+@MODELS.register("wrn-28-10")
+def wrn_28_10(**kwargs: Any) -> WideResNet:
+    """The paper's CIFAR model: Wide ResNet, depth 28, widen factor 10."""
+    kwargs.setdefault("depth", 28)
+    kwargs.setdefault("widen_factor", 10)
+    return WideResNet(**kwargs)
