@@ -1,0 +1,3 @@
+"""Subcommands (filled in by their issue)."""
+
+COMMANDS: list = []

@@ -1,0 +1,107 @@
+"""Options and types shared by the subcommands; errors become one line and exit code 1."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any, TypeVar
+
+import click
+
+from epsl.data import DATASETS, SPLITS
+from epsl.device import DEVICES
+from epsl.errors import EpslError
+from epsl.models import MODELS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def parse_fraction(text: str) -> float:
+    """'0.3', '8/255' or '30/255' -> float."""
+    try:
+        return float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{text!r} is not a number or a fraction like 8/255") from None
+
+
+class FractionType(click.ParamType):
+    """A float that also accepts fractions such as ``8/255``, optionally bounded."""
+
+    name = "number"
+
+    def __init__(self, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> None:
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            number = value
+        else:
+            try:
+                number = parse_fraction(str(value))
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        if self.low is not None and (number < self.low or (self.low_open and number == self.low)):
+            self.fail(f"{value} must be {'>' if self.low_open else '>='} {self.low}", param, ctx)
+        if self.high is not None and (number > self.high or (self.high_open and number == self.high)):
+            self.fail(f"{value} must be {'<' if self.high_open else '<='} {self.high}", param, ctx)
+        return number
+
+
+EPS = FractionType(0.0, 1.0, low_open=True)  # epsilon in (0, 1]; '8/255' accepted
+
+
+def handle_errors(func: F) -> F:
+    """Turn library errors into ``Error: <one line>`` and exit code 1, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except EpslError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; finished results were kept") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+data_options = _compose(
+    click.option("--dataset", type=click.Choice(DATASETS.names()), default=None,
+                 help="Registered dataset (default: the checkpoint's own, else digits)."),
+    click.option("--data", "data", type=click.Path(dir_okay=False), default=None,
+                 help="Your own .npz with x (NxCxHxW in [0,1] or uint8) and y; overrides --dataset."),
+    click.option("--data-root", type=click.Path(file_okay=False), default=None,
+                 help="Folder holding MNIST/CIFAR/Fashion-MNIST files."),
+    click.option("--download", is_flag=True, help="Download torchvision datasets into --data-root."),
+)
+
+eval_data_options = _compose(
+    data_options,
+    click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
+                 help="Which split to evaluate."),
+    click.option("--limit", type=int, default=None,
+                 help="Evaluate only the first N examples of the split."),
+)
+
+checkpoint_options = _compose(
+    click.option("--arch", type=click.Choice(MODELS.names()), default=None,
+                 help="Architecture of a foreign .pt/.pth state_dict."),
+    click.option("--model", "model_factory", default=None, metavar="MODULE:FACTORY",
+                 help="Build your own model from package.module:factory, then load the weights."),
+)
+
+device_option = click.option("--device", type=click.Choice(DEVICES), default="auto",
+                             show_default=True, help="Where to compute.")
+overwrite_option = click.option("--overwrite", is_flag=True,
+                                help="Replace results already in --out.")

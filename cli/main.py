@@ -1,0 +1,25 @@
+"""The ``epsl`` command: a group of thin subcommands, each calling one library function."""
+
+from __future__ import annotations
+
+import click
+
+import epsl
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(epsl.__version__, prog_name="epsl")
+def main() -> None:
+    """Robustness analysis for PyTorch classifiers around eps_L (Eq. 4 of Shafahi et al.):
+    train defenses, compute eps_L diagnostics, attack, audit and render the paper's figures."""
+
+
+def _register() -> None:
+    from epsl.cli import analysis_cmds, attack_cmds, diagnose_cmds, train_cmds
+
+    for module in (train_cmds, diagnose_cmds, attack_cmds, analysis_cmds):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()

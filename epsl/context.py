@@ -1,0 +1,65 @@
+"""Load a checkpoint and the data it is evaluated on, with the checks every command needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from epsl.checkpoint import check_dataset, load
+from epsl.data import Split, load_split
+from epsl.device import resolve_device
+from epsl.errors import EpslError
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model in eval mode on its device, its metadata and the examples to evaluate."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    data: Split
+    device: torch.device
+    checkpoint: str
+
+
+def load_model(checkpoint: Path | str, *, arch: str | None = None, model: str | None = None,
+               dataset: str | None = None, device: str | torch.device = "auto"
+               ) -> tuple[nn.Module, dict[str, Any], torch.device]:
+    dev = resolve_device(device)
+    net, meta = load(checkpoint, arch=arch, model=model, dataset=dataset, device=dev)
+    return net, meta, dev
+
+
+def prepare(checkpoint: Path | str, *, dataset: str | None = None, data: Path | str | None = None,
+            split: str = "test", limit: int | None = None, arch: str | None = None,
+            model: str | None = None, data_root: Path | str | None = None,
+            download: bool = False, device: str | torch.device = "auto") -> Evaluation:
+    """Load ``checkpoint`` and the first ``limit`` examples of ``split``.
+
+    ``dataset`` defaults to the checkpoint's own. The input shape and class count are checked
+    against the checkpoint, and one forward pass proves the model accepts the data.
+    """
+    if limit is not None and limit < 1:
+        raise EpslError(f"--limit must be at least 1 (got {limit})")
+    net, meta, dev = load_model(checkpoint, arch=arch, model=model, dataset=dataset,
+                                device=device)
+    name = dataset or meta.get("dataset") or "digits"
+    examples = load_split(name, split, data=data, data_root=data_root,
+                          download=download).subset(limit)
+    if len(examples) == 0:
+        raise EpslError("the data set is empty")
+    check_dataset(meta, tuple(examples.x.shape[1:]), int(examples.y.max()) + 1, str(checkpoint))
+    try:
+        with torch.no_grad():
+            logits = net(examples.x[:2].to(dev))
+    except RuntimeError as exc:
+        raise EpslError(f"{checkpoint} does not accept inputs of shape "
+                        f"{tuple(examples.x.shape[1:])} ({str(exc).splitlines()[0]})") from None
+    if logits.ndim != 2 or logits.shape[1] <= int(examples.y.max()):
+        raise EpslError(f"{checkpoint} gives {logits.shape[-1]} logits but the labels go up to "
+                        f"{int(examples.y.max())}")
+    return Evaluation(net, meta, examples, dev, str(checkpoint))
