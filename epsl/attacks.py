@@ -1,0 +1,562 @@
+"""l_inf attacks with keyword-only settings: FGSM, PGD (cross-entropy or CW loss, random start,
+restarts), transfer, APGD-CE/DLR and Square (wrapped from torchattacks), and sweeps.
+
+Pixels are in [0, 1] (N x C x H x W) everywhere; models normalise inside ``forward``. Every
+adversarial example passes through :func:`project`, the one projection onto the threat model
+``{x' : ||x' - x||_inf <= eps} ∩ [0, 1]^d``. Every attack returns an :class:`AttackResult` of
+per-example tensors; the robust accuracy is the mean of ``correct``.
+
+Example::
+
+    >>> from epsl.attacks import pgd
+    >>> result = pgd(model, x, y, eps=0.3, step_size=0.01, steps=40)   # Madry et al.'s MNIST
+    >>> result.accuracy, result.to_frame().head()
+
+References: FGSM (Goodfellow et al. 2014, https://arxiv.org/abs/1412.6572); PGD and the CW
+margin loss as Madry et al. use it (https://arxiv.org/abs/1706.06083, their
+``loss = -relu(z_y - max_{ybar != y} z_ybar + 50)``); APGD (Croce & Hein 2020,
+https://arxiv.org/abs/2003.01690); Square (Andriushchenko et al. 2020,
+https://arxiv.org/abs/1912.00049). The paper's sanity sweeps are Tables 9-11 of Shafahi et al.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from epsl.errors import EpslError
+from epsl.registry import Registry
+
+__all__ = [
+    "ATTACKS", "LOSSES", "AttackResult", "apgd", "default_step_size", "fgsm", "logit_margin",
+    "pgd", "project", "score", "square", "sweep", "transfer",
+]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LOSSES: Registry[LossFn] = Registry("attack loss")
+
+
+# --------------------------------------------------------------------------- geometry and losses
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Project ``x_adv`` onto the l_inf ``eps``-ball around ``x`` intersected with [0, 1].
+
+    Shapes: ``x_adv`` and ``x`` are N x C x H x W with ``x`` in [0, 1]; returns the same shape.
+    Because ``x`` itself lies in both sets, clipping to the ball and then to the box lands in
+    their intersection.
+    """
+    return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+
+
+def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_y - max_{ybar != y} z_ybar`` per example (N): positive iff classified right.
+
+    This is the numerator of Eq. 4 at its minimising ``ybar``.
+    """
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return true - others.amax(1)
+
+
+@LOSSES.register("xent")
+def xent_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per example (N)."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def cw_loss(logits: torch.Tensor, y: torch.Tensor, confidence: float = 50.0) -> torch.Tensor:
+    """Madry et al.'s CW loss per example (N): ``-relu(z_y - max_{ybar != y} z_ybar + kappa)``.
+
+    Ascending it pushes the best wrong logit above the true one; it stops growing once the
+    wrong logit leads by ``kappa`` (= ``confidence``, 50 in their code).
+    """
+    return -F.relu(logit_margin(logits, y) + confidence)
+
+
+LOSSES.register("cw")(cw_loss)
+
+
+@LOSSES.register("dlr")
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Difference-of-logits-ratio loss of Croce & Hein (2020) per example (N); needs >= 3 classes.
+
+    ``-(z_y - max_{ybar != y} z_ybar) / (z_pi1 - z_pi3)`` with logits sorted decreasingly.
+    """
+    ordered = logits.sort(1, descending=True).values
+    return -logit_margin(logits, y) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+
+
+def _loss_fn(name: str, confidence: float) -> LossFn:
+    if name == "cw":
+        return lambda logits, y: cw_loss(logits, y, confidence)
+    try:
+        return LOSSES[name]
+    except KeyError as exc:
+        raise EpslError(str(exc.args[0])) from None
+
+
+def default_step_size(eps: float, steps: int) -> float:
+    """The default PGD step size ``2.5 * eps / steps`` (Madry et al.'s rule of thumb: enough to
+    cross the ball from one side to the other and back)."""
+    return 2.5 * eps / steps
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Per-example outcome of an attack on N examples.
+
+    Attributes:
+        x_adv: N x C x H x W adversarial examples in [0, 1] within the eps-ball.
+        correct: (N,) bool, still classified right at ``x_adv``.
+        loss: (N,) the attack's loss (``loss_name``) at ``x_adv``.
+        margin: (N,) ``z_y - max_{ybar != y} z_ybar`` at ``x_adv`` (negative = broken).
+        pred: (N,) predicted class at ``x_adv``.
+        label: (N,) true class.
+        loss_name: which loss ``loss`` holds (``xent``, ``cw`` or ``dlr``).
+    """
+
+    x_adv: torch.Tensor
+    correct: torch.Tensor
+    loss: torch.Tensor
+    margin: torch.Tensor
+    pred: torch.Tensor
+    label: torch.Tensor
+    loss_name: str = "xent"
+
+    def __len__(self) -> int:
+        return int(self.correct.shape[0])
+
+    @property
+    def accuracy(self) -> float:
+        """Robust accuracy: the fraction of examples still classified right."""
+        return float(self.correct.float().mean().item()) if len(self) else float("nan")
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per example: ``index, label, correct, loss, margin, pred``."""
+        return pd.DataFrame({
+            "index": range(len(self)),
+            "label": self.label.cpu().numpy(),
+            "correct": self.correct.cpu().numpy().astype(bool),
+            "loss": self.loss.detach().cpu().numpy(),
+            "margin": self.margin.detach().cpu().numpy(),
+            "pred": self.pred.cpu().numpy(),
+        })
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _device_of(model: nn.Module) -> torch.device | None:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return None
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode, warning if it was training, and restore its mode after."""
+    was_training = model.training
+    if was_training:
+        warnings.warn("the model is in train mode; epsl attacks it in eval mode (BatchNorm "
+                      "running statistics, no dropout) and restores train mode afterwards. Call "
+                      "model.eval() before attacking to silence this warning.", stacklevel=3)
+        model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()
+
+
+def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    if not 0.0 < eps <= 1.0:
+        raise EpslError(f"eps must be in (0, 1] for pixels in [0, 1] (got {eps})")
+    if x.ndim != 4:
+        raise EpslError(f"x must be N x C x H x W (got shape {tuple(x.shape)})")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise EpslError(f"y must hold one label per example (x: {tuple(x.shape)}, "
+                        f"y: {tuple(y.shape)})")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise EpslError("x must hold pixels in [0, 1]; models normalise inside forward")
+    device = _device_of(model)
+    if device is not None:
+        x, y = x.to(device), y.to(device)
+    return x.detach().float(), y.long()
+
+
+def _chunks(n: int, batch_size: int | None) -> list[slice]:
+    size = n if not batch_size else batch_size
+    if size < 1:
+        raise EpslError(f"batch_size must be at least 1 (got {batch_size})")
+    return [slice(i, min(i + size, n)) for i in range(0, max(n, 1), size)] if n else []
+
+
+def score(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, *, loss: str = "xent",
+          cw_confidence: float = 50.0, batch_size: int | None = None) -> AttackResult:
+    """Evaluate ``model`` at given adversarial examples (N x C x H x W) -> :class:`AttackResult`.
+
+    Used for every attack and for transfer attacks (examples made on one model, scored on
+    another).
+    """
+    loss_fn = _loss_fn(loss, cw_confidence)
+    parts: list[tuple[torch.Tensor, ...]] = []
+    with torch.no_grad():
+        for part in _chunks(len(y), batch_size):
+            logits = model(x_adv[part]).float()
+            pred = logits.argmax(1)
+            parts.append((pred == y[part], loss_fn(logits, y[part]),
+                          logit_margin(logits, y[part]), pred))
+    if parts:
+        correct, losses, margins, preds = (torch.cat(t) for t in zip(*parts, strict=True))
+    else:
+        empty = torch.empty(0, device=y.device)
+        correct, losses, margins, preds = empty.bool(), empty, empty, empty.long()
+    return AttackResult(x_adv.detach(), correct, losses, margins, preds, y.detach(), loss)
+
+
+def _input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, grad_x sum_i loss_i) at x; examples are independent in eval mode."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    (grad,) = torch.autograd.grad(loss_fn(logits, y).sum(), x)
+    return logits.detach(), grad
+
+
+# --------------------------------------------------------------------------- FGSM and PGD
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+         loss: str = "xent", random_start: bool = False, cw_confidence: float = 50.0,
+         seed: int | None = None, batch_size: int | None = None) -> AttackResult:
+    """Fast gradient sign method: ``x' = proj(x + eps * sign(grad_x L(x, y)))``.
+
+    Args:
+        model: classifier taking N x C x H x W pixels in [0, 1] and returning logits.
+        x: N x C x H x W clean inputs in [0, 1]; y: (N,) labels.
+        eps: l_inf radius in pixel units, in (0, 1].
+        loss: ``"xent"`` (cross-entropy) or ``"cw"`` (Madry et al.'s CW margin loss).
+        random_start: step from a uniform random point of the ball (R+FGSM-like) instead of x.
+
+    Equal to :func:`pgd` with one step of size ``eps`` and no random start.
+    """
+    x, y = _check_inputs(model, x, y, eps)
+    loss_fn = _loss_fn(loss, cw_confidence)
+    with eval_mode(model):
+        start = x
+        if random_start:
+            start = project(x + _uniform_noise(x, eps, seed, 0), x, eps)
+        pieces = []
+        for part in _chunks(len(y), batch_size):
+            _, grad = _input_grad(model, start[part], y[part], loss_fn)
+            pieces.append(project(start[part] + eps * grad.sign(), x[part], eps))
+        x_adv = torch.cat(pieces) if pieces else x.clone()
+        return score(model, x_adv, y, loss=loss, cw_confidence=cw_confidence,
+                     batch_size=batch_size)
+
+
+def _uniform_noise(x: torch.Tensor, eps: float, seed: int | None, restart: int) -> torch.Tensor:
+    """Uniform noise in [-eps, eps]^d, the same for a given (seed, restart) whatever the batch."""
+    if seed is None:
+        return torch.empty_like(x).uniform_(-eps, eps)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed) * 1_000_003 + restart)
+    noise = torch.rand(x.shape, generator=gen, dtype=x.dtype)
+    return (noise.to(x.device) * 2 - 1) * eps
+
+
+def _pgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, *,
+             eps: float, step_size: float, steps: int, loss_fn: LossFn) -> torch.Tensor:
+    """One PGD run from ``start``; returns the last iterate, or an earlier iterate that was
+    misclassified when the last one is not (sign steps of fixed size can step back across the
+    boundary). The start itself never counts, so one step equals FGSM."""
+    x_adv = start
+    best = None
+    broken = torch.zeros_like(y, dtype=torch.bool)
+    for step in range(steps):
+        logits, grad = _input_grad(model, x_adv, y, loss_fn)
+        if step > 0:  # logits are at the iterate after `step` steps
+            newly = (logits.argmax(1) != y) & ~broken
+            if newly.any():
+                best = x_adv.clone() if best is None else torch.where(
+                    newly[:, None, None, None], x_adv, best)
+                broken |= newly
+        x_adv = project(x_adv + step_size * grad.sign(), x, eps)
+    if best is None:
+        return x_adv
+    with torch.no_grad():
+        last_correct = model(x_adv).argmax(1) == y
+    use_best = (broken & last_correct)[:, None, None, None]
+    return torch.where(use_best, best, x_adv)
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float,
+        steps: int, loss: str = "xent", random_start: bool = True, restarts: int = 1,
+        cw_confidence: float = 50.0, seed: int | None = None,
+        batch_size: int | None = None) -> AttackResult:
+    """Projected gradient descent (Madry et al. 2017) in l_inf with sign steps.
+
+    ``x_{t+1} = proj(x_t + step_size * sign(grad_x L(x_t, y)))`` for ``steps`` steps from
+    ``x_0 = x`` or a uniform random point of the eps-ball.
+
+    Args:
+        model: classifier on N x C x H x W pixels in [0, 1] returning logits (attacked in eval
+            mode).
+        x: N x C x H x W clean inputs in [0, 1]; y: (N,) labels.
+        eps: l_inf radius (pixel units, in (0, 1]). step_size: l_inf step. steps: >= 1.
+        loss: ``"xent"`` or ``"cw"`` (``-relu(z_y - max_{ybar!=y} z_ybar + cw_confidence)``).
+        random_start: start from a uniform random point of the ball (needed for restarts).
+        restarts: runs per example; an example is broken if any run breaks it, and the result
+            keeps a breaking adversarial example, else the one with the highest loss. Restarts
+            after the first only attack examples not yet broken.
+        seed: seeds the random starts so that restart ``r`` draws the same noise whatever the
+            batching and the number of restarts (so more restarts never help the model); None
+            uses torch's global generator.
+        batch_size: examples per forward/backward pass (None: all at once).
+
+    Returns:
+        :class:`AttackResult` with the chosen adversarial examples.
+    """
+    x, y = _check_inputs(model, x, y, eps)
+    if steps < 1:
+        raise EpslError(f"steps must be at least 1 (got {steps})")
+    if restarts < 1:
+        raise EpslError(f"restarts must be at least 1 (got {restarts})")
+    if step_size <= 0:
+        raise EpslError(f"step_size must be positive (got {step_size})")
+    if restarts > 1 and not random_start:
+        warnings.warn("restarts without random_start repeat the same deterministic attack; "
+                      "pass random_start=True", stacklevel=2)
+    loss_fn = _loss_fn(loss, cw_confidence)
+    best: AttackResult | None = None
+    with eval_mode(model):
+        for restart in range(restarts):
+            todo = torch.arange(len(y), device=y.device) if best is None else \
+                best.correct.nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
+            noise = _uniform_noise(x, eps, seed, restart) if random_start else None
+            pieces = []
+            for part in _chunks(todo.numel(), batch_size):
+                idx = todo[part]
+                xs, ys = x[idx], y[idx]
+                start = xs if noise is None else project(xs + noise[idx], xs, eps)
+                pieces.append(_pgd_run(model, xs, ys, start, eps=eps, step_size=step_size,
+                                       steps=steps, loss_fn=loss_fn))
+            run = score(model, torch.cat(pieces), y[todo], loss=loss,
+                        cw_confidence=cw_confidence, batch_size=batch_size)
+            best = run if best is None else _merge(best, run, todo)
+    assert best is not None
+    return best
+
+
+def _merge(best: AttackResult, run: AttackResult, idx: torch.Tensor) -> AttackResult:
+    """Keep, per example in ``idx``, the stronger of ``best`` and ``run``: a break, else the
+    higher loss."""
+    old_correct = best.correct[idx]
+    better = (old_correct & ~run.correct) | (
+        (old_correct == run.correct) & (run.loss > best.loss[idx]))
+    take = idx[better]
+    src = better.nonzero().squeeze(1)
+    fields = {}
+    for name in ("x_adv", "correct", "loss", "margin", "pred"):
+        value = getattr(best, name).clone()
+        value[take] = getattr(run, name)[src]
+        fields[name] = value
+    return AttackResult(**fields, label=best.label, loss_name=best.loss_name)
+
+
+# --------------------------------------------------------------------------- transfer
+
+
+def transfer(source: nn.Module, target: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+             attack: str = "pgd", **settings: Any) -> AttackResult:
+    """Black-box transfer attack: adversarial examples made on ``source`` by ``attack``
+    (any name in :data:`ATTACKS`), scored on ``target`` (Tables 4 and 8 of the paper use a
+    naturally trained source). Settings are those of the attack."""
+    made = ATTACKS[attack](source, x, y, **settings)
+    _, y_t = _check_inputs(target, x, y, settings.get("eps", 1.0))
+    device = _device_of(target)
+    x_adv = made.x_adv if device is None else made.x_adv.to(device)
+    try:
+        return score(target, x_adv, y_t, loss=made.loss_name,
+                     cw_confidence=settings.get("cw_confidence", 50.0),
+                     batch_size=settings.get("batch_size"))
+    except RuntimeError as exc:
+        raise EpslError(f"the target model does not accept the source's inputs of shape "
+                        f"{tuple(x.shape[1:])} ({str(exc).splitlines()[0]})") from None
+
+
+# --------------------------------------------------------------------------- torchattacks
+
+
+def _torchattacks() -> Any:
+    try:
+        import torchattacks
+    except ImportError:
+        raise EpslError("APGD and Square need torchattacks: pip install 'epsl[attacks]'") from None
+    return torchattacks
+
+
+def _run_torchattack(make: Callable[[Any], Any], model: nn.Module, x: torch.Tensor,
+                     y: torch.Tensor, *, eps: float, loss_name: str,
+                     batch_size: int | None) -> AttackResult:
+    """Run a torchattacks attack chunk by chunk, keep the caller's RNG state (torchattacks
+    reseeds torch globally), project and score."""
+    attack = make(_torchattacks())
+    pieces = []
+    devices = [x.device] if x.device.type == "cuda" else []
+    with eval_mode(model), torch.random.fork_rng(devices=devices):
+        for part in _chunks(len(y), batch_size):
+            pieces.append(attack(x[part], y[part]).detach().to(x.device))
+        x_adv = project(torch.cat(pieces), x, eps) if pieces else x.clone()
+        return score(model, x_adv, y, loss=loss_name, batch_size=batch_size)
+
+
+_APGD_LOSSES = {"xent": "ce", "ce": "ce", "dlr": "dlr"}
+
+
+def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 100,
+         restarts: int = 1, loss: str = "xent", seed: int | None = 0, rho: float = 0.75,
+         batch_size: int | None = None) -> AttackResult:
+    """Auto-PGD (Croce & Hein 2020, https://arxiv.org/abs/2003.01690), l_inf, from torchattacks.
+
+    Step-size-free PGD with momentum that keeps the best point; ``loss`` is ``"xent"``
+    (APGD-CE) or ``"dlr"`` (APGD-DLR, invariant to shifting and rescaling the logits, so it
+    sees through logit squeezing). x: N x C x H x W in [0, 1]; y: (N,).
+    """
+    x, y = _check_inputs(model, x, y, eps)
+    if loss not in _APGD_LOSSES:
+        raise EpslError(f"APGD supports loss 'xent' or 'dlr' (got {loss!r})")
+    if steps < 1 or restarts < 1:
+        raise EpslError(f"steps and restarts must be at least 1 (got {steps}, {restarts})")
+    if loss == "dlr" and _num_classes(model, x) < 3:
+        raise EpslError("the DLR loss needs at least 3 classes")
+
+    def make(ta: Any) -> Any:
+        return ta.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=restarts,
+                       seed=0 if seed is None else seed, loss=_APGD_LOSSES[loss], rho=rho)
+
+    return _run_torchattack(make, model, x, y, eps=eps, loss_name="dlr" if loss == "dlr"
+                            else "xent", batch_size=batch_size)
+
+
+def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        return int(model(x[:1]).shape[1])
+
+
+def apgd_dlr(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+             steps: int = 100, restarts: int = 1, seed: int | None = 0, rho: float = 0.75,
+             batch_size: int | None = None) -> AttackResult:
+    """APGD with the DLR loss (see :func:`apgd`)."""
+    return apgd(model, x, y, eps=eps, steps=steps, restarts=restarts, loss="dlr", seed=seed,
+                rho=rho, batch_size=batch_size)
+
+
+_SQUARE_LOSSES = {"cw": "margin", "margin": "margin", "xent": "ce", "ce": "ce"}
+
+
+def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+           steps: int = 1000, restarts: int = 1, loss: str = "cw", p_init: float = 0.8,
+           seed: int | None = 0, batch_size: int | None = None) -> AttackResult:
+    """Square attack (Andriushchenko et al. 2020, https://arxiv.org/abs/1912.00049), l_inf, from
+    torchattacks: a gradient-free random search with ``steps`` queries per restart, immune to
+    gradient masking. ``loss``: ``"cw"`` (the margin loss) or ``"xent"``.
+    x: N x C x H x W in [0, 1]; y: (N,).
+    """
+    x, y = _check_inputs(model, x, y, eps)
+    if loss not in _SQUARE_LOSSES:
+        raise EpslError(f"Square supports loss 'cw' (margin) or 'xent' (got {loss!r})")
+    if steps < 1 or restarts < 1:
+        raise EpslError(f"steps (queries) and restarts must be at least 1 (got {steps}, "
+                        f"{restarts})")
+
+    def make(ta: Any) -> Any:
+        return ta.Square(model, norm="Linf", eps=eps, n_queries=steps, n_restarts=restarts,
+                         p_init=p_init, loss=_SQUARE_LOSSES[loss],
+                         seed=0 if seed is None else seed)
+
+    return _run_torchattack(make, model, x, y, eps=eps,
+                            loss_name="cw" if _SQUARE_LOSSES[loss] == "margin" else "xent",
+                            batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------- registry and sweeps
+
+AttackFn = Callable[..., AttackResult]
+ATTACKS: Registry[AttackFn] = Registry("attack")
+ATTACKS.register("fgsm")(fgsm)
+ATTACKS.register("pgd")(pgd)
+ATTACKS.register("apgd")(apgd)
+ATTACKS.register("apgd-dlr")(apgd_dlr)
+ATTACKS.register("square")(square)
+
+
+def attack_settings(attack: str) -> set[str]:
+    """The keyword settings an attack in :data:`ATTACKS` accepts."""
+    params = inspect.signature(ATTACKS[attack]).parameters.values()
+    return {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+SWEEP_COLUMNS = ["index", "label", "attack", "loss_name", "eps", "steps", "restarts",
+                 "step_size", "random_start", "source", "correct", "loss", "margin", "pred"]
+
+
+def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str,
+          eps: Sequence[float], steps: Sequence[int] = (40,), restarts: Sequence[int] = (1,),
+          source: nn.Module | None = None, source_name: str = "", **settings: Any
+          ) -> pd.DataFrame:
+    """Run ``attack`` for every (eps, steps, restarts) in the cartesian product.
+
+    Returns a long DataFrame, one row per example per setting, with columns
+    :data:`SWEEP_COLUMNS`. The paper's sanity checks are sweeps: unbounded eps (Table 9,
+    accuracy must fall to 0), steps (Table 11) and restarts (Table 10). PGD's ``step_size``
+    defaults to ``2.5 * eps / steps``. Settings an attack has no use for (steps and restarts
+    for FGSM) are recorded as 1. With ``source``, examples are made on ``source`` and scored on
+    ``model`` (a transfer attack).
+    """
+    accepted = attack_settings(attack)
+    unknown = set(settings) - accepted
+    if unknown:
+        raise EpslError(f"{attack} takes no setting {', '.join(sorted(unknown))}")
+    steps_list = list(steps) if "steps" in accepted else [1]
+    restarts_list = list(restarts) if "restarts" in accepted else [1]
+    frames = []
+    for e, k, r in itertools.product(list(eps), steps_list, restarts_list):
+        call = dict(settings)
+        call["eps"] = e
+        if "steps" in accepted:
+            call["steps"] = k
+        if "restarts" in accepted:
+            call["restarts"] = r
+        if "step_size" in accepted and call.get("step_size") is None:
+            call["step_size"] = default_step_size(e, k)
+        if source is None:
+            result = ATTACKS[attack](model, x, y, **call)
+        else:
+            result = transfer(source, model, x, y, attack=attack, **call)
+        frame = result.to_frame()
+        random_start = call.get("random_start", inspect.signature(ATTACKS[attack])
+                                .parameters.get("random_start", inspect.Parameter(
+                                    "r", inspect.Parameter.KEYWORD_ONLY, default=None)).default)
+        frame = frame.assign(attack=attack, loss_name=result.loss_name, eps=e, steps=k,
+                             restarts=r, step_size=call.get("step_size", float("nan")),
+                             random_start=random_start, source=source_name if source else "")
+        frames.append(frame[SWEEP_COLUMNS])
+    return pd.concat(frames, ignore_index=True)
