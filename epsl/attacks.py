@@ -169,16 +169,27 @@ def _device_of(model: nn.Module) -> torch.device | None:
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode, warning if it was training, and restore its mode after."""
+    """Attack ``model`` in eval mode with its parameters frozen; restore both afterwards.
+
+    A model left in train mode gets a warning (BatchNorm would use batch statistics and couple
+    the examples). Freezing the parameters matters for speed: autograd otherwise computes
+    weight gradients inside every convolution backward even when only the input gradient is
+    asked for (2-4x slower on CPU).
+    """
     was_training = model.training
     if was_training:
         warnings.warn("the model is in train mode; epsl attacks it in eval mode (BatchNorm "
                       "running statistics, no dropout) and restores train mode afterwards. Call "
                       "model.eval() before attacking to silence this warning.", stacklevel=3)
         model.eval()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for param in trainable:
+        param.requires_grad_(False)
     try:
         yield model
     finally:
+        for param in trainable:
+            param.requires_grad_(True)
         if was_training:
             model.train()
 
@@ -508,6 +519,11 @@ ATTACKS.register("apgd-dlr")(apgd_dlr)
 ATTACKS.register("square")(square)
 
 
+def _default(attack: str, setting: str) -> Any:
+    param = inspect.signature(ATTACKS[attack]).parameters.get(setting)
+    return None if param is None else param.default
+
+
 def attack_settings(attack: str) -> set[str]:
     """The keyword settings an attack in :data:`ATTACKS` accepts."""
     params = inspect.signature(ATTACKS[attack]).parameters.values()
@@ -552,9 +568,7 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str,
         else:
             result = transfer(source, model, x, y, attack=attack, **call)
         frame = result.to_frame()
-        random_start = call.get("random_start", inspect.signature(ATTACKS[attack])
-                                .parameters.get("random_start", inspect.Parameter(
-                                    "r", inspect.Parameter.KEYWORD_ONLY, default=None)).default)
+        random_start = call.get("random_start", _default(attack, "random_start"))
         frame = frame.assign(attack=attack, loss_name=result.loss_name, eps=e, steps=k,
                              restarts=r, step_size=call.get("step_size", float("nan")),
                              random_start=random_start, source=source_name if source else "")
