@@ -265,11 +265,14 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         loss: ``"xent"`` (cross-entropy) or ``"cw"`` (Madry et al.'s CW margin loss).
         random_start: step from a uniform random point of the ball (R+FGSM-like) instead of x.
 
-    Equal to :func:`pgd` with one step of size ``eps`` and no random start.
+    Equal to :func:`pgd` with one step of size ``eps`` and no random start. Examples
+    misclassified at x keep ``x_adv = x``.
     """
     x, y = _check_inputs(model, x, y, eps)
     loss_fn = _loss_fn(loss, cw_confidence)
     with eval_mode(model):
+        clean = score(model, x, y, loss=loss, cw_confidence=cw_confidence,
+                      batch_size=batch_size)
         start = x
         if random_start:
             start = project(x + _uniform_noise(x, eps, seed, 0), x, eps)
@@ -278,6 +281,8 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
             _, grad = _input_grad(model, start[part], y[part], loss_fn)
             pieces.append(project(start[part] + eps * grad.sign(), x[part], eps))
         x_adv = torch.cat(pieces) if pieces else x.clone()
+        # an example misclassified at x is already broken there (x lies in the ball)
+        x_adv = torch.where(clean.correct[:, None, None, None], x_adv, x)
         return score(model, x_adv, y, loss=loss, cw_confidence=cw_confidence,
                      batch_size=batch_size)
 
@@ -334,7 +339,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
         random_start: start from a uniform random point of the ball (needed for restarts).
         restarts: runs per example; an example is broken if any run breaks it, and the result
             keeps a breaking adversarial example, else the one with the highest loss. Restarts
-            after the first only attack examples not yet broken.
+            after the first only attack examples not yet broken. Examples misclassified at x
+            are not attacked (``x_adv = x``), as in AutoAttack.
         seed: seeds the random starts so that restart ``r`` draws the same noise whatever the
             batching and the number of restarts (so more restarts never help the model); None
             uses torch's global generator.
@@ -354,11 +360,12 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
         warnings.warn("restarts without random_start repeat the same deterministic attack; "
                       "pass random_start=True", stacklevel=2)
     loss_fn = _loss_fn(loss, cw_confidence)
-    best: AttackResult | None = None
     with eval_mode(model):
+        # Examples misclassified at x are broken there (x lies in the ball) and never attacked,
+        # so accuracy under attack can never exceed clean accuracy, example by example.
+        best = score(model, x, y, loss=loss, cw_confidence=cw_confidence, batch_size=batch_size)
         for restart in range(restarts):
-            todo = torch.arange(len(y), device=y.device) if best is None else \
-                best.correct.nonzero().squeeze(1)
+            todo = best.correct.nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
             noise = _uniform_noise(x, eps, seed, restart) if random_start else None
@@ -371,17 +378,19 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
                                        steps=steps, loss_fn=loss_fn))
             run = score(model, torch.cat(pieces), y[todo], loss=loss,
                         cw_confidence=cw_confidence, batch_size=batch_size)
-            best = run if best is None else _merge(best, run, todo)
-    assert best is not None
+            best = _merge(best, run, todo, replace=restart == 0)
     return best
 
 
-def _merge(best: AttackResult, run: AttackResult, idx: torch.Tensor) -> AttackResult:
+def _merge(best: AttackResult, run: AttackResult, idx: torch.Tensor, *,
+           replace: bool = False) -> AttackResult:
     """Keep, per example in ``idx``, the stronger of ``best`` and ``run``: a break, else the
-    higher loss."""
+    higher loss (``replace``: take ``run`` for every example in ``idx``)."""
     old_correct = best.correct[idx]
     better = (old_correct & ~run.correct) | (
         (old_correct == run.correct) & (run.loss > best.loss[idx]))
+    if replace:
+        better = torch.ones_like(better)
     take = idx[better]
     src = better.nonzero().squeeze(1)
     fields = {}
@@ -401,13 +410,18 @@ def transfer(source: nn.Module, target: nn.Module, x: torch.Tensor, y: torch.Ten
     (any name in :data:`ATTACKS`), scored on ``target`` (Tables 4 and 8 of the paper use a
     naturally trained source). Settings are those of the attack."""
     made = ATTACKS[attack](source, x, y, **settings)
-    _, y_t = _check_inputs(target, x, y, settings.get("eps", 1.0))
-    device = _device_of(target)
-    x_adv = made.x_adv if device is None else made.x_adv.to(device)
+    x_t, y_t = _check_inputs(target, x, y, settings.get("eps", 1.0))
+    x_adv = made.x_adv.to(x_t.device)
+    loss, confidence = made.loss_name, settings.get("cw_confidence", 50.0)
+    batch_size = settings.get("batch_size")
     try:
-        return score(target, x_adv, y_t, loss=made.loss_name,
-                     cw_confidence=settings.get("cw_confidence", 50.0),
-                     batch_size=settings.get("batch_size"))
+        with eval_mode(target):
+            clean = score(target, x_t, y_t, loss=loss, cw_confidence=confidence,
+                          batch_size=batch_size)
+            # examples the target already gets wrong stay at x, as for white-box attacks
+            x_adv = torch.where(clean.correct[:, None, None, None], x_adv, x_t)
+            return score(target, x_adv, y_t, loss=loss, cw_confidence=confidence,
+                         batch_size=batch_size)
     except RuntimeError as exc:
         raise EpslError(f"the target model does not accept the source's inputs of shape "
                         f"{tuple(x.shape[1:])} ({str(exc).splitlines()[0]})") from None
