@@ -1,0 +1,203 @@
+"""Batched logit Jacobians in pixel space, chunked so that memory stays bounded.
+
+The Jacobian of the logits with respect to the pixels, ``J[i, k] = d z_k(x_i) / d x_i``
+(N x K x C x H x W), is the raw material of every quantity in Equation 4 of Shafahi et al.
+Three interchangeable methods compute it; all are checked against a per-example, per-class
+autograd loop in ``tests/test_diagnostics.py``:
+
+- ``"backward"`` (the default): one forward pass on the whole chunk, then K reverse passes,
+  pass k differentiating ``sum_i z_k(x_i)``. Because a model in eval mode treats every example
+  independently (BatchNorm uses its running statistics), ``d/dx_i sum_j z_k(x_j) =
+  d z_k(x_i)/dx_i``, so this *is* the per-example Jacobian, at the cost of the floor: one
+  forward plus one backward per class.
+- ``"vjp"``: ``torch.func.vjp`` of the batched model, then ``vmap`` of the pullback over the K
+  one-hot cotangents: the same K backward passes, batched into one (K times the memory).
+- ``"jacrev"``: ``functional_call`` + ``jacrev`` on one example, ``vmap``-ed over examples.
+
+Measured on the 2-core CPU this project runs on (``benchmarks/diagnostics.py``,
+``docs/benchmarks.md``), ``"backward"`` was the fastest of the three, so it is the default.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, vjp, vmap
+
+from epsl.errors import EpslError
+
+METHODS = ("backward", "vjp", "jacrev")
+DEFAULT_METHOD = "backward"
+CPU_BUDGET_BYTES = 2 * 1024**3  # upper bound of the automatic chunk budget on the CPU
+Progress = Callable[[int], None]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block (warning if it was training), then restore it."""
+    was_training = model.training
+    if was_training:
+        warnings.warn("the model is in train mode; epsl computes diagnostics in eval mode "
+                      "(BatchNorm running statistics, no dropout). Call model.eval() to "
+                      "silence this warning.", stacklevel=3)
+        model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()
+
+
+def _available_cpu_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return CPU_BUDGET_BYTES
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes one Jacobian chunk may use: half the free CUDA memory, or on the CPU a quarter of
+    ``MemAvailable`` capped at :data:`CPU_BUDGET_BYTES`."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free // 2)
+    return int(min(_available_cpu_bytes() // 4, CPU_BUDGET_BYTES))
+
+
+def _activation_bytes(model: nn.Module, x1: torch.Tensor) -> int:
+    """Bytes output by every leaf module for one example (a proxy for what backward keeps)."""
+    total = 0
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if not any(True for _ in m.children())]
+    try:
+        with torch.no_grad():
+            logits = model(x1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total + logits.numel() * logits.element_size()
+
+
+def auto_chunk_size(model: nn.Module, x: torch.Tensor, num_classes: int, *,
+                    method: str = DEFAULT_METHOD, budget: int | None = None) -> int:
+    """Examples per Jacobian chunk that fit :func:`memory_budget` (at least 1, at most N).
+
+    Per example the estimate counts the Jacobian itself (K x pixels) and the leaf-module
+    activations, twice over for the functional ops between them, and K times over for the
+    vmapped methods, which run the K backward passes at once.
+    """
+    budget = memory_budget(x.device) if budget is None else budget
+    activations = 2 * _activation_bytes(model, x[:1])
+    copies = 2 if method == "backward" else num_classes + 1
+    per_example = num_classes * x[0].numel() * x.element_size() + copies * activations
+    return int(max(1, min(len(x), budget // max(per_example, 1))))
+
+
+def _jacobian_backward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    num_classes = logits.shape[1]
+    rows = []
+    for k in range(num_classes):
+        (grad,) = torch.autograd.grad(logits[:, k].sum(), x, retain_graph=k < num_classes - 1)
+        rows.append(grad)
+    return torch.stack(rows, dim=1), logits.detach()
+
+
+def _params(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    return params, buffers
+
+
+def _jacobian_vjp(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    params, buffers = _params(model)
+
+    def logits_of(inputs: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, (params, buffers), (inputs,))  # type: ignore[no-any-return]
+
+    logits, pullback = vjp(logits_of, x.detach())
+    num_classes = logits.shape[1]
+    cotangents = torch.eye(num_classes, dtype=logits.dtype, device=logits.device)
+    cotangents = cotangents[:, None, :].expand(num_classes, *logits.shape)
+    (grads,) = vmap(pullback)(cotangents)  # K x N x C x H x W
+    return grads.transpose(0, 1), logits.detach()
+
+
+def _jacobian_jacrev(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    params, buffers = _params(model)
+
+    def logits_one(example: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = functional_call(model, (params, buffers), (example.unsqueeze(0),)).squeeze(0)
+        return z, z
+
+    grads, logits = vmap(jacrev(logits_one, has_aux=True), in_dims=(0,))(x.detach())
+    return grads, logits.detach()
+
+
+_METHOD_FUNCTIONS = {"backward": _jacobian_backward, "vjp": _jacobian_vjp,
+                     "jacrev": _jacobian_jacrev}
+
+
+def jacobian_and_logits(model: nn.Module, x: torch.Tensor, *, chunk_size: int | None = None,
+                        method: str = DEFAULT_METHOD, progress: Progress | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(J, logits)``: J is N x K x C x H x W as in :func:`jacobian`, logits N x K."""
+    if method not in _METHOD_FUNCTIONS:
+        raise EpslError(f"unknown Jacobian method {method!r}; choose from {', '.join(METHODS)}")
+    if x.ndim < 2 or len(x) == 0:
+        raise EpslError(f"expected a non-empty batch N x C x H x W, got shape {tuple(x.shape)}")
+    if chunk_size is not None and chunk_size < 1:
+        raise EpslError(f"chunk_size must be at least 1 (got {chunk_size})")
+    compute = _METHOD_FUNCTIONS[method]
+    with eval_mode(model), torch.enable_grad():
+        if chunk_size is None:
+            with torch.no_grad():
+                num_classes = model(x[:1]).shape[1]
+            chunk_size = auto_chunk_size(model, x, num_classes, method=method)
+        grads, logits = [], []
+        for chunk in x.split(chunk_size):
+            grad, logit = compute(model, chunk)
+            grads.append(grad)
+            logits.append(logit)
+            if progress is not None:
+                progress(len(chunk))
+    return torch.cat(grads), torch.cat(logits)
+
+
+def jacobian(model: nn.Module, x: torch.Tensor, *, chunk_size: int | None = None,
+             method: str = DEFAULT_METHOD) -> torch.Tensor:
+    """The logit Jacobian in pixel space, N x K x C x H x W: ``J[i, k] = d z_k(x_i) / d x_i``.
+
+    Args:
+        model: a classifier taking pixels ``x`` in [0, 1]; computed in eval mode (with a
+            warning if it was training; its mode is restored afterwards).
+        x: N x C x H x W pixels, on the model's device.
+        chunk_size: examples per chunk; ``None`` picks it from free memory
+            (:func:`auto_chunk_size`).
+        method: ``"backward"`` (default, K reverse passes of the summed logit k, the fastest
+            here), ``"vjp"`` (``vmap`` of a ``torch.func.vjp`` pullback over one-hot
+            cotangents) or ``"jacrev"`` (``vmap`` of ``jacrev`` over examples).
+
+    Example:
+        >>> from epsl.models import create_model
+        >>> net = create_model("small-cnn", in_channels=1, num_classes=10, input_size=8,
+        ...                    mean=[0.3], std=[0.4]).eval()
+        >>> jacobian(net, torch.rand(4, 1, 8, 8)).shape
+        torch.Size([4, 10, 1, 8, 8])
+    """
+    return jacobian_and_logits(model, x, chunk_size=chunk_size, method=method)[0]

@@ -1,0 +1,86 @@
+"""Input-space cross-entropy landscapes around single images (Figure 5 and Figure 9).
+
+For each image x_i the loss is evaluated at x_i + eps1 * r1 + eps2 * d2 over a square grid,
+r1 a Rademacher direction (+-1 per pixel) and d2 either a second Rademacher direction
+(``"random"``, Figure 5) or the FGSM direction sign(grad_x xent(x_i)) (``"adversarial"``,
+Figure 9). eps1 and eps2 are in pixel units on the [0, 1] scale: the paper's "-10 <= eps <= 10"
+on 0..255 images is ``span=10/255``. Perturbed images are *not* clipped to [0, 1], as in the
+paper, so the landscape is that of the model, not of the box.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from epsl.diagnostics.jacobians import eval_mode
+from epsl.errors import EpslError
+
+DIRECTIONS = ("random", "adversarial")
+
+
+def _rademacher(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 2, shape, generator=generator).float() * 2 - 1
+
+
+def loss_landscape(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                   direction: str = "random", span: float = 10 / 255, steps: int = 41,
+                   seed: int = 0, batch_size: int = 512, index: torch.Tensor | None = None
+                   ) -> pd.DataFrame:
+    """Cross-entropy of ``model`` on a steps x steps grid around each image.
+
+    Args:
+        x: N x C x H x W pixels in [0, 1] (the images to plot); y: (N,) labels.
+        direction: ``"random"`` (d2 Rademacher) or ``"adversarial"`` (d2 = sign(grad xent)).
+        span: the grid covers -span..span on both axes, in pixel units ([0, 1] scale).
+        steps: grid points per axis (41 puts 0 in the middle).
+        seed: seeds the Rademacher directions (drawn on the CPU, one pair per image, in order).
+        batch_size: grid points per forward pass.
+        index: (N,) example indices to report (default ``0..N-1``).
+
+    Returns:
+        A long DataFrame, ``N * steps**2`` rows: ``image, index, label, direction, eps1, eps2,
+        loss`` (image is the position in x; loss is the per-example cross-entropy).
+    """
+    if direction not in DIRECTIONS:
+        raise EpslError(f"unknown direction {direction!r}; choose from {', '.join(DIRECTIONS)}")
+    if not span > 0:
+        raise EpslError(f"span must be positive (got {span})")
+    if steps < 2:
+        raise EpslError(f"steps must be at least 2 (got {steps})")
+    if len(x) == 0 or len(x) != len(y):
+        raise EpslError(f"x ({tuple(x.shape)}) and y ({tuple(y.shape)}) must be N x ... and N")
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    index = torch.arange(len(x)) if index is None else index
+    generator = torch.Generator().manual_seed(seed)
+    grid = torch.linspace(-span, span, steps, dtype=torch.float64)
+    eps1, eps2 = torch.meshgrid(grid, grid, indexing="ij")
+    eps1, eps2 = eps1.flatten(), eps2.flatten()
+    frames = []
+    with eval_mode(model):
+        for i in range(len(x)):
+            xi, yi = x[i:i + 1].to(dev), y[i:i + 1].to(dev, torch.int64)
+            r1 = _rademacher(xi.shape[1:], generator).to(dev, xi.dtype)
+            r2 = _rademacher(xi.shape[1:], generator).to(dev, xi.dtype)
+            if direction == "adversarial":
+                with torch.enable_grad():
+                    xg = xi.detach().requires_grad_(True)
+                    (grad,) = torch.autograd.grad(F.cross_entropy(model(xg), yi), xg)
+                r2 = grad[0].sign()
+            losses = []
+            with torch.no_grad():
+                for e1, e2 in zip(eps1.split(batch_size), eps2.split(batch_size), strict=True):
+                    a = e1.to(dev, xi.dtype).view(-1, 1, 1, 1)
+                    b = e2.to(dev, xi.dtype).view(-1, 1, 1, 1)
+                    points = xi + a * r1 + b * r2
+                    logits = model(points)
+                    losses.append(F.cross_entropy(logits, yi.expand(len(points)),
+                                                  reduction="none").cpu())
+            frames.append(pd.DataFrame({
+                "image": i, "index": int(index[i]), "label": int(yi), "direction": direction,
+                "eps1": eps1.numpy(), "eps2": eps2.numpy(),
+                "loss": torch.cat(losses).double().numpy(),
+            }))
+    return pd.concat(frames, ignore_index=True)
