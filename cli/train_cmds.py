@@ -1,3 +1,138 @@
-"""Subcommands (filled in by their issue)."""
+"""``epsl train`` and ``epsl info``."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from epsl.checkpoint import load, read_metadata
+from epsl.cli.common import (
+    EPS,
+    FractionType,
+    checkpoint_options,
+    data_options,
+    device_option,
+    handle_errors,
+    overwrite_option,
+)
+from epsl.defenses import ADV_METHODS, DefenseConfig
+from epsl.errors import EpslError
+from epsl.models import MODELS
+from epsl.train import OPTIMIZERS, EpochReport, TrainConfig, train
+
+
+def _arch_kwargs(pairs: tuple[str, ...]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise EpslError(f"--arch-arg {pair!r}: expected KEY=VALUE, e.g. depth=16")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    return kwargs
+
+
+@click.command("train")
+@data_options
+@click.option("--arch", type=click.Choice(MODELS.names()), default="small-cnn", show_default=True,
+              help="Architecture from the model registry.")
+@click.option("--arch-arg", "arch_args", multiple=True, metavar="KEY=VALUE",
+              help="Architecture argument, e.g. --arch-arg depth=16 --arch-arg widen_factor=4.")
+@click.option("--label-smoothing", "alpha", type=FractionType(0.0, 1.0), default=0.0,
+              show_default=True, help="Label smoothing alpha in [0, 1].")
+@click.option("--logit-squeeze", "beta", type=FractionType(0.0), default=0.0, show_default=True,
+              help="Logit squeezing beta >= 0 (Eq. 5).")
+@click.option("--noise-sigma", "sigma", type=FractionType(0.0), default=0.0, show_default=True,
+              help="Gaussian noise sigma in pixel units (0.3 or 30/255).")
+@click.option("--adv", type=click.Choice(ADV_METHODS), default="none", show_default=True,
+              help="Adversarial training (Eq. 1) with FGSM or PGD examples.")
+@click.option("--adv-eps", type=EPS, default=0.3, show_default=True, help="Attack epsilon.")
+@click.option("--adv-steps", type=click.IntRange(min=1), default=7, show_default=True,
+              help="PGD steps.")
+@click.option("--adv-step-size", type=FractionType(0.0, low_open=True), default=None,
+              help="PGD step size (default 2.5 * eps / steps).")
+@click.option("--adv-kappa", type=FractionType(0.0, 1.0), default=0.5, show_default=True,
+              help="Weight of the clean loss in Eq. 1 (0 = Madry et al.).")
+@click.option("--no-adv-random-start", is_flag=True, help="PGD without a random start.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Training length in epochs.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Training length in steps (the paper's k); overrides --epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="auto", show_default=True,
+              help="auto: SGD+momentum with a step schedule for CIFAR, Adam otherwise.")
+@click.option("--lr", type=FractionType(0.0, low_open=True), default=None,
+              help="Learning rate (Adam 1e-3, SGD 0.1).")
+@click.option("--weight-decay", type=FractionType(0.0), default=None,
+              help="Weight decay (SGD 5e-4, Adam 0).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Makes a run repeatable.")
+@device_option
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="Checkpoint to write (.safetensors), updated at every epoch end.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run at --out.")
+@overwrite_option
+@handle_errors
+def train_command(dataset: str | None, data: str | None, data_root: str | None, download: bool,
+                  arch: str, arch_args: tuple[str, ...], alpha: float, beta: float,
+                  sigma: float, adv: str, adv_eps: float, adv_steps: int,
+                  adv_step_size: float | None, adv_kappa: float, no_adv_random_start: bool,
+                  epochs: int, steps: int | None, batch_size: int, optimizer: str,
+                  lr: float | None, weight_decay: float | None, seed: int, device: str,
+                  out: str, resume: bool, overwrite: bool) -> None:
+    """Train a classifier with any mix of defenses and save a safe checkpoint.
+
+    \b
+    epsl train --dataset digits --arch small-cnn --label-smoothing 0.75 \\
+        --noise-sigma 0.3 --epochs 30 --seed 0 --out runs/ls.safetensors
+    """
+    if resume and overwrite:
+        raise EpslError("--resume and --overwrite contradict each other; pick one")
+    defense = DefenseConfig(label_smoothing=alpha, logit_squeeze=beta, noise_sigma=sigma, adv=adv,
+                            adv_eps=adv_eps, adv_steps=adv_steps, adv_step_size=adv_step_size,
+                            adv_kappa=adv_kappa, adv_random_start=not no_adv_random_start)
+    config = TrainConfig(dataset=dataset or "digits", data=data, data_root=data_root, arch=arch,
+                         arch_kwargs=_arch_kwargs(arch_args), epochs=epochs, steps=steps,
+                         batch_size=batch_size, optimizer=optimizer, lr=lr,
+                         weight_decay=weight_decay, seed=seed, device=device, defense=defense)
+    interactive = sys.stderr.isatty()
+
+    def report(epoch: EpochReport) -> None:
+        click.echo(f"epoch {epoch.epoch}/{epoch.epochs}  step {epoch.step}  loss {epoch.loss:.4f}"
+                   f"  train acc {epoch.train_accuracy:.3f}  ({epoch.seconds:.1f}s)", err=True)
+
+    result = train(config, Path(out), resume=resume, overwrite=overwrite, download=download,
+                   progress=interactive, on_epoch=report if interactive else None)
+    metrics = result.metadata.get("metrics", {})
+    click.echo(f"{result.metadata.get('defense', defense.name)}: "
+               f"train accuracy {metrics.get('train_accuracy', float('nan')):.4f}, "
+               f"test accuracy {metrics.get('test_accuracy', float('nan')):.4f}, "
+               f"{result.metadata.get('steps_done')} steps -> {out}")
+
+
+@click.command("info")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@checkpoint_options
+@click.option("--dataset", default=None, help="Dataset a foreign state_dict was trained on.")
+@handle_errors
+def info_command(checkpoint: str, arch: str | None, model_factory: str | None,
+                 dataset: str | None) -> None:
+    """Print a checkpoint's metadata as JSON (loading it safely, never unpickling code)."""
+    path = Path(checkpoint)
+    if path.suffix == ".safetensors" and arch is None and model_factory is None:
+        meta = read_metadata(path)
+        if meta:
+            load(path)  # prove the weights fit the architecture
+    else:
+        _, meta = load(path, arch=arch, model=model_factory, dataset=dataset)
+    if not meta:
+        raise EpslError(f"{path}: no epsl metadata; pass --arch NAME or --model module:factory")
+    click.echo(json.dumps(meta, indent=2))
+
+
+COMMANDS = [train_command, info_command]

@@ -1,0 +1,173 @@
+"""Training defenses as composable terms of one objective (section 3-4 and Eq. 1, 5 of the paper).
+
+- label smoothing alpha: targets ``y_warm = y_hot - alpha * (y_hot - 1/N_c)``;
+- logit squeezing beta: ``beta * ||Z||_F``, the Frobenius norm of the mini-batch logits (Eq. 5);
+- Gaussian noise sigma: ``x + sigma * N(0, I)`` in pixel units (sigma = 0.3 or 30/255);
+- adversarial training (Eq. 1): ``kappa * L(x) + (1 - kappa) * L(x_adv)`` with FGSM or k-step
+  PGD examples made with the model in eval mode;
+- natural training: none of them. Any mix composes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from epsl.errors import EpslError
+
+ADV_METHODS = ("none", "fgsm", "pgd")
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    """The terms of the training objective. All zero / ``none`` is natural training."""
+
+    label_smoothing: float = 0.0  # alpha in [0, 1]
+    logit_squeeze: float = 0.0  # beta >= 0
+    noise_sigma: float = 0.0  # sigma >= 0, pixel units
+    adv: str = "none"  # none | fgsm | pgd
+    adv_eps: float = 0.3
+    adv_steps: int = 7
+    adv_step_size: float | None = None  # default 2.5 * eps / steps (Madry et al.)
+    adv_kappa: float = 0.5  # weight of the clean loss in Eq. 1; 0 = Madry et al.
+    adv_random_start: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing <= 1.0:
+            raise EpslError(f"--label-smoothing must be in [0, 1] (got {self.label_smoothing})")
+        if self.logit_squeeze < 0:
+            raise EpslError(f"--logit-squeeze must be >= 0 (got {self.logit_squeeze})")
+        if self.noise_sigma < 0:
+            raise EpslError(f"--noise-sigma must be >= 0 (got {self.noise_sigma})")
+        if self.adv not in ADV_METHODS:
+            raise EpslError(f"--adv must be one of {', '.join(ADV_METHODS)} (got {self.adv!r})")
+        if self.adv != "none":
+            if not 0.0 < self.adv_eps <= 1.0:
+                raise EpslError(f"--adv-eps must be in (0, 1] (got {self.adv_eps})")
+            if self.adv_steps < 1:
+                raise EpslError(f"--adv-steps must be >= 1 (got {self.adv_steps})")
+            if not 0.0 <= self.adv_kappa <= 1.0:
+                raise EpslError(f"--adv-kappa must be in [0, 1] (got {self.adv_kappa})")
+
+    @property
+    def step_size(self) -> float:
+        if self.adv == "fgsm":
+            return self.adv_eps
+        return self.adv_step_size if self.adv_step_size is not None else (
+            2.5 * self.adv_eps / self.adv_steps)
+
+    @property
+    def name(self) -> str:
+        """A short label: ``natural``, ``ls0.75+noise0.3``, ``lsq2+noise0.5+pgd7``."""
+        parts = []
+        if self.label_smoothing:
+            parts.append(f"ls{self.label_smoothing:g}")
+        if self.logit_squeeze:
+            parts.append(f"lsq{self.logit_squeeze:g}")
+        if self.noise_sigma:
+            parts.append(f"noise{self.noise_sigma:.3g}")
+        if self.adv == "fgsm":
+            parts.append("fgsm")
+        elif self.adv == "pgd":
+            parts.append(f"pgd{self.adv_steps}")
+        return "+".join(parts) or "natural"
+
+
+def smooth_labels(y: torch.Tensor, num_classes: int, alpha: float) -> torch.Tensor:
+    """One-warm targets (N x N_c): ``y_hot - alpha * (y_hot - 1/N_c)``."""
+    hot = F.one_hot(y, num_classes).to(torch.float32)
+    return hot - alpha * (hot - 1.0 / num_classes)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``-sum_k t_k log softmax(z)_k``."""
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def squeeze_penalty(logits: torch.Tensor, beta: float) -> torch.Tensor:
+    """Eq. 5's regulariser: ``beta * ||Z||_F`` over the mini-batch logits (N x N_c)."""
+    return beta * torch.linalg.matrix_norm(logits, ord="fro")
+
+
+def gaussian_noise(x: torch.Tensor, sigma: float,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gaussian data augmentation ``x + sigma * N(0, I)`` (pixel units, not clipped: the point is
+    to train off the image manifold, section 4.2)."""
+    if sigma == 0:
+        return x
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+    return x + sigma * noise
+
+
+def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         defense: DefenseConfig, generator: torch.Generator | None = None
+                         ) -> torch.Tensor:
+    """FGSM or PGD examples for Eq. 1, made with the model in eval mode (train mode restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        x = x.detach().clamp(0.0, 1.0)  # noisy inputs may leave the box; attacks live in it
+        eps, step = defense.adv_eps, defense.step_size
+        steps = 1 if defense.adv == "fgsm" else defense.adv_steps
+        random_start = defense.adv_random_start and defense.adv == "pgd"
+        if random_start:
+            u = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+            x_adv = (x + (2 * u - 1) * eps).clamp(0.0, 1.0)
+        else:
+            x_adv = x.clone()
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = F.cross_entropy(model(x_adv), y)
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            with torch.no_grad():
+                x_adv = x_adv + step * grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+        return x_adv.detach()
+    finally:
+        model.train(was_training)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    loss: torch.Tensor  # scalar objective
+    logits: torch.Tensor  # logits on the (noisy) clean batch, for accuracy tracking
+
+
+def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, defense: DefenseConfig,
+              num_classes: int, generator: torch.Generator | None = None) -> StepOutput:
+    """The composed mini-batch objective of every defense (model in train mode).
+
+    The objective is ``(1/N) [sum_i L_i + beta ||Z||_F]``: Eq. 5 with the cross-entropy summed
+    over the batch (with a mean cross-entropy any beta above ~sqrt(N) makes Z = 0 the optimum,
+    which contradicts the paper's Table 2), scaled by 1/N.
+
+    ``x`` is in [0, 1]; noise is applied first, adversarial examples are made from the noisy
+    batch, and label smoothing and logit squeezing apply to every loss evaluation.
+    """
+    targets = smooth_labels(y, num_classes, defense.label_smoothing)
+
+    def loss_of(logits: torch.Tensor) -> torch.Tensor:
+        # Eq. 5 sums the cross-entropy over the mini-batch and adds beta * ||Z||_F; we divide
+        # both by the batch size so the learning rate means the same as in natural training.
+        loss = soft_cross_entropy(logits, targets)
+        if defense.logit_squeeze:
+            loss = loss + squeeze_penalty(logits, defense.logit_squeeze) / len(logits)
+        return loss
+
+    x_in = gaussian_noise(x, defense.noise_sigma, generator)
+    if defense.adv == "none":
+        logits = model(x_in)
+        return StepOutput(loss_of(logits), logits.detach())
+    x_adv = adversarial_examples(model, x_in, y, defense, generator)
+    kappa = defense.adv_kappa
+    if kappa == 0.0:
+        logits_adv = model(x_adv)
+        return StepOutput(loss_of(logits_adv), logits_adv.detach())
+    # one forward pass over clean and adversarial halves keeps BatchNorm statistics joint
+    logits_all = model(torch.cat([x_in, x_adv]))
+    logits, logits_adv = logits_all.split(len(x))
+    loss = kappa * loss_of(logits) + (1.0 - kappa) * loss_of(logits_adv)
+    return StepOutput(loss, logits.detach())

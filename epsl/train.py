@@ -1,0 +1,315 @@
+"""One training loop for every defense (see :mod:`epsl.defenses`).
+
+Optimisers and schedules follow Madry et al.: SGD with momentum, weight decay and a step
+schedule for CIFAR-like data (augmentation on), Adam for MNIST-like data. Length is given in
+epochs or in steps (the paper's k). A checkpoint is written at every epoch end together with a
+``.state.safetensors`` file (optimiser state) so ``resume=True`` continues a killed run, losing
+at most one epoch. Every epoch draws its randomness from ``(seed, epoch)``, so a resumed run
+equals an uninterrupted one on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from epsl import checkpoint
+from epsl.data import Split, augment_batch, load_split
+from epsl.defenses import DefenseConfig, objective
+from epsl.device import resolve_device
+from epsl.errors import EpslError
+from epsl.io import atomic_path
+from epsl.models import MODELS, create_model
+
+OPTIMIZERS = ("auto", "adam", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run; written into the checkpoint's metadata."""
+
+    dataset: str = "digits"
+    data: str | None = None  # a user's .npz instead of a registered dataset
+    data_root: str | None = None
+    arch: str = "small-cnn"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int | None = 10
+    steps: int | None = None  # the paper's k; overrides epochs when given
+    batch_size: int = 64
+    optimizer: str = "auto"  # adam for MNIST-like data, sgd for augmented (CIFAR) data
+    lr: float | None = None  # adam 1e-3, sgd 0.1
+    momentum: float = 0.9
+    weight_decay: float | None = None  # sgd 5e-4 (2e-4 for Madry's wrn), adam 0
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training (sgd)
+    lr_gamma: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+
+    def __post_init__(self) -> None:
+        if self.arch not in MODELS:
+            raise EpslError(f"unknown architecture {self.arch!r}; choose from "
+                            f"{', '.join(MODELS.names())}")
+        if self.steps is None and (self.epochs is None or self.epochs < 1):
+            raise EpslError("give --epochs >= 1 or --steps >= 1")
+        if self.steps is not None and self.steps < 1:
+            raise EpslError(f"--steps must be >= 1 (got {self.steps})")
+        if self.batch_size < 1:
+            raise EpslError(f"--batch-size must be >= 1 (got {self.batch_size})")
+        if self.optimizer not in OPTIMIZERS:
+            raise EpslError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.lr is not None and self.lr <= 0:
+            raise EpslError(f"--lr must be > 0 (got {self.lr})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        d["defense"] = DefenseConfig(**d.get("defense", {}))
+        d["lr_milestones"] = tuple(d.get("lr_milestones", (0.5, 0.75)))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    epoch: int
+    epochs: int
+    step: int
+    loss: float
+    train_accuracy: float  # on the (noisy) training batches, as seen by the objective
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    path: Path
+    metadata: dict[str, Any]
+    history: list[EpochReport]
+
+
+def state_path(out: Path) -> Path:
+    """Where the resumable optimiser state lives: ``runs/ls.safetensors`` ->
+    ``runs/ls.state.safetensors``."""
+    return out.with_name(out.name.removesuffix(".safetensors") + ".state.safetensors")
+
+
+def _optimizer(config: TrainConfig, model: nn.Module, augment: bool
+               ) -> tuple[torch.optim.Optimizer, str]:
+    kind = config.optimizer if config.optimizer != "auto" else ("sgd" if augment else "adam")
+    if kind == "sgd":
+        lr = config.lr if config.lr is not None else 0.1
+        wd = config.weight_decay if config.weight_decay is not None else 5e-4
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum,
+                               weight_decay=wd), kind
+    lr = config.lr if config.lr is not None else 1e-3
+    wd = config.weight_decay if config.weight_decay is not None else 0.0
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd), kind
+
+
+def _lr_at(base: float, step: int, total: int, kind: str, config: TrainConfig) -> float:
+    if kind != "sgd":
+        return base
+    passed = sum(step >= m * total for m in config.lr_milestones)
+    return base * config.lr_gamma**passed
+
+
+def _save_state(path: Path, optimizer: torch.optim.Optimizer, info: dict[str, Any]) -> None:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in sd["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    meta = {"param_groups": sd["param_groups"], "scalars": scalars, **info}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"epsl_state": json.dumps(meta)})
+
+
+def _load_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {})["epsl_state"])
+    tensors = load_file(str(path))
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    for idx, entry in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(entry)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta  # type: ignore[no-any-return]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: Split, device: torch.device, batch_size: int = 512,
+             limit: int | None = 10_000) -> float:
+    """Clean accuracy in eval mode (on at most ``limit`` examples, to keep epochs cheap)."""
+    was_training = model.training
+    model.eval()
+    part = data.subset(limit)
+    correct = 0
+    for xb, yb in zip(part.x.split(batch_size), part.y.split(batch_size), strict=True):
+        correct += int((model(xb.to(device)).argmax(1) == yb.to(device)).sum())
+    model.train(was_training)
+    return correct / max(1, len(part))
+
+
+def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
+          overwrite: bool = False, download: bool = False,
+          progress: bool = False, on_epoch: Callable[[EpochReport], None] | None = None
+          ) -> TrainResult:
+    """Train ``config`` and write the checkpoint to ``out`` (at every epoch end).
+
+    With ``resume=True`` an unfinished run at ``out`` continues from its last epoch; a finished
+    one is returned as it is. A non-finite loss stops training with :class:`EpslError`, keeping
+    the last good checkpoint.
+    """
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise EpslError(f"--out {out}: checkpoints are written as .safetensors")
+    device = resolve_device(config.device)
+    train_split = load_split(config.dataset, "train", data=config.data,
+                             data_root=config.data_root, download=download)
+    test_split = load_split(config.dataset, "test", data=config.data, data_root=config.data_root,
+                            download=download)
+    info = train_split.info
+    if len(train_split) == 0:
+        raise EpslError("the training set is empty")
+    num_classes = max(info.num_classes, int(train_split.y.max()) + 1)
+    arch_kwargs = {"in_channels": info.shape[0], "num_classes": num_classes,
+                   "input_size": info.shape[1], "mean": list(info.mean), "std": list(info.std),
+                   **config.arch_kwargs}
+    torch.manual_seed(config.seed)
+    try:
+        model = create_model(config.arch, **arch_kwargs).to(device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise EpslError(f"cannot build {config.arch!r} for {info.name} inputs "
+                        f"{info.shape}: {exc}") from None
+    optimizer, kind = _optimizer(config, model, info.augment)
+    base_lr = optimizer.param_groups[0]["lr"]
+
+    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+    total_steps = config.steps if config.steps is not None else steps_per_epoch * (config.epochs or 0)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+
+    start_epoch, step, history = 0, 0, []
+    meta_base = {
+        "arch": config.arch, "arch_kwargs": arch_kwargs, "dataset": info.name,
+        "data_source": train_split.source, "input_shape": list(info.shape),
+        "num_classes": num_classes,
+        "normalization": {"mean": list(info.mean), "std": list(info.std)},
+        "train_config": config.to_dict(), "defense": config.defense.name,
+        "optimizer": kind,
+    }
+    if resume and out.exists():
+        prev = checkpoint.read_metadata(out)
+        if prev.get("train_config") != json.loads(json.dumps(config.to_dict())):
+            raise EpslError(f"--resume: {out} was trained with a different config; "
+                            "use the same options or a new --out")
+        model, _ = checkpoint.load(out, device=device)
+        if prev.get("complete"):
+            return TrainResult(out, prev, [])
+        sp = state_path(out)
+        if not sp.exists():
+            raise EpslError(f"--resume: optimiser state {sp} is missing")
+        optimizer, kind = _optimizer(config, model, info.augment)
+        state_info = _load_state(sp, optimizer)
+        if state_info.get("epochs_done") != prev.get("epochs_done"):
+            raise EpslError(f"--resume: {sp} and {out} disagree on the epochs done "
+                            "(killed while saving); start again with --overwrite")
+        start_epoch, step = int(prev["epochs_done"]), int(prev["steps_done"])
+    elif out.exists() and not overwrite:
+        raise EpslError(f"{out} exists; pass --resume to continue it or --overwrite to replace")
+
+    x_train = train_split.x.to(device)
+    y_train = train_split.y.to(device)
+    t0 = time.perf_counter()
+    last_loss = float("nan")
+    for epoch in range(start_epoch, epochs):
+        t_epoch = time.perf_counter()
+        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        model.train()
+        order = torch.randperm(len(train_split), generator=gen).to(device)
+        batches = order.split(config.batch_size)
+        n_batches = min(len(batches), total_steps - step)
+        seen, correct, loss_sum = 0, 0, 0.0
+        bar = _progress(n_batches, f"epoch {epoch + 1}/{epochs}", progress)
+        for idx in batches[:n_batches]:
+            xb, yb = x_train[idx], y_train[idx]
+            if info.augment:
+                xb = augment_batch(xb, gen)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(base_lr, step, total_steps, kind, config)
+            result = objective(model, xb, yb, config.defense, num_classes, gen)
+            if not torch.isfinite(result.loss):
+                kept = (f"the last good checkpoint (epoch {epoch}) is kept at {out}"
+                        if out.exists() else "no checkpoint was written")
+                raise EpslError(
+                    f"training diverged at epoch {epoch + 1}, step {step + 1}: the loss is "
+                    f"{result.loss.item()}; {kept}. Try a smaller --logit-squeeze or --lr")
+            optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            optimizer.step()
+            step += 1
+            seen += len(yb)
+            correct += int((result.logits.argmax(1) == yb).sum())
+            loss_sum += float(result.loss.detach()) * len(yb)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+        if bar is not None:
+            bar.close()
+        last_loss = loss_sum / max(1, seen)
+        report = EpochReport(epoch + 1, epochs, step, last_loss, correct / max(1, seen),
+                             time.perf_counter() - t_epoch)
+        history.append(report)
+        done = epoch + 1 == epochs
+        metadata = {**meta_base, "epochs_done": epoch + 1, "steps_done": step,
+                    "complete": done, "metrics": {"train_loss": last_loss}}
+        if done:
+            metadata["metrics"] = {
+                "train_loss": last_loss,
+                "train_accuracy": accuracy(model, train_split, device),
+                "test_accuracy": accuracy(model, test_split, device, limit=None),
+                "train_seconds": time.perf_counter() - t0,
+            }
+        _save_state(state_path(out), optimizer, {"epochs_done": epoch + 1, "steps_done": step})
+        checkpoint.save(out, model, metadata)
+        if on_epoch is not None:
+            on_epoch(report)
+    final = checkpoint.read_metadata(out)
+    return TrainResult(out, final, history)
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:
+    """A copy of ``config`` with top-level or ``defense.*`` fields changed."""
+    defense_changes = {k.removeprefix("defense."): v for k, v in changes.items()
+                       if k.startswith("defense.")}
+    top = {k: v for k, v in changes.items() if not k.startswith("defense.")}
+    if defense_changes:
+        top["defense"] = replace(config.defense, **defense_changes)
+    return replace(config, **top)

@@ -1,0 +1,114 @@
+"""The training loop: repeatability, resume, divergence, recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from epsl import checkpoint
+from epsl.defenses import DefenseConfig
+from epsl.errors import EpslError
+from epsl.train import TrainConfig, state_path, train
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    model, _ = checkpoint.load(path)
+    return model.state_dict()
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("defense", [
+    DefenseConfig(label_smoothing=0.5, noise_sigma=0.2),
+    DefenseConfig(logit_squeeze=1.0, adv="pgd", adv_eps=0.1, adv_steps=2),
+], ids=["ls+noise", "lsq+pgd"])
+def test_resume_equals_uninterrupted_run(tmp_path: Path, defense: DefenseConfig) -> None:
+    config = TrainConfig(epochs=3, batch_size=128, defense=defense, device="cpu", seed=7)
+    full = train(config, tmp_path / "full.safetensors")
+
+    def stop_after_first(report) -> None:
+        if report.epoch == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(config, tmp_path / "cut.safetensors", on_epoch=stop_after_first)
+    assert checkpoint.read_metadata(tmp_path / "cut.safetensors")["epochs_done"] == 1
+    resumed = train(config, tmp_path / "cut.safetensors", resume=True)
+    assert [r.epoch for r in resumed.history] == [2, 3]
+    a, b = _weights(full.path), _weights(resumed.path)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.metadata["metrics"]["test_accuracy"] == full.metadata["metrics"]["test_accuracy"]
+
+
+def test_same_seed_same_weights_other_seed_differs(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=1, batch_size=128, device="cpu", seed=1)
+    a = _weights(train(cfg, tmp_path / "a.safetensors").path)
+    b = _weights(train(cfg, tmp_path / "b.safetensors").path)
+    c = _weights(train(TrainConfig(epochs=1, batch_size=128, device="cpu", seed=2),
+                       tmp_path / "c.safetensors").path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_steps_bound_the_run(tmp_path: Path) -> None:
+    result = train(TrainConfig(steps=5, batch_size=64, device="cpu"), tmp_path / "k.safetensors")
+    assert result.metadata["steps_done"] == 5
+    assert result.metadata["complete"] is True
+    assert result.metadata["train_config"]["steps"] == 5
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "d.safetensors"
+    cfg = TrainConfig(epochs=1, batch_size=128, device="cpu", seed=0)
+    train(cfg, out)
+    good = _weights(out)
+    bad = TrainConfig(epochs=2, batch_size=128, device="cpu", optimizer="sgd", lr=1e25,
+                      defense=DefenseConfig(logit_squeeze=10.0))
+    with pytest.raises(EpslError, match="diverged"):
+        train(bad, out, overwrite=True)
+    # the failed run never completed an epoch, so the earlier checkpoint is untouched
+    assert all(torch.equal(good[k], v) for k, v in _weights(out).items())
+
+
+def test_existing_output_is_not_overwritten_without_permission(tmp_path: Path) -> None:
+    out = tmp_path / "o.safetensors"
+    train(TrainConfig(steps=2, device="cpu"), out)
+    with pytest.raises(EpslError, match="exists"):
+        train(TrainConfig(steps=2, device="cpu"), out)
+    with pytest.raises(EpslError, match="different config"):
+        train(TrainConfig(steps=3, device="cpu"), out, resume=True)
+
+
+def test_metadata_records_the_run(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    cfg = TrainConfig(steps=3, device="cpu", defense=DefenseConfig(label_smoothing=0.2))
+    meta = train(cfg, out).metadata
+    assert meta["arch"] == "small-cnn" and meta["dataset"] == "digits"
+    assert meta["input_shape"] == [1, 8, 8] and meta["num_classes"] == 10
+    assert meta["train_config"]["defense"]["label_smoothing"] == 0.2
+    assert TrainConfig.from_dict(meta["train_config"]) == cfg
+    assert {"train_accuracy", "test_accuracy"} <= set(meta["metrics"])
+    assert state_path(out).exists()
+
+
+# The documented recipes (docs/training.md): each reaches >= 95% clean test accuracy on digits.
+RECIPES = {
+    "natural": DefenseConfig(),
+    "noise": DefenseConfig(noise_sigma=0.3),
+    "ls+noise": DefenseConfig(label_smoothing=0.75, noise_sigma=0.3),
+    "lsq+noise": DefenseConfig(logit_squeeze=2.0, noise_sigma=0.3),
+    "pgd": DefenseConfig(adv="pgd", adv_eps=0.1, adv_steps=7),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_recipes_reach_95_percent(tmp_path: Path, name: str) -> None:
+    cfg = TrainConfig(epochs=15, device="cpu", seed=0, defense=RECIPES[name])
+    meta = train(cfg, tmp_path / f"{name}.safetensors").metadata
+    assert meta["metrics"]["test_accuracy"] >= 0.95
