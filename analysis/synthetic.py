@@ -1,0 +1,227 @@
+"""Synthetic run folders with the exact table schema of the diagnostics, attacks and audit, for
+tests and documentation. Numbers are random but internally consistent: ``eps_l`` is
+``logit_gap / grad_gap_l1``, ``correct`` is ``pred == label``, and an example survives an attack
+at ε roughly when ε < ε_L, so the curves look like real ones. numpy only, no model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from epsl.io import write_json, write_table
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "natural": {},
+    "noise": {"noise_sigma": 0.5},
+    "ls": {"label_smoothing": 0.75},
+    "ls+noise": {"label_smoothing": 0.75, "noise_sigma": 0.5},
+    "lsq": {"logit_squeeze": 0.5},
+    "lsq+noise": {"logit_squeeze": 0.5, "noise_sigma": 0.5},
+    "pgd": {"adv": "pgd", "adv_eps": 0.3, "adv_steps": 7},
+}
+
+
+def defense_config(**overrides: Any) -> dict[str, Any]:
+    """A full ``defense`` dict with the paper's neutral defaults, updated by ``overrides``."""
+    base: dict[str, Any] = {"label_smoothing": 0.0, "logit_squeeze": 0.0, "noise_sigma": 0.0,
+                            "adv": "none", "adv_eps": 0.0, "adv_steps": 0, "adv_kappa": None}
+    return {**base, **overrides}
+
+
+def _strength(defense: Mapping[str, Any]) -> tuple[float, float]:
+    """(gradient shrink, logit-gap factor) that mimic the paper's qualitative effects."""
+    alpha = float(defense.get("label_smoothing") or 0)
+    beta = float(defense.get("logit_squeeze") or 0)
+    sigma = float(defense.get("noise_sigma") or 0)
+    adv = str(defense.get("adv") or "none") != "none"
+    shrink, gap = 1.0, 1.0
+    if sigma:
+        shrink *= 1.5
+        gap *= 1.3
+    if alpha:
+        shrink *= (1 + 6 * alpha) if sigma else 1.3
+        gap *= 0.35 if not sigma else 0.6
+    if beta:
+        shrink *= (2 + 3 * beta) if sigma else 1.5
+        gap *= 1.2 if sigma else 0.5
+    if adv:
+        shrink *= 12
+        gap *= 0.5
+    return shrink, gap
+
+
+def model_meta(defense: Mapping[str, Any], *, steps: int = 2000, dataset: str = "digits",
+               train_accuracy: float = 0.99, test_accuracy: float = 0.97) -> dict[str, Any]:
+    """Checkpoint metadata in the shape ``epsl.checkpoint`` stores it."""
+    return {"arch": "small-cnn", "dataset": dataset, "num_classes": 10,
+            "train_config": {"defense": defense_config(**defense), "steps": steps},
+            "metrics": {"train_accuracy": train_accuracy, "test_accuracy": test_accuracy}}
+
+
+def diagnostics_frame(defense: Mapping[str, Any], *, n: int = 200, classes: int = 10,
+                      seed: int = 0) -> pd.DataFrame:
+    """One row per example with the columns of ``Diagnostics.to_frame()``."""
+    rng = np.random.default_rng(seed)
+    shrink, gap_factor = _strength(defense)
+    label = rng.integers(0, classes, n)
+    logits = rng.normal(0, 2.0 * gap_factor, (n, classes))
+    logits[np.arange(n), label] += rng.gamma(4.0, 2.5 * gap_factor, n)
+    pred = logits.argmax(1)
+    others = logits.copy()
+    others[np.arange(n), label] = -np.inf
+    rival = others.argmax(1)
+    logit_gap = logits[np.arange(n), label] - logits[np.arange(n), rival]
+    grad_l1_label = rng.lognormal(np.log(40.0 / shrink), 0.6, n)
+    grad_l1_rival = rng.lognormal(np.log(35.0 / shrink), 0.6, n)
+    cosine = np.clip(rng.normal(0.1 + 0.3 * (shrink > 3), 0.2, n), -1, 1)
+    grad_gap = (grad_l1_label + grad_l1_rival) * np.sqrt(np.clip((1 - cosine) / 2, 0.01, 1))
+    frame = pd.DataFrame({
+        "index": np.arange(n), "label": label, "pred": pred, "correct": pred == label,
+        "logit_gap": logit_gap, "grad_gap_l1": grad_gap, "grad_cosine": cosine,
+        "eps_l": logit_gap / grad_gap, "rival": rival,
+        "grad_l1_label": grad_l1_label, "grad_l1_rival": grad_l1_rival,
+    })
+    for k in range(classes):
+        frame[f"logit_{k}"] = logits[:, k]
+    return frame
+
+
+def activations_frame(defense: Mapping[str, Any], *, width: int = 128, classes: int = 10,
+                      n: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Per-unit activation sums over ``n`` examples for the penultimate and logit layers."""
+    rng = np.random.default_rng(seed + 1)
+    shrink, _ = _strength(defense)
+    inactive = int(width * min(0.8, 0.08 * shrink))
+    magnitude = rng.lognormal(np.log(n * 0.5), 1.0, width)
+    active = rng.integers(1, n + 1, width)
+    dead = rng.choice(width, inactive, replace=False)
+    magnitude[dead] = 0.0
+    active[dead] = 0
+    logit_abs = rng.lognormal(np.log(n * 3.0 / np.sqrt(shrink)), 0.3, classes)
+    rows = [pd.DataFrame({"layer": "penultimate", "unit": np.arange(width),
+                          "activation_sum": magnitude, "activation_abs_sum": magnitude,
+                          "active_count": active}),
+            pd.DataFrame({"layer": "logit", "unit": np.arange(classes),
+                          "activation_sum": logit_abs * rng.uniform(-1, 1, classes),
+                          "activation_abs_sum": logit_abs, "active_count": n})]
+    return pd.concat(rows, ignore_index=True)
+
+
+def landscape_frame(defense: Mapping[str, Any], *, images: int = 8, steps: int = 11,
+                    radius: float = 0.3, seed: int = 0,
+                    directions: Sequence[str] = ("random", "adversarial")) -> pd.DataFrame:
+    """Cross-entropy on a ``steps`` x ``steps`` grid of (ε₁, ε₂) in [-radius, radius]."""
+    rng = np.random.default_rng(seed + 2)
+    shrink, _ = _strength(defense)
+    grid = np.linspace(-radius, radius, steps)
+    e1, e2 = np.meshgrid(grid, grid, indexing="ij")
+    rows = []
+    for direction in directions:
+        for image in range(images):
+            a, b = rng.uniform(0.5, 2.0, 2) / shrink
+            tilt = 30.0 if direction == "adversarial" else 2.0
+            loss = np.log1p(np.exp(8 * (a * e1**2 + b * e2**2) + tilt * e2 / shrink - 3))
+            rows.append(pd.DataFrame({"image": image, "index": image,
+                                      "label": int(rng.integers(0, 10)),
+                                      "direction": direction, "eps1": e1.ravel(),
+                                      "eps2": e2.ravel(), "loss": loss.ravel()}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def attack_frame(diagnostics: pd.DataFrame, *, eps: Sequence[float] = (0.1, 0.2, 0.3),
+                 steps: Sequence[int] = (1, 7, 20, 40), restarts: Sequence[int] = (1, 3),
+                 seed: int = 0) -> pd.DataFrame:
+    """Per-example attack results: FGSM and PGD (xent, CW) at each ε, a PGD steps sweep and a
+    restarts sweep at the largest ε, and a transfer PGD (CW) from a natural source."""
+    rng = np.random.default_rng(seed + 3)
+    eps_l = diagnostics["eps_l"].to_numpy()
+    label = diagnostics["label"].to_numpy()
+    noise = rng.lognormal(0, 0.3, len(eps_l))
+    settings: list[tuple[str, str, float, int, int, str]] = []
+    for e in eps:
+        for loss in ("xent", "cw"):
+            settings.append(("fgsm", loss, e, 1, 1, ""))
+            settings.append(("pgd", loss, e, max(steps), 1, ""))
+        settings.append(("pgd", "cw", e, max(steps), 1, "natural.safetensors"))
+    e_max = max(eps)
+    settings += [("pgd", "xent", e_max, s, 1, "") for s in steps if s != max(steps)]
+    settings += [("pgd", "xent", e_max, max(steps), r, "") for r in restarts if r != 1]
+    frames = []
+    for attack, loss, e, k, r, source in settings:
+        strength = {"fgsm": 0.8, "pgd": 1.0 + 0.1 * np.log(k) + 0.05 * r}[attack]
+        strength *= 0.6 if source else 1.0
+        strength *= 1.05 if loss == "cw" else 1.0
+        correct = eps_l * noise > e * strength
+        frames.append(pd.DataFrame({
+            "index": diagnostics["index"], "label": label, "attack": attack,
+            "loss_name": loss, "eps": e, "steps": k, "restarts": r,
+            "step_size": e if attack == "fgsm" else 2.5 * e / k,
+            "random_start": attack == "pgd", "source": source, "correct": correct,
+            "loss": np.where(correct, 0.1, 3.0), "margin": eps_l - e * strength,
+            "pred": np.where(correct, label, (label + 1) % 10)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def audit_frames(attack: pd.DataFrame, clean_correct: pd.Series, eps: float
+                 ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """audit.csv (per-example flags, worst case) and audit.json from attack rows at ``eps``."""
+    at = attack[np.isclose(attack["eps"], eps)]
+    frame = pd.DataFrame({"index": at["index"].unique()})
+    first = at.drop_duplicates("index").set_index("index")
+    frame["label"] = first.loc[frame["index"], "label"].to_numpy()
+    frame["clean_correct"] = clean_correct.to_numpy()
+    names = []
+    for (attack_name, loss, k, r, source), group in at.groupby(
+            ["attack", "loss_name", "steps", "restarts", "source"]):
+        name = f"{'transfer-' if source else ''}{attack_name}{k if attack_name == 'pgd' else ''}"
+        name += f"-{loss}" + (f"-r{r}" if r > 1 else "")
+        frame[name] = group.set_index("index").loc[frame["index"], "correct"].to_numpy()
+        names.append(name)
+    flags = frame[["clean_correct", *names]]
+    frame["robust"] = flags.all(axis=1)
+    frame["broken_by"] = np.where(frame["robust"], "", flags.idxmin(axis=1))
+    summary = {"eps": eps, "accuracies": {n: float(frame[n].mean()) for n in
+                                          ["clean_correct", *names, "robust"]},
+               "warnings": [], "verdict": f"worst-case robust accuracy "
+                                          f"{frame['robust'].mean():.1%} at ε={eps:g}"}
+    return frame, summary
+
+
+def write_synthetic_run(out: Path | str, defense: Mapping[str, Any] | str = "natural", *,
+                        n: int = 200, seed: int = 0, eps: float = 0.3, steps: int = 2000,
+                        tables: Sequence[str] = ("diagnostics", "activations", "landscape",
+                                                 "attack", "audit")) -> Path:
+    """Write a run folder: ``diagnostics.csv`` + ``summary.json``, ``activations.csv``,
+    ``landscape.csv``, ``attacks/attack.csv`` + ``summary.json``, ``audit/audit.csv`` +
+    ``audit.json``. ``defense`` is a ``defense`` dict or a key of :data:`PRESETS`."""
+    out = Path(out)
+    spec = PRESETS[defense] if isinstance(defense, str) else dict(defense)
+    diag = diagnostics_frame(spec, n=n, seed=seed)
+    test_acc = float(diag["correct"].mean())
+    meta = model_meta(spec, steps=steps, test_accuracy=test_acc,
+                      train_accuracy=min(1.0, test_acc + 0.02))
+    eps_list = [0.1, 0.2, 0.3] if eps == 0.3 else sorted({eps / 3, 2 * eps / 3, eps})
+    if "diagnostics" in tables:
+        write_table(diag, out / "diagnostics.csv")
+        write_json(out / "summary.json", {
+            "n": n, "clean_accuracy": test_acc, "eps": eps_list,
+            "predicted_accuracy": {str(e): float((diag["eps_l"] > e).mean()) for e in eps_list},
+            "checkpoint": str(out / "model.safetensors"), "model": meta})
+    if "activations" in tables:
+        write_table(activations_frame(spec, n=n, seed=seed), out / "activations.csv")
+    if "landscape" in tables:
+        write_table(landscape_frame(spec, seed=seed, radius=eps), out / "landscape.csv")
+    attack = attack_frame(diag, eps=eps_list, seed=seed)
+    if "attack" in tables:
+        write_table(attack, out / "attacks" / "attack.csv")
+        write_json(out / "attacks" / "summary.json", {"model": meta, "n": n})
+    if "audit" in tables:
+        audit, summary = audit_frames(attack, diag["correct"], eps)
+        write_table(audit, out / "audit" / "audit.csv")
+        write_json(out / "audit" / "audit.json", {**summary, "model": meta})
+    return out
