@@ -105,26 +105,27 @@ def gaussian_noise(x: torch.Tensor, sigma: float,
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                          defense: DefenseConfig, generator: torch.Generator | None = None
                          ) -> torch.Tensor:
-    """FGSM or PGD examples for Eq. 1, made with the model in eval mode (train mode restored)."""
+    """FGSM or PGD examples for Eq. 1 on the cross-entropy, made with the model in eval mode
+    and its parameters frozen (train mode restored). The random start draws from
+    ``generator`` so that a resumed run repeats an uninterrupted one."""
+    from epsl.attacks import eval_mode, project
+
     was_training = model.training
     model.eval()
     try:
-        x = x.detach().clamp(0.0, 1.0)  # noisy inputs may leave the box; attacks live in it
-        eps, step = defense.adv_eps, defense.step_size
-        steps = 1 if defense.adv == "fgsm" else defense.adv_steps
-        random_start = defense.adv_random_start and defense.adv == "pgd"
-        if random_start:
-            u = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
-            x_adv = (x + (2 * u - 1) * eps).clamp(0.0, 1.0)
-        else:
-            x_adv = x.clone()
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            loss = F.cross_entropy(model(x_adv), y)
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            with torch.no_grad():
-                x_adv = x_adv + step * grad.sign()
-                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+        with eval_mode(model):
+            x = x.detach().clamp(0.0, 1.0)  # noisy inputs may leave the box; attacks live in it
+            eps, step = defense.adv_eps, defense.step_size
+            steps = 1 if defense.adv == "fgsm" else defense.adv_steps
+            x_adv = x
+            if defense.adv_random_start and defense.adv == "pgd":
+                u = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+                x_adv = project(x + (2 * u - 1) * eps, x, eps)
+            for _ in range(steps):
+                x_adv = x_adv.detach().requires_grad_(True)
+                loss = F.cross_entropy(model(x_adv), y)
+                (grad,) = torch.autograd.grad(loss, x_adv)
+                x_adv = project(x_adv.detach() + step * grad.sign(), x, eps)
         return x_adv.detach()
     finally:
         model.train(was_training)

@@ -1,0 +1,8 @@
+"""A user's own model factory, loaded by tests with ``--model tests.factories:digits_cnn``."""
+
+from epsl import checkpoint
+from epsl.models import Classifier, create_model
+
+
+def digits_cnn() -> Classifier:
+    return create_model("small-cnn", **checkpoint.model_kwargs_for("digits"))
