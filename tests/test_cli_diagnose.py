@@ -1,0 +1,129 @@
+"""``epsl diagnose``, ``epsl activations``, ``epsl landscape`` through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from epsl.cli.main import main
+
+from epsl.diagnostics import Diagnostics, diagnose, predicted_accuracy
+
+
+def _run(*args: str) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_diagnose_writes_table_summary_and_tensors(digits_checkpoint: Path, tmp_path: Path,
+                                                   digits_model: torch.nn.Module,
+                                                   digits_test: object) -> None:
+    out = tmp_path / "diag"
+    result = _run("diagnose", digits_checkpoint, "--limit", "40", "--eps", "0.1",
+                  "--eps", "8/255", "--chunk-size", "16", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "predicted accuracy" in result.output and "0.1000" in result.output
+    frame = pd.read_csv(out / "diagnostics.csv")
+    assert len(frame) == 40 and frame["index"].tolist() == list(range(40))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 40 and summary["eps"] == [0.1, 8 / 255]
+    assert summary["model"]["arch"] == "small-cnn"
+    assert summary["model"]["train_config"] == {"defense": {}}
+    assert summary["data"] == {"dataset": "digits", "split": "test",
+                               "source": summary["data"]["source"], "n": 40}
+    assert summary["config"]["data"]["limit"] == 40 and summary["config"]["chunk_size"] == 16
+    assert summary["checkpoint"] == str(digits_checkpoint) and "epsl_version" in summary
+    # the numbers are the library's on the same examples
+    data = digits_test.subset(40)  # type: ignore[attr-defined]
+    reference = diagnose(digits_model, data.x, data.y)
+    np.testing.assert_allclose(frame["eps_l"], reference.eps_l.numpy(), rtol=1e-5, atol=1e-7)
+    assert summary["clean_accuracy"] == pytest.approx(reference.clean_accuracy)
+    assert summary["predicted_accuracy"][repr(0.1)] == predicted_accuracy(reference.eps_l, 0.1)
+    loaded = Diagnostics.load(out)
+    assert torch.equal(loaded.rival, torch.tensor(frame["rival"].to_numpy().copy()))
+
+
+def test_diagnose_parquet_and_overwrite(digits_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "diag"
+    args = ["diagnose", digits_checkpoint, "--limit", "5", "--eps", "0.1", "--format",
+            "parquet", "--out", out]
+    assert _run(*args).exit_code == 0
+    assert len(pd.read_parquet(out / "diagnostics.parquet")) == 5
+    again = _run(*args)
+    assert again.exit_code != 0 and "--overwrite" in again.output
+    assert _run(*args, "--overwrite").exit_code == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "imagenet"], "imagenet"),
+    (["--eps", "0"], "must be >"),
+    (["--eps", "1"], "must be <"),
+    (["--eps", "-0.1"], "must be >"),
+    (["--eps", "abc"], "not a number"),
+    (["--limit", "0"], "--limit"),
+    (["--dataset", "fashion-mnist", "--limit", "3"], "shape"),
+    (["--chunk-size", "0"], "chunk-size"),
+], ids=["unknown-dataset", "eps-zero", "eps-one", "eps-negative", "eps-text", "limit-zero",
+        "shape-mismatch", "chunk-zero"])
+def test_diagnose_bad_input_is_one_line_and_writes_nothing(
+        digits_checkpoint: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    out = tmp_path / "diag"
+    result = _run("diagnose", digits_checkpoint, *args, "--out", out)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_missing_checkpoint_is_an_error(tmp_path: Path) -> None:
+    result = _run("diagnose", tmp_path / "none.safetensors", "--out", tmp_path / "o")
+    assert result.exit_code != 0 and "no such checkpoint" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_activations_command(digits_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "act"
+    result = _run("activations", digits_checkpoint, "--limit", "30", "--out", out)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "activations.csv")
+    assert list(frame.columns) == ["layer", "unit", "activation_sum", "activation_abs_sum",
+                                   "active_count"]
+    summary = json.loads((out / "activations.json").read_text())
+    assert summary["n"] == 30 and summary["n_features"] == 128
+    penultimate = frame[frame.layer == "penultimate"]
+    assert summary["n_inactive"] == int((penultimate.active_count == 0).sum())
+    assert (penultimate.activation_sum >= 0).all()  # ReLU features
+    assert f"never active {summary['n_inactive']}" in result.output
+    assert _run("activations", digits_checkpoint, "--limit", "3", "--out", out).exit_code != 0
+
+
+def test_landscape_command(digits_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "land"
+    result = _run("landscape", digits_checkpoint, "--images", "2", "--direction", "adversarial",
+                  "--range", "8/255", "--steps", "5", "--out", out)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "landscape.csv")
+    assert len(frame) == 2 * 25 and set(frame["image"]) == {0, 1}
+    assert frame["eps1"].max() == pytest.approx(8 / 255)
+    summary = json.loads((out / "landscape.json").read_text())
+    assert summary["config"]["direction"] == "adversarial" and summary["config"]["steps"] == 5
+    assert len(summary["clean_loss"]) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--range", "10"], "10/255"),
+    (["--range", "0"], "must be >"),
+    (["--steps", "1"], "steps"),
+    (["--direction", "up"], "direction"),
+    (["--images", "0"], "images"),
+])
+def test_landscape_bad_input(digits_checkpoint: Path, tmp_path: Path, args: list[str],
+                             message: str) -> None:
+    out = tmp_path / "land"
+    result = _run("landscape", digits_checkpoint, *args, "--out", out)
+    assert result.exit_code != 0 and message in result.output
+    assert not out.exists()
