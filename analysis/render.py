@@ -1,0 +1,62 @@
+"""``epsl figures``: re-render every figure, the comparison and the report from saved run
+folders alone (no model, no torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import epsl
+from epsl.io import check_out_dir, write_json, write_text
+
+from .figures import figure_specs, render_all, resolve_eps
+from .report import audit_notes, write_report
+from .runs import Run, load_runs
+from .tables import comparison_table, write_comparison
+
+PRODUCTS = ["figures.json", "config.json", "index.md", "comparison.csv", "comparison.md",
+            "report.html"]
+
+
+@dataclass(frozen=True)
+class FiguresResult:
+    """What :func:`render_runs` wrote: the index entries and the paths of the summaries."""
+
+    out: Path
+    runs: tuple[Run, ...]
+    figures: tuple[dict[str, Any], ...]
+    report: Path
+    eps: float | None
+
+
+def _index_markdown(entries: Sequence[dict[str, Any]], runs: Sequence[Run]) -> str:
+    lines = ["# Figures", "", "Runs: " + ", ".join(f"`{r.path}` ({r.label})" for r in runs), ""]
+    for entry in entries:
+        lines += [f"## {entry['name']}", "", entry["caption"], "",
+                  f"![{entry['name']}]({entry['png']})", ""]
+    return "\n".join(lines)
+
+
+def render_runs(run_dirs: Sequence[Path | str], out: Path | str, *, eps: float | None = None,
+                overwrite: bool = False) -> FiguresResult:
+    """Load ``run_dirs``, render every figure their tables allow into ``out`` (PNG + SVG), and
+    write ``figures.json`` (index), ``config.json``, ``index.md``, the comparison
+    (``comparison.csv``/``.md``) and the self-contained ``report.html``."""
+    runs = load_runs(run_dirs)
+    out = check_out_dir(out, PRODUCTS + [f"{s.name}.png" for s in figure_specs(runs, eps=eps)],
+                        overwrite)
+    eps = resolve_eps(runs, eps)
+    entries = render_all(runs, out, eps=eps)
+    table = comparison_table(runs, eps=eps)
+    write_comparison(out, table)
+    config = {"epsl_version": epsl.__version__, "eps": eps,
+              "runs": [{"path": str(r.path), "label": r.label, "tables": r.tables(),
+                        "checkpoint": r.summary.get("checkpoint")} for r in runs]}
+    report = write_report(out, table, entries, notes=audit_notes(runs), config=config,
+                          title="epsl figures")
+    write_json(out / "figures.json", entries)
+    write_json(out / "config.json", config)
+    write_text(out / "index.md", _index_markdown(entries, runs))
+    return FiguresResult(out, tuple(runs), tuple(entries), report, eps)

@@ -1,0 +1,205 @@
+"""The comparison of Tables 1-4 (and 6-8) of the paper, from saved per-example tables.
+
+One row per model: its defense parameters (α, β, σ, adversarial training and κ, training
+steps), train and test accuracy from the checkpoint, the clean accuracy and the Eq. 4 predicted
+accuracy (share of examples with ε < ε_L) on the evaluated examples, white-box FGSM and PGD
+accuracy on the cross-entropy and CW losses, black-box (transfer) accuracy, and the audit's
+worst case. Every accuracy is a mean over per-example rows.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from epsl.io import write_table, write_text
+
+from .metrics import attack_accuracies, pick_eps, predicted_accuracy, strongest_setting
+from .runs import Run, defense_params
+
+#: Columns always present, in order; attack columns follow (see :func:`attack_column`).
+BASE_COLUMNS = ["model", "run", "dataset", "arch", "alpha", "beta", "sigma", "adv", "adv_eps",
+                "kappa", "steps", "train_accuracy", "test_accuracy", "n", "clean_accuracy",
+                "eps", "eq4_predicted"]
+_FIRST_ATTACKS = ["fgsm_xent", "fgsm_cw", "pgd_xent", "pgd_cw"]
+_FRACTIONS = {"train_accuracy", "test_accuracy", "clean_accuracy", "eq4_predicted",
+              "audit_worst"}
+_NOT_FRACTIONS = (set(BASE_COLUMNS) - _FRACTIONS) | {"pgd_steps", "audit_verdict"}
+HEADERS = {"model": "model", "run": "run", "dataset": "data", "arch": "arch", "alpha": "α",
+           "beta": "β", "sigma": "σ", "adv": "adv", "adv_eps": "adv ε", "kappa": "κ",
+           "steps": "k (steps)", "train_accuracy": "train", "test_accuracy": "test", "n": "n",
+           "clean_accuracy": "clean", "eps": "ε", "eq4_predicted": "Eq. 4",
+           "pgd_steps": "PGD steps", "audit_worst": "audit worst case",
+           "audit_verdict": "audit verdict"}
+
+
+def attack_column(attack: str, loss: str, transfer: bool) -> str:
+    """``fgsm_xent``, ``pgd_cw``, ``transfer_pgd_cw``, ``apgd_dlr``..."""
+    return f"{'transfer_' if transfer else ''}{attack}_{loss}".replace("-", "_")
+
+
+def _header(column: str) -> str:
+    if column in HEADERS:
+        return HEADERS[column]
+    transfer = column.startswith("transfer_")
+    name = column.removeprefix("transfer_")
+    attack, _, loss = name.rpartition("_")
+    text = f"{attack.upper()} {loss.upper() if loss == 'cw' else loss}"
+    return f"black-box {text}" if transfer else text
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _training_steps(meta: dict[str, Any]) -> float:
+    config = meta.get("train_config") or {}
+    for key in ("steps", "steps_done"):
+        value = config.get(key) if isinstance(config, dict) else None
+        value = value if value is not None else meta.get(key)
+        if value is not None:
+            return _number(value)
+    return math.nan
+
+
+def _table_eps(runs: Sequence[Run], eps: float | None) -> float | None:
+    if eps is not None:
+        return float(eps)
+    values = [v for r in runs if r.attack is not None for v in r.attack["eps"].unique()]
+    if values:
+        return float(max(values))
+    for run in runs:
+        listed = run.summary.get("eps")
+        if isinstance(listed, list) and listed:
+            return float(max(listed))
+        if isinstance(listed, int | float):
+            return float(listed)
+    return None
+
+
+def comparison_row(run: Run, eps: float | None) -> dict[str, Any]:
+    """One model's row of :func:`comparison_table` at attack radius ``eps``."""
+    d = defense_params(run.meta)
+    metrics = run.meta.get("metrics") or {}
+    adv = str(d.get("adv") or "none")
+    row: dict[str, Any] = {
+        "model": run.label, "run": run.name, "dataset": run.meta.get("dataset"),
+        "arch": run.meta.get("arch"),
+        "alpha": _number(d.get("label_smoothing", 0.0) if d else math.nan),
+        "beta": _number(d.get("logit_squeeze", 0.0) if d else math.nan),
+        "sigma": _number(d.get("noise_sigma", 0.0) if d else math.nan),
+        "adv": adv if d else None,
+        "adv_eps": _number(d.get("adv_eps")) if adv != "none" else math.nan,
+        "kappa": _number(d.get("adv_kappa")) if adv != "none" else math.nan,
+        "steps": _training_steps(run.meta),
+        "train_accuracy": _number(metrics.get("train_accuracy")),
+        "test_accuracy": _number(metrics.get("test_accuracy")),
+        "n": math.nan, "clean_accuracy": math.nan, "eps": eps, "eq4_predicted": math.nan,
+    }
+    if run.diagnostics is not None:
+        row["n"] = len(run.diagnostics)
+        row["clean_accuracy"] = float(run.diagnostics["correct"].astype(bool).mean())
+        if eps is not None:
+            row["eq4_predicted"] = predicted_accuracy(run.diagnostics, eps)
+    if run.attack is not None and eps is not None:
+        settings = attack_accuracies(run.attack)
+        at = pick_eps(settings["eps"], eps)
+        if at is not None:
+            strongest = strongest_setting(settings[np.isclose(settings["eps"], at)])
+            for record in strongest.itertuples():
+                column = attack_column(str(record.attack), str(record.loss_name),
+                                       bool(record.transfer))
+                row[column] = float(record.accuracy)
+                if record.attack == "pgd" and not record.transfer:
+                    row["pgd_steps"] = max(int(record.steps), int(row.get("pgd_steps", 0)))
+    if run.audit is not None:
+        audit_eps = _number(run.audit_summary.get("eps"))
+        if eps is None or math.isnan(audit_eps) or np.isclose(audit_eps, eps):
+            robust = run.audit["robust"].astype(str).str.lower().isin(["true", "1", "1.0"])
+            row["audit_worst"] = float(robust.mean())
+            if run.audit_summary.get("verdict"):
+                row["audit_verdict"] = str(run.audit_summary["verdict"])
+    return row
+
+
+def comparison_table(runs: Sequence[Run], *, eps: float | None = None) -> pd.DataFrame:
+    """Tables 1-4 of the paper in one frame: one row per run, accuracies as fractions in [0,1].
+
+    ``eps`` (pixel units, [0,1] scale) defaults to the largest ε in the attack tables. Attack
+    columns are named :func:`attack_column` (``fgsm_xent``, ``pgd_cw``, ``transfer_pgd_cw``...)
+    and hold the mean of ``correct`` for the setting with the most steps, then restarts;
+    ``audit_worst`` is the mean of the audit's per-example ``robust`` flag (robust only if the
+    example survives every attack).
+    """
+    at = _table_eps(runs, eps)
+    rows = [comparison_row(r, at) for r in runs]
+    frame = pd.DataFrame(rows)
+    attacks = [c for c in frame.columns if c not in BASE_COLUMNS and c not in
+               ("pgd_steps", "audit_worst", "audit_verdict")]
+    attacks = [c for c in _FIRST_ATTACKS if c in attacks] + sorted(
+        c for c in attacks if c not in _FIRST_ATTACKS and not c.startswith("transfer_")) + \
+        sorted(c for c in attacks if c.startswith("transfer_"))
+    tail = [c for c in ("pgd_steps", "audit_worst", "audit_verdict") if c in frame.columns]
+    return frame.reindex(columns=BASE_COLUMNS + attacks + tail)
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if column not in _NOT_FRACTIONS:  # accuracies: train/test/clean/Eq. 4/attacks/audit
+        return f"{float(value):.1%}"
+    if column in ("steps", "n", "pgd_steps"):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def format_table(table: pd.DataFrame, *, drop_empty: bool = True) -> pd.DataFrame:
+    """Strings for display: percentages, '–' for missing, headers with the paper's symbols.
+    Columns that are empty for every row are dropped (``drop_empty``)."""
+    columns = [c for c in table.columns if not (drop_empty and table[c].isna().all())]
+    shown = pd.DataFrame({_header(c): [_cell(c, v) for v in table[c]] for c in columns})
+    return shown
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of :func:`format_table`."""
+    shown = format_table(table.drop(columns=["audit_verdict"], errors="ignore"))
+    escape = [[str(v).replace("|", "\\|") for v in row] for row in shown.itertuples(index=False)]
+    lines = ["| " + " | ".join(shown.columns) + " |",
+             "|" + "|".join("---" if i < 4 else "--:" for i in range(len(shown.columns))) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in escape]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(table: pd.DataFrame) -> str:
+    """An HTML ``<table>`` of :func:`format_table` (escaped; no external assets)."""
+    shown = format_table(table)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in shown.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                   for row in shown.itertuples(index=False))
+    return (f'<table class="comparison"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table>")
+
+
+def write_comparison(out_dir: Path | str, table: pd.DataFrame, *,
+                     name: str = "comparison") -> dict[str, Path]:
+    """Write ``name.csv`` (raw fractions) and ``name.md`` (formatted) atomically."""
+    out_dir = Path(out_dir)
+    csv = write_table(table, out_dir / f"{name}.csv")
+    md = out_dir / f"{name}.md"
+    eps = table["eps"].dropna()
+    title = f"Comparison at ε = {float(eps.iloc[0]):g}" if len(eps) else "Comparison"
+    write_text(md, f"# {title}\n\nAccuracies are shares of the evaluated examples; Eq. 4 is the "
+                   "share with ε < ε_L.\n\n" + to_markdown(table))
+    return {"csv": csv, "md": md}
