@@ -65,6 +65,8 @@ def _arch_kwargs(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Training length in steps (the paper's k); overrides --epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--train-limit", type=click.IntRange(min=1), default=None,
+              help="Train on the first N training examples only.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="auto", show_default=True,
               help="auto: SGD+momentum with a step schedule for CIFAR, Adam otherwise.")
 @click.option("--lr", type=FractionType(0.0, low_open=True), default=None,
@@ -82,7 +84,8 @@ def train_command(dataset: str | None, data: str | None, data_root: str | None, 
                   arch: str, arch_args: tuple[str, ...], alpha: float, beta: float,
                   sigma: float, adv: str, adv_eps: float, adv_steps: int,
                   adv_step_size: float | None, adv_kappa: float, no_adv_random_start: bool,
-                  epochs: int, steps: int | None, batch_size: int, optimizer: str,
+                  epochs: int, steps: int | None, batch_size: int, train_limit: int | None,
+                  optimizer: str,
                   lr: float | None, weight_decay: float | None, seed: int, device: str,
                   out: str, resume: bool, overwrite: bool) -> None:
     """Train a classifier with any mix of defenses and save a safe checkpoint.
@@ -98,7 +101,7 @@ def train_command(dataset: str | None, data: str | None, data_root: str | None, 
                             adv_kappa=adv_kappa, adv_random_start=not no_adv_random_start)
     config = TrainConfig(dataset=dataset or "digits", data=data, data_root=data_root, arch=arch,
                          arch_kwargs=_arch_kwargs(arch_args), epochs=epochs, steps=steps,
-                         batch_size=batch_size, optimizer=optimizer, lr=lr,
+                         batch_size=batch_size, train_limit=train_limit, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, seed=seed, device=device, defense=defense)
     interactive = sys.stderr.isatty()
 

@@ -45,6 +45,7 @@ class TrainConfig:
     epochs: int | None = 10
     steps: int | None = None  # the paper's k; overrides epochs when given
     batch_size: int = 64
+    train_limit: int | None = None  # train on the first N examples only (CPU budgets)
     optimizer: str = "auto"  # adam for MNIST-like data, sgd for augmented (CIFAR) data
     lr: float | None = None  # adam 1e-3, sgd 0.1
     momentum: float = 0.9
@@ -63,6 +64,8 @@ class TrainConfig:
             raise EpslError("give --epochs >= 1 or --steps >= 1")
         if self.steps is not None and self.steps < 1:
             raise EpslError(f"--steps must be >= 1 (got {self.steps})")
+        if self.train_limit is not None and self.train_limit < 1:
+            raise EpslError(f"--train-limit must be >= 1 (got {self.train_limit})")
         if self.batch_size < 1:
             raise EpslError(f"--batch-size must be >= 1 (got {self.batch_size})")
         if self.optimizer not in OPTIMIZERS:
@@ -184,7 +187,8 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
         raise EpslError(f"--out {out}: checkpoints are written as .safetensors")
     device = resolve_device(config.device)
     train_split = load_split(config.dataset, "train", data=config.data,
-                             data_root=config.data_root, download=download)
+                             data_root=config.data_root, download=download
+                             ).subset(config.train_limit)
     test_split = load_split(config.dataset, "test", data=config.data, data_root=config.data_root,
                             download=download)
     info = train_split.info
