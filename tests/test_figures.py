@@ -1,0 +1,244 @@
+"""Figures render from small synthetic tables: non-empty PNGs of sane size with labelled axes,
+the right scales and marks, and runs labelled from their training metadata."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from epsl.analysis import figures as F
+from epsl.analysis.metrics import predicted_accuracy
+from epsl.analysis.runs import Run, defense_kind, defense_label, load_run, load_runs
+from epsl.analysis.synthetic import model_meta, write_synthetic_run
+from epsl.cli.main import main
+
+from epsl.errors import EpslError
+
+EPS = 0.3
+KINDS = ["natural", "noise", "ls", "ls+noise", "lsq+noise", "pgd"]
+
+
+@pytest.fixture(scope="module")
+def run_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    for seed, kind in enumerate(KINDS):
+        tables = ("diagnostics", "activations", "attack") + (("landscape",) if kind == "pgd"
+                                                             else ())
+        write_synthetic_run(root / kind, kind, n=80, seed=seed, tables=tables)
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(run_root: Path) -> list[Run]:
+    return load_runs([run_root / k for k in KINDS])
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+BUILDERS: dict[str, Callable[[list[Run]], object]] = {
+    "fig1_eps_l_panels": lambda rs: F.fig_eps_l_panels(rs, eps=EPS),
+    "fig3_noise_ablation_ls": lambda rs: F.fig_noise_ablation(rs, regulariser="ls", eps=EPS),
+    "fig2_logits": lambda rs: F.fig_logits(rs),
+    "fig4_gradient_norms_alpha": lambda rs: F.fig_gradient_norms(rs,
+                                                                 parameter="label_smoothing"),
+    "fig4_gradient_norms_beta": lambda rs: F.fig_gradient_norms(rs, parameter="logit_squeeze"),
+    "fig5_landscape_random": lambda rs: F.fig_landscape(rs[-1], direction="random"),
+    "fig9_landscape_adversarial": lambda rs: F.fig_landscape(rs[-1], direction="adversarial"),
+    "fig10_penultimate": lambda rs: F.fig_penultimate_activity(rs),
+    "fig11_logits": lambda rs: F.fig_logit_activity(rs),
+    "accuracy_vs_eps": lambda rs: F.fig_accuracy_vs_eps(rs, eps=EPS),
+    "accuracy_vs_steps": lambda rs: F.fig_accuracy_vs_steps(rs, eps=EPS),
+    "accuracy_vs_restarts": lambda rs: F.fig_accuracy_vs_restarts(rs, eps=EPS),
+}
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_every_figure_renders_a_labelled_png(name: str, runs: list[Run], tmp_path: Path) -> None:
+    fig = BUILDERS[name](runs)
+    visible = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+    assert visible, "figure has no axes"
+    assert any(ax.get_xlabel().strip() for ax in visible)
+    assert any(ax.get_ylabel().strip() for ax in visible)
+    if not name.startswith(("fig5", "fig9", "accuracy_vs_eps")):  # grids label outer axes only
+        for ax in visible:
+            assert ax.get_xlabel().strip() and ax.get_ylabel().strip(), ax.get_title()
+    has_legend = bool(fig.legends) or any(ax.get_legend() for ax in visible)
+    assert has_legend or name.startswith(("fig5", "fig9")), "no legend naming the runs"
+    paths = F.save_figure(fig, tmp_path, name)
+    width, height = png_size(paths["png"])
+    assert 400 <= width <= 2500 and 250 <= height <= 2000, (width, height)
+    assert paths["png"].stat().st_size > 10_000
+    assert ET.parse(paths["svg"]).getroot().tag.endswith("svg")
+
+
+def test_legends_name_the_defense_parameters(runs: list[Run]) -> None:
+    fig = F.fig_eps_l_panels(runs, eps=EPS)
+    texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert any(t.startswith("LS α=0.75 + σ=0.5") for t in texts)
+    assert any(t.startswith("LSq β=0.5 + σ=0.5") for t in texts)
+    assert any(t.startswith("PGD-7 ε=0.3") for t in texts)
+    # the legend's Eq. 4 number is the share of examples with eps < eps_L, computed here
+    natural = runs[0].diagnostics
+    expected = sum(float(v) > EPS for v in natural["eps_l"]) / len(natural)
+    assert any(f"Eq. 4 at ε=0.3: {expected:.1%}" in t for t in texts if t.startswith("natural"))
+
+
+def test_eps_panels_scales_and_attack_line(runs: list[Run]) -> None:
+    fig = F.fig_eps_l_panels(runs[:2], eps=EPS)
+    logit_gap, eps_l, grad_gap, cosine = fig.axes[:4]
+    assert logit_gap.get_yscale() == "log"  # the paper chopped this axis at 30k
+    assert grad_gap.get_xscale() == "log"
+    assert "epsilon_L" in eps_l.get_xlabel() and "pixel" in eps_l.get_xlabel()
+    vertical = [line for line in eps_l.get_lines() if np.allclose(line.get_xdata(), EPS)]
+    assert vertical, "attack eps not marked on the eps_L histogram"
+    assert cosine.get_xlim() == (-1.0, 1.0)
+
+
+def test_gradient_norm_sweep_is_sorted_by_parameter(run_root: Path, tmp_path: Path) -> None:
+    for alpha in (0.5, 0.1, 0.9):
+        write_synthetic_run(tmp_path / f"a{alpha}", {"label_smoothing": alpha,
+                                                      "noise_sigma": 0.3},
+                            n=40, tables=("diagnostics",))
+    runs = load_runs([tmp_path / "a0.5", tmp_path / "a0.1", tmp_path / "a0.9",
+                      run_root / "natural"])
+    fig = F.fig_gradient_norms(runs, parameter="label_smoothing")
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["LS α=0.1 + σ=0.3", "LS α=0.5 + σ=0.3", "LS α=0.9 + σ=0.3"]
+
+
+def test_ablation_picks_the_four_roles_in_order(runs: list[Run]) -> None:
+    picked = F.ablation_runs(runs, "ls")
+    assert [defense_kind(r.meta) for r in picked] == ["natural", "noise", "ls", "ls+noise"]
+    lsq = F.ablation_runs(runs, "lsq")
+    assert [defense_kind(r.meta) for r in lsq] == ["natural", "noise", "lsq+noise"]
+    with pytest.raises(EpslError):
+        F.fig_noise_ablation([runs[0]], regulariser="lsq")
+
+
+def test_penultimate_legend_counts_inactive_neurons(runs: list[Run]) -> None:
+    fig = F.fig_penultimate_activity(runs[:2])
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    for run, text in zip(runs[:2], texts, strict=True):
+        table = run.activations[run.activations["layer"] == "penultimate"]
+        inactive = sum(int(c) == 0 for c in table["active_count"])
+        assert f"{inactive} of {len(table)} neurons inactive" in text
+
+
+def test_accuracy_vs_eps_plots_eq4_curve_and_attack_points(runs: list[Run]) -> None:
+    fig = F.fig_accuracy_vs_eps(runs[:1], eps=EPS)
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    eq4 = lines[0]
+    x, y = np.asarray(eq4.get_xdata()), np.asarray(eq4.get_ydata())
+    eps_l = runs[0].diagnostics["eps_l"].to_numpy()
+    assert np.allclose(y, [np.mean(eps_l > v) for v in x])
+    attack = runs[0].attack
+    rows = attack[(attack.attack == "fgsm") & (attack.loss_name == "xent")]
+    expected = rows.groupby("eps")["correct"].mean()
+    plotted = [ln for ln in lines[1:] if ln.get_marker() == "o"]
+    assert plotted and np.allclose(plotted[0].get_ydata(), expected.to_numpy())
+
+
+def test_predicted_accuracy_matches_a_loop() -> None:
+    frame = pd.DataFrame({"eps_l": [-0.1, 0.05, 0.2, 0.3, 0.31, 1.0]})
+    grid = [0.0, 0.1, 0.3, 0.5]
+    expected = [sum(v > e for v in frame["eps_l"]) / 6 for e in grid]
+    assert np.allclose(predicted_accuracy(frame, grid), expected)
+    assert predicted_accuracy(frame, 0.3) == pytest.approx(2 / 6)
+
+
+@pytest.mark.parametrize(("defense", "label"), [
+    ({}, "natural"),
+    ({"noise_sigma": 0.5}, "noise σ=0.5"),
+    ({"label_smoothing": 0.75, "noise_sigma": 0.3}, "LS α=0.75 + σ=0.3"),
+    ({"logit_squeeze": 2.0, "noise_sigma": 0.5}, "LSq β=2 + σ=0.5"),
+    ({"adv": "pgd", "adv_eps": 0.3, "adv_steps": 7}, "PGD-7 ε=0.3"),
+    ({"adv": "fgsm", "adv_eps": 0.1, "label_smoothing": 0.2}, "FGSM ε=0.1 + LS α=0.2"),
+    ({"adv": "pgd", "adv_eps": 0.3, "adv_steps": 40, "adv_kappa": 50}, "PGD-40 ε=0.3 κ=50"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_defense_label(defense: dict, label: str) -> None:
+    assert defense_label(model_meta(defense)) == label
+
+
+def test_defense_label_without_training_config_falls_back() -> None:
+    assert defense_label({"arch": "wrn"}, fallback="madry.pt") == "madry.pt"
+
+
+def test_clashing_labels_are_made_unique(tmp_path: Path) -> None:
+    for name, steps in (("short", 1000), ("long", 4000)):
+        write_synthetic_run(tmp_path / name, "ls+noise", n=20, steps=steps,
+                            tables=("diagnostics",))
+    labels = [r.label for r in load_runs([tmp_path / "short", tmp_path / "long"])]
+    assert labels == ["LS α=0.75 + σ=0.5 (k=1k)", "LS α=0.75 + σ=0.5 (k=4k)"]
+
+
+def test_load_run_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(EpslError, match="no such folder"):
+        load_run(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EpslError, match="no recognised tables"):
+        load_run(tmp_path / "empty")
+
+
+def test_run_tables_found_in_subfolders(run_root: Path) -> None:
+    run = load_run(run_root / "natural")
+    assert run.tables() == ["diagnostics", "activations", "attack"]
+    assert run.label == "natural" and run.num_classes == 10
+
+
+def test_analysis_does_not_import_torch() -> None:
+    code = ("import sys, epsl.analysis, epsl.analysis.synthetic; "
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.') "
+            "or m in ('epsl.models', 'epsl.checkpoint', 'epsl.diagnostics', 'epsl.attacks')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cli_figures(run_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "figs"
+    runner = CliRunner()
+    args = ["figures", str(run_root / "natural"), str(run_root / "ls+noise"), "--out", str(out),
+            "--eps", "0.3"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    index = json.loads((out / "figures.json").read_text())
+    names = {e["name"] for e in index}
+    assert {"fig1_eps_l_panels", "fig2_logits", "fig10_penultimate_activity",
+            "accuracy_vs_eps", "accuracy_vs_steps"} <= names
+    for entry in index:
+        assert (out / entry["png"]).stat().st_size > 0 and (out / entry["svg"]).is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["eps"] == 0.3 and [r["label"] for r in config["runs"]] == \
+        ["natural", "LS α=0.75 + σ=0.5"]
+    assert (out / "report.html").is_file() and (out / "comparison.csv").is_file()
+    again = runner.invoke(main, args)
+    assert again.exit_code == 1 and "--overwrite" in again.output
+
+
+@pytest.mark.parametrize("setup", ["missing", "empty"])
+def test_cli_figures_one_line_errors(setup: str, tmp_path: Path) -> None:
+    target = tmp_path / "run"
+    if setup == "empty":
+        target.mkdir()
+        (target / "notes.txt").write_text("nothing here")
+    result = CliRunner().invoke(main, ["figures", str(target), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    assert ("no such folder" if setup == "missing" else "no recognised tables") in lines[0]

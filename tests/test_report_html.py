@@ -1,0 +1,70 @@
+"""The HTML report is self-contained (no external assets) and opens in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from epsl.analysis.figures import fig_eps_l_panels, fig_logits, save_figure
+from epsl.analysis.report import audit_notes, write_report
+from epsl.analysis.runs import load_runs
+from epsl.analysis.synthetic import write_synthetic_run
+from epsl.analysis.tables import comparison_table
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    runs = load_runs([write_synthetic_run(root / k, k, n=60, seed=i,
+                                          tables=("diagnostics", "attack", "audit"))
+                      for i, k in enumerate(["natural", "ls+noise"])])
+    out = root / "out"
+    paths = save_figure(fig_eps_l_panels(runs, eps=0.3), out, "fig1_eps_l_panels")
+    entries = [
+        {"name": "fig1_eps_l_panels", "caption": "Figure 1 <test>",
+         "png": paths["png"].name},
+        {"name": "fig2_logits", "caption": "Figure 2", "figure": fig_logits(runs)},
+        {"name": "fig1_svg", "caption": "Figure 1 as SVG", "svg": paths["svg"].name},
+    ]
+    table = comparison_table(runs)
+    return write_report(out, table, entries, notes=audit_notes(runs), config={"eps": 0.3})
+
+
+def test_report_is_self_contained(report: Path) -> None:
+    text = report.read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:|#)""", text), "external asset"
+    assert "<script" not in text and "<link" not in text
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    assert len(images) == 2
+    for data in images:
+        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert text.count("<svg") >= 1
+    assert "Figure 1 &lt;test&gt;" in text  # captions are escaped
+    assert "LS α=0.75 + σ=0.5" in text and "worst-case robust accuracy" in text
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(),
+                    reason="Debian chromium not installed (apt-get install -y chromium)")
+def test_report_opens_in_headless_chromium(report: Path, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or str(CHROMIUM)
+    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu",
+               "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+               "--enable-logging=stderr", "--v=0", "--dump-dom", report.as_uri()]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    assert '<table class="comparison">' in dom
+    assert dom.count("<tr>") == 1 + 2  # header + one row per model
+    assert dom.count('src="data:image/png;base64,') == 2
+    assert "<svg" in dom and "epsl comparison" in dom
+    console = [line for line in result.stderr.splitlines()
+               if "CONSOLE" in line or "Uncaught" in line or "Failed to load" in line]
+    assert not console, console

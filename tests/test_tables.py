@@ -1,0 +1,143 @@
+"""The comparison table against numbers computed independently from the saved CSVs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from epsl.analysis.runs import Run, load_runs
+from epsl.analysis.synthetic import write_synthetic_run
+from epsl.analysis.tables import comparison_table, format_table, to_markdown, write_comparison
+
+KINDS = ["natural", "ls+noise", "lsq+noise", "pgd"]
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return [write_synthetic_run(root / k, k, n=120, seed=i,
+                                tables=("diagnostics", "attack", "audit"))
+            for i, k in enumerate(KINDS)]
+
+
+@pytest.fixture(scope="module")
+def runs(run_dirs: list[Path]) -> list[Run]:
+    return load_runs(run_dirs)
+
+
+def truth(value: object) -> bool:
+    return str(value).strip().lower() in ("true", "1", "1.0")
+
+
+def accuracy_from_csv(run_dir: Path, *, attack: str, loss: str, eps: float, transfer: bool,
+                      steps: int | None = None, restarts: int | None = None) -> float:
+    """Mean of `correct` over the rows of one setting, read straight from the CSV."""
+    rows = pd.read_csv(run_dir / "attacks" / "attack.csv", keep_default_na=False)
+    hits, total = 0, 0
+    for row in rows.to_dict("records"):
+        if row["attack"] != attack or row["loss_name"] != loss:
+            continue
+        if abs(float(row["eps"]) - eps) > 1e-9 or bool(row["source"]) != transfer:
+            continue
+        if steps is not None and int(row["steps"]) != steps:
+            continue
+        if restarts is not None and int(row["restarts"]) != restarts:
+            continue
+        hits += truth(row["correct"])
+        total += 1
+    assert total > 0
+    return hits / total
+
+
+def test_accuracies_match_the_saved_rows(runs: list[Run], run_dirs: list[Path]) -> None:
+    table = comparison_table(runs, eps=0.3).set_index("run")
+    for run_dir in run_dirs:
+        row = table.loc[run_dir.name]
+        assert row["fgsm_xent"] == pytest.approx(accuracy_from_csv(
+            run_dir, attack="fgsm", loss="xent", eps=0.3, transfer=False))
+        assert row["fgsm_cw"] == pytest.approx(accuracy_from_csv(
+            run_dir, attack="fgsm", loss="cw", eps=0.3, transfer=False))
+        # PGD: the strongest saved setting, 40 steps then 3 restarts (synthetic sweep)
+        assert row["pgd_xent"] == pytest.approx(accuracy_from_csv(
+            run_dir, attack="pgd", loss="xent", eps=0.3, transfer=False, steps=40, restarts=3))
+        assert row["pgd_cw"] == pytest.approx(accuracy_from_csv(
+            run_dir, attack="pgd", loss="cw", eps=0.3, transfer=False, steps=40, restarts=1))
+        assert row["transfer_pgd_cw"] == pytest.approx(accuracy_from_csv(
+            run_dir, attack="pgd", loss="cw", eps=0.3, transfer=True))
+        assert row["pgd_steps"] == 40
+
+
+def test_eq4_and_clean_accuracy_match_the_diagnostics(runs: list[Run],
+                                                      run_dirs: list[Path]) -> None:
+    table = comparison_table(runs, eps=0.2).set_index("run")
+    for run_dir in run_dirs:
+        diag = pd.read_csv(run_dir / "diagnostics.csv")
+        eps_l = [float(v) for v in diag["eps_l"]]
+        assert table.loc[run_dir.name, "eq4_predicted"] == pytest.approx(
+            sum(v > 0.2 for v in eps_l) / len(eps_l))
+        assert table.loc[run_dir.name, "clean_accuracy"] == pytest.approx(
+            sum(truth(v) for v in diag["correct"]) / len(diag))
+        assert table.loc[run_dir.name, "n"] == len(diag)
+        assert table.loc[run_dir.name, "eps"] == 0.2
+
+
+def test_audit_worst_case_is_survival_of_every_attack(runs: list[Run],
+                                                      run_dirs: list[Path]) -> None:
+    """Robust = clean-correct and correct under every saved attack at eps, per example."""
+    table = comparison_table(runs, eps=0.3).set_index("run")
+    for run_dir in run_dirs:
+        diag = pd.read_csv(run_dir / "diagnostics.csv")
+        attack = pd.read_csv(run_dir / "attacks" / "attack.csv")
+        attack = attack[(attack["eps"] - 0.3).abs() < 1e-9]
+        survived = {int(i): truth(c) for i, c in zip(diag["index"], diag["correct"],
+                                                     strict=True)}
+        for index, correct in zip(attack["index"], attack["correct"], strict=True):
+            survived[int(index)] = survived[int(index)] and truth(correct)
+        expected = sum(survived.values()) / len(survived)
+        assert table.loc[run_dir.name, "audit_worst"] == pytest.approx(expected)
+        assert table.loc[run_dir.name, "audit_worst"] <= table.loc[run_dir.name, "pgd_xent"]
+
+
+def test_defense_parameters_come_from_metadata(runs: list[Run]) -> None:
+    table = comparison_table(runs).set_index("run")
+    assert table.loc["ls+noise", ["alpha", "beta", "sigma"]].tolist() == [0.75, 0.0, 0.5]
+    assert table.loc["lsq+noise", ["alpha", "beta", "sigma"]].tolist() == [0.0, 0.5, 0.5]
+    assert table.loc["pgd", "adv"] == "pgd" and table.loc["pgd", "adv_eps"] == 0.3
+    assert math.isnan(table.loc["natural", "adv_eps"])
+    assert table.loc["natural", "steps"] == 2000
+    assert table.loc["pgd", "model"] == "PGD-7 ε=0.3"
+    assert table["eps"].tolist() == [0.3] * 4  # default: the largest attack eps
+
+
+def test_an_eps_without_attacks_leaves_attack_columns_empty(runs: list[Run]) -> None:
+    table = comparison_table(runs, eps=0.25)
+    assert not {"fgsm_xent", "pgd_xent", "transfer_pgd_cw"} & set(table.columns)
+    assert table["eq4_predicted"].notna().all()
+    assert "audit_worst" not in table.columns  # the audit was run at 0.3
+
+
+def test_markdown_and_csv(runs: list[Run], tmp_path: Path) -> None:
+    table = comparison_table(runs)
+    paths = write_comparison(tmp_path, table)
+    back = pd.read_csv(paths["csv"])
+    assert back["pgd_cw"].tolist() == pytest.approx(table["pgd_cw"].tolist())
+    lines = [ln for ln in to_markdown(table).splitlines() if ln.startswith("|")]
+    assert len(lines) == 2 + len(runs)
+    header = lines[0]
+    for name in ("α", "β", "σ", "Eq. 4", "FGSM xent", "PGD CW", "black-box PGD CW",
+                 "audit worst case"):
+        assert f" {name} " in header
+    shown = format_table(table).set_index("run")
+    assert shown.loc["pgd", "PGD CW"] == f"{table.set_index('run').loc['pgd', 'pgd_cw']:.1%}"
+    assert shown.loc["natural", "adv ε"] == "–"
+    assert "# Comparison at ε = 0.3" in paths["md"].read_text()
+
+
+def test_runs_without_attacks_still_tabulate(tmp_path: Path) -> None:
+    write_synthetic_run(tmp_path / "only", "natural", n=30, tables=("diagnostics",))
+    table = comparison_table(load_runs([tmp_path / "only"]))
+    assert table.loc[0, "eps"] == 0.3  # from the diagnostics summary
+    assert "fgsm_xent" not in table.columns
+    assert not format_table(table).empty
