@@ -1,0 +1,485 @@
+"""The robustness audit: every attack of the paper and stronger ones on one fixed subset, the
+worst case per example, and AutoAttack-style warnings for gradient masking.
+
+The paper's sanity checks (section 5.1, Appendix F-H: unbounded eps, more steps, more
+restarts) are what Mosbach et al. (2018) showed to be not enough for logit-squeezed models, so
+the audit adds APGD-CE/DLR (Croce & Hein 2020), the gradient-free Square attack and a transfer
+attack, and reads them against each other:
+
+- an example is robust only if it survives every attack (``robust``); ``broken_by`` names the
+  first attack, in the order below, that broke it;
+- the expensive attacks (more steps, restarts, APGD, Square) run only on examples that are
+  still robust, as in AutoAttack, so their marginal effect (``new_breaks``) is what the
+  warnings read;
+- Eq. 4's prediction ``eps_L > eps`` (Table 1, "Equation 4") sits beside the attacks.
+
+Example::
+
+    >>> from epsl.audit import audit, AuditConfig
+    >>> result = audit(model, x, y, eps=0.1, config=AuditConfig.quick())
+    >>> result.verdict, [w.code for w in result.warnings]
+    >>> result.save("runs/audit")   # audit.csv + audit.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from epsl.attacks import (
+    AttackResult,
+    apgd,
+    default_step_size,
+    eval_mode,
+    fgsm,
+    pgd,
+    score,
+    square,
+    transfer,
+    xent_loss,
+)
+from epsl.errors import EpslError
+from epsl.io import to_json, write_json, write_table
+
+__all__ = ["WARNING_DOCS", "AuditConfig", "AuditResult", "AuditWarning", "audit"]
+
+WARNING_DOCS = {
+    "steps": "docs/warnings/steps.md",
+    "restarts": "docs/warnings/restarts.md",
+    "stronger-attacks": "docs/warnings/stronger-attacks.md",
+    "black-box-beats-white-box": "docs/warnings/black-box-beats-white-box.md",
+    "unbounded": "docs/warnings/unbounded.md",
+    "vanishing-gradients": "docs/warnings/vanishing-gradients.md",
+}
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """How hard the audit attacks. eps is given to :func:`audit`; step sizes default to
+    ``2.5 * eps / steps``.
+
+    Attributes:
+        pgd_steps: steps of the paper-strength PGD (xent and CW), 40 as for Madry's MNIST.
+        step_size: step of that PGD (None: ``2.5 * eps / pgd_steps``).
+        cw_confidence: kappa of the CW loss (50 in Madry et al.'s code).
+        strong_steps: steps of the long PGD (Table 11 goes up to 1000).
+        strong_restarts: random restarts of PGD-k (Table 10 goes up to 9).
+        apgd_steps, apgd_restarts: APGD-CE and APGD-DLR budget.
+        square_queries, square_restarts, square_p_init: Square budget.
+        unbounded_eps, unbounded_steps: the Table 9 check (accuracy must reach 0).
+        skip_expensive: skip APGD and Square (they need torchattacks and take longest).
+        survivors_only: run the expensive attacks only on examples still robust.
+        drop_tolerance, relative_drop_tolerance: warn when more steps / restarts / APGD break
+            more than ``drop_tolerance`` of all examples beyond the earlier attacks *and* more
+            than ``relative_drop_tolerance`` of the examples still robust before them (so Table
+            10's 52.3% -> 49.9% passes and Table 11's 49.7% -> 40.9% warns).
+        blackbox_tolerance: warn when Square or the transfer attack breaks more than this
+            fraction of examples that survived every white-box attack.
+        unbounded_tolerance: warn when the unbounded attack leaves more than this accuracy.
+        vanishing_tolerance: warn when more than this fraction of examples has an input
+            gradient of the cross-entropy that is exactly zero (l1 norm <= ``zero_grad_atol``).
+        seed: seeds every random start and torchattacks' attacks.
+        batch_size: examples per forward/backward pass (None: all at once).
+    """
+
+    pgd_steps: int = 40
+    step_size: float | None = None
+    cw_confidence: float = 50.0
+    strong_steps: int = 400
+    strong_restarts: int = 10
+    apgd_steps: int = 100
+    apgd_restarts: int = 1
+    square_queries: int = 1000
+    square_restarts: int = 1
+    square_p_init: float = 0.8
+    unbounded_eps: float = 1.0
+    unbounded_steps: int = 100
+    skip_expensive: bool = False
+    survivors_only: bool = True
+    drop_tolerance: float = 0.02
+    relative_drop_tolerance: float = 0.1
+    blackbox_tolerance: float = 0.01
+    unbounded_tolerance: float = 0.0
+    vanishing_tolerance: float = 0.0
+    zero_grad_atol: float = 0.0
+    seed: int = 0
+    batch_size: int | None = None
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> AuditConfig:
+        """A cheaper audit (fewer steps, restarts and queries) for a first look and for tests."""
+        settings: dict[str, Any] = {"pgd_steps": 20, "strong_steps": 100, "strong_restarts": 3,
+                                    "apgd_steps": 50, "square_queries": 300,
+                                    "unbounded_steps": 50}
+        settings.update(overrides)
+        return cls(**settings)
+
+    def __post_init__(self) -> None:
+        counts = {"pgd_steps": self.pgd_steps, "strong_steps": self.strong_steps,
+                  "strong_restarts": self.strong_restarts, "apgd_steps": self.apgd_steps,
+                  "apgd_restarts": self.apgd_restarts, "square_queries": self.square_queries,
+                  "square_restarts": self.square_restarts,
+                  "unbounded_steps": self.unbounded_steps}
+        for name, value in counts.items():
+            if value < 1:
+                raise EpslError(f"{name} must be at least 1 (got {value})")
+        if not 0 < self.unbounded_eps <= 1:
+            raise EpslError(f"unbounded_eps must be in (0, 1] (got {self.unbounded_eps})")
+
+
+@dataclass(frozen=True)
+class AuditWarning:
+    """One sanity check that failed: a short ``code``, what happened and what to do, a doc
+    page."""
+
+    code: str
+    message: str
+    doc: str
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """What :func:`audit` found on N examples.
+
+    Attributes:
+        eps: the l_inf radius audited (pixel units).
+        table: one row per example: ``index, label, clean_correct``, one bool column per attack
+            (empty where the attack did not run because the example was already broken),
+            ``robust`` (survives every attack), ``broken_by``, ``unbounded`` (correct under the
+            unbounded attack), ``grad_l1`` (||grad_x xent||_1 at x), ``eps_l`` (Eq. 4) and
+            ``eq4_robust`` (``eps_l > eps``).
+        accuracies: one row per attack, in the order run: ``attack, kind, examples`` (how many
+            it ran on), ``accuracy`` (alone; empty if it ran on survivors only),
+            ``robust_after`` (worst case so far), ``new_breaks`` (fraction of all examples it
+            broke first), ``seconds``, ``settings``.
+        warnings: the checks that failed; ``verdict``: one line; ``notes``: what was skipped.
+    """
+
+    eps: float
+    table: pd.DataFrame
+    accuracies: pd.DataFrame
+    warnings: tuple[AuditWarning, ...]
+    verdict: str
+    config: AuditConfig
+    notes: tuple[str, ...] = ()
+    source: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Worst case over every attack: the fraction of examples that survive all of them."""
+        return float(self.table["robust"].mean())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record: summary numbers, per-attack accuracies, warnings, verdict, config."""
+        accuracies = self.accuracies.astype(object).where(self.accuracies.notna(), None)
+        return {
+            "eps": self.eps,
+            "examples": len(self.table),
+            **self.summary,
+            "robust_accuracy": self.robust_accuracy,
+            "verdict": self.verdict,
+            "warnings": [w.to_dict() for w in self.warnings],
+            "notes": list(self.notes),
+            "attacks": accuracies.to_dict(orient="records"),
+            "source": self.source,
+            "config": dataclasses.asdict(self.config),
+        }
+
+    def save(self, out: Path | str, *, metadata: dict[str, Any] | None = None) -> Path:
+        """Write ``audit.csv`` (per example) and ``audit.json`` (everything else plus
+        ``metadata``, e.g. provenance) into the folder ``out``, atomically."""
+        out = Path(out)
+        record = self.to_dict()
+        if metadata:
+            record["metadata"] = metadata
+        to_json(record)  # fail before writing anything if it does not serialise
+        write_table(self.table, out / "audit.csv")
+        write_json(out / "audit.json", record)
+        return out
+
+
+@dataclass(frozen=True)
+class _Attack:
+    name: str
+    kind: str  # "white-box", "black-box"
+    expensive: bool
+    survivors: bool
+    settings: dict[str, Any]
+    run: Callable[[torch.Tensor, torch.Tensor], AttackResult]
+
+
+def _plan(model: nn.Module, eps: float, source: nn.Module | None,
+          config: AuditConfig) -> list[_Attack]:
+    k = config.pgd_steps
+    step = config.step_size or default_step_size(eps, k)
+    common = {"seed": config.seed, "batch_size": config.batch_size}
+    pgd_k = {"eps": eps, "steps": k, "step_size": step, "restarts": 1, **common}
+    strong = {**pgd_k, "steps": config.strong_steps,
+              "step_size": default_step_size(eps, config.strong_steps)}
+    restarts = {**pgd_k, "restarts": config.strong_restarts}
+    apgd_set = {"eps": eps, "steps": config.apgd_steps, "restarts": config.apgd_restarts,
+                **common}
+    square_set = {"eps": eps, "steps": config.square_queries,
+                  "restarts": config.square_restarts, "p_init": config.square_p_init,
+                  **common}
+    cw = {"loss": "cw", "cw_confidence": config.cw_confidence}
+
+    def on(fn: Callable[..., AttackResult], **kw: Any
+           ) -> Callable[[torch.Tensor, torch.Tensor], AttackResult]:
+        return lambda x, y: fn(model, x, y, **kw)
+
+    plan = [
+        _Attack("fgsm", "white-box", False, False, {"eps": eps},
+                on(fgsm, eps=eps, batch_size=config.batch_size)),
+        _Attack(f"pgd{k}-xent", "white-box", False, False, pgd_k, on(pgd, **pgd_k)),
+        _Attack(f"pgd{k}-cw", "white-box", False, False, {**pgd_k, **cw},
+                on(pgd, **pgd_k, **cw)),
+        _Attack(f"pgd{config.strong_steps}-xent", "white-box", False, True, strong,
+                on(pgd, **strong)),
+        _Attack(f"pgd{k}-xent-restarts{config.strong_restarts}", "white-box", False, True,
+                restarts, on(pgd, **restarts)),
+        _Attack("apgd-ce", "white-box", True, True, apgd_set, on(apgd, **apgd_set)),
+        _Attack("apgd-dlr", "white-box", True, True, {**apgd_set, "loss": "dlr"},
+                on(apgd, **apgd_set, loss="dlr")),
+    ]
+    if source is not None:
+        plan.append(_Attack("transfer", "black-box", False, False, pgd_k,
+                            lambda x, y: transfer(source, model, x, y, attack="pgd", **pgd_k)))
+    plan.append(_Attack("square", "black-box", True, True, square_set,
+                        on(square, **square_set)))
+    return plan
+
+
+def _input_grad_l1(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   batch_size: int | None) -> torch.Tensor:
+    """||grad_x xent(f(x), y)||_1 per example (N), at the clean inputs."""
+    size = batch_size or len(y)
+    norms = []
+    with eval_mode(model):
+        for start in range(0, len(y), size):
+            xs = x[start:start + size].detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(xent_loss(model(xs), y[start:start + size]).sum(), xs)
+            norms.append(grad.abs().flatten(1).sum(1))
+    return torch.cat(norms)
+
+
+def _eq4(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor | None, str]:
+    try:
+        from epsl.diagnostics import diagnose
+    except ImportError:
+        return None, "Eq. 4 prediction skipped: epsl.diagnostics is not available"
+    try:
+        return diagnose(model, x, y).eps_l.to(torch.float32), ""
+    except (EpslError, RuntimeError) as exc:
+        return None, f"Eq. 4 prediction skipped: {str(exc).splitlines()[0]}"
+
+
+def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+          source: nn.Module | None = None, config: AuditConfig | None = None,
+          progress: bool = False) -> AuditResult:
+    """Audit ``model``'s l_inf robustness at ``eps`` on (x, y) for signs of gradient masking.
+
+    Runs, on the same examples: clean accuracy; FGSM; PGD-k with cross-entropy and with the CW
+    loss; PGD with many more steps (Table 11) and with restarts (Table 10); APGD-CE and
+    APGD-DLR; a transfer attack from ``source`` (e.g. a naturally trained model, Tables 4 and
+    8); the gradient-free Square attack; the unbounded-eps check (Table 9) and Eq. 4's
+    prediction ``eps_L > eps``. Then checks, in AutoAttack's style: more steps or restarts (or
+    APGD) break many more examples; a black-box attack breaks examples every white-box attack
+    missed; unbounded eps leaves accuracy above 0; input gradients vanish.
+
+    Args:
+        model: classifier on N x C x H x W pixels in [0, 1] returning logits.
+        x: N x C x H x W inputs in [0, 1]; y: (N,) labels.
+        eps: l_inf radius in (0, 1].
+        source: optional model for the transfer attack (same input shape).
+        config: attack budgets and warning thresholds (default :class:`AuditConfig`).
+        progress: show a tqdm bar on stderr.
+    """
+    config = config or AuditConfig()
+    if not 0 < eps <= 1:
+        raise EpslError(f"eps must be in (0, 1] (got {eps})")
+    if len(y) == 0:
+        raise EpslError("the audit needs at least one example")
+    device = next(model.parameters()).device if any(True for _ in model.parameters()) else None
+    if device is not None:
+        x, y = x.to(device), y.to(device)
+    n = len(y)
+    with eval_mode(model):
+        clean = score(model, x, y, batch_size=config.batch_size)
+    table = pd.DataFrame({"index": range(n), "label": y.cpu().numpy(),
+                          "clean_correct": clean.correct.cpu().numpy()})
+    robust = clean.correct.clone()
+    broken_by = ["" if ok else "clean" for ok in clean.correct.tolist()]
+    rows: list[dict[str, Any]] = [{
+        "attack": "clean", "kind": "clean", "examples": n, "accuracy": clean.accuracy,
+        "robust_after": clean.accuracy, "new_breaks": 1 - clean.accuracy, "seconds": 0.0,
+        "settings": "{}"}]
+    notes: list[str] = []
+    white_robust = robust.clone()
+    plan = [a for a in _plan(model, eps, source, config)
+            if not (a.expensive and config.skip_expensive)]
+    if config.skip_expensive:
+        notes.append("APGD and Square skipped (skip_expensive)")
+    bar = tqdm(plan, desc="audit", disable=not progress, leave=False)
+    for attack in bar:
+        bar.set_postfix_str(attack.name)
+        alive = robust.nonzero().squeeze(1)
+        idx = alive if attack.survivors and config.survivors_only else torch.arange(
+            n, device=y.device)
+        column = pd.array([pd.NA] * n, dtype="boolean")
+        start = time.perf_counter()
+        if idx.numel():
+            result = attack.run(x[idx], y[idx])
+            correct = result.correct.to(y.device)
+            column[idx.cpu().numpy()] = correct.cpu().numpy()
+            newly = idx[robust[idx] & ~correct]
+            for i in newly.tolist():
+                broken_by[i] = attack.name
+            robust[newly] = False
+            accuracy = result.accuracy if idx.numel() == n else None
+        else:
+            newly, accuracy = idx, (None if attack.survivors and config.survivors_only
+                                    else 1.0)
+        table[attack.name] = column
+        rows.append({"attack": attack.name, "kind": attack.kind, "examples": int(idx.numel()),
+                     "accuracy": accuracy, "robust_after": robust.float().mean().item(),
+                     "new_breaks": newly.numel() / n,
+                     "seconds": round(time.perf_counter() - start, 3),
+                     "settings": to_json({k: v for k, v in attack.settings.items()
+                                          if k != "batch_size"}).strip().replace("\n", "")})
+        if attack.kind == "white-box":
+            white_robust = robust.clone()
+    table["robust"] = robust.cpu().numpy()
+    table["broken_by"] = broken_by
+
+    unbounded_settings = {"eps": config.unbounded_eps, "steps": config.unbounded_steps,
+                          "step_size": default_step_size(config.unbounded_eps,
+                                                         config.unbounded_steps),
+                          "seed": config.seed, "batch_size": config.batch_size}
+    start = time.perf_counter()
+    unbounded = pgd(model, x, y, **unbounded_settings)
+    table["unbounded"] = unbounded.correct.cpu().numpy()
+    rows.append({"attack": f"unbounded-eps{config.unbounded_eps:g}", "kind": "sanity",
+                 "examples": n, "accuracy": unbounded.accuracy, "robust_after": None,
+                 "new_breaks": None, "seconds": round(time.perf_counter() - start, 3),
+                 "settings": to_json({k: v for k, v in unbounded_settings.items()
+                                      if k != "batch_size"}).strip().replace("\n", "")})
+
+    grad_l1 = _input_grad_l1(model, x, y, config.batch_size)
+    table["grad_l1"] = grad_l1.detach().cpu().numpy()
+    zero_grad = (grad_l1 <= config.zero_grad_atol).float().mean().item()
+
+    eps_l, note = _eq4(model, x, y)
+    eq4_accuracy = None
+    if eps_l is None:
+        notes.append(note)
+    else:
+        table["eps_l"] = eps_l.cpu().numpy()
+        table["eq4_robust"] = (eps_l > eps).cpu().numpy()
+        eq4_accuracy = float((eps_l > eps).float().mean())
+
+    accuracies = pd.DataFrame(rows)
+    warnings = _checks(accuracies, table, n, white_robust, zero_grad, unbounded.accuracy,
+                       config)
+    verdict = ("no sign of gradient masking" if not warnings else
+               "likely gradient masking: " + "; ".join(dict.fromkeys(_SHORT[w.code]
+                                                                 for w in warnings)))
+    summary = {"clean_accuracy": clean.accuracy,
+               "paper_attacks_accuracy": float(table[[f"pgd{config.pgd_steps}-xent",
+                                                      f"pgd{config.pgd_steps}-cw", "fgsm"]]
+                                               .all(axis=1).mean()),
+               "unbounded_accuracy": unbounded.accuracy, "zero_gradient_fraction": zero_grad,
+               "eq4_accuracy": eq4_accuracy}
+    return AuditResult(eps=eps, table=table, accuracies=accuracies, warnings=tuple(warnings),
+                       verdict=verdict, config=config, notes=tuple(notes),
+                       source=None if source is None else type(source).__name__,
+                       summary=summary)
+
+
+_SHORT = {
+    "steps": "more PGD steps break many more examples",
+    "restarts": "random restarts break many more examples",
+    "stronger-attacks": "APGD breaks many more examples than PGD",
+    "black-box-beats-white-box": "a black-box attack beats the white-box attacks",
+    "unbounded": "unbounded eps does not reach 0% accuracy",
+    "vanishing-gradients": "input gradients vanish",
+}
+
+
+def _warning(code: str, message: str) -> AuditWarning:
+    return AuditWarning(code, message, WARNING_DOCS[code])
+
+
+def _checks(accuracies: pd.DataFrame, table: pd.DataFrame, n: int, white_robust: torch.Tensor,
+            zero_grad: float, unbounded_accuracy: float,
+            config: AuditConfig) -> list[AuditWarning]:
+    found: list[AuditWarning] = []
+    new = dict(zip(accuracies["attack"], accuracies["new_breaks"], strict=True))
+    before = dict(zip(accuracies["attack"],
+                      accuracies["robust_after"].shift(1, fill_value=1.0), strict=True))
+    k = config.pgd_steps
+    marginal = [
+        ("steps", f"pgd{config.strong_steps}-xent",
+         f"PGD with {config.strong_steps} steps breaks {{pct}} more examples than FGSM and "
+         f"PGD-{k}: the paper-strength attack had not converged, or the loss surface is "
+         f"convoluted. Report robustness under the long attack, not PGD-{k}."),
+        ("restarts", f"pgd{k}-xent-restarts{config.strong_restarts}",
+         f"{config.strong_restarts} random restarts of PGD-{k} break {{pct}} more examples: "
+         f"the loss has many local maxima. Report robustness with restarts."),
+        ("stronger-attacks", None,
+         "APGD (CE/DLR) breaks {pct} more examples than every PGD variant: PGD was too weak "
+         "for this model. Report the worst case over all attacks (the `robust` column)."),
+    ]
+    for code, name, text in marginal:
+        names = ["apgd-ce", "apgd-dlr"] if name is None else [name]
+        names = [a for a in names if a in new]
+        if not names:
+            continue
+        share = sum(new[a] or 0.0 for a in names)
+        robust_before = before[names[0]]
+        relative = share / robust_before if robust_before > 0 else 0.0
+        if share > config.drop_tolerance and relative > config.relative_drop_tolerance:
+            pct = f"{share:.1%} (a {relative:.0%} relative drop)"
+            found.append(_warning(code, text.format(pct=pct)))
+    robust_white = white_robust.cpu().numpy()
+    for name in ("transfer", "square"):
+        if name not in table:
+            continue
+        beaten = (table[name].fillna(True).to_numpy() == False) & robust_white  # noqa: E712
+        share = float(beaten.sum()) / n
+        if share > config.blackbox_tolerance:
+            what = ("the transfer attack" if name == "transfer"
+                    else "the gradient-free Square attack")
+            found.append(_warning(
+                "black-box-beats-white-box",
+                f"{what} breaks {share:.1%} of the examples that survived every white-box "
+                f"attack: white-box gradients are misleading (gradient masking). Trust the "
+                f"worst case over all attacks and investigate the model's gradients."))
+    if unbounded_accuracy > config.unbounded_tolerance:
+        found.append(_warning(
+            "unbounded",
+            f"PGD with eps={config.unbounded_eps:g} and {config.unbounded_steps} steps leaves "
+            f"{unbounded_accuracy:.1%} accuracy (it must reach 0%, Table 9): the attack cannot "
+            f"follow the gradients, a sign of gradient masking. Check for non-differentiable "
+            f"or saturating layers; try more steps."))
+    if zero_grad > config.vanishing_tolerance:
+        found.append(_warning(
+            "vanishing-gradients",
+            f"{zero_grad:.1%} of the examples have an exactly zero input gradient of the "
+            f"cross-entropy: gradient-based attacks cannot move them. Check that the model "
+            f"returns logits (not probabilities) and has no rounding or saturating layers; "
+            f"rely on Square and transfer attacks."))
+    return found
