@@ -136,11 +136,14 @@ def read_safetensors_metadata(path: Path | str) -> dict[str, Any]:
 def _meta_from(jsons: Iterable[dict[str, Any]], root: Path) -> tuple[dict[str, Any], str | None]:
     """Checkpoint metadata and path from whichever JSON carries it, else a checkpoint file."""
     checkpoint: str | None = None
-    for obj in jsons:
-        checkpoint = checkpoint or _checkpoint_path(obj)
-        model = obj.get("model")
-        if isinstance(model, dict) and model:
-            return model, checkpoint
+    for record in jsons:
+        # provenance sits at the top level or under "metadata" (audit.json)
+        nested = record.get("metadata")
+        for obj in (record, nested if isinstance(nested, dict) else {}):
+            checkpoint = checkpoint or _checkpoint_path(obj)
+            model = obj.get("model")
+            if isinstance(model, dict) and model:
+                return model, checkpoint
     candidates = sorted(root.glob("*.safetensors"))
     if checkpoint is not None:
         candidates.insert(0, Path(checkpoint))
@@ -180,11 +183,12 @@ def load_run(path: Path | str, *, label: str | None = None) -> Run:
         raise EpslError(f"{root}: no recognised tables (expected any of {expected})")
     summary = _json_beside(sources["diagnostics"][0], "summary.json") if sources["diagnostics"] \
         else {}
-    attack_summary = _json_beside(sources["attack"][0], "summary.json") if sources["attack"] \
-        else {}
+    attack_summary = (_json_beside(sources["attack"][0], "summary.json")
+                      or _json_beside(sources["attack"][0], "attack.json")) \
+        if sources["attack"] else {}
     audit_summary = _json_beside(sources["audit"][0], "audit.json") if sources["audit"] else {}
-    extra = [_json_beside(f, "summary.json") for k in ("activations", "landscape")
-             for f in sources[k]]
+    extra = [_json_beside(f, name) for k in ("activations", "landscape") for f in sources[k]
+             for name in (f"{k}.json", "summary.json")]
     meta, checkpoint = _meta_from([summary, audit_summary, attack_summary, *extra], root)
     if checkpoint and "checkpoint" not in summary:
         summary = {**summary, "checkpoint": checkpoint}
