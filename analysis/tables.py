@@ -44,6 +44,9 @@ def attack_column(attack: str, loss: str, transfer: bool) -> str:
     return f"{'transfer_' if transfer else ''}{attack}_{loss}".replace("-", "_")
 
 
+_TEXT_HEADERS = {"model", "run", "data", "arch", "adv", "audit verdict"}
+
+
 def _header(column: str) -> str:
     if column in HEADERS:
         return HEADERS[column]
@@ -177,7 +180,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     shown = format_table(table.drop(columns=["audit_verdict"], errors="ignore"))
     escape = [[str(v).replace("|", "\\|") for v in row] for row in shown.itertuples(index=False)]
     lines = ["| " + " | ".join(shown.columns) + " |",
-             "|" + "|".join("---" if i < 4 else "--:" for i in range(len(shown.columns))) + "|"]
+             "|" + "|".join("---" if c in _TEXT_HEADERS else "--:" for c in shown.columns)
+             + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in escape]
     return "\n".join(lines) + "\n"
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from epsl.cli.common import EPS, handle_errors, overwrite_option
+from epsl.cli.common import (
+    EPS,
+    FractionType,
+    checkpoint_options,
+    device_option,
+    eval_data_options,
+    handle_errors,
+    overwrite_option,
+)
 
 
 @click.command("figures")
@@ -35,4 +43,57 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
                f"report: {result.report}")
 
 
-COMMANDS: list[click.Command] = [figures]
+@click.command("compare")
+@click.argument("checkpoints", nargs=-1, required=True, metavar="CKPT...")
+@eval_data_options
+@checkpoint_options
+@click.option("--eps", type=EPS, required=True,
+              help="l_inf radius of every column, pixel units in (0,1] ('0.3' or '8/255').")
+@click.option("--source", type=click.Path(dir_okay=False), default=None, metavar="NATURAL",
+              help="Checkpoint whose adversarial examples are transferred (black-box columns; "
+                   "the paper uses a naturally trained model).")
+@click.option("--pgd-steps", type=click.IntRange(min=1), default=40, show_default=True,
+              help="Steps of the white-box and transfer PGD.")
+@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Random restarts of PGD.")
+@click.option("--step-size", type=FractionType(0.0, 1.0, low_open=True), default=None,
+              help="PGD step size (default 2.5 * eps / steps).")
+@click.option("--eps-grid", type=EPS, multiple=True,
+              help="Extra eps for the accuracy-vs-eps figure (FGSM and PGD, xent); repeat.")
+@click.option("--audit", "run_audit", is_flag=True,
+              help="Also run the robustness audit (quick settings) for the worst case.")
+@click.option("--no-figures", is_flag=True, help="Skip the figures (table and report only).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds random starts.")
+@device_option
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for per-model tables, comparison.csv/.md, report.html, figures/.")
+@overwrite_option
+@handle_errors
+def compare(checkpoints: tuple[str, ...], dataset: str | None, data: str | None,
+            data_root: str | None, download: bool, split: str, limit: int | None,
+            arch: str | None, model_factory: str | None, eps: float, source: str | None,
+            pgd_steps: int, restarts: int, step_size: float | None,
+            eps_grid: tuple[float, ...], run_audit: bool, no_figures: bool, seed: int,
+            device: str, out: Path, overwrite: bool) -> None:
+    """Compare CKPT... as Tables 1-4 do: Eq. 4 prediction, FGSM and PGD (xent, CW), transfer.
+
+    Diagnostics and attack tables already in OUT/<model>/ for the same checkpoint are reused.
+    """
+    from epsl.compare import CompareConfig
+    from epsl.compare import compare as run_compare
+
+    config = CompareConfig(
+        checkpoints=tuple(checkpoints), eps=eps, dataset=dataset, data=data,
+        data_root=data_root, download=download, split=split, limit=limit, arch=arch,
+        model=model_factory, source=source, pgd_steps=pgd_steps, restarts=restarts,
+        step_size=step_size, eps_grid=tuple(eps_grid), audit=run_audit,
+        figures=not no_figures, seed=seed, device=device)
+    result = run_compare(config, out, overwrite=overwrite,
+                         progress=lambda msg: click.echo(msg, err=True))
+    from epsl.analysis.tables import to_markdown
+
+    click.echo(to_markdown(result.table.drop(columns=["run", "dataset", "arch"])), nl=False)
+    click.echo(f"report: {result.report}")
+
+
+COMMANDS: list[click.Command] = [figures, compare]

@@ -1,0 +1,274 @@
+"""``epsl compare``: Table 1 and Tables 2-4 of the paper for several checkpoints at one ε.
+
+For each checkpoint, on the same examples, compute (or reuse from an earlier run) the ε_L
+diagnostics (Eq. 4) and the paper's attacks: white-box FGSM (no random start) and PGD-k (random
+start) on the cross-entropy and CW losses, and, with a ``source`` checkpoint (a naturally
+trained model in the paper), black-box transfer FGSM and PGD-k on the CW loss. Optionally run
+the robustness audit. Tables are written per model under ``out/<model-name>/`` in the layout
+``epsl figures`` reads; then the comparison (CSV, Markdown) and a self-contained HTML report
+with the figures are written to ``out``.
+
+Layout::
+
+    out/<name>/diagnostics.csv, summary.json          (epsl diagnose)
+    out/<name>/attacks/attack.csv, summary.json       (one row per example per setting)
+    out/<name>/audit/audit.csv, audit.json            (with audit=True)
+    out/comparison.csv, comparison.md, report.html, compare.json, figures/...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+import epsl
+from epsl.analysis.figures import render_all
+from epsl.analysis.report import audit_notes, write_report
+from epsl.analysis.runs import Run, load_runs
+from epsl.analysis.tables import comparison_table, write_comparison
+from epsl.attacks import default_step_size, sweep
+from epsl.context import Evaluation, load_model, prepare
+from epsl.diagnostics import diagnose, predicted_accuracy
+from epsl.errors import EpslError
+from epsl.io import check_out_dir, read_json, read_table, write_json, write_table
+
+PRODUCTS = ["comparison.csv", "comparison.md", "report.html", "compare.json"]
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What ``epsl compare`` evaluates; ε and step sizes in pixel units on the [0,1] scale.
+
+    Attributes:
+        checkpoints: the models to compare (epsl ``.safetensors`` or foreign with ``arch``).
+        eps: the ℓ∞ radius of every table column.
+        eps_grid: extra radii for the accuracy-against-ε figure (FGSM and PGD, xent only).
+        source: checkpoint whose adversarial examples are transferred (black-box columns).
+        pgd_steps, restarts, step_size: PGD-k (step size default ``2.5 * eps / steps``).
+        audit: also run :func:`epsl.audit.audit` (quick settings) for the worst case.
+        figures: render the figures into ``out/figures`` and embed them in the report.
+    """
+
+    checkpoints: tuple[str, ...]
+    eps: float
+    dataset: str | None = None
+    data: str | None = None
+    data_root: str | None = None
+    download: bool = False
+    split: str = "test"
+    limit: int | None = None
+    arch: str | None = None
+    model: str | None = None
+    source: str | None = None
+    pgd_steps: int = 40
+    restarts: int = 1
+    step_size: float | None = None
+    cw_confidence: float = 50.0
+    eps_grid: tuple[float, ...] = ()
+    audit: bool = False
+    figures: bool = True
+    seed: int = 0
+    batch_size: int | None = 256
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.checkpoints:
+            raise EpslError("give at least one checkpoint to compare")
+        for e in (self.eps, *self.eps_grid):
+            if not 0 < e <= 1:
+                raise EpslError(f"eps must lie in (0, 1] in pixel units (got {e})")
+        if self.pgd_steps < 1 or self.restarts < 1:
+            raise EpslError("--pgd-steps and --restarts must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise EpslError(f"--limit must be at least 1 (got {self.limit})")
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """The comparison table (one row per checkpoint), the runs it was built from and the
+    files written."""
+
+    table: pd.DataFrame
+    runs: tuple[Run, ...]
+    out: Path
+    report: Path
+    reused: dict[str, list[str]] = field(default_factory=dict)
+
+
+def model_names(checkpoints: Sequence[str]) -> list[str]:
+    """Folder names for checkpoints: the file stem, made unique with the parent folder, then a
+    counter."""
+    stems = [Path(c).stem for c in checkpoints]
+    names = []
+    for path, stem in zip(checkpoints, stems, strict=True):
+        name = stem if stems.count(stem) == 1 else f"{Path(path).parent.name}-{stem}"
+        name = re.sub(r"[^A-Za-z0-9._+=-]+", "-", name).strip("-") or "model"
+        while name in names:
+            name += "-2"
+        names.append(name)
+    return names
+
+
+def _same_checkpoint(summary: dict[str, Any], checkpoint: str) -> bool:
+    saved = summary.get("checkpoint")
+    return isinstance(saved, str) and Path(saved).resolve() == Path(checkpoint).resolve()
+
+
+def _reusable_diagnostics(folder: Path, checkpoint: str, n: int) -> bool:
+    table, summary = folder / "diagnostics.csv", folder / "summary.json"
+    if not (table.is_file() and summary.is_file()):
+        return False
+    record = read_json(summary)
+    return _same_checkpoint(record, checkpoint) and record.get("n") == n
+
+
+def _settings(config: CompareConfig) -> list[dict[str, Any]]:
+    """The attack settings of Tables 1-4: (attack, loss, eps, black-box?)."""
+    grid = sorted({config.eps, *config.eps_grid})
+    white = [{"attack": a, "loss": loss, "eps": [config.eps]} for a in ("fgsm", "pgd")
+             for loss in ("xent", "cw")]
+    extra = [e for e in grid if not math.isclose(e, config.eps)]
+    if extra:
+        white += [{"attack": a, "loss": "xent", "eps": extra} for a in ("fgsm", "pgd")]
+    black = [{"attack": a, "loss": "cw", "eps": [config.eps], "transfer": True}
+             for a in ("fgsm", "pgd")] if config.source else []
+    return white + black
+
+
+def _covered(attack: pd.DataFrame, setting: dict[str, Any], config: CompareConfig) -> bool:
+    rows = attack[(attack["attack"] == setting["attack"])
+                  & (attack["loss_name"] == setting["loss"])]
+    source = rows["source"].fillna("").astype(str) != ""
+    rows = rows[source == bool(setting.get("transfer"))]
+    if setting["attack"] == "pgd":
+        rows = rows[(rows["steps"] == config.pgd_steps) & (rows["restarts"] == config.restarts)]
+    return all(bool((rows["eps"] - e).abs().lt(1e-9).any()) for e in setting["eps"])
+
+
+def _attack_frame(ev: Evaluation, config: CompareConfig, source_model: torch.nn.Module | None,
+                  settings: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    frames = []
+    for setting in settings:
+        extra: dict[str, Any] = {"loss": setting["loss"], "batch_size": config.batch_size,
+                                 "cw_confidence": config.cw_confidence}
+        if setting["attack"] == "pgd":
+            extra.update(steps=[config.pgd_steps], restarts=[config.restarts],
+                         seed=config.seed, random_start=True)
+            if config.step_size is not None:
+                extra["step_size"] = config.step_size
+        transfer = bool(setting.get("transfer"))
+        frames.append(sweep(ev.model, ev.data.x.to(ev.device), ev.data.y.to(ev.device),
+                            attack=setting["attack"], eps=setting["eps"],
+                            source=source_model if transfer else None,
+                            source_name=str(config.source) if transfer else "", **extra))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _provenance(ev: Evaluation) -> dict[str, Any]:
+    return {"checkpoint": ev.checkpoint, "model": ev.meta,
+            "data": {"dataset": ev.data.info.name, "split": ev.data.split,
+                     "source": ev.data.source, "n": len(ev.data)},
+            "epsl_version": epsl.__version__}
+
+
+def evaluate_model(checkpoint: str, folder: Path, config: CompareConfig, *,
+                   source_model: torch.nn.Module | None = None,
+                   progress: Progress | None = None) -> list[str]:
+    """Write (or reuse) one model's diagnostics, attacks and audit under ``folder``; return
+    what was reused."""
+    say = progress or (lambda _msg: None)
+    ev = prepare(checkpoint, dataset=config.dataset, data=config.data, split=config.split,
+                 limit=config.limit, arch=config.arch, model=config.model,
+                 data_root=config.data_root,
+                 download=config.download, device=config.device)
+    n, reused = len(ev.data), []
+    grid = sorted({config.eps, *config.eps_grid})
+    if _reusable_diagnostics(folder, checkpoint, n):
+        reused.append("diagnostics")
+    else:
+        say(f"{folder.name}: eps_L diagnostics on {n} examples")
+        result = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device)
+        result.save(folder)
+        accuracy = predicted_accuracy(result.eps_l, grid)
+        assert isinstance(accuracy, dict)
+        write_json(folder / "summary.json", {
+            "n": n, "clean_accuracy": result.clean_accuracy, "eps": grid,
+            "predicted_accuracy": {repr(e): a for e, a in accuracy.items()},
+            **_provenance(ev)})
+    attack_path, attack_summary = folder / "attacks" / "attack.csv", folder / "attacks" / \
+        "summary.json"
+    existing = pd.DataFrame()
+    if attack_path.is_file() and attack_summary.is_file() and _same_checkpoint(
+            read_json(attack_summary), checkpoint):
+        existing = read_table(attack_path)
+        if existing["index"].nunique() != n:
+            existing = pd.DataFrame()
+    settings = _settings(config)
+    missing = [s for s in settings if existing.empty or not _covered(existing, s, config)]
+    if not missing:
+        reused.append("attacks")
+    else:
+        say(f"{folder.name}: {len(missing)} attack settings at eps={config.eps:g}")
+        frame = pd.concat([existing, _attack_frame(ev, config, source_model, missing)],
+                          ignore_index=True)
+        write_table(frame, attack_path)
+        write_json(attack_summary, {
+            "n": n, "eps": config.eps, "pgd_steps": config.pgd_steps,
+            "restarts": config.restarts, "step_size": config.step_size
+            or default_step_size(config.eps, config.pgd_steps), "source": config.source,
+            **_provenance(ev)})
+    if config.audit:
+        audit_json = folder / "audit" / "audit.json"
+        if audit_json.is_file() and math.isclose(float(read_json(audit_json).get("eps", -1)),
+                                                   config.eps):
+            reused.append("audit")
+        else:
+            from epsl.audit import AuditConfig, audit
+
+            say(f"{folder.name}: audit at eps={config.eps:g}")
+            result = audit(ev.model, ev.data.x, ev.data.y, eps=config.eps,
+                           source=source_model, config=AuditConfig.quick(seed=config.seed))
+            result.save(folder / "audit", metadata=_provenance(ev))
+    return reused
+
+
+def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
+            progress: Progress | None = None) -> CompareResult:
+    """Evaluate every checkpoint of ``config`` and write the comparison and report to ``out``.
+
+    Per-model tables already under ``out/<name>/`` for the same checkpoint and number of
+    examples are reused, and only missing attack settings are run.
+    """
+    out = check_out_dir(out, PRODUCTS, overwrite)
+    source_model = None
+    if config.source:
+        source_model, _, _ = load_model(config.source, arch=config.arch,
+                                        dataset=config.dataset, device=config.device)
+    names = model_names(config.checkpoints)
+    reused = {}
+    for checkpoint, name in zip(config.checkpoints, names, strict=True):
+        reused[name] = evaluate_model(checkpoint, out / name, config,
+                                      source_model=source_model, progress=progress)
+    runs = load_runs([out / name for name in names])
+    table = comparison_table(runs, eps=config.eps)
+    write_comparison(out, table)
+    entries: list[dict[str, Any]] = []
+    if config.figures:
+        entries = [{**e, "png": f"figures/{e['png']}", "svg": f"figures/{e['svg']}"}
+                   for e in render_all(runs, out / "figures", eps=config.eps)]
+    record = {"config": dataclasses.asdict(config), "models": dict(zip(names, config.checkpoints,
+                                                                          strict=True)),
+              "reused": reused, "figures": entries, "epsl_version": epsl.__version__}
+    report = write_report(out, table, entries, notes=audit_notes(runs),
+                          config=record["config"], title="epsl compare")
+    write_json(out / "compare.json", record)
+    return CompareResult(table, tuple(runs), out, report, reused)
