@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -141,3 +142,46 @@ def test_runs_without_attacks_still_tabulate(tmp_path: Path) -> None:
     assert table.loc[0, "eps"] == 0.3  # from the diagnostics summary
     assert "fgsm_xent" not in table.columns
     assert not format_table(table).empty
+
+
+@pytest.mark.slow
+def test_compare_against_an_independent_fgsm(digits_checkpoint: Path, digits_model,
+                                              digits_test, tmp_path: Path) -> None:
+    """`epsl compare` on a real checkpoint: its FGSM column equals a plain autograd FGSM
+    written here, its Eq. 4 column the share of rows with eps < eps_L, and a second call
+    reuses the saved tables."""
+    import torch
+    import torch.nn.functional as torch_f
+    from click.testing import CliRunner
+    from epsl.cli.main import main
+
+    eps, n = 0.1, 40
+    out = tmp_path / "cmp"
+    args = ["compare", str(digits_checkpoint), "--dataset", "digits", "--eps", "0.1",
+            "--limit", str(n), "--pgd-steps", "3", "--source", str(digits_checkpoint),
+            "--no-figures", "--device", "cpu", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "comparison.csv")
+    assert len(table) == 1 and table.loc[0, "model"] == "natural"
+
+    x, y = digits_test.x[:n].clone().requires_grad_(True), digits_test.y[:n]
+    torch_f.cross_entropy(digits_model(x), y, reduction="sum").backward()
+    with torch.no_grad():
+        clean = digits_model(x).argmax(1) == y
+        x_adv = (x + eps * x.grad.sign()).clamp(0, 1)
+        survived = clean & (digits_model(x_adv).argmax(1) == y)
+    assert table.loc[0, "fgsm_xent"] == pytest.approx(survived.float().mean().item())
+    assert table.loc[0, "clean_accuracy"] == pytest.approx(clean.float().mean().item())
+    diag = pd.read_csv(out / "natural" / "diagnostics.csv")
+    assert table.loc[0, "eq4_predicted"] == pytest.approx((diag["eps_l"] > eps).mean())
+    for column in ("fgsm_cw", "pgd_xent", "pgd_cw", "transfer_fgsm_cw", "transfer_pgd_cw"):
+        assert 0 <= table.loc[0, column] <= table.loc[0, "clean_accuracy"] + 1e-9
+    # a transfer attack from the model itself is a white-box attack
+    assert table.loc[0, "transfer_pgd_cw"] == pytest.approx(table.loc[0, "pgd_cw"])
+    assert (out / "report.html").is_file() and (out / "comparison.md").is_file()
+
+    again = CliRunner().invoke(main, [*args, "--overwrite"])
+    assert again.exit_code == 0, again.output
+    record = json.loads((out / "compare.json").read_text())
+    assert record["reused"] == {"natural": ["diagnostics", "attacks"]}
