@@ -21,6 +21,7 @@ Measured on the 2-core CPU this project runs on (``benchmarks/diagnostics.py``,
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,8 +73,17 @@ def memory_budget(device: torch.device) -> int:
     return int(min(_available_cpu_bytes() // 4, CPU_BUDGET_BYTES))
 
 
-def _activation_bytes(model: nn.Module, x1: torch.Tensor) -> int:
-    """Bytes output by every leaf module for one example (a proxy for what backward keeps)."""
+_PER_EXAMPLE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], tuple[int, int]]]
+_PER_EXAMPLE = weakref.WeakKeyDictionary()
+
+
+def _activation_bytes(model: nn.Module, x1: torch.Tensor) -> tuple[int, int]:
+    """``(bytes output by every leaf module for one example, number of classes)``: a proxy for
+    what backward keeps, memoised per model and input shape (one extra forward, once)."""
+    key = (tuple(x1.shape[1:]), x1.dtype, x1.device)
+    cache = _PER_EXAMPLE.setdefault(model, {})
+    if key in cache:
+        return cache[key]
     total = 0
 
     def hook(_module: nn.Module, _inputs: object, output: object) -> None:
@@ -85,14 +95,15 @@ def _activation_bytes(model: nn.Module, x1: torch.Tensor) -> int:
                if not any(True for _ in m.children())]
     try:
         with torch.no_grad():
-            logits = model(x1)
+            logits = model(x1[:1])
     finally:
         for handle in handles:
             handle.remove()
-    return total + logits.numel() * logits.element_size()
+    cache[key] = (total + logits.numel() * logits.element_size(), int(logits.shape[1]))
+    return cache[key]
 
 
-def auto_chunk_size(model: nn.Module, x: torch.Tensor, num_classes: int, *,
+def auto_chunk_size(model: nn.Module, x: torch.Tensor, num_classes: int | None = None, *,
                     method: str = DEFAULT_METHOD, budget: int | None = None) -> int:
     """Examples per Jacobian chunk that fit :func:`memory_budget` (at least 1, at most N).
 
@@ -101,7 +112,9 @@ def auto_chunk_size(model: nn.Module, x: torch.Tensor, num_classes: int, *,
     vmapped methods, which run the K backward passes at once.
     """
     budget = memory_budget(x.device) if budget is None else budget
-    activations = 2 * _activation_bytes(model, x[:1])
+    leaf_bytes, classes = _activation_bytes(model, x[:1])
+    num_classes = classes if num_classes is None else num_classes
+    activations = 2 * leaf_bytes
     copies = 2 if method == "backward" else num_classes + 1
     per_example = num_classes * x[0].numel() * x.element_size() + copies * activations
     return int(max(1, min(len(x), budget // max(per_example, 1))))
@@ -166,9 +179,7 @@ def jacobian_and_logits(model: nn.Module, x: torch.Tensor, *, chunk_size: int | 
     compute = _METHOD_FUNCTIONS[method]
     with eval_mode(model), torch.enable_grad():
         if chunk_size is None:
-            with torch.no_grad():
-                num_classes = model(x[:1]).shape[1]
-            chunk_size = auto_chunk_size(model, x, num_classes, method=method)
+            chunk_size = auto_chunk_size(model, x, method=method)
         grads, logits = [], []
         for chunk in x.split(chunk_size):
             grad, logit = compute(model, chunk)

@@ -1,0 +1,202 @@
+"""Benchmark: examples per second of the full eps_L computation (Eq. 4) against the floor and
+a naive loop, with peak memory.
+
+For each model (``madry-mnist`` on 1x28x28, a CIFAR-shaped ``preact-resnet18`` on 3x32x32):
+
+- ``diagnose[<method>]``: :func:`epsl.diagnostics.diagnose` end to end (Jacobian, gaps,
+  cosines, eps_L, per-class matrices), for every Jacobian method;
+- ``floor``: one forward pass plus one backward pass per class on the whole batch, nothing
+  else (the least any exact per-example Jacobian can cost with reverse-mode autograd);
+- ``naive``: a per-example, per-class autograd loop (one forward and one backward per example
+  and class), timed on a small subset and extrapolated per example.
+
+Times are the best of ``--repeats`` rounds after a warm-up; each round runs every computation
+once, interleaved, so load from other processes hits them alike. Peak memory is measured once
+per computation in its own spawned process: the growth of ``ru_maxrss`` over the footprint
+after setup on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA.
+
+    python benchmarks/diagnostics.py                 # both models, CPU (or --device cuda)
+    python benchmarks/diagnostics.py --quick         # small batches, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MODELS = {  # name -> (arch, channels, size, extra kwargs)
+    "madry-mnist": ("madry-mnist", 1, 28, {}),
+    "preact-resnet18": ("preact-resnet18", 3, 32, {}),
+}
+BATCH = {"madry-mnist": 256, "preact-resnet18": 16}
+NAIVE_SUBSET = {"madry-mnist": 8, "preact-resnet18": 2}
+METHODS = ("backward", "vjp", "jacrev")
+
+
+@dataclass(frozen=True)
+class Task:
+    model: str
+    n: int
+    naive_n: int
+    repeats: int
+    device: str
+    threads: int
+
+
+COMPUTATIONS = ("floor", *(f"diagnose[{m}]" for m in METHODS), "naive")
+
+
+def _setup(task: Task) -> tuple[Any, Any, Any]:
+    import torch
+
+    from epsl.models import create_model
+
+    if task.threads:
+        torch.set_num_threads(task.threads)
+    arch, channels, size, extra = MODELS[task.model]
+    torch.manual_seed(0)
+    model = create_model(arch, in_channels=channels, num_classes=10, input_size=size,
+                         mean=[0.5] * channels, std=[0.25] * channels, **extra)
+    model = model.to(task.device).eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(task.n, channels, size, size, generator=gen).to(task.device)
+    y = torch.randint(0, 10, (task.n,), generator=gen).to(task.device)
+    return model, x, y
+
+
+def _floor(model: Any, x: Any) -> None:
+    import torch
+
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    for k in range(logits.shape[1]):
+        torch.autograd.grad(logits[:, k].sum(), x, retain_graph=k < logits.shape[1] - 1)
+
+
+def _naive(model: Any, x: Any) -> None:
+    import torch
+
+    for example in x:
+        for k in range(10):
+            xi = example.unsqueeze(0).detach().requires_grad_(True)
+            torch.autograd.grad(model(xi)[0, k], xi)
+
+
+def _runner(task: Task, computation: str) -> tuple[Callable[[], None], int]:
+    """``(run once, examples per run)`` for one computation on the task's batch."""
+    import torch
+
+    from epsl.diagnostics import diagnose
+
+    model, x, y = _setup(task)
+    cuda = task.device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    if computation == "floor":
+        return (lambda: (_floor(model, x), sync())[1]), task.n
+    if computation == "naive":
+        return (lambda: (_naive(model, x[:task.naive_n]), sync())[1]), task.naive_n
+    method = computation.removeprefix("diagnose[").removesuffix("]")
+    return (lambda: (diagnose(model, x, y, method=method, batch_size=len(x)), sync())[1]), task.n
+
+
+def _time_all(task: Task) -> dict[str, float]:
+    """Seconds per example of every computation, best of ``repeats`` rounds; the rounds
+    interleave the computations so that load from other processes hits them alike."""
+    runners = {c: _runner(task, c) for c in COMPUTATIONS}
+    for run, _ in runners.values():
+        run()  # warm-up
+    best = {c: float("inf") for c in COMPUTATIONS}
+    for _ in range(task.repeats):
+        for name, (run, n) in runners.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], (time.perf_counter() - start) / n)
+    return best
+
+
+def _peak_mib(task: Task, computation: str) -> float:
+    """Peak memory of one run, in a fresh process: ru_maxrss growth (CPU) or CUDA peak."""
+    import torch
+
+    run, _ = _runner(task, computation)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if task.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated()
+        run()
+        return (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
+    run()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024  # KiB -> MiB
+
+
+def _spawn(func: Callable[..., Any], *args: Any) -> Any:
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(func, args)
+
+
+def machine(device: str, threads: int) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {mp.cpu_count()} cores, torch {torch.__version__}, "
+            f"{threads or torch.get_num_threads()} threads")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--quick", action="store_true", help="small batches (a smoke run)")
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
+    args = parser.parse_args()
+
+    print(f"machine: {machine(args.device, args.threads)}")
+    rows = []
+    for name in args.models:
+        n = max(2, BATCH[name] // 8) if args.quick else BATCH[name]
+        if args.device.startswith("cuda"):
+            n *= 8
+        task = Task(name, n, min(n, NAIVE_SUBSET[name]), args.repeats, args.device,
+                    args.threads)
+        seconds = _spawn(_time_all, task)
+        peaks = {c: _spawn(_peak_mib, task, c) for c in COMPUTATIONS}
+        floor, naive = seconds["floor"], seconds["naive"]
+        print(f"\n{name}: batch {n} (naive loop on {task.naive_n}, extrapolated per example)")
+        print(f"{'computation':<22}{'ex/s':>10}{'x floor time':>14}{'x faster than naive':>21}"
+              f"{'peak MiB':>10}")
+        for label in COMPUTATIONS:
+            spe = seconds[label]
+            rows.append({"model": name, "computation": label, "batch": n,
+                         "examples_per_second": 1 / spe, "time_vs_floor": spe / floor,
+                         "speedup_vs_naive": naive / spe, "peak_mib": peaks[label],
+                         "task": asdict(task)})
+            print(f"{label:<22}{1 / spe:>10.1f}{spe / floor:>14.2f}{naive / spe:>21.1f}"
+                  f"{peaks[label]:>10.0f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(args.device, args.threads), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
