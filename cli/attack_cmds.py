@@ -1,3 +1,246 @@
-"""Subcommands (filled in by their issue)."""
+"""``epsl attack`` and ``epsl audit``: load a checkpoint and its data, run the attacks or the
+audit (one library call), write the per-example table and a JSON summary into ``--out`` only
+once everything is computed."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from epsl.cli.common import (
+    EPS,
+    checkpoint_options,
+    device_option,
+    eval_data_options,
+    handle_errors,
+    overwrite_option,
+)
+
+import epsl
+from epsl.attacks import ATTACKS, LOSSES, attack_settings, sweep
+from epsl.audit import AuditConfig, audit
+from epsl.context import Evaluation, load_model, prepare
+from epsl.errors import EpslError
+from epsl.io import check_out_dir, write_json, write_table
+
+DEFAULT_STEPS = {"pgd": 40, "apgd": 100, "apgd-dlr": 100, "square": 1000}
+STEP = click.IntRange(min=1)
+
+out_option = click.option("--out", type=click.Path(file_okay=False), required=True,
+                          help="Folder to write the table and its JSON summary into.")
+seed_option = click.option("--seed", type=int, default=0, show_default=True,
+                           help="Seeds random starts and torchattacks' attacks.")
+batch_option = click.option("--batch-size", type=STEP, default=None,
+                            help="Examples per forward/backward pass (default: all at once).")
+source_option = click.option("--source", type=click.Path(dir_okay=False), default=None,
+                             help="Checkpoint to make the adversarial examples on (a transfer "
+                                  "attack scored on CHECKPOINT), e.g. a naturally trained model.")
+
+
+def _precheck(out: str, products: list[str], overwrite: bool) -> None:
+    """Fail before any computation when results are in the way (without creating ``out``)."""
+    if Path(out).exists():
+        check_out_dir(out, products, overwrite)
+
+
+def _prepare(checkpoint: str, options: dict[str, Any]) -> Evaluation:
+    return prepare(checkpoint, dataset=options.get("dataset"), data=options.get("data"),
+                   split=options.get("split", "test"), limit=options.get("limit"),
+                   arch=options.get("arch"), model=options.get("model_factory"),
+                   data_root=options.get("data_root"), download=bool(options.get("download")),
+                   device=options.get("device", "auto"))
+
+
+def _load_source(path: str | None, ev: Evaluation) -> Any:
+    if path is None:
+        return None
+    source, meta, _ = load_model(path, device=ev.device)
+    want, have = ev.meta.get("input_shape"), meta.get("input_shape")
+    if want and have and list(want) != list(have):
+        raise EpslError(f"source {path} takes inputs of shape {tuple(have)} but {ev.checkpoint} "
+                        f"takes {tuple(want)}")
+    return source
+
+
+def _provenance(ev: Evaluation, source: str | None) -> dict[str, Any]:
+    return {"checkpoint": ev.checkpoint, "source": source, "model": ev.meta,
+            "data": {"dataset": ev.data.info.name, "split": ev.data.split,
+                     "source": ev.data.source, "n": len(ev.data)},
+            "device": str(ev.device), "epsl_version": epsl.__version__,
+            "command": " ".join(["epsl", *sys.argv[1:]]) if sys.argv else "epsl"}
+
+
+@click.command("attack")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@eval_data_options
+@checkpoint_options
+@click.option("--attack", "attack_name", type=click.Choice(ATTACKS.names()), default="pgd",
+              show_default=True, help="Which attack (APGD and Square need torchattacks).")
+@click.option("--loss", type=click.Choice(LOSSES.names()), default=None,
+              help="Attack loss: xent, cw (Madry et al.'s CW margin loss) or dlr (APGD). "
+                   "Default: the attack's own (xent; Square: cw).")
+@click.option("--eps", type=EPS, multiple=True, required=True,
+              help="l_inf radius in (0, 1] pixel units ('8/255' accepted); repeatable.")
+@click.option("--steps", type=STEP, multiple=True,
+              help="Iterations (Square: queries); repeatable. Default: pgd 40, apgd 100, "
+                   "square 1000. FGSM takes none.")
+@click.option("--step-size", type=EPS, default=None,
+              help="PGD step size (default: 2.5 * eps / steps for every eps and steps).")
+@click.option("--restarts", type=STEP, multiple=True,
+              help="Random restarts per example (default 1); repeatable.")
+@click.option("--no-random-start", is_flag=True,
+              help="Start FGSM/PGD at x instead of a uniform random point of the ball.")
+@click.option("--cw-confidence", type=float, default=50.0, show_default=True,
+              help="kappa of the CW loss.")
+@source_option
+@seed_option
+@batch_option
+@device_option
+@out_option
+@overwrite_option
+@handle_errors
+def attack(checkpoint: str, attack_name: str, loss: str | None, eps: tuple[float, ...],
+           steps: tuple[int, ...], step_size: float | None, restarts: tuple[int, ...],
+           no_random_start: bool, cw_confidence: float, source: str | None, seed: int,
+           batch_size: int | None, out: str, overwrite: bool, **options: Any) -> None:
+    """Attack CHECKPOINT at every (eps, steps, restarts) given: l_inf FGSM, PGD, APGD or Square.
+
+    Writes OUT/attack.csv (one row per example per setting: index, label, attack, loss_name,
+    eps, steps, restarts, step_size, random_start, source, correct, loss, margin, pred) and
+    OUT/summary.json (robust accuracy per setting, this config, provenance).
+
+    Example: epsl attack model.safetensors --dataset digits --eps 0.1 --steps 10 --steps 40
+    --out runs/pgd
+    """
+    accepted = attack_settings(attack_name)
+    settings: dict[str, Any] = {"seed": seed, "batch_size": batch_size}
+    if loss is not None:
+        if "loss" not in accepted:
+            raise EpslError(f"{attack_name} takes no --loss")
+        settings["loss"] = loss
+    if loss == "cw":
+        settings["cw_confidence"] = cw_confidence
+    if no_random_start:
+        if "random_start" not in accepted:
+            raise EpslError(f"{attack_name} has no random start to switch off")
+        settings["random_start"] = False
+    if step_size is not None:
+        if "step_size" not in accepted:
+            raise EpslError(f"{attack_name} takes no --step-size")
+        settings["step_size"] = step_size
+    for flag, given in (("steps", steps), ("restarts", restarts)):
+        if given and flag not in accepted:
+            raise EpslError(f"{attack_name} takes no --{flag}")
+    steps = steps or (DEFAULT_STEPS.get(attack_name, 1),)
+    restarts = restarts or (1,)
+
+    products = ["attack.csv", "summary.json"]
+    _precheck(out, products, overwrite)
+    ev = _prepare(checkpoint, options)
+    source_model = _load_source(source, ev)
+    frame = sweep(ev.model, ev.data.x, ev.data.y, attack=attack_name, eps=list(eps),
+                  steps=list(steps), restarts=list(restarts), source=source_model,
+                  source_name=source or "", **settings)
+    keys = ["eps", "steps", "restarts", "step_size"]
+    table = (frame.groupby(keys, dropna=False, sort=False)["correct"]
+             .agg(accuracy="mean", n="size").reset_index())
+    summary = {"attack": attack_name, "loss": str(frame["loss_name"].iloc[0]),
+               "transfer_from": source, "settings": table.to_dict(orient="records"),
+               "config": {"attack": attack_name, "eps": list(eps), "steps": list(steps),
+                          "restarts": list(restarts), **settings},
+               "provenance": _provenance(ev, source)}
+    folder = check_out_dir(out, products, overwrite)
+    write_table(frame, folder / "attack.csv")
+    write_json(folder / "summary.json", summary)
+    click.echo(f"{attack_name} ({summary['loss']}){' transferred from ' + source if source else ''}"
+               f" on {len(ev.data)} examples")
+    click.echo(f"{'eps':>8} {'steps':>6} {'restarts':>8} {'step size':>10} {'accuracy':>9}")
+    for row in table.itertuples():
+        click.echo(f"{row.eps:>8.4f} {row.steps:>6} {row.restarts:>8} {row.step_size:>10.4g} "
+                   f"{row.accuracy:>9.2%}")
+    click.echo(f"wrote {folder / 'attack.csv'}\nwrote {folder / 'summary.json'}")
+
+
+@click.command("audit")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@eval_data_options
+@checkpoint_options
+@click.option("--eps", type=EPS, required=True,
+              help="l_inf radius in (0, 1] pixel units ('8/255' accepted).")
+@source_option
+@click.option("--quick", is_flag=True,
+              help="Fewer steps, restarts and queries (AuditConfig.quick()) for a first look.")
+@click.option("--skip-expensive", is_flag=True, help="Skip APGD and Square.")
+@click.option("--pgd-steps", type=STEP, default=None, help="Steps of PGD-k (default 40).")
+@click.option("--strong-steps", type=STEP, default=None,
+              help="Steps of the long PGD (default 400).")
+@click.option("--strong-restarts", type=STEP, default=None,
+              help="Random restarts of PGD-k (default 10).")
+@click.option("--square-queries", type=STEP, default=None,
+              help="Queries of the Square attack (default 1000).")
+@click.option("--unbounded-steps", type=STEP, default=None,
+              help="Steps of the unbounded-eps check (default 100).")
+@seed_option
+@batch_option
+@device_option
+@out_option
+@overwrite_option
+@handle_errors
+def audit_command(checkpoint: str, eps: float, source: str | None, quick: bool,
+                  skip_expensive: bool, pgd_steps: int | None, strong_steps: int | None,
+                  strong_restarts: int | None, square_queries: int | None,
+                  unbounded_steps: int | None, seed: int,
+                  batch_size: int | None, out: str, overwrite: bool, **options: Any) -> None:
+    """Audit CHECKPOINT's robustness at EPS for signs of gradient masking.
+
+    Runs FGSM, PGD-k (xent and CW), PGD with more steps and with restarts, APGD-CE/DLR,
+    Square, a transfer attack from --source, the unbounded-eps check and Eq. 4's prediction
+    on the same examples; prints per-attack accuracies, the warnings with their doc pages and a
+    verdict; writes OUT/audit.csv (per example: one column per attack, robust, broken_by) and
+    OUT/audit.json. Use --limit: the full audit costs minutes per thousand examples.
+
+    Example: epsl audit model.safetensors --dataset digits --eps 0.1 --source natural.safetensors
+    --limit 200 --out runs/audit
+    """
+    overrides = {k: v for k, v in {"pgd_steps": pgd_steps, "strong_steps": strong_steps,
+                                   "strong_restarts": strong_restarts,
+                                   "square_queries": square_queries,
+                                   "unbounded_steps": unbounded_steps}.items() if v is not None}
+    overrides |= {"skip_expensive": skip_expensive, "seed": seed, "batch_size": batch_size}
+    config = AuditConfig.quick(**overrides) if quick else AuditConfig(**overrides)
+    products = ["audit.csv", "audit.json"]
+    _precheck(out, products, overwrite)
+    ev = _prepare(checkpoint, options)
+    source_model = _load_source(source, ev)
+    result = audit(ev.model, ev.data.x, ev.data.y, eps=eps, source=source_model,
+                   config=config, progress=sys.stderr.isatty())
+    folder = check_out_dir(out, products, overwrite)
+    result.save(folder, metadata={"provenance": _provenance(ev, source),
+                                  "config": dataclasses.asdict(config)})
+    click.echo(f"audit of {checkpoint} at eps={eps:g} on {len(ev.data)} examples")
+    click.echo(f"{'attack':<26} {'ran on':>6} {'accuracy':>9} {'robust after':>12} "
+               f"{'new breaks':>10}")
+    for row in result.accuracies.itertuples():
+        accuracy = "-" if row.accuracy is None or row.accuracy != row.accuracy \
+            else f"{row.accuracy:.2%}"
+        after = "-" if row.robust_after != row.robust_after or row.robust_after is None \
+            else f"{row.robust_after:.2%}"
+        new = "-" if row.new_breaks != row.new_breaks or row.new_breaks is None \
+            else f"{row.new_breaks:.2%}"
+        click.echo(f"{row.attack:<26} {row.examples:>6} {accuracy:>9} {after:>12} {new:>10}")
+    click.echo(f"robust accuracy (worst case over all attacks): {result.robust_accuracy:.2%}")
+    eq4 = result.summary.get("eq4_accuracy")
+    if eq4 is not None:
+        click.echo(f"Eq. 4 prediction (eps_L > eps): {eq4:.2%}")
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    for warning in result.warnings:
+        click.echo(f"WARNING [{warning.code}] {warning.message} See {warning.doc}")
+    click.echo(f"verdict: {result.verdict}")
+    click.echo(f"wrote {folder / 'audit.csv'}\nwrote {folder / 'audit.json'}")
+
+
+COMMANDS: list[click.Command] = [attack, audit_command]
