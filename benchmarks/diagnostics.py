@@ -17,6 +17,11 @@ after setup on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA.
 
     python benchmarks/diagnostics.py                 # both models, CPU (or --device cuda)
     python benchmarks/diagnostics.py --quick         # small batches, a smoke run
+
+``--table1 CKPT [CKPT ...]`` instead prints the check in the spirit of Table 1 of the paper:
+for each checkpoint, on its whole test split, the accuracy predicted by Eq. 4 (fraction with
+eps < eps_L) beside the empirical accuracy under FGSM on the cross-entropy and on the CW
+logit margin at the same eps (``--eps``, repeatable).
 """
 
 from __future__ import annotations
@@ -146,6 +151,29 @@ def _spawn(func: Callable[..., Any], *args: Any) -> Any:
         return pool.apply(func, args)
 
 
+def table1(checkpoints: list[str], eps: list[float]) -> list[dict[str, Any]]:
+    """Eq. 4 predicted accuracy vs empirical FGSM accuracy (xent and CW) at each eps."""
+    from epsl.attacks import fgsm
+    from epsl.context import prepare
+    from epsl.diagnostics import diagnose, predicted_accuracy
+
+    rows = []
+    for path in checkpoints:
+        ev = prepare(path, device="cpu")
+        x, y = ev.data.x, ev.data.y
+        diag = diagnose(ev.model, x, y)
+        defense = (ev.meta.get("train_config") or {}).get("defense", {})
+        for e in eps:
+            rows.append({
+                "checkpoint": path, "defense": defense, "n": len(y),
+                "clean": diag.clean_accuracy, "eps": e,
+                "eq4": predicted_accuracy(diag.eps_l, e),
+                "fgsm_xent": fgsm(ev.model, x, y, eps=e, loss="xent").accuracy,
+                "fgsm_cw": fgsm(ev.model, x, y, eps=e, loss="cw").accuracy,
+            })
+    return rows
+
+
 def machine(device: str, threads: int) -> str:
     import torch
 
@@ -169,7 +197,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--quick", action="store_true", help="small batches (a smoke run)")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument("--table1", nargs="+", metavar="CKPT", default=None,
+                        help="print Eq. 4 vs FGSM accuracy for these checkpoints instead")
+    parser.add_argument("--eps", type=float, action="append", default=None,
+                        help="eps for --table1 (repeatable; default 0.05 0.1 0.2 0.3)")
     args = parser.parse_args()
+    if args.table1:
+        rows = table1(args.table1, args.eps or [0.05, 0.1, 0.2, 0.3])
+        print("| checkpoint | clean | eps | FGSM (xent) | FGSM (CW) | Eq. 4 |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['checkpoint']} | {r['clean']:.2%} | {r['eps']:g} | "
+                  f"{r['fgsm_xent']:.2%} | {r['fgsm_cw']:.2%} | {r['eq4']:.2%} |")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=2)
+        return
 
     print(f"machine: {machine(args.device, args.threads)}")
     rows = []

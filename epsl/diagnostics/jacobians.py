@@ -143,7 +143,7 @@ def _jacobian_vjp(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torc
     def logits_of(inputs: torch.Tensor) -> torch.Tensor:
         return functional_call(model, (params, buffers), (inputs,))  # type: ignore[no-any-return]
 
-    logits, pullback = vjp(logits_of, x.detach())
+    logits, pullback = vjp(logits_of, x.detach())[:2]
     num_classes = logits.shape[1]
     cotangents = torch.eye(num_classes, dtype=logits.dtype, device=logits.device)
     cotangents = cotangents[:, None, :].expand(num_classes, *logits.shape)

@@ -237,9 +237,7 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
+    for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
 
