@@ -15,9 +15,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from epsl.cli import analysis_cmds, attack_cmds, diagnose_cmds, train_cmds
+    from epsl.cli import analysis_cmds, attack_cmds, diagnose_cmds, reproduce_cmds, train_cmds
 
-    for module in (train_cmds, diagnose_cmds, attack_cmds, analysis_cmds):
+    for module in (train_cmds, diagnose_cmds, attack_cmds, analysis_cmds, reproduce_cmds):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -221,3 +221,225 @@ def read_json_roundtrip(obj: Any) -> Any:
     from epsl.io import to_json
 
     return json.loads(to_json(obj))
+
+
+# --------------------------------------------------------------------------- running a study
+
+
+@dataclass(frozen=True)
+class ReproduceResult:
+    out: Path
+    checkpoints: dict[str, Path]
+    ran: list[str]  # stages computed in this call
+    skipped: list[str]  # stages whose outputs already existed
+    report: Path | None
+    seconds: float
+
+
+STAGE_FILE = "stages.json"
+
+
+def _stage_record(out: Path) -> dict[str, Any]:
+    path = out / STAGE_FILE
+    return read_json(path) if path.exists() else {}
+
+
+def _mark(out: Path, stage: str) -> None:
+    record = _stage_record(out)
+    record[stage] = True
+    write_json(out / STAGE_FILE, record)
+
+
+def _train_config(preset: Preset, spec: ModelSpec) -> Any:
+    from epsl.train import TrainConfig
+
+    t = preset.train
+    return TrainConfig(dataset=preset.dataset, data_root=preset.data_root, arch=preset.arch,
+                       arch_kwargs=dict(preset.arch_kwargs), epochs=t.epochs, steps=t.steps,
+                       batch_size=t.batch_size, train_limit=t.train_limit,
+                       optimizer=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, seed=t.seed,
+                       device=preset.device, defense=spec.defense)
+
+
+def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
+              log: Log | None = None, progress: bool = False) -> ReproduceResult:
+    """Run the study of ``preset`` into ``out``, skipping every stage whose outputs exist.
+
+    Stages: train every model of the grid; per model, activations (Fig. 10-11) and loss
+    landscapes (Fig. 5, 9) on the first images; the audit (worst case over the paper's and
+    stronger attacks); PGD steps and restarts sweeps and the unbounded-eps check on the sweep
+    model (Tables 9-11); then :func:`epsl.compare.compare` for the diagnostics (Eq. 4), the
+    paper's white-box and transfer attacks, the comparison table, figures and the HTML report.
+    """
+    import shutil
+    import time
+
+    from epsl.checkpoint import read_metadata
+    from epsl.train import train
+
+    say = log or (lambda _msg: None)
+    t0 = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EpslError(f"--out {out} exists and is not a folder")
+    if force and out.exists():
+        for child in ("models", "runs", "figures", STAGE_FILE):
+            target = out / child
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    check_same_preset(out, preset, force)
+    ran: list[str] = []
+    skipped: list[str] = []
+
+    # 1. train the grid
+    checkpoints: dict[str, Path] = {}
+    for spec in preset.models:
+        path = out / "models" / f"{spec.name}.safetensors"
+        checkpoints[spec.name] = path
+        if path.exists() and read_metadata(path).get("complete"):
+            skipped.append(f"train {spec.name}")
+            continue
+        say(f"train {spec.name} ({spec.defense.name})")
+        result = train(_train_config(preset, spec), path, resume=path.exists(),
+                       progress=progress)
+        acc = result.metadata.get("metrics", {}).get("test_accuracy", float("nan"))
+        say(f"  {spec.name}: test accuracy {acc:.2%}")
+        ran.append(f"train {spec.name}")
+
+    # 2. per-model extras the comparison does not compute
+    runs = out / "runs"
+    for spec in preset.models:
+        folder = runs / spec.name
+        for stage, done in _extras(preset, spec, checkpoints, folder, say):
+            (ran if done else skipped).append(f"{stage} {spec.name}")
+
+    # 3. diagnostics, the paper's attacks, table, figures, report
+    report = out / "report.html"
+    if _stage_record(out).get("compare") and report.exists():
+        skipped.append("compare")
+    else:
+        from epsl.compare import CompareConfig, compare
+
+        transfer = preset.attacks.transfer_from
+        config = CompareConfig(
+            checkpoints=tuple(str(checkpoints[m.name]) for m in preset.models),
+            eps=preset.eps, dataset=preset.dataset, data_root=preset.data_root,
+            limit=preset.limit,
+            source=str(checkpoints[transfer]) if transfer else None,
+            pgd_steps=preset.attacks.pgd_steps, restarts=preset.attacks.restarts,
+            step_size=preset.attacks.pgd_step_size, eps_grid=preset.eps_grid,
+            audit=False, figures=True, seed=preset.train.seed, device=preset.device)
+        say("diagnostics, attacks, comparison, figures and report")
+        compare(config, runs, overwrite=True, progress=lambda m: say(f"  {m}"))
+        for name in ("comparison.csv", "comparison.md", "report.html", "compare.json"):
+            shutil.copyfile(runs / name, out / name)
+        if (out / "figures").exists():
+            shutil.rmtree(out / "figures")
+        shutil.copytree(runs / "figures", out / "figures")
+        _mark(out, "compare")
+        ran.append("compare")
+    return ReproduceResult(out, checkpoints, ran, skipped, report if report.exists() else None,
+                           time.perf_counter() - t0)
+
+
+def _extras(preset: Preset, spec: ModelSpec, checkpoints: dict[str, Path], folder: Path,
+            say: Log) -> list[tuple[str, bool]]:
+    """Activations, landscapes, audit and sweeps of one model; (stage, computed?) pairs."""
+    from epsl.diagnostics.runs import (
+        ActivationsConfig,
+        DataConfig,
+        LandscapeConfig,
+        provenance,
+        run_activations,
+        run_landscape,
+    )
+    from epsl.io import write_table
+
+    ckpt = str(checkpoints[spec.name])
+    data = DataConfig(checkpoint=ckpt, dataset=preset.dataset, data_root=preset.data_root,
+                      limit=preset.limit, device=preset.device)
+    done: list[tuple[str, bool]] = []
+    evaluation = None
+
+    def ev() -> Any:
+        nonlocal evaluation
+        if evaluation is None:
+            evaluation = data.prepare()
+        return evaluation
+
+    if (folder / "activations" / "activations.json").exists():
+        done.append(("activations", False))
+    else:
+        say(f"activations {spec.name}")
+        stats, summary = run_activations(ActivationsConfig(data=data), evaluation=ev())
+        write_table(stats.to_frame(), folder / "activations" / "activations.csv")
+        write_json(folder / "activations" / "activations.json", summary)
+        done.append(("activations", True))
+
+    for direction in ("random", "adversarial"):
+        sub = folder / f"landscape-{direction}"
+        if (sub / "landscape.json").exists():
+            done.append((f"landscape-{direction}", False))
+            continue
+        say(f"landscape ({direction}) {spec.name}")
+        ls = preset.landscape
+        config = LandscapeConfig(data=replace(data, limit=ls.images), direction=direction,
+                                 span=ls.span, steps=ls.steps, seed=preset.train.seed)
+        frame, summary = run_landscape(config)
+        write_table(frame, sub / "landscape.csv")
+        write_json(sub / "landscape.json", summary)
+        done.append((f"landscape-{direction}", True))
+
+    if preset.audit.enabled:
+        if (folder / "audit" / "audit.json").exists():
+            done.append(("audit", False))
+        else:
+            from epsl.audit import AuditConfig, audit
+            from epsl.context import load_model
+
+            say(f"audit {spec.name} at eps={preset.eps:g}")
+            e = ev()
+            part = e.data.subset(preset.audit.limit)
+            transfer = preset.attacks.transfer_from
+            source = None
+            if transfer and transfer != spec.name:
+                source, _, _ = load_model(checkpoints[transfer], device=e.device)
+            settings = {"seed": preset.train.seed, "pgd_steps": preset.attacks.pgd_steps}
+            config = AuditConfig.quick(**settings) if preset.audit.quick else AuditConfig(
+                **settings)
+            result = audit(e.model, part.x.to(e.device), part.y.to(e.device), eps=preset.eps,
+                           source=source, config=config)
+            result.save(folder / "audit", metadata=provenance(e))
+            done.append(("audit", True))
+
+    if preset.attacks.sweep_model == spec.name:
+        sweep_path = folder / "sweeps" / "attack.csv"
+        if sweep_path.exists():
+            done.append(("sweeps", False))
+        else:
+            import pandas as pd
+
+            from epsl.attacks import sweep
+
+            say(f"PGD steps / restarts sweeps and unbounded eps on {spec.name}")
+            e = ev()
+            x, y = e.data.x.to(e.device), e.data.y.to(e.device)
+            a = preset.attacks
+            seed = preset.train.seed
+            frames = [
+                sweep(e.model, x, y, attack="pgd", eps=[preset.eps], steps=list(a.sweep_steps),
+                      restarts=[1], seed=seed),
+                sweep(e.model, x, y, attack="pgd", eps=[preset.eps], steps=[a.pgd_steps],
+                      restarts=list(a.sweep_restarts), seed=seed),
+                sweep(e.model, x, y, attack="pgd", eps=[1.0], steps=[100], restarts=[1],
+                      seed=seed),
+            ]
+            write_table(pd.concat(frames, ignore_index=True), sweep_path)
+            write_json(folder / "sweeps" / "summary.json", {
+                "eps": preset.eps, "steps": list(a.sweep_steps),
+                "restarts": list(a.sweep_restarts), "unbounded_eps": 1.0, **provenance(e)})
+            done.append(("sweeps", True))
+    return done
