@@ -28,6 +28,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +120,9 @@ def _step_hist(ax: Axes, values: np.ndarray, bins: np.ndarray, color: Any, label
                clip: bool = False) -> None:
     if clip:
         values = np.clip(values, bins[0], bins[-1])
-    ax.hist(values, bins=bins, histtype="stepfilled", color=color, alpha=0.18)
-    ax.hist(values, bins=bins, histtype="step", color=color, linewidth=1.6, label=label)
+    edges = bins.tolist()
+    ax.hist(values, bins=edges, histtype="stepfilled", color=color, alpha=0.18)
+    ax.hist(values, bins=edges, histtype="step", color=color, linewidth=1.6, label=label)
 
 
 def _run_handles(runs: Sequence[Run], colors: Sequence[Any],
@@ -136,8 +138,8 @@ def _fig_legend(fig: Figure, handles: Sequence[Any], labels: Sequence[str], *,
     """One legend for the whole figure, outside the axes (``where``: 'upper' or 'lower')."""
     longest = max((len(s) for s in labels), default=0)
     ncols = 1 if longest > 60 else 2 if longest > 32 else min(len(labels), 4)
-    fig.legend(handles, labels, loc=f"outside {where} center", ncols=ncols, frameon=False,
-               fontsize=9, title=title, title_fontsize=9)
+    fig.legend(handles, labels, loc=f"outside {where} center",  # type: ignore[call-overload]
+               ncols=ncols, frameon=False, fontsize=9, title=title, title_fontsize=9)
 
 
 def resolve_eps(runs: Sequence[Run], eps: float | None = None) -> float | None:
@@ -455,8 +457,10 @@ def fig_logit_activity(runs: Sequence[Run]) -> Figure:
 
 # --------------------------------------------------------------------------- accuracy curves
 
-_ATTACK_STYLE = {("fgsm", "xent"): ("o", "--"), ("fgsm", "cw"): ("s", "--"),
-                 ("pgd", "xent"): ("^", "-."), ("pgd", "cw"): ("v", "-.")}
+Style = tuple[str, Any]  # (marker, matplotlib line style)
+_ATTACK_STYLE: dict[tuple[str, str], Style] = {
+    ("fgsm", "xent"): ("o", "--"), ("fgsm", "cw"): ("s", "--"),
+    ("pgd", "xent"): ("^", "-."), ("pgd", "cw"): ("v", "-.")}
 
 
 def _attack_runs(runs: Sequence[Run]) -> list[Run]:
@@ -466,10 +470,10 @@ def _attack_runs(runs: Sequence[Run]) -> list[Run]:
     return chosen
 
 
-def _style(attack: str, loss: str, transfer: bool) -> tuple[str, str]:
+def _style(attack: str, loss: str, transfer: bool) -> Style:
     if transfer:
         return "X", ":"
-    return _ATTACK_STYLE.get((attack, loss), ("D", (0, (1, 1))))  # type: ignore[return-value]
+    return _ATTACK_STYLE.get((attack, loss), ("D", (0, (1, 1))))
 
 
 def _setting_name(attack: str, loss: str, transfer: bool, steps: int | None = None) -> str:
@@ -606,15 +610,16 @@ def fig_accuracy_vs_restarts(runs: Sequence[Run], *, eps: float | None = None) -
 # --------------------------------------------------------------------------- saving
 
 
-def save_figure(fig: Figure, out_dir: Path | str, name: str) -> dict[str, Path]:
+def save_figure(fig: Figure, out_dir: Path | str, name: str, *, dpi: int = DPI,
+                formats: Sequence[str] = ("png", "svg")) -> dict[str, Path]:
     """Write ``fig`` as ``out_dir/name.png`` and ``.svg``, each atomically; return the paths."""
     out_dir = Path(out_dir)
     paths = {}
-    for fmt in ("png", "svg"):
+    for fmt in formats:
         path = out_dir / f"{name}.{fmt}"
         metadata = {"Date": None} if fmt == "svg" else {"Software": None}
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
+            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
             os.chmod(tmp, 0o644)  # mkstemp makes 0600; figures are meant to be shared
         paths[fmt] = path
     return paths
@@ -676,21 +681,20 @@ def figure_specs(runs: Sequence[Run], *, eps: float | None = None) -> list[Figur
             picked = ablation_runs(diag, reg)
             kinds = {defense_kind(r.meta) for r in picked}
             if len(picked) >= 2 and {reg, f"{reg}+noise"} & kinds:
-                add(name, lambda reg=reg: fig_noise_ablation(diag, regulariser=reg, eps=eps),
-                    picked)
+                add(name, partial(fig_noise_ablation, diag, regulariser=reg, eps=eps), picked)
         for parameter, name in (("label_smoothing", "fig4_ls_gradients"),
                                 ("logit_squeeze", "fig4_lsq_gradients")):
             swept = sweep_runs(diag, parameter)
             if swept:
-                add(name, lambda p=parameter: fig_gradient_norms(diag, parameter=p), swept)
+                add(name, partial(fig_gradient_norms, diag, parameter=parameter), swept)
     for run in runs:
         if run.landscape is None:
             continue
         suffix = "" if sum(r.landscape is not None for r in runs) == 1 else f"_{_slug(run.name)}"
         for direction, stem in (("random", "fig5_landscape"), ("adversarial", "fig9_landscape")):
             if (run.landscape["direction"] == direction).any():
-                add(stem + suffix, lambda r=run, d=direction: fig_landscape(r, direction=d),
-                    [run], CAPTIONS[stem] + f" Model: {run.label}.")
+                add(stem + suffix, partial(fig_landscape, run, direction=direction), [run],
+                    CAPTIONS[stem] + f" Model: {run.label}.")
     acts = [r for r in runs if r.activations is not None]
     if acts:
         if any((r.activations["layer"] == "penultimate").any() for r in acts):  # type: ignore[index]
@@ -703,7 +707,7 @@ def figure_specs(runs: Sequence[Run], *, eps: float | None = None) -> list[Figur
         for key, stem in (("steps", "accuracy_vs_steps"), ("restarts", "accuracy_vs_restarts")):
             found = _sweep(runs, key, eps)
             if found:
-                add(stem, lambda k=key: _fig_sweep(runs, k, eps), [r for r, _ in found])
+                add(stem, partial(_fig_sweep, runs, key, eps), [r for r, _ in found])
     return specs
 
 

@@ -8,6 +8,7 @@ predicted accuracy at ε is the fraction of rows with ``eps_l > eps`` (Table 1's
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,8 +16,8 @@ import pandas as pd
 ATTACK_KEYS = ["attack", "loss_name", "eps", "steps", "restarts", "transfer"]
 
 
-def predicted_accuracy(diagnostics: pd.DataFrame, eps: float | Sequence[float]
-                       ) -> float | np.ndarray:
+def predicted_accuracy(diagnostics: pd.DataFrame, eps: float | Sequence[float] | np.ndarray
+                       ) -> Any:
     """Eq. 4 predicted accuracy: mean of ``eps_l > eps`` over examples; vectorised over ``eps``.
 
     ``diagnostics``: one row per example with an ``eps_l`` column (pixel units, [0,1] scale).

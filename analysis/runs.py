@@ -193,7 +193,9 @@ def load_run(path: Path | str, *, label: str | None = None) -> Run:
     if checkpoint and "checkpoint" not in summary:
         summary = {**summary, "checkpoint": checkpoint}
     run = Run(name=root.resolve().name, path=root, meta=meta, summary=summary,
-              attack_summary=attack_summary, audit_summary=audit_summary, **tables)
+              attack_summary=attack_summary, audit_summary=audit_summary,
+              diagnostics=tables["diagnostics"], activations=tables["activations"],
+              landscape=tables["landscape"], attack=tables["attack"], audit=tables["audit"])
     return replace(run, label=label or defense_label(meta, fallback=run.name))
 
 

@@ -235,9 +235,9 @@ def evaluate_model(checkpoint: str, folder: Path, config: CompareConfig, *,
             from epsl.audit import AuditConfig, audit
 
             say(f"{folder.name}: audit at eps={config.eps:g}")
-            result = audit(ev.model, ev.data.x, ev.data.y, eps=config.eps,
+            audited = audit(ev.model, ev.data.x, ev.data.y, eps=config.eps,
                            source=source_model, config=AuditConfig.quick(seed=config.seed))
-            result.save(folder / "audit", metadata=_provenance(ev))
+            audited.save(folder / "audit", metadata=_provenance(ev))
     return reused
 
 
