@@ -205,10 +205,10 @@ def audit_command(checkpoint: str, eps: float, source: str | None, quick: bool,
     Example: epsl audit model.safetensors --dataset digits --eps 0.1 --source natural.safetensors
     --limit 200 --out runs/audit
     """
-    overrides = {k: v for k, v in {"pgd_steps": pgd_steps, "strong_steps": strong_steps,
-                                   "strong_restarts": strong_restarts,
-                                   "square_queries": square_queries,
-                                   "unbounded_steps": unbounded_steps}.items() if v is not None}
+    given = {"pgd_steps": pgd_steps, "strong_steps": strong_steps,
+             "strong_restarts": strong_restarts, "square_queries": square_queries,
+             "unbounded_steps": unbounded_steps}
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     overrides |= {"skip_expensive": skip_expensive, "seed": seed, "batch_size": batch_size}
     config = AuditConfig.quick(**overrides) if quick else AuditConfig(**overrides)
     products = ["audit.csv", "audit.json"]

@@ -365,10 +365,10 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     table["robust"] = robust.cpu().numpy()
     table["broken_by"] = broken_by
 
-    unbounded_settings = {"eps": config.unbounded_eps, "steps": config.unbounded_steps,
-                          "step_size": default_step_size(config.unbounded_eps,
-                                                         config.unbounded_steps),
-                          "seed": config.seed, "batch_size": config.batch_size}
+    unbounded_settings: dict[str, Any] = {
+        "eps": config.unbounded_eps, "steps": config.unbounded_steps,
+        "step_size": default_step_size(config.unbounded_eps, config.unbounded_steps),
+        "seed": config.seed, "batch_size": config.batch_size}
     start = time.perf_counter()
     unbounded = pgd(model, x, y, **unbounded_settings)
     table["unbounded"] = unbounded.correct.cpu().numpy()
