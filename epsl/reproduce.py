@@ -15,12 +15,13 @@ Layout of ``out``::
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from epsl.defenses import DefenseConfig
 from epsl.errors import EpslError
@@ -130,6 +131,8 @@ def preset_from_dict(raw: dict[str, Any], where: str = "preset") -> Preset:
     models = []
     for i, entry in enumerate(raw.pop("models", [])):
         entry = dict(entry)
+        if isinstance(entry.get("defense"), dict):  # the JSON form written to preset.json
+            entry = {**entry.pop("defense"), **entry}
         name = entry.pop("name", None)
         if not name:
             raise EpslError(f"{where}: models[{i}] has no name")
@@ -193,6 +196,11 @@ def override(preset: Preset, **changes: Any) -> Preset:
             raise EpslError(f"--models: {missing} not in the preset "
                             f"({[m.name for m in preset.models]})")
         top["models"] = tuple(m for m in preset.models if m.name in wanted)
+        attacks = top.get("attacks", preset.attacks)
+        top["attacks"] = replace(
+            attacks,
+            transfer_from=attacks.transfer_from if attacks.transfer_from in wanted else None,
+            sweep_model=attacks.sweep_model if attacks.sweep_model in wanted else None)
     try:
         return replace(preset, **top)
     except TypeError as exc:
@@ -203,15 +211,38 @@ def preset_to_dict(preset: Preset) -> dict[str, Any]:
     return asdict(preset)
 
 
+def _results_key(preset: Preset) -> dict[str, Any]:
+    """The settings that determine results already on disk: everything but which models and
+    stages a call runs."""
+    d = read_json_roundtrip(preset_to_dict(preset))
+    for key in ("models", "description"):
+        d.pop(key, None)
+    d["audit"].pop("enabled", None)
+    d["attacks"].pop("transfer_from", None)
+    d["attacks"].pop("sweep_model", None)
+    return d  # type: ignore[no-any-return]
+
+
 def check_same_preset(out: Path, preset: Preset, force: bool) -> None:
-    """Refuse to mix two different studies in one folder (unless ``force``)."""
+    """Refuse to mix two different studies in one folder (unless ``force``): the settings and
+    the defense of every model present in both must agree; running a subset of the models or
+    skipping a stage is fine."""
     saved = out / "preset.json"
     if saved.exists() and not force:
         previous = read_json(saved)
-        current = read_json_roundtrip(preset_to_dict(preset))
-        if previous != current:
+        try:
+            before = preset_from_dict({k: v for k, v in previous.items()}, str(saved))
+        except EpslError:
+            before = None
+        same_models = before is not None and all(
+            m.defense == before.model(m.name).defense for m in preset.models
+            if m.name in {b.name for b in before.models})
+        if before is None or not same_models or _results_key(before) != _results_key(preset):
             raise EpslError(f"{out} holds a study made with other settings (see {saved}); "
                             "use another --out or pass --force to recompute")
+        merged = {m.name: m for m in before.models}
+        merged.update({m.name: m for m in preset.models})
+        preset = replace(preset, models=tuple(merged.values()))
     write_json(saved, preset_to_dict(preset))
 
 

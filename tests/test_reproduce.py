@@ -1,0 +1,169 @@
+"""``epsl reproduce`` on a tiny preset: stages, reuse, resume, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from epsl.cli.main import main
+from epsl.errors import EpslError
+from epsl.reproduce import PRESETS, load_preset, override
+
+TINY = """
+name = "tiny"
+dataset = "digits"
+arch = "small-cnn"
+eps = 0.1
+eps_grid = [0.05, 0.2]
+limit = 40
+
+[train]
+steps = 6
+batch_size = 128
+
+[attacks]
+pgd_steps = 3
+transfer_from = "natural"
+sweep_model = "lsq"
+sweep_steps = [1, 3]
+sweep_restarts = [1, 2]
+
+[audit]
+enabled = true
+limit = 20
+quick = true
+
+[landscape]
+images = 2
+span = 0.2
+steps = 5
+
+[[models]]
+name = "natural"
+
+[[models]]
+name = "lsq"
+logit_squeeze = 2.0
+noise_sigma = 0.3
+"""
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    root = tmp_path_factory.mktemp("study")
+    preset = root / "tiny.toml"
+    preset.write_text(TINY)
+    out = root / "out"
+    result = CliRunner().invoke(main, ["reproduce", "--preset", str(preset), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return preset, out, result.output
+
+
+def test_every_stage_writes_its_outputs(study: tuple[Path, Path, str]) -> None:
+    _, out, output = study
+    for name in ("natural", "lsq"):
+        assert (out / "models" / f"{name}.safetensors").is_file()
+        run = out / "runs" / name
+        for path in ("diagnostics.csv", "summary.json", "attacks/attack.csv",
+                     "activations/activations.csv", "landscape-random/landscape.csv",
+                     "landscape-adversarial/landscape.csv", "audit/audit.json"):
+            assert (run / path).is_file(), path
+    sweeps = pd.read_csv(out / "runs" / "lsq" / "sweeps" / "attack.csv")
+    assert set(sweeps["steps"]) == {1, 3, 100} and set(sweeps["restarts"]) == {1, 2}
+    # the unbounded check (eps = 1) must bring accuracy to 0 (Table 9)
+    assert sweeps[sweeps["eps"] == 1.0]["correct"].astype(bool).mean() == 0.0
+    table = pd.read_csv(out / "comparison.csv")
+    assert len(table) == 2
+    diag = pd.read_csv(out / "runs" / "natural" / "diagnostics.csv")
+    assert len(diag) == 40
+    assert (out / "report.html").stat().st_size > 10_000
+    assert any((out / "figures").glob("*.png"))
+    assert "Comparison" in output
+
+
+def test_second_run_reuses_everything(study: tuple[Path, Path, str]) -> None:
+    preset, out, _ = study
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(main, ["reproduce", "--preset", str(preset), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "0 stages run" in result.output
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    changed = [p for p in before if after.get(p) != before[p] and p.name != "preset.json"]
+    assert changed == []
+
+
+def test_interrupted_study_completes(tmp_path: Path, study: tuple[Path, Path, str]) -> None:
+    import shutil
+
+    preset, done, _ = study
+    out = tmp_path / "partial"
+    shutil.copytree(done, out)
+    # as if killed during the lsq audit: its later stages and the report are missing
+    for path in ("runs/lsq/audit", "runs/lsq/sweeps"):
+        shutil.rmtree(out / path)
+    for path in ("report.html", "stages.json"):
+        (out / path).unlink()
+    again = CliRunner().invoke(main, ["reproduce", "--preset", str(preset), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "train natural" not in again.output and "train lsq" not in again.output
+    assert "audit lsq" in again.output
+    assert "audit natural" not in again.output
+    assert (out / "runs" / "lsq" / "audit" / "audit.json").is_file()
+    assert (out / "report.html").is_file()
+
+
+def test_a_subset_of_models_runs_alone(tmp_path: Path, study: tuple[Path, Path, str]) -> None:
+    preset, _, _ = study
+    out = tmp_path / "subset"
+    args = ["reproduce", "--preset", str(preset), "--out", str(out), "--models", "natural",
+            "--no-audit", "--limit", "10"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert not (out / "models" / "lsq.safetensors").exists()
+    assert len(pd.read_csv(out / "comparison.csv")) == 1
+
+
+def test_other_settings_in_the_same_folder_are_refused(study: tuple[Path, Path, str]) -> None:
+    preset, out, _ = study
+    result = CliRunner().invoke(main, ["reproduce", "--preset", str(preset), "--out", str(out),
+                                       "--eps", "0.2"])
+    assert result.exit_code == 1
+    assert "other settings" in result.output and "Traceback" not in result.output
+
+
+def test_bundled_presets_load() -> None:
+    for name in PRESETS:
+        preset = load_preset(name)
+        assert preset.models and 0 < preset.eps < 1
+        assert preset.attacks.transfer_from in {m.name for m in preset.models}
+    digits = load_preset("digits")
+    assert {m.defense.name for m in digits.models} >= {"natural", "noise0.3", "pgd7"}
+    changed = override(digits, **{"train.epochs": 3, "eps": 0.2, "limit": None})
+    assert changed.train.epochs == 3 and changed.eps == 0.2 and changed.limit == digits.limit
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\n", "no [[models]]"),
+    ("name='x'\ndataset='digits'\narch='small-cnn'\neps=2\n[[models]]\nname='a'\n", "eps"),
+    ("name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\nbogus=1\n[[models]]\nname='a'\n",
+     "unknown keys"),
+    ("name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\n[[models]]\nname='a'\n"
+     "label_smoothing=3\n", "label-smoothing"),
+    ("not toml [", "not valid TOML"),
+])
+def test_bad_presets(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(EpslError, match=message):
+        load_preset(str(path))
+    result = CliRunner().invoke(main, ["reproduce", "--preset", str(path), "--out",
+                                       str(tmp_path / "o")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+def test_unknown_preset() -> None:
+    result = CliRunner().invoke(main, ["reproduce", "--preset", "imagenet", "--out", "/tmp/x"])
+    assert result.exit_code == 1 and "unknown preset" in result.output
