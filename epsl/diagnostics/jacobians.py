@@ -15,7 +15,10 @@ autograd loop in ``tests/test_diagnostics.py``:
 - ``"jacrev"``: ``functional_call`` + ``jacrev`` on one example, ``vmap``-ed over examples.
 
 Measured on the 2-core CPU this project runs on (``benchmarks/diagnostics.py``,
-``docs/benchmarks.md``), ``"backward"`` was the fastest of the three, so it is the default.
+``docs/benchmarks.md``), ``"backward"`` costs 1.03-1.11x the floor and needs the least memory;
+the vmapped methods were slower on madry-mnist (1.2-1.6x the floor) and mixed on a
+PreAct-ResNet-18 (faster under heavy load, slower in a quieter run) with ~4x the memory, so
+``"backward"`` is the default.
 """
 
 from __future__ import annotations
@@ -200,8 +203,8 @@ def jacobian(model: nn.Module, x: torch.Tensor, *, chunk_size: int | None = None
         x: N x C x H x W pixels, on the model's device.
         chunk_size: examples per chunk; ``None`` picks it from free memory
             (:func:`auto_chunk_size`).
-        method: ``"backward"`` (default, K reverse passes of the summed logit k, the fastest
-            here), ``"vjp"`` (``vmap`` of a ``torch.func.vjp`` pullback over one-hot
+        method: ``"backward"`` (default, K reverse passes of the summed logit k, at the
+            floor's cost), ``"vjp"`` (``vmap`` of a ``torch.func.vjp`` pullback over one-hot
             cotangents) or ``"jacrev"`` (``vmap`` of ``jacrev`` over examples).
 
     Example:
