@@ -41,7 +41,7 @@ class Saturated(nn.Module):
 
 @pytest.fixture(scope="module")
 def batch(digits_test):
-    return digits_test.x[:48], digits_test.y[:48]
+    return digits_test.x[:32], digits_test.y[:32]
 
 
 def codes(result) -> set[str]:
