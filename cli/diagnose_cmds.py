@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from tqdm import tqdm
+
 from epsl.cli.common import (
     FractionType,
     checkpoint_options,
@@ -18,8 +20,6 @@ from epsl.cli.common import (
     handle_errors,
     overwrite_option,
 )
-from tqdm import tqdm
-
 from epsl.data import SPLITS
 from epsl.diagnostics import DIRECTIONS, METHODS
 from epsl.diagnostics.runs import (

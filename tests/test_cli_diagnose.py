@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from epsl.cli.main import main
 
+from epsl.cli.main import main
 from epsl.diagnostics import Diagnostics, diagnose, predicted_accuracy
 
 
