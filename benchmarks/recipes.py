@@ -12,16 +12,8 @@ from pathlib import Path
 
 import torch
 
-from epsl.defenses import DefenseConfig
+from epsl.defenses import RECIPES
 from epsl.train import TrainConfig, train
-
-RECIPES = {
-    "natural": DefenseConfig(),
-    "noise only (sigma=0.3)": DefenseConfig(noise_sigma=0.3),
-    "label smoothing 0.75 + noise 0.3": DefenseConfig(label_smoothing=0.75, noise_sigma=0.3),
-    "logit squeeze 2 + noise 0.3": DefenseConfig(logit_squeeze=2.0, noise_sigma=0.3),
-    "PGD-7 adversarial (eps=0.1)": DefenseConfig(adv="pgd", adv_eps=0.1, adv_steps=7),
-}
 
 
 def main() -> None:

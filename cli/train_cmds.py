@@ -60,7 +60,7 @@ def _arch_kwargs(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--adv-kappa", type=FractionType(0.0, 1.0), default=0.5, show_default=True,
               help="Weight of the clean loss in Eq. 1 (0 = Madry et al.).")
 @click.option("--no-adv-random-start", is_flag=True, help="PGD without a random start.")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True,
               help="Training length in epochs.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Training length in steps (the paper's k); overrides --epochs.")

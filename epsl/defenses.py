@@ -172,3 +172,14 @@ def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, defense: Defen
     logits, logits_adv = logits_all.split(len(x))
     loss = kappa * loss_of(logits) + (1.0 - kappa) * loss_of(logits_adv)
     return StepOutput(loss, logits.detach())
+
+
+# The documented digits recipes (docs/training.md): each trains on the CPU in under a minute to
+# at least 95% clean test accuracy with small-cnn, 15 epochs, batch 64, Adam, seed 0.
+RECIPES: dict[str, DefenseConfig] = {
+    "natural": DefenseConfig(),
+    "noise only (sigma=0.3)": DefenseConfig(noise_sigma=0.3),
+    "label smoothing 0.75 + noise 0.3": DefenseConfig(label_smoothing=0.75, noise_sigma=0.3),
+    "logit squeeze 2 + noise 0.3": DefenseConfig(logit_squeeze=2.0, noise_sigma=0.3),
+    "PGD-7 adversarial (eps=0.1)": DefenseConfig(adv="pgd", adv_eps=0.1, adv_steps=7),
+}

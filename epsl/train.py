@@ -42,7 +42,7 @@ class TrainConfig:
     data_root: str | None = None
     arch: str = "small-cnn"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    epochs: int | None = 10
+    epochs: int | None = 15
     steps: int | None = None  # the paper's k; overrides epochs when given
     batch_size: int = 64
     train_limit: int | None = None  # train on the first N examples only (CPU budgets)

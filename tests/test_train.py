@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from epsl import checkpoint
-from epsl.defenses import DefenseConfig
+from epsl.defenses import RECIPES, DefenseConfig
 from epsl.errors import EpslError
 from epsl.train import TrainConfig, state_path, train
 
@@ -94,16 +94,6 @@ def test_metadata_records_the_run(tmp_path: Path) -> None:
     assert TrainConfig.from_dict(meta["train_config"]) == cfg
     assert {"train_accuracy", "test_accuracy"} <= set(meta["metrics"])
     assert state_path(out).exists()
-
-
-# The documented recipes (docs/training.md): each reaches >= 95% clean test accuracy on digits.
-RECIPES = {
-    "natural": DefenseConfig(),
-    "noise": DefenseConfig(noise_sigma=0.3),
-    "ls+noise": DefenseConfig(label_smoothing=0.75, noise_sigma=0.3),
-    "lsq+noise": DefenseConfig(logit_squeeze=2.0, noise_sigma=0.3),
-    "pgd": DefenseConfig(adv="pgd", adv_eps=0.1, adv_steps=7),
-}
 
 
 @pytest.mark.slow
