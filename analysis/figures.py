@@ -38,7 +38,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
 
 from epsl.errors import EpslError
 from epsl.io import atomic_path
@@ -116,6 +116,14 @@ def _lin_bins(arrays: Sequence[np.ndarray], bins: int = 40,
     return np.linspace(lo, hi, bins + 1), clipped
 
 
+def _log_x(ax: Axes) -> None:
+    """Log x-axis labelled 1, 2, 5, 10, 20, 50... in plain numbers (no crowded minor labels)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _step_hist(ax: Axes, values: np.ndarray, bins: np.ndarray, color: Any, label: str,
                clip: bool = False) -> None:
     if clip:
@@ -185,7 +193,7 @@ def fig_eps_l_panels(runs: Sequence[Run], *, eps: float | None = None,
     bins = _log_bins(data["grad_gap_l1"])
     for values, color, run in zip(data["grad_gap_l1"], colors, runs, strict=True):
         _step_hist(axes[1, 0], values[values > 0], bins, color, run.label)
-    axes[1, 0].set_xscale("log")
+    _log_x(axes[1, 0])
     axes[1, 0].set(xlabel="gradient gap  $\\|\\nabla_x z_y - \\nabla_x z_{\\bar y}\\|_1$  "
                           "(logit units per pixel, log scale)",
                    ylabel="examples", title="Denominator of Eq. 4: gradient gap")
@@ -330,7 +338,7 @@ def fig_gradient_norms(runs: Sequence[Run], *, parameter: str = "label_smoothing
         bins = _log_bins(arrays)
         for values, color, run in zip(arrays, colors, chosen, strict=True):
             _step_hist(ax, values[values > 0], bins, color, run.label)
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set(xlabel=f"{xlabel}  (logit units per pixel, log scale)", ylabel="examples",
                title=f"Gradient magnitude, {title.lower()}")
     bins = np.linspace(-1, 1, 41)
@@ -553,8 +561,10 @@ def _sweep(runs: Sequence[Run], key: str, eps: float | None) -> list[tuple[Run, 
         table = table[np.isclose(table["eps"], at)]
         if table.empty:
             continue
-        fixed = 1 if other == "restarts" and (table["restarts"] == 1).any() \
-            else int(table[other].max())
+        # hold the other setting where the sweep has the most values (1 restart on ties)
+        spread = table.groupby(other)[key].nunique()
+        candidates = [int(v) for v in spread[spread == spread.max()].index]
+        fixed = 1 if 1 in candidates else max(candidates)
         table = table[table[other] == fixed]
         if table[key].nunique() >= 2:
             found.append((run, table.assign(fixed=fixed, eps_used=at)))
@@ -571,6 +581,8 @@ def _fig_sweep(runs: Sequence[Run], key: str, eps: float | None) -> Figure:
     losses: set[str] = set()
     for (_run, table), color in zip(found, colors, strict=True):
         for loss, group in table.groupby("loss_name"):
+            if group[key].nunique() < 2:
+                continue  # a single point is no curve
             group = group.sort_values(key)
             marker, line = _style("pgd", str(loss), False)
             losses.add(str(loss))
@@ -581,6 +593,12 @@ def _fig_sweep(runs: Sequence[Run], key: str, eps: float | None) -> Figure:
     ax.set_xticks(values, [str(v) for v in values])
     ax.minorticks_off()
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    # at least a 15-point window, so that small changes do not look like collapses
+    shown = [ln.get_ydata() for ln in ax.get_lines()]
+    low = min(float(np.min(y)) for y in shown) if shown else 0.0
+    high = max(float(np.max(y)) for y in shown) if shown else 1.0
+    pad = max(0.0, 0.15 - (high - low)) / 2 + 0.02
+    ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad))
     other = "restarts" if key == "steps" else "steps"
     fixed = sorted({int(t["fixed"].iloc[0]) for _, t in found})
     eps_used = sorted({float(t["eps_used"].iloc[0]) for _, t in found})

@@ -16,7 +16,8 @@ ROOT = Path("runs/analysis")
 CMP = ROOT / "cmp"
 OUT = Path("docs/figures")
 EPS = 0.1
-SWEEP_MODELS = ["natural", "lsq2+noise0.3"]
+SWEEP_MODELS = ["lsq2+noise0.3"]
+ACTIVATION_MODELS = ["natural", "pgd", "noise0.3", "ls0.5+noise0.3", "lsq2+noise0.3"]
 LANDSCAPE_MODEL = "lsq2+noise0.3"
 
 
@@ -27,9 +28,9 @@ def compute() -> None:
     from epsl.context import prepare
     from epsl.io import write_json, write_table
 
-    for folder in sorted(p for p in CMP.iterdir() if p.is_dir() and p.name != "figures"):
-        ckpt = ROOT / f"{folder.name}.safetensors"
-        if not (folder / "activations" / "activations.csv").is_file():
+    for name in ACTIVATION_MODELS:
+        folder, ckpt = CMP / name, ROOT / f"{name}.safetensors"
+        if folder.is_dir() and not (folder / "activations" / "activations.csv").is_file():
             subprocess.run(["epsl", "activations", str(ckpt), "--dataset", "digits",
                             "--out", str(folder / "activations")], check=True)
     for direction in ("random", "adversarial"):
