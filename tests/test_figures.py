@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+
 from epsl.analysis import figures as F
 from epsl.analysis.metrics import predicted_accuracy
 from epsl.analysis.runs import Run, defense_kind, defense_label, load_run, load_runs
 from epsl.analysis.synthetic import model_meta, write_synthetic_run
 from epsl.cli.main import main
-
 from epsl.errors import EpslError
 
 EPS = 0.3

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from epsl.analysis.figures import fig_eps_l_panels, fig_logits, save_figure
 from epsl.analysis.report import audit_notes, write_report
 from epsl.analysis.runs import load_runs

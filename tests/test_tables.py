@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from epsl.analysis.runs import Run, load_runs
 from epsl.analysis.synthetic import write_synthetic_run
 from epsl.analysis.tables import comparison_table, format_table, to_markdown, write_comparison
@@ -153,6 +154,7 @@ def test_compare_against_an_independent_fgsm(digits_checkpoint: Path, digits_mod
     import torch
     import torch.nn.functional as torch_f
     from click.testing import CliRunner
+
     from epsl.cli.main import main
 
     eps, n = 0.1, 40
