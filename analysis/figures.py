@@ -45,6 +45,7 @@ from epsl.io import atomic_path
 
 from .metrics import (
     attack_accuracies,
+    main_eps,
     pick_eps,
     predicted_accuracy,
     strongest_setting,
@@ -151,11 +152,13 @@ def _fig_legend(fig: Figure, handles: Sequence[Any], labels: Sequence[str], *,
 
 
 def resolve_eps(runs: Sequence[Run], eps: float | None = None) -> float | None:
-    """The attack ε to mark: ``eps`` if given, else the largest ε in the attack tables, else the
-    largest ε of the diagnostics summaries."""
+    """The attack ε to mark: ``eps`` if given, else the largest of the runs' main attack ε
+    (:func:`~epsl.analysis.metrics.main_eps`), else the largest ε of the diagnostics
+    summaries."""
     if eps is not None:
         return float(eps)
-    values = [float(v) for r in runs if r.attack is not None for v in r.attack["eps"].unique()]
+    values = [v for r in runs if r.attack is not None
+              for v in [main_eps(r.attack, r.attack_summary)] if v is not None]
     if not values:
         for r in runs:
             listed = r.summary.get("eps")

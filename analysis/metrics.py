@@ -73,3 +73,17 @@ def pick_eps(values: Sequence[float], eps: float | None) -> float | None:
         return values[-1]
     matches = [v for v in values if np.isclose(v, eps, rtol=1e-6, atol=1e-9)]
     return matches[0] if matches else None
+
+
+def main_eps(attack: pd.DataFrame, summary: dict[str, Any] | None = None) -> float | None:
+    """The ε a run's attacks were made for: ``summary['eps']`` when it is a number, else the ε
+    with the most distinct (attack, loss, source) settings (the largest on ties)."""
+    value = (summary or {}).get("eps")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if attack.empty:
+        return None
+    keys = [c for c in ("attack", "loss_name", "source") if c in attack.columns]
+    counts = attack.drop_duplicates(["eps", *keys]).groupby("eps").size()
+    best = counts[counts == counts.max()].index
+    return float(max(best))

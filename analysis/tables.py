@@ -20,7 +20,13 @@ import pandas as pd
 
 from epsl.io import write_table, write_text
 
-from .metrics import attack_accuracies, pick_eps, predicted_accuracy, strongest_setting
+from .metrics import (
+    attack_accuracies,
+    main_eps,
+    pick_eps,
+    predicted_accuracy,
+    strongest_setting,
+)
 from .runs import Run, defense_params
 
 #: Columns always present, in order; attack columns follow (see :func:`attack_column`).
@@ -77,7 +83,8 @@ def _training_steps(meta: dict[str, Any]) -> float:
 def _table_eps(runs: Sequence[Run], eps: float | None) -> float | None:
     if eps is not None:
         return float(eps)
-    values = [v for r in runs if r.attack is not None for v in r.attack["eps"].unique()]
+    values = [v for r in runs if r.attack is not None
+              for v in [main_eps(r.attack, r.attack_summary)] if v is not None]
     if values:
         return float(max(values))
     for run in runs:
@@ -137,7 +144,8 @@ def comparison_row(run: Run, eps: float | None) -> dict[str, Any]:
 def comparison_table(runs: Sequence[Run], *, eps: float | None = None) -> pd.DataFrame:
     """Tables 1-4 of the paper in one frame: one row per run, accuracies as fractions in [0,1].
 
-    ``eps`` (pixel units, [0,1] scale) defaults to the largest ε in the attack tables. Attack
+    ``eps`` (pixel units, [0,1] scale) defaults to the ε the attacks were made for (the
+    attack summary's, else the ε with the most settings). Attack
     columns are named :func:`attack_column` (``fgsm_xent``, ``pgd_cw``, ``transfer_pgd_cw``...)
     and hold the mean of ``correct`` for the setting with the most steps, then restarts;
     ``audit_worst`` is the mean of the audit's per-example ``robust`` flag (robust only if the
