@@ -25,7 +25,6 @@ fig_accuracy_vs_restarts   Table 10: PGD accuracy against the number of restarts
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -641,7 +640,6 @@ def save_figure(fig: Figure, out_dir: Path | str, name: str, *, dpi: int = DPI,
         metadata = {"Date": None} if fmt == "svg" else {"Software": None}
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; figures are meant to be shared
         paths[fmt] = path
     return paths
 

@@ -7,7 +7,6 @@ import base64
 import html
 import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,7 +124,6 @@ def write_report(out_dir: Path | str, table: pd.DataFrame,
     path = out_dir / name
     write_text(path, render_report(table, figures, base=out_dir, title=title, notes=notes,
                                    config=config))
-    os.chmod(path, 0o644)  # the temporary file behind the atomic write is 0600
     return path
 
 
