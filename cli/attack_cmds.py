@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
+
+import epsl
+from epsl.attacks import ATTACKS, LOSSES, attack_settings, sweep
+from epsl.audit import AuditConfig, audit
 from epsl.cli.common import (
     EPS,
     checkpoint_options,
@@ -18,10 +21,6 @@ from epsl.cli.common import (
     handle_errors,
     overwrite_option,
 )
-
-import epsl
-from epsl.attacks import ATTACKS, LOSSES, attack_settings, sweep
-from epsl.audit import AuditConfig, audit
 from epsl.context import Evaluation, load_model, prepare
 from epsl.errors import EpslError
 from epsl.io import check_out_dir, write_json, write_table
@@ -41,9 +40,9 @@ source_option = click.option("--source", type=click.Path(dir_okay=False), defaul
 
 
 def _precheck(out: str, products: list[str], overwrite: bool) -> None:
-    """Fail before any computation when results are in the way (without creating ``out``)."""
-    if Path(out).exists():
-        check_out_dir(out, products, overwrite)
+    """Fail before any computation when results are in the way or ``out`` cannot be written
+    (without creating ``out``)."""
+    check_out_dir(out, products, overwrite, create=False)
 
 
 def _prepare(checkpoint: str, options: dict[str, Any]) -> Evaluation:

@@ -55,9 +55,9 @@ def _data_config(checkpoint: str, options: dict[str, Any]) -> DataConfig:
 
 
 def _precheck(out: str, products: list[str], overwrite: bool) -> None:
-    """Fail before any computation when results are in the way (without creating ``out``)."""
-    if Path(out).exists():
-        check_out_dir(out, products, overwrite)
+    """Fail before any computation when results are in the way or ``out`` cannot be written
+    (without creating ``out``)."""
+    check_out_dir(out, products, overwrite, create=False)
 
 
 def _progress_bar(total: int) -> tqdm:

@@ -156,10 +156,15 @@ def _torchvision(name: str, split: str, data_root: Path | None, download: bool) 
     return _to_split(x, np.asarray(ds.targets), INFOS[name], split, str(data_root))
 
 
+def _torchvision_loader(name: str) -> Loader:
+    def load(split: str, root: Path | None, download: bool) -> Split:
+        return _torchvision(name, split, root, download)
+
+    return load
+
+
 for _name in ("mnist", "cifar10", "cifar100"):
-    DATASETS.register(_name)(
-        lambda split, root, download, _n=_name: _torchvision(_n, split, root, download)
-    )
+    DATASETS.register(_name)(_torchvision_loader(_name))
 
 
 def load_npz(path: Path, split: str) -> Split:
@@ -208,7 +213,7 @@ def load_split(dataset: str | None = "digits", split: str = "test", *,
         raise EpslError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if data is not None:
         return load_npz(Path(data), split)
-    if dataset not in DATASETS:
+    if dataset is None or dataset not in DATASETS:
         raise EpslError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS.names())}")
     root = Path(data_root) if data_root is not None else None
     return DATASETS[dataset](split, root, download)

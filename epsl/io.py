@@ -19,17 +19,43 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _os_error(action: str, path: Path | str, exc: OSError) -> EpslError:
+    return EpslError(f"cannot {action} {path}: {exc.strerror or exc}")
+
+
+def check_writable(folder: Path | str) -> None:
+    """Raise :class:`EpslError` unless files can be created in ``folder`` (or, when it does not
+    exist yet, in its nearest existing parent). Probes by creating and removing a temporary
+    folder, so nothing is left behind and ``folder`` itself is not created."""
+    folder = Path(folder)
+    probe_in = folder
+    while not probe_in.exists() and probe_in != probe_in.parent:
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise EpslError(f"cannot write into {folder}: {probe_in} is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".epsl-probe.", dir=probe_in))
+    except OSError as exc:
+        raise _os_error("write into", folder, exc) from None
+
+
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _os_error("write", path, exc) from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _os_error("write", path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -88,13 +114,22 @@ def read_table(path: Path | str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def check_out_dir(out: Path | str, products: list[str], overwrite: bool) -> Path:
-    """Refuse to overwrite results already in ``out`` unless ``overwrite`` is set."""
+def check_out_dir(out: Path | str, products: list[str], overwrite: bool,
+                  create: bool = True) -> Path:
+    """Refuse to overwrite results already in ``out`` unless ``overwrite`` is set, and fail
+    early when ``out`` cannot be written. ``create=False`` only checks (for a check before a
+    long computation that must leave nothing behind when it fails)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EpslError(f"{out} exists and is not a folder")
     existing = [p for p in products if (out / p).exists()]
     if existing and not overwrite:
         raise EpslError(f"{out} already holds {', '.join(existing)}; pass --overwrite to replace")
-    out.mkdir(parents=True, exist_ok=True)
+    if not create:
+        check_writable(out)
+        return out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _os_error("create folder", out, exc) from None
     return out

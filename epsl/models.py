@@ -25,6 +25,9 @@ MODELS: Registry[ModelFactory] = Registry("architecture")
 class Normalize(nn.Module):
     """(x - mean) / std per channel, with mean and std as buffers (saved in checkpoints)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1))
@@ -50,7 +53,7 @@ class Classifier(nn.Module):
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         """Logits (N x classes) from penultimate activations."""
-        return self.fc(features)  # type: ignore[no-any-return]
+        return self.fc(features)  # type: ignore[no-any-return,operator]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

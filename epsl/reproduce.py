@@ -438,11 +438,11 @@ def _extras(preset: Preset, spec: ModelSpec, checkpoints: dict[str, Path], folde
             source = None
             if transfer and transfer != spec.name:
                 source, _, _ = load_model(checkpoints[transfer], device=e.device)
-            settings = {"seed": preset.train.seed, "pgd_steps": preset.attacks.pgd_steps}
-            config = AuditConfig.quick(**settings) if preset.audit.quick else AuditConfig(
-                **settings)
+            seed, steps = preset.train.seed, preset.attacks.pgd_steps
+            audit_config = (AuditConfig.quick(seed=seed, pgd_steps=steps) if preset.audit.quick
+                            else AuditConfig(seed=seed, pgd_steps=steps))
             result = audit(e.model, part.x.to(e.device), part.y.to(e.device), eps=preset.eps,
-                           source=source, config=config)
+                           source=source, config=audit_config)
             result.save(folder / "audit", metadata=provenance(e))
             done.append(("audit", True))
 

@@ -200,7 +200,7 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
                    **config.arch_kwargs}
     torch.manual_seed(config.seed)
     try:
-        model = create_model(config.arch, **arch_kwargs).to(device)
+        model: nn.Module = create_model(config.arch, **arch_kwargs).to(device)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise EpslError(f"cannot build {config.arch!r} for {info.name} inputs "
                         f"{info.shape}: {exc}") from None

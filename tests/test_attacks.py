@@ -4,7 +4,6 @@ independent PGD, and the registry."""
 from __future__ import annotations
 
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -240,29 +239,23 @@ def test_every_registered_attack_respects_the_threat_model(name, digits_model, d
     assert result.accuracy < clean_correct(digits_model, x, y).float().mean().item()
 
 
-def test_pgd_is_as_strong_as_torchattacks_and_no_slower(digits_model, digits_batch):
-    """Same model, data, eps, steps and step size as torchattacks.PGD (Madry et al.'s PGD)."""
-    x, y = digits_batch
+@pytest.mark.parametrize("random_start", [False, True], ids=["no-random-start", "random-start"])
+def test_pgd_is_as_strong_as_torchattacks(digits_model, digits_test, random_start):
+    """Same model, data (the whole digits test split), eps, steps and step size as
+    torchattacks.PGD (Madry et al.'s PGD): epsl's robust accuracy is at most one point higher.
+    Speed is compared side by side in ``benchmarks/attacks.py``, not in a timed test."""
+    x, y = digits_test.x, digits_test.y
     eps, steps, alpha = 0.1, 20, 0.01
-
-    def reference() -> float:
-        x_adv = torchattacks.PGD(digits_model, eps=eps, alpha=alpha, steps=steps)(x, y)
-        with torch.no_grad():
-            return (digits_model(x_adv).argmax(1) == y).float().mean().item()
-
-    def ours() -> float:
-        return pgd(digits_model, x, y, eps=eps, step_size=alpha, steps=steps, seed=0).accuracy
-
-    times: dict[str, list[float]] = {"ours": [], "reference": []}
-    accuracy: dict[str, float] = {}
     torch.manual_seed(0)
-    for _ in range(2):  # interleaved, best of two: the machine is shared
-        for name, run in (("reference", reference), ("ours", ours)):
-            start = time.perf_counter()
-            accuracy[name] = run()
-            times[name].append(time.perf_counter() - start)
-    assert accuracy["ours"] <= accuracy["reference"] + 0.01
-    assert min(times["ours"]) <= 1.5 * min(times["reference"])
+    reference = torchattacks.PGD(digits_model, eps=eps, alpha=alpha, steps=steps,
+                                 random_start=random_start)
+    x_ref = reference(x, y)
+    with torch.no_grad():
+        ref_accuracy = (digits_model(x_ref).argmax(1) == y).float().mean().item()
+    ours = pgd(digits_model, x, y, eps=eps, step_size=alpha, steps=steps,
+               random_start=random_start, seed=0).accuracy
+    assert ref_accuracy < 0.9  # the attack does something on this natural model
+    assert ours <= ref_accuracy + 0.01
 
 
 def test_transfer_from_the_model_itself_equals_the_white_box_attack(digits_model, digits_batch):

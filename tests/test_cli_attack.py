@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from epsl.cli.main import main
 
 from epsl import checkpoint
 from epsl.attacks import pgd
+from epsl.cli.main import main
 from epsl.models import create_model
 
 
