@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import click
 
 import epsl
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Library warnings (STYLE 10) as one line on stderr, without a source excerpt."""
+    click.echo(f"Warning: {message}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -12,6 +21,7 @@ import epsl
 def main() -> None:
     """Robustness analysis for PyTorch classifiers around eps_L (Eq. 4 of Shafahi et al.):
     train defenses, compute eps_L diagnostics, attack, audit and render the paper's figures."""
+    warnings.showwarning = _show_warning
 
 
 def _register() -> None:

@@ -100,10 +100,7 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _loss_fn(name: str, confidence: float) -> LossFn:
     if name == "cw":
         return lambda logits, y: cw_loss(logits, y, confidence)
-    try:
-        return LOSSES[name]
-    except KeyError as exc:
-        raise EpslError(str(exc.args[0])) from None
+    return LOSSES[name]
 
 
 def default_step_size(eps: float, steps: int) -> float:
@@ -172,7 +169,8 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Attack ``model`` in eval mode with its parameters frozen; restore both afterwards.
 
     A model left in train mode gets a warning (BatchNorm would use batch statistics and couple
-    the examples). Freezing the parameters matters for speed: autograd otherwise computes
+    the examples). Gradients are enabled, so attacks work inside a caller's ``torch.no_grad()``.
+    Freezing the parameters matters for speed: autograd otherwise computes
     weight gradients inside every convolution backward even when only the input gradient is
     asked for (2-4x slower on CPU).
     """
@@ -186,7 +184,8 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     for param in trainable:
         param.requires_grad_(False)
     try:
-        yield model
+        with torch.enable_grad():  # input gradients also inside a caller's torch.no_grad()
+            yield model
     finally:
         for param in trainable:
             param.requires_grad_(True)
@@ -255,7 +254,8 @@ def _input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Los
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
          loss: str = "xent", random_start: bool = False, cw_confidence: float = 50.0,
-         seed: int | None = None, batch_size: int | None = None) -> AttackResult:
+         seed: int | None = None, batch_size: int | None = None,
+         attack_misclassified: bool = False) -> AttackResult:
     """Fast gradient sign method: ``x' = proj(x + eps * sign(grad_x L(x, y)))``.
 
     Args:
@@ -266,7 +266,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         random_start: step from a uniform random point of the ball (R+FGSM-like) instead of x.
 
     Equal to :func:`pgd` with one step of size ``eps`` and no random start. Examples
-    misclassified at x keep ``x_adv = x``.
+    misclassified at x keep ``x_adv = x`` unless ``attack_misclassified`` (see :func:`pgd`).
     """
     x, y = _check_inputs(model, x, y, eps)
     loss_fn = _loss_fn(loss, cw_confidence)
@@ -281,8 +281,8 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
             _, grad = _input_grad(model, start[part], y[part], loss_fn)
             pieces.append(project(start[part] + eps * grad.sign(), x[part], eps))
         x_adv = torch.cat(pieces) if pieces else x.clone()
-        # an example misclassified at x is already broken there (x lies in the ball)
-        x_adv = torch.where(clean.correct[:, None, None, None], x_adv, x)
+        if not attack_misclassified:  # already broken at x (x lies in the ball)
+            x_adv = torch.where(clean.correct[:, None, None, None], x_adv, x)
         return score(model, x_adv, y, loss=loss, cw_confidence=cw_confidence,
                      batch_size=batch_size)
 
@@ -324,7 +324,7 @@ def _pgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Te
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float,
         steps: int, loss: str = "xent", random_start: bool = True, restarts: int = 1,
         cw_confidence: float = 50.0, seed: int | None = None,
-        batch_size: int | None = None) -> AttackResult:
+        batch_size: int | None = None, attack_misclassified: bool = False) -> AttackResult:
     """Projected gradient descent (Madry et al. 2017) in l_inf with sign steps.
 
     ``x_{t+1} = proj(x_t + step_size * sign(grad_x L(x_t, y)))`` for ``steps`` steps from
@@ -345,6 +345,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
             batching and the number of restarts (so more restarts never help the model); None
             uses torch's global generator.
         batch_size: examples per forward/backward pass (None: all at once).
+        attack_misclassified: attack every example in the first run, also those ``model``
+            already gets wrong at x (what a transfer attack needs: the source's mistakes must
+            still be pushed away from y before they are scored on the target).
 
     Returns:
         :class:`AttackResult` with the chosen adversarial examples.
@@ -366,6 +369,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
         best = score(model, x, y, loss=loss, cw_confidence=cw_confidence, batch_size=batch_size)
         for restart in range(restarts):
             todo = best.correct.nonzero().squeeze(1)
+            if attack_misclassified and restart == 0:
+                todo = torch.arange(len(y), device=y.device)
             if todo.numel() == 0:
                 break
             noise = _uniform_noise(x, eps, seed, restart) if random_start else None
@@ -408,23 +413,32 @@ def transfer(source: nn.Module, target: nn.Module, x: torch.Tensor, y: torch.Ten
              attack: str = "pgd", **settings: Any) -> AttackResult:
     """Black-box transfer attack: adversarial examples made on ``source`` by ``attack``
     (any name in :data:`ATTACKS`), scored on ``target`` (Tables 4 and 8 of the paper use a
-    naturally trained source). Settings are those of the attack."""
-    made = ATTACKS[attack](source, x, y, **settings)
+    naturally trained source). Settings are those of the attack.
+
+    Every example is attacked on the source, including those the source misclassifies at x
+    (where the attack supports it: FGSM and PGD); examples the *target* gets wrong at x stay
+    at x, as for white-box attacks."""
+    make = ATTACKS[attack]
+    if "attack_misclassified" in inspect.signature(make).parameters:
+        settings = {**settings, "attack_misclassified": True}
+    made = make(source, x, y, **settings)
     x_t, y_t = _check_inputs(target, x, y, settings.get("eps", 1.0))
-    x_adv = made.x_adv.to(x_t.device)
-    loss, confidence = made.loss_name, settings.get("cw_confidence", 50.0)
-    batch_size = settings.get("batch_size")
-    try:
-        with eval_mode(target):
-            clean = score(target, x_t, y_t, loss=loss, cw_confidence=confidence,
-                          batch_size=batch_size)
-            # examples the target already gets wrong stay at x, as for white-box attacks
-            x_adv = torch.where(clean.correct[:, None, None, None], x_adv, x_t)
-            return score(target, x_adv, y_t, loss=loss, cw_confidence=confidence,
-                         batch_size=batch_size)
+    try:  # a shape check on one example, so that no other RuntimeError is mislabelled
+        with torch.no_grad(), eval_mode(target):
+            target(x_t[:1])
     except RuntimeError as exc:
         raise EpslError(f"the target model does not accept the source's inputs of shape "
                         f"{tuple(x.shape[1:])} ({str(exc).splitlines()[0]})") from None
+    x_adv = made.x_adv.to(x_t.device)
+    loss, confidence = made.loss_name, settings.get("cw_confidence", 50.0)
+    batch_size = settings.get("batch_size")
+    with eval_mode(target):
+        clean = score(target, x_t, y_t, loss=loss, cw_confidence=confidence,
+                      batch_size=batch_size)
+        # examples the target already gets wrong stay at x, as for white-box attacks
+        x_adv = torch.where(clean.correct[:, None, None, None], x_adv, x_t)
+        return score(target, x_adv, y_t, loss=loss, cw_confidence=confidence,
+                     batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------- torchattacks

@@ -132,6 +132,10 @@ class AuditConfig:
         for name, value in counts.items():
             if value < 1:
                 raise EpslError(f"{name} must be at least 1 (got {value})")
+        if self.strong_steps <= self.pgd_steps:
+            raise EpslError(f"strong_steps ({self.strong_steps}) must exceed pgd_steps "
+                            f"({self.pgd_steps}): the strong PGD is the paper's PGD with more "
+                            "steps and restarts")
         if not 0 < self.unbounded_eps <= 1:
             raise EpslError(f"unbounded_eps must be in (0, 1] (got {self.unbounded_eps})")
 
@@ -465,9 +469,10 @@ def _checks(accuracies: pd.DataFrame, table: pd.DataFrame, n: int, white_robust:
                     else "the gradient-free Square attack")
             found.append(_warning(
                 "black-box-beats-white-box",
-                f"{what} breaks {share:.1%} of the examples that survived every white-box "
-                f"attack: white-box gradients are misleading (gradient masking). Trust the "
-                f"worst case over all attacks and investigate the model's gradients."))
+                f"{what} breaks {int(beaten.sum())} of the {int(robust_white.sum())} examples "
+                f"that survived every white-box attack ({share:.1%} of all {n}): white-box "
+                f"gradients are misleading (gradient masking). Trust the worst case over all "
+                f"attacks and investigate the model's gradients."))
     if unbounded_accuracy > config.unbounded_tolerance:
         found.append(_warning(
             "unbounded",

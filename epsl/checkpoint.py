@@ -20,7 +20,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 import epsl
-from epsl.data import INFOS
+from epsl.data import dataset_info
 from epsl.errors import EpslError
 from epsl.io import atomic_path
 from epsl.models import MODELS, create_model
@@ -30,7 +30,7 @@ METADATA_KEY = "epsl"
 
 def model_kwargs_for(dataset: str, **extra: Any) -> dict[str, Any]:
     """The constructor arguments every factory takes, filled from a dataset's info."""
-    info = INFOS[dataset]
+    info = dataset_info(dataset)
     return {"in_channels": info.shape[0], "num_classes": info.num_classes,
             "input_size": info.shape[1], "mean": list(info.mean), "std": list(info.std), **extra}
 

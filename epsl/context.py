@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,11 @@ def prepare(checkpoint: Path | str, *, dataset: str | None = None, data: Path | 
     net, meta, dev = load_model(checkpoint, arch=arch, model=model, dataset=dataset,
                                 device=device)
     name = dataset or meta.get("dataset") or "digits"
+    trained_on = meta.get("dataset")
+    if data is None and dataset and trained_on and dataset != trained_on:
+        warnings.warn(f"{checkpoint} was trained on {trained_on}, not {dataset}: its numbers on "
+                      f"{dataset} say little about its robustness; pass --dataset {trained_on} "
+                      "unless this is what you want", stacklevel=2)
     examples = load_split(name, split, data=data, data_root=data_root,
                           download=download).subset(limit)
     if len(examples) == 0:

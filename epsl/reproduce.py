@@ -15,13 +15,12 @@ Layout of ``out``::
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from epsl.defenses import DefenseConfig
 from epsl.errors import EpslError

@@ -262,11 +262,8 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
                 group["lr"] = _lr_at(base_lr, step, total_steps, kind, config)
             result = objective(model, xb, yb, config.defense, num_classes, gen)
             if not torch.isfinite(result.loss):
-                kept = (f"the last good checkpoint (epoch {epoch}) is kept at {out}"
-                        if out.exists() else "no checkpoint was written")
-                raise EpslError(
-                    f"training diverged at epoch {epoch + 1}, step {step + 1}: the loss is "
-                    f"{result.loss.item()}; {kept}. Try a smaller --logit-squeeze or --lr")
+                raise _diverged(out, epoch, f"step {step + 1}: the loss is "
+                                f"{result.loss.item()}")
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             optimizer.step()
@@ -293,12 +290,22 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
                 "test_accuracy": accuracy(model, test_split, device, limit=None),
                 "train_seconds": time.perf_counter() - t0,
             }
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            # a finite loss can still end in an exploding step: never save such weights
+            raise _diverged(out, epoch, "the weights are no longer finite")
         _save_state(state_path(out), optimizer, {"epochs_done": epoch + 1, "steps_done": step})
         checkpoint.save(out, model, metadata)
         if on_epoch is not None:
             on_epoch(report)
     final = checkpoint.read_metadata(out)
     return TrainResult(out, final, history)
+
+
+def _diverged(out: Path, epoch: int, what: str) -> EpslError:
+    kept = (f"the last good checkpoint (epoch {epoch}) is kept at {out}" if out.exists()
+            else "no checkpoint was written")
+    return EpslError(f"training diverged at epoch {epoch + 1}, {what}; {kept}. "
+                     "Try a smaller --logit-squeeze or --lr")
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:

@@ -291,3 +291,39 @@ def test_missing_torchattacks_gives_a_clear_error(monkeypatch, digits_model, dig
     monkeypatch.setitem(sys.modules, "torchattacks", None)
     with pytest.raises(EpslError, match="pip install"):
         ATTACKS["square"](digits_model, digits_batch[0][:2], digits_batch[1][:2], eps=0.1)
+
+
+def test_transfer_attacks_examples_the_source_gets_wrong():
+    """A source that misclassifies x must still push x away from y (Tables 4 and 8): compare
+    with an independent FGSM step computed by hand on the source."""
+    torch.manual_seed(0)
+    source, target = tiny_model(seed=1), tiny_model(seed=2)
+    x = torch.rand(64, 1, 4, 4)
+    y = torch.randint(0, 4, (64,))
+    with torch.no_grad():
+        wrong_on_source = source(x).argmax(1) != y
+    assert wrong_on_source.any()
+    x_req = x.clone().requires_grad_(True)
+    nn.functional.cross_entropy(source(x_req), y, reduction="sum").backward()
+    expected = (x + 0.1 * x_req.grad.sign()).clamp(0, 1)
+    with torch.no_grad():
+        target_correct = target(x).argmax(1) == y
+    result = transfer(source, target, x, y, attack="fgsm", eps=0.1)
+    keep = target_correct[:, None, None, None]
+    assert torch.allclose(result.x_adv, torch.where(keep, expected, x), atol=1e-6)
+
+
+def test_attacks_work_inside_no_grad(digits_model, digits_batch):
+    x, y = digits_batch[0][:16], digits_batch[1][:16]
+    outside = pgd(digits_model, x, y, eps=0.1, step_size=0.02, steps=5, seed=0)
+    with torch.no_grad():
+        inside = pgd(digits_model, x, y, eps=0.1, step_size=0.02, steps=5, seed=0)
+    assert torch.equal(outside.x_adv, inside.x_adv)
+
+
+def test_unknown_attack_or_loss_is_a_clear_error(digits_model, digits_batch):
+    x, y = digits_batch[0][:4], digits_batch[1][:4]
+    with pytest.raises(EpslError, match="unknown attack 'nope'"):
+        transfer(digits_model, digits_model, x, y, attack="nope", eps=0.1)
+    with pytest.raises(EpslError, match="unknown attack loss"):
+        fgsm(digits_model, x, y, eps=0.1, loss="hinge")

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from epsl.audit import WARNING_DOCS, AuditConfig, _checks, audit
+from epsl.errors import EpslError
 
 TINY = AuditConfig(pgd_steps=10, strong_steps=30, strong_restarts=2, apgd_steps=10,
                    square_queries=100, unbounded_steps=30, skip_expensive=True)
@@ -165,3 +166,8 @@ def test_train_mode_model_is_restored(digits_model, batch):
         assert digits_model.training
     finally:
         digits_model.eval()
+
+
+def test_strong_pgd_must_have_more_steps_than_the_papers():
+    with pytest.raises(EpslError, match="must exceed pgd_steps"):
+        AuditConfig(pgd_steps=40, strong_steps=40)

@@ -102,3 +102,23 @@ def test_recipes_reach_95_percent(tmp_path: Path, name: str) -> None:
     cfg = TrainConfig(epochs=15, device="cpu", seed=0, defense=RECIPES[name])
     meta = train(cfg, tmp_path / f"{name}.safetensors").metadata
     assert meta["metrics"]["test_accuracy"] >= 0.95
+
+
+def test_weights_that_explode_in_the_last_step_are_never_saved(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """The loss of the last step is finite, the step itself makes the weights NaN: no
+    checkpoint may be written (and no 'complete' model with NaN metrics)."""
+    step = torch.optim.Adam.step
+
+    def exploding_step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        out = step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", exploding_step)
+    out = tmp_path / "nan.safetensors"
+    with pytest.raises(EpslError, match="weights are no longer finite"):
+        train(TrainConfig(steps=1, device="cpu"), out)
+    assert not out.exists()

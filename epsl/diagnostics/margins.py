@@ -14,6 +14,7 @@ example the argmax class has a negative gap, so eps_L < 0. The predicted accurac
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -256,6 +257,6 @@ def predicted_accuracy(eps_l: torch.Tensor | Any, eps: float | Iterable[float]
     def one(e: float) -> float:
         return int((values > float(e)).sum()) / values.numel()
 
-    if isinstance(eps, (int, float)):
-        return one(eps)
-    return {float(e): one(e) for e in eps}
+    if isinstance(eps, numbers.Real) or (hasattr(eps, "ndim") and eps.ndim == 0):
+        return one(float(eps))  # type: ignore[arg-type]
+    return {float(e): one(e) for e in eps}  # type: ignore[union-attr]
