@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -157,7 +158,7 @@ def test_bundled_presets_load() -> None:
 def test_bad_presets(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(EpslError, match=message):
+    with pytest.raises(EpslError, match=re.escape(message)):
         load_preset(str(path))
     result = CliRunner().invoke(main, ["reproduce", "--preset", str(path), "--out",
                                        str(tmp_path / "o")])
