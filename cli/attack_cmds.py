@@ -15,6 +15,7 @@ from epsl.attacks import ATTACKS, LOSSES, attack_settings, sweep
 from epsl.audit import AuditConfig, audit
 from epsl.cli.common import (
     EPS,
+    FractionType,
     checkpoint_options,
     device_option,
     eval_data_options,
@@ -92,8 +93,8 @@ def _provenance(ev: Evaluation, source: str | None) -> dict[str, Any]:
               help="Random restarts per example (default 1); repeatable.")
 @click.option("--no-random-start", is_flag=True,
               help="Start FGSM/PGD at x instead of a uniform random point of the ball.")
-@click.option("--cw-confidence", type=float, default=50.0, show_default=True,
-              help="kappa of the CW loss.")
+@click.option("--cw-confidence", type=FractionType(0.0), default=50.0, show_default=True,
+              help="kappa >= 0 of the CW loss.")
 @source_option
 @seed_option
 @batch_option

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any, TypeVar
@@ -42,6 +43,8 @@ class FractionType(click.ParamType):
                 number = parse_fraction(str(value))
             except ValueError as exc:
                 self.fail(str(exc), param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number", param, ctx)
         if self.low is not None and (number < self.low or (self.low_open and number == self.low)):
             self.fail(f"{value} must be {'>' if self.low_open else '>='} {self.low}", param, ctx)
         if self.high is not None and (number > self.high or (self.high_open and number == self.high)):
@@ -50,6 +53,7 @@ class FractionType(click.ParamType):
 
 
 EPS = FractionType(0.0, 1.0, low_open=True)  # epsilon in (0, 1]; '8/255' accepted
+OPEN_EPS = FractionType(0.0, 1.0, low_open=True, high_open=True)  # eps in (0, 1)
 
 
 def handle_errors(func: F) -> F:

@@ -12,6 +12,7 @@ import click
 from tqdm import tqdm
 
 from epsl.cli.common import (
+    OPEN_EPS,
     FractionType,
     checkpoint_options,
     data_options,
@@ -35,7 +36,6 @@ from epsl.diagnostics.runs import (
 from epsl.errors import EpslError
 from epsl.io import check_out_dir, write_json, write_table
 
-OPEN_EPS = FractionType(0.0, 1.0, low_open=True, high_open=True)  # eps in (0, 1); '8/255' ok
 SPAN = FractionType(0.0, None, low_open=True)
 FORMATS = ("csv", "parquet")
 

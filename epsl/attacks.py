@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -99,6 +100,9 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _loss_fn(name: str, confidence: float) -> LossFn:
     if name == "cw":
+        if not math.isfinite(confidence) or confidence < 0:
+            raise EpslError(f"cw_confidence (kappa) must be a finite number >= 0 "
+                            f"(got {confidence})")
         return lambda logits, y: cw_loss(logits, y, confidence)
     return LOSSES[name]
 
