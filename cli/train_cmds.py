@@ -19,6 +19,7 @@ from epsl.cli.common import (
     handle_errors,
     overwrite_option,
 )
+from epsl.data import DATASETS
 from epsl.defenses import ADV_METHODS, DefenseConfig
 from epsl.errors import EpslError
 from epsl.models import MODELS
@@ -121,7 +122,9 @@ def train_command(dataset: str | None, data: str | None, data_root: str | None, 
 @click.command("info")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @checkpoint_options
-@click.option("--dataset", default=None, help="Dataset a foreign state_dict was trained on.")
+@click.option("--dataset", type=click.Choice(DATASETS.names()), default=None,
+              help="Dataset a foreign state_dict was trained on (sets its input shape and "
+                   "classes).")
 @handle_errors
 def info_command(checkpoint: str, arch: str | None, model_factory: str | None,
                  dataset: str | None) -> None:

@@ -84,6 +84,19 @@ def _load_factory(spec: str) -> Any:
         raise EpslError(f"--model {spec!r}: cannot import ({_short(exc)})") from None
 
 
+def _build_from_factory(spec: str, kwargs: dict[str, Any]) -> Any:
+    """Call the user's ``module:factory``; any failure in user code is one clear error."""
+    factory = _load_factory(spec)
+    if not callable(factory):
+        raise EpslError(f"--model {spec!r}: {type(factory).__name__} object is not callable; "
+                        "name a function or class that returns a torch.nn.Module")
+    try:
+        return factory(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - user code may raise anything
+        raise EpslError(f"--model {spec!r}: the factory failed ({type(exc).__name__}: "
+                        f"{_short(exc)})") from None
+
+
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         try:
@@ -116,7 +129,7 @@ def load(path: Path | str, *, arch: str | None = None, model: str | None = None,
     meta = read_metadata(path) if path.suffix == ".safetensors" else {}
     state = _read_state(path)
     if model is not None:
-        net = _load_factory(model)(**(arch_kwargs or {}))
+        net = _build_from_factory(model, arch_kwargs or {})
         meta = {**meta, "arch": model, "arch_kwargs": arch_kwargs or {}}
     else:
         name = arch or meta.get("arch")
@@ -141,8 +154,25 @@ def load(path: Path | str, *, arch: str | None = None, model: str | None = None,
     except RuntimeError as exc:
         raise EpslError(f"{path}: weights do not fit architecture {meta.get('arch')!r} "
                         f"({_short(exc)})") from None
+    if model is not None or "normalization" not in meta:
+        meta = _with_loaded_normalization(meta, net)
     net.to(device).eval()
     return net, meta
+
+
+def _with_loaded_normalization(meta: dict[str, Any], net: nn.Module) -> dict[str, Any]:
+    """``meta`` with the mean/std buffers actually loaded from the weights (a foreign
+    state_dict brings its own; the dataset's defaults were only the starting values)."""
+    norm = getattr(net, "normalize", None)
+    mean, std = getattr(norm, "mean", None), getattr(norm, "std", None)
+    if not isinstance(mean, torch.Tensor) or not isinstance(std, torch.Tensor):
+        return meta
+    loaded = {"mean": [round(float(v), 6) for v in mean.flatten()],
+              "std": [round(float(v), 6) for v in std.flatten()]}
+    kwargs = meta.get("arch_kwargs")
+    if isinstance(kwargs, dict) and "mean" in kwargs and "std" in kwargs:
+        meta = {**meta, "arch_kwargs": {**kwargs, **loaded}}
+    return {**meta, "normalization": loaded}
 
 
 def check_dataset(meta: dict[str, Any], shape: tuple[int, ...], num_classes: int,

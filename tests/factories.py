@@ -6,3 +6,10 @@ from epsl.models import Classifier, create_model
 
 def digits_cnn() -> Classifier:
     return create_model("small-cnn", **checkpoint.model_kwargs_for("digits"))
+
+
+def broken_factory() -> Classifier:
+    raise RuntimeError("boom")
+
+
+NOT_A_FACTORY = "just a string"
