@@ -3,6 +3,7 @@ killed run never leaves a half-written or clobbered result."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
@@ -47,6 +48,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
+        check_writable(path.parent)  # names a parent that is a file rather than 'File exists'
         raise _os_error("write", path, exc) from None
     os.close(fd)
     try:
@@ -106,12 +108,35 @@ def write_table(df: pd.DataFrame, path: Path | str) -> Path:
 
 
 def read_table(path: Path | str) -> pd.DataFrame:
+    """Read a table written by :func:`write_table`. An empty, truncated or otherwise unreadable
+    file is an :class:`EpslError` naming it, never a quietly padded table."""
     path = Path(path)
     if not path.is_file():
         raise EpslError(f"{path}: no such table")
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path)
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        _check_csv_rows(path)
+        return pd.read_csv(path)
+    except EpslError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many kinds of parse errors
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise EpslError(f"{path}: not a readable table ({detail})") from None
+
+
+def _check_csv_rows(path: Path) -> None:
+    """Every row must have as many fields as the header: pandas pads a row cut short (a file
+    truncated mid-write) with NaN instead of failing."""
+    with path.open(newline="") as f:
+        rows = csv.reader(f)
+        header = next(rows, None)
+        if not header:
+            raise EpslError(f"{path}: not a readable table (the file is empty)")
+        for row in rows:
+            if row and len(row) != len(header):
+                raise EpslError(f"{path}: not a readable table (line {rows.line_num} has "
+                                f"{len(row)} fields, the header {len(header)}; is it truncated?)")
 
 
 def check_out_dir(out: Path | str, products: list[str], overwrite: bool,

@@ -27,7 +27,7 @@ from epsl.data import Split, augment_batch, load_split
 from epsl.defenses import DefenseConfig, objective
 from epsl.device import resolve_device
 from epsl.errors import EpslError
-from epsl.io import atomic_path
+from epsl.io import atomic_path, check_writable
 from epsl.models import MODELS, create_model
 
 OPTIMIZERS = ("auto", "adam", "sgd")
@@ -185,6 +185,7 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
     out = Path(out)
     if out.suffix != ".safetensors":
         raise EpslError(f"--out {out}: checkpoints are written as .safetensors")
+    check_writable(out.parent)
     device = resolve_device(config.device)
     train_split = load_split(config.dataset, "train", data=config.data,
                              data_root=config.data_root, download=download
