@@ -14,6 +14,7 @@ and integer labels (N,). Row order is the example index in every per-example out
 from __future__ import annotations
 
 import gzip
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,7 @@ def _to_split(x: np.ndarray, y: np.ndarray, info: DatasetInfo, split: str, sourc
         xt = xt.float() / 255.0
     else:
         xt = xt.float()
-    return Split(xt.contiguous(), torch.as_tensor(np.asarray(y), dtype=torch.long), info, split,
+    return Split(xt.contiguous(), torch.as_tensor(np.array(y, copy=True), dtype=torch.long), info, split,
                  source)
 
 
@@ -172,6 +173,9 @@ def load_npz(path: Path, split: str) -> Split:
     path = Path(path)
     if not path.is_file():
         raise EpslError(f"--data {path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise EpslError(f"--data {path}: not a valid .npz file (expected a zip archive of "
+                        "arrays, as numpy.savez writes)")
     try:
         with np.load(path, allow_pickle=False) as arrays:
             keys = set(arrays.files)
@@ -188,6 +192,9 @@ def load_npz(path: Path, split: str) -> Split:
                         f"(got {x.shape} and {y.shape})")
     if x.dtype != np.uint8:
         x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise EpslError(f"--data {path}: x holds {int((~np.isfinite(x)).sum())} NaN or "
+                            "infinite pixels; pixels must be finite numbers in [0, 1]")
         if x.size and (x.min() < 0.0 or x.max() > 1.0):
             raise EpslError(f"--data {path}: float pixels must lie in [0, 1] "
                             f"(found {x.min():.3g}..{x.max():.3g})")
