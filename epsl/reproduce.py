@@ -15,16 +15,17 @@ Layout of ``out``::
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from epsl.defenses import DefenseConfig
 from epsl.errors import EpslError
-from epsl.io import read_json, write_json
+from epsl.io import check_out_dir, check_writable, read_json, write_json
 
 Log = Callable[[str], None]
 
@@ -95,30 +96,113 @@ class Preset:
     landscape: LandscapeSettings = field(default_factory=LandscapeSettings)
 
     def __post_init__(self) -> None:
-        if not 0 < self.eps < 1:
-            raise EpslError(f"preset {self.name}: eps must be in (0, 1) (got {self.eps})")
-        if not self.models:
-            raise EpslError(f"preset {self.name}: no [[models]]")
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise EpslError(f"preset {self.name}: model names must be unique ({names})")
-        for ref in (self.attacks.transfer_from, self.attacks.sweep_model):
-            if ref is not None and ref not in names:
-                raise EpslError(f"preset {self.name}: {ref!r} names no model of the grid")
+        _check_preset(self)
 
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
 
 
+def _check_preset(preset: Preset) -> None:
+    """Refuse a preset that would fail part-way through a study: every name must be registered
+    and every count and radius in range, so nothing is written or trained before the error."""
+    from epsl.data import DATASETS
+    from epsl.device import DEVICES
+    from epsl.models import MODELS
+    from epsl.train import OPTIMIZERS
+
+    def fail(message: str) -> EpslError:
+        return EpslError(f"preset {preset.name}: {message}")
+
+    for key, value, names in (("dataset", preset.dataset, DATASETS.names()),
+                              ("arch", preset.arch, MODELS.names()),
+                              ("device", preset.device, list(DEVICES)),
+                              ("[train] optimizer", preset.train.optimizer, list(OPTIMIZERS))):
+        if value not in names:
+            raise fail(f"unknown {key} {value!r}; choose from {', '.join(names)}")
+    if not 0 < preset.eps < 1:
+        raise fail(f"eps must be in (0, 1) (got {preset.eps})")
+    for e in preset.eps_grid:
+        if not 0 < e <= 1:
+            raise fail(f"eps_grid values must be in (0, 1] (got {e})")
+    t, a, ls = preset.train, preset.attacks, preset.landscape
+    if t.epochs is None and t.steps is None:
+        raise fail("[train] needs epochs or steps")
+    counts = [("limit", preset.limit), ("[train] epochs", t.epochs), ("[train] steps", t.steps),
+              ("[train] batch_size", t.batch_size), ("[train] train_limit", t.train_limit),
+              ("[attacks] pgd_steps", a.pgd_steps), ("[attacks] restarts", a.restarts),
+              ("[audit] limit", preset.audit.limit), ("[landscape] images", ls.images)]
+    counts += [("[attacks] sweep_steps", v) for v in a.sweep_steps]
+    counts += [("[attacks] sweep_restarts", v) for v in a.sweep_restarts]
+    for key, count in counts:
+        if count is not None and count < 1:
+            raise fail(f"{key} must be at least 1 (got {count})")
+    if ls.steps < 2:
+        raise fail(f"[landscape] steps must be at least 2 (got {ls.steps})")
+    for key, number, low_open in (("[landscape] span", ls.span, True),
+                                  ("[attacks] pgd_step_size", a.pgd_step_size, True),
+                                  ("[train] lr", t.lr, True),
+                                  ("[train] weight_decay", t.weight_decay, False)):
+        if number is None:
+            continue
+        if not math.isfinite(number) or number < 0 or (low_open and number == 0):
+            raise fail(f"{key} must be a finite number {'>' if low_open else '>='} 0 "
+                       f"(got {number})")
+    if not preset.models:
+        raise fail("no [[models]]")
+    names = [m.name for m in preset.models]
+    if len(set(names)) != len(names):
+        raise fail(f"model names must be unique ({names})")
+    for ref in (a.transfer_from, a.sweep_model):
+        if ref is not None and ref not in names:
+            raise fail(f"{ref!r} names no model of the grid")
+
+
 PRESETS = ("digits", "fashion-mnist", "mnist-paper", "cifar10-paper", "cifar100-paper")
 
 
-def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,),
+                                        "bool": (bool,)}
+
+
+def _type_ok(annotation: str, value: Any) -> bool:
+    """Whether a TOML/JSON ``value`` fits a dataclass field's (string) annotation such as
+    ``int | None`` or ``tuple[float, ...]``; nested dataclasses were parsed before."""
+    for part in (p.strip() for p in annotation.split("|")):
+        if part == "None":
+            if value is None:
+                return True
+        elif part in _TYPES:
+            kinds = _TYPES[part]
+            if isinstance(value, kinds) and (part == "bool" or not isinstance(value, bool)):
+                return True
+        elif part.startswith("tuple[") and part.endswith(", ...]"):
+            inner = part.removeprefix("tuple[").removesuffix(", ...]")
+            if isinstance(value, tuple) and (inner not in _TYPES
+                                             or all(_type_ok(inner, v) for v in value)):
+                return True
+        elif part.startswith("dict["):
+            if isinstance(value, dict):
+                return True
+        else:
+            return True
+    return False
+
+
+def _section(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise EpslError(f"{where}: expected a table of settings (got {raw!r})")
     known = {f.name for f in fields(cls)}
     unknown = set(raw) - known
     if unknown:
         raise EpslError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    missing = [f.name for f in fields(cls) if f.name not in raw
+               and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise EpslError(f"{where}: missing keys {missing}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    for f in fields(cls):
+        if f.name in values and not _type_ok(str(f.type), values[f.name]):
+            raise EpslError(f"{where}: {f.name} must be {f.type} (got {values[f.name]!r})")
     try:
         return cls(**values)
     except TypeError as exc:
@@ -128,7 +212,10 @@ def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
 def preset_from_dict(raw: dict[str, Any], where: str = "preset") -> Preset:
     raw = dict(raw)
     models = []
-    for i, entry in enumerate(raw.pop("models", [])):
+    entries = raw.pop("models", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise EpslError(f"{where}: models must be a list of [[models]] tables")
+    for i, entry in enumerate(entries):
         entry = dict(entry)
         if isinstance(entry.get("defense"), dict):  # the JSON form written to preset.json
             entry = {**entry.pop("defense"), **entry}
@@ -152,8 +239,13 @@ def load_preset(name_or_path: str) -> Preset:
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
             raise EpslError(f"--preset {path}: no such file")
-        text = path.read_text()
         where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise EpslError(f"{where}: not a TOML file (not UTF-8 text)") from None
+        except OSError as exc:
+            raise EpslError(f"{where}: cannot read ({exc.strerror or exc})") from None
     elif name_or_path in PRESETS:
         text = resources.files("epsl.presets").joinpath(f"{name_or_path}.toml").read_text()
         where = f"preset {name_or_path}"
@@ -312,6 +404,7 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EpslError(f"--out {out} exists and is not a folder")
+    check_writable(out)
     if force and out.exists():
         for child in ("models", "runs", "figures", STAGE_FILE):
             target = out / child
@@ -319,7 +412,7 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out, [], overwrite=True)
     check_same_preset(out, preset, force)
     ran: list[str] = []
     skipped: list[str] = []
