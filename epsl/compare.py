@@ -35,7 +35,7 @@ from epsl.analysis.report import audit_notes, write_report
 from epsl.analysis.runs import Run, load_runs
 from epsl.analysis.tables import comparison_table, write_comparison
 from epsl.attacks import default_step_size, sweep
-from epsl.context import Evaluation, load_model, prepare
+from epsl.context import Evaluation, check_fits, load_model, prepare
 from epsl.diagnostics import diagnose, predicted_accuracy
 from epsl.errors import EpslError
 from epsl.io import check_out_dir, read_json, read_table, write_json, write_table
@@ -180,16 +180,20 @@ def _provenance(ev: Evaluation) -> dict[str, Any]:
             "epsl_version": epsl.__version__}
 
 
+def _prepare(checkpoint: str, config: CompareConfig) -> Evaluation:
+    return prepare(checkpoint, dataset=config.dataset, data=config.data, split=config.split,
+                   limit=config.limit, arch=config.arch, model=config.model,
+                   data_root=config.data_root, download=config.download, device=config.device)
+
+
 def evaluate_model(checkpoint: str, folder: Path, config: CompareConfig, *,
                    source_model: torch.nn.Module | None = None,
-                   progress: Progress | None = None) -> list[str]:
+                   progress: Progress | None = None,
+                   evaluation: Evaluation | None = None) -> list[str]:
     """Write (or reuse) one model's diagnostics, attacks and audit under ``folder``; return
-    what was reused."""
+    what was reused. ``evaluation`` is ``checkpoint`` already prepared on the data."""
     say = progress or (lambda _msg: None)
-    ev = prepare(checkpoint, dataset=config.dataset, data=config.data, split=config.split,
-                 limit=config.limit, arch=config.arch, model=config.model,
-                 data_root=config.data_root,
-                 download=config.download, device=config.device)
+    ev = evaluation if evaluation is not None else _prepare(checkpoint, config)
     n, reused = len(ev.data), []
     grid = sorted({config.eps, *config.eps_grid})
     if _reusable_diagnostics(folder, checkpoint, n):
@@ -241,6 +245,24 @@ def evaluate_model(checkpoint: str, folder: Path, config: CompareConfig, *,
     return reused
 
 
+def _check_inputs(config: CompareConfig) -> tuple[list[Evaluation], torch.nn.Module | None]:
+    """Load every checkpoint and the source and check each against the data, so that a bad
+    input fails before anything is computed or written."""
+    evaluations = [_prepare(checkpoint, config) for checkpoint in config.checkpoints]
+    datasets = {ev.data.info.name for ev in evaluations}
+    if len(datasets) > 1:
+        each = ", ".join(f"{ev.checkpoint}: {ev.data.info.name}" for ev in evaluations)
+        raise EpslError(f"the checkpoints are evaluated on different datasets ({each}); "
+                        "compare models of one dataset or pass --dataset")
+    if not config.source:
+        return evaluations, None
+    first = evaluations[0]
+    source_model, source_meta, _ = load_model(config.source, arch=config.arch,
+                                              dataset=config.dataset, device=first.device)
+    check_fits(source_model, source_meta, first.data, config.source, first.device)
+    return evaluations, source_model
+
+
 def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
             progress: Progress | None = None) -> CompareResult:
     """Evaluate every checkpoint of ``config`` and write the comparison and report to ``out``.
@@ -248,16 +270,15 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
     Per-model tables already under ``out/<name>/`` for the same checkpoint and number of
     examples are reused, and only missing attack settings are run.
     """
+    check_out_dir(out, PRODUCTS, overwrite, create=False)
+    evaluations, source_model = _check_inputs(config)
     out = check_out_dir(out, PRODUCTS, overwrite)
-    source_model = None
-    if config.source:
-        source_model, _, _ = load_model(config.source, arch=config.arch,
-                                        dataset=config.dataset, device=config.device)
     names = model_names(config.checkpoints)
     reused = {}
-    for checkpoint, name in zip(config.checkpoints, names, strict=True):
-        reused[name] = evaluate_model(checkpoint, out / name, config,
-                                      source_model=source_model, progress=progress)
+    for ev, name in zip(evaluations, names, strict=True):
+        reused[name] = evaluate_model(ev.checkpoint, out / name, config,
+                                      source_model=source_model, progress=progress,
+                                      evaluation=ev)
     runs = load_runs([out / name for name in names])
     table = comparison_table(runs, eps=config.eps)
     write_comparison(out, table)

@@ -58,14 +58,21 @@ def prepare(checkpoint: Path | str, *, dataset: str | None = None, data: Path | 
                           download=download).subset(limit)
     if len(examples) == 0:
         raise EpslError("the data set is empty")
+    check_fits(net, meta, examples, checkpoint, dev)
+    return Evaluation(net, meta, examples, dev, str(checkpoint))
+
+
+def check_fits(net: nn.Module, meta: dict[str, Any], examples: Split,
+               checkpoint: Path | str, device: torch.device) -> None:
+    """Raise :class:`EpslError` unless ``net`` (loaded from ``checkpoint``) takes ``examples``:
+    the input shape and classes in its metadata, then one forward pass on two examples."""
     check_dataset(meta, tuple(examples.x.shape[1:]), int(examples.y.max()) + 1, str(checkpoint))
     try:
         with torch.no_grad():
-            logits = net(examples.x[:2].to(dev))
+            logits = net(examples.x[:2].to(device))
     except RuntimeError as exc:
         raise EpslError(f"{checkpoint} does not accept inputs of shape "
                         f"{tuple(examples.x.shape[1:])} ({str(exc).splitlines()[0]})") from None
     if logits.ndim != 2 or logits.shape[1] <= int(examples.y.max()):
         raise EpslError(f"{checkpoint} gives {logits.shape[-1]} logits but the labels go up to "
                         f"{int(examples.y.max())}")
-    return Evaluation(net, meta, examples, dev, str(checkpoint))
