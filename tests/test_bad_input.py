@@ -1,0 +1,245 @@
+"""Bad input from the bad-input sweep: every case is one ``Error:`` line, a non-zero exit, no
+traceback, and nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from epsl import checkpoint
+from epsl.attacks import pgd
+from epsl.cli.main import main
+from epsl.errors import EpslError
+from epsl.io import read_table, write_table
+from epsl.models import create_model
+
+
+def run(*args: object) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_error(result: Result, fragment: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    assert fragment in lines[0], lines[0]
+
+
+def assert_usage_error(result: Result, fragment: str) -> None:
+    """Click's own option checks: exit code 2 and an ``Error:`` line, never a traceback."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error:")
+    assert fragment in result.output
+
+
+def other_shape_checkpoint(path: Path, size: int = 16) -> Path:
+    kwargs = checkpoint.model_kwargs_for("digits") | {"input_size": size}
+    torch.manual_seed(0)
+    model = create_model("small-cnn", **kwargs).eval()
+    return checkpoint.save(path, model, {"arch": "small-cnn", "arch_kwargs": kwargs,
+                                         "dataset": "digits", "input_shape": [1, size, size],
+                                         "num_classes": 10})
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained digits checkpoint: every case here fails before a model is used."""
+    path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
+    return other_shape_checkpoint(path, size=8)
+
+
+# ------------------------------------------------------------------ info and --model factories
+
+def test_user_factory_that_is_not_callable_or_fails(tmp_path: Path) -> None:
+    model = create_model("small-cnn", **checkpoint.model_kwargs_for("digits"))
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    with pytest.raises(EpslError, match="not callable"):
+        checkpoint.load(tmp_path / "m.pt", model="tests.factories:NOT_A_FACTORY")
+    with pytest.raises(EpslError, match="the factory failed .*boom"):
+        checkpoint.load(tmp_path / "m.pt", model="tests.factories:broken_factory")
+    assert_one_line_error(run("info", tmp_path / "m.pt", "--model", "os:sep"), "not callable")
+    assert_one_line_error(run("info", tmp_path / "m.pt", "--model",
+                              "tests.factories:broken_factory"), "factory failed")
+
+
+def test_info_dataset_is_a_choice(tmp_path: Path) -> None:
+    model = create_model("small-cnn", **checkpoint.model_kwargs_for("digits"))
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    assert_usage_error(run("info", tmp_path / "m.pt", "--arch", "small-cnn", "--dataset",
+                           "nope"), "nope")
+
+
+def test_info_reports_the_normalisation_loaded_from_foreign_weights(tmp_path: Path) -> None:
+    kwargs = checkpoint.model_kwargs_for("digits") | {"mean": [0.5], "std": [0.25]}
+    torch.save(create_model("small-cnn", **kwargs).state_dict(), tmp_path / "m.pt")
+    result = run("info", tmp_path / "m.pt", "--arch", "small-cnn")
+    assert result.exit_code == 0, result.output
+    meta = json.loads(result.output)
+    assert meta["normalization"] == {"mean": [0.5], "std": [0.25]}
+    assert meta["arch_kwargs"]["mean"] == [0.5] and meta["arch_kwargs"]["std"] == [0.25]
+
+
+# ------------------------------------------------------------------ reproduce
+
+MINIMAL = 'name = "x"\ndataset = "digits"\narch = "small-cnn"\neps = 0.1\n'
+
+
+@pytest.mark.parametrize("text, message", [
+    ('name = "x"\n', "missing keys ['dataset', 'arch', 'eps']"),
+    (MINIMAL.replace("0.1", '"abc"') + '[[models]]\nname = "a"\n', "eps must be float (got 'abc')"),
+    (MINIMAL.replace('"digits"', '"nope"') + '[[models]]\nname = "a"\n', "unknown dataset 'nope'"),
+    (MINIMAL.replace('"small-cnn"', '"nope"') + '[[models]]\nname = "a"\n',
+     "unknown arch 'nope'"),
+    (MINIMAL + '[train]\nepochs = -1\n[[models]]\nname = "a"\n',
+     "[train] epochs must be at least 1 (got -1)"),
+    (MINIMAL + '[attacks]\npgd_steps = 0\n[[models]]\nname = "a"\n',
+     "[attacks] pgd_steps must be at least 1 (got 0)"),
+    (MINIMAL + 'limit = 0\n[[models]]\nname = "a"\n', "limit must be at least 1"),
+    (MINIMAL + '[landscape]\nspan = nan\n[[models]]\nname = "a"\n', "[landscape] span"),
+    (MINIMAL + 'models = "abc"\n', "models must be a list"),
+    (MINIMAL + 'train = 5\n[[models]]\nname = "a"\n', "expected a table"),
+    (MINIMAL + '[[models]]\nname = "a"\nadv_steps = true\n', "adv_steps must be int"),
+], ids=["missing-keys", "eps-type", "dataset", "arch", "epochs", "pgd-steps", "limit", "span",
+        "models-type", "section-type", "defense-type"])
+def test_bad_preset_fails_before_anything_is_written(tmp_path: Path, text: str,
+                                                     message: str) -> None:
+    preset, out = tmp_path / "p.toml", tmp_path / "o"
+    preset.write_text(text)
+    assert_one_line_error(run("reproduce", "--preset", preset, "--out", out), message)
+    assert not out.exists()
+
+
+def test_preset_that_is_not_utf8(tmp_path: Path) -> None:
+    preset, out = tmp_path / "p.toml", tmp_path / "o"
+    preset.write_bytes(MINIMAL.encode("utf-16"))
+    assert_one_line_error(run("reproduce", "--preset", preset, "--out", out), "not UTF-8")
+    assert not out.exists()
+
+
+def test_reproduce_out_that_cannot_be_a_folder(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert_one_line_error(run("reproduce", "--out", afile / "sub", "--limit", 5),
+                          "is not a folder")
+    assert afile.read_text() == "x"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_reproduce_out_under_proc() -> None:
+    assert_one_line_error(run("reproduce", "--out", "/proc/epsl-x", "--limit", 5),
+                          "cannot write into /proc/epsl-x")
+
+
+def test_reproduce_eps_range_matches_the_preset(tmp_path: Path) -> None:
+    assert_usage_error(run("reproduce", "--eps", "1", "--out", tmp_path / "o"), "must be < 1")
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ compare
+
+def test_compare_source_with_other_input_shape_writes_nothing(digits_checkpoint: Path,
+                                                              tmp_path: Path) -> None:
+    source = other_shape_checkpoint(tmp_path / "big.safetensors")
+    out = tmp_path / "o"
+    result = run("compare", digits_checkpoint, "--source", source, "--eps", "0.1", "--limit", 5,
+                 "--out", out)
+    assert_one_line_error(result, "expects inputs of shape (1, 16, 16)")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", ["junk", "shape"])
+def test_compare_checks_every_checkpoint_first(digits_checkpoint: Path, tmp_path: Path,
+                                               bad: str) -> None:
+    if bad == "junk":
+        second = tmp_path / "evil.pt"
+        second.write_bytes(b"not a pickle at all")
+        message = "refused to load"
+    else:
+        second = other_shape_checkpoint(tmp_path / "big.safetensors")
+        message = "expects inputs of shape"
+    out = tmp_path / "o"
+    for role in (["--source", second], [second]):
+        result = run("compare", digits_checkpoint, *role, "--eps", "0.1", "--limit", 5,
+                     "--out", out)
+        assert_one_line_error(result, message)
+        assert not out.exists()
+
+
+# ------------------------------------------------------------------ tables on disk
+
+def test_read_table_refuses_empty_truncated_and_garbage_files(tmp_path: Path) -> None:
+    good = write_table(pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}), tmp_path / "good.csv")
+    assert read_table(good).shape == (2, 2)
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "cut.csv").write_text("a,b,c\n1,2,3\n4,")
+    (tmp_path / "bad.parquet").write_bytes(b"garbage")
+    for name, message in [("empty.csv", "empty"), ("cut.csv", "line 3 has 2 fields"),
+                          ("bad.parquet", "not a readable table")]:
+        with pytest.raises(EpslError, match=message) as info:
+            read_table(tmp_path / name)
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "the file is empty"),
+    ("index,label,eps\n0,1,0.1\n1,", "is it truncated"),
+], ids=["empty", "truncated"])
+def test_figures_name_an_unreadable_table(tmp_path: Path, content: str, message: str) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "diagnostics.csv").write_text(content)
+    out = tmp_path / "o"
+    result = run("figures", run_dir, "--out", out)
+    assert_one_line_error(result, message)
+    assert "diagnostics.csv" in result.output and not out.exists()
+
+
+# ------------------------------------------------------------------ data, attack, train
+
+@pytest.mark.parametrize("kind, message", [
+    ("nan", "NaN or infinite pixels"), ("inf", "NaN or infinite pixels"),
+    ("text", "not a valid .npz"),
+])
+def test_npz_with_bad_pixels_or_not_npz(digits_checkpoint: Path, tmp_path: Path, kind: str,
+                                        message: str) -> None:
+    data = tmp_path / "d.npz"
+    if kind == "text":
+        data.write_text("x,y\n1,2\n")
+    else:
+        x = np.full((4, 1, 8, 8), 0.5, dtype=np.float32)
+        x[0, 0, 0, 0] = np.nan if kind == "nan" else np.inf
+        np.savez(data, x=x, y=np.arange(4))
+    out = tmp_path / "o"
+    assert_one_line_error(run("diagnose", digits_checkpoint, "--data", data, "--eps", "0.1",
+                              "--out", out), message)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kappa", ["nan", "inf", "-1"])
+def test_cw_confidence_must_be_finite_and_non_negative(digits_checkpoint: Path, tmp_path: Path,
+                                                       kappa: str) -> None:
+    out = tmp_path / "o"
+    result = run("attack", digits_checkpoint, "--loss", "cw", "--cw-confidence", kappa,
+                 "--eps", "0.1", "--limit", 5, "--out", out)
+    assert_usage_error(result, "--cw-confidence")
+    assert not out.exists()
+    model = create_model("small-cnn", **checkpoint.model_kwargs_for("digits")).eval()
+    with pytest.raises(EpslError, match="cw_confidence"):
+        pgd(model, torch.rand(2, 1, 8, 8), torch.tensor([0, 1]), eps=0.1, step_size=0.05,
+            steps=1, loss="cw", cw_confidence=float(kappa))
+
+
+def test_train_out_under_a_file_says_the_parent_is_not_a_folder(tmp_path: Path) -> None:
+    afile = tmp_path / "m.safetensors"
+    afile.write_text("x")
+    result = run("train", "--steps", 1, "--out", afile / "x.safetensors")
+    assert_one_line_error(result, f"{afile} is not a folder")
+    assert afile.read_text() == "x"
