@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,8 @@ def _load_factory(spec: str) -> Any:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise EpslError(f"--model {spec!r}: expected 'package.module:factory'")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a user's own module beside them, as `python -m` finds it
     try:
         module = importlib.import_module(module_name)
         return getattr(module, attr)
