@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pickle
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import epsl
 from epsl import checkpoint
@@ -62,6 +64,19 @@ def test_user_factory(tmp_path: Path) -> None:
         checkpoint.load(tmp_path / "m.pt", model="tests.nowhere:factory")
     with pytest.raises(EpslError, match="module:factory"):
         checkpoint.load(tmp_path / "m.pt", model="no_colon")
+
+
+def test_user_factory_in_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    """`epsl info w.pt --model mynet:build` run from the folder that holds mynet.py."""
+    (tmp_path / "epsl_user_net_cwd.py").write_text(
+        "from torch import nn\n\ndef build():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n")
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).state_dict(), tmp_path / "w.pt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    loaded, meta = checkpoint.load(tmp_path / "w.pt", model="epsl_user_net_cwd:build")
+    assert meta["arch"] == "epsl_user_net_cwd:build" and loaded(torch.rand(1, 1, 8, 8)).shape == (1, 10)
 
 
 def test_pickle_that_carries_code_never_runs(tmp_path: Path) -> None:
