@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
@@ -53,9 +54,10 @@ def reproduce_command(preset: str, out: str, force: bool, eps: float | None,
         "device": device if device != "auto" else None,
     })
     interactive = sys.stderr.isatty()
+    start = time.perf_counter()
 
     def log(message: str) -> None:
-        click.echo(message, err=True)
+        click.echo(f"[{time.perf_counter() - start:6.0f}s] {message}", err=True)
 
     result = reproduce(study, out, force=force, log=log, progress=interactive)
     click.echo(f"{study.name}: {len(result.ran)} stages run, {len(result.skipped)} reused, "
