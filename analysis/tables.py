@@ -36,12 +36,12 @@ BASE_COLUMNS = ["model", "run", "dataset", "arch", "alpha", "beta", "sigma", "ad
 _FIRST_ATTACKS = ["fgsm_xent", "fgsm_cw", "pgd_xent", "pgd_cw"]
 _FRACTIONS = {"train_accuracy", "test_accuracy", "clean_accuracy", "eq4_predicted",
               "audit_worst"}
-_NOT_FRACTIONS = (set(BASE_COLUMNS) - _FRACTIONS) | {"pgd_steps", "audit_verdict"}
+_NOT_FRACTIONS = (set(BASE_COLUMNS) - _FRACTIONS) | {"pgd_steps", "audit_n", "audit_verdict"}
 HEADERS = {"model": "model", "run": "run", "dataset": "data", "arch": "arch", "alpha": "α",
            "beta": "β", "sigma": "σ", "adv": "adv", "adv_eps": "adv ε", "kappa": "κ",
            "steps": "k (steps)", "train_accuracy": "train", "test_accuracy": "test", "n": "n",
            "clean_accuracy": "clean", "eps": "ε", "eq4_predicted": "Eq. 4",
-           "pgd_steps": "PGD steps", "audit_worst": "audit worst case",
+           "pgd_steps": "PGD steps", "audit_worst": "audit worst case", "audit_n": "audit n",
            "audit_verdict": "audit verdict"}
 
 
@@ -136,6 +136,7 @@ def comparison_row(run: Run, eps: float | None) -> dict[str, Any]:
         if eps is None or math.isnan(audit_eps) or np.isclose(audit_eps, eps):
             robust = run.audit["robust"].astype(str).str.lower().isin(["true", "1", "1.0"])
             row["audit_worst"] = float(robust.mean())
+            row["audit_n"] = len(run.audit)  # the audit may run on fewer examples than n
             if run.audit_summary.get("verdict"):
                 row["audit_verdict"] = str(run.audit_summary["verdict"])
     return row
@@ -149,17 +150,19 @@ def comparison_table(runs: Sequence[Run], *, eps: float | None = None) -> pd.Dat
     columns are named :func:`attack_column` (``fgsm_xent``, ``pgd_cw``, ``transfer_pgd_cw``...)
     and hold the mean of ``correct`` for the setting with the most steps, then restarts;
     ``audit_worst`` is the mean of the audit's per-example ``robust`` flag (robust only if the
-    example survives every attack).
+    example survives every attack) over its ``audit_n`` examples (the first ``audit_n`` of the
+    ``n``; an audit may use fewer).
     """
     at = _table_eps(runs, eps)
     rows = [comparison_row(r, at) for r in runs]
     frame = pd.DataFrame(rows)
     attacks = [c for c in frame.columns if c not in BASE_COLUMNS and c not in
-               ("pgd_steps", "audit_worst", "audit_verdict")]
+               ("pgd_steps", "audit_worst", "audit_n", "audit_verdict")]
     attacks = [c for c in _FIRST_ATTACKS if c in attacks] + sorted(
         c for c in attacks if c not in _FIRST_ATTACKS and not c.startswith("transfer_")) + \
         sorted(c for c in attacks if c.startswith("transfer_"))
-    tail = [c for c in ("pgd_steps", "audit_worst", "audit_verdict") if c in frame.columns]
+    tail = [c for c in ("pgd_steps", "audit_worst", "audit_n", "audit_verdict")
+            if c in frame.columns]
     return frame.reindex(columns=BASE_COLUMNS + attacks + tail)
 
 
@@ -168,7 +171,7 @@ def _cell(column: str, value: Any) -> str:
         return "–"
     if column not in _NOT_FRACTIONS:  # accuracies: train/test/clean/Eq. 4/attacks/audit
         return f"{float(value):.1%}"
-    if column in ("steps", "n", "pgd_steps"):
+    if column in ("steps", "n", "pgd_steps", "audit_n"):
         return f"{int(value):,}"
     if isinstance(value, float):
         return f"{value:g}"
