@@ -25,7 +25,7 @@ fig_accuracy_vs_restarts   Table 10: PGD accuracy against the number of restarts
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -491,6 +491,24 @@ def _setting_name(attack: str, loss: str, transfer: bool, steps: int | None = No
     return f"{'transfer ' if transfer else ''}{name} ({loss})"
 
 
+def _eps_axis_end(tables: Iterable[pd.DataFrame], diagnostics: Iterable[pd.DataFrame | None],
+                  eps: float | None) -> float:
+    """Where the ε axis can end: the first ε at which every empirical curve has reached 0 and
+    nearly every ε_L (99.5 %), so that a sanity check at unbounded ε (1.0) does not squash the curves."""
+    ends, largest = [eps or 0.0, 1e-3], [1.0]
+    for table in tables:
+        largest.append(float(table["eps"].max()))
+        for _, curve in table.groupby(["attack", "loss_name", "transfer"]):
+            values = np.sort(curve["eps"].unique())
+            alive = curve.loc[curve["accuracy"] > 0.005, "eps"]  # above half a percent
+            later = values[values > float(alive.max())] if len(alive) else values[:1]
+            ends.append(float(later.min()) if len(later) else float(alive.max()))
+    for frame in diagnostics:
+        if frame is not None and len(frame):
+            ends.append(float(frame["eps_l"].quantile(0.995)))  # one outlier can be huge
+    return min(max(ends), max(largest[1:], default=1.0))
+
+
 def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Figure:
     """Table 1 as curves, one panel per model: empirical accuracy under each attack (markers;
     from ``attack.csv``, the strongest steps/restarts per setting) next to the Eq. 4 prediction,
@@ -509,7 +527,7 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
     rows = math.ceil(len(chosen) / cols)
     fig = _figure(3.4 * cols + 0.8, 3.0 * rows + 1.2)
     axes = _axes(fig, rows, cols, sharex=True, sharey=True)
-    eps_max = max([float(t["eps"].max()) for t in tables.values()] + [eps or 0.0, 1e-3])
+    eps_max = _eps_axis_end(tables.values(), [r.diagnostics for r in chosen], eps)
     grid = np.linspace(0, eps_max * 1.1, 200)
     names: dict[tuple[str, str, bool], str] = {}
     for k, ax in enumerate(axes.ravel()):
