@@ -25,7 +25,7 @@ import epsl
 from epsl.data import dataset_info
 from epsl.errors import EpslError
 from epsl.io import atomic_path
-from epsl.models import MODELS, create_model
+from epsl.models import create_model
 
 METADATA_KEY = "epsl"
 
@@ -139,8 +139,6 @@ def load(path: Path | str, *, arch: str | None = None, model: str | None = None,
         name = arch or meta.get("arch")
         if name is None:
             raise EpslError(f"{path}: no epsl metadata; pass --arch NAME or --model module:factory")
-        if name not in MODELS:
-            raise EpslError(f"unknown architecture {name!r}; choose from {', '.join(MODELS.names())}")
         kwargs = meta.get("arch_kwargs") if arch is None or arch == meta.get("arch") else None
         if kwargs is None:
             kwargs = model_kwargs_for(dataset or meta.get("dataset") or "digits",
