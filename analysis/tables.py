@@ -186,15 +186,53 @@ def format_table(table: pd.DataFrame, *, drop_empty: bool = True) -> pd.DataFram
     return shown
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of :func:`format_table`."""
-    shown = format_table(table.drop(columns=["audit_verdict"], errors="ignore"))
+def _markdown(shown: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of string cells; text columns left-aligned."""
     escape = [[str(v).replace("|", "\\|") for v in row] for row in shown.itertuples(index=False)]
     lines = ["| " + " | ".join(shown.columns) + " |",
              "|" + "|".join("---" if c in _TEXT_HEADERS else "--:" for c in shown.columns)
              + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in escape]
     return "\n".join(lines) + "\n"
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of :func:`format_table`."""
+    return _markdown(format_table(table.drop(columns=["audit_verdict"], errors="ignore")))
+
+
+#: The README's headline columns of a study: (comparison column, header); ``{pgd}`` is the
+#: paper's PGD-k with its k.
+HEADLINE = [("model", "model"), ("clean_accuracy", "clean"), ("eq4_predicted", "Eq. 4 predicted"),
+            ("fgsm_xent", "FGSM"), ("pgd_cw", "{pgd} (CW)"),
+            ("transfer_pgd_cw", "transfer {pgd}"), ("audit_worst", "worst case, all attacks")]
+
+
+def headline(table: pd.DataFrame, *, source_run: str | None = None) -> str:
+    """The few columns a terminal can show, as Markdown, then one line per model with the
+    audit's verdict: what ``epsl reproduce`` ends with (the full table stays in
+    ``comparison.csv``/``.md``). ``source_run`` (the ``run`` whose adversarial examples the
+    transfer columns use) shows ``(source)`` in its own transfer cell."""
+    steps = table["pgd_steps"].dropna() if "pgd_steps" in table else pd.Series(dtype=float)
+    pgd = f"PGD-{int(steps.max())}" if len(steps) else "PGD"
+    columns = [(c, h.format(pgd=pgd)) for c, h in HEADLINE
+               if c in table.columns and table[c].notna().any()]
+    shown = pd.DataFrame({
+        header: ["(source)" if column.startswith("transfer_") and run == source_run
+                 else _cell(column, value) for run, value in zip(table["run"], table[column],
+                                                                  strict=True)]
+        for column, header in columns})
+    text = _markdown(shown)
+    if "audit_verdict" in table and table["audit_verdict"].notna().any():
+        eps = table["eps"].dropna()
+        at = f" at ε = {float(eps.iloc[0]):g}" if len(eps) else ""
+        text += f"\nAudit{at}:\n"
+        for row in table.itertuples():
+            n = getattr(row, "audit_n", math.nan)
+            on = f" ({int(n)} examples)" if isinstance(n, int | float) and n == n else ""
+            verdict = row.audit_verdict if isinstance(row.audit_verdict, str) else "not audited"
+            text += f"- {row.model}: {verdict}{on}\n"
+    return text
 
 
 def to_html(table: pd.DataFrame) -> str:

@@ -61,10 +61,10 @@ def reproduce_command(preset: str, out: str, force: bool, eps: float | None,
 
     result = reproduce(study, out, force=force, log=log, progress=interactive)
     click.echo(f"{study.name}: {len(result.ran)} stages run, {len(result.skipped)} reused, "
-               f"{result.seconds:.0f}s")
-    table = result.out / "comparison.md"
-    if table.exists():
-        click.echo(table.read_text())
+               f"{result.seconds:.0f}s\n")
+    if result.headline:
+        click.echo(result.headline)
+        click.echo(f"full table: {result.out / 'comparison.csv'} (and .md)")
     if result.report is not None:
         click.echo(f"report: {result.report}")
 

@@ -448,11 +448,17 @@ def transfer(source: nn.Module, target: nn.Module, x: torch.Tensor, y: torch.Ten
 # --------------------------------------------------------------------------- torchattacks
 
 
-def _torchattacks() -> Any:
+def require_torchattacks() -> Any:
+    """The torchattacks module, or a one-line :class:`EpslError` naming the install command.
+
+    torchattacks is a dependency of epsl; callers that will need APGD or Square (the audit,
+    ``compare --audit``, ``reproduce``) call this before any work so that a broken install
+    fails at once rather than after minutes of training and attacks."""
     try:
         import torchattacks
     except ImportError:
-        raise EpslError("APGD and Square need torchattacks: pip install 'epsl[attacks]'") from None
+        raise EpslError("APGD and Square need torchattacks, which is missing from this "
+                        "environment: pip install torchattacks (or reinstall epsl)") from None
     return torchattacks
 
 
@@ -461,7 +467,7 @@ def _run_torchattack(make: Callable[[Any], Any], model: nn.Module, x: torch.Tens
                      batch_size: int | None) -> AttackResult:
     """Run a torchattacks attack chunk by chunk, keep the caller's RNG state (torchattacks
     reseeds torch globally), project and score."""
-    attack = make(_torchattacks())
+    attack = make(require_torchattacks())
     pieces = []
     devices = [x.device] if x.device.type == "cuda" else []
     with eval_mode(model), torch.random.fork_rng(devices=devices):

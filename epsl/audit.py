@@ -42,6 +42,7 @@ from epsl.attacks import (
     eval_mode,
     fgsm,
     pgd,
+    require_torchattacks,
     score,
     square,
     transfer,
@@ -50,7 +51,8 @@ from epsl.attacks import (
 from epsl.errors import EpslError
 from epsl.io import to_json, write_json, write_table
 
-__all__ = ["WARNING_DOCS", "AuditConfig", "AuditResult", "AuditWarning", "audit"]
+__all__ = ["WARNING_DOCS", "AuditConfig", "AuditResult", "AuditWarning", "audit",
+           "check_dependencies"]
 
 WARNING_DOCS = {
     "steps": "docs/warnings/steps.md",
@@ -267,6 +269,13 @@ def _plan(model: nn.Module, eps: float, source: nn.Module | None,
     return plan
 
 
+def check_dependencies(config: AuditConfig) -> None:
+    """Fail in one line, before any work, when an attack the audit will run cannot be imported
+    (APGD and Square come from torchattacks unless ``skip_expensive``)."""
+    if not config.skip_expensive:
+        require_torchattacks()
+
+
 def _input_grad_l1(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    batch_size: int | None) -> torch.Tensor:
     """||grad_x xent(f(x), y)||_1 per example (N), at the clean inputs."""
@@ -313,6 +322,7 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         progress: show a tqdm bar on stderr.
     """
     config = config or AuditConfig()
+    check_dependencies(config)
     if not 0 < eps <= 1:
         raise EpslError(f"eps must be in (0, 1] (got {eps})")
     if len(y) == 0:

@@ -271,6 +271,10 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
     examples are reused, and only missing attack settings are run.
     """
     check_out_dir(out, PRODUCTS, overwrite, create=False)
+    if config.audit:
+        from epsl.audit import AuditConfig, check_dependencies
+
+        check_dependencies(AuditConfig.quick(seed=config.seed))
     evaluations, source_model = _check_inputs(config)
     out = check_out_dir(out, PRODUCTS, overwrite)
     names = model_names(config.checkpoints)

@@ -100,9 +100,16 @@ def _digits(split: str, data_root: Path | None, download: bool) -> Split:
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:  # type: ignore[operator]
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:  # type: ignore[operator]
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise EpslError(f"{path}: cannot read ({exc})") from None
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":  # magic: two zeros, 0x08 = unsigned bytes
+        raise EpslError(f"{path}: not an IDX file of unsigned bytes")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise EpslError(f"{path}: truncated IDX header")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):

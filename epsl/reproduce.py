@@ -11,6 +11,7 @@ Layout of ``out``::
     out/models/<name>.safetensors      one checkpoint per defense
     out/runs/<name>/...                diagnostics, attacks, audit, activations, landscape
     out/comparison.{csv,md}, out/report.html, out/figures/   tables and figures
+    out/headline.md                    the headline columns and the audit verdicts
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 from epsl.defenses import DefenseConfig
 from epsl.errors import EpslError
-from epsl.io import check_out_dir, check_writable, read_json, write_json
+from epsl.io import check_out_dir, check_writable, read_json, read_table, write_json, write_text
 
 Log = Callable[[str], None]
 
@@ -356,6 +357,7 @@ class ReproduceResult:
     skipped: list[str]  # stages whose outputs already existed
     report: Path | None
     seconds: float
+    headline: str = ""  # the headline table and audit verdicts (Markdown), as in headline.md
 
 
 STAGE_FILE = "stages.json"
@@ -405,6 +407,10 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
     if out.exists() and not out.is_dir():
         raise EpslError(f"--out {out} exists and is not a folder")
     check_writable(out)
+    if preset.audit.enabled:  # fail now, not after training the grid
+        from epsl.audit import AuditConfig, check_dependencies
+
+        check_dependencies(AuditConfig())
     if force and out.exists():
         for child in ("models", "runs", "figures", STAGE_FILE):
             target = out / child
@@ -464,8 +470,15 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
         shutil.copytree(runs / "figures", out / "figures")
         _mark(out, "compare")
         ran.append("compare")
+    summary = ""
+    if (out / "comparison.csv").exists():  # the few columns a terminal shows; see headline.md
+        from epsl.analysis.tables import headline
+
+        summary = headline(read_table(out / "comparison.csv"),
+                           source_run=preset.attacks.transfer_from)
+        write_text(out / "headline.md", summary)
     return ReproduceResult(out, checkpoints, ran, skipped, report if report.exists() else None,
-                           time.perf_counter() - t0)
+                           time.perf_counter() - t0, summary)
 
 
 def _extras(preset: Preset, spec: ModelSpec, checkpoints: dict[str, Path], folder: Path,

@@ -3,6 +3,7 @@ natural model, follow the paper's own numbers (Tables 10, 11), and its table is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from epsl.audit import WARNING_DOCS, AuditConfig, _checks, audit
 from epsl.errors import EpslError
+from tests.conftest import quick_train
 
 TINY = AuditConfig(pgd_steps=10, strong_steps=30, strong_restarts=2, apgd_steps=10,
                    square_queries=100, unbounded_steps=30, skip_expensive=True)
@@ -79,12 +81,24 @@ def test_square_sees_through_the_rounding_layer(digits_model, digits_test):
     assert "gradient-free Square" in " ".join(w.message for w in result.warnings)
 
 
-def test_natural_model_raises_no_false_alarm(digits_model, batch):
+@pytest.fixture(scope="module")
+def other_model(digits_train):
+    """A second natural model (another seed): the transfer source, as in Tables 4 and 8."""
+    return quick_train(digits_train, seed=1)
+
+
+def test_natural_model_raises_no_false_alarm(digits_model, other_model, batch):
+    """All six checks stay quiet on an honest model: every attack runs (APGD and Square
+    included) and the transfer attack comes from a different model."""
     x, y = batch
-    result = audit(digits_model, x, y, eps=0.1, source=digits_model, config=TINY)
+    config = dataclasses.replace(TINY, skip_expensive=False)
+    result = audit(digits_model, x, y, eps=0.1, source=other_model, config=config)
     assert codes(result) == set(), [w.message for w in result.warnings]
     assert result.verdict == "no sign of gradient masking"
     assert result.summary["unbounded_accuracy"] == 0.0
+    ran = set(result.accuracies["attack"])
+    assert {"apgd-ce", "apgd-dlr", "square", "transfer"} <= ran and not result.notes
+    assert result.summary["zero_gradient_fraction"] == 0.0
 
 
 def test_table_is_the_worst_case_over_attacks(digits_model, batch):

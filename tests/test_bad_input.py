@@ -4,6 +4,8 @@ traceback, and nothing written."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +245,63 @@ def test_train_out_under_a_file_says_the_parent_is_not_a_folder(tmp_path: Path) 
     result = run("train", "--steps", 1, "--out", afile / "x.safetensors")
     assert_one_line_error(result, f"{afile} is not a folder")
     assert afile.read_text() == "x"
+
+
+# ------------------------------------------------------------------ through the installed executable
+
+EPSL = Path(sys.executable).with_name("epsl")  # what `pip install -e .` put beside python
+
+
+def _cases(tmp: Path, ckpt: Path) -> dict[str, tuple[list[object], int, str]]:
+    """One bad call per command: (arguments, exit status, fragment of the one Error: line)."""
+    afile = tmp / "afile"
+    afile.write_text("x")
+    (tmp / "junk.pt").write_bytes(b"not a pickle at all")
+    (tmp / "bad.toml").write_text('name = "x"\n')
+    nan = np.full((4, 1, 8, 8), 0.5, dtype=np.float32)
+    nan[0, 0, 0, 0] = np.nan
+    np.savez(tmp / "nan.npz", x=nan, y=np.arange(4))
+    out = tmp / "out"
+    return {
+        "train": (["train", "--steps", 1, "--out", afile / "m.safetensors"], 1,
+                  f"{afile} is not a folder"),
+        "info": (["info", tmp / "junk.pt"], 1, "refused to load"),
+        "diagnose": (["diagnose", ckpt, "--data", tmp / "nan.npz", "--out", out], 1,
+                     "NaN or infinite pixels"),
+        "diagnose-usage": (["diagnose", ckpt, "--eps", "1", "--out", out], 2, "must be < 1"),
+        "activations": (["activations", tmp / "none.safetensors", "--out", out], 1,
+                        "no such checkpoint"),
+        "landscape": (["landscape", ckpt, "--data", afile, "--out", out], 1,
+                      "not a valid .npz"),
+        "attack": (["attack", ckpt, "--attack", "fgsm", "--steps", 5, "--eps", "0.1",
+                    "--out", out], 1, "fgsm takes no --steps"),
+        "audit": (["audit", ckpt, "--eps", "0.1", "--source", tmp / "junk.pt", "--limit", 4,
+                   "--out", out], 1, "refused to load"),
+        "figures": (["figures", tmp / "nowhere", "--out", out], 1, "no such folder"),
+        "compare": (["compare", ckpt, tmp / "junk.pt", "--eps", "0.1", "--out", out], 1,
+                    "refused to load"),
+        "reproduce": (["reproduce", "--preset", tmp / "bad.toml", "--out", out], 1,
+                      "missing keys"),
+    }
+
+
+CASES = ["train", "info", "diagnose", "diagnose-usage", "activations", "landscape", "attack",
+         "audit", "figures", "compare", "reproduce"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_installed_command_fails_in_one_line(digits_checkpoint: Path, tmp_path: Path,
+                                             case: str) -> None:
+    """Under CliRunner no traceback is ever printed; a real process shows what a user sees:
+    the exit status, exactly one ``Error:`` line on stderr, no traceback, nothing written."""
+    assert EPSL.is_file(), f"{EPSL}: the epsl executable is not installed beside python"
+    args, status, fragment = _cases(tmp_path, digits_checkpoint)[case]
+    result = subprocess.run([str(EPSL), *map(str, args)], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode == status, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and fragment in errors[0], result.stderr
+    if status == 1:  # library errors: that one line is all of stderr
+        assert [line for line in result.stderr.splitlines() if line.strip()] == errors
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,7 @@ from epsl import checkpoint
 from epsl.attacks import pgd
 from epsl.cli.main import main
 from epsl.models import create_model
+from tests.files import snapshot
 
 
 def run(*args: str):
@@ -100,8 +101,10 @@ def test_existing_results_need_overwrite(digits_checkpoint, tmp_path):
     args = ["attack", digits_checkpoint, "--limit", 5, "--attack", "fgsm", "--eps", "0.1",
             "--out", tmp_path]
     assert run(*args).exit_code == 0
+    before = snapshot(tmp_path)
     again = run(*args)
     assert again.exit_code == 1 and "--overwrite" in again.output
+    assert snapshot(tmp_path) == before
     assert run(*args, "--overwrite").exit_code == 0
 
 

@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 from epsl.cli.main import main
 from epsl.diagnostics import Diagnostics, diagnose, predicted_accuracy
+from tests.files import snapshot
+from tests.idx import write_fashion_mnist
 
 
 def _run(*args: str) -> object:
@@ -53,8 +55,10 @@ def test_diagnose_parquet_and_overwrite(digits_checkpoint: Path, tmp_path: Path)
             "parquet", "--out", out]
     assert _run(*args).exit_code == 0
     assert len(pd.read_parquet(out / "diagnostics.parquet")) == 5
+    before = snapshot(out)
     again = _run(*args)
-    assert again.exit_code != 0 and "--overwrite" in again.output
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    assert snapshot(out) == before
     assert _run(*args, "--overwrite").exit_code == 0
 
 
@@ -65,13 +69,18 @@ def test_diagnose_parquet_and_overwrite(digits_checkpoint: Path, tmp_path: Path)
     (["--eps", "-0.1"], "must be >"),
     (["--eps", "abc"], "not a number"),
     (["--limit", "0"], "--limit"),
-    (["--dataset", "fashion-mnist", "--limit", "3"], "shape"),
+    (["--dataset", "fashion-mnist", "--data-root", "{data_root}", "--limit", "3"],
+     "expects inputs of shape (1, 8, 8)"),
+    (["--data", "{npz}"], "expects inputs of shape (1, 8, 8)"),
     (["--chunk-size", "0"], "chunk-size"),
 ], ids=["unknown-dataset", "eps-zero", "eps-one", "eps-negative", "eps-text", "limit-zero",
-        "shape-mismatch", "chunk-zero"])
+        "shape-mismatch-idx", "shape-mismatch-npz", "chunk-zero"])
 def test_diagnose_bad_input_is_one_line_and_writes_nothing(
         digits_checkpoint: Path, tmp_path: Path, args: list[str], message: str) -> None:
     out = tmp_path / "diag"
+    write_fashion_mnist(tmp_path / "data")  # 28x28 IDX files: the wrong shape for digits
+    np.savez(tmp_path / "other.npz", x=np.zeros((4, 1, 12, 12), np.float32), y=np.arange(4))
+    args = [a.format(data_root=tmp_path / "data", npz=tmp_path / "other.npz") for a in args]
     result = _run("diagnose", digits_checkpoint, *args, "--out", out)
     assert result.exit_code != 0
     assert message in result.output
@@ -98,7 +107,10 @@ def test_activations_command(digits_checkpoint: Path, tmp_path: Path) -> None:
     assert summary["n_inactive"] == int((penultimate.active_count == 0).sum())
     assert (penultimate.activation_sum >= 0).all()  # ReLU features
     assert f"never active {summary['n_inactive']}" in result.output
-    assert _run("activations", digits_checkpoint, "--limit", "3", "--out", out).exit_code != 0
+    before = snapshot(out)
+    refused = _run("activations", digits_checkpoint, "--limit", "3", "--out", out)
+    assert refused.exit_code == 1 and "--overwrite" in refused.output
+    assert snapshot(out) == before
 
 
 def test_landscape_command(digits_checkpoint: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from epsl import checkpoint
 from epsl.cli.main import main
+from tests.files import snapshot
 
 
 @pytest.fixture
@@ -68,8 +69,10 @@ def test_train_bad_input(runner: CliRunner, tmp_path: Path, args: list[str], mes
 def test_train_refuses_to_overwrite_and_resumes(runner: CliRunner, tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
     assert runner.invoke(main, ["train", "--steps", "2", "--out", str(out)]).exit_code == 0
+    before = snapshot(tmp_path)
     again = runner.invoke(main, ["train", "--steps", "2", "--out", str(out)])
     assert again.exit_code == 1 and "--overwrite" in again.output
+    assert snapshot(tmp_path) == before
     resumed = runner.invoke(main, ["train", "--steps", "2", "--out", str(out), "--resume"])
     assert resumed.exit_code == 0, resumed.output
 

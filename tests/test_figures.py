@@ -22,6 +22,7 @@ from epsl.analysis.runs import Run, defense_kind, defense_label, load_run, load_
 from epsl.analysis.synthetic import model_meta, write_synthetic_run
 from epsl.cli.main import main
 from epsl.errors import EpslError
+from tests.files import snapshot
 
 EPS = 0.3
 KINDS = ["natural", "noise", "ls", "ls+noise", "lsq+noise", "pgd"]
@@ -227,8 +228,10 @@ def test_cli_figures(run_root: Path, tmp_path: Path) -> None:
     assert config["eps"] == 0.3 and [r["label"] for r in config["runs"]] == \
         ["natural", "LS α=0.75 + σ=0.5"]
     assert (out / "report.html").is_file() and (out / "comparison.csv").is_file()
+    before = snapshot(out)
     again = runner.invoke(main, args)
     assert again.exit_code == 1 and "--overwrite" in again.output
+    assert snapshot(out) == before
 
 
 @pytest.mark.parametrize("setup", ["missing", "empty"])

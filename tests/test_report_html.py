@@ -15,8 +15,7 @@ from epsl.analysis.report import audit_notes, write_report
 from epsl.analysis.runs import load_runs
 from epsl.analysis.synthetic import write_synthetic_run
 from epsl.analysis.tables import comparison_table
-
-CHROMIUM = Path("/usr/bin/chromium")
+from tests.system import CHROMIUM, needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +50,7 @@ def test_report_is_self_contained(report: Path) -> None:
     assert "LS α=0.75 + σ=0.5" in text and "worst-case robust accuracy" in text
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(),
-                    reason="Debian chromium not installed (apt-get install -y chromium)")
+@needs_chromium
 def test_report_opens_in_headless_chromium(report: Path, tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or str(CHROMIUM)
     command = [chromium, "--headless", "--no-sandbox", "--disable-gpu",

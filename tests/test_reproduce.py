@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from epsl.cli.main import main
 from epsl.errors import EpslError
 from epsl.reproduce import PRESETS, load_preset, override
+from tests.files import snapshot
 
 TINY = """
 name = "tiny"
@@ -129,9 +131,11 @@ def test_a_subset_of_models_runs_alone(tmp_path: Path, study: tuple[Path, Path, 
 
 def test_other_settings_in_the_same_folder_are_refused(study: tuple[Path, Path, str]) -> None:
     preset, out, _ = study
+    before = snapshot(out)
     result = CliRunner().invoke(main, ["reproduce", "--preset", str(preset), "--out", str(out),
                                        "--eps", "0.2"])
     assert result.exit_code == 1
+    assert snapshot(out) == before
     assert "other settings" in result.output and "Traceback" not in result.output
 
 
@@ -168,3 +172,37 @@ def test_bad_presets(tmp_path: Path, text: str, message: str) -> None:
 def test_unknown_preset() -> None:
     result = CliRunner().invoke(main, ["reproduce", "--preset", "imagenet", "--out", "/tmp/x"])
     assert result.exit_code == 1 and "unknown preset" in result.output
+
+
+@pytest.mark.parametrize("command", ["reproduce", "compare", "audit"])
+def test_missing_torchattacks_fails_before_any_work(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path, command: str,
+                                                    digits_checkpoint: Path) -> None:
+    """The audit's APGD and Square come from torchattacks: without it, the commands that will
+    audit stop at once in one line naming the install command, before training a model."""
+    monkeypatch.setitem(sys.modules, "torchattacks", None)
+    preset, out = tmp_path / "tiny.toml", tmp_path / "out"
+    preset.write_text(TINY)
+    args = {"reproduce": ["reproduce", "--preset", preset, "--out", out],
+            "compare": ["compare", digits_checkpoint, "--eps", "0.1", "--audit", "--out", out],
+            "audit": ["audit", digits_checkpoint, "--eps", "0.1", "--limit", 4, "--out", out]}
+    result = CliRunner().invoke(main, [str(a) for a in args[command]])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        "Error: APGD and Square need torchattacks, which is missing from this environment: "
+        "pip install torchattacks (or reinstall epsl)"]
+    assert not out.exists()
+    # --no-audit (and the audit's --skip-expensive) need no torchattacks
+    if command == "reproduce":
+        monkeypatch.setattr("epsl.train.train", _no_training)
+        with pytest.raises(_Trained):
+            CliRunner().invoke(main, [str(a) for a in args[command]] + ["--no-audit"],
+                               catch_exceptions=False)
+
+
+class _Trained(Exception):
+    pass
+
+
+def _no_training(*args: object, **kwargs: object) -> None:
+    raise _Trained

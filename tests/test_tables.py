@@ -12,6 +12,7 @@ import pytest
 from epsl.analysis.runs import Run, load_runs
 from epsl.analysis.synthetic import write_synthetic_run
 from epsl.analysis.tables import comparison_table, format_table, to_markdown, write_comparison
+from tests.files import snapshot
 
 KINDS = ["natural", "ls+noise", "lsq+noise", "pgd"]
 
@@ -183,6 +184,10 @@ def test_compare_against_an_independent_fgsm(digits_checkpoint: Path, digits_mod
     assert table.loc[0, "transfer_pgd_cw"] == pytest.approx(table.loc[0, "pgd_cw"])
     assert (out / "report.html").is_file() and (out / "comparison.md").is_file()
 
+    before = snapshot(out)
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 1 and "--overwrite" in refused.output
+    assert snapshot(out) == before
     again = CliRunner().invoke(main, [*args, "--overwrite"])
     assert again.exit_code == 0, again.output
     record = json.loads((out / "compare.json").read_text())
