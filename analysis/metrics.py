@@ -33,7 +33,7 @@ def is_transfer(attack: pd.DataFrame) -> pd.Series:
     or an attack named ``transfer*``."""
     transfer = attack["attack"].astype(str).str.lower().str.startswith("transfer")
     if "source" in attack.columns:
-        source = attack["source"].fillna("").astype(str).str.strip().str.lower()
+        source = attack["source"].astype(object).fillna("").astype(str).str.strip().str.lower()
         transfer |= ~source.isin(["", "none", "nan", "white-box", "whitebox", "self", "false"])
     return transfer
 

@@ -1,30 +1,30 @@
 """Read saved run folders (tables and JSON only, never a model) and name each run by its defense.
 
-A *run folder* holds any of the tables that ``epsl diagnose``, ``epsl activations``,
-``epsl landscape``, ``epsl attack`` and ``epsl audit`` write, either directly or in
-subfolders (up to two levels deep, e.g. ``run/attacks/pgd/attack.csv``):
+A *run folder* holds any of the results that ``epsl diagnose``, ``epsl activations``,
+``epsl landscape``, ``epsl attack``, ``epsl audit``, ``compare`` and ``reproduce`` write,
+either directly or in subfolders (up to two levels deep, e.g. ``run/attacks/attack.csv``).
+Every result is read through :mod:`epsl.records`: its JSON record (``diagnostics.json``,
+``attack.json``, ``audit.json``, ``activations.json``, ``landscape.json``) names its schema,
+holds its provenance (and so the model's metadata, which labels the run) and sits beside its
+table:
 
 - ``diagnostics.csv`` / ``.parquet``: one row per example, ``index, label, pred, correct,
   logit_gap, grad_gap_l1, grad_cosine, eps_l, rival, grad_l1_label, grad_l1_rival,
-  logit_0 .. logit_{K-1}``; ``summary.json`` beside it (``n, clean_accuracy, eps,
-  predicted_accuracy, checkpoint, model``).
+  logit_0 .. logit_{K-1}``.
 - ``activations.csv``: ``layer, unit, activation_sum, activation_abs_sum, active_count``.
 - ``landscape.csv``: ``image, index, label, direction, eps1, eps2, loss``.
 - ``attack.csv``: one row per example per setting, ``index, label, attack, loss_name, eps,
   steps, restarts, step_size, random_start, source, correct, loss, margin, pred``.
-- ``audit.csv`` (``index, label, clean_correct, <attack>..., robust, broken_by``) and
-  ``audit.json`` (``accuracies, warnings, verdict``).
+- ``audit.csv``: ``index, label, clean_correct, <attack>..., robust, broken_by``.
 
-Several ``attack.csv`` / ``landscape.csv`` / ``activations.csv`` files in one run are
-concatenated; the shallowest ``diagnostics`` and ``audit`` tables are used.
+Several attack, landscape and activations results in one run are concatenated; the shallowest
+diagnostics and audit are used. A record of an unknown schema is refused in one line.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,15 +32,9 @@ from typing import Any
 import pandas as pd
 
 from epsl.errors import EpslError
-from epsl.io import read_json, read_table
+from epsl.records import KINDS, TABLE_FORMATS, Result, load
 
-TABLE_FILES: dict[str, tuple[str, ...]] = {
-    "diagnostics": ("diagnostics.parquet", "diagnostics.csv"),
-    "activations": ("activations.parquet", "activations.csv"),
-    "landscape": ("landscape.parquet", "landscape.csv"),
-    "attack": ("attack.parquet", "attack.csv"),
-    "audit": ("audit.parquet", "audit.csv"),
-}
+RUN_KINDS = ("diagnostics", "activations", "landscape", "attack", "audit")
 _CONCATENATED = ("activations", "landscape", "attack")
 _MAX_DEPTH = 2
 
@@ -50,7 +44,8 @@ class Run:
     """One model's saved results, read from disk.
 
     ``meta`` is the checkpoint metadata (``arch``, ``dataset``, ``train_config`` with its
-    ``defense`` dict, ``metrics``); ``summary`` is the diagnostics ``summary.json``.
+    ``defense`` dict, ``metrics``), from the results' provenance; ``summary`` is the
+    diagnostics record (with the ``checkpoint`` it was made from).
     Tables that the folder does not hold are ``None``.
     """
 
@@ -74,7 +69,7 @@ class Run:
 
     def tables(self) -> list[str]:
         """Names of the tables this run holds."""
-        return [k for k in TABLE_FILES if getattr(self, k) is not None]
+        return [k for k in RUN_KINDS if getattr(self, k) is not None]
 
     @property
     def num_classes(self) -> int:
@@ -88,112 +83,64 @@ def logit_columns(frame: pd.DataFrame) -> list[str]:
     return sorted(cols, key=lambda c: int(c[6:]))
 
 
-def _find(root: Path, names: Sequence[str]) -> list[Path]:
-    """Files named ``names`` under ``root`` (depth <= 2), shallowest first, one per folder."""
-    found: list[Path] = []
-    folders = [root]
+def _folders(root: Path) -> list[Path]:
+    """``root`` and its sub-folders down to depth 2, shallowest first (hidden ones skipped)."""
+    found, level = [], [root]
     for _ in range(_MAX_DEPTH + 1):
-        next_folders: list[Path] = []
-        for folder in folders:
-            for name in names:
-                if (folder / name).is_file():
-                    found.append(folder / name)
-                    break
-            next_folders += sorted(p for p in folder.iterdir()
-                                   if p.is_dir() and not p.name.startswith("."))
-        folders = next_folders
+        found += level
+        level = [child for folder in level for child in sorted(folder.iterdir())
+                 if child.is_dir() and not child.name.startswith(".")]
     return found
 
 
-def _json_beside(table: Path, name: str) -> dict[str, Any]:
-    path = table.parent / name
-    if path.is_file():
-        obj = read_json(path)
-        return obj if isinstance(obj, dict) else {}
-    return {}
-
-
-def read_safetensors_metadata(path: Path | str) -> dict[str, Any]:
-    """The epsl metadata of a ``.safetensors`` checkpoint, read from its JSON header.
-
-    The safetensors format is 8 bytes (little-endian header length) then a JSON header whose
-    ``__metadata__`` holds string values; epsl stores its metadata as JSON under ``epsl``.
-    Read here without torch so that analysis stays model-free.
-    """
-    try:
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            if length > 100_000_000:
-                return {}
-            header = json.loads(f.read(length))
-        raw = (header.get("__metadata__") or {}).get("epsl")
-        meta = json.loads(raw) if raw else {}
-        return meta if isinstance(meta, dict) else {}
-    except (OSError, struct.error, ValueError, AttributeError):
-        return {}
-
-
-def _meta_from(jsons: Iterable[dict[str, Any]], root: Path) -> tuple[dict[str, Any], str | None]:
-    """Checkpoint metadata and path from whichever JSON carries it, else a checkpoint file."""
-    checkpoint: str | None = None
-    for record in jsons:
-        # provenance sits at the top level or under "metadata" (audit.json)
-        nested = record.get("metadata")
-        for obj in (record, nested if isinstance(nested, dict) else {}):
-            checkpoint = checkpoint or _checkpoint_path(obj)
-            model = obj.get("model")
-            if isinstance(model, dict) and model:
-                return model, checkpoint
-    candidates = sorted(root.glob("*.safetensors"))
-    if checkpoint is not None:
-        candidates.insert(0, Path(checkpoint))
-    for path in candidates:
-        if path.is_file():
-            meta = read_safetensors_metadata(path)
-            if meta:
-                return meta, checkpoint or str(path)
-    return {}, checkpoint
-
-
-def _checkpoint_path(obj: dict[str, Any]) -> str | None:
-    value = obj.get("checkpoint") or obj.get("target")
-    if isinstance(value, dict):
-        value = value.get("path")
-    return value if isinstance(value, str) else None
+def _results(root: Path) -> dict[str, list[Result]]:
+    folders = _folders(root)
+    results = {name: [load(folder, name) for folder in folders
+                      if (folder / KINDS[name].record).is_file()] for name in RUN_KINDS}
+    if not any(results.values()):
+        stray = [folder / f"{KINDS[name].table}.{fmt}" for folder in folders
+                 for name in RUN_KINDS for fmt in TABLE_FORMATS
+                 if (folder / f"{KINDS[name].table}.{fmt}").is_file()]
+        if stray:
+            raise EpslError(f"{stray[0]}: no epsl record ({KINDS[stray[0].stem].record}) beside "
+                            "it: written by an older epsl or another tool; recompute it")
+        expected = ", ".join(f"{KINDS[name].table}.csv" for name in RUN_KINDS)
+        raise EpslError(f"{root}: no recognised tables (expected any of {expected})")
+    return results
 
 
 def load_run(path: Path | str, *, label: str | None = None) -> Run:
-    """Read every recognised table under ``path``; raise ``EpslError`` when there is none."""
+    """Read every result under ``path`` through :mod:`epsl.records`; raise ``EpslError`` when
+    there is none, or when a record's schema is unknown or its table unreadable."""
     root = Path(path)
     if not root.is_dir():
         raise EpslError(f"{root}: no such folder")
+    results = _results(root)
     tables: dict[str, pd.DataFrame | None] = {}
-    sources: dict[str, list[Path]] = {}
-    for key, names in TABLE_FILES.items():
-        files = _find(root, names)
-        sources[key] = files
-        if not files:
-            tables[key] = None
-        elif key in _CONCATENATED:
-            tables[key] = pd.concat([read_table(f) for f in files], ignore_index=True)
+    for name, found in results.items():
+        frames = [r.table for r in found if r.table is not None]
+        if not frames:
+            tables[name] = None
+        elif name in _CONCATENATED:
+            tables[name] = pd.concat(frames, ignore_index=True)
         else:
-            tables[key] = read_table(files[0])
-    if all(t is None for t in tables.values()):
-        expected = ", ".join(names[-1] for names in TABLE_FILES.values())
-        raise EpslError(f"{root}: no recognised tables (expected any of {expected})")
-    summary = _json_beside(sources["diagnostics"][0], "summary.json") if sources["diagnostics"] \
-        else {}
-    attack_summary = (_json_beside(sources["attack"][0], "summary.json")
-                      or _json_beside(sources["attack"][0], "attack.json")) \
-        if sources["attack"] else {}
-    audit_summary = _json_beside(sources["audit"][0], "audit.json") if sources["audit"] else {}
-    extra = [_json_beside(f, name) for k in ("activations", "landscape") for f in sources[k]
-             for name in (f"{k}.json", "summary.json")]
-    meta, checkpoint = _meta_from([summary, audit_summary, attack_summary, *extra], root)
-    if checkpoint and "checkpoint" not in summary:
-        summary = {**summary, "checkpoint": checkpoint}
+            tables[name] = frames[0]
+
+    def first(name: str) -> Result | None:
+        return results[name][0] if results[name] else None
+
+    # the model's metadata and checkpoint, from the first result that knows them
+    origin = next((r.provenance for name in ("diagnostics", "audit", "attack", "activations",
+                                             "landscape")
+                   for r in results[name] if r.provenance is not None), None)
+    meta = dict(origin.model) if origin is not None else {}
+    diagnostics, attack, audited = first("diagnostics"), first("attack"), first("audit")
+    summary = dict(diagnostics.summary) if diagnostics is not None else {}
+    if origin is not None:
+        summary.setdefault("checkpoint", origin.checkpoint)
     run = Run(name=root.resolve().name, path=root, meta=meta, summary=summary,
-              attack_summary=attack_summary, audit_summary=audit_summary,
+              attack_summary=dict(attack.summary) if attack is not None else {},
+              audit_summary=dict(audited.summary) if audited is not None else {},
               diagnostics=tables["diagnostics"], activations=tables["activations"],
               landscape=tables["landscape"], attack=tables["attack"], audit=tables["audit"])
     return replace(run, label=label or defense_label(meta, fallback=run.name))

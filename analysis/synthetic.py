@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from epsl.io import write_json, write_table
+from epsl.records import Provenance, Result
 
 PRESETS: dict[str, dict[str, Any]] = {
     "natural": {},
@@ -196,32 +196,36 @@ def write_synthetic_run(out: Path | str, defense: Mapping[str, Any] | str = "nat
                         n: int = 200, seed: int = 0, eps: float = 0.3, steps: int = 2000,
                         tables: Sequence[str] = ("diagnostics", "activations", "landscape",
                                                  "attack", "audit")) -> Path:
-    """Write a run folder: ``diagnostics.csv`` + ``summary.json``, ``activations.csv``,
-    ``landscape.csv``, ``attacks/attack.csv`` + ``summary.json``, ``audit/audit.csv`` +
-    ``audit.json``. ``defense`` is a ``defense`` dict or a key of :data:`PRESETS`."""
+    """Write a run folder through :mod:`epsl.records`: ``diagnostics.csv`` + ``.json``,
+    ``activations.csv``, ``landscape.csv``, ``attacks/attack.csv``, ``audit/audit.csv``, each
+    with its record. ``defense`` is a ``defense`` dict or a key of :data:`PRESETS`."""
     out = Path(out)
     spec = PRESETS[defense] if isinstance(defense, str) else dict(defense)
     diag = diagnostics_frame(spec, n=n, seed=seed)
     test_acc = float(diag["correct"].mean())
     meta = model_meta(spec, steps=steps, test_accuracy=test_acc,
                       train_accuracy=min(1.0, test_acc + 0.02))
+    origin = Provenance(checkpoint=str(out / "model.safetensors"),
+                        checkpoint_sha256=f"synthetic-{seed}",
+                        data={"dataset": "digits", "split": "test", "source": "synthetic",
+                              "n": n, "sha256": f"synthetic-{seed}-{n}"},
+                        model=meta)
     eps_list = [0.1, 0.2, 0.3] if eps == 0.3 else sorted({eps / 3, 2 * eps / 3, eps})
     if "diagnostics" in tables:
-        write_table(diag, out / "diagnostics.csv")
-        write_json(out / "summary.json", {
+        Result("diagnostics", {
             "n": n, "clean_accuracy": test_acc, "eps": eps_list,
-            "predicted_accuracy": {str(e): float((diag["eps_l"] > e).mean()) for e in eps_list},
-            "checkpoint": str(out / "model.safetensors"), "model": meta})
+            "predicted_accuracy": {repr(e): float((diag["eps_l"] > e).mean()) for e in eps_list},
+        }, origin, diag).save(out)
     if "activations" in tables:
-        write_table(activations_frame(spec, n=n, seed=seed), out / "activations.csv")
+        Result("activations", {"n": n}, origin,
+               activations_frame(spec, n=n, seed=seed)).save(out)
     if "landscape" in tables:
-        write_table(landscape_frame(spec, seed=seed, radius=eps), out / "landscape.csv")
+        Result("landscape", {}, origin,
+               landscape_frame(spec, seed=seed, radius=eps)).save(out)
     attack = attack_frame(diag, eps=eps_list, seed=seed)
     if "attack" in tables:
-        write_table(attack, out / "attacks" / "attack.csv")
-        write_json(out / "attacks" / "summary.json", {"model": meta, "n": n})
+        Result("attack", {"n": n}, origin, attack).save(out / "attacks")
     if "audit" in tables:
         audit, summary = audit_frames(attack, diag["correct"], eps)
-        write_table(audit, out / "audit" / "audit.csv")
-        write_json(out / "audit" / "audit.json", {**summary, "model": meta})
+        Result("audit", summary, origin, audit).save(out / "audit")
     return out

@@ -10,11 +10,13 @@ from epsl.cli.common import (
     EPS,
     FractionType,
     checkpoint_options,
+    default,
     device_option,
     eval_data_options,
     handle_errors,
     overwrite_option,
 )
+from epsl.compare import CompareConfig
 
 
 @click.command("figures")
@@ -53,9 +55,11 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
 @click.option("--source", type=click.Path(dir_okay=False), default=None, metavar="NATURAL",
               help="Checkpoint whose adversarial examples are transferred (black-box columns; "
                    "the paper uses a naturally trained model).")
-@click.option("--pgd-steps", type=click.IntRange(min=1), default=40, show_default=True,
+@click.option("--pgd-steps", type=click.IntRange(min=1),
+              default=default(CompareConfig, "pgd_steps"), show_default=True,
               help="Steps of the white-box and transfer PGD.")
-@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--restarts", type=click.IntRange(min=1),
+              default=default(CompareConfig, "restarts"), show_default=True,
               help="Random restarts of PGD.")
 @click.option("--step-size", type=FractionType(0.0, 1.0, low_open=True), default=None,
               help="PGD step size (default 2.5 * eps / steps).")
@@ -64,7 +68,8 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
 @click.option("--audit", "run_audit", is_flag=True,
               help="Also run the robustness audit (quick settings) for the worst case.")
 @click.option("--no-figures", is_flag=True, help="Skip the figures (table and report only).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds random starts.")
+@click.option("--seed", type=int, default=default(CompareConfig, "seed"), show_default=True,
+              help="Seeds random starts.")
 @device_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for per-model tables, comparison.csv/.md, report.html, figures/.")
@@ -80,7 +85,6 @@ def compare(checkpoints: tuple[str, ...], dataset: str | None, data: str | None,
 
     Diagnostics and attack tables already in OUT/<model>/ for the same checkpoint are reused.
     """
-    from epsl.compare import CompareConfig
     from epsl.compare import compare as run_compare
 
     config = CompareConfig(

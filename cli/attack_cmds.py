@@ -4,33 +4,29 @@ once everything is computed."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from typing import Any
 
 import click
 
-import epsl
 from epsl.attacks import ATTACKS, LOSSES, attack_settings, sweep
-from epsl.audit import AuditConfig, audit
+from epsl.audit import AuditConfig, audit, audit_settings
 from epsl.cli.common import (
     EPS,
     FractionType,
     checkpoint_options,
-    device_option,
+    default,
     eval_data_options,
-    handle_errors,
-    overwrite_option,
+    result_options,
 )
-from epsl.context import Evaluation, load_model, prepare
+from epsl.context import Evaluation, load_model, prepare, provenance
 from epsl.errors import EpslError
-from epsl.io import check_out_dir, write_json, write_table
+from epsl.io import check_out_dir
+from epsl.records import Result, kind
 
 DEFAULT_STEPS = {"pgd": 40, "apgd": 100, "apgd-dlr": 100, "square": 1000}
 STEP = click.IntRange(min=1)
 
-out_option = click.option("--out", type=click.Path(file_okay=False), required=True,
-                          help="Folder to write the table and its JSON summary into.")
 seed_option = click.option("--seed", type=int, default=0, show_default=True,
                            help="Seeds random starts and torchattacks' attacks.")
 batch_option = click.option("--batch-size", type=STEP, default=None,
@@ -65,14 +61,6 @@ def _load_source(path: str | None, ev: Evaluation) -> Any:
     return source
 
 
-def _provenance(ev: Evaluation, source: str | None) -> dict[str, Any]:
-    return {"checkpoint": ev.checkpoint, "source": source, "model": ev.meta,
-            "data": {"dataset": ev.data.info.name, "split": ev.data.split,
-                     "source": ev.data.source, "n": len(ev.data)},
-            "device": str(ev.device), "epsl_version": epsl.__version__,
-            "command": " ".join(["epsl", *sys.argv[1:]]) if sys.argv else "epsl"}
-
-
 @click.command("attack")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @eval_data_options
@@ -98,10 +86,7 @@ def _provenance(ev: Evaluation, source: str | None) -> dict[str, Any]:
 @source_option
 @seed_option
 @batch_option
-@device_option
-@out_option
-@overwrite_option
-@handle_errors
+@result_options
 def attack(checkpoint: str, attack_name: str, loss: str | None, eps: tuple[float, ...],
            steps: tuple[int, ...], step_size: float | None, restarts: tuple[int, ...],
            no_random_start: bool, cw_confidence: float, source: str | None, seed: int,
@@ -110,7 +95,7 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, eps: tuple[float
 
     Writes OUT/attack.csv (one row per example per setting: index, label, attack, loss_name,
     eps, steps, restarts, step_size, random_start, source, correct, loss, margin, pred) and
-    OUT/summary.json (robust accuracy per setting, this config, provenance).
+    OUT/attack.json (robust accuracy per setting, this config, provenance).
 
     Example: epsl attack model.safetensors --dataset digits --eps 0.1 --steps 10 --steps 40
     --out runs/pgd
@@ -137,8 +122,7 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, eps: tuple[float
     steps = steps or (DEFAULT_STEPS.get(attack_name, 1),)
     restarts = restarts or (1,)
 
-    products = ["attack.csv", "summary.json"]
-    _precheck(out, products, overwrite)
+    _precheck(out, kind("attack").files(), overwrite)
     ev = _prepare(checkpoint, options)
     source_model = _load_source(source, ev)
     frame = sweep(ev.model, ev.data.x, ev.data.y, attack=attack_name, eps=list(eps),
@@ -147,21 +131,21 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, eps: tuple[float
     keys = ["eps", "steps", "restarts", "step_size"]
     table = (frame.groupby(keys, dropna=False, sort=False)["correct"]
              .agg(accuracy="mean", n="size").reset_index())
+    config = {"attack": attack_name, "eps": list(eps), "steps": list(steps),
+              "restarts": list(restarts), **settings}
     summary = {"attack": attack_name, "loss": str(frame["loss_name"].iloc[0]),
                "transfer_from": source, "settings": table.to_dict(orient="records"),
-               "config": {"attack": attack_name, "eps": list(eps), "steps": list(steps),
-                          "restarts": list(restarts), **settings},
-               "provenance": _provenance(ev, source)}
-    folder = check_out_dir(out, products, overwrite)
-    write_table(frame, folder / "attack.csv")
-    write_json(folder / "summary.json", summary)
+               "config": config}
+    decisive = {k: v for k, v in config.items() if k != "batch_size"}
+    paths = Result("attack", summary, provenance(ev, decisive, source=source),
+                   frame).save(out, overwrite=overwrite)
     click.echo(f"{attack_name} ({summary['loss']}){' transferred from ' + source if source else ''}"
                f" on {len(ev.data)} examples")
     click.echo(f"{'eps':>8} {'steps':>6} {'restarts':>8} {'step size':>10} {'accuracy':>9}")
     for row in table.itertuples():
         click.echo(f"{row.eps:>8.4f} {row.steps:>6} {row.restarts:>8} {row.step_size:>10.4g} "
                    f"{row.accuracy:>9.2%}")
-    click.echo(f"wrote {folder / 'attack.csv'}\nwrote {folder / 'summary.json'}")
+    click.echo("\n".join(f"wrote {path}" for path in paths))
 
 
 @click.command("audit")
@@ -174,21 +158,20 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, eps: tuple[float
 @click.option("--quick", is_flag=True,
               help="Fewer steps, restarts and queries (AuditConfig.quick()) for a first look.")
 @click.option("--skip-expensive", is_flag=True, help="Skip APGD and Square.")
-@click.option("--pgd-steps", type=STEP, default=None, help="Steps of PGD-k (default 40).")
+@click.option("--pgd-steps", type=STEP, default=None,
+              help=f"Steps of PGD-k (default {default(AuditConfig, 'pgd_steps')}).")
 @click.option("--strong-steps", type=STEP, default=None,
-              help="Steps of the long PGD (default 400).")
+              help=f"Steps of the long PGD (default {default(AuditConfig, 'strong_steps')}).")
 @click.option("--strong-restarts", type=STEP, default=None,
-              help="Random restarts of PGD-k (default 10).")
+              help=f"Random restarts of PGD-k (default {default(AuditConfig, 'strong_restarts')}).")
 @click.option("--square-queries", type=STEP, default=None,
-              help="Queries of the Square attack (default 1000).")
+              help=f"Queries of the Square attack (default {default(AuditConfig, 'square_queries')}).")
 @click.option("--unbounded-steps", type=STEP, default=None,
-              help="Steps of the unbounded-eps check (default 100).")
+              help="Steps of the unbounded-eps check (default "
+                   f"{default(AuditConfig, 'unbounded_steps')}).")
 @seed_option
 @batch_option
-@device_option
-@out_option
-@overwrite_option
-@handle_errors
+@result_options
 def audit_command(checkpoint: str, eps: float, source: str | None, quick: bool,
                   skip_expensive: bool, pgd_steps: int | None, strong_steps: int | None,
                   strong_restarts: int | None, square_queries: int | None,
@@ -211,15 +194,13 @@ def audit_command(checkpoint: str, eps: float, source: str | None, quick: bool,
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     overrides |= {"skip_expensive": skip_expensive, "seed": seed, "batch_size": batch_size}
     config = AuditConfig.quick(**overrides) if quick else AuditConfig(**overrides)
-    products = ["audit.csv", "audit.json"]
-    _precheck(out, products, overwrite)
+    _precheck(out, kind("audit").files(), overwrite)
     ev = _prepare(checkpoint, options)
     source_model = _load_source(source, ev)
     result = audit(ev.model, ev.data.x, ev.data.y, eps=eps, source=source_model,
                    config=config, progress=sys.stderr.isatty())
-    folder = check_out_dir(out, products, overwrite)
-    result.save(folder, metadata={"provenance": _provenance(ev, source),
-                                  "config": dataclasses.asdict(config)})
+    paths = result.save(out, provenance=provenance(ev, audit_settings(config, eps),
+                                                   source=source), overwrite=overwrite)
     click.echo(f"audit of {checkpoint} at eps={eps:g} on {len(ev.data)} examples")
     click.echo(f"{'attack':<26} {'ran on':>6} {'accuracy':>9} {'robust after':>12} "
                f"{'new breaks':>10}")
@@ -238,9 +219,9 @@ def audit_command(checkpoint: str, eps: float, source: str | None, quick: bool,
     for note in result.notes:
         click.echo(f"note: {note}")
     for warning in result.warnings:
-        click.echo(f"WARNING [{warning.code}] {warning.message} See {warning.doc}")
+        click.echo(f"WARNING [{warning.code}] {warning.message} (details: {warning.doc})")
     click.echo(f"verdict: {result.verdict}")
-    click.echo(f"wrote {folder / 'audit.csv'}\nwrote {folder / 'audit.json'}")
+    click.echo("\n".join(f"wrote {path}" for path in paths))
 
 
 COMMANDS: list[click.Command] = [attack, audit_command]

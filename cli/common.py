@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -52,8 +53,20 @@ class FractionType(click.ParamType):
         return number
 
 
-EPS = FractionType(0.0, 1.0, low_open=True)  # epsilon in (0, 1]; '8/255' accepted
-OPEN_EPS = FractionType(0.0, 1.0, low_open=True, high_open=True)  # eps in (0, 1)
+#: Every ε of every command: an l_inf radius in pixel units on the [0, 1] scale, in (0, 1]
+#: (1 is the whole box, the paper's unbounded check); '8/255' accepted.
+EPS = FractionType(0.0, 1.0, low_open=True)
+
+
+def default(cls: type, name: str) -> Any:
+    """The default of the config dataclass ``cls``'s field ``name``: options take their defaults
+    from the configs they fill, so the CLI and the library cannot disagree."""
+    spec = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if spec.default is not dataclasses.MISSING:
+        return spec.default
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    raise KeyError(f"{cls.__name__}.{name} has no default")
 
 
 def handle_errors(func: F) -> F:
@@ -109,3 +122,9 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
                              show_default=True, help="Where to compute.")
 overwrite_option = click.option("--overwrite", is_flag=True,
                                 help="Replace results already in --out.")
+out_option = click.option("--out", type=click.Path(file_okay=False), required=True,
+                          help="Folder to write the table and its JSON record into.")
+
+#: The tail of every command that writes one result: where to compute, where to write it,
+#: whether to replace what is there; library errors become one line.
+result_options = _compose(device_option, out_option, overwrite_option, handle_errors)

@@ -12,14 +12,13 @@ import click
 from tqdm import tqdm
 
 from epsl.cli.common import (
-    OPEN_EPS,
+    EPS,
     FractionType,
     checkpoint_options,
     data_options,
-    device_option,
+    default,
     eval_data_options,
-    handle_errors,
-    overwrite_option,
+    result_options,
 )
 from epsl.data import SPLITS
 from epsl.diagnostics import DIRECTIONS, METHODS
@@ -32,17 +31,17 @@ from epsl.diagnostics.runs import (
     run_activations,
     run_diagnose,
     run_landscape,
+    save_diagnostics,
 )
 from epsl.errors import EpslError
-from epsl.io import check_out_dir, write_json, write_table
+from epsl.io import check_out_dir
+from epsl.records import kind
 
 SPAN = FractionType(0.0, None, low_open=True)
 FORMATS = ("csv", "parquet")
 
 format_option = click.option("--format", "table_format", type=click.Choice(FORMATS),
                              default="csv", show_default=True, help="Table file format.")
-out_option = click.option("--out", type=click.Path(file_okay=False), required=True,
-                          help="Folder to write the table and its JSON summary into.")
 
 
 def _data_config(checkpoint: str, options: dict[str, Any]) -> DataConfig:
@@ -74,27 +73,25 @@ def _written(paths: list[Path]) -> None:
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @eval_data_options
 @checkpoint_options
-@click.option("--eps", "eps", type=OPEN_EPS, multiple=True,
-              help="l_inf radius in pixel units, in (0, 1); '8/255' accepted; repeatable. "
+@click.option("--eps", "eps", type=EPS, multiple=True,
+              help="l_inf radius in pixel units, in (0, 1]; '8/255' accepted; repeatable. "
                    "Default: 2/255 4/255 8/255 0.1 0.2 0.3.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Examples per Jacobian chunk (default: from free memory).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1),
+              default=default(DiagnoseConfig, "batch_size"), show_default=True,
               help="Examples whose full Jacobian is held at once.")
 @click.option("--method", type=click.Choice(METHODS), default=METHODS[0], show_default=True,
               help="How the logit Jacobian is computed (all give the same numbers).")
-@device_option
 @format_option
-@out_option
-@overwrite_option
-@handle_errors
+@result_options
 def diagnose(checkpoint: str, eps: tuple[float, ...], chunk_size: int | None, batch_size: int,
              method: str, table_format: str, out: str, overwrite: bool,
              **options: Any) -> None:
     """Per-example logit gap, gradient gap, cosine and eps_L (Eq. 4) of CHECKPOINT.
 
     Writes OUT/diagnostics.csv (one row per example), OUT/diagnostics.safetensors (every
-    tensor, including the per-class matrices) and OUT/summary.json (clean accuracy, the
+    tensor, including the per-class matrices) and OUT/diagnostics.json (clean accuracy, the
     predicted accuracy at each eps = fraction with eps < eps_L, provenance, this config).
 
     Example: epsl diagnose model.safetensors --dataset digits --eps 0.1 --eps 8/255 --out diag
@@ -102,32 +99,29 @@ def diagnose(checkpoint: str, eps: tuple[float, ...], chunk_size: int | None, ba
     config = DiagnoseConfig(data=_data_config(checkpoint, options),
                             eps=tuple(eps) or DEFAULT_EPS, chunk_size=chunk_size,
                             batch_size=batch_size, method=method, table_format=table_format)
-    products = [f"diagnostics.{table_format}", "diagnostics.safetensors", "summary.json"]
-    _precheck(out, products, overwrite)
+    _precheck(out, kind("diagnostics").files(table_format), overwrite)
     evaluation = config.data.prepare()
     with _progress_bar(len(evaluation.data)) as bar:
-        result, summary = run_diagnose(config, progress=bar.update, evaluation=evaluation)
-    folder = check_out_dir(out, products, overwrite)
-    paths = result.save(folder, table_format=table_format)
-    write_json(folder / "summary.json", summary)
+        result, record = run_diagnose(config, progress=bar.update, evaluation=evaluation)
+    paths = save_diagnostics(out, result, record, table_format=table_format,
+                             overwrite=overwrite)
+    summary = record.summary
     click.echo(f"n={summary['n']}  clean accuracy {summary['clean_accuracy']:.2%}")
     click.echo(f"{'eps':>10}  {'predicted accuracy (Eq. 4)':>26}")
     for e in config.eps:
         click.echo(f"{e:>10.4f}  {summary['predicted_accuracy'][repr(e)]:>26.2%}")
-    _written([*paths, folder / "summary.json"])
+    _written(paths)
 
 
 @click.command("activations")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @eval_data_options
 @checkpoint_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1),
+              default=default(ActivationsConfig, "batch_size"), show_default=True,
               help="Examples per forward pass.")
-@device_option
 @format_option
-@out_option
-@overwrite_option
-@handle_errors
+@result_options
 def activations(checkpoint: str, batch_size: int, table_format: str, out: str, overwrite: bool,
                 **options: Any) -> None:
     """Penultimate and logit activations of CHECKPOINT summed per unit (Figures 10, 11).
@@ -138,15 +132,13 @@ def activations(checkpoint: str, batch_size: int, table_format: str, out: str, o
     """
     config = ActivationsConfig(data=_data_config(checkpoint, options), batch_size=batch_size,
                                table_format=table_format)
-    products = [f"activations.{table_format}", "activations.json"]
-    _precheck(out, products, overwrite)
-    stats, summary = run_activations(config)
-    folder = check_out_dir(out, products, overwrite)
-    table = write_table(stats.to_frame(), folder / products[0])
-    write_json(folder / "activations.json", summary)
+    _precheck(out, kind("activations").files(table_format), overwrite)
+    record = run_activations(config)
+    paths = record.save(out, table_format=table_format, overwrite=overwrite)
+    summary = record.summary
     click.echo(f"n={summary['n']}  penultimate neurons {summary['n_features']}, "
                f"never active {summary['n_inactive']}")
-    _written([table, folder / "activations.json"])
+    _written(paths)
 
 
 def _span(value: float) -> float:
@@ -164,24 +156,23 @@ def _span(value: float) -> float:
 @checkpoint_options
 @click.option("--images", type=click.IntRange(min=1), default=8, show_default=True,
               help="Plot the first N images of the split.")
-@click.option("--direction", type=click.Choice(DIRECTIONS), default="random",
-              show_default=True,
+@click.option("--direction", type=click.Choice(DIRECTIONS),
+              default=default(LandscapeConfig, "direction"), show_default=True,
               help="Second axis: another Rademacher direction (Fig. 5) or sign(grad xent) "
                    "(Fig. 9).")
-@click.option("--range", "span", type=SPAN, default="10/255", show_default=True,
+@click.option("--range", "span", type=SPAN, default=default(LandscapeConfig, "span"),
+              show_default="10/255",
               help="The grid covers -R..R on both axes, in pixel units on the [0, 1] scale "
                    "(the paper's +-10 is 10/255). Points are not clipped to [0, 1].")
-@click.option("--steps", type=click.IntRange(min=2), default=41, show_default=True,
-              help="Grid points per axis.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--steps", type=click.IntRange(min=2), default=default(LandscapeConfig, "steps"),
+              show_default=True, help="Grid points per axis.")
+@click.option("--seed", type=int, default=default(LandscapeConfig, "seed"), show_default=True,
               help="Seed of the Rademacher directions.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1),
+              default=default(LandscapeConfig, "batch_size"), show_default=True,
               help="Grid points per forward pass.")
-@device_option
 @format_option
-@out_option
-@overwrite_option
-@handle_errors
+@result_options
 def landscape(checkpoint: str, images: int, direction: str, span: float, steps: int, seed: int,
               batch_size: int, table_format: str, out: str, overwrite: bool,
               **options: Any) -> None:
@@ -196,15 +187,13 @@ def landscape(checkpoint: str, images: int, direction: str, span: float, steps: 
     config = LandscapeConfig(data=_data_config(checkpoint, {**options, "limit": images}),
                              direction=direction, span=_span(span), steps=steps, seed=seed,
                              batch_size=batch_size, table_format=table_format)
-    products = [f"landscape.{table_format}", "landscape.json"]
-    _precheck(out, products, overwrite)
-    frame, summary = run_landscape(config)
-    folder = check_out_dir(out, products, overwrite)
-    table = write_table(frame, folder / products[0])
-    write_json(folder / "landscape.json", summary)
+    _precheck(out, kind("landscape").files(table_format), overwrite)
+    record = run_landscape(config)
+    paths = record.save(out, table_format=table_format, overwrite=overwrite)
+    summary = record.summary
     click.echo(f"{summary['images']} images x {summary['grid_points']} grid points, "
                f"direction {direction}, range +-{span:.4f}")
-    _written([table, folder / "landscape.json"])
+    _written(paths)
 
 
 COMMANDS: list[click.Command] = [diagnose, activations, landscape]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 import warnings
 from typing import Any
 
 import click
 
 import epsl
+from epsl.records import COMMAND
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -22,12 +25,13 @@ def main() -> None:
     """Robustness analysis for PyTorch classifiers around eps_L (Eq. 4 of Shafahi et al.):
     train defenses, compute eps_L diagnostics, attack, audit and render the paper's figures."""
     warnings.showwarning = _show_warning
+    COMMAND.set(shlex.join(["epsl", *sys.argv[1:]]))  # kept in every result's provenance
 
 
 def _register() -> None:
-    from epsl.cli import analysis_cmds, attack_cmds, diagnose_cmds, reproduce_cmds, train_cmds
+    from epsl.cli import analysis_cmds, attack_cmds, diagnose_cmds, explain_cmds, reproduce_cmds, train_cmds
 
-    for module in (train_cmds, diagnose_cmds, attack_cmds, analysis_cmds, reproduce_cmds):
+    for module in (train_cmds, diagnose_cmds, attack_cmds, analysis_cmds, reproduce_cmds, explain_cmds):
         for command in module.COMMANDS:
             main.add_command(command)
 

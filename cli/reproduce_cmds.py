@@ -7,8 +7,9 @@ import time
 
 import click
 
-from epsl.cli.common import OPEN_EPS, device_option, handle_errors
-from epsl.reproduce import PRESETS, load_preset, override, reproduce
+from epsl.cli.common import EPS, device_option, handle_errors
+from epsl.preset import PRESETS, load_preset, override
+from epsl.reproduce import reproduce
 
 
 @click.command("reproduce")
@@ -17,8 +18,8 @@ from epsl.reproduce import PRESETS, load_preset, override, reproduce
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Study folder; stages whose outputs exist there are skipped.")
 @click.option("--force", is_flag=True, help="Recompute every stage.")
-@click.option("--eps", type=OPEN_EPS, default=None,
-              help="Override the preset's attack epsilon, in (0, 1) ('0.1' or '8/255').")
+@click.option("--eps", type=EPS, default=None,
+              help="Override the preset's attack epsilon, in (0, 1] ('0.1' or '8/255').")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Override the training length in epochs.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,

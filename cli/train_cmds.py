@@ -15,6 +15,7 @@ from epsl.cli.common import (
     FractionType,
     checkpoint_options,
     data_options,
+    default,
     device_option,
     handle_errors,
     overwrite_option,
@@ -41,40 +42,51 @@ def _arch_kwargs(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 @click.command("train")
 @data_options
-@click.option("--arch", type=click.Choice(MODELS.names()), default="small-cnn", show_default=True,
-              help="Architecture from the model registry.")
+@click.option("--arch", type=click.Choice(MODELS.names()), default=default(TrainConfig, "arch"),
+              show_default=True, help="Architecture from the model registry.")
 @click.option("--arch-arg", "arch_args", multiple=True, metavar="KEY=VALUE",
               help="Architecture argument, e.g. --arch-arg depth=16 --arch-arg widen_factor=4.")
-@click.option("--label-smoothing", "alpha", type=FractionType(0.0, 1.0), default=0.0,
-              show_default=True, help="Label smoothing alpha in [0, 1].")
-@click.option("--logit-squeeze", "beta", type=FractionType(0.0), default=0.0, show_default=True,
+@click.option("--label-smoothing", "alpha", type=FractionType(0.0, 1.0),
+              default=default(DefenseConfig, "label_smoothing"), show_default=True,
+              help="Label smoothing alpha in [0, 1].")
+@click.option("--logit-squeeze", "beta", type=FractionType(0.0),
+              default=default(DefenseConfig, "logit_squeeze"), show_default=True,
               help="Logit squeezing beta >= 0 (Eq. 5).")
-@click.option("--noise-sigma", "sigma", type=FractionType(0.0), default=0.0, show_default=True,
+@click.option("--noise-sigma", "sigma", type=FractionType(0.0),
+              default=default(DefenseConfig, "noise_sigma"), show_default=True,
               help="Gaussian noise sigma in pixel units (0.3 or 30/255).")
-@click.option("--adv", type=click.Choice(ADV_METHODS), default="none", show_default=True,
+@click.option("--adv", type=click.Choice(ADV_METHODS), default=default(DefenseConfig, "adv"),
+              show_default=True,
               help="Adversarial training (Eq. 1) with FGSM or PGD examples.")
-@click.option("--adv-eps", type=EPS, default=0.3, show_default=True, help="Attack epsilon.")
-@click.option("--adv-steps", type=click.IntRange(min=1), default=7, show_default=True,
+@click.option("--adv-eps", type=EPS, default=default(DefenseConfig, "adv_eps"),
+              show_default=True, help="Attack epsilon.")
+@click.option("--adv-steps", type=click.IntRange(min=1),
+              default=default(DefenseConfig, "adv_steps"), show_default=True,
               help="PGD steps.")
 @click.option("--adv-step-size", type=FractionType(0.0, low_open=True), default=None,
               help="PGD step size (default 2.5 * eps / steps).")
-@click.option("--adv-kappa", type=FractionType(0.0, 1.0), default=0.5, show_default=True,
+@click.option("--adv-kappa", type=FractionType(0.0, 1.0),
+              default=default(DefenseConfig, "adv_kappa"), show_default=True,
               help="Weight of the clean loss in Eq. 1 (0 = Madry et al.).")
 @click.option("--no-adv-random-start", is_flag=True, help="PGD without a random start.")
-@click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=default(TrainConfig, "epochs"),
+              show_default=True,
               help="Training length in epochs.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Training length in steps (the paper's k); overrides --epochs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1),
+              default=default(TrainConfig, "batch_size"), show_default=True)
 @click.option("--train-limit", type=click.IntRange(min=1), default=None,
               help="Train on the first N training examples only.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="auto", show_default=True,
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS),
+              default=default(TrainConfig, "optimizer"), show_default=True,
               help="auto: SGD+momentum with a step schedule for CIFAR, Adam otherwise.")
 @click.option("--lr", type=FractionType(0.0, low_open=True), default=None,
               help="Learning rate (Adam 1e-3, SGD 0.1).")
 @click.option("--weight-decay", type=FractionType(0.0), default=None,
               help="Weight decay (SGD 5e-4, Adam 0).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Makes a run repeatable.")
+@click.option("--seed", type=int, default=default(TrainConfig, "seed"), show_default=True,
+              help="Makes a run repeatable.")
 @device_option
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Checkpoint to write (.safetensors), updated at every epoch end.")

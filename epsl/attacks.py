@@ -25,22 +25,24 @@ import inspect
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from epsl.device import model_device
 from epsl.errors import EpslError
+from epsl.modes import eval_mode
 from epsl.registry import Registry
 
 __all__ = [
-    "ATTACKS", "LOSSES", "AttackResult", "apgd", "default_step_size", "fgsm", "logit_margin",
-    "pgd", "project", "score", "square", "sweep", "transfer",
+    "ATTACKS", "LOSSES", "AttackResult", "InputGradient", "apgd", "default_step_size", "fgsm",
+    "input_gradient", "logit_margin", "pgd", "project", "score", "sign_steps", "square",
+    "sweep", "transfer", "uniform_noise",
 ]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -161,42 +163,6 @@ class AttackResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def _device_of(model: nn.Module) -> torch.device | None:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return None
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Attack ``model`` in eval mode with its parameters frozen; restore both afterwards.
-
-    A model left in train mode gets a warning (BatchNorm would use batch statistics and couple
-    the examples). Gradients are enabled, so attacks work inside a caller's ``torch.no_grad()``.
-    Freezing the parameters matters for speed: autograd otherwise computes
-    weight gradients inside every convolution backward even when only the input gradient is
-    asked for (2-4x slower on CPU).
-    """
-    was_training = model.training
-    if was_training:
-        warnings.warn("the model is in train mode; epsl attacks it in eval mode (BatchNorm "
-                      "running statistics, no dropout) and restores train mode afterwards. Call "
-                      "model.eval() before attacking to silence this warning.", stacklevel=3)
-        model.eval()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for param in trainable:
-        param.requires_grad_(False)
-    try:
-        with torch.enable_grad():  # input gradients also inside a caller's torch.no_grad()
-            yield model
-    finally:
-        for param in trainable:
-            param.requires_grad_(True)
-        if was_training:
-            model.train()
-
-
 def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     if not 0.0 < eps <= 1.0:
@@ -208,10 +174,8 @@ def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
                         f"y: {tuple(y.shape)})")
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise EpslError("x must hold pixels in [0, 1]; models normalise inside forward")
-    device = _device_of(model)
-    if device is not None:
-        x, y = x.to(device), y.to(device)
-    return x.detach().float(), y.long()
+    device = model_device(model)
+    return x.detach().to(device).float(), y.to(device).long()
 
 
 def _chunks(n: int, batch_size: int | None) -> list[slice]:
@@ -244,13 +208,46 @@ def score(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, *, loss: str =
     return AttackResult(x_adv.detach(), correct, losses, margins, preds, y.detach(), loss)
 
 
-def _input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, grad_x sum_i loss_i) at x; examples are independent in eval mode."""
-    x = x.detach().requires_grad_(True)
-    logits = model(x)
-    (grad,) = torch.autograd.grad(loss_fn(logits, y).sum(), x)
-    return logits.detach(), grad
+class InputGradient(NamedTuple):
+    """What :func:`input_gradient` returns.
+
+    Attributes:
+        grad: N x C x H x W, the gradient of the batch's loss with respect to the pixels; row i
+            is ``grad_x L(x_i, y_i)`` (times 1/N for ``reduction="mean"``).
+        logits: N x K, the logits at x (detached).
+    """
+
+    grad: torch.Tensor
+    logits: torch.Tensor
+
+
+REDUCTIONS = ("sum", "mean")
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: str = "xent",
+                   cw_confidence: float = 50.0, reduction: str = "sum") -> InputGradient:
+    """The input gradient of a loss in :data:`LOSSES` (``"xent"``, ``"cw"``, ``"dlr"``) at x.
+
+    Args:
+        model: classifier on pixels in [0, 1], run in :func:`~epsl.modes.eval_mode`, which
+            makes the examples independent: the gradient of the loss summed over the batch
+            holds every example's own gradient.
+        x: N x C x H x W pixels on the model's device; y: (N,) labels.
+        cw_confidence: kappa of the ``"cw"`` loss.
+        reduction: ``"sum"`` or ``"mean"`` over the batch. Adversarial training differentiates
+            the mean cross-entropy: the 1/N scaling keeps the sign in exact arithmetic but not
+            always in floating point, and its trained models must not change.
+    """
+    if reduction not in REDUCTIONS:
+        raise EpslError(f"reduction must be one of {', '.join(REDUCTIONS)} (got {reduction!r})")
+    loss_fn = _loss_fn(loss, cw_confidence)
+    with eval_mode(model):
+        x = x.detach().requires_grad_(True)
+        logits = model(x)
+        losses = loss_fn(logits, y)
+        total = losses.sum() if reduction == "sum" else losses.mean()
+        (grad,) = torch.autograd.grad(total, x)
+    return InputGradient(grad, logits.detach())
 
 
 # --------------------------------------------------------------------------- FGSM and PGD
@@ -273,17 +270,16 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     misclassified at x keep ``x_adv = x`` unless ``attack_misclassified`` (see :func:`pgd`).
     """
     x, y = _check_inputs(model, x, y, eps)
-    loss_fn = _loss_fn(loss, cw_confidence)
+    _loss_fn(loss, cw_confidence)  # a bad loss fails before any work
     with eval_mode(model):
         clean = score(model, x, y, loss=loss, cw_confidence=cw_confidence,
                       batch_size=batch_size)
         start = x
         if random_start:
-            start = project(x + _uniform_noise(x, eps, seed, 0), x, eps)
-        pieces = []
-        for part in _chunks(len(y), batch_size):
-            _, grad = _input_grad(model, start[part], y[part], loss_fn)
-            pieces.append(project(start[part] + eps * grad.sign(), x[part], eps))
+            start = project(x + _restart_noise(x, eps, seed, 0), x, eps)
+        pieces = [sign_steps(model, x[part], y[part], start=start[part], eps=eps,
+                             step_size=eps, steps=1, loss=loss, cw_confidence=cw_confidence)
+                  for part in _chunks(len(y), batch_size)]
         x_adv = torch.cat(pieces) if pieces else x.clone()
         if not attack_misclassified:  # already broken at x (x lies in the ball)
             x_adv = torch.where(clean.correct[:, None, None, None], x_adv, x)
@@ -291,36 +287,70 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                      batch_size=batch_size)
 
 
-def _uniform_noise(x: torch.Tensor, eps: float, seed: int | None, restart: int) -> torch.Tensor:
-    """Uniform noise in [-eps, eps]^d, the same for a given (seed, restart) whatever the batch."""
-    if seed is None:
-        return torch.empty_like(x).uniform_(-eps, eps)
-    gen = torch.Generator(device="cpu").manual_seed(int(seed) * 1_000_003 + restart)
-    noise = torch.rand(x.shape, generator=gen, dtype=x.dtype)
+def uniform_noise(x: torch.Tensor, eps: float, *, generator: torch.Generator | None = None
+                  ) -> torch.Tensor:
+    """Uniform noise in [-eps, eps], shaped like ``x`` (N x C x H x W) and on its device.
+
+    Drawn on the CPU from ``generator`` (torch's global CPU generator when None), so the draws
+    do not depend on the device. A random start of the eps-ball is
+    ``project(x + noise, x, eps)``.
+    """
+    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype)
     return (noise.to(x.device) * 2 - 1) * eps
 
 
-def _pgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, *,
-             eps: float, step_size: float, steps: int, loss_fn: LossFn) -> torch.Tensor:
-    """One PGD run from ``start``; returns the last iterate, or an earlier iterate that was
-    misclassified when the last one is not (sign steps of fixed size can step back across the
-    boundary). The start itself never counts, so one step equals FGSM."""
-    x_adv = start
+def _restart_noise(x: torch.Tensor, eps: float, seed: int | None, restart: int) -> torch.Tensor:
+    """The noise of restart ``restart``: the same for a given (seed, restart) whatever the
+    batch; seed None draws from torch's global generator on x's device."""
+    if seed is None:
+        return torch.empty_like(x).uniform_(-eps, eps)
+    generator = torch.Generator(device="cpu").manual_seed(int(seed) * 1_000_003 + restart)
+    return uniform_noise(x, eps, generator=generator)
+
+
+def sign_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+               start: torch.Tensor | None = None, eps: float, step_size: float, steps: int,
+               loss: str = "xent", cw_confidence: float = 50.0, reduction: str = "sum",
+               keep_broken: bool = True) -> torch.Tensor:
+    """The l_inf sign-step loop of FGSM, PGD and adversarial training:
+    ``x_{t+1} = proj(x_t + step_size * sign(grad_x L(x_t, y)))`` for ``steps`` steps from
+    ``x_0 = start``.
+
+    Args:
+        model: classifier on pixels in [0, 1] (run in :func:`~epsl.modes.eval_mode`).
+        x: N x C x H x W clean inputs in [0, 1] on the model's device, the centre of the ball;
+            y: (N,) labels. Not checked here: :func:`pgd` and :func:`fgsm` check their inputs.
+        start: N x C x H x W first iterate in the ball (None: x); :func:`uniform_noise` makes
+            a random one.
+        eps: l_inf radius; step_size: l_inf step; steps: number of steps (1 with
+            ``step_size=eps`` from x is FGSM).
+        loss, cw_confidence, reduction: the loss ascended, as in :func:`input_gradient`.
+        keep_broken: return an earlier iterate that was misclassified when the last one is not
+            (sign steps of fixed size can step back across the boundary); the start never
+            counts, so one step equals FGSM. False returns the last iterate, which is what
+            adversarial training has always trained on.
+
+    Returns:
+        N x C x H x W adversarial examples in the eps-ball around x, in [0, 1].
+    """
+    x_adv = x if start is None else start
     best = None
     broken = torch.zeros_like(y, dtype=torch.bool)
-    for step in range(steps):
-        logits, grad = _input_grad(model, x_adv, y, loss_fn)
-        if step > 0:  # logits are at the iterate after `step` steps
-            newly = (logits.argmax(1) != y) & ~broken
-            if newly.any():
-                best = x_adv.clone() if best is None else torch.where(
-                    newly[:, None, None, None], x_adv, best)
-                broken |= newly
-        x_adv = project(x_adv + step_size * grad.sign(), x, eps)
-    if best is None:
-        return x_adv
-    with torch.no_grad():
-        last_correct = model(x_adv).argmax(1) == y
+    with eval_mode(model):
+        for step in range(steps):
+            grad, logits = input_gradient(model, x_adv, y, loss=loss,
+                                          cw_confidence=cw_confidence, reduction=reduction)
+            if keep_broken and step > 0:  # logits are at the iterate after `step` steps
+                newly = (logits.argmax(1) != y) & ~broken
+                if newly.any():
+                    best = x_adv.clone() if best is None else torch.where(
+                        newly[:, None, None, None], x_adv, best)
+                    broken |= newly
+            x_adv = project(x_adv + step_size * grad.sign(), x, eps)
+        if best is None:
+            return x_adv
+        with torch.no_grad():
+            last_correct = model(x_adv).argmax(1) == y
     use_best = (broken & last_correct)[:, None, None, None]
     return torch.where(use_best, best, x_adv)
 
@@ -366,7 +396,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
     if restarts > 1 and not random_start:
         warnings.warn("restarts without random_start repeat the same deterministic attack; "
                       "pass random_start=True", stacklevel=2)
-    loss_fn = _loss_fn(loss, cw_confidence)
+    _loss_fn(loss, cw_confidence)  # a bad loss fails before any work
     with eval_mode(model):
         # Examples misclassified at x are broken there (x lies in the ball) and never attacked,
         # so accuracy under attack can never exceed clean accuracy, example by example.
@@ -377,14 +407,15 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
                 todo = torch.arange(len(y), device=y.device)
             if todo.numel() == 0:
                 break
-            noise = _uniform_noise(x, eps, seed, restart) if random_start else None
+            noise = _restart_noise(x, eps, seed, restart) if random_start else None
             pieces = []
             for part in _chunks(todo.numel(), batch_size):
                 idx = todo[part]
                 xs, ys = x[idx], y[idx]
                 start = xs if noise is None else project(xs + noise[idx], xs, eps)
-                pieces.append(_pgd_run(model, xs, ys, start, eps=eps, step_size=step_size,
-                                       steps=steps, loss_fn=loss_fn))
+                pieces.append(sign_steps(model, xs, ys, start=start, eps=eps,
+                                         step_size=step_size, steps=steps, loss=loss,
+                                         cw_confidence=cw_confidence))
             run = score(model, torch.cat(pieces), y[todo], loss=loss,
                         cw_confidence=cw_confidence, batch_size=batch_size)
             best = _merge(best, run, todo, replace=restart == 0)
@@ -428,7 +459,7 @@ def transfer(source: nn.Module, target: nn.Module, x: torch.Tensor, y: torch.Ten
     made = make(source, x, y, **settings)
     x_t, y_t = _check_inputs(target, x, y, settings.get("eps", 1.0))
     try:  # a shape check on one example, so that no other RuntimeError is mislabelled
-        with torch.no_grad(), eval_mode(target):
+        with eval_mode(target), torch.no_grad():
             target(x_t[:1])
     except RuntimeError as exc:
         raise EpslError(f"the target model does not accept the source's inputs of shape "

@@ -18,7 +18,7 @@ Example::
     >>> from epsl.audit import audit, AuditConfig
     >>> result = audit(model, x, y, eps=0.1, config=AuditConfig.quick())
     >>> result.verdict, [w.code for w in result.warnings]
-    >>> result.save("runs/audit")   # audit.csv + audit.json
+    >>> result.save("runs/audit")   # audit.csv + audit.json (epsl.records)
 """
 
 from __future__ import annotations
@@ -39,28 +39,33 @@ from epsl.attacks import (
     AttackResult,
     apgd,
     default_step_size,
-    eval_mode,
     fgsm,
+    input_gradient,
     pgd,
     require_torchattacks,
     score,
     square,
     transfer,
-    xent_loss,
 )
+from epsl.device import model_device
+from epsl.diagnostics import diagnose
 from epsl.errors import EpslError
-from epsl.io import to_json, write_json, write_table
+from epsl.io import to_json
+from epsl.modes import eval_mode
+from epsl.records import Provenance, Result
 
 __all__ = ["WARNING_DOCS", "AuditConfig", "AuditResult", "AuditWarning", "audit",
            "check_dependencies"]
 
+# Where each warning's page is, as something a user can run wherever epsl is installed: the
+# pages ship as package data (epsl/warning_pages/<code>.md, read by epsl.explain).
 WARNING_DOCS = {
-    "steps": "docs/warnings/steps.md",
-    "restarts": "docs/warnings/restarts.md",
-    "stronger-attacks": "docs/warnings/stronger-attacks.md",
-    "black-box-beats-white-box": "docs/warnings/black-box-beats-white-box.md",
-    "unbounded": "docs/warnings/unbounded.md",
-    "vanishing-gradients": "docs/warnings/vanishing-gradients.md",
+    "steps": "epsl explain steps",
+    "restarts": "epsl explain restarts",
+    "stronger-attacks": "epsl explain stronger-attacks",
+    "black-box-beats-white-box": "epsl explain black-box-beats-white-box",
+    "unbounded": "epsl explain unbounded",
+    "vanishing-gradients": "epsl explain vanishing-gradients",
 }
 
 
@@ -144,8 +149,8 @@ class AuditConfig:
 
 @dataclass(frozen=True)
 class AuditWarning:
-    """One sanity check that failed: a short ``code``, what happened and what to do, a doc
-    page."""
+    """One sanity check that failed: a short ``code``, what happened and what to do, and in
+    ``doc`` the command that shows its page (``epsl explain CODE``; :func:`epsl.explain.explain`)."""
 
     code: str
     message: str
@@ -204,17 +209,23 @@ class AuditResult:
             "config": dataclasses.asdict(self.config),
         }
 
-    def save(self, out: Path | str, *, metadata: dict[str, Any] | None = None) -> Path:
-        """Write ``audit.csv`` (per example) and ``audit.json`` (everything else plus
-        ``metadata``, e.g. provenance) into the folder ``out``, atomically."""
-        out = Path(out)
-        record = self.to_dict()
-        if metadata:
-            record["metadata"] = metadata
-        to_json(record)  # fail before writing anything if it does not serialise
-        write_table(self.table, out / "audit.csv")
-        write_json(out / "audit.json", record)
-        return out
+    def record(self, provenance: Provenance | None = None) -> Result:
+        """This audit as a result of :mod:`epsl.records` (table ``audit.csv``, record
+        ``audit.json``)."""
+        return Result("audit", self.to_dict(), provenance, self.table)
+
+    def save(self, out: Path | str, *, provenance: Provenance | None = None,
+             overwrite: bool = True) -> list[Path]:
+        """Write ``audit.csv`` (per example) and ``audit.json`` (everything else and the
+        provenance) into the folder ``out``, atomically; return the paths."""
+        return self.record(provenance).save(out, overwrite=overwrite)
+
+
+def audit_settings(config: AuditConfig, eps: float) -> dict[str, Any]:
+    """What decides whether an audit on disk can be reused: ε and every budget and threshold
+    (not the batch size, which changes no number)."""
+    return {"eps": eps, **{k: v for k, v in dataclasses.asdict(config).items()
+                           if k != "batch_size"}}
 
 
 @dataclass(frozen=True)
@@ -280,20 +291,13 @@ def _input_grad_l1(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    batch_size: int | None) -> torch.Tensor:
     """||grad_x xent(f(x), y)||_1 per example (N), at the clean inputs."""
     size = batch_size or len(y)
-    norms = []
     with eval_mode(model):
-        for start in range(0, len(y), size):
-            xs = x[start:start + size].detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(xent_loss(model(xs), y[start:start + size]).sum(), xs)
-            norms.append(grad.abs().flatten(1).sum(1))
+        norms = [input_gradient(model, x[start:start + size], y[start:start + size]).grad
+                 .abs().flatten(1).sum(1) for start in range(0, len(y), size)]
     return torch.cat(norms)
 
 
 def _eq4(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor | None, str]:
-    try:
-        from epsl.diagnostics import diagnose
-    except ImportError:
-        return None, "Eq. 4 prediction skipped: epsl.diagnostics is not available"
     try:
         return diagnose(model, x, y).eps_l.to(torch.float32), ""
     except (EpslError, RuntimeError) as exc:
@@ -327,9 +331,8 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         raise EpslError(f"eps must be in (0, 1] (got {eps})")
     if len(y) == 0:
         raise EpslError("the audit needs at least one example")
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else None
-    if device is not None:
-        x, y = x.to(device), y.to(device)
+    device = model_device(model)
+    x, y = x.to(device), y.to(device)
     n = len(y)
     with eval_mode(model):
         clean = score(model, x, y, batch_size=config.batch_size)

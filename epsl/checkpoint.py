@@ -22,7 +22,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 import epsl
-from epsl.data import dataset_info
+from epsl.data import DatasetInfo, dataset_info
 from epsl.errors import EpslError
 from epsl.io import atomic_path
 from epsl.models import create_model
@@ -30,9 +30,11 @@ from epsl.models import create_model
 METADATA_KEY = "epsl"
 
 
-def model_kwargs_for(dataset: str, **extra: Any) -> dict[str, Any]:
-    """The constructor arguments every factory takes, filled from a dataset's info."""
-    info = dataset_info(dataset)
+def model_kwargs_for(dataset: str | DatasetInfo, **extra: Any) -> dict[str, Any]:
+    """The constructor arguments every factory takes (``in_channels, num_classes, input_size,
+    mean, std``), filled from a registered dataset's name or a loaded split's info; ``extra``
+    adds arguments or overrides them."""
+    info = dataset_info(dataset) if isinstance(dataset, str) else dataset
     return {"in_channels": info.shape[0], "num_classes": info.num_classes,
             "input_size": info.shape[1], "mean": list(info.mean), "std": list(info.std), **extra}
 

@@ -10,10 +10,13 @@ with the figures are written to ``out``.
 
 Layout::
 
-    out/<name>/diagnostics.csv, summary.json          (epsl diagnose)
-    out/<name>/attacks/attack.csv, summary.json       (one row per example per setting)
-    out/<name>/audit/audit.csv, audit.json            (with audit=True)
+    out/<name>/diagnostics.{csv,json,safetensors}   (as epsl diagnose writes them)
+    out/<name>/attacks/attack.{csv,json}            (one row per example per setting)
+    out/<name>/audit/audit.{csv,json}               (with audit=True)
     out/comparison.csv, comparison.md, report.html, compare.json, figures/...
+
+Every file is owned by :mod:`epsl.records`; a per-model result is reused only when its
+provenance (checkpoint content, examples, source, settings) is the one asked for.
 """
 
 from __future__ import annotations
@@ -35,12 +38,15 @@ from epsl.analysis.report import audit_notes, write_report
 from epsl.analysis.runs import Run, load_runs
 from epsl.analysis.tables import comparison_table, write_comparison
 from epsl.attacks import default_step_size, sweep
-from epsl.context import Evaluation, check_fits, load_model, prepare
-from epsl.diagnostics import diagnose, predicted_accuracy
+from epsl.audit import AuditConfig, audit, audit_settings, check_dependencies
+from epsl.context import Evaluation, check_fits, load_model, prepare, provenance
+from epsl.diagnostics import diagnose
+from epsl.diagnostics.runs import diagnostics_result, save_diagnostics
 from epsl.errors import EpslError
-from epsl.io import check_out_dir, read_json, read_table, write_json, write_table
+from epsl.io import check_out_dir
+from epsl.records import Result, kind, reusable
 
-PRODUCTS = ["comparison.csv", "comparison.md", "report.html", "compare.json"]
+PRODUCTS = kind("comparison").files()
 Progress = Callable[[str], None]
 
 
@@ -118,19 +124,6 @@ def model_names(checkpoints: Sequence[str]) -> list[str]:
     return names
 
 
-def _same_checkpoint(summary: dict[str, Any], checkpoint: str) -> bool:
-    saved = summary.get("checkpoint")
-    return isinstance(saved, str) and Path(saved).resolve() == Path(checkpoint).resolve()
-
-
-def _reusable_diagnostics(folder: Path, checkpoint: str, n: int) -> bool:
-    table, summary = folder / "diagnostics.csv", folder / "summary.json"
-    if not (table.is_file() and summary.is_file()):
-        return False
-    record = read_json(summary)
-    return _same_checkpoint(record, checkpoint) and record.get("n") == n
-
-
 def _settings(config: CompareConfig) -> list[dict[str, Any]]:
     """The attack settings of Tables 1-4: (attack, loss, eps, black-box?)."""
     grid = sorted({config.eps, *config.eps_grid})
@@ -147,7 +140,7 @@ def _settings(config: CompareConfig) -> list[dict[str, Any]]:
 def _covered(attack: pd.DataFrame, setting: dict[str, Any], config: CompareConfig) -> bool:
     rows = attack[(attack["attack"] == setting["attack"])
                   & (attack["loss_name"] == setting["loss"])]
-    source = rows["source"].fillna("").astype(str) != ""
+    source = rows["source"].astype(object).fillna("").astype(str) != ""
     rows = rows[source == bool(setting.get("transfer"))]
     if setting["attack"] == "pgd":
         rows = rows[(rows["steps"] == config.pgd_steps) & (rows["restarts"] == config.restarts)]
@@ -173,11 +166,16 @@ def _attack_frame(ev: Evaluation, config: CompareConfig, source_model: torch.nn.
     return pd.concat(frames, ignore_index=True)
 
 
-def _provenance(ev: Evaluation) -> dict[str, Any]:
-    return {"checkpoint": ev.checkpoint, "model": ev.meta,
-            "data": {"dataset": ev.data.info.name, "split": ev.data.split,
-                     "source": ev.data.source, "n": len(ev.data)},
-            "epsl_version": epsl.__version__}
+def attack_settings(config: CompareConfig) -> dict[str, Any]:
+    """What decides whether an attack table on disk can be extended: the random starts' seed,
+    the CW κ and the PGD step size (each row carries its attack, loss, ε, steps, restarts)."""
+    return {"seed": config.seed, "cw_confidence": config.cw_confidence,
+            "step_size": config.step_size}
+
+
+def audit_config(config: CompareConfig) -> AuditConfig:
+    """The audit ``compare --audit`` runs: the quick settings, seeded like the attacks."""
+    return AuditConfig.quick(seed=config.seed)
 
 
 def _prepare(checkpoint: str, config: CompareConfig) -> Evaluation:
@@ -196,26 +194,17 @@ def evaluate_model(checkpoint: str, folder: Path, config: CompareConfig, *,
     ev = evaluation if evaluation is not None else _prepare(checkpoint, config)
     n, reused = len(ev.data), []
     grid = sorted({config.eps, *config.eps_grid})
-    if _reusable_diagnostics(folder, checkpoint, n):
+    if (reusable(folder, "diagnostics", provenance(ev, {}))
+            and (folder / "diagnostics.safetensors").is_file()):
         reused.append("diagnostics")
     else:
         say(f"{folder.name}: eps_L diagnostics on {n} examples")
         result = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device)
-        result.save(folder)
-        accuracy = predicted_accuracy(result.eps_l, grid)
-        assert isinstance(accuracy, dict)
-        write_json(folder / "summary.json", {
-            "n": n, "clean_accuracy": result.clean_accuracy, "eps": grid,
-            "predicted_accuracy": {repr(e): a for e, a in accuracy.items()},
-            **_provenance(ev)})
-    attack_path, attack_summary = folder / "attacks" / "attack.csv", folder / "attacks" / \
-        "summary.json"
-    existing = pd.DataFrame()
-    if attack_path.is_file() and attack_summary.is_file() and _same_checkpoint(
-            read_json(attack_summary), checkpoint):
-        existing = read_table(attack_path)
-        if existing["index"].nunique() != n:
-            existing = pd.DataFrame()
+        save_diagnostics(folder, result, diagnostics_result(ev, result, grid, {}),
+                         overwrite=True)
+    attacks = provenance(ev, attack_settings(config), source=config.source)
+    found = reusable(folder / "attacks", "attack", attacks)
+    existing = found.table if found is not None and found.table is not None else pd.DataFrame()
     settings = _settings(config)
     missing = [s for s in settings if existing.empty or not _covered(existing, s, config)]
     if not missing:
@@ -224,24 +213,21 @@ def evaluate_model(checkpoint: str, folder: Path, config: CompareConfig, *,
         say(f"{folder.name}: {len(missing)} attack settings at eps={config.eps:g}")
         frame = pd.concat([existing, _attack_frame(ev, config, source_model, missing)],
                           ignore_index=True)
-        write_table(frame, attack_path)
-        write_json(attack_summary, {
-            "n": n, "eps": config.eps, "pgd_steps": config.pgd_steps,
-            "restarts": config.restarts, "step_size": config.step_size
-            or default_step_size(config.eps, config.pgd_steps), "source": config.source,
-            **_provenance(ev)})
+        summary = {"n": n, "eps": config.eps, "pgd_steps": config.pgd_steps,
+                   "restarts": config.restarts, "step_size": config.step_size
+                   or default_step_size(config.eps, config.pgd_steps),
+                   "source": config.source}
+        Result("attack", summary, attacks, frame).save(folder / "attacks", overwrite=True)
     if config.audit:
-        audit_json = folder / "audit" / "audit.json"
-        if audit_json.is_file() and math.isclose(float(read_json(audit_json).get("eps", -1)),
-                                                   config.eps):
+        settings_ = audit_config(config)
+        audited_by = provenance(ev, audit_settings(settings_, config.eps), source=config.source)
+        if reusable(folder / "audit", "audit", audited_by):
             reused.append("audit")
         else:
-            from epsl.audit import AuditConfig, audit
-
             say(f"{folder.name}: audit at eps={config.eps:g}")
             audited = audit(ev.model, ev.data.x, ev.data.y, eps=config.eps,
-                           source=source_model, config=AuditConfig.quick(seed=config.seed))
-            audited.save(folder / "audit", metadata=_provenance(ev))
+                            source=source_model, config=settings_)
+            audited.save(folder / "audit", provenance=audited_by)
     return reused
 
 
@@ -272,9 +258,7 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
     """
     check_out_dir(out, PRODUCTS, overwrite, create=False)
     if config.audit:
-        from epsl.audit import AuditConfig, check_dependencies
-
-        check_dependencies(AuditConfig.quick(seed=config.seed))
+        check_dependencies(audit_config(config))
     evaluations, source_model = _check_inputs(config)
     out = check_out_dir(out, PRODUCTS, overwrite)
     names = model_names(config.checkpoints)
@@ -290,10 +274,12 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
     if config.figures:
         entries = [{**e, "png": f"figures/{e['png']}", "svg": f"figures/{e['svg']}"}
                    for e in render_all(runs, out / "figures", eps=config.eps)]
-    record = {"config": dataclasses.asdict(config), "models": dict(zip(names, config.checkpoints,
-                                                                          strict=True)),
-              "reused": reused, "figures": entries, "epsl_version": epsl.__version__}
+    models = {name: {"checkpoint": ev.checkpoint,
+                     "checkpoint_sha256": provenance(ev, {}).checkpoint_sha256}
+              for name, ev in zip(names, evaluations, strict=True)}
+    record = {"config": dataclasses.asdict(config), "models": models, "reused": reused,
+              "figures": entries, "epsl_version": epsl.__version__}
     report = write_report(out, table, entries, notes=audit_notes(runs),
                           config=record["config"], title="epsl compare")
-    write_json(out / "compare.json", record)
+    Result("comparison", record).save(out, overwrite=True)
     return CompareResult(table, tuple(runs), out, report, reused)

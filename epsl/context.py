@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,10 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
+import epsl
 from epsl.checkpoint import check_dataset, load
 from epsl.data import Split, load_split
 from epsl.device import resolve_device
 from epsl.errors import EpslError
+from epsl.records import COMMAND, Provenance, file_sha256
 
 
 @dataclass(frozen=True)
@@ -76,3 +80,31 @@ def check_fits(net: nn.Module, meta: dict[str, Any], examples: Split,
     if logits.ndim != 2 or logits.shape[1] <= int(examples.y.max()):
         raise EpslError(f"{checkpoint} gives {logits.shape[-1]} logits but the labels go up to "
                         f"{int(examples.y.max())}")
+
+
+def data_sha256(examples: Split) -> str:
+    """SHA-256 of the examples themselves (shapes, float32 pixels, int64 labels), so a result
+    is never reused for other examples that happen to have the same count."""
+    digest = hashlib.sha256()
+    x = examples.x.detach().to("cpu", torch.float32).contiguous()
+    y = examples.y.detach().to("cpu", torch.int64).contiguous()
+    digest.update(repr((tuple(x.shape), tuple(y.shape))).encode())
+    digest.update(x.numpy().tobytes())
+    digest.update(y.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def provenance(ev: Evaluation, settings: Mapping[str, Any], *, examples: Split | None = None,
+               source: Path | str | None = None) -> Provenance:
+    """The provenance of a result made from ``ev``'s checkpoint on ``examples`` (default: all
+    of ``ev.data``) with ``settings``, and ``source`` for a transfer attack. Built here only."""
+    data = examples if examples is not None else ev.data
+    return Provenance(
+        checkpoint=ev.checkpoint, checkpoint_sha256=file_sha256(ev.checkpoint),
+        data={"dataset": data.info.name, "split": data.split, "source": data.source,
+              "n": len(data), "sha256": data_sha256(data)},
+        settings=dict(settings), model=ev.meta,
+        source=None if source is None else {"checkpoint": str(source),
+                                            "checkpoint_sha256": file_sha256(source)},
+        device=str(ev.device), epsl_version=epsl.__version__,
+        torch_version=torch.__version__, command=COMMAND.get())

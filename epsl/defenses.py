@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from epsl.attacks import project, sign_steps, uniform_noise
 from epsl.errors import EpslError
+from epsl.modes import eval_mode
 
 ADV_METHODS = ("none", "fgsm", "pgd")
 
@@ -105,30 +107,22 @@ def gaussian_noise(x: torch.Tensor, sigma: float,
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                          defense: DefenseConfig, generator: torch.Generator | None = None
                          ) -> torch.Tensor:
-    """FGSM or PGD examples for Eq. 1 on the cross-entropy, made with the model in eval mode
-    and its parameters frozen (train mode restored). The random start draws from
-    ``generator`` so that a resumed run repeats an uninterrupted one."""
-    from epsl.attacks import eval_mode, project
-
-    was_training = model.training
-    model.eval()
-    try:
-        with eval_mode(model):
-            x = x.detach().clamp(0.0, 1.0)  # noisy inputs may leave the box; attacks live in it
-            eps, step = defense.adv_eps, defense.step_size
-            steps = 1 if defense.adv == "fgsm" else defense.adv_steps
-            x_adv = x
-            if defense.adv_random_start and defense.adv == "pgd":
-                u = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
-                x_adv = project(x + (2 * u - 1) * eps, x, eps)
-            for _ in range(steps):
-                x_adv = x_adv.detach().requires_grad_(True)
-                loss = F.cross_entropy(model(x_adv), y)
-                (grad,) = torch.autograd.grad(loss, x_adv)
-                x_adv = project(x_adv.detach() + step * grad.sign(), x, eps)
-        return x_adv.detach()
-    finally:
-        model.train(was_training)
+    """FGSM or PGD examples (N x C x H x W in [0, 1]) for Eq. 1 on the cross-entropy, made by
+    the attack core (:func:`epsl.attacks.sign_steps`) with the model in eval mode and its
+    parameters frozen (train mode restored). The random start draws from ``generator`` so that
+    a resumed run repeats an uninterrupted one."""
+    eps = defense.adv_eps
+    x = x.detach().clamp(0.0, 1.0)  # noisy inputs may leave the box; attacks live in it
+    start = x
+    if defense.adv_random_start and defense.adv == "pgd":
+        start = project(x + uniform_noise(x, eps, generator=generator), x, eps)
+    with eval_mode(model, warn=False):  # switching out of train mode is the point here
+        # The last iterate of the batch-mean cross-entropy's ascent, as these models were
+        # always trained: another reduction or keeping an earlier iterate would change them.
+        x_adv = sign_steps(model, x, y, start=start, eps=eps, step_size=defense.step_size,
+                           steps=1 if defense.adv == "fgsm" else defense.adv_steps,
+                           reduction="mean", keep_broken=False)
+    return x_adv.detach()
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
-"""Device selection: ``auto`` picks CUDA when it is available, else the CPU."""
+"""Device selection: ``auto`` picks CUDA when it is available, else the CPU; a model's device."""
 
 from __future__ import annotations
 
+import itertools
+
 import torch
+from torch import nn
 
 from epsl.errors import EpslError
 
@@ -19,3 +22,9 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if name not in DEVICES and not name.startswith("cuda:"):
         raise EpslError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
     return torch.device(name)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (else buffer); the CPU when it has neither."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if first is None else first.device

@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -196,9 +196,10 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
     if len(train_split) == 0:
         raise EpslError("the training set is empty")
     num_classes = max(info.num_classes, int(train_split.y.max()) + 1)
-    arch_kwargs = {"in_channels": info.shape[0], "num_classes": num_classes,
-                   "input_size": info.shape[1], "mean": list(info.mean), "std": list(info.std),
-                   **config.arch_kwargs}
+    # labels beyond the data's declared classes (a user's .npz) widen the head; the config's
+    # own arch_kwargs override both
+    arch_kwargs = checkpoint.model_kwargs_for(info, **{"num_classes": num_classes,
+                                                       **config.arch_kwargs})
     torch.manual_seed(config.seed)
     try:
         model: nn.Module = create_model(config.arch, **arch_kwargs).to(device)
@@ -315,13 +316,3 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
-def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:
-    """A copy of ``config`` with top-level or ``defense.*`` fields changed."""
-    defense_changes = {k.removeprefix("defense."): v for k, v in changes.items()
-                       if k.startswith("defense.")}
-    top = {k: v for k, v in changes.items() if not k.startswith("defense.")}
-    if defense_changes:
-        top["defense"] = replace(config.defense, **defense_changes)
-    return replace(config, **top)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 
 import pandas as pd
 import pytest
 import torch
 from torch import nn
 
+import epsl.audit
 from epsl.audit import WARNING_DOCS, AuditConfig, _checks, audit
 from epsl.errors import EpslError
 from tests.conftest import quick_train
@@ -126,7 +126,7 @@ def test_table_is_the_worst_case_over_attacks(digits_model, batch):
 def test_save_writes_csv_and_json(digits_model, batch, tmp_path):
     x, y = batch
     result = audit(digits_model, x[:8], y[:8], eps=0.1, config=TINY)
-    result.save(tmp_path, metadata={"provenance": {"checkpoint": "x"}})
+    result.save(tmp_path)
     table = pd.read_csv(tmp_path / "audit.csv")
     record = json.loads((tmp_path / "audit.json").read_text())
     assert len(table) == 8 and record["robust_accuracy"] == pytest.approx(table.robust.mean())
@@ -164,7 +164,10 @@ def test_thresholds_follow_the_papers_tables():
 
 
 def test_missing_diagnostics_is_a_note(monkeypatch, digits_model, batch):
-    monkeypatch.setitem(sys.modules, "epsl.diagnostics", None)
+    def fail(*_args, **_kwargs):
+        raise EpslError("diagnostics failed on purpose")
+
+    monkeypatch.setattr(epsl.audit, "diagnose", fail)
     x, y = batch
     result = audit(digits_model, x[:6], y[:6], eps=0.1, config=TINY)
     assert "eps_l" not in result.table and result.summary["eq4_accuracy"] is None

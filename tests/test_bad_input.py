@@ -20,6 +20,7 @@ from epsl.cli.main import main
 from epsl.errors import EpslError
 from epsl.io import read_table, write_table
 from epsl.models import create_model
+from epsl.records import Result as Record
 
 
 def run(*args: object) -> Result:
@@ -141,7 +142,7 @@ def test_reproduce_out_under_proc() -> None:
 
 
 def test_reproduce_eps_range_matches_the_preset(tmp_path: Path) -> None:
-    assert_usage_error(run("reproduce", "--eps", "1", "--out", tmp_path / "o"), "must be < 1")
+    assert_usage_error(run("reproduce", "--eps", "1.5", "--out", tmp_path / "o"), "must be <= 1")
     assert not (tmp_path / "o").exists()
 
 
@@ -196,8 +197,8 @@ def test_read_table_refuses_empty_truncated_and_garbage_files(tmp_path: Path) ->
 ], ids=["empty", "truncated"])
 def test_figures_name_an_unreadable_table(tmp_path: Path, content: str, message: str) -> None:
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "diagnostics.csv").write_text(content)
+    Record("diagnostics", {"n": 2}, None, pd.DataFrame({"index": [0, 1]})).save(run_dir)
+    (run_dir / "diagnostics.csv").write_text(content)  # the table, damaged after its record
     out = tmp_path / "o"
     result = run("figures", run_dir, "--out", out)
     assert_one_line_error(result, message)
@@ -268,7 +269,7 @@ def _cases(tmp: Path, ckpt: Path) -> dict[str, tuple[list[object], int, str]]:
         "info": (["info", tmp / "junk.pt"], 1, "refused to load"),
         "diagnose": (["diagnose", ckpt, "--data", tmp / "nan.npz", "--out", out], 1,
                      "NaN or infinite pixels"),
-        "diagnose-usage": (["diagnose", ckpt, "--eps", "1", "--out", out], 2, "must be < 1"),
+        "diagnose-usage": (["diagnose", ckpt, "--eps", "1.5", "--out", out], 2, "must be <= 1"),
         "activations": (["activations", tmp / "none.safetensors", "--out", out], 1,
                         "no such checkpoint"),
         "landscape": (["landscape", ckpt, "--data", afile, "--out", out], 1,
@@ -305,3 +306,16 @@ def test_installed_command_fails_in_one_line(digits_checkpoint: Path, tmp_path: 
     if status == 1:  # library errors: that one line is all of stderr
         assert [line for line in result.stderr.splitlines() if line.strip()] == errors
     assert not (tmp_path / "out").exists()
+
+
+def test_every_eps_option_has_one_range() -> None:
+    """Every ε a command takes (attack radii, Eq. 4's ε, adversarial training's ε) is one
+    type: (0, 1] in pixel units, fractions accepted."""
+    from epsl.cli.common import EPS
+
+    found = {f"{name} {param.name}": param.type for name, command in main.commands.items()
+             for param in command.params if param.name in ("eps", "adv_eps", "eps_grid")}
+    assert set(found) >= {"attack eps", "audit eps", "compare eps", "compare eps_grid",
+                          "diagnose eps", "reproduce eps", "train adv_eps"}
+    assert all(kind is EPS for kind in found.values()), found
+    assert EPS.convert("1", None, None) == 1.0 and EPS.convert("8/255", None, None) == 8 / 255

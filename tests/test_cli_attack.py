@@ -29,7 +29,7 @@ def test_attack_sweep_writes_table_and_summary(digits_checkpoint, digits_model, 
                  "--out", out)
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(out / "attack.csv")
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "attack.json").read_text())
     assert len(frame) == 4 * 30 and set(frame["eps"]) == {0.05, 0.1}
     assert len(summary["settings"]) == 4
     assert summary["provenance"]["data"]["n"] == 30
@@ -78,7 +78,7 @@ def test_bad_input_is_one_line_and_writes_nothing(digits_checkpoint, tmp_path, a
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
-    assert not (out / "attack.csv").exists() and not (out / "summary.json").exists()
+    assert not (out / "attack.csv").exists() and not (out / "attack.json").exists()
 
 
 def test_source_with_other_input_shape_is_refused(digits_checkpoint, tmp_path):
@@ -119,7 +119,8 @@ def test_audit_writes_csv_json_and_prints_a_verdict(digits_checkpoint, tmp_path)
     table = pd.read_csv(out / "audit.csv")
     assert len(table) == 16 and {"robust", "broken_by", "transfer"} <= set(table.columns)
     assert record["robust_accuracy"] == pytest.approx(table["robust"].mean())
-    assert record["metadata"]["provenance"]["checkpoint"] == str(digits_checkpoint)
+    assert record["provenance"]["checkpoint"] == str(digits_checkpoint)
+    assert record["provenance"]["source"]["checkpoint"] == str(digits_checkpoint)
     assert record["config"]["skip_expensive"] is True
     assert record["config"]["strong_steps"] == 10 and "pgd10-xent" in table.columns
     assert "verdict:" in result.output and "robust accuracy" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -31,14 +32,19 @@ def test_diagnose_writes_table_summary_and_tensors(digits_checkpoint: Path, tmp_
     assert "predicted accuracy" in result.output and "0.1000" in result.output
     frame = pd.read_csv(out / "diagnostics.csv")
     assert len(frame) == 40 and frame["index"].tolist() == list(range(40))
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "diagnostics.json").read_text())
+    origin = summary["provenance"]
+    assert summary["schema"] == "epsl.diagnostics" and summary["schema_version"] == 1
     assert summary["n"] == 40 and summary["eps"] == [0.1, 8 / 255]
-    assert summary["model"]["arch"] == "small-cnn"
-    assert summary["model"]["train_config"] == {"defense": {}}
-    assert summary["data"] == {"dataset": "digits", "split": "test",
-                               "source": summary["data"]["source"], "n": 40}
+    assert origin["model"]["arch"] == "small-cnn"
+    assert origin["model"]["train_config"] == {"defense": {}}
+    assert origin["data"] == {"dataset": "digits", "split": "test",
+                              "source": origin["data"]["source"], "n": 40,
+                              "sha256": origin["data"]["sha256"]}
     assert summary["config"]["data"]["limit"] == 40 and summary["config"]["chunk_size"] == 16
-    assert summary["checkpoint"] == str(digits_checkpoint) and "epsl_version" in summary
+    assert origin["checkpoint"] == str(digits_checkpoint) and "epsl_version" in origin
+    assert origin["checkpoint_sha256"] == hashlib.sha256(digits_checkpoint.read_bytes()).hexdigest()
+    assert origin["command"].startswith("epsl ")
     # the numbers are the library's on the same examples
     data = digits_test.subset(40)  # type: ignore[attr-defined]
     reference = diagnose(digits_model, data.x, data.y)
@@ -65,7 +71,7 @@ def test_diagnose_parquet_and_overwrite(digits_checkpoint: Path, tmp_path: Path)
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "imagenet"], "imagenet"),
     (["--eps", "0"], "must be >"),
-    (["--eps", "1"], "must be <"),
+    (["--eps", "1.5"], "must be <= 1"),
     (["--eps", "-0.1"], "must be >"),
     (["--eps", "abc"], "not a number"),
     (["--limit", "0"], "--limit"),
@@ -73,7 +79,7 @@ def test_diagnose_parquet_and_overwrite(digits_checkpoint: Path, tmp_path: Path)
      "expects inputs of shape (1, 8, 8)"),
     (["--data", "{npz}"], "expects inputs of shape (1, 8, 8)"),
     (["--chunk-size", "0"], "chunk-size"),
-], ids=["unknown-dataset", "eps-zero", "eps-one", "eps-negative", "eps-text", "limit-zero",
+], ids=["unknown-dataset", "eps-zero", "eps-above-one", "eps-negative", "eps-text", "limit-zero",
         "shape-mismatch-idx", "shape-mismatch-npz", "chunk-zero"])
 def test_diagnose_bad_input_is_one_line_and_writes_nothing(
         digits_checkpoint: Path, tmp_path: Path, args: list[str], message: str) -> None:

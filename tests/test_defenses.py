@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from epsl.defenses import (
     DefenseConfig,
+    adversarial_examples,
     gaussian_noise,
     objective,
     smooth_labels,
@@ -75,6 +76,37 @@ def test_kappa_mixes_clean_and_adversarial_losses(kappa: float) -> None:
                 + (1 - kappa) * F.cross_entropy(model(x_adv), y))
     got = objective(model, x, y, cfg, 3).loss
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("adv", ["fgsm", "pgd"])
+def test_adversarial_examples_equal_a_plain_sign_step_loop(adv: str) -> None:
+    # The loop adversarial training always ran, written out: the models it trained must not
+    # change, so the attack core has to reproduce it bit for bit, random start included.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    model.train()
+    x = torch.rand(10, 1, 6, 6, generator=torch.Generator().manual_seed(4)) * 1.2 - 0.1
+    y = torch.randint(0, 3, (10,), generator=torch.Generator().manual_seed(5))
+    cfg = DefenseConfig(adv=adv, adv_eps=0.1, adv_steps=5)
+    model.eval()
+    x_ref = x.clamp(0, 1)
+    gen = torch.Generator().manual_seed(6)
+    x_adv = x_ref
+    if adv == "pgd":
+        u = torch.rand(x.shape, generator=gen)
+        x_adv = torch.minimum(torch.maximum(x_ref + (2 * u - 1) * 0.1, x_ref - 0.1),
+                              x_ref + 0.1).clamp(0, 1)
+    for _ in range(1 if adv == "fgsm" else 5):
+        x_adv = x_adv.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
+        x_adv = torch.minimum(torch.maximum(x_adv.detach() + cfg.step_size * g.sign(),
+                                            x_ref - 0.1), x_ref + 0.1).clamp(0, 1)
+    model.train()
+    gen_core = torch.Generator().manual_seed(6)
+    assert torch.equal(adversarial_examples(model, x, y, cfg, gen_core), x_adv)
+    assert torch.equal(gen_core.get_state(), gen.get_state())  # the same draws, no more
+    assert model.training and all(p.requires_grad for p in model.parameters())
 
 
 def test_noise_has_the_requested_sigma() -> None:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from epsl.cli.main import main
 from epsl.errors import EpslError
-from epsl.reproduce import PRESETS, load_preset, override
+from epsl.preset import PRESETS, load_preset, override
 from tests.files import snapshot
 
 TINY = """
@@ -70,7 +70,7 @@ def test_every_stage_writes_its_outputs(study: tuple[Path, Path, str]) -> None:
     for name in ("natural", "lsq"):
         assert (out / "models" / f"{name}.safetensors").is_file()
         run = out / "runs" / name
-        for path in ("diagnostics.csv", "summary.json", "attacks/attack.csv",
+        for path in ("diagnostics.csv", "diagnostics.json", "attacks/attack.csv",
                      "activations/activations.csv", "landscape-random/landscape.csv",
                      "landscape-adversarial/landscape.csv", "audit/audit.json"):
             assert (run / path).is_file(), path
@@ -84,7 +84,11 @@ def test_every_stage_writes_its_outputs(study: tuple[Path, Path, str]) -> None:
     assert len(diag) == 40
     assert (out / "report.html").stat().st_size > 10_000
     assert any((out / "figures").glob("*.png"))
-    assert "Comparison" in output
+    # the run ends with the headline table, the audit verdicts and the report's path
+    assert "| model | clean | Eq. 4 predicted | FGSM | PGD-3 (CW) |" in output
+    assert "worst case, all attacks |" in output and "Audit at ε = 0.1:" in output
+    assert output.rstrip().endswith(f"report: {out / 'report.html'}")
+    assert (out / "headline.md").read_text() in output
 
 
 def test_second_run_reuses_everything(study: tuple[Path, Path, str]) -> None:

@@ -25,8 +25,8 @@ def compute() -> None:
     import torch
 
     from epsl.attacks import sweep
-    from epsl.context import prepare
-    from epsl.io import write_json, write_table
+    from epsl.context import prepare, provenance
+    from epsl.records import Result
 
     for name in ACTIVATION_MODELS:
         folder, ckpt = CMP / name, ROOT / f"{name}.safetensors"
@@ -46,15 +46,15 @@ def compute() -> None:
             continue
         ev = prepare(ROOT / f"{name}.safetensors", dataset="digits", device="cpu")
         torch.manual_seed(0)
+        plan = {"steps": [1, 5, 10, 20, 40, 100], "restarts": [2, 5, 10], "eps": EPS}
         steps = sweep(ev.model, ev.data.x, ev.data.y, attack="pgd", eps=[EPS],
-                      steps=[1, 5, 10, 20, 40, 100], restarts=[1], loss="xent", seed=0)
+                      steps=plan["steps"], restarts=[1], loss="xent", seed=0)
         restarts = sweep(ev.model, ev.data.x, ev.data.y, attack="pgd", eps=[EPS], steps=[20],
-                         restarts=[2, 5, 10], loss="xent", seed=0)
+                         restarts=plan["restarts"], loss="xent", seed=0)
         import pandas as pd
 
-        write_table(pd.concat([steps, restarts], ignore_index=True), target / "attack.csv")
-        write_json(target / "summary.json", {"checkpoint": str(ev.checkpoint),
-                                              "model": ev.meta, "n": len(ev.data)})
+        Result("attack", {"n": len(ev.data)}, provenance(ev, {"sweeps": plan, "seed": 0}),
+               pd.concat([steps, restarts], ignore_index=True)).save(target)
 
 
 def render() -> None:

@@ -13,8 +13,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from epsl.diagnostics.jacobians import eval_mode
+from epsl.device import model_device
 from epsl.errors import EpslError
+from epsl.modes import eval_mode
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,7 @@ def activations(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256,
         raise EpslError("no examples")
     if batch_size < 1:
         raise EpslError(f"batch_size must be at least 1 (got {batch_size})")
-    dev = torch.device(device) if device is not None else next(
-        (p.device for p in model.parameters()), torch.device("cpu"))
+    dev = torch.device(device) if device is not None else model_device(model)
     sums: dict[str, list[torch.Tensor]] = {}
     with eval_mode(model), torch.no_grad():
         for xb in x.split(batch_size):

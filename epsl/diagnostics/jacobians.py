@@ -23,10 +23,8 @@ PreAct-ResNet-18 (faster under heavy load, slower in a quieter run) with ~4x the
 
 from __future__ import annotations
 
-import warnings
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,27 +32,12 @@ from torch import nn
 from torch.func import functional_call, jacrev, vjp, vmap
 
 from epsl.errors import EpslError
+from epsl.modes import eval_mode
 
 METHODS = ("backward", "vjp", "jacrev")
 DEFAULT_METHOD = "backward"
 CPU_BUDGET_BYTES = 2 * 1024**3  # upper bound of the automatic chunk budget on the CPU
 Progress = Callable[[int], None]
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block (warning if it was training), then restore it."""
-    was_training = model.training
-    if was_training:
-        warnings.warn("the model is in train mode; epsl computes diagnostics in eval mode "
-                      "(BatchNorm running statistics, no dropout). Call model.eval() to "
-                      "silence this warning.", stacklevel=3)
-        model.eval()
-    try:
-        yield model
-    finally:
-        if was_training:
-            model.train()
 
 
 def _available_cpu_bytes() -> int:
@@ -180,7 +163,7 @@ def jacobian_and_logits(model: nn.Module, x: torch.Tensor, *, chunk_size: int | 
     if chunk_size is not None and chunk_size < 1:
         raise EpslError(f"chunk_size must be at least 1 (got {chunk_size})")
     compute = _METHOD_FUNCTIONS[method]
-    with eval_mode(model), torch.enable_grad():
+    with eval_mode(model):
         if chunk_size is None:
             chunk_size = auto_chunk_size(model, x, method=method)
         grads, logits = [], []

@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from epsl.diagnostics.jacobians import eval_mode
+from epsl.attacks import input_gradient
+from epsl.device import model_device
 from epsl.errors import EpslError
+from epsl.modes import eval_mode
 
 DIRECTIONS = ("random", "adversarial")
 
@@ -52,7 +54,7 @@ def loss_landscape(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         raise EpslError(f"steps must be at least 2 (got {steps})")
     if len(x) == 0 or len(x) != len(y):
         raise EpslError(f"x ({tuple(x.shape)}) and y ({tuple(y.shape)}) must be N x ... and N")
-    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    dev = model_device(model)
     index = torch.arange(len(x)) if index is None else index
     generator = torch.Generator().manual_seed(seed)
     grid = torch.linspace(-span, span, steps, dtype=torch.float64)
@@ -65,10 +67,7 @@ def loss_landscape(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             r1 = _rademacher(xi.shape[1:], generator).to(dev, xi.dtype)
             r2 = _rademacher(xi.shape[1:], generator).to(dev, xi.dtype)
             if direction == "adversarial":
-                with torch.enable_grad():
-                    xg = xi.detach().requires_grad_(True)
-                    (grad,) = torch.autograd.grad(F.cross_entropy(model(xg), yi), xg)
-                r2 = grad[0].sign()
+                r2 = input_gradient(model, xi, yi).grad[0].sign()
             losses = []
             with torch.no_grad():
                 for e1, e2 in zip(eps1.split(batch_size), eps2.split(batch_size), strict=True):

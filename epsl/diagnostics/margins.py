@@ -25,12 +25,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from epsl.diagnostics.jacobians import DEFAULT_METHOD, Progress, eval_mode, jacobian_and_logits
+from epsl.device import model_device
+from epsl.diagnostics.jacobians import DEFAULT_METHOD, Progress, jacobian_and_logits
 from epsl.errors import EpslError
-from epsl.io import atomic_path, write_table
+from epsl.io import atomic_path
+from epsl.modes import eval_mode
 
 TENSORS_FILE = "diagnostics.safetensors"
-FRAME_STEM = "diagnostics"
 
 
 @dataclass(frozen=True)
@@ -105,18 +106,15 @@ class Diagnostics:
                               columns=[f"logit_{k}" for k in range(self.num_classes)])
         return pd.concat([frame, logits], axis=1)
 
-    def save(self, path_dir: Path | str, *, table_format: str = "csv") -> list[Path]:
-        """Write ``diagnostics.safetensors`` (every tensor, exact) and ``diagnostics.csv`` (or
-        ``.parquet``, the :meth:`to_frame` table) into ``path_dir``, each atomically."""
-        if table_format not in ("csv", "parquet"):
-            raise EpslError(f"unknown table format {table_format!r}; use csv or parquet")
+    def save_tensors(self, path_dir: Path | str) -> Path:
+        """Write ``diagnostics.safetensors`` (every tensor, exact) into ``path_dir``,
+        atomically; the table and record are :mod:`epsl.records`'s (see
+        :func:`epsl.diagnostics.runs.save_diagnostics`)."""
         out = Path(path_dir)
-        out.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}
         with atomic_path(out / TENSORS_FILE) as tmp:
             save_file(tensors, str(tmp), metadata={"format": "epsl.diagnostics/1"})
-        table = write_table(self.to_frame(), out / f"{FRAME_STEM}.{table_format}")
-        return [out / TENSORS_FILE, table]
+        return out / TENSORS_FILE
 
     @classmethod
     def load(cls, path_dir: Path | str) -> Diagnostics:
@@ -219,7 +217,7 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         raise EpslError("no examples to diagnose")
     if batch_size < 1:
         raise EpslError(f"batch_size must be at least 1 (got {batch_size})")
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = torch.device(device) if device is not None else model_device(model)
     index = torch.arange(len(x)) if index is None else index.to(torch.int64)
     if len(index) != len(x):
         raise EpslError(f"index has {len(index)} entries for {len(x)} examples")
@@ -235,12 +233,6 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             parts.append(margins_from_jacobian(jac, logits, yb,
                                                index[start:start + batch_size].to(dev)))
     return _concat(parts)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 def predicted_accuracy(eps_l: torch.Tensor | Any, eps: float | Iterable[float]

@@ -4,18 +4,19 @@ a frozen config in, per-example results plus a JSON-able summary (with the confi
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-import epsl
-from epsl.context import Evaluation, prepare
-from epsl.diagnostics.features import ActivationStats, activations
+from epsl.context import Evaluation, prepare, provenance
+from epsl.diagnostics.features import activations
 from epsl.diagnostics.jacobians import DEFAULT_METHOD, Progress
 from epsl.diagnostics.landscape import loss_landscape
 from epsl.diagnostics.margins import Diagnostics, diagnose, predicted_accuracy
 from epsl.errors import EpslError
+from epsl.io import check_out_dir
+from epsl.records import Provenance, Result, kind
 
 DEFAULT_EPS = (2 / 255, 4 / 255, 8 / 255, 0.1, 0.2, 0.3)
 
@@ -53,9 +54,9 @@ class DiagnoseConfig:
     table_format: str = "csv"
 
     def __post_init__(self) -> None:
-        bad = [e for e in self.eps if not 0 < e < 1]
+        bad = [e for e in self.eps if not 0 < e <= 1]
         if bad:
-            raise EpslError(f"eps must lie in (0, 1) in pixel units, e.g. 0.3 or 8/255 "
+            raise EpslError(f"eps must lie in (0, 1] in pixel units, e.g. 0.3 or 8/255 "
                             f"(got {bad[0]})")
 
 
@@ -81,49 +82,55 @@ class LandscapeConfig:
     table_format: str = "csv"
 
 
-def provenance(ev: Evaluation) -> dict[str, Any]:
-    """Where the model and the examples came from, for every summary."""
-    return {
-        "checkpoint": ev.checkpoint,
-        "model": ev.meta,
-        "data": {"dataset": ev.data.info.name, "split": ev.data.split,
-                 "source": ev.data.source, "n": len(ev.data)},
-        "device": str(ev.device),
-        "epsl_version": epsl.__version__,
-    }
-
-
-def run_diagnose(config: DiagnoseConfig, *, progress: Progress | None = None,
-                 evaluation: Evaluation | None = None) -> tuple[Diagnostics, dict[str, Any]]:
-    """Diagnose a checkpoint on its data: ``(Diagnostics, summary)``.
-
-    The summary holds n, the clean accuracy, the predicted accuracy (Table 1, "Equation 4")
-    for every eps keyed by ``repr(eps)``, eps_L quantiles over the correctly classified
-    examples, provenance and the config.
-    """
-    ev = evaluation or config.data.prepare()
-    result = diagnose(ev.model, ev.data.x, ev.data.y, chunk_size=config.chunk_size,
-                      batch_size=config.batch_size, method=config.method, device=ev.device,
-                      progress=progress)
-    accuracy = predicted_accuracy(result.eps_l, config.eps)
+def diagnostics_result(ev: Evaluation, result: Diagnostics, eps: Sequence[float],
+                       config: dict[str, Any]) -> Result:
+    """The diagnostics record of ``result`` (``ev``'s model on all of ``ev.data``): n, the
+    clean accuracy, the predicted accuracy (Table 1, "Equation 4") at every ``eps`` keyed by
+    ``repr(eps)``, eps_L's median and range over the correctly classified examples, the
+    ``config`` that made it, and its provenance. Every Jacobian method gives the same eps_L
+    (tests check it against an autograd loop), so no diagnose option decides reuse."""
+    accuracy = predicted_accuracy(result.eps_l, list(eps))
     assert isinstance(accuracy, dict)
     positive = result.eps_l[result.correct].double().tolist()
     summary = {
         "n": len(result),
         "clean_accuracy": result.clean_accuracy,
-        "eps": list(config.eps),
+        "eps": list(eps),
         "predicted_accuracy": {repr(e): a for e, a in accuracy.items()},
         "eps_l_correct": ({"median": statistics.median(positive), "min": min(positive),
                            "max": max(positive)} if positive else None),
-        **provenance(ev),
-        "config": asdict(config),
+        "config": config,
     }
-    return result, summary
+    return Result("diagnostics", summary, provenance(ev, {}), result.to_frame())
+
+
+def save_diagnostics(folder: Path | str, result: Diagnostics, record: Result, *,
+                     table_format: str = "csv", overwrite: bool = False) -> list[Path]:
+    """Write ``diagnostics.safetensors`` (every tensor, exact), then the table and the record
+    (:mod:`epsl.records`), refusing to replace results unless ``overwrite``."""
+    folder = check_out_dir(folder, kind("diagnostics").files(table_format), overwrite)
+    return [result.save_tensors(folder), *record.save(folder, table_format=table_format)]
+
+
+def run_diagnose(config: DiagnoseConfig, *, progress: Progress | None = None,
+                 evaluation: Evaluation | None = None) -> tuple[Diagnostics, Result]:
+    """Diagnose a checkpoint on its data: ``(Diagnostics, record)`` (see
+    :func:`diagnostics_result`)."""
+    ev = evaluation or config.data.prepare()
+    result = diagnose(ev.model, ev.data.x, ev.data.y, chunk_size=config.chunk_size,
+                      batch_size=config.batch_size, method=config.method, device=ev.device,
+                      progress=progress)
+    return result, diagnostics_result(ev, result, config.eps, asdict(config))
+
+
+def activations_provenance(ev: Evaluation, config: ActivationsConfig) -> Provenance:
+    """What decides reuse of activations: the model and the examples (no setting does)."""
+    return provenance(ev, {})
 
 
 def run_activations(config: ActivationsConfig, *, evaluation: Evaluation | None = None
-                    ) -> tuple[ActivationStats, dict[str, Any]]:
-    """Activation sums of a checkpoint on its data: ``(ActivationStats, summary)``."""
+                    ) -> Result:
+    """Activation sums of a checkpoint on its data (Figures 10, 11), as a record."""
     ev = evaluation or config.data.prepare()
     stats = activations(ev.model, ev.data.x, batch_size=config.batch_size, device=ev.device)
     summary = {
@@ -131,15 +138,20 @@ def run_activations(config: ActivationsConfig, *, evaluation: Evaluation | None 
         "n_features": int(stats.penultimate_sum.numel()),
         "n_inactive": stats.n_inactive,
         "num_classes": int(stats.logit_sum.numel()),
-        **provenance(ev),
         "config": asdict(config),
     }
-    return stats, summary
+    return Result("activations", summary, activations_provenance(ev, config), stats.to_frame())
 
 
-def run_landscape(config: LandscapeConfig, *, evaluation: Evaluation | None = None
-                  ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Loss landscapes of a checkpoint around its first images: ``(long table, summary)``."""
+def landscape_provenance(ev: Evaluation, config: LandscapeConfig) -> Provenance:
+    """What decides reuse of a landscape: model, images, and the grid and its directions."""
+    return provenance(ev, {"direction": config.direction, "span": config.span,
+                           "steps": config.steps, "seed": config.seed})
+
+
+def run_landscape(config: LandscapeConfig, *, evaluation: Evaluation | None = None) -> Result:
+    """Loss landscapes of a checkpoint around its first images (Figures 5, 9), as a record
+    whose table is long: one row per image and grid point."""
     ev = evaluation or config.data.prepare()
     frame = loss_landscape(ev.model, ev.data.x, ev.data.y, direction=config.direction,
                            span=config.span, steps=config.steps, seed=config.seed,
@@ -150,7 +162,6 @@ def run_landscape(config: LandscapeConfig, *, evaluation: Evaluation | None = No
         "grid_points": config.steps**2,
         "clean_loss": center["loss"].tolist(),
         "max_loss": frame.groupby("image")["loss"].max().tolist(),
-        **provenance(ev),
         "config": asdict(config),
     }
-    return frame, summary
+    return Result("landscape", summary, landscape_provenance(ev, config), frame)

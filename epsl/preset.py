@@ -1,0 +1,366 @@
+"""Presets: a whole study as data. A preset is a TOML file (``epsl/presets/*.toml`` or a
+user's path) read into the frozen dataclasses below; the dataclasses are the schema. Their
+field types decide what a value may be (``[train] epochs = "3"`` is refused) and each class
+checks its own ranges in ``__post_init__``, so a preset that would fail part-way through a study
+is refused before anything is trained or written.
+
+    >>> preset = load_preset("digits")
+    >>> quick = override(preset, **{"train.epochs": 1, "limit": 50})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar
+
+from epsl.defenses import DefenseConfig
+from epsl.errors import EpslError
+from epsl.io import read_json, to_json, write_json
+
+PRESETS = ("digits", "fashion-mnist", "mnist-paper", "cifar10-paper", "cifar100-paper")
+PRESET_FILE = "preset.json"  # in a study folder: the resolved preset
+
+
+def _at_least_one(section: str, **counts: int | None) -> None:
+    for key, count in counts.items():
+        if count is not None and count < 1:
+            raise EpslError(f"{section}{key} must be at least 1 (got {count})")
+
+
+def _number(section: str, key: str, value: float | None, *, zero: bool) -> None:
+    """A finite number > 0 (>= 0 with ``zero``), or None."""
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise EpslError(f"{section}{key} must be a finite number {'>=' if zero else '>'} 0 "
+                        f"(got {value})")
+
+
+def _choice(key: str, value: str, names: list[str]) -> None:
+    if value not in names:
+        raise EpslError(f"unknown {key} {value!r}; choose from {', '.join(names)}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One defense of the grid: a name and the defense terms (see :class:`DefenseConfig`)."""
+
+    name: str
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """``[train]``: how every model of the grid is trained (see :class:`epsl.train.TrainConfig`)."""
+
+    SECTION: ClassVar[str] = "[train] "
+    epochs: int | None = 15
+    steps: int | None = None
+    batch_size: int = 64
+    train_limit: int | None = None
+    optimizer: str = "auto"
+    lr: float | None = None
+    weight_decay: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from epsl.train import OPTIMIZERS
+
+        _choice(f"{self.SECTION}optimizer", self.optimizer, list(OPTIMIZERS))
+        if self.epochs is None and self.steps is None:
+            raise EpslError(f"{self.SECTION}needs epochs or steps")
+        _at_least_one(self.SECTION, epochs=self.epochs, steps=self.steps,
+                      batch_size=self.batch_size, train_limit=self.train_limit)
+        _number(self.SECTION, "lr", self.lr, zero=False)
+        _number(self.SECTION, "weight_decay", self.weight_decay, zero=True)
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """``[attacks]``: the paper's PGD-k, the transfer source and the sanity-check sweeps."""
+
+    SECTION: ClassVar[str] = "[attacks] "
+    pgd_steps: int = 20
+    pgd_step_size: float | None = None  # default 2.5 * eps / steps; also the audit's PGD-k
+    restarts: int = 1
+    transfer_from: str | None = "natural"
+    sweep_model: str | None = None
+    sweep_steps: tuple[int, ...] = (1, 5, 10, 20, 40)
+    sweep_restarts: tuple[int, ...] = (1, 2, 5)
+
+    def __post_init__(self) -> None:
+        _at_least_one(self.SECTION, pgd_steps=self.pgd_steps, restarts=self.restarts)
+        for key, values in (("sweep_steps", self.sweep_steps),
+                            ("sweep_restarts", self.sweep_restarts)):
+            for value in values:
+                _at_least_one(self.SECTION, **{key: value})
+        _number(self.SECTION, "pgd_step_size", self.pgd_step_size, zero=False)
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """``[audit]``: whether, on how many examples and how hard (``quick``) to audit."""
+
+    SECTION: ClassVar[str] = "[audit] "
+    enabled: bool = True
+    limit: int | None = 200
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        _at_least_one(self.SECTION, limit=self.limit)
+
+
+@dataclass(frozen=True)
+class LandscapeSettings:
+    """``[landscape]``: the loss landscapes of Figures 5 and 9."""
+
+    SECTION: ClassVar[str] = "[landscape] "
+    images: int = 8
+    span: float = 0.3
+    steps: int = 21
+
+    def __post_init__(self) -> None:
+        _at_least_one(self.SECTION, images=self.images)
+        if self.steps < 2:
+            raise EpslError(f"{self.SECTION}steps must be at least 2 (got {self.steps})")
+        _number(self.SECTION, "span", self.span, zero=False)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A whole study: data, architecture, the grid of defenses and the evaluation settings."""
+
+    name: str
+    dataset: str
+    arch: str
+    models: tuple[ModelSpec, ...]
+    eps: float
+    description: str = ""
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    eps_grid: tuple[float, ...] = ()
+    limit: int | None = None
+    device: str = "auto"
+    data_root: str | None = None
+    train: TrainSettings = field(default_factory=TrainSettings)
+    attacks: AttackSettings = field(default_factory=AttackSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    landscape: LandscapeSettings = field(default_factory=LandscapeSettings)
+
+    def __post_init__(self) -> None:
+        from epsl.data import DATASETS
+        from epsl.device import DEVICES
+        from epsl.models import MODELS
+
+        _choice("dataset", self.dataset, DATASETS.names())
+        _choice("arch", self.arch, MODELS.names())
+        _choice("device", self.device, list(DEVICES))
+        if not 0 < self.eps <= 1:
+            raise EpslError(f"eps must be in (0, 1] (got {self.eps})")
+        for e in self.eps_grid:
+            if not 0 < e <= 1:
+                raise EpslError(f"eps_grid values must be in (0, 1] (got {e})")
+        _at_least_one("", limit=self.limit)
+        if not self.models:
+            raise EpslError("no [[models]]")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise EpslError(f"model names must be unique ({names})")
+        for ref in (self.attacks.transfer_from, self.attacks.sweep_model):
+            if ref is not None and ref not in names:
+                raise EpslError(f"{ref!r} names no model of the grid")
+
+    def model(self, name: str) -> ModelSpec:
+        return next(m for m in self.models if m.name == name)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _fits(hint: Any, value: Any) -> bool:
+    """Whether a TOML/JSON ``value`` has the type of a dataclass field (``int | None``,
+    ``tuple[float, ...]``...). A bool is not a number; an int is a float."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(arg, value) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        kinds = (int,) if hint is int else (int, float)
+        return isinstance(value, kinds) and not isinstance(value, bool)
+    if origin is tuple:
+        inner = typing.get_args(hint)[0]
+        return isinstance(value, tuple) and all(_fits(inner, v) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    return hint.__name__ if isinstance(hint, type) and not typing.get_args(hint) else str(hint)
+
+
+def _section(cls: type, raw: Any, where: str) -> Any:
+    """``cls(**raw)`` checked against ``cls``'s own fields: their names, types and, through
+    ``cls.__post_init__``, their ranges. Errors name ``where``."""
+    if not isinstance(raw, dict):
+        raise EpslError(f"{where}: expected a table of settings (got {raw!r})")
+    known = {f.name for f in fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise EpslError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    missing = [f.name for f in fields(cls) if f.name not in raw
+               and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise EpslError(f"{where}: missing keys {missing}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if not _fits(hints[name], value):
+            raise EpslError(f"{where}: {name} must be {_type_name(hints[name])} "
+                            f"(got {value!r})")
+    try:
+        return cls(**values)
+    except EpslError as exc:
+        raise EpslError(f"{where}: {exc}") from None
+
+
+def preset_from_dict(raw: dict[str, Any], where: str = "preset") -> Preset:
+    """A :class:`Preset` from the TOML form (``[[models]]`` tables with the defense terms
+    inline) or the JSON form :func:`preset_to_dict` writes."""
+    raw = dict(raw)
+    models = []
+    entries = raw.pop("models", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise EpslError(f"{where}: models must be a list of [[models]] tables")
+    for i, entry in enumerate(entries):
+        entry = dict(entry)
+        if isinstance(entry.get("defense"), dict):  # the JSON form written to preset.json
+            entry = {**entry.pop("defense"), **entry}
+        name = entry.pop("name", None)
+        if not name:
+            raise EpslError(f"{where}: models[{i}] has no name")
+        models.append(ModelSpec(name, _section(DefenseConfig, entry, f"{where} model {name}")))
+    sections = {"train": TrainSettings, "attacks": AttackSettings, "audit": AuditSettings,
+                "landscape": LandscapeSettings}
+    parsed = {key: _section(cls, raw.pop(key, {}), f"{where}") for key, cls in sections.items()}
+    return _section(Preset, {**raw, **parsed, "models": tuple(models)}, where)
+
+
+def load_preset(name_or_path: str) -> Preset:
+    """A bundled preset by name (``digits``, ``fashion-mnist``, ``mnist-paper``, ...) or a
+    TOML file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise EpslError(f"--preset {path}: no such file")
+        where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise EpslError(f"{where}: not a TOML file (not UTF-8 text)") from None
+        except OSError as exc:
+            raise EpslError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    elif name_or_path in PRESETS:
+        text = resources.files("epsl.presets").joinpath(f"{name_or_path}.toml").read_text()
+        where = f"preset {name_or_path}"
+    else:
+        raise EpslError(f"unknown preset {name_or_path!r}; choose from {', '.join(PRESETS)} "
+                        "or give a .toml path")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise EpslError(f"{where}: not valid TOML ({exc})") from None
+    return preset_from_dict(raw, where)
+
+
+def override(preset: Preset, **changes: Any) -> Preset:
+    """A copy with top-level fields or ``section.field`` keys changed (``train.epochs=3``);
+    ``None`` values are ignored, so CLI options that were not given change nothing.
+    ``models`` keeps only the named models of the grid."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in changes.items():
+        if value is None:
+            continue
+        section, dot, name = key.partition(".")
+        if dot:
+            nested.setdefault(section, {})[name] = value
+        else:
+            top[key] = value
+    for section, values in nested.items():
+        current = getattr(preset, section, None)
+        if not dataclasses.is_dataclass(current):
+            raise EpslError(f"unknown preset section {section!r}")
+        try:
+            top[section] = replace(current, **values)  # type: ignore[type-var]
+        except TypeError as exc:
+            raise EpslError(f"preset [{section}]: {exc}") from None
+    if "models" in top and isinstance(top["models"], (list, tuple)):
+        wanted = list(top.pop("models"))
+        missing = [m for m in wanted if m not in {s.name for s in preset.models}]
+        if missing:
+            raise EpslError(f"--models: {missing} not in the preset "
+                            f"({[m.name for m in preset.models]})")
+        top["models"] = tuple(m for m in preset.models if m.name in wanted)
+        attacks = top.get("attacks", preset.attacks)
+        top["attacks"] = replace(
+            attacks,
+            transfer_from=attacks.transfer_from if attacks.transfer_from in wanted else None,
+            sweep_model=attacks.sweep_model if attacks.sweep_model in wanted else None)
+    try:
+        return replace(preset, **top)
+    except TypeError as exc:
+        raise EpslError(str(exc)) from None
+
+
+def preset_to_dict(preset: Preset) -> dict[str, Any]:
+    """The JSON form written to ``preset.json`` (read back by :func:`preset_from_dict`)."""
+    import json
+
+    return json.loads(to_json(asdict(preset)))  # type: ignore[no-any-return]
+
+
+def _results_key(preset: Preset) -> dict[str, Any]:
+    """The settings that determine results already on disk: everything but which models and
+    stages a call runs."""
+    d = preset_to_dict(preset)
+    for key in ("models", "description"):
+        d.pop(key, None)
+    d["audit"].pop("enabled", None)
+    d["attacks"].pop("transfer_from", None)
+    d["attacks"].pop("sweep_model", None)
+    return d
+
+
+def check_same_preset(out: Path, preset: Preset, force: bool) -> None:
+    """Refuse to mix two different studies in one folder (unless ``force``): the settings and
+    the defense of every model present in both must agree; running a subset of the models or
+    skipping a stage is fine. Then record the union of both grids in ``preset.json``."""
+    saved = out / PRESET_FILE
+    if saved.exists() and not force:
+        try:
+            before: Preset | None = preset_from_dict(read_json(saved), str(saved))
+        except EpslError:
+            before = None
+        same_models = before is not None and all(
+            m.defense == before.model(m.name).defense for m in preset.models
+            if m.name in {b.name for b in before.models})
+        if before is None or not same_models or _results_key(before) != _results_key(preset):
+            raise EpslError(f"{out} holds a study made with other settings (see {saved}); "
+                            "use another --out or pass --force to recompute")
+        merged = {m.name: m for m in before.models}
+        merged.update({m.name: m for m in preset.models})
+        preset = replace(preset, models=tuple(merged.values()))
+    write_json(saved, preset_to_dict(preset))

@@ -1,0 +1,236 @@
+"""The one owner of every result epsl writes to disk: fixed file names, a schema version, a
+provenance, ``save`` and ``load``, and one question: *was this made from this checkpoint, these
+examples and these settings?* (:func:`reusable`).
+
+A result folder holds the result's table(s) and one JSON record (RobustBench keeps one JSON
+record per result, so do we)::
+
+    {"schema": "epsl.attack", "schema_version": 1,
+     "provenance": {"checkpoint": ..., "checkpoint_sha256": ..., "model": {...},
+                    "data": {"dataset", "split", "source", "n", "sha256"},
+                    "settings": {...}, "source": null | {"checkpoint", "checkpoint_sha256"},
+                    "device", "epsl_version", "torch_version", "command"},
+     ...the result's own numbers (n, accuracies, verdict, ...)}
+
+The record is written last, after every table, so a folder with a record is complete. Reuse is
+decided by :meth:`Provenance.key`: the checkpoint's content hash (not its path), the dataset,
+split, number and content hash of the examples, the transfer source's hash and the settings
+that made the result; never by ε alone. The device, versions and command line are kept for the
+reader but do not decide reuse.
+
+This module is torch-free (``epsl.analysis`` reads through it); the torch side builds a
+provenance in one place, :func:`epsl.context.provenance`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from epsl.errors import EpslError
+from epsl.io import check_out_dir, read_json, read_table, to_json, write_json, write_table
+
+TABLE_FORMATS = ("csv", "parquet")
+
+#: The command line of the running ``epsl`` command (set by the CLI), stored in provenance.
+COMMAND: contextvars.ContextVar[str | None] = contextvars.ContextVar("epsl_command",
+                                                                     default=None)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One result type: its JSON record, its table and any other file it owns, and the
+    version of its schema (raise it when the layout changes; readers refuse other versions)."""
+
+    name: str
+    record: str
+    table: str | None
+    version: int = 1
+    extra: tuple[str, ...] = ()
+
+    def files(self, table_format: str = "csv") -> list[str]:
+        """The names this result writes in its folder (for overwrite checks)."""
+        tables = [f"{self.table}.{table_format}"] if self.table else []
+        return [*tables, *self.extra, self.record]
+
+
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (
+    Kind("diagnostics", "diagnostics.json", "diagnostics", extra=("diagnostics.safetensors",)),
+    Kind("attack", "attack.json", "attack"),
+    Kind("audit", "audit.json", "audit"),
+    Kind("activations", "activations.json", "activations"),
+    Kind("landscape", "landscape.json", "landscape"),
+    Kind("comparison", "compare.json", None,
+         extra=("comparison.csv", "comparison.md", "report.html")),
+)}
+
+
+def kind(name: str) -> Kind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise EpslError(f"unknown result kind {name!r}; known: {', '.join(KINDS)}") from None
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` as JSON would give it back (tuples as lists, paths as strings), so that two
+    provenances compare equal exactly when their records on disk do."""
+    return json.loads(to_json(obj))
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a result came from: the model (path, content hash, metadata), the examples
+    (dataset, split, source, count, content hash), the settings that made it, and, for the
+    reader, the device, versions and command line."""
+
+    checkpoint: str
+    checkpoint_sha256: str
+    data: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] | None = None
+    device: str = ""
+    epsl_version: str = ""
+    torch_version: str = ""
+    command: str | None = None
+
+    def key(self) -> dict[str, Any]:
+        """What decides reuse: content hashes, the examples and the settings, not paths."""
+        data = {k: self.data.get(k) for k in ("dataset", "split", "n", "sha256")}
+        source = None if self.source is None else self.source.get("checkpoint_sha256")
+        return _plain({"checkpoint_sha256": self.checkpoint_sha256, "data": data,
+                       "source_sha256": source, "settings": self.settings})
+
+    def same_origin(self, other: Provenance) -> bool:
+        """Whether a result made under ``other`` is the result this provenance asks for."""
+        return self.key() == other.key()
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(asdict(self))
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], where: str = "record") -> Provenance:
+        try:
+            return cls(**{k: raw[k] for k in raw if k in cls.__dataclass_fields__})
+        except TypeError as exc:
+            raise EpslError(f"{where}: provenance is incomplete ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Result:
+    """One result loaded from (or about to be saved to) a folder: its kind, provenance, the
+    record's own numbers (``summary``) and its table."""
+
+    kind: str
+    summary: dict[str, Any]
+    provenance: Provenance | None = None
+    table: pd.DataFrame | None = None
+    folder: Path | None = None
+
+    @property
+    def model(self) -> dict[str, Any]:
+        """The checkpoint metadata the result was made from ({} when unknown)."""
+        return dict(self.provenance.model) if self.provenance is not None else {}
+
+    def record(self) -> dict[str, Any]:
+        spec = kind(self.kind)
+        return {"schema": f"epsl.{spec.name}", "schema_version": spec.version,
+                "provenance": None if self.provenance is None else self.provenance.to_dict(),
+                **_plain(self.summary)}
+
+    def save(self, folder: Path | str, *, table_format: str = "csv",
+             overwrite: bool = True) -> list[Path]:
+        """Write the table, then the record (atomically each; the record last, so that its
+        presence means the folder is complete). Return the paths written."""
+        spec = kind(self.kind)
+        if table_format not in TABLE_FORMATS:
+            raise EpslError(f"tables are written as {' or '.join(TABLE_FORMATS)}")
+        try:  # fail before writing anything if it does not serialise
+            record = self.record()
+        except (TypeError, ValueError) as exc:
+            raise EpslError(f"the {spec.name} record does not serialise ({exc})") from None
+        folder = check_out_dir(folder, spec.files(table_format), overwrite)
+        written = []
+        if spec.table is not None and self.table is not None:
+            for other in TABLE_FORMATS:  # one table per result: drop a stale other format
+                if other != table_format:
+                    (folder / f"{spec.table}.{other}").unlink(missing_ok=True)
+            written.append(write_table(self.table, folder / f"{spec.table}.{table_format}"))
+        write_json(folder / spec.record, record)
+        return [*written, folder / spec.record]
+
+
+def record_path(folder: Path | str, name: str) -> Path:
+    return Path(folder) / kind(name).record
+
+
+def load(folder: Path | str, name: str, *, table: bool = True) -> Result:
+    """Read the result of kind ``name`` in ``folder``. A record of another kind or schema
+    version, or one whose table is missing, is a one-line :class:`EpslError`."""
+    spec = kind(name)
+    folder = Path(folder)
+    path = folder / spec.record
+    raw = read_json(path)
+    if not isinstance(raw, dict) or "schema" not in raw:
+        raise EpslError(f"{path}: not an epsl {spec.name} record (no schema; written by an "
+                        "older epsl or another tool); recompute it")
+    if raw.get("schema") != f"epsl.{spec.name}" or raw.get("schema_version") != spec.version:
+        raise EpslError(f"{path}: unknown schema {raw.get('schema')!r} version "
+                        f"{raw.get('schema_version')!r}; this epsl reads epsl.{spec.name} "
+                        f"version {spec.version}")
+    summary = {k: v for k, v in raw.items()
+               if k not in ("schema", "schema_version", "provenance")}
+    prov = raw.get("provenance")
+    provenance = Provenance.from_dict(prov, str(path)) if isinstance(prov, dict) else None
+    frame = None
+    if table and spec.table is not None:
+        tables = [folder / f"{spec.table}.{fmt}" for fmt in TABLE_FORMATS
+                  if (folder / f"{spec.table}.{fmt}").is_file()]
+        if not tables:
+            raise EpslError(f"{path}: its table {spec.table}.csv is missing")
+        frame = read_table(tables[0])
+    return Result(spec.name, summary, provenance, frame, folder)
+
+
+def reusable(folder: Path | str, name: str, provenance: Provenance) -> Result | None:
+    """The result of kind ``name`` in ``folder`` if it was made from the same checkpoint
+    content, examples, source and settings as ``provenance``; else ``None`` (no record, an
+    unreadable one, an unknown schema, or another origin)."""
+    if not record_path(folder, name).is_file():
+        return None
+    try:
+        found = load(folder, name)
+    except EpslError:
+        return None
+    if found.provenance is None or not found.provenance.same_origin(provenance):
+        return None
+    return found
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path | str) -> str:
+    """SHA-256 of a file's bytes (remembered per path, size and modification time)."""
+    path = Path(path)
+    stat = path.stat()
+    cache_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if cache_key not in _HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[cache_key] = digest.hexdigest()
+    return _HASHES[cache_key]
+
+
+__all__ = ["COMMAND", "KINDS", "Kind", "Provenance", "Result", "file_sha256", "kind", "load",
+           "record_path", "reusable"]
