@@ -19,13 +19,25 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     click.echo(f"Warning: {message}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Epsl(click.Group):
+    """The group, remembering the command line it runs for every result's provenance."""
+
+    def main(self, args: Any = None, *rest: Any, **options: Any) -> Any:
+        argv = [str(a) for a in args] if args is not None else sys.argv[1:]
+        token = COMMAND.set(shlex.join(["epsl", *argv]))
+        try:
+            return super().main(args, *rest, **options)
+        finally:
+            COMMAND.reset(token)
+
+
+@click.group(cls=_Epsl,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(epsl.__version__, prog_name="epsl")
 def main() -> None:
     """Robustness analysis for PyTorch classifiers around eps_L (Eq. 4 of Shafahi et al.):
     train defenses, compute eps_L diagnostics, attack, audit and render the paper's figures."""
     warnings.showwarning = _show_warning
-    COMMAND.set(shlex.join(["epsl", *sys.argv[1:]]))  # kept in every result's provenance
 
 
 def _register() -> None:

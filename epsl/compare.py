@@ -44,7 +44,7 @@ from epsl.diagnostics import diagnose
 from epsl.diagnostics.runs import diagnostics_result, save_diagnostics
 from epsl.errors import EpslError
 from epsl.io import check_out_dir
-from epsl.records import Result, kind, reusable
+from epsl.records import Result, file_sha256, kind, reusable
 
 PRODUCTS = kind("comparison").files()
 Progress = Callable[[str], None]
@@ -275,7 +275,7 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
         entries = [{**e, "png": f"figures/{e['png']}", "svg": f"figures/{e['svg']}"}
                    for e in render_all(runs, out / "figures", eps=config.eps)]
     models = {name: {"checkpoint": ev.checkpoint,
-                     "checkpoint_sha256": provenance(ev, {}).checkpoint_sha256}
+                     "checkpoint_sha256": file_sha256(ev.checkpoint)}
               for name, ev in zip(names, evaluations, strict=True)}
     record = {"config": dataclasses.asdict(config), "models": models, "reused": reused,
               "figures": entries, "epsl_version": epsl.__version__}

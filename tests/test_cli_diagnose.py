@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,9 @@ def test_diagnose_writes_table_summary_and_tensors(digits_checkpoint: Path, tmp_
     assert summary["config"]["data"]["limit"] == 40 and summary["config"]["chunk_size"] == 16
     assert origin["checkpoint"] == str(digits_checkpoint) and "epsl_version" in origin
     assert origin["checkpoint_sha256"] == hashlib.sha256(digits_checkpoint.read_bytes()).hexdigest()
-    assert origin["command"].startswith("epsl ")
+    assert origin["command"] == shlex.join(["epsl", "diagnose", str(digits_checkpoint), "--limit",
+                                             "40", "--eps", "0.1", "--eps", "8/255",
+                                             "--chunk-size", "16", "--out", str(out)])
     # the numbers are the library's on the same examples
     data = digits_test.subset(40)  # type: ignore[attr-defined]
     reference = diagnose(digits_model, data.x, data.y)
