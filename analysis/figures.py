@@ -44,10 +44,12 @@ from epsl.io import atomic_path
 
 from .metrics import (
     attack_accuracies,
+    clopper_pearson,
     main_eps,
     pick_eps,
     predicted_accuracy,
     strongest_setting,
+    with_intervals,
 )
 from .runs import Run, defense_kind, defense_params, logit_columns
 
@@ -516,8 +518,8 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
     chosen = [r for r in runs if r.attack is not None or r.diagnostics is not None]
     if not chosen:
         raise EpslError("no run has an attack or diagnostics table")
-    tables = {id(r): strongest_setting(attack_accuracies(r.attack)) for r in chosen
-              if r.attack is not None}
+    tables = {id(r): with_intervals(strongest_setting(attack_accuracies(r.attack)))
+              for r in chosen if r.attack is not None}
     settings = sorted({(a, loss, bool(t)) for table in tables.values()
                        for a, loss, t in zip(table["attack"], table["loss_name"],
                                              table["transfer"], strict=True)},
@@ -536,8 +538,12 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
             continue
         run = chosen[k]
         if run.diagnostics is not None:
-            ax.plot(grid, predicted_accuracy(run.diagnostics, grid), color="black",
-                    linewidth=2.4, zorder=3)
+            predicted = predicted_accuracy(run.diagnostics, grid)
+            n = len(run.diagnostics)
+            band = np.array([clopper_pearson(round(p * n), n) for p in predicted])
+            ax.fill_between(grid, band[:, 0], band[:, 1], color="black", alpha=0.12,
+                            linewidth=0, zorder=2)
+            ax.plot(grid, predicted, color="black", linewidth=2.4, zorder=3)
         for (attack, loss, transfer), group in tables.get(id(run), pd.DataFrame(
                 columns=["attack", "loss_name", "transfer"])).groupby(
                 ["attack", "loss_name", "transfer"]):
@@ -545,8 +551,9 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
             group = group.sort_values("eps")
             marker, line = _style(*key)
             names.setdefault(key, _setting_name(*key, int(group["steps"].max())))
-            ax.plot(group["eps"], group["accuracy"], color=colors[key], marker=marker,
-                    linestyle=line, linewidth=1.3, markersize=5)
+            ax.errorbar(group["eps"], group["accuracy"], yerr=_yerr(group), color=colors[key],
+                        marker=marker, linestyle=line, linewidth=1.3, markersize=5,
+                        elinewidth=0.8, capsize=2)
         if eps is not None:
             ax.axvline(eps, color="grey", linestyle="--", linewidth=1)
         ax.set_title(run.label, fontsize=10)
@@ -556,15 +563,21 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
         ax.set_ylabel("accuracy" if k % cols == 0 else "")
     axes[0, 0].set(ylim=(-0.02, 1.02), xlim=(0, grid[-1]))
     handles = [Line2D([], [], color="black", linewidth=2.4)]
-    labels = ["Eq. 4 prediction: share with ε < ε_L"]
+    labels = ["Eq. 4 prediction: share with ε < ε_L (band: 95% interval)"]
     for key in settings:
         marker, line = _style(*key)
         handles.append(Line2D([], [], color=colors[key], marker=marker, linestyle=line))
         labels.append(names.get(key, _setting_name(*key)))
     _fig_legend(fig, handles, labels, where="lower")
-    fig.suptitle("Accuracy against ε: empirical attacks and the Eq. 4 prediction",
-                 fontsize=11, fontweight="bold")
+    fig.suptitle("Accuracy against ε: empirical attacks and the Eq. 4 prediction "
+                 "(bars and band: 95% Clopper–Pearson intervals)", fontsize=11,
+                 fontweight="bold")
     return fig
+
+
+def _yerr(group: pd.DataFrame) -> np.ndarray:
+    """Error bar lengths below and above each accuracy, from its ``lo``/``hi`` bounds."""
+    return np.vstack([group["accuracy"] - group["lo"], group["hi"] - group["accuracy"]])
 
 
 def _sweep(runs: Sequence[Run], key: str, eps: float | None) -> list[tuple[Run, pd.DataFrame]]:
@@ -573,7 +586,7 @@ def _sweep(runs: Sequence[Run], key: str, eps: float | None) -> list[tuple[Run, 
     other = "restarts" if key == "steps" else "steps"
     found = []
     for run in _attack_runs(runs):
-        table = attack_accuracies(run.attack)  # type: ignore[arg-type]
+        table = with_intervals(attack_accuracies(run.attack))  # type: ignore[arg-type]
         table = table[(table["attack"] == "pgd") & ~table["transfer"]]
         at = pick_eps(table["eps"], eps)
         if at is None:
@@ -606,8 +619,9 @@ def _fig_sweep(runs: Sequence[Run], key: str, eps: float | None) -> Figure:
             group = group.sort_values(key)
             marker, line = _style("pgd", str(loss), False)
             losses.add(str(loss))
-            ax.plot(group[key], group["accuracy"], color=color, marker=marker,
-                    linestyle=line, linewidth=1.5)
+            ax.errorbar(group[key], group["accuracy"], yerr=_yerr(group), color=color,
+                        marker=marker, linestyle=line, linewidth=1.5, elinewidth=0.8,
+                        capsize=2)
     ax.set_xscale("log")
     values = sorted({int(v) for _, t in found for v in t[key]})
     ax.set_xticks(values, [str(v) for v in values])
@@ -622,7 +636,7 @@ def _fig_sweep(runs: Sequence[Run], key: str, eps: float | None) -> Figure:
     other = "restarts" if key == "steps" else "steps"
     fixed = sorted({int(t["fixed"].iloc[0]) for _, t in found})
     eps_used = sorted({float(t["eps_used"].iloc[0]) for _, t in found})
-    ax.set(xlabel=f"PGD {key} (log scale)", ylabel="robust accuracy",
+    ax.set(xlabel=f"PGD {key} (log scale)", ylabel="robust accuracy (95% interval)",
            title=f"White-box PGD accuracy against {key} "
                  f"(ε = {', '.join(f'{e:g}' for e in eps_used)}, "
                  f"{other} = {', '.join(map(str, fixed))})")

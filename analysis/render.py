@@ -12,12 +12,13 @@ import epsl
 from epsl.io import check_out_dir, write_json, write_text
 
 from .figures import figure_specs, render_all, resolve_eps
+from .paired import paired_tests
 from .report import audit_notes, write_report
 from .runs import Run, load_runs
 from .tables import comparison_table, write_comparison
 
 PRODUCTS = ["figures.json", "config.json", "index.md", "comparison.csv", "comparison.md",
-            "report.html"]
+            "paired.csv", "report.html"]
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,13 @@ def render_runs(run_dirs: Sequence[Path | str], out: Path | str, *, eps: float |
     eps = resolve_eps(runs, eps)
     entries = render_all(runs, out, eps=eps)
     table = comparison_table(runs, eps=eps)
-    write_comparison(out, table)
+    paired = paired_tests(runs, eps) if eps is not None else None
+    write_comparison(out, table, paired=paired)
     config = {"epsl_version": epsl.__version__, "eps": eps,
               "runs": [{"path": str(r.path), "label": r.label, "tables": r.tables(),
                         "checkpoint": r.summary.get("checkpoint")} for r in runs]}
     report = write_report(out, table, entries, notes=audit_notes(runs), config=config,
+                          paired=paired,
                           title="epsl figures")
     write_json(out / "figures.json", entries)
     write_json(out / "config.json", config)

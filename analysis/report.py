@@ -18,6 +18,7 @@ import epsl
 from epsl.errors import EpslError
 from epsl.io import write_text
 
+from .paired import paired_html
 from .tables import to_html
 
 _CSS = """
@@ -84,8 +85,8 @@ def _run_notes(runs_notes: Mapping[str, Any]) -> str:
 
 def render_report(table: pd.DataFrame, figures: Sequence[Mapping[str, Any]], *,
                   base: Path | str = ".", title: str = "epsl comparison",
-                  notes: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None
-                  ) -> str:
+                  notes: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
+                  paired: pd.DataFrame | None = None) -> str:
     """The report as one HTML string. ``figures``: entries with ``name``, ``caption`` and
     either ``figure`` (a matplotlib Figure), ``png`` or ``svg`` (paths relative to ``base``)."""
     base = Path(base)
@@ -98,7 +99,16 @@ def render_report(table: pd.DataFrame, figures: Sequence[Mapping[str, Any]], *,
                 "saved setting (most steps, then restarts); <b>audit worst case</b> counts an "
                 "example as robust only if it survives every attack.</p>"]
     if len(table):
-        sections.append(f"<h2>Comparison{html.escape(eps_text)}</h2>{to_html(table)}")
+        sections.append(f"<h2>Comparison{html.escape(eps_text)}</h2>{to_html(table)}"
+                        '<p class="note">Every accuracy carries its 95% Clopper–Pearson '
+                        "interval.</p>")
+    if paired is not None and not paired.empty:
+        sections.append("<h2>Paired tests</h2>" + paired_html(paired)
+                        + '<p class="note">Each model against a reference on the same examples:'
+                        " the difference of worst-case robust accuracy in points with its 95% "
+                        "interval (Newcombe's score interval for paired proportions) and the "
+                        "exact McNemar p-value on the discordant examples; against Eq. 4, the "
+                        "model's empirical worst case minus its predicted accuracy.</p>")
     sections.append(_run_notes(notes or {}))
     if figures:
         sections.append("<h2>Figures</h2>")
@@ -118,12 +128,13 @@ def render_report(table: pd.DataFrame, figures: Sequence[Mapping[str, Any]], *,
 def write_report(out_dir: Path | str, table: pd.DataFrame,
                  figures: Sequence[Mapping[str, Any]], *, name: str = "report.html",
                  title: str = "epsl comparison", notes: Mapping[str, Any] | None = None,
-                 config: Mapping[str, Any] | None = None) -> Path:
+                 config: Mapping[str, Any] | None = None,
+                 paired: pd.DataFrame | None = None) -> Path:
     """Write ``out_dir/report.html`` atomically; figure paths are relative to ``out_dir``."""
     out_dir = Path(out_dir)
     path = out_dir / name
     write_text(path, render_report(table, figures, base=out_dir, title=title, notes=notes,
-                                   config=config))
+                                   config=config, paired=paired))
     return path
 
 

@@ -4,7 +4,10 @@ One row per model: its defense parameters (α, β, σ, adversarial training and 
 steps), train and test accuracy from the checkpoint, the clean accuracy and the Eq. 4 predicted
 accuracy (share of examples with ε < ε_L) on the evaluated examples, white-box FGSM and PGD
 accuracy on the cross-entropy and CW losses, black-box (transfer) accuracy, and the audit's
-worst case. Every accuracy is a mean over per-example rows.
+worst case. Every accuracy is a mean over per-example rows, and every one computed here from
+such rows carries its 95% Clopper–Pearson interval in ``<column>_lo`` and ``<column>_hi``
+(shown as ``76.9% [72.2, 81.1]``); train and test accuracy come from the checkpoint's metadata,
+without the rows an interval needs.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from epsl.io import write_table, write_text
 
 from .metrics import (
     attack_accuracies,
+    clopper_pearson,
     main_eps,
     pick_eps,
     predicted_accuracy,
     strongest_setting,
 )
+from .paired import paired_lines, paired_markdown
 from .runs import Run, defense_params
 
 #: Columns always present, in order; attack columns follow (see :func:`attack_column`).
@@ -96,6 +101,16 @@ def _table_eps(runs: Sequence[Run], eps: float | None) -> float | None:
     return None
 
 
+def _with_interval(row: dict[str, Any], column: str, k: int, n: int) -> None:
+    """``row[column] = k / n`` and its 95% Clopper–Pearson interval in ``column_lo/_hi``."""
+    row[column] = k / n if n else math.nan
+    row[f"{column}_lo"], row[f"{column}_hi"] = clopper_pearson(k, n)
+
+
+def _bounds(column: str) -> bool:
+    return column.endswith(("_lo", "_hi"))
+
+
 def comparison_row(run: Run, eps: float | None) -> dict[str, Any]:
     """One model's row of :func:`comparison_table` at attack radius ``eps``."""
     d = defense_params(run.meta)
@@ -116,10 +131,12 @@ def comparison_row(run: Run, eps: float | None) -> dict[str, Any]:
         "n": math.nan, "clean_accuracy": math.nan, "eps": eps, "eq4_predicted": math.nan,
     }
     if run.diagnostics is not None:
-        row["n"] = len(run.diagnostics)
-        row["clean_accuracy"] = float(run.diagnostics["correct"].astype(bool).mean())
+        n = row["n"] = len(run.diagnostics)
+        _with_interval(row, "clean_accuracy", int(run.diagnostics["correct"].astype(bool).sum()),
+                       n)
         if eps is not None:
-            row["eq4_predicted"] = predicted_accuracy(run.diagnostics, eps)
+            _with_interval(row, "eq4_predicted",
+                           round(predicted_accuracy(run.diagnostics, eps) * n), n)
     if run.attack is not None and eps is not None:
         settings = attack_accuracies(run.attack)
         at = pick_eps(settings["eps"], eps)
@@ -128,14 +145,15 @@ def comparison_row(run: Run, eps: float | None) -> dict[str, Any]:
             for record in strongest.itertuples():
                 column = attack_column(str(record.attack), str(record.loss_name),
                                        bool(record.transfer))
-                row[column] = float(record.accuracy)
+                _with_interval(row, column, round(float(record.accuracy) * int(record.n)),
+                               int(record.n))
                 if record.attack == "pgd" and not record.transfer:
                     row["pgd_steps"] = max(int(record.steps), int(row.get("pgd_steps", 0)))
     if run.audit is not None:
         audit_eps = _number(run.audit_summary.get("eps"))
         if eps is None or math.isnan(audit_eps) or np.isclose(audit_eps, eps):
             robust = run.audit["robust"].astype(str).str.lower().isin(["true", "1", "1.0"])
-            row["audit_worst"] = float(robust.mean())
+            _with_interval(row, "audit_worst", int(robust.sum()), len(robust))
             row["audit_n"] = len(run.audit)  # the audit may run on fewer examples than n
             if run.audit_summary.get("verdict"):
                 row["audit_verdict"] = str(run.audit_summary["verdict"])
@@ -156,21 +174,27 @@ def comparison_table(runs: Sequence[Run], *, eps: float | None = None) -> pd.Dat
     at = _table_eps(runs, eps)
     rows = [comparison_row(r, at) for r in runs]
     frame = pd.DataFrame(rows)
-    attacks = [c for c in frame.columns if c not in BASE_COLUMNS and c not in
+    attacks = [c for c in frame.columns if c not in BASE_COLUMNS and not _bounds(c) and c not in
                ("pgd_steps", "audit_worst", "audit_n", "audit_verdict")]
     attacks = [c for c in _FIRST_ATTACKS if c in attacks] + sorted(
         c for c in attacks if c not in _FIRST_ATTACKS and not c.startswith("transfer_")) + \
         sorted(c for c in attacks if c.startswith("transfer_"))
     tail = [c for c in ("pgd_steps", "audit_worst", "audit_n", "audit_verdict")
             if c in frame.columns]
-    return frame.reindex(columns=BASE_COLUMNS + attacks + tail)
+    order = [c for column in BASE_COLUMNS + attacks + tail
+             for c in (column, f"{column}_lo", f"{column}_hi")
+             if c == column or c in frame.columns]
+    return frame.reindex(columns=order)
 
 
-def _cell(column: str, value: Any) -> str:
+def _cell(column: str, value: Any, interval: tuple[Any, Any] | None = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if column not in _NOT_FRACTIONS:  # accuracies: train/test/clean/Eq. 4/attacks/audit
-        return f"{float(value):.1%}"
+        lo, hi = interval if interval is not None else (math.nan, math.nan)
+        if pd.isna(lo) or pd.isna(hi):
+            return f"{float(value):.1%}"
+        return f"{float(value):.1%} [{100 * float(lo):.1f}, {100 * float(hi):.1f}]"
     if column in ("steps", "n", "pgd_steps", "audit_n"):
         return f"{int(value):,}"
     if isinstance(value, float):
@@ -179,11 +203,21 @@ def _cell(column: str, value: Any) -> str:
 
 
 def format_table(table: pd.DataFrame, *, drop_empty: bool = True) -> pd.DataFrame:
-    """Strings for display: percentages, '–' for missing, headers with the paper's symbols.
-    Columns that are empty for every row are dropped (``drop_empty``)."""
-    columns = [c for c in table.columns if not (drop_empty and table[c].isna().all())]
-    shown = pd.DataFrame({_header(c): [_cell(c, v) for v in table[c]] for c in columns})
-    return shown
+    """Strings for display: percentages with their 95% interval (``76.9% [72.2, 81.1]``), '–'
+    for missing, headers with the paper's symbols. Columns that are empty for every row are
+    dropped (``drop_empty``)."""
+    columns = [c for c in table.columns if not _bounds(c)
+               and not (drop_empty and table[c].isna().all())]
+    return pd.DataFrame({_header(c): _cells(table, c) for c in columns})
+
+
+def _cells(table: pd.DataFrame, column: str) -> list[str]:
+    """One column's display strings, each accuracy with its interval when the table has it."""
+    lo, hi = f"{column}_lo", f"{column}_hi"
+    if lo in table.columns and hi in table.columns:
+        return [_cell(column, v, (a, b)) for v, a, b in zip(table[column], table[lo], table[hi],
+                                                             strict=True)]
+    return [_cell(column, v) for v in table[column]]
 
 
 def _markdown(shown: pd.DataFrame) -> str:
@@ -208,11 +242,14 @@ HEADLINE = [("model", "model"), ("clean_accuracy", "clean"), ("eq4_predicted", "
             ("transfer_pgd_cw", "transfer {pgd} (CW)"), ("audit_worst", "worst case, all attacks")]
 
 
-def headline(table: pd.DataFrame, *, source_run: str | None = None) -> str:
-    """The few columns a terminal can show, as Markdown, then one line per model with the
-    audit's verdict: what ``epsl reproduce`` ends with (the full table stays in
-    ``comparison.csv``/``.md``). ``source_run`` (the ``run`` whose adversarial examples the
-    transfer columns use) shows ``(source)`` in its own transfer cell."""
+def headline(table: pd.DataFrame, *, source_run: str | None = None,
+             paired: pd.DataFrame | None = None) -> str:
+    """The few columns a terminal can show, as Markdown with 95% intervals, then one line per
+    model with the audit's verdict and, with ``paired`` (:func:`~epsl.analysis.paired.
+    paired_tests`), each model's worst case against adversarial training and against Eq. 4:
+    what ``epsl reproduce`` ends with (the full table stays in ``comparison.csv``/``.md``).
+    ``source_run`` (the ``run`` whose adversarial examples the transfer columns use) shows
+    ``(source)`` in its own transfer cell."""
     steps = table["pgd_steps"].dropna() if "pgd_steps" in table else pd.Series(dtype=float)
     # the paper's PGD-k of the study: the k most models were attacked with (a model with a
     # steps sweep reports its longest PGD in the full table)
@@ -221,8 +258,8 @@ def headline(table: pd.DataFrame, *, source_run: str | None = None) -> str:
                if c in table.columns and table[c].notna().any()]
     shown = pd.DataFrame({
         header: ["(source)" if column.startswith("transfer_") and run == source_run
-                 else _cell(column, value) for run, value in zip(table["run"], table[column],
-                                                                  strict=True)]
+                 else cell for run, cell in zip(table["run"], _cells(table, column),
+                                                strict=True)]
         for column, header in columns})
     text = _markdown(shown)
     if "audit_verdict" in table and table["audit_verdict"].notna().any():
@@ -234,6 +271,14 @@ def headline(table: pd.DataFrame, *, source_run: str | None = None) -> str:
             on = f" ({int(n)} examples)" if isinstance(n, int | float) and n == n else ""
             verdict = row.audit_verdict if isinstance(row.audit_verdict, str) else "not audited"
             text += f"- {row.model}: {verdict}{on}\n"
+    if paired is not None and not paired.empty:
+        for against, title in (("adversarial training", "Worst case against adversarial "
+                                "training, in points (95% CI, exact McNemar p)"),
+                               ("Eq. 4", "Worst case minus Eq. 4's prediction, in points "
+                                "(positive: Eq. 4 is pessimistic)")):
+            lines = paired_lines(paired, against)
+            if lines:
+                text += f"\n{title}:\n" + "\n".join(lines) + "\n"
     return text
 
 
@@ -248,13 +293,23 @@ def to_html(table: pd.DataFrame) -> str:
 
 
 def write_comparison(out_dir: Path | str, table: pd.DataFrame, *,
-                     name: str = "comparison") -> dict[str, Path]:
-    """Write ``name.csv`` (raw fractions) and ``name.md`` (formatted) atomically."""
+                     name: str = "comparison", paired: pd.DataFrame | None = None
+                     ) -> dict[str, Path]:
+    """Write ``name.csv`` (raw fractions and interval bounds), ``name.md`` (formatted) and,
+    with ``paired`` (:func:`epsl.analysis.paired.paired_tests`), ``paired.csv``, atomically."""
     out_dir = Path(out_dir)
-    csv = write_table(table, out_dir / f"{name}.csv")
+    written = {"csv": write_table(table, out_dir / f"{name}.csv")}
     md = out_dir / f"{name}.md"
     eps = table["eps"].dropna()
     title = f"Comparison at ε = {float(eps.iloc[0]):g}" if len(eps) else "Comparison"
-    write_text(md, f"# {title}\n\nAccuracies are shares of the evaluated examples; Eq. 4 is the "
-                   "share with ε < ε_L.\n\n" + to_markdown(table))
-    return {"csv": csv, "md": md}
+    text = (f"# {title}\n\nAccuracies are shares of the evaluated examples with their 95% "
+            "Clopper–Pearson interval; Eq. 4 is the share with ε < ε_L.\n\n" + to_markdown(table))
+    if paired is not None and not paired.empty:
+        written["paired"] = write_table(paired, out_dir / "paired.csv")
+        text += ("\n## Paired tests\n\nWorst-case robust accuracy of each model against a "
+                 "reference on the same examples (difference in points, Newcombe's 95% interval "
+                 "for paired proportions, exact McNemar p-value); against Eq. 4: the empirical "
+                 "worst case minus the prediction.\n\n" + paired_markdown(paired))
+    write_text(md, text)
+    written["md"] = md
+    return written

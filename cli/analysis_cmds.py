@@ -95,9 +95,12 @@ def compare(checkpoints: tuple[str, ...], dataset: str | None, data: str | None,
         figures=not no_figures, seed=seed, device=device)
     result = run_compare(config, out, overwrite=overwrite,
                          progress=lambda msg: click.echo(msg, err=True))
+    from epsl.analysis.paired import paired_markdown
     from epsl.analysis.tables import to_markdown
 
     click.echo(to_markdown(result.table.drop(columns=["run", "dataset", "arch"])), nl=False)
+    if not result.paired.empty:
+        click.echo("\nPaired tests (exact McNemar):\n" + paired_markdown(result.paired), nl=False)
     click.echo(f"report: {result.report}")
 
 

@@ -34,6 +34,7 @@ import torch
 
 import epsl
 from epsl.analysis.figures import render_all
+from epsl.analysis.paired import paired_tests
 from epsl.analysis.report import audit_notes, write_report
 from epsl.analysis.runs import Run, load_runs
 from epsl.analysis.tables import comparison_table, write_comparison
@@ -108,6 +109,7 @@ class CompareResult:
     out: Path
     report: Path
     reused: dict[str, list[str]] = field(default_factory=dict)
+    paired: pd.DataFrame = field(default_factory=pd.DataFrame)  # paired_tests at eps
 
 
 def model_names(checkpoints: Sequence[str]) -> list[str]:
@@ -269,7 +271,8 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
                                       evaluation=ev)
     runs = load_runs([out / name for name in names])
     table = comparison_table(runs, eps=config.eps)
-    write_comparison(out, table)
+    paired = paired_tests(runs, eps=config.eps)
+    write_comparison(out, table, paired=paired)
     entries: list[dict[str, Any]] = []
     if config.figures:
         entries = [{**e, "png": f"figures/{e['png']}", "svg": f"figures/{e['svg']}"}
@@ -279,7 +282,7 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
               for name, ev in zip(names, evaluations, strict=True)}
     record = {"config": dataclasses.asdict(config), "models": models, "reused": reused,
               "figures": entries, "epsl_version": epsl.__version__}
-    report = write_report(out, table, entries, notes=audit_notes(runs),
+    report = write_report(out, table, entries, notes=audit_notes(runs), paired=paired,
                           config=record["config"], title="epsl compare")
     Result("comparison", record).save(out, overwrite=True)
-    return CompareResult(table, tuple(runs), out, report, reused)
+    return CompareResult(table, tuple(runs), out, report, reused, paired)

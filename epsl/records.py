@@ -68,7 +68,7 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     Kind("activations", "activations.json", "activations"),
     Kind("landscape", "landscape.json", "landscape"),
     Kind("comparison", "compare.json", None,
-         extra=("comparison.csv", "comparison.md", "report.html")),
+         extra=("comparison.csv", "comparison.md", "paired.csv", "report.html")),
 )}
 
 

@@ -199,7 +199,8 @@ def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: 
     say("diagnostics, attacks, comparison, figures and report")
     compare(config, runs, overwrite=True, progress=lambda m: say(f"  {m}"))
     for name in PRODUCTS:
-        shutil.copyfile(runs / name, out / name)
+        if (runs / name).is_file():  # paired.csv only when there is a pair to test
+            shutil.copyfile(runs / name, out / name)
     if (out / "figures").exists():
         shutil.rmtree(out / "figures")
     shutil.copytree(runs / "figures", out / "figures")
@@ -215,7 +216,9 @@ def stage_headline(preset: Preset, out: Path, recompute: bool) -> str:
     path = out / "headline.md"
     if not recompute and path.exists():
         return path.read_text()
-    text = headline(read_table(out / "comparison.csv"), source_run=preset.attacks.transfer_from)
+    paired = read_table(out / "paired.csv") if (out / "paired.csv").is_file() else None
+    text = headline(read_table(out / "comparison.csv"), source_run=preset.attacks.transfer_from,
+                    paired=paired)
     write_text(path, text)
     return text
 

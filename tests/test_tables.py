@@ -6,9 +6,13 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import binomtest
 
+from epsl.analysis.metrics import mcnemar
+from epsl.analysis.paired import paired_tests
 from epsl.analysis.runs import Run, load_runs
 from epsl.analysis.synthetic import write_synthetic_run
 from epsl.analysis.tables import comparison_table, format_table, to_markdown, write_comparison
@@ -133,7 +137,9 @@ def test_markdown_and_csv(runs: list[Run], tmp_path: Path) -> None:
                  "audit worst case"):
         assert f" {name} " in header
     shown = format_table(table).set_index("run")
-    assert shown.loc["pgd", "PGD CW"] == f"{table.set_index('run').loc['pgd', 'pgd_cw']:.1%}"
+    pgd = table.set_index("run").loc["pgd"]
+    assert shown.loc["pgd", "PGD CW"] == (f"{pgd['pgd_cw']:.1%} [{100 * pgd['pgd_cw_lo']:.1f}, "
+                                          f"{100 * pgd['pgd_cw_hi']:.1f}]")
     assert shown.loc["natural", "adv ε"] == "–"
     assert "# Comparison at ε = 0.3" in paths["md"].read_text()
 
@@ -192,3 +198,97 @@ def test_compare_against_an_independent_fgsm(digits_checkpoint: Path, digits_mod
     assert again.exit_code == 0, again.output
     record = json.loads((out / "compare.json").read_text())
     assert record["reused"] == {"natural": ["diagnostics", "attacks"]}
+
+
+# ------------------------------------------------------------------ uncertainty
+
+
+def _exact(k: int, n: int) -> tuple[float, float]:
+    """Clopper–Pearson from scipy, called here independently of epsl."""
+    interval = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    return interval.low, interval.high
+
+
+def test_every_accuracy_carries_its_clopper_pearson_interval(runs: list[Run],
+                                                             run_dirs: list[Path]) -> None:
+    table = comparison_table(runs, eps=0.3).set_index("run")
+    for run_dir in run_dirs:
+        row = table.loc[run_dir.name]
+        diag = pd.read_csv(run_dir / "diagnostics.csv")
+        checks = {"clean_accuracy": (int(diag["correct"].map(truth).sum()), len(diag)),
+                  "eq4_predicted": (int((diag["eps_l"] > 0.3).sum()), len(diag))}
+        attack = pd.read_csv(run_dir / "attacks" / "attack.csv", keep_default_na=False)
+        fgsm = attack[(attack.attack == "fgsm") & (attack.loss_name == "xent")
+                      & (attack.eps == 0.3) & (attack.source == "")]
+        checks["fgsm_xent"] = (int(fgsm["correct"].map(truth).sum()), len(fgsm))
+        audit = pd.read_csv(run_dir / "audit" / "audit.csv")
+        checks["audit_worst"] = (int(audit["robust"].map(truth).sum()), len(audit))
+        for column, (k, n) in checks.items():
+            lo, hi = _exact(k, n)
+            assert row[column] == pytest.approx(k / n)
+            assert (row[f"{column}_lo"], row[f"{column}_hi"]) == pytest.approx((lo, hi)), column
+            assert lo <= row[column] <= hi
+        # every accuracy column has its bounds, and only those
+        bounds = {c[:-3] for c in table.columns if c.endswith(("_lo", "_hi"))}
+        assert bounds == {c for c in table.columns if c in bounds}
+        assert {"clean_accuracy", "eq4_predicted", "fgsm_xent", "pgd_cw", "transfer_pgd_cw",
+                "audit_worst"} <= bounds
+
+
+def _mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value by hand: 2 P(X <= min(b, c)), X ~ Bin(b + c, 1/2)."""
+    d = b + c
+    if d == 0:
+        return 1.0
+    tail = sum(math.comb(d, i) for i in range(min(b, c) + 1)) / 2 ** d
+    return min(1.0, 2 * tail)
+
+
+@pytest.mark.parametrize("a, b", [
+    ([1, 1, 0, 0, 1, 1, 1, 0, 1, 1, 0, 1], [1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]),
+    ([1, 0, 1, 0, 1], [1, 0, 1, 0, 1]),        # no discordant pair
+    ([1] * 7, [0] * 7),                        # every example discordant
+    ([0, 1] * 30, [1, 1] * 30),
+], ids=["mixed", "no-discordant", "all-discordant", "one-way"])
+def test_mcnemar_against_a_hand_computation(a: list[int], b: list[int]) -> None:
+    test = mcnemar(a, b)
+    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    assert (test.only_a, test.only_b, test.n) == (only_a, only_b, len(a))
+    assert test.p_value == pytest.approx(_mcnemar_p(only_a, only_b), rel=1e-12)
+    assert test.difference == pytest.approx((sum(b) - sum(a)) / len(a))
+    assert -1 <= test.difference_lo <= test.difference <= test.difference_hi <= 1
+    swapped = mcnemar(b, a)  # the same comparison the other way round
+    assert (swapped.difference_lo, swapped.difference_hi) == pytest.approx(
+        (-test.difference_hi, -test.difference_lo))
+    assert swapped.p_value == pytest.approx(test.p_value)
+
+
+def test_paired_interval_covers_the_truth_about_95_percent_of_the_time() -> None:
+    """Newcombe's interval, checked by simulation: correlated pairs with a known difference."""
+    rng = np.random.default_rng(0)
+    n, trials, covered = 150, 600, 0
+    for _ in range(trials):
+        shared = rng.random(n)
+        a = shared < 0.70
+        b = (shared < 0.62) | (rng.random(n) < 0.12)  # P(b) = 0.62 + 0.38 * 0.12
+        test = mcnemar(a, b)
+        covered += test.difference_lo <= (0.62 + 0.38 * 0.12) - 0.70 <= test.difference_hi
+    assert 0.92 <= covered / trials <= 0.98
+
+
+def test_paired_tests_pair_the_examples(runs: list[Run], run_dirs: list[Path]) -> None:
+    paired = paired_tests(runs, eps=0.3)
+    against = paired.groupby("against")["run"].apply(list).to_dict()
+    assert against["natural"] == ["ls+noise", "lsq+noise", "pgd"]
+    assert against["adversarial training"] == ["natural", "ls+noise", "lsq+noise"]
+    assert against["Eq. 4"] == KINDS
+    row = paired[(paired.against == "natural") & (paired.run == "pgd")].iloc[0]
+    robust = {d.name: pd.read_csv(d / "audit" / "audit.csv").set_index("index")["robust"]
+              .map(truth) for d in run_dirs}
+    ref, mine = robust["natural"].align(robust["pgd"], join="inner")
+    assert row["only_model"] == int((mine & ~ref).sum())
+    assert row["only_reference"] == int((ref & ~mine).sum())
+    assert row["p_value"] == pytest.approx(_mcnemar_p(int(row["only_model"]),
+                                                      int(row["only_reference"])))
+    assert row["difference"] == pytest.approx(mine.mean() - ref.mean())
