@@ -58,7 +58,8 @@ def render_runs(run_dirs: Sequence[Path | str], out: Path | str, *, eps: float |
                         "checkpoint": r.summary.get("checkpoint")} for r in runs]}
     report = write_report(out, table, entries, notes=audit_notes(runs), config=config,
                           paired=paired,
-                          title="epsl figures")
+                          title=f"Results of {len(runs)} runs"
+                          + (f" at ε = {eps:g}" if eps is not None else ""))
     write_json(out / "figures.json", entries)
     write_json(out / "config.json", config)
     write_text(out / "index.md", _index_markdown(entries, runs))

@@ -23,7 +23,16 @@ from .tables import to_html
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;
-max-width:1200px;padding:0 1rem;color:#222}
+max-width:1360px;padding:0 1rem;color:#222}
+p.question{font-size:1rem;max-width:62rem}
+table.headline{border-collapse:collapse;font-size:.85rem}
+table.headline th,table.headline td{border:1px solid #ccc;padding:.25rem .45rem;text-align:right;
+white-space:nowrap}
+table.headline th{background:#f3f3f3;white-space:normal}
+table.headline td:first-child,table.headline td:last-child,table.headline th:first-child,
+table.headline th:last-child{text-align:left}
+table.headline td:last-child{white-space:normal;max-width:16rem}
+ul.answers{font-size:.9rem;max-width:70rem}
 h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
 table.comparison{border-collapse:collapse;font-size:.82rem;display:block;overflow-x:auto}
 table.comparison th,table.comparison td{border:1px solid #ccc;padding:.25rem .45rem;
@@ -65,6 +74,95 @@ def _embed(entry: Mapping[str, Any], base: Path) -> str:
     return f'<img alt="{alt}" src="data:image/png;base64,{encoded}">'
 
 
+QUESTION = ("Shafahi et al. ask whether label smoothing and logit squeezing, with Gaussian noise, "
+            "are a replacement for adversarial training, and whether the robustness they give "
+            "is real or gradient masking. Below: every model's accuracy under the paper's "
+            "attacks and under every attack of the audit, each with its 95% interval, and the "
+            "paired test of its worst case against adversarial training.")
+
+_LEAD = [("clean_accuracy", "clean"), ("eq4_predicted", "Eq. 4 predicted"),
+         ("attacks_worst", "paper's attacks (worst)"), ("audit_worst", "all attacks (worst)")]
+
+
+def _pct(row: Mapping[str, Any], column: str) -> str:
+    value = row.get(column)
+    if value is None or pd.isna(value):
+        return "–"
+    lo, hi = row.get(f"{column}_lo"), row.get(f"{column}_hi")
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return f"{float(value):.1%}"
+    return f"{float(value):.1%} [{100 * float(lo):.1f}, {100 * float(hi):.1f}]"
+
+
+def _p_text(p: float) -> str:
+    return "p < 0.001" if p < 1e-3 else f"p = {p:.3f}"
+
+
+def _versus(test: Mapping[str, Any] | None) -> str:
+    """``+1.2 [-0.3, +2.7], p = 0.123``: a paired difference in points with its interval."""
+    if test is None:
+        return "–"
+    return (f"{100 * test['difference']:+.1f} [{100 * test['difference_lo']:+.1f}, "
+            f"{100 * test['difference_hi']:+.1f}], {_p_text(float(test['p_value']))}")
+
+
+def _sentence(row: Mapping[str, Any], test: Mapping[str, Any] | None,
+              eq4: Mapping[str, Any] | None) -> str:
+    """What the numbers of one model support, in one sentence (significant: p < 0.05)."""
+    column = "audit_worst" if pd.notna(row.get("audit_worst")) else "attacks_worst"
+    what = "every attack of the audit" if column == "audit_worst" else "the paper's attacks"
+    parts = [f"robust to {what} on {_pct(row, column)} of the examples"]
+    if test is not None:
+        if float(test["p_value"]) < 0.05:
+            side = "below" if test["difference"] < 0 else "above"
+            parts.append(f"significantly {side} adversarial training ({_versus(test)})")
+        else:
+            parts.append(f"not distinguishable from adversarial training on these examples "
+                         f"({_versus(test)})")
+    if eq4 is not None:
+        if float(eq4["p_value"]) < 0.05:
+            side = "pessimistic" if eq4["difference"] > 0 else "optimistic"
+            parts.append(f"Eq. 4 is {side} for it ({_versus(eq4)})")
+        else:
+            parts.append(f"Eq. 4 predicts its worst case within the noise ({_versus(eq4)})")
+    verdict = row.get("audit_verdict")
+    if isinstance(verdict, str) and verdict:
+        parts.append(f"audit: {verdict}")
+    return (f"<li><b>{html.escape(str(row.get('model')))}</b>: "
+            f"{html.escape('; '.join(parts))}.</li>")
+
+
+def _lead(table: pd.DataFrame, paired: pd.DataFrame | None, question: str) -> str:
+    """The first screen: the question, a compact table with intervals and the paired test
+    against adversarial training, and one sentence per model."""
+    tests = {} if paired is None or paired.empty else {
+        (r["run"], r["against"]): r for r in paired.to_dict("records")}
+    columns = [(c, h) for c, h in _LEAD if c in table.columns and table[c].notna().any()]
+    versus = any(against == "adversarial training" for _, against in tests)
+    reference = next((r["reference"] for r in tests.values()
+                      if r["against"] == "adversarial training"), None)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in
+                   ["model", *(h for _, h in columns)]
+                   + (["vs adversarial training, points [95% CI]"] if versus else [])
+                   + (["audit verdict"] if "audit_verdict" in table.columns else []))
+    rows, sentences = [], []
+    for row in table.to_dict("records"):
+        cells = [html.escape(str(row.get("model")))] + [_pct(row, c) for c, _ in columns]
+        if versus:
+            test = tests.get((row.get("run"), "adversarial training"))
+            cells.append("reference" if test is None and row.get("model") == reference
+                         else _versus(test))
+        if "audit_verdict" in table.columns:
+            verdict = row.get("audit_verdict")
+            cells.append(str(verdict) if isinstance(verdict, str) else "–")
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        sentences.append(_sentence(row, tests.get((row.get("run"), "adversarial training")),
+                                   tests.get((row.get("run"), "Eq. 4"))))
+    return (f'<p class="question">{html.escape(question)}</p>'
+            f'<table class="headline"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}'
+            f"</tbody></table><ul class=\"answers\">{''.join(sentences)}</ul>")
+
+
 def _run_notes(runs_notes: Mapping[str, Any]) -> str:
     parts = []
     for model, note in runs_notes.items():
@@ -86,14 +184,16 @@ def _run_notes(runs_notes: Mapping[str, Any]) -> str:
 def render_report(table: pd.DataFrame, figures: Sequence[Mapping[str, Any]], *,
                   base: Path | str = ".", title: str = "epsl comparison",
                   notes: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
-                  paired: pd.DataFrame | None = None) -> str:
+                  paired: pd.DataFrame | None = None, question: str = QUESTION) -> str:
     """The report as one HTML string. ``figures``: entries with ``name``, ``caption`` and
     either ``figure`` (a matplotlib Figure), ``png`` or ``svg`` (paths relative to ``base``)."""
     base = Path(base)
     eps = table["eps"].dropna() if "eps" in table.columns else pd.Series(dtype=float)
     eps_text = f" at ε = {float(eps.iloc[0]):g} (pixel units, [0,1] scale)" if len(eps) else ""
-    sections = [f"<h1>{html.escape(title)}</h1>",
-                f'<p class="note">epsl {html.escape(epsl.__version__)}. Accuracies are shares of '
+    sections = [f"<h1>{html.escape(title)}</h1>"]
+    if len(table):
+        sections.append(_lead(table, paired, question))
+    sections += [f'<p class="note">epsl {html.escape(epsl.__version__)}. Accuracies are shares of '
                 "the evaluated examples; <b>Eq. 4</b> is the share of examples with ε &lt; ε_L "
                 "(the prediction of Shafahi et al., Table 1); attack columns use the strongest "
                 "saved setting (most steps, then restarts); <b>audit worst case</b> counts an "

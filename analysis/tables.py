@@ -26,6 +26,7 @@ from epsl.io import write_table, write_text
 from .metrics import (
     attack_accuracies,
     clopper_pearson,
+    is_transfer,
     main_eps,
     pick_eps,
     predicted_accuracy,
@@ -40,13 +41,14 @@ BASE_COLUMNS = ["model", "run", "dataset", "arch", "alpha", "beta", "sigma", "ad
                 "eps", "eq4_predicted"]
 _FIRST_ATTACKS = ["fgsm_xent", "fgsm_cw", "pgd_xent", "pgd_cw"]
 _FRACTIONS = {"train_accuracy", "test_accuracy", "clean_accuracy", "eq4_predicted",
-              "audit_worst"}
+              "attacks_worst", "audit_worst"}
 _NOT_FRACTIONS = (set(BASE_COLUMNS) - _FRACTIONS) | {"pgd_steps", "audit_n", "audit_verdict"}
 HEADERS = {"model": "model", "run": "run", "dataset": "data", "arch": "arch", "alpha": "α",
            "beta": "β", "sigma": "σ", "adv": "adv", "adv_eps": "adv ε", "kappa": "κ",
            "steps": "k (steps)", "train_accuracy": "train", "test_accuracy": "test", "n": "n",
            "clean_accuracy": "clean", "eps": "ε", "eq4_predicted": "Eq. 4",
-           "pgd_steps": "PGD steps", "audit_worst": "audit worst case", "audit_n": "audit n",
+           "pgd_steps": "PGD steps", "attacks_worst": "worst of these attacks",
+           "audit_worst": "audit worst case", "audit_n": "audit n",
            "audit_verdict": "audit verdict"}
 
 
@@ -111,6 +113,22 @@ def _bounds(column: str) -> bool:
     return column.endswith(("_lo", "_hi"))
 
 
+def _survived(attack: pd.DataFrame, settings: pd.DataFrame) -> pd.Series:
+    """Per example, whether it survives every one of ``settings`` (rows of
+    :func:`attack_accuracies`): the worst case over the table's attack columns."""
+    frame = attack.assign(transfer=is_transfer(attack))
+    frame = frame.assign(correct=frame["correct"].astype(str).str.lower()
+                         .isin(["true", "1", "1.0"]),
+                         attack=frame["attack"].astype(str).str.lower()
+                         .str.removeprefix("transfer-"),
+                         loss_name=frame["loss_name"].astype(str).str.lower())
+    keys = ["attack", "loss_name", "steps", "restarts", "transfer"]
+    chosen = frame.merge(settings[keys + ["eps"]].drop_duplicates(), on=keys, how="inner",
+                         suffixes=("", "_chosen"))
+    chosen = chosen[np.isclose(chosen["eps"].astype(float), chosen["eps_chosen"].astype(float))]
+    return chosen.groupby("index")["correct"].all()
+
+
 def comparison_row(run: Run, eps: float | None) -> dict[str, Any]:
     """One model's row of :func:`comparison_table` at attack radius ``eps``."""
     d = defense_params(run.meta)
@@ -149,6 +167,8 @@ def comparison_row(run: Run, eps: float | None) -> dict[str, Any]:
                                int(record.n))
                 if record.attack == "pgd" and not record.transfer:
                     row["pgd_steps"] = max(int(record.steps), int(row.get("pgd_steps", 0)))
+            survived = _survived(run.attack, strongest)
+            _with_interval(row, "attacks_worst", int(survived.sum()), len(survived))
     if run.audit is not None:
         audit_eps = _number(run.audit_summary.get("eps"))
         if eps is None or math.isnan(audit_eps) or np.isclose(audit_eps, eps):
@@ -175,11 +195,11 @@ def comparison_table(runs: Sequence[Run], *, eps: float | None = None) -> pd.Dat
     rows = [comparison_row(r, at) for r in runs]
     frame = pd.DataFrame(rows)
     attacks = [c for c in frame.columns if c not in BASE_COLUMNS and not _bounds(c) and c not in
-               ("pgd_steps", "audit_worst", "audit_n", "audit_verdict")]
+               ("pgd_steps", "attacks_worst", "audit_worst", "audit_n", "audit_verdict")]
     attacks = [c for c in _FIRST_ATTACKS if c in attacks] + sorted(
         c for c in attacks if c not in _FIRST_ATTACKS and not c.startswith("transfer_")) + \
         sorted(c for c in attacks if c.startswith("transfer_"))
-    tail = [c for c in ("pgd_steps", "audit_worst", "audit_n", "audit_verdict")
+    tail = [c for c in ("pgd_steps", "attacks_worst", "audit_worst", "audit_n", "audit_verdict")
             if c in frame.columns]
     order = [c for column in BASE_COLUMNS + attacks + tail
              for c in (column, f"{column}_lo", f"{column}_hi")

@@ -86,6 +86,7 @@ class CompareConfig:
     seed: int = 0
     batch_size: int | None = 256
     device: str = "auto"
+    title: str | None = None  # of the report (default: what is compared, at which eps)
 
     def __post_init__(self) -> None:
         if not self.checkpoints:
@@ -283,6 +284,8 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
     record = {"config": dataclasses.asdict(config), "models": models, "reused": reused,
               "figures": entries, "epsl_version": epsl.__version__}
     report = write_report(out, table, entries, notes=audit_notes(runs), paired=paired,
-                          config=record["config"], title="epsl compare")
+                          config=record["config"],
+                          title=config.title or f"Comparison of {len(names)} models at "
+                                                f"ε = {config.eps:g}")
     Result("comparison", record).save(out, overwrite=True)
     return CompareResult(table, tuple(runs), out, report, reused, paired)

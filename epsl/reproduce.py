@@ -195,7 +195,9 @@ def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: 
         limit=preset.limit, source=str(checkpoints[transfer]) if transfer else None,
         pgd_steps=preset.attacks.pgd_steps, restarts=preset.attacks.restarts,
         step_size=preset.attacks.pgd_step_size, eps_grid=preset.eps_grid,
-        audit=False, figures=True, seed=preset.train.seed, device=preset.device)
+        audit=False, figures=True, seed=preset.train.seed, device=preset.device,
+        title=f"The {preset.name} study: {preset.description}" if preset.description
+        else f"The {preset.name} study")
     say("diagnostics, attacks, comparison, figures and report")
     compare(config, runs, overwrite=True, progress=lambda m: say(f"  {m}"))
     for name in PRODUCTS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from epsl.analysis.figures import fig_eps_l_panels, fig_logits, save_figure
+from epsl.analysis.paired import paired_tests
 from epsl.analysis.report import audit_notes, write_report
 from epsl.analysis.runs import load_runs
 from epsl.analysis.synthetic import write_synthetic_run
@@ -61,9 +63,65 @@ def test_report_opens_in_headless_chromium(report: Path, tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr[-2000:]
     dom = result.stdout
     assert '<table class="comparison">' in dom
-    assert dom.count("<tr>") == 1 + 2  # header + one row per model
+    comparison = dom[dom.index('<table class="comparison">'):]
+    comparison = comparison[:comparison.index("</table>")]
+    assert comparison.count("<tr>") == 1 + 2  # header + one row per model
     assert dom.count('src="data:image/png;base64,') == 2
     assert "<svg" in dom and "epsl comparison" in dom
     console = [line for line in result.stderr.splitlines()
                if "CONSOLE" in line or "Uncaught" in line or "Failed to load" in line]
     assert not console, console
+
+
+@pytest.fixture(scope="module")
+def study_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A report of four defenses with audits and paired tests, as compare writes it."""
+    root = tmp_path_factory.mktemp("study")
+    runs = load_runs([write_synthetic_run(root / k, k, n=200, seed=i,
+                                          tables=("diagnostics", "attack", "audit"))
+                      for i, k in enumerate(["natural", "ls+noise", "lsq+noise", "pgd"])])
+    table = comparison_table(runs, eps=0.3)
+    return write_report(root / "out", table, [], notes=audit_notes(runs),
+                        paired=paired_tests(runs, eps=0.3), title="The digits study")
+
+
+def test_report_leads_with_the_answer(study_report: Path) -> None:
+    text = study_report.read_text()
+    assert "<title>The digits study</title>" in text
+    lead = text[:text.index("<h2>")]  # everything before the first section heading
+    assert "a replacement for adversarial training" in lead
+    assert '<table class="headline">' in lead and lead.count("<li><b>") == 4
+    assert "all attacks (worst)" in lead and "vs adversarial training" in lead
+    assert "<td>reference</td>" in lead  # the adversarially trained model itself
+    # every number of the first screen carries its interval
+    for cell in re.findall(r"<td>(\d+\.\d%[^<]*)</td>", lead):
+        assert re.fullmatch(r"\d+\.\d% \[\d+\.\d, \d+\.\d\]", cell), cell
+    assert lead.index('<table class="headline">') < text.index('<table class="comparison">')
+
+
+@needs_chromium
+def test_first_screen_shows_the_headline_without_scrolling_sideways(study_report: Path,
+                                                                    tmp_path: Path) -> None:
+    """At 1400x900 in headless Chromium: no horizontal scroll, the headline table (with the
+    verdicts in its last column) inside the first screen."""
+    page = tmp_path / "measure.html"
+    page.write_text(f"""<!DOCTYPE html><html><body style="margin:0">
+<iframe id="r" src="{study_report.as_uri()}" width="1400" height="900" style="border:0"></iframe>
+<pre id="out">pending</pre><script>
+document.getElementById("r").addEventListener("load", () => {{
+  const doc = document.getElementById("r").contentDocument;
+  const box = doc.querySelector("table.headline").getBoundingClientRect();
+  document.getElementById("out").textContent = JSON.stringify({{
+    width: doc.documentElement.scrollWidth, right: box.right, bottom: box.bottom}});
+}});</script></body></html>""")
+    chromium = shutil.which("chromium") or str(CHROMIUM)
+    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu",
+               "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+               "--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom",
+               page.as_uri()]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="out">(\{[^<]*\})</pre>', result.stdout)
+    assert found, result.stdout[-2000:] + result.stderr[-2000:]
+    box = json.loads(found.group(1))
+    assert box["width"] <= 1400 and box["right"] <= 1400 and box["bottom"] <= 900, box
