@@ -222,14 +222,15 @@ def evaluate_model(checkpoint: str, folder: Path, config: CompareConfig, *,
                    "source": config.source}
         Result("attack", summary, attacks, frame).save(folder / "attacks", overwrite=True)
     if config.audit:
-        settings_ = audit_config(config)
-        audited_by = provenance(ev, audit_settings(settings_, config.eps), source=config.source)
+        audit_with = audit_config(config)
+        audited_by = provenance(ev, audit_settings(audit_with, config.eps),
+                                source=config.source)
         if reusable(folder / "audit", "audit", audited_by):
             reused.append("audit")
         else:
             say(f"{folder.name}: audit at eps={config.eps:g}")
             audited = audit(ev.model, ev.data.x, ev.data.y, eps=config.eps,
-                            source=source_model, config=settings_)
+                            source=source_model, config=audit_with)
             audited.save(folder / "audit", provenance=audited_by)
     return reused
 

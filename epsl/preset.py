@@ -68,10 +68,16 @@ class TrainSettings:
     optimizer: str = "auto"
     lr: float | None = None
     weight_decay: float | None = None
-    seed: int = 0
+    seed: int = 0  # the main training seed: its models get the whole study
+    extra_seeds: tuple[int, ...] = ()  # every model trained again under each, evaluated with
+    #                                    Eq. 4 and the paper's attacks at eps (mean and sd)
 
     def __post_init__(self) -> None:
         from epsl.train import OPTIMIZERS
+
+        seeds = [self.seed, *self.extra_seeds]
+        if len(set(seeds)) != len(seeds):
+            raise EpslError(f"{self.SECTION}seed and extra_seeds must all differ (got {seeds})")
 
         _choice(f"{self.SECTION}optimizer", self.optimizer, list(OPTIMIZERS))
         if self.epochs is None and self.steps is None:
@@ -87,6 +93,7 @@ class AttackSettings:
     """``[attacks]``: the paper's PGD-k, the transfer source and the sanity-check sweeps."""
 
     SECTION: ClassVar[str] = "[attacks] "
+    seed: int = 0  # random starts, landscapes' directions, torchattacks: not the training seed
     pgd_steps: int = 20
     pgd_step_size: float | None = None  # default 2.5 * eps / steps; also the audit's PGD-k
     restarts: int = 1

@@ -27,7 +27,15 @@ from typing import Any
 from epsl.context import Evaluation
 from epsl.diagnostics.runs import DataConfig
 from epsl.errors import EpslError
-from epsl.io import check_out_dir, check_writable, read_json, read_table, write_json, write_text
+from epsl.io import (
+    check_out_dir,
+    check_writable,
+    read_json,
+    read_table,
+    write_json,
+    write_table,
+    write_text,
+)
 from epsl.preset import ModelSpec, Preset, check_same_preset
 
 Log = Callable[[str], None]
@@ -58,11 +66,12 @@ def _mark(out: Path, stage: str, made_from: Any) -> None:
     write_json(out / STAGE_FILE, record)
 
 
-def train_config(preset: Preset, spec: ModelSpec) -> Any:
-    """The :class:`epsl.train.TrainConfig` of one model of the grid."""
+def train_config(preset: Preset, spec: ModelSpec, seed: int | None = None) -> Any:
+    """The :class:`epsl.train.TrainConfig` of one model of the grid (under ``seed``, default
+    the preset's main training seed)."""
     from epsl.train import TrainConfig
 
-    t = preset.train
+    t = replace(preset.train, seed=seed, extra_seeds=()) if seed is not None else preset.train
     return TrainConfig(dataset=preset.dataset, data_root=preset.data_root, arch=preset.arch,
                        arch_kwargs=dict(preset.arch_kwargs), epochs=t.epochs, steps=t.steps,
                        batch_size=t.batch_size, train_limit=t.train_limit,
@@ -73,16 +82,19 @@ def train_config(preset: Preset, spec: ModelSpec) -> Any:
 # --------------------------------------------------------------------------- stages
 
 
-def stage_train(preset: Preset, spec: ModelSpec, path: Path, say: Log, progress: bool) -> bool:
-    """Train one model of the grid into ``path`` (resuming a partial run); False when a
-    complete checkpoint is there."""
+def stage_train(preset: Preset, spec: ModelSpec, path: Path, say: Log, progress: bool,
+                seed: int | None = None) -> bool:
+    """Train one model of the grid into ``path`` (resuming a partial run) under ``seed``;
+    False when a complete checkpoint is there."""
     from epsl.checkpoint import read_metadata
     from epsl.train import train
 
     if path.exists() and read_metadata(path).get("complete"):
         return False
-    say(f"train {spec.name} ({spec.defense.name})")
-    result = train(train_config(preset, spec), path, resume=path.exists(), progress=progress)
+    say(f"train {spec.name} ({spec.defense.name})"
+        + (f", seed {seed}" if seed is not None else ""))
+    result = train(train_config(preset, spec, seed), path, resume=path.exists(),
+                   progress=progress)
     acc = result.metadata.get("metrics", {}).get("test_accuracy", float("nan"))
     say(f"  {spec.name}: test accuracy {acc:.2%}")
     return True
@@ -114,7 +126,7 @@ def stage_landscape(preset: Preset, spec: ModelSpec, data: DataConfig, ev: Evalu
     images = replace(ev, data=ev.data.subset(ls.images))
     config = LandscapeConfig(data=replace(data, limit=ls.images),
                              direction=direction, span=ls.span, steps=ls.steps,
-                             seed=preset.train.seed)
+                             seed=preset.attacks.seed)
     if reusable(folder, "landscape", landscape_provenance(images, config)):
         return False
     say(f"landscape ({direction}) {spec.name}")
@@ -133,7 +145,7 @@ def stage_audit(preset: Preset, spec: ModelSpec, ev: Evaluation,
     a = preset.attacks
     part = ev.data.subset(preset.audit.limit)
     transfer = a.transfer_from if a.transfer_from != spec.name else None
-    settings: dict[str, Any] = {"seed": preset.train.seed, "pgd_steps": a.pgd_steps,
+    settings: dict[str, Any] = {"seed": a.seed, "pgd_steps": a.pgd_steps,
                                 "step_size": a.pgd_step_size}
     config = AuditConfig.quick(**settings) if preset.audit.quick else AuditConfig(**settings)
     source = checkpoints[transfer] if transfer else None
@@ -158,7 +170,7 @@ def stage_sweeps(preset: Preset, spec: ModelSpec, ev: Evaluation, folder: Path,
     from epsl.context import provenance
     from epsl.records import Result, reusable
 
-    a, seed = preset.attacks, preset.train.seed
+    a, seed = preset.attacks, preset.attacks.seed
     plan: dict[str, dict[str, Any]] = {
         "steps": {"eps": [preset.eps], "steps": list(a.sweep_steps), "restarts": [1]},
         "restarts": {"eps": [preset.eps], "steps": [a.pgd_steps],
@@ -195,7 +207,7 @@ def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: 
         limit=preset.limit, source=str(checkpoints[transfer]) if transfer else None,
         pgd_steps=preset.attacks.pgd_steps, restarts=preset.attacks.restarts,
         step_size=preset.attacks.pgd_step_size, eps_grid=preset.eps_grid,
-        audit=False, figures=True, seed=preset.train.seed, device=preset.device,
+        audit=False, figures=True, seed=preset.attacks.seed, device=preset.device,
         title=f"The {preset.name} study: {preset.description}" if preset.description
         else f"The {preset.name} study")
     say("diagnostics, attacks, comparison, figures and report")
@@ -210,9 +222,60 @@ def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: 
     return True
 
 
-def stage_headline(preset: Preset, out: Path, recompute: bool) -> str:
-    """The few columns a terminal shows and the audit verdicts, from ``comparison.csv``, kept
-    in ``headline.md``."""
+def seed_folder(out: Path, seed: int) -> Path:
+    """Where the models of an extra training seed are evaluated: ``out/runs/seed<k>``."""
+    return out / "runs" / f"seed{seed}"
+
+
+def stage_seed_compare(preset: Preset, seed: int, checkpoints: dict[str, Path], out: Path,
+                       say: Log) -> bool:
+    """The grid trained under an extra seed: Eq. 4 and the paper's white-box and transfer
+    attacks at the preset's ε (no ε grid, figures or audit), by :func:`epsl.compare.compare`
+    into :func:`seed_folder`; the attacks keep the preset's attack seed."""
+    from epsl.compare import CompareConfig, compare
+    from epsl.records import file_sha256
+
+    made_from = {name: file_sha256(path) for name, path in checkpoints.items()}
+    folder = seed_folder(out, seed)
+    stage = f"compare seed{seed}"
+    if _stage_record(out).get(stage) == made_from and (folder / "comparison.csv").exists():
+        return False
+    transfer = preset.attacks.transfer_from
+    config = CompareConfig(
+        checkpoints=tuple(str(checkpoints[m.name]) for m in preset.models),
+        eps=preset.eps, dataset=preset.dataset, data_root=preset.data_root,
+        limit=preset.limit, source=str(checkpoints[transfer]) if transfer else None,
+        pgd_steps=preset.attacks.pgd_steps, restarts=preset.attacks.restarts,
+        step_size=preset.attacks.pgd_step_size, audit=False, figures=False,
+        seed=preset.attacks.seed, device=preset.device,
+        title=f"The {preset.name} study, training seed {seed}")
+    say(f"diagnostics and attacks, training seed {seed}")
+    compare(config, folder, overwrite=True, progress=lambda m: say(f"  {m}"))
+    _mark(out, stage, made_from)
+    return True
+
+
+def stage_seeds(preset: Preset, out: Path) -> Any:
+    """``seeds.csv`` (one row per model and training seed) and ``seeds_summary.csv`` (per
+    model, the mean and standard deviation over the seeds) from every seed's comparison; None
+    with a single seed."""
+    from epsl.analysis.tables import seed_summary, seed_table
+
+    if not preset.train.extra_seeds:
+        return None
+    tables = {preset.train.seed: read_table(out / "comparison.csv")}
+    tables |= {seed: read_table(seed_folder(out, seed) / "comparison.csv")
+               for seed in preset.train.extra_seeds}
+    per_seed = seed_table(tables)
+    summary = seed_summary(per_seed)
+    write_table(per_seed, out / "seeds.csv")
+    write_table(summary, out / "seeds_summary.csv")
+    return summary
+
+
+def stage_headline(preset: Preset, out: Path, recompute: bool, seeds: Any = None) -> str:
+    """The few columns a terminal shows, the audit verdicts, the paired tests and the spread
+    over training seeds, from the tables on disk, kept in ``headline.md``."""
     from epsl.analysis.tables import headline
 
     path = out / "headline.md"
@@ -220,7 +283,7 @@ def stage_headline(preset: Preset, out: Path, recompute: bool) -> str:
         return path.read_text()
     paired = read_table(out / "paired.csv") if (out / "paired.csv").is_file() else None
     text = headline(read_table(out / "comparison.csv"), source_run=preset.attacks.transfer_from,
-                    paired=paired)
+                    paired=paired, seeds=seeds)
     write_text(path, text)
     return text
 
@@ -282,7 +345,17 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
         if preset.attacks.sweep_model == spec.name:
             note(f"sweeps {spec.name}", stage_sweeps(preset, spec, ev, folder / "sweeps", say))
     note("compare", stage_compare(preset, checkpoints, out, say))
-    headline = stage_headline(preset, out, recompute="compare" in ran)
+    for seed in preset.train.extra_seeds:
+        seeded = {spec.name: out / "models" / f"seed{seed}" / f"{spec.name}.safetensors"
+                  for spec in preset.models}
+        for spec in preset.models:
+            note(f"train {spec.name} seed{seed}",
+                 stage_train(preset, spec, seeded[spec.name], say, progress, seed=seed))
+        note(f"compare seed{seed}", stage_seed_compare(preset, seed, seeded, out, say))
+    recompute = (any(stage.startswith("compare") for stage in ran)
+                 or not (out / "headline.md").exists())
+    headline = stage_headline(preset, out, recompute,
+                              seeds=stage_seeds(preset, out) if recompute else None)
     report = out / "report.html"
     return ReproduceResult(out, checkpoints, ran, skipped, report if report.exists() else None,
                            time.perf_counter() - t0, headline)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from epsl.checkpoint import read_metadata
 from epsl.cli.main import main
 from epsl.errors import EpslError
 from epsl.preset import PRESETS, load_preset, override
@@ -26,6 +27,7 @@ limit = 40
 [train]
 steps = 6
 batch_size = 128
+extra_seeds = [1]
 
 [attacks]
 pgd_steps = 3
@@ -210,3 +212,36 @@ class _Trained(Exception):
 
 def _no_training(*args: object, **kwargs: object) -> None:
     raise _Trained
+
+
+def test_extra_seeds_train_other_models_and_summarise_them(study: tuple[Path, Path, str]
+                                                           ) -> None:
+    _, out, output = study
+    main, other = out / "models" / "natural.safetensors", out / "models" / "seed1" / \
+        "natural.safetensors"
+    assert main.read_bytes() != other.read_bytes()  # another seed, another model
+    assert read_metadata(other)["train_config"]["seed"] == 1
+    per_seed = pd.read_csv(out / "seeds.csv")
+    assert sorted(set(per_seed["seed"])) == [0, 1] and len(per_seed) == 2 * 2
+    # each seed's row is that seed's comparison
+    for seed, table in ((0, out / "comparison.csv"),
+                        (1, out / "runs" / "seed1" / "comparison.csv")):
+        mine = per_seed[per_seed["seed"] == seed].set_index("run")
+        theirs = pd.read_csv(table).set_index("run")
+        for column in ("clean_accuracy", "eq4_predicted", "pgd_cw", "attacks_worst"):
+            assert mine[column].to_dict() == pytest.approx(theirs[column].to_dict())
+    # the summary is pandas' own mean and sample sd over the per-seed rows
+    summary = pd.read_csv(out / "seeds_summary.csv").set_index("model")
+    for model, rows in per_seed.groupby("model"):
+        assert summary.loc[model, "seeds"] == 2
+        for column in ("clean_accuracy", "fgsm_xent", "transfer_pgd_cw", "attacks_worst"):
+            assert summary.loc[model, f"{column}_mean"] == pytest.approx(rows[column].mean())
+            assert summary.loc[model, f"{column}_sd"] == pytest.approx(rows[column].std(ddof=1))
+    assert "Across 2 training seeds (mean ± sd in points" in output
+
+
+def test_seeds_must_differ(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(TINY.replace("extra_seeds = [1]", "extra_seeds = [0]"))
+    with pytest.raises(EpslError, match=re.escape("seed and extra_seeds must all differ")):
+        load_preset(str(path))
