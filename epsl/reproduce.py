@@ -189,29 +189,45 @@ def stage_sweeps(preset: Preset, spec: ModelSpec, ev: Evaluation, folder: Path,
     return True
 
 
-def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: Log) -> bool:
-    """:func:`epsl.compare.compare` on the grid: the diagnostics (Eq. 4), the paper's
-    white-box and transfer attacks, the comparison table, figures and the HTML report, copied
-    to the top of ``out``. Reused only for exactly these models with exactly these weights."""
-    from epsl.compare import PRODUCTS, CompareConfig, compare
-    from epsl.records import file_sha256
+def _compare_grid(preset: Preset, checkpoints: dict[str, Path], folder: Path, say: Log,
+                  **settings: Any) -> None:
+    """:func:`epsl.compare.compare` of the grid ``checkpoints`` into ``folder`` with the
+    preset's ε, data and paper's attacks (no audit); ``settings`` set the other
+    :class:`~epsl.compare.CompareConfig` fields (ε grid, figures, title)."""
+    from epsl.compare import CompareConfig, compare
 
-    runs = out / "runs"
-    made_from = {name: file_sha256(path) for name, path in checkpoints.items()}
-    if _stage_record(out).get("compare") == made_from and (out / "report.html").exists():
-        return False
     transfer = preset.attacks.transfer_from
     config = CompareConfig(
         checkpoints=tuple(str(checkpoints[m.name]) for m in preset.models),
         eps=preset.eps, dataset=preset.dataset, data_root=preset.data_root,
         limit=preset.limit, source=str(checkpoints[transfer]) if transfer else None,
         pgd_steps=preset.attacks.pgd_steps, restarts=preset.attacks.restarts,
-        step_size=preset.attacks.pgd_step_size, eps_grid=preset.eps_grid,
-        audit=False, figures=True, seed=preset.attacks.seed, device=preset.device,
-        title=f"The {preset.name} study: {preset.description}" if preset.description
-        else f"The {preset.name} study")
+        step_size=preset.attacks.pgd_step_size, audit=False, seed=preset.attacks.seed,
+        device=preset.device, **settings)
+    compare(config, folder, overwrite=True, progress=lambda m: say(f"  {m}"))
+
+
+def _made_from(checkpoints: dict[str, Path]) -> dict[str, str]:
+    """What a comparison stage was made from: every checkpoint's content hash."""
+    from epsl.records import file_sha256
+
+    return {name: file_sha256(path) for name, path in checkpoints.items()}
+
+
+def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: Log) -> bool:
+    """:func:`epsl.compare.compare` on the grid: the diagnostics (Eq. 4), the paper's
+    white-box and transfer attacks, the comparison table, figures and the HTML report, copied
+    to the top of ``out``. Reused only for exactly these models with exactly these weights."""
+    from epsl.compare import PRODUCTS
+
+    runs = out / "runs"
+    made_from = _made_from(checkpoints)
+    if _stage_record(out).get("compare") == made_from and (out / "report.html").exists():
+        return False
     say("diagnostics, attacks, comparison, figures and report")
-    compare(config, runs, overwrite=True, progress=lambda m: say(f"  {m}"))
+    _compare_grid(preset, checkpoints, runs, say, eps_grid=preset.eps_grid, figures=True,
+                  title=f"The {preset.name} study: {preset.description}"
+                  if preset.description else f"The {preset.name} study")
     for name in PRODUCTS:
         if (runs / name).is_file():  # paired.csv only when there is a pair to test
             shutil.copyfile(runs / name, out / name)
@@ -232,25 +248,14 @@ def stage_seed_compare(preset: Preset, seed: int, checkpoints: dict[str, Path], 
     """The grid trained under an extra seed: Eq. 4 and the paper's white-box and transfer
     attacks at the preset's ε (no ε grid, figures or audit), by :func:`epsl.compare.compare`
     into :func:`seed_folder`; the attacks keep the preset's attack seed."""
-    from epsl.compare import CompareConfig, compare
-    from epsl.records import file_sha256
-
-    made_from = {name: file_sha256(path) for name, path in checkpoints.items()}
+    made_from = _made_from(checkpoints)
     folder = seed_folder(out, seed)
     stage = f"compare seed{seed}"
     if _stage_record(out).get(stage) == made_from and (folder / "comparison.csv").exists():
         return False
-    transfer = preset.attacks.transfer_from
-    config = CompareConfig(
-        checkpoints=tuple(str(checkpoints[m.name]) for m in preset.models),
-        eps=preset.eps, dataset=preset.dataset, data_root=preset.data_root,
-        limit=preset.limit, source=str(checkpoints[transfer]) if transfer else None,
-        pgd_steps=preset.attacks.pgd_steps, restarts=preset.attacks.restarts,
-        step_size=preset.attacks.pgd_step_size, audit=False, figures=False,
-        seed=preset.attacks.seed, device=preset.device,
-        title=f"The {preset.name} study, training seed {seed}")
     say(f"diagnostics and attacks, training seed {seed}")
-    compare(config, folder, overwrite=True, progress=lambda m: say(f"  {m}"))
+    _compare_grid(preset, checkpoints, folder, say, figures=False,
+                  title=f"The {preset.name} study, training seed {seed}")
     _mark(out, stage, made_from)
     return True
 
