@@ -23,6 +23,7 @@ from epsl.context import Evaluation, load_model, prepare, provenance
 from epsl.errors import EpslError
 from epsl.io import check_out_dir
 from epsl.records import Result, kind
+from epsl.stats import accuracy_interval, with_interval
 
 DEFAULT_STEPS = {"pgd": 40, "apgd": 100, "apgd-dlr": 100, "square": 1000}
 STEP = click.IntRange(min=1)
@@ -131,6 +132,8 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, eps: tuple[float
     keys = ["eps", "steps", "restarts", "step_size"]
     table = (frame.groupby(keys, dropna=False, sort=False)["correct"]
              .agg(accuracy="mean", n="size").reset_index())
+    bounds = [accuracy_interval(a, n) for a, n in zip(table["accuracy"], table["n"], strict=True)]
+    table = table.assign(lo=[b[0] for b in bounds], hi=[b[1] for b in bounds])
     config = {"attack": attack_name, "eps": list(eps), "steps": list(steps),
               "restarts": list(restarts), **settings}
     summary = {"attack": attack_name, "loss": str(frame["loss_name"].iloc[0]),
@@ -141,10 +144,11 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, eps: tuple[float
                    frame).save(out, overwrite=overwrite)
     click.echo(f"{attack_name} ({summary['loss']}){' transferred from ' + source if source else ''}"
                f" on {len(ev.data)} examples")
-    click.echo(f"{'eps':>8} {'steps':>6} {'restarts':>8} {'step size':>10} {'accuracy':>9}")
+    click.echo(f"{'eps':>8} {'steps':>6} {'restarts':>8} {'step size':>10} "
+               f"{'accuracy [95% CI]':>20}")
     for row in table.itertuples():
         click.echo(f"{row.eps:>8.4f} {row.steps:>6} {row.restarts:>8} {row.step_size:>10.4g} "
-                   f"{row.accuracy:>9.2%}")
+                   f"{with_interval(row.accuracy, row.n):>20}")
     click.echo("\n".join(f"wrote {path}" for path in paths))
 
 
@@ -202,20 +206,22 @@ def audit_command(checkpoint: str, eps: float, source: str | None, quick: bool,
     paths = result.save(out, provenance=provenance(ev, audit_settings(config, eps),
                                                    source=source), overwrite=overwrite)
     click.echo(f"audit of {checkpoint} at eps={eps:g} on {len(ev.data)} examples")
-    click.echo(f"{'attack':<26} {'ran on':>6} {'accuracy':>9} {'robust after':>12} "
-               f"{'new breaks':>10}")
+    n = len(ev.data)
+    click.echo(f"{'attack':<26} {'ran on':>6} {'accuracy [95% CI]':>20} "
+               f"{'robust after [95% CI]':>22} {'new breaks':>10}")
     for row in result.accuracies.itertuples():
         accuracy = "-" if row.accuracy is None or row.accuracy != row.accuracy \
-            else f"{row.accuracy:.2%}"
+            else with_interval(row.accuracy, row.examples)
         after = "-" if row.robust_after != row.robust_after or row.robust_after is None \
-            else f"{row.robust_after:.2%}"
+            else with_interval(row.robust_after, n)
         new = "-" if row.new_breaks != row.new_breaks or row.new_breaks is None \
             else f"{row.new_breaks:.2%}"
-        click.echo(f"{row.attack:<26} {row.examples:>6} {accuracy:>9} {after:>12} {new:>10}")
-    click.echo(f"robust accuracy (worst case over all attacks): {result.robust_accuracy:.2%}")
+        click.echo(f"{row.attack:<26} {row.examples:>6} {accuracy:>20} {after:>22} {new:>10}")
+    click.echo("robust accuracy (worst case over all attacks): "
+               f"{with_interval(result.robust_accuracy, n)}")
     eq4 = result.summary.get("eq4_accuracy")
     if eq4 is not None:
-        click.echo(f"Eq. 4 prediction (eps_L > eps): {eq4:.2%}")
+        click.echo(f"Eq. 4 prediction (eps_L > eps): {with_interval(eq4, n)}")
     for note in result.notes:
         click.echo(f"note: {note}")
     for warning in result.warnings:

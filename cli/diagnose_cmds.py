@@ -36,6 +36,7 @@ from epsl.diagnostics.runs import (
 from epsl.errors import EpslError
 from epsl.io import check_out_dir
 from epsl.records import kind
+from epsl.stats import with_interval
 
 SPAN = FractionType(0.0, None, low_open=True)
 FORMATS = ("csv", "parquet")
@@ -106,10 +107,11 @@ def diagnose(checkpoint: str, eps: tuple[float, ...], chunk_size: int | None, ba
     paths = save_diagnostics(out, result, record, table_format=table_format,
                              overwrite=overwrite)
     summary = record.summary
-    click.echo(f"n={summary['n']}  clean accuracy {summary['clean_accuracy']:.2%}")
-    click.echo(f"{'eps':>10}  {'predicted accuracy (Eq. 4)':>26}")
+    n = int(summary["n"])
+    click.echo(f"n={n}  clean accuracy {with_interval(summary['clean_accuracy'], n)}")
+    click.echo(f"{'eps':>10}  {'predicted accuracy (Eq. 4) [95% CI]':>36}")
     for e in config.eps:
-        click.echo(f"{e:>10.4f}  {summary['predicted_accuracy'][repr(e)]:>26.2%}")
+        click.echo(f"{e:>10.4f}  {with_interval(summary['predicted_accuracy'][repr(e)], n):>36}")
     _written(paths)
 
 

@@ -53,6 +53,7 @@ from epsl.errors import EpslError
 from epsl.io import to_json
 from epsl.modes import eval_mode
 from epsl.records import Provenance, Result
+from epsl.stats import accuracy_interval
 
 __all__ = ["WARNING_DOCS", "AuditConfig", "AuditResult", "AuditWarning", "audit",
            "check_dependencies"]
@@ -201,6 +202,8 @@ class AuditResult:
             "examples": len(self.table),
             **self.summary,
             "robust_accuracy": self.robust_accuracy,
+            "robust_accuracy_interval": list(accuracy_interval(self.robust_accuracy,
+                                                               len(self.table))),
             "verdict": self.verdict,
             "warnings": [w.to_dict() for w in self.warnings],
             "notes": list(self.notes),

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from scipy.stats import binomtest
 
 from epsl import checkpoint
 from epsl.attacks import pgd
@@ -43,6 +44,13 @@ def test_attack_sweep_writes_table_and_summary(digits_checkpoint, digits_model, 
     rows = frame[(frame.eps == 0.1) & (frame.steps == 10)]
     assert rows["correct"].to_numpy().tolist() == direct.correct.tolist()
     assert "accuracy" in result.output and "0.1000" in result.output
+    # every accuracy printed and saved carries its 95% Clopper-Pearson interval (scipy)
+    for setting in summary["settings"]:
+        k = round(setting["accuracy"] * setting["n"])
+        exact = binomtest(k, setting["n"]).proportion_ci(method="exact")
+        assert (setting["lo"], setting["hi"]) == pytest.approx((exact.low, exact.high))
+        assert (f"{setting['accuracy']:.1%} [{100 * exact.low:.1f}, {100 * exact.high:.1f}]"
+                in result.output)
 
 
 def test_fgsm_cw_and_fraction_eps(digits_checkpoint, tmp_path):

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from scipy.stats import binomtest
 
 from epsl.cli.main import main
 from epsl.diagnostics import Diagnostics, diagnose, predicted_accuracy
@@ -37,6 +38,11 @@ def test_diagnose_writes_table_summary_and_tensors(digits_checkpoint: Path, tmp_
     origin = summary["provenance"]
     assert summary["schema"] == "epsl.diagnostics" and summary["schema_version"] == 1
     assert summary["n"] == 40 and summary["eps"] == [0.1, 8 / 255]
+    k = round(summary["predicted_accuracy"][repr(0.1)] * 40)
+    exact = binomtest(k, 40).proportion_ci(method="exact")
+    assert summary["predicted_accuracy_interval"][repr(0.1)] == pytest.approx(
+        [exact.low, exact.high])
+    assert f"[{100 * exact.low:.1f}, {100 * exact.high:.1f}]" in result.output
     assert origin["model"]["arch"] == "small-cnn"
     assert origin["model"]["train_config"] == {"defense": {}}
     assert origin["data"] == {"dataset": "digits", "split": "test",

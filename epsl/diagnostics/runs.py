@@ -17,6 +17,7 @@ from epsl.diagnostics.margins import Diagnostics, diagnose, predicted_accuracy
 from epsl.errors import EpslError
 from epsl.io import check_out_dir
 from epsl.records import Provenance, Result, kind
+from epsl.stats import accuracy_interval
 
 DEFAULT_EPS = (2 / 255, 4 / 255, 8 / 255, 0.1, 0.2, 0.3)
 
@@ -97,6 +98,10 @@ def diagnostics_result(ev: Evaluation, result: Diagnostics, eps: Sequence[float]
         "clean_accuracy": result.clean_accuracy,
         "eps": list(eps),
         "predicted_accuracy": {repr(e): a for e, a in accuracy.items()},
+        "predicted_accuracy_interval": {repr(e): list(accuracy_interval(a, len(result)))
+                                        for e, a in accuracy.items()},
+        "clean_accuracy_interval": list(accuracy_interval(result.clean_accuracy,
+                                                          len(result))),
         "eps_l_correct": ({"median": statistics.median(positive), "min": min(positive),
                            "max": max(positive)} if positive else None),
         "config": config,
