@@ -15,7 +15,7 @@ import pandas as pd
 
 from epsl.stats import PairedTest, clopper_pearson, mcnemar
 
-__all__ = ["PairedTest", "attack_accuracies", "clopper_pearson", "main_eps", "mcnemar",
+__all__ = ["PairedTest", "attack_accuracies", "normalise_attacks", "clopper_pearson", "main_eps", "mcnemar",
            "pick_eps", "predicted_accuracy", "strongest_setting", "with_intervals"]
 
 ATTACK_KEYS = ["attack", "loss_name", "eps", "steps", "restarts", "transfer"]
@@ -43,10 +43,10 @@ def is_transfer(attack: pd.DataFrame) -> pd.Series:
     return transfer
 
 
-def attack_accuracies(attack: pd.DataFrame) -> pd.DataFrame:
-    """One row per attack setting: ``attack, loss_name, eps, steps, restarts, transfer,
-    accuracy, n`` where ``accuracy`` is the mean of ``correct`` over that setting's examples,
-    each example counted once."""
+def normalise_attacks(attack: pd.DataFrame) -> pd.DataFrame:
+    """An attack table with every setting column in one spelling: ``transfer`` (bool),
+    ``attack`` and ``loss_name`` lower case, ``steps``/``restarts`` integers (1 when absent),
+    ``correct`` bool."""
     frame = attack.assign(transfer=is_transfer(attack))
     for column, default in (("loss_name", "xent"), ("steps", 1), ("restarts", 1)):
         if column not in frame.columns:
@@ -56,6 +56,14 @@ def attack_accuracies(attack: pd.DataFrame) -> pd.DataFrame:
     frame["steps"] = frame["steps"].fillna(1).astype(int)
     frame["restarts"] = frame["restarts"].fillna(1).astype(int)
     frame["correct"] = frame["correct"].astype(str).str.lower().isin(["true", "1", "1.0"])
+    return frame
+
+
+def attack_accuracies(attack: pd.DataFrame) -> pd.DataFrame:
+    """One row per attack setting: ``attack, loss_name, eps, steps, restarts, transfer,
+    accuracy, n`` where ``accuracy`` is the mean of ``correct`` over that setting's examples,
+    each example counted once."""
+    frame = normalise_attacks(attack)
     if "index" in frame.columns:  # a setting saved twice (a sweep repeating the table's PGD-k)
         # counts each example once, robust only if it survived every run of that setting
         frame = frame.groupby([*ATTACK_KEYS, "index"], sort=False)["correct"].all().reset_index()

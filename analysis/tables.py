@@ -26,8 +26,8 @@ from epsl.io import write_table, write_text
 from .metrics import (
     attack_accuracies,
     clopper_pearson,
-    is_transfer,
     main_eps,
+    normalise_attacks,
     pick_eps,
     predicted_accuracy,
     strongest_setting,
@@ -116,12 +116,7 @@ def _bounds(column: str) -> bool:
 def _survived(attack: pd.DataFrame, settings: pd.DataFrame) -> pd.Series:
     """Per example, whether it survives every one of ``settings`` (rows of
     :func:`attack_accuracies`): the worst case over the table's attack columns."""
-    frame = attack.assign(transfer=is_transfer(attack))
-    frame = frame.assign(correct=frame["correct"].astype(str).str.lower()
-                         .isin(["true", "1", "1.0"]),
-                         attack=frame["attack"].astype(str).str.lower()
-                         .str.removeprefix("transfer-"),
-                         loss_name=frame["loss_name"].astype(str).str.lower())
+    frame = normalise_attacks(attack)
     keys = ["attack", "loss_name", "steps", "restarts", "transfer"]
     chosen = frame.merge(settings[keys + ["eps"]].drop_duplicates(), on=keys, how="inner",
                          suffixes=("", "_chosen"))
