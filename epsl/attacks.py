@@ -52,12 +52,13 @@ LOSSES: Registry[LossFn] = Registry("attack loss")
 # --------------------------------------------------------------------------- geometry and losses
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
     """Project ``x_adv`` onto the l_inf ``eps``-ball around ``x`` intersected with [0, 1].
 
     Shapes: ``x_adv`` and ``x`` are N x C x H x W with ``x`` in [0, 1]; returns the same shape.
     Because ``x`` itself lies in both sets, clipping to the ball and then to the box lands in
-    their intersection.
+    their intersection. ``eps`` may be a tensor that broadcasts against x (one radius per
+    example, N x 1 x 1 x 1).
     """
     return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
 
@@ -309,7 +310,8 @@ def _restart_noise(x: torch.Tensor, eps: float, seed: int | None, restart: int) 
 
 
 def sign_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-               start: torch.Tensor | None = None, eps: float, step_size: float, steps: int,
+               start: torch.Tensor | None = None, eps: float | torch.Tensor,
+               step_size: float | torch.Tensor, steps: int,
                loss: str = "xent", cw_confidence: float = 50.0, reduction: str = "sum",
                keep_broken: bool = True) -> torch.Tensor:
     """The l_inf sign-step loop of FGSM, PGD and adversarial training:
@@ -322,7 +324,8 @@ def sign_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             y: (N,) labels. Not checked here: :func:`pgd` and :func:`fgsm` check their inputs.
         start: N x C x H x W first iterate in the ball (None: x); :func:`uniform_noise` makes
             a random one.
-        eps: l_inf radius; step_size: l_inf step; steps: number of steps (1 with
+        eps: l_inf radius; step_size: l_inf step (floats, or N x 1 x 1 x 1 tensors: one per
+            example); steps: number of steps (1 with
             ``step_size=eps`` from x is FGSM).
         loss, cw_confidence, reduction: the loss ascended, as in :func:`input_gradient`.
         keep_broken: return an earlier iterate that was misclassified when the last one is not

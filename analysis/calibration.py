@@ -1,0 +1,147 @@
+"""The report card of Eq. 4: how well ε_L predicts, example by example, ε*, the smallest
+perturbation that really flips the example (found by :mod:`epsl.minimal`). Torch-free: it reads
+two per-example columns.
+
+For the examples the model classifies right (ε_L > 0 and ε* > 0):
+
+- **rank agreement**: Spearman's ρ between ε_L and ε*, with a percentile-bootstrap 95% interval
+  (examples resampled in pairs);
+- **the ratio** r = ε_L / ε*: its median (with a bootstrap interval) and 10th/90th percentiles,
+  and the share of examples where Eq. 4 is *optimistic* (r > 1: the linear model promises more
+  robustness than the network has), with its Clopper–Pearson interval. ε* is an upper bound of
+  the true minimal perturbation, so r > 1 is a proven overstatement; r ≤ 1 is not proof of a
+  lower bound;
+- **the curves**, over all examples: Eq. 4's predicted accuracy ``share(ε_L > ε)`` and the
+  empirical ``acc(ε) = share(ε* > ε)`` at every ε at once; their largest gap and where it is, and
+  the smallest ε from which Eq. 4's curve lies above the empirical one (there Eq. 4 overstates
+  the accuracy, since ``acc(ε)`` itself is an upper bound of the true robust accuracy).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from epsl.stats import clopper_pearson
+
+__all__ = ["accuracy_curves", "card_columns", "report_card"]
+
+#: The report card's numbers, in the order tables show them.
+CARD_KEYS = ("n", "n_correct", "n_unbroken", "spearman", "spearman_lo", "spearman_hi",
+             "ratio_median", "ratio_median_lo", "ratio_median_hi", "ratio_p10", "ratio_p90",
+             "optimistic", "optimistic_share", "optimistic_lo", "optimistic_hi",
+             "max_gap", "max_gap_eps", "optimistic_from_eps")
+
+
+def _as_array(values: Any) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def accuracy_curves(eps_l: Any, eps_star: Any, grid: Any = None) -> pd.DataFrame:
+    """Eq. 4's and the empirical accuracy against ε over all N examples.
+
+    ``eps_l``: (N,) ε_L (≤ 0 for misclassified examples); ``eps_star``: (N,) ε* (0 when
+    misclassified, +inf when never flipped). Without ``grid``, the curves are evaluated at 0 and
+    at every finite value of either column in (0, 1]: both are step functions continuous from
+    the right that change only there, so this is every ε at once.
+
+    Returns a frame with columns ``eps, eq4, empirical, gap`` (``gap = eq4 - empirical``).
+    """
+    eps_l, eps_star = _as_array(eps_l), _as_array(eps_star)
+    if grid is None:
+        values = np.concatenate([eps_l, eps_star])
+        values = values[np.isfinite(values) & (values > 0) & (values <= 1)]
+        grid = np.unique(np.concatenate([[0.0], values]))
+    grid = np.sort(_as_array(grid))
+    n = max(len(eps_l), 1)
+    eq4 = len(eps_l) - np.searchsorted(np.sort(eps_l), grid, side="right")
+    empirical = len(eps_star) - np.searchsorted(np.sort(eps_star), grid, side="right")
+    frame = pd.DataFrame({"eps": grid, "eq4": eq4 / n, "empirical": empirical / n})
+    frame["gap"] = frame["eq4"] - frame["empirical"]
+    return frame
+
+
+def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's ρ of each row pair of two (B, n) arrays (average ranks for ties)."""
+    ra = stats.rankdata(a, axis=1)
+    rb = stats.rankdata(b, axis=1)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    denom = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (ra * rb).sum(axis=1) / denom
+
+
+def report_card(eps_l: Any, eps_star: Any, *, resamples: int = 2000, seed: int = 0,
+                confidence: float = 0.95) -> dict[str, Any]:
+    """The report card of Eq. 4 on one model's examples (module docstring).
+
+    Args:
+        eps_l, eps_star: (N,) per-example ε_L (Eq. 4) and ε* on the same examples.
+        resamples: bootstrap resamples for the intervals of ρ and of the median ratio.
+        seed: seeds the bootstrap.
+
+    Returns:
+        A dict with the keys of :data:`CARD_KEYS` (NaN where there are too few examples;
+        ``optimistic_from_eps`` is None when Eq. 4's curve never lies above the empirical one).
+    """
+    eps_l, eps_star = _as_array(eps_l), _as_array(eps_star)
+    if eps_l.shape != eps_star.shape:
+        raise ValueError(f"eps_l and eps_star must be one value per example "
+                         f"(got {eps_l.shape} and {eps_star.shape})")
+    n = len(eps_l)
+    keep = (eps_l > 0) & (eps_star > 0) & ~np.isnan(eps_l) & ~np.isnan(eps_star)
+    a, b = eps_l[keep], eps_star[keep]
+    m = len(a)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(np.isinf(b), 0.0, a / b)
+    optimistic = int((ratio > 1).sum())
+    card: dict[str, Any] = {"n": n, "n_correct": m, "n_unbroken": int(np.isinf(b).sum()),
+                            "optimistic": optimistic}
+    alpha = (1 - confidence) / 2
+    if m >= 3 and len(np.unique(a)) > 1 and len(np.unique(b)) > 1:
+        rng = np.random.default_rng(seed)
+        rho = float(_spearman_rows(a[None, :], b[None, :])[0])
+        draws = rng.integers(0, m, size=(resamples, m))
+        rhos = _spearman_rows(a[draws], b[draws])
+        rhos = rhos[np.isfinite(rhos)]
+        medians = np.median(ratio[draws], axis=1)
+        card.update(spearman=rho, spearman_lo=float(np.quantile(rhos, alpha)),
+                    spearman_hi=float(np.quantile(rhos, 1 - alpha)),
+                    ratio_median_lo=float(np.quantile(medians, alpha)),
+                    ratio_median_hi=float(np.quantile(medians, 1 - alpha)))
+    else:
+        card.update(spearman=math.nan, spearman_lo=math.nan, spearman_hi=math.nan,
+                    ratio_median_lo=math.nan, ratio_median_hi=math.nan)
+    if m:
+        lo, hi = clopper_pearson(optimistic, m, confidence)
+        card.update(ratio_median=float(np.median(ratio)),
+                    ratio_p10=float(np.quantile(ratio, 0.1)),
+                    ratio_p90=float(np.quantile(ratio, 0.9)),
+                    optimistic_share=optimistic / m, optimistic_lo=lo, optimistic_hi=hi)
+    else:
+        card.update(ratio_median=math.nan, ratio_p10=math.nan, ratio_p90=math.nan,
+                    optimistic_share=math.nan, optimistic_lo=math.nan, optimistic_hi=math.nan)
+    curves = accuracy_curves(eps_l, eps_star)
+    worst = int(np.argmax(curves["gap"].abs().to_numpy())) if len(curves) else 0
+    above = curves[curves["gap"] > 0]
+    card.update(max_gap=float(curves["gap"].iloc[worst]) if len(curves) else math.nan,
+                max_gap_eps=float(curves["eps"].iloc[worst]) if len(curves) else math.nan,
+                optimistic_from_eps=float(above["eps"].iloc[0]) if len(above) else None)
+    return {key: card[key] for key in CARD_KEYS}
+
+
+def card_columns(card: dict[str, Any]) -> dict[str, Any]:
+    """The report card's headline numbers as comparison-table columns (``eq4_`` prefix)."""
+    return {"eq4_spearman": card.get("spearman"), "eq4_spearman_lo": card.get("spearman_lo"),
+            "eq4_spearman_hi": card.get("spearman_hi"),
+            "eq4_ratio_median": card.get("ratio_median"),
+            "eq4_ratio_p10": card.get("ratio_p10"), "eq4_ratio_p90": card.get("ratio_p90"),
+            "eq4_optimistic": card.get("optimistic_share"),
+            "eq4_optimistic_lo": card.get("optimistic_lo"),
+            "eq4_optimistic_hi": card.get("optimistic_hi"),
+            "eq4_optimistic_from_eps": card.get("optimistic_from_eps")}

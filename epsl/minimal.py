@@ -1,0 +1,307 @@
+"""ε*: the smallest ℓ∞ perturbation that really flips each example, found by an ensemble of
+minimum-norm attacks, to check Eq. 4's ε_L example by example.
+
+Eq. 4 predicts, per example, the smallest ℓ∞ perturbation that flips it *if the logits were
+linear*. The truth is the smallest perturbation that flips it in the network; no attack finds it
+exactly, so epsl takes, per example, the smallest verified perturbation found by several
+minimum-norm attacks:
+
+- ``fmn``: Foolbox 3's ``LInfFMNAttack``, fast minimum-norm (Pintor et al. 2021,
+  https://arxiv.org/abs/2102.12827);
+- ``fab``: torchattacks' ``FAB`` in ℓ∞ (Croce & Hein 2020, https://arxiv.org/abs/1907.02044), run
+  with ``eps=1`` so that it returns its best point;
+- ``pgd-bisect`` (optional): epsl's own per-example bisection over ε with PGD on the CW loss,
+  started below the ensemble's best ε.
+
+Every returned point is re-scored here, never taken from an attack's report: it is clipped to
+[0, 1]^d (which never moves it further from x), the model is run on it, and it counts only if
+the model misclassifies it; ε* is then ``||x_adv - x||_inf`` of that point. An example that is
+already misclassified has ε* = 0 (attack ``clean``); one that no attack flips within the box has
+ε* = +inf (attack ``""``). ε* is therefore an upper bound of the true minimal perturbation,
+and the robust accuracy ``acc(ε) = share(ε* > ε)`` it gives at every ε at once is an upper
+bound of the true robust accuracy.
+
+Example::
+
+    >>> from epsl.minimal import minimal_perturbation
+    >>> found = minimal_perturbation(model, x, y)          # x: N x C x H x W in [0, 1]
+    >>> found.eps_star, found.accuracy(0.1), found.to_frame().head()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from epsl.attacks import _check_inputs, _chunks, require_torchattacks, sign_steps
+from epsl.errors import EpslError
+from epsl.modes import eval_mode
+from epsl.registry import Registry
+
+__all__ = ["MINIMAL_ATTACKS", "MinimalConfig", "MinimalResult", "minimal_perturbation",
+           "check_minimal_dependencies", "require_foolbox", "verify"]
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class MinimalConfig:
+    """Which minimum-norm attacks make the ensemble, and their budgets.
+
+    The defaults were chosen by measurement on the digits study (docs/calibration.md): FMN at
+    100 steps and FAB at 50 steps each find the ensemble's best point on about 75-85% of the
+    examples, so neither alone suffices; more steps changed the ensemble's ε* by less than 1%.
+
+    Attributes:
+        attacks: names in :data:`MINIMAL_ATTACKS`, run in this order.
+        fmn_steps: steps of Foolbox's LInfFMNAttack.
+        fab_steps, fab_restarts: FAB's steps and restarts (torchattacks).
+        bisect_steps: halvings of the interval of ``pgd-bisect``.
+        bisect_pgd_steps: PGD steps (CW loss, random start) at each ε of the bisection.
+        seed: seeds FAB's and PGD's random draws (FMN is deterministic).
+        batch_size: examples per attack call (None: all at once).
+    """
+
+    attacks: tuple[str, ...] = ("fmn", "fab")
+    fmn_steps: int = 100
+    fab_steps: int = 50
+    fab_restarts: int = 1
+    bisect_steps: int = 8
+    bisect_pgd_steps: int = 20
+    seed: int = 0
+    batch_size: int | None = 256
+
+    def __post_init__(self) -> None:
+        if not self.attacks:
+            raise EpslError("the minimum-norm ensemble needs at least one attack")
+        for name in self.attacks:
+            MINIMAL_ATTACKS[name]  # an unknown name fails here, with the known ones
+        if len(set(self.attacks)) != len(self.attacks):
+            raise EpslError(f"an attack is named twice in {', '.join(self.attacks)}")
+        for name in ("fmn_steps", "fab_steps", "fab_restarts", "bisect_steps",
+                     "bisect_pgd_steps"):
+            if getattr(self, name) < 1:
+                raise EpslError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise EpslError(f"batch_size must be at least 1 (got {self.batch_size})")
+
+    def settings(self) -> dict[str, Any]:
+        """What decides whether a saved ε* can be reused (not the batch size, which changes no
+        number beyond floating-point order)."""
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items() if k != "batch_size"}
+
+
+@dataclass(frozen=True)
+class MinimalResult:
+    """Per-example minimal perturbations of N examples.
+
+    Attributes:
+        x_adv: N x C x H x W, the smallest verified adversarial point (x where none was found,
+            and for examples misclassified at x).
+        eps_star: (N,) float64, ``||x_adv - x||_inf``; 0 if misclassified at x, +inf if no attack
+            flips it inside [0, 1]^d.
+        attack: the attack that found ``eps_star`` per example (``clean``, ``""`` for none).
+        pred: (N,) the model's prediction at ``x_adv`` (verified: != label where ε* is finite).
+        label: (N,) true class.
+        per_attack: each attack's own verified ε per example (+inf where it failed), N each.
+        seconds: wall time per attack.
+    """
+
+    x_adv: torch.Tensor
+    eps_star: torch.Tensor
+    attack: tuple[str, ...]
+    pred: torch.Tensor
+    label: torch.Tensor
+    per_attack: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.eps_star.shape[0])
+
+    def accuracy(self, eps: float) -> float:
+        """Robust accuracy at ``eps`` by ε*: the share of examples with ε* > eps (an upper bound
+        of the true robust accuracy)."""
+        return float((self.eps_star > eps).double().mean()) if len(self) else float("nan")
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per example: ``index, label, eps_star, eps_star_attack, pred_adv`` and
+        ``eps_<attack>`` for each attack of the ensemble."""
+        frame = pd.DataFrame({
+            "index": np.arange(len(self)),
+            "label": self.label.cpu().numpy(),
+            "eps_star": self.eps_star.cpu().numpy().astype(np.float64),
+            "eps_star_attack": list(self.attack),
+            "pred_adv": self.pred.cpu().numpy(),
+        })
+        for name, values in self.per_attack.items():
+            frame[f"eps_{name.replace('-', '_')}"] = values.cpu().numpy().astype(np.float64)
+        return frame
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def verify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, *,
+           batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Re-score points an attack returned: clip them to [0, 1] (never further from x, which is
+    in the box), run the model, and measure ``||x_adv - x||_inf`` from the point.
+
+    Returns ``(x_adv, eps, pred)``: the clipped points, their distance per example (+inf where
+    the model still classifies the point right) and the prediction there.
+    """
+    x_adv = x_adv.detach().to(x.device, x.dtype).clamp(0.0, 1.0)
+    preds = []
+    with eval_mode(model), torch.no_grad():
+        for part in _chunks(len(y), batch_size):
+            preds.append(model(x_adv[part]).argmax(1))
+    pred = torch.cat(preds) if preds else y.clone()
+    dist = (x_adv - x).abs().flatten(1).amax(1).double() if len(y) else x.new_zeros(0).double()
+    eps = torch.where(pred != y, dist, torch.full_like(dist, math.inf))
+    return x_adv, eps, pred
+
+
+# --------------------------------------------------------------------------- the attacks
+
+#: ``fn(model, x, y, config, best) -> x_adv`` on examples the model classifies right; ``best``
+#: is the ensemble's verified ε so far (+inf where nothing was found yet).
+MinimalAttack = Callable[[nn.Module, torch.Tensor, torch.Tensor, MinimalConfig, torch.Tensor],
+                         torch.Tensor]
+MINIMAL_ATTACKS: Registry[MinimalAttack] = Registry("minimum-norm attack")
+
+
+def require_foolbox() -> Any:
+    """The foolbox module, or a one-line :class:`EpslError` naming the install command."""
+    try:
+        import foolbox
+    except ImportError:
+        raise EpslError("the minimum-norm attack FMN needs foolbox, which is missing from this "
+                        "environment: pip install foolbox (or reinstall epsl)") from None
+    return foolbox
+
+
+@MINIMAL_ATTACKS.register("fmn")
+def _fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConfig,
+         best: torch.Tensor) -> torch.Tensor:
+    fb = require_foolbox()
+    fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
+    attack = fb.attacks.LInfFMNAttack(steps=config.fmn_steps)
+    _raw, clipped, _success = attack(fmodel, x, y, epsilons=None)
+    return clipped
+
+
+@MINIMAL_ATTACKS.register("fab")
+def _fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConfig,
+         best: torch.Tensor) -> torch.Tensor:
+    ta = require_torchattacks()
+    with torch.no_grad():
+        classes = int(model(x[:1]).shape[1])
+    attack = ta.FAB(model, norm="Linf", eps=1.0, steps=config.fab_steps,
+                    n_restarts=config.fab_restarts, seed=config.seed, n_classes=classes)
+    return attack(x, y)
+
+
+@MINIMAL_ATTACKS.register("pgd-bisect")
+def _pgd_bisect(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConfig,
+                best: torch.Tensor) -> torch.Tensor:
+    """Per-example bisection of ε in [0, min(best, 1)] with PGD (CW loss, seeded random start):
+    the interval halves ``bisect_steps`` times, moving down where PGD breaks the example."""
+    n = len(y)
+    shape = (n,) + (1,) * (x.ndim - 1)
+    low = torch.zeros(n, device=x.device, dtype=x.dtype)
+    high = best.to(x.device, x.dtype).clamp(max=1.0)
+    found = x.clone()
+    generator = torch.Generator(device="cpu").manual_seed(config.seed * 1_000_003 + 17)
+    k = config.bisect_pgd_steps
+    for _ in range(config.bisect_steps):
+        mid = ((low + high) / 2).view(shape)
+        noise = (torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1)
+        start = torch.minimum(torch.maximum(x + noise * mid, x - mid), x + mid).clamp(0, 1)
+        x_adv = sign_steps(model, x, y, start=start, eps=mid, step_size=2.5 * mid / k, steps=k,
+                           loss="cw")
+        with torch.no_grad():
+            broken = model(x_adv).argmax(1) != y
+        found = torch.where(broken.view(shape), x_adv, found)
+        high = torch.where(broken, mid.view(n), high)
+        low = torch.where(broken, low, mid.view(n))
+    return found
+
+
+# --------------------------------------------------------------------------- the ensemble
+
+
+def check_minimal_dependencies(config: MinimalConfig) -> None:
+    """Fail in one line, before any work, when a library an attack of ``config`` needs is
+    missing (FMN: foolbox; FAB: torchattacks)."""
+    needs = {"fmn": require_foolbox, "fab": require_torchattacks}
+    for name in config.attacks:
+        if name in needs:
+            needs[name]()
+
+
+def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                         config: MinimalConfig | None = None,
+                         progress: Progress | None = None) -> MinimalResult:
+    """ε* per example: the smallest verified ℓ∞ perturbation within [0, 1]^d that any attack of
+    ``config.attacks`` finds (module docstring).
+
+    Args:
+        model: classifier on N x C x H x W pixels in [0, 1] returning logits (run in eval mode
+            with its parameters frozen).
+        x: N x C x H x W inputs in [0, 1]; y: (N,) labels.
+        config: the ensemble and its budgets (default :class:`MinimalConfig`).
+        progress: called with the number of examples finished after each chunk of each attack.
+
+    Returns:
+        :class:`MinimalResult` on x's examples, on the model's device.
+    """
+    config = config or MinimalConfig()
+    check_minimal_dependencies(config)
+    x, y = _check_inputs(model, x, y, 1.0)
+    n = len(y)
+    with eval_mode(model):
+        x_best, _, pred = verify(model, x, y, x, batch_size=config.batch_size)
+        correct = pred == y
+        eps_star = torch.where(correct, torch.full((n,), math.inf, dtype=torch.float64,
+                                                   device=x.device),
+                               torch.zeros(n, dtype=torch.float64, device=x.device))
+        attack = ["" if ok else "clean" for ok in correct.tolist()]
+        todo = correct.nonzero().squeeze(1)
+        per_attack: dict[str, torch.Tensor] = {}
+        seconds: dict[str, float] = {}
+        devices = [x.device] if x.device.type == "cuda" else []
+        for name in config.attacks:
+            run = MINIMAL_ATTACKS[name]
+            own = torch.where(correct, torch.full_like(eps_star, math.inf),
+                              torch.zeros_like(eps_star))
+            start = time.perf_counter()
+            # torchattacks and Foolbox draw from (and reseed) torch's global generators
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(config.seed)
+                for part in _chunks(todo.numel(), config.batch_size):
+                    idx = todo[part]
+                    made = run(model, x[idx], y[idx], config, eps_star[idx])
+                    point, dist, at = verify(model, x[idx], y[idx], made,
+                                             batch_size=config.batch_size)
+                    own[idx] = dist
+                    better = dist < eps_star[idx]
+                    take = idx[better]
+                    eps_star[take] = dist[better]
+                    x_best[take] = point[better]
+                    pred[take] = at[better]
+                    for i in take.tolist():
+                        attack[i] = name
+                    if progress is not None:
+                        progress(int(idx.numel()))
+            seconds[name] = round(time.perf_counter() - start, 3)
+            per_attack[name] = own
+    return MinimalResult(x_best, eps_star, tuple(attack), pred, y, per_attack, seconds)
