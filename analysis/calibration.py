@@ -28,7 +28,7 @@ from scipy import stats
 
 from epsl.stats import clopper_pearson
 
-__all__ = ["accuracy_curves", "card_columns", "report_card"]
+__all__ = ["accuracy_curves", "card_columns", "card_lines", "report_card"]
 
 #: The report card's numbers, in the order tables show them.
 CARD_KEYS = ("n", "n_correct", "n_unbroken", "spearman", "spearman_lo", "spearman_hi",
@@ -145,3 +145,33 @@ def card_columns(card: dict[str, Any]) -> dict[str, Any]:
             "eq4_optimistic_lo": card.get("optimistic_lo"),
             "eq4_optimistic_hi": card.get("optimistic_hi"),
             "eq4_optimistic_from_eps": card.get("optimistic_from_eps")}
+
+
+def _interval(value: float, lo: float, hi: float, digits: int = 3) -> str:
+    return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def card_lines(card: dict[str, Any]) -> list[str]:
+    """The report card of Eq. 4 as a few lines of text (shared with compare's summary)."""
+    m = card["n_correct"]
+    lines = [f"report card of Eq. 4 on the {m} correctly classified examples:"]
+    if card["spearman"] == card["spearman"]:  # not NaN
+        lines.append("  Spearman rho(eps_L, eps*)      "
+                     + _interval(card["spearman"], card["spearman_lo"], card["spearman_hi"]))
+        lines.append("  median eps_L / eps*            "
+                     + _interval(card["ratio_median"], card["ratio_median_lo"],
+                                 card["ratio_median_hi"])
+                     + f"  (10th-90th percentile {card['ratio_p10']:.3f}-"
+                       f"{card['ratio_p90']:.3f})")
+    if m:
+        lines.append(f"  optimistic (eps_L > eps*)      {card['optimistic']} of {m} = "
+                     f"{card['optimistic_share']:.1%} [{100 * card['optimistic_lo']:.1f}, "
+                     f"{100 * card['optimistic_hi']:.1f}]")
+    lines.append(f"  largest gap of the curves      {100 * card['max_gap']:+.1f} points "
+                 f"(Eq. 4 minus eps*) at eps={card['max_gap_eps']:.4f}")
+    start = card["optimistic_from_eps"]
+    lines.append("  Eq. 4 overstates the accuracy  " + (
+        f"from eps={start:.4f} on" if start is not None else "at no eps"))
+    if card["n_unbroken"]:
+        lines.append(f"  never flipped inside the box   {card['n_unbroken']} examples")
+    return lines

@@ -16,7 +16,8 @@ fig_gradient_norms         Figures 4 and 7: ‖∇ₓz_y‖₁, ‖∇ₓz_ȳ‖
 fig_landscape              Figures 5 and 9: cross-entropy over (ε₁, ε₂) for eight images
 fig_penultimate_activity   Figure 10: per-neuron activation magnitude, inactive count
 fig_logit_activity         Figure 11: per-logit activation magnitude
-fig_accuracy_vs_eps        Table 1 as curves: attacks next to the Eq. 4 prediction
+fig_accuracy_vs_eps        Table 1 as curves: attacks and ε* next to the Eq. 4 prediction
+fig_eps_l_vs_eps_star      beyond the paper: ε_L against ε* (minimum-norm ensemble) per example
 fig_accuracy_vs_steps      Table 11: PGD accuracy against the number of steps
 fig_accuracy_vs_restarts   Table 10: PGD accuracy against the number of restarts
 =========================  ==============================================================
@@ -42,6 +43,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentF
 from epsl.errors import EpslError
 from epsl.io import atomic_path
 
+from .calibration import accuracy_curves, report_card
 from .metrics import (
     attack_accuracies,
     clopper_pearson,
@@ -121,9 +123,13 @@ def _lin_bins(arrays: Sequence[np.ndarray], bins: int = 40,
 def _log_x(ax: Axes) -> None:
     """Log x-axis labelled 1, 2, 5, 10, 20, 50... in plain numbers (no crowded minor labels)."""
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    _plain_log_ticks(ax.xaxis)
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _step_hist(ax: Axes, values: np.ndarray, bins: np.ndarray, color: Any, label: str,
@@ -494,10 +500,15 @@ def _setting_name(attack: str, loss: str, transfer: bool, steps: int | None = No
 
 
 def _eps_axis_end(tables: Iterable[pd.DataFrame], diagnostics: Iterable[pd.DataFrame | None],
-                  eps: float | None) -> float:
+                  eps: float | None, eps_star: Iterable[np.ndarray] = ()) -> float:
     """Where the ε axis can end: the first ε at which every empirical curve has reached 0 and
-    nearly every ε_L (99.5 %), so that a sanity check at unbounded ε (1.0) does not squash the curves."""
+    nearly every ε_L and finite ε* (99.5 %), so that a sanity check at unbounded ε (1.0) does
+    not squash the curves."""
     ends, largest = [eps or 0.0, 1e-3], [1.0]
+    for values in eps_star:
+        finite = values[np.isfinite(values) & (values > 0)]
+        if finite.size:
+            ends.append(float(np.quantile(finite, 0.995)))
     for table in tables:
         largest.append(float(table["eps"].max()))
         for _, curve in table.groupby(["attack", "loss_name", "transfer"]):
@@ -511,13 +522,37 @@ def _eps_axis_end(tables: Iterable[pd.DataFrame], diagnostics: Iterable[pd.DataF
     return min(max(ends), max(largest[1:], default=1.0))
 
 
+EPS_STAR_COLOR = "#5b2c83"  # dark purple: apart from the attack palette and Eq. 4's black
+EPS_STAR_LABEL = "ε* (min-norm ensemble): share with ε* > ε"
+
+
+def _eps_star(run: Run) -> np.ndarray:
+    assert run.minimal is not None
+    return run.minimal["eps_star"].to_numpy(dtype=float)
+
+
+def eps_star_curve(minimal: pd.DataFrame, end: float) -> pd.DataFrame:
+    """The empirical accuracy ``acc(ε) = share(ε* > ε)`` of a minimal (ε*) table on [0, end],
+    at 0, at every finite ε* up to ``end`` and at ``end`` (it changes only at the ε*, so a
+    step line through these points, continuous from the right, is the whole curve); the frame
+    of :func:`~epsl.analysis.calibration.accuracy_curves`, ``empirical`` the column to draw."""
+    star = minimal["eps_star"].to_numpy(dtype=float)
+    inside = star[np.isfinite(star) & (star > 0) & (star <= end)]
+    grid = np.unique(np.concatenate([[0.0], inside, [end]]))
+    return accuracy_curves(minimal["eps_l"], star, grid)
+
+
 def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Figure:
     """Table 1 as curves, one panel per model: empirical accuracy under each attack (markers;
     from ``attack.csv``, the strongest steps/restarts per setting) next to the Eq. 4 prediction,
-    the fraction of examples with ε < ε_L (thick black line, from ``diagnostics.csv``)."""
-    chosen = [r for r in runs if r.attack is not None or r.diagnostics is not None]
+    the fraction of examples with ε < ε_L (thick black line, from ``diagnostics.csv``, else
+    from ``minimal.csv``). A run with a minimal table (``epsl calibrate``) also gets the
+    empirical curve of its ε*, ``acc(ε) = share(ε* > ε)`` (purple step line): the accuracy
+    the strongest attack of the ensemble leaves at every ε at once."""
+    chosen = [r for r in runs if r.attack is not None or r.diagnostics is not None
+              or r.minimal is not None]
     if not chosen:
-        raise EpslError("no run has an attack or diagnostics table")
+        raise EpslError("no run has an attack, diagnostics or minimal (ε*) table")
     tables = {id(r): with_intervals(strongest_setting(attack_accuracies(r.attack)))
               for r in chosen if r.attack is not None}
     settings = sorted({(a, loss, bool(t)) for table in tables.values()
@@ -529,7 +564,9 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
     rows = math.ceil(len(chosen) / cols)
     fig = _figure(3.4 * cols + 0.8, 3.0 * rows + 1.2)
     axes = _axes(fig, rows, cols, sharex=True, sharey=True)
-    eps_max = _eps_axis_end(tables.values(), [r.diagnostics for r in chosen], eps)
+    with_star = [r for r in chosen if r.minimal is not None and len(r.minimal)]
+    eps_max = _eps_axis_end(tables.values(), [r.diagnostics for r in chosen], eps,
+                            [_eps_star(r) for r in with_star])
     grid = np.linspace(0, eps_max * 1.1, 200)
     names: dict[tuple[str, str, bool], str] = {}
     for k, ax in enumerate(axes.ravel()):
@@ -537,13 +574,18 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
             ax.set_visible(False)
             continue
         run = chosen[k]
-        if run.diagnostics is not None:
-            predicted = predicted_accuracy(run.diagnostics, grid)
-            n = len(run.diagnostics)
+        predictor = run.diagnostics if run.diagnostics is not None else run.minimal
+        if predictor is not None:
+            predicted = predicted_accuracy(predictor, grid)
+            n = len(predictor)
             band = np.array([clopper_pearson(round(p * n), n) for p in predicted])
             ax.fill_between(grid, band[:, 0], band[:, 1], color="black", alpha=0.12,
                             linewidth=0, zorder=2)
             ax.plot(grid, predicted, color="black", linewidth=2.4, zorder=3)
+        if run.minimal is not None and len(run.minimal):
+            curve = eps_star_curve(run.minimal, float(grid[-1]))
+            ax.plot(curve["eps"], curve["empirical"], color=EPS_STAR_COLOR, linewidth=2.0,
+                    drawstyle="steps-post", zorder=3.5, gid="eps_star")
         for (attack, loss, transfer), group in tables.get(id(run), pd.DataFrame(
                 columns=["attack", "loss_name", "transfer"])).groupby(
                 ["attack", "loss_name", "transfer"]):
@@ -564,14 +606,134 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
     axes[0, 0].set(ylim=(-0.02, 1.02), xlim=(0, grid[-1]))
     handles = [Line2D([], [], color="black", linewidth=2.4)]
     labels = ["Eq. 4 prediction: share with ε < ε_L (band: 95% interval)"]
+    if with_star:
+        handles.append(Line2D([], [], color=EPS_STAR_COLOR, linewidth=2.0,
+                              drawstyle="steps-post"))
+        labels.append(EPS_STAR_LABEL)
     for key in settings:
         marker, line = _style(*key)
         handles.append(Line2D([], [], color=colors[key], marker=marker, linestyle=line))
         labels.append(names.get(key, _setting_name(*key)))
     _fig_legend(fig, handles, labels, where="lower")
-    fig.suptitle("Accuracy against ε: empirical attacks and the Eq. 4 prediction "
-                 "(bars and band: 95% Clopper–Pearson intervals)", fontsize=11,
-                 fontweight="bold")
+    fig.suptitle("Accuracy against ε: empirical attacks"
+                 + (", ε* of a minimum-norm ensemble" if with_star else "")
+                 + " and the Eq. 4 prediction (bars and band: 95% Clopper–Pearson intervals)",
+                 fontsize=11, fontweight="bold")
+    return fig
+
+
+# --------------------------------------------------------------------------- ε_L against ε*
+
+_CONSERVATIVE_COLOR, _OPTIMISTIC_COLOR = (sns.color_palette("colorblind")[i] for i in (0, 3))
+
+
+def _minimal_runs(runs: Sequence[Run]) -> list[Run]:
+    chosen = [r for r in runs if r.minimal is not None and len(r.minimal)]
+    if not chosen:
+        raise EpslError("no run has a minimal table (minimal.csv, from epsl calibrate)")
+    return chosen
+
+
+def minimal_card(run: Run) -> dict[str, Any]:
+    """The report card of Eq. 4 of a run with a minimal table: from its record
+    (``minimal.json``), recomputed with :func:`~epsl.analysis.calibration.report_card` when
+    the record lacks it."""
+    card = run.minimal_summary.get("report_card")
+    if isinstance(card, dict) and {"spearman", "optimistic_share"} <= card.keys():
+        return card
+    assert run.minimal is not None
+    return report_card(run.minimal["eps_l"], run.minimal["eps_star"])
+
+
+def _number(card: dict[str, Any], key: str) -> float:
+    value = card.get(key)
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+def _card_title(card: dict[str, Any]) -> str:
+    """Two lines: Spearman's ρ and the optimistic share, each with its 95% interval."""
+    rho, rho_lo, rho_hi = (_number(card, k) for k in ("spearman", "spearman_lo", "spearman_hi"))
+    share, lo, hi = (_number(card, k) for k in ("optimistic_share", "optimistic_lo",
+                                                 "optimistic_hi"))
+    first = (f"Spearman ρ = {rho:.2f} [{rho_lo:.2f}, {rho_hi:.2f}]" if math.isfinite(rho)
+             else "Spearman ρ: too few examples")
+    second = (f"optimistic (ε_L > ε*): {share:.0%} [{100 * lo:.0f}, {100 * hi:.0f}]"
+              if math.isfinite(share) else "optimistic (ε_L > ε*): no example")
+    return f"{first}\n{second}"
+
+
+def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
+    """Eq. 4 example by example: ε_L (y) against ε* (x), the smallest perturbation a
+    minimum-norm attack ensemble found (``minimal.csv`` of ``epsl calibrate``), one panel per
+    run with a minimal table (up to three columns, shared log-log axes).
+
+    Points above the dashed line ε_L = ε* (``ratio > 1``, orange triangles) are examples where
+    Eq. 4 is *optimistic*: it promises more robustness than the network has, a proven
+    overstatement since ε* is an upper bound of the true minimal perturbation. Each panel's
+    title gives the run, Spearman's ρ(ε_L, ε*) and the optimistic share with their 95%
+    intervals (from the record's report card). Only examples with positive, finite ε_L and ε*
+    are drawn (misclassified examples have ε* = 0); examples no attack flipped (ε* = ∞) are
+    counted in the panel.
+    """
+    chosen = _minimal_runs(runs)
+    cols = min(3, len(chosen))
+    rows = math.ceil(len(chosen) / cols)
+    fig = _figure(3.5 * cols + 0.6, 3.7 * rows + 1.3)
+    axes = _axes(fig, rows, cols, sharex=True, sharey=True)
+    drawn: list[np.ndarray] = []
+    for k, ax in enumerate(axes.ravel()):
+        if k >= len(chosen):
+            ax.set_visible(False)
+            continue
+        run = chosen[k]
+        assert run.minimal is not None
+        eps_l = run.minimal["eps_l"].to_numpy(dtype=float)
+        star = _eps_star(run)
+        shown = np.isfinite(eps_l) & np.isfinite(star) & (eps_l > 0) & (star > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = (run.minimal["ratio"].to_numpy(dtype=float) if "ratio" in run.minimal
+                     else eps_l / star)
+        optimistic = shown & (ratio > 1)
+        for picked, color, marker, size, gid in (
+                (shown & ~optimistic, _CONSERVATIVE_COLOR, "o", 12, "conservative"),
+                (optimistic, _OPTIMISTIC_COLOR, "^", 18, "optimistic")):
+            ax.scatter(star[picked], eps_l[picked], s=size, color=color, marker=marker,
+                       alpha=0.6, linewidths=0, zorder=3, gid=gid)
+        drawn += [star[shown], eps_l[shown]]
+        notes = []
+        unbroken = int(np.isinf(star).sum())
+        if unbroken:
+            notes.append(f"{unbroken} never flipped (ε* = ∞), not shown")
+        other = int((np.isfinite(star) & (star > 0) & ~shown).sum())
+        if other:
+            notes.append(f"{other} with ε_L ≤ 0 or missing, not shown")
+        if notes:
+            ax.text(0.97, 0.03, "\n".join(notes), transform=ax.transAxes, ha="right",
+                    va="bottom", fontsize=7.5, color="dimgray",
+                    bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})
+        ax.set_title(f"{run.label}\n{_card_title(minimal_card(run))}", fontsize=9)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _plain_log_ticks(ax.xaxis)
+        _plain_log_ticks(ax.yaxis)
+        ax.set_box_aspect(1)
+        ax.set_xlabel(f"$\\epsilon^*$, min-norm ensemble ({EPS_UNIT}, log)"
+                      if k // cols == rows - 1 or k + cols >= len(chosen) else "", fontsize=9)
+        ax.set_ylabel("$\\epsilon_L$, Eq. 4 (log)" if k % cols == 0 else "", fontsize=9)
+    every = np.concatenate(drawn) if drawn else np.array([])
+    lo, hi = (float(every.min()), float(every.max())) if every.size else (1e-3, 1.0)
+    lo, hi = lo / 1.3, hi * 1.3
+    for ax in axes.ravel()[:len(chosen)]:
+        ax.plot([lo, hi], [lo, hi], color="black", linestyle="--", linewidth=1.1, zorder=2,
+                gid="identity")
+    axes[0, 0].set(xlim=(lo, hi), ylim=(lo, hi))
+    handles = [Line2D([], [], color=_CONSERVATIVE_COLOR, marker="o", linestyle=""),
+               Line2D([], [], color=_OPTIMISTIC_COLOR, marker="^", linestyle=""),
+               Line2D([], [], color="black", linestyle="--")]
+    labels = ["ε_L ≤ ε*: Eq. 4 conservative", "ε_L > ε*: Eq. 4 optimistic", "ε_L = ε*"]
+    _fig_legend(fig, handles, labels, where="lower")
+    fig.suptitle("Eq. 4's ε_L against ε*, the smallest perturbation a minimum-norm attack "
+                 "ensemble found", fontsize=11, fontweight="bold")
     return fig
 
 
@@ -703,7 +865,11 @@ CAPTIONS = {
                                   "penultimate layer (sorted) and the number of inactive "
                                   "neurons.",
     "fig11_logit_activity": "Figure 11: activation magnitude per logit.",
-    "accuracy_vs_eps": "Accuracy against ε: empirical attacks next to the Eq. 4 prediction.",
+    "accuracy_vs_eps": "Accuracy against ε: empirical attacks (and, where a run has a minimal "
+                       "table, the share with ε* > ε) next to the Eq. 4 prediction.",
+    "eps_l_vs_eps_star": "ε_L (Eq. 4) against ε*, the smallest perturbation a minimum-norm "
+                         "attack ensemble found, per example and model (log-log); points "
+                         "above the line ε_L = ε* are where Eq. 4 is optimistic.",
     "accuracy_vs_steps": "White-box PGD accuracy against the number of steps (Table 11).",
     "accuracy_vs_restarts": "White-box PGD accuracy against the number of restarts (Table 10).",
 }
@@ -752,9 +918,14 @@ def figure_specs(runs: Sequence[Run], *, eps: float | None = None) -> list[Figur
             add("fig10_penultimate_activity", lambda: fig_penultimate_activity(acts), acts)
         if any((r.activations["layer"] == "logit").any() for r in acts):  # type: ignore[index]
             add("fig11_logit_activity", lambda: fig_logit_activity(acts), acts)
-    if any(r.attack is not None for r in runs):
-        used = [r for r in runs if r.attack is not None or r.diagnostics is not None]
+    if any(r.attack is not None or r.minimal is not None for r in runs):
+        used = [r for r in runs if r.attack is not None or r.diagnostics is not None
+                or r.minimal is not None]
         add("accuracy_vs_eps", lambda: fig_accuracy_vs_eps(used, eps=eps), used)
+    calibrated = [r for r in runs if r.minimal is not None and len(r.minimal)]
+    if calibrated:
+        add("eps_l_vs_eps_star", lambda: fig_eps_l_vs_eps_star(calibrated), calibrated)
+    if any(r.attack is not None for r in runs):
         for key, stem in (("steps", "accuracy_vs_steps"), ("restarts", "accuracy_vs_restarts")):
             found = _sweep(runs, key, eps)
             if found:

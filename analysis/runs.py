@@ -4,7 +4,8 @@ A *run folder* holds any of the results that ``epsl diagnose``, ``epsl activatio
 ``epsl landscape``, ``epsl attack``, ``epsl audit``, ``compare`` and ``reproduce`` write,
 either directly or in subfolders (up to two levels deep, e.g. ``run/attacks/attack.csv``).
 Every result is read through :mod:`epsl.records`: its JSON record (``diagnostics.json``,
-``attack.json``, ``audit.json``, ``activations.json``, ``landscape.json``) names its schema,
+``attack.json``, ``audit.json``, ``activations.json``, ``landscape.json``,
+``minimal.json``) names its schema,
 holds its provenance (and so the model's metadata, which labels the run) and sits beside its
 table:
 
@@ -16,9 +17,12 @@ table:
 - ``attack.csv``: one row per example per setting, ``index, label, attack, loss_name, eps,
   steps, restarts, step_size, random_start, source, correct, loss, margin, pred``.
 - ``audit.csv``: ``index, label, clean_correct, <attack>..., robust, broken_by``.
+- ``minimal.csv``: ε* per example beside ε_L (``epsl calibrate``): ``index, label, eps_star,
+  eps_star_attack, pred_adv, eps_<attack>..., eps_l, rival, ratio, optimistic``; its record
+  holds the report card of Eq. 4.
 
 Several attack, landscape and activations results in one run are concatenated; the shallowest
-diagnostics and audit are used. A record of an unknown schema is refused in one line.
+diagnostics, audit and minimal (ε*) results are used. A record of an unknown schema is refused in one line.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import pandas as pd
 from epsl.errors import EpslError
 from epsl.records import KINDS, TABLE_FORMATS, Result, load
 
-RUN_KINDS = ("diagnostics", "activations", "landscape", "attack", "audit")
+RUN_KINDS = ("diagnostics", "activations", "landscape", "attack", "audit", "minimal")
 _CONCATENATED = ("activations", "landscape", "attack")
 _MAX_DEPTH = 2
 
@@ -60,6 +64,8 @@ class Run:
     attack_summary: dict[str, Any] = field(default_factory=dict)
     audit: pd.DataFrame | None = None
     audit_summary: dict[str, Any] = field(default_factory=dict)
+    minimal: pd.DataFrame | None = None
+    minimal_summary: dict[str, Any] = field(default_factory=dict)
     label: str = ""
 
     @property
@@ -131,16 +137,19 @@ def load_run(path: Path | str, *, label: str | None = None) -> Run:
 
     # the model's metadata and checkpoint, from the first result that knows them
     origin = next((r.provenance for name in ("diagnostics", "audit", "attack", "activations",
-                                             "landscape")
+                                             "landscape", "minimal")
                    for r in results[name] if r.provenance is not None), None)
     meta = dict(origin.model) if origin is not None else {}
     diagnostics, attack, audited = first("diagnostics"), first("attack"), first("audit")
+    minimal = first("minimal")
     summary = dict(diagnostics.summary) if diagnostics is not None else {}
     if origin is not None:
         summary.setdefault("checkpoint", origin.checkpoint)
     run = Run(name=root.resolve().name, path=root, meta=meta, summary=summary,
               attack_summary=dict(attack.summary) if attack is not None else {},
               audit_summary=dict(audited.summary) if audited is not None else {},
+              minimal_summary=dict(minimal.summary) if minimal is not None else {},
+              minimal=tables["minimal"],
               diagnostics=tables["diagnostics"], activations=tables["activations"],
               landscape=tables["landscape"], attack=tables["attack"], audit=tables["audit"])
     return replace(run, label=label or defense_label(meta, fallback=run.name))

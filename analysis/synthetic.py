@@ -1,7 +1,8 @@
-"""Synthetic run folders with the exact table schema of the diagnostics, attacks and audit, for
-tests and documentation. Numbers are random but internally consistent: ``eps_l`` is
-``logit_gap / grad_gap_l1``, ``correct`` is ``pred == label``, and an example survives an attack
-at ε roughly when ε < ε_L, so the curves look like real ones. numpy only, no model.
+"""Synthetic run folders with the exact table schema of the diagnostics, attacks, audit and
+minimal perturbations (ε*), for tests and documentation. Numbers are random but internally
+consistent: ``eps_l`` is ``logit_gap / grad_gap_l1``, ``correct`` is ``pred == label``, an
+example survives an attack at ε roughly when ε < ε_L, and ε* scatters around ε_L, so the curves
+look like real ones. numpy only, no model.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import numpy as np
 import pandas as pd
 
 from epsl.records import Provenance, Result
+from epsl.stats import accuracy_interval
+
+from .calibration import report_card
 
 PRESETS: dict[str, dict[str, Any]] = {
     "natural": {},
@@ -192,13 +196,79 @@ def audit_frames(attack: pd.DataFrame, clean_correct: pd.Series, eps: float
     return frame, summary
 
 
+def minimal_frame(diagnostics: pd.DataFrame, *, seed: int = 0,
+                  attacks: Sequence[str] = ("fmn", "fab")) -> pd.DataFrame:
+    """Per-example ε* with the columns of ``epsl calibrate``'s ``minimal.csv``: ``index, label,
+    eps_star, eps_star_attack, pred_adv, eps_<attack>..., eps_l, rival, ratio, optimistic``.
+
+    ε* is ε_L times a log-normal factor (median 1.4), bent below 1 as ``1 - exp(-x)`` (no ℓ∞
+    distance inside [0, 1]^d exceeds 1), so Eq. 4 is mostly conservative for small ε_L and
+    optimistic (ε_L > ε*) for a share of the examples that grows with ε_L. ε* is 0 for
+    misclassified examples (attack ``clean``) and +inf (attack ``""``) for about 5% of the
+    others, as if no attack had flipped them. Each attack's own ε is ε* for the one that found
+    it and larger (or +inf, a failure) for the others.
+    """
+    rng = np.random.default_rng(seed + 4)
+    eps_l = diagnostics["eps_l"].to_numpy(dtype=np.float64)
+    label = diagnostics["label"].to_numpy()
+    correct = diagnostics["correct"].to_numpy(dtype=bool)
+    n = len(eps_l)
+    found = -np.expm1(-np.abs(eps_l) * rng.lognormal(np.log(1.4), 0.5, n))
+    unbroken = correct & (rng.random(n) < 0.05)
+    eps_star = np.where(correct, np.where(unbroken, np.inf, found), 0.0)
+    winner = rng.integers(0, len(attacks), n)
+    frame = pd.DataFrame({
+        "index": diagnostics["index"].to_numpy(), "label": label, "eps_star": eps_star,
+        "eps_star_attack": np.where(~correct, "clean", np.where(
+            unbroken, "", np.asarray(attacks, dtype=object)[winner])),
+        "pred_adv": np.where(correct & ~unbroken, diagnostics["rival"].to_numpy(),
+                             diagnostics["pred"].to_numpy())})
+    for k, name in enumerate(attacks):
+        slower = eps_star * (1 + rng.exponential(0.2, n))
+        failed = rng.random(n) < 0.05
+        own = np.where(winner == k, eps_star, np.where(failed, np.inf, slower))
+        frame[f"eps_{name}"] = np.where(correct, own, 0.0)
+    frame["eps_l"] = eps_l
+    frame["rival"] = diagnostics["rival"].to_numpy()
+    # the ratio and the flag exactly as epsl.calibrate.minimal_table makes them
+    keep = (eps_star > 0) & (eps_l > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(np.isinf(eps_star), 0.0, eps_l / eps_star)
+    frame["ratio"] = np.where(keep, ratio, np.nan)
+    frame["optimistic"] = keep & (frame["ratio"] > 1)
+    return frame
+
+
+def minimal_summary(table: pd.DataFrame, eps: Sequence[float], *, seed: int = 0
+                    ) -> dict[str, Any]:
+    """The ``minimal.json`` numbers of ``epsl calibrate`` for ``table``: ε* accuracy at each ε
+    with its 95% interval, the report card of Eq. 4 and which attack found each ε*."""
+    n = len(table)
+    star = table["eps_star"].to_numpy(dtype=np.float64)
+    accuracy = {repr(e): float((star > e).mean()) for e in eps}
+    attacks = [c[4:] for c in table.columns
+               if c.startswith("eps_") and c not in ("eps_star", "eps_star_attack", "eps_l")]
+    return {
+        "n": n, "eps": list(eps), "eps_star_accuracy": accuracy,
+        "eps_star_accuracy_interval": {k: list(accuracy_interval(a, n))
+                                       for k, a in accuracy.items()},
+        "report_card": report_card(table["eps_l"], table["eps_star"], seed=seed),
+        "found_by": {str(k): int(v) for k, v in
+                     table["eps_star_attack"].replace("", "none").value_counts().items()},
+        "seconds": {name: 0.0 for name in attacks},
+        "minimal": {"attacks": attacks, "seed": seed},
+    }
+
+
 def write_synthetic_run(out: Path | str, defense: Mapping[str, Any] | str = "natural", *,
                         n: int = 200, seed: int = 0, eps: float = 0.3, steps: int = 2000,
                         tables: Sequence[str] = ("diagnostics", "activations", "landscape",
                                                  "attack", "audit")) -> Path:
     """Write a run folder through :mod:`epsl.records`: ``diagnostics.csv`` + ``.json``,
-    ``activations.csv``, ``landscape.csv``, ``attacks/attack.csv``, ``audit/audit.csv``, each
-    with its record. ``defense`` is a ``defense`` dict or a key of :data:`PRESETS`."""
+    ``activations.csv``, ``landscape.csv``, ``attacks/attack.csv``, ``audit/audit.csv`` and,
+    when ``tables`` names ``"minimal"`` (not by default), ``minimal/minimal.csv``, each with its
+    record. ``defense`` is a ``defense`` dict or a key of :data:`PRESETS`. Adding ``"minimal"``
+    leaves every other table unchanged (it draws from a generator of its own)."""
     out = Path(out)
     spec = PRESETS[defense] if isinstance(defense, str) else dict(defense)
     diag = diagnostics_frame(spec, n=n, seed=seed)
@@ -228,4 +298,8 @@ def write_synthetic_run(out: Path | str, defense: Mapping[str, Any] | str = "nat
     if "audit" in tables:
         audit, summary = audit_frames(attack, diag["correct"], eps)
         Result("audit", summary, origin, audit).save(out / "audit")
+    if "minimal" in tables:
+        minimal = minimal_frame(diag, seed=seed)
+        Result("minimal", minimal_summary(minimal, eps_list, seed=seed), origin,
+               minimal).save(out / "minimal")
     return out

@@ -161,7 +161,12 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, eps: tuple[float
 @source_option
 @click.option("--quick", is_flag=True,
               help="Fewer steps, restarts and queries (AuditConfig.quick()) for a first look.")
-@click.option("--skip-expensive", is_flag=True, help="Skip APGD and Square.")
+@click.option("--skip-expensive", is_flag=True,
+              help="Skip APGD, the minimum-norm ensemble and Square.")
+@click.option("--min-norm/--no-min-norm", "minimal_norm",
+              default=default(AuditConfig, "minimal_norm"), show_default=True,
+              help="Run the minimum-norm ensemble (FMN + FAB): an example with eps* <= EPS is "
+                   "broken.")
 @click.option("--pgd-steps", type=STEP, default=None,
               help=f"Steps of PGD-k (default {default(AuditConfig, 'pgd_steps')}).")
 @click.option("--strong-steps", type=STEP, default=None,
@@ -177,15 +182,15 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, eps: tuple[float
 @batch_option
 @result_options
 def audit_command(checkpoint: str, eps: float, source: str | None, quick: bool,
-                  skip_expensive: bool, pgd_steps: int | None, strong_steps: int | None,
+                  skip_expensive: bool, minimal_norm: bool, pgd_steps: int | None, strong_steps: int | None,
                   strong_restarts: int | None, square_queries: int | None,
                   unbounded_steps: int | None, seed: int,
                   batch_size: int | None, out: str, overwrite: bool, **options: Any) -> None:
     """Audit CHECKPOINT's robustness at EPS for signs of gradient masking.
 
     Runs FGSM, PGD-k (xent and CW), PGD with more steps and with restarts, APGD-CE/DLR,
-    Square, a transfer attack from --source, the unbounded-eps check and Eq. 4's prediction
-    on the same examples; prints per-attack accuracies, the warnings with their doc pages and a
+    the minimum-norm ensemble (FMN + FAB), Square, a transfer attack from --source, the
+    unbounded-eps check and Eq. 4's prediction on the same examples; prints per-attack accuracies, the warnings with their doc pages and a
     verdict; writes OUT/audit.csv (per example: one column per attack, robust, broken_by) and
     OUT/audit.json. Use --limit: the full audit costs minutes per thousand examples.
 
@@ -196,7 +201,8 @@ def audit_command(checkpoint: str, eps: float, source: str | None, quick: bool,
              "strong_restarts": strong_restarts, "square_queries": square_queries,
              "unbounded_steps": unbounded_steps}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    overrides |= {"skip_expensive": skip_expensive, "seed": seed, "batch_size": batch_size}
+    overrides |= {"skip_expensive": skip_expensive, "minimal_norm": minimal_norm, "seed": seed,
+                  "batch_size": batch_size}
     config = AuditConfig.quick(**overrides) if quick else AuditConfig(**overrides)
     _precheck(out, kind("audit").files(), overwrite)
     ev = _prepare(checkpoint, options)

@@ -3,8 +3,9 @@ worst case per example, and AutoAttack-style warnings for gradient masking.
 
 The paper's sanity checks (section 5.1, Appendix F-H: unbounded eps, more steps, more
 restarts) are what Mosbach et al. (2018) showed to be not enough for logit-squeezed models, so
-the audit adds APGD-CE/DLR (Croce & Hein 2020), the gradient-free Square attack and a transfer
-attack, and reads them against each other:
+the audit adds APGD-CE/DLR (Croce & Hein 2020), the minimum-norm ensemble of
+:mod:`epsl.minimal` (an example with ε* ≤ ε is broken), the gradient-free Square attack and a
+transfer attack, and reads them against each other:
 
 - an example is robust only if it survives every attack (``robust``); ``broken_by`` names the
   first attack, in the order below, that broke it;
@@ -51,6 +52,12 @@ from epsl.device import model_device
 from epsl.diagnostics import diagnose
 from epsl.errors import EpslError
 from epsl.io import to_json
+from epsl.minimal import (
+    MinimalConfig,
+    MinimalResult,
+    check_minimal_dependencies,
+    minimal_perturbation,
+)
 from epsl.modes import eval_mode
 from epsl.records import Provenance, Result
 from epsl.stats import accuracy_interval
@@ -84,7 +91,11 @@ class AuditConfig:
         apgd_steps, apgd_restarts: APGD-CE and APGD-DLR budget.
         square_queries, square_restarts, square_p_init: Square budget.
         unbounded_eps, unbounded_steps: the Table 9 check (accuracy must reach 0).
-        skip_expensive: skip APGD and Square (they need torchattacks and take longest).
+        minimal_norm: run the minimum-norm ensemble (Foolbox FMN + torchattacks FAB) as one
+            more white-box attack: an example whose ε* is at most eps is broken.
+        fmn_steps, fab_steps: its budgets (:class:`epsl.minimal.MinimalConfig`).
+        skip_expensive: skip APGD, the minimum-norm ensemble and Square (they need
+            torchattacks and Foolbox and take longest).
         survivors_only: run the expensive attacks only on examples still robust.
         drop_tolerance, relative_drop_tolerance: warn when more steps / restarts / APGD break
             more than ``drop_tolerance`` of all examples beyond the earlier attacks *and* more
@@ -111,6 +122,9 @@ class AuditConfig:
     square_p_init: float = 0.8
     unbounded_eps: float = 1.0
     unbounded_steps: int = 100
+    minimal_norm: bool = True
+    fmn_steps: int = 100
+    fab_steps: int = 50
     skip_expensive: bool = False
     survivors_only: bool = True
     drop_tolerance: float = 0.02
@@ -136,7 +150,8 @@ class AuditConfig:
                   "strong_restarts": self.strong_restarts, "apgd_steps": self.apgd_steps,
                   "apgd_restarts": self.apgd_restarts, "square_queries": self.square_queries,
                   "square_restarts": self.square_restarts,
-                  "unbounded_steps": self.unbounded_steps}
+                  "unbounded_steps": self.unbounded_steps, "fmn_steps": self.fmn_steps,
+                  "fab_steps": self.fab_steps}
         for name, value in counts.items():
             if value < 1:
                 raise EpslError(f"{name} must be at least 1 (got {value})")
@@ -146,6 +161,11 @@ class AuditConfig:
                             "steps and restarts")
         if not 0 < self.unbounded_eps <= 1:
             raise EpslError(f"unbounded_eps must be in (0, 1] (got {self.unbounded_eps})")
+
+    def minimal_config(self) -> MinimalConfig:
+        """The minimum-norm ensemble this audit runs (seeded and batched like its attacks)."""
+        return MinimalConfig(fmn_steps=self.fmn_steps, fab_steps=self.fab_steps,
+                             seed=self.seed, batch_size=self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -238,11 +258,24 @@ class _Attack:
     expensive: bool
     survivors: bool
     settings: dict[str, Any]
-    run: Callable[[torch.Tensor, torch.Tensor], AttackResult]
+    run: Callable[[torch.Tensor], AttackResult]  # on the examples of these indices
 
 
-def _plan(model: nn.Module, eps: float, source: nn.Module | None,
-          config: AuditConfig) -> list[_Attack]:
+def _min_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+              config: AuditConfig, found: MinimalResult | None) -> AttackResult:
+    """The minimum-norm ensemble as an attack at ``eps``: the verified point where ε* ≤ eps,
+    else x (``found``: ε* already computed on exactly these examples)."""
+    if found is None:
+        found = minimal_perturbation(model, x, y, config=config.minimal_config())
+    broken = (found.eps_star <= eps).to(x.device)[:, None, None, None]
+    x_adv = torch.where(broken, found.x_adv.to(x.device), x)
+    with eval_mode(model):
+        return score(model, x_adv, y, batch_size=config.batch_size)
+
+
+def _plan(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+          source: nn.Module | None, config: AuditConfig,
+          minimal: MinimalResult | None = None) -> list[_Attack]:
     k = config.pgd_steps
     step = config.step_size or default_step_size(eps, k)
     common = {"seed": config.seed, "batch_size": config.batch_size}
@@ -257,9 +290,16 @@ def _plan(model: nn.Module, eps: float, source: nn.Module | None,
                   **common}
     cw = {"loss": "cw", "cw_confidence": config.cw_confidence}
 
-    def on(fn: Callable[..., AttackResult], **kw: Any
-           ) -> Callable[[torch.Tensor, torch.Tensor], AttackResult]:
-        return lambda x, y: fn(model, x, y, **kw)
+    def on(fn: Callable[..., AttackResult], **kw: Any) -> Callable[[torch.Tensor], AttackResult]:
+        return lambda idx: fn(model, x[idx], y[idx], **kw)
+
+    def min_norm(idx: torch.Tensor) -> AttackResult:
+        if minimal is None:
+            return _min_norm(model, x[idx], y[idx], eps, config, None)
+        sub = MinimalResult(minimal.x_adv[idx.to(minimal.x_adv.device)],
+                            minimal.eps_star[idx.to(minimal.eps_star.device)], (),
+                            minimal.pred[idx.to(minimal.pred.device)], y[idx])
+        return _min_norm(model, x[idx], y[idx], eps, config, sub)
 
     plan = [
         _Attack("fgsm", "white-box", False, False, {"eps": eps},
@@ -275,9 +315,13 @@ def _plan(model: nn.Module, eps: float, source: nn.Module | None,
         _Attack("apgd-dlr", "white-box", True, True, {**apgd_set, "loss": "dlr"},
                 on(apgd, **apgd_set, loss="dlr")),
     ]
+    if config.minimal_norm:
+        plan.append(_Attack("min-norm", "white-box", True, True,
+                            {"eps": eps, **config.minimal_config().settings()}, min_norm))
     if source is not None:
         plan.append(_Attack("transfer", "black-box", False, False, pgd_k,
-                            lambda x, y: transfer(source, model, x, y, attack="pgd", **pgd_k)))
+                            lambda idx: transfer(source, model, x[idx], y[idx], attack="pgd",
+                                                 **pgd_k)))
     plan.append(_Attack("square", "black-box", True, True, square_set,
                         on(square, **square_set)))
     return plan
@@ -285,9 +329,12 @@ def _plan(model: nn.Module, eps: float, source: nn.Module | None,
 
 def check_dependencies(config: AuditConfig) -> None:
     """Fail in one line, before any work, when an attack the audit will run cannot be imported
-    (APGD and Square come from torchattacks unless ``skip_expensive``)."""
+    (APGD, FAB and Square come from torchattacks, FMN from Foolbox, unless
+    ``skip_expensive``)."""
     if not config.skip_expensive:
         require_torchattacks()
+        if config.minimal_norm:
+            check_minimal_dependencies(config.minimal_config())
 
 
 def _input_grad_l1(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -309,7 +356,7 @@ def _eq4(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tens
 
 def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
           source: nn.Module | None = None, config: AuditConfig | None = None,
-          progress: bool = False) -> AuditResult:
+          progress: bool = False, minimal: MinimalResult | None = None) -> AuditResult:
     """Audit ``model``'s l_inf robustness at ``eps`` on (x, y) for signs of gradient masking.
 
     Runs, on the same examples: clean accuracy; FGSM; PGD-k with cross-entropy and with the CW
@@ -327,6 +374,9 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         source: optional model for the transfer attack (same input shape).
         config: attack budgets and warning thresholds (default :class:`AuditConfig`).
         progress: show a tqdm bar on stderr.
+        minimal: ε* already found on exactly these examples with
+            ``config.minimal_config()`` (:func:`epsl.minimal.minimal_perturbation`); None
+            runs the ensemble on the examples still robust when its turn comes.
     """
     config = config or AuditConfig()
     check_dependencies(config)
@@ -334,6 +384,9 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         raise EpslError(f"eps must be in (0, 1] (got {eps})")
     if len(y) == 0:
         raise EpslError("the audit needs at least one example")
+    if minimal is not None and len(minimal) != len(y):
+        raise EpslError(f"the eps* given to the audit hold {len(minimal)} examples, not "
+                        f"{len(y)}")
     device = model_device(model)
     x, y = x.to(device), y.to(device)
     n = len(y)
@@ -349,10 +402,12 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         "settings": "{}"}]
     notes: list[str] = []
     white_robust = robust.clone()
-    plan = [a for a in _plan(model, eps, source, config)
+    plan = [a for a in _plan(model, x, y, eps, source, config, minimal)
             if not (a.expensive and config.skip_expensive)]
+    if minimal is not None and config.minimal_norm and not config.skip_expensive:
+        notes.append("min-norm: eps* was found before the audit; its seconds exclude that")
     if config.skip_expensive:
-        notes.append("APGD and Square skipped (skip_expensive)")
+        notes.append("APGD, the minimum-norm ensemble and Square skipped (skip_expensive)")
     bar = tqdm(plan, desc="audit", disable=not progress, leave=False)
     for attack in bar:
         bar.set_postfix_str(attack.name)
@@ -362,7 +417,7 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         column = pd.array([pd.NA] * n, dtype="boolean")
         start = time.perf_counter()
         if idx.numel():
-            result = attack.run(x[idx], y[idx])
+            result = attack.run(idx)
             correct = result.correct.to(y.device)
             column[idx.cpu().numpy()] = correct.cpu().numpy()
             newly = idx[robust[idx] & ~correct]
@@ -432,7 +487,7 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
 _SHORT = {
     "steps": "more PGD steps break many more examples",
     "restarts": "random restarts break many more examples",
-    "stronger-attacks": "APGD breaks many more examples than PGD",
+    "stronger-attacks": "APGD or the minimum-norm attacks break many more examples than PGD",
     "black-box-beats-white-box": "a black-box attack beats the white-box attacks",
     "unbounded": "unbounded eps does not reach 0% accuracy",
     "vanishing-gradients": "input gradients vanish",
@@ -460,11 +515,12 @@ def _checks(accuracies: pd.DataFrame, table: pd.DataFrame, n: int, white_robust:
          f"{config.strong_restarts} random restarts of PGD-{k} break {{pct}} more examples: "
          f"the loss has many local maxima. Report robustness with restarts."),
         ("stronger-attacks", None,
-         "APGD (CE/DLR) breaks {pct} more examples than every PGD variant: PGD was too weak "
-         "for this model. Report the worst case over all attacks (the `robust` column)."),
+         "APGD (CE/DLR) and the minimum-norm attacks break {pct} more examples than every PGD "
+         "variant: PGD was too weak for this model. Report the worst case over all attacks "
+         "(the `robust` column)."),
     ]
     for code, name, text in marginal:
-        names = ["apgd-ce", "apgd-dlr"] if name is None else [name]
+        names = ["apgd-ce", "apgd-dlr", "min-norm"] if name is None else [name]
         names = [a for a in names if a in new]
         if not names:
             continue

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,7 +183,9 @@ MINIMAL_ATTACKS: Registry[MinimalAttack] = Registry("minimum-norm attack")
 def require_foolbox() -> Any:
     """The foolbox module, or a one-line :class:`EpslError` naming the install command."""
     try:
-        import foolbox
+        with warnings.catch_warnings():  # foolbox 3.3 imports a deprecated scipy namespace
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import foolbox
     except ImportError:
         raise EpslError("the minimum-norm attack FMN needs foolbox, which is missing from this "
                         "environment: pip install foolbox (or reinstall epsl)") from None
