@@ -190,9 +190,10 @@ def audit_command(checkpoint: str, eps: float, source: str | None, quick: bool,
 
     Runs FGSM, PGD-k (xent and CW), PGD with more steps and with restarts, APGD-CE/DLR,
     the minimum-norm ensemble (FMN + FAB), Square, a transfer attack from --source, the
-    unbounded-eps check and Eq. 4's prediction on the same examples; prints per-attack accuracies, the warnings with their doc pages and a
-    verdict; writes OUT/audit.csv (per example: one column per attack, robust, broken_by) and
-    OUT/audit.json. Use --limit: the full audit costs minutes per thousand examples.
+    unbounded-eps check and Eq. 4's prediction on the same examples; prints per-attack
+    accuracies, the warnings with their doc pages and a verdict; writes OUT/audit.csv (per
+    example: one column per attack, robust, broken_by) and OUT/audit.json. Use --limit: the
+    full audit costs minutes per thousand examples.
 
     Example: epsl audit model.safetensors --dataset digits --eps 0.1 --source natural.safetensors
     --limit 200 --out runs/audit
