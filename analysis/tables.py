@@ -4,10 +4,13 @@ One row per model: its defense parameters (α, β, σ, adversarial training and 
 steps), train and test accuracy from the checkpoint, the clean accuracy and the Eq. 4 predicted
 accuracy (share of examples with ε < ε_L) on the evaluated examples, white-box FGSM and PGD
 accuracy on the cross-entropy and CW losses, black-box (transfer) accuracy, and the audit's
-worst case. Every accuracy is a mean over per-example rows, and every one computed here from
-such rows carries its 95% Clopper–Pearson interval in ``<column>_lo`` and ``<column>_hi``
-(shown as ``76.9% [72.2, 81.1]``); train and test accuracy come from the checkpoint's metadata,
-without the rows an interval needs.
+worst case; with ε* tables (``epsl calibrate``), the accuracy by ε* and the report card of
+Eq. 4 (Spearman's ρ of ε_L and ε*, the median ratio ε_L / ε*, the share of examples where Eq. 4
+is optimistic and the ε from which its curve overstates the accuracy). Every accuracy is a
+mean over per-example rows, and every one computed here from such rows carries its 95%
+Clopper–Pearson interval in ``<column>_lo`` and ``<column>_hi`` (shown as
+``76.9% [72.2, 81.1]``); train and test accuracy come from the checkpoint's metadata, without
+the rows an interval needs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pandas as pd
 
 from epsl.io import write_table, write_text
 
+from .calibration import report_card
 from .metrics import (
     attack_accuracies,
     clopper_pearson,
@@ -42,14 +46,23 @@ BASE_COLUMNS = ["model", "run", "dataset", "arch", "alpha", "beta", "sigma", "ad
 _FIRST_ATTACKS = ["fgsm_xent", "fgsm_cw", "pgd_xent", "pgd_cw"]
 _FRACTIONS = {"train_accuracy", "test_accuracy", "clean_accuracy", "eq4_predicted",
               "attacks_worst", "audit_worst"}
-_NOT_FRACTIONS = (set(BASE_COLUMNS) - _FRACTIONS) | {"pgd_steps", "audit_n", "audit_verdict"}
+#: The report card of Eq. 4 (numbers that are not accuracies, shown with 3 decimals).
+_CARD_STATS = {"eq4_spearman", "eq4_ratio_median"}
+#: Columns after the attacks, in order.
+_TAIL = ("pgd_steps", "eps_star_accuracy", "attacks_worst", "audit_worst", "audit_n",
+         "audit_verdict", "eq4_spearman", "eq4_ratio_median", "eq4_optimistic",
+         "eq4_optimistic_from")
+_NOT_FRACTIONS = (set(BASE_COLUMNS) - _FRACTIONS) | {"pgd_steps", "audit_n", "audit_verdict",
+                                                     "eq4_optimistic_from"} | _CARD_STATS
 HEADERS = {"model": "model", "run": "run", "dataset": "data", "arch": "arch", "alpha": "α",
            "beta": "β", "sigma": "σ", "adv": "adv", "adv_eps": "adv ε", "kappa": "κ",
            "steps": "k (steps)", "train_accuracy": "train", "test_accuracy": "test", "n": "n",
            "clean_accuracy": "clean", "eps": "ε", "eq4_predicted": "Eq. 4",
            "pgd_steps": "PGD steps", "attacks_worst": "worst of these attacks",
            "audit_worst": "audit worst case", "audit_n": "audit n",
-           "audit_verdict": "audit verdict"}
+           "audit_verdict": "audit verdict", "eps_star_accuracy": "ε* (min-norm)",
+           "eq4_spearman": "ρ(ε_L, ε*)", "eq4_ratio_median": "median ε_L/ε*",
+           "eq4_optimistic": "Eq. 4 optimistic", "eq4_optimistic_from": "Eq. 4 overstates from ε"}
 
 
 def attack_column(attack: str, loss: str, transfer: bool) -> str:
@@ -172,7 +185,27 @@ def comparison_row(run: Run, eps: float | None) -> dict[str, Any]:
             row["audit_n"] = len(run.audit)  # the audit may run on fewer examples than n
             if run.audit_summary.get("verdict"):
                 row["audit_verdict"] = str(run.audit_summary["verdict"])
+    if run.minimal is not None:
+        _card_row(row, run, eps)
     return row
+
+
+def _card_row(row: dict[str, Any], run: Run, eps: float | None) -> None:
+    """ε*'s accuracy at ``eps`` and the report card of Eq. 4 (from the record, else computed
+    from the table)."""
+    assert run.minimal is not None
+    eps_star = run.minimal["eps_star"].astype(float)
+    if eps is not None:
+        _with_interval(row, "eps_star_accuracy", int((eps_star > eps).sum()), len(eps_star))
+    card = run.minimal_summary.get("report_card") or report_card(run.minimal["eps_l"], eps_star)
+    for column, key in (("eq4_spearman", "spearman"), ("eq4_ratio_median", "ratio_median"),
+                        ("eq4_optimistic", "optimistic_share")):
+        row[column] = _number(card.get(key))
+        base = key.removesuffix("_share")
+        row[f"{column}_lo"] = _number(card.get(f"{base}_lo"))
+        row[f"{column}_hi"] = _number(card.get(f"{base}_hi"))
+    start = card.get("optimistic_from_eps")
+    row["eq4_optimistic_from"] = math.inf if start is None else _number(start)
 
 
 def comparison_table(runs: Sequence[Run], *, eps: float | None = None) -> pd.DataFrame:
@@ -189,13 +222,12 @@ def comparison_table(runs: Sequence[Run], *, eps: float | None = None) -> pd.Dat
     at = _table_eps(runs, eps)
     rows = [comparison_row(r, at) for r in runs]
     frame = pd.DataFrame(rows)
-    attacks = [c for c in frame.columns if c not in BASE_COLUMNS and not _bounds(c) and c not in
-               ("pgd_steps", "attacks_worst", "audit_worst", "audit_n", "audit_verdict")]
+    attacks = [c for c in frame.columns if c not in BASE_COLUMNS and not _bounds(c)
+               and c not in _TAIL]
     attacks = [c for c in _FIRST_ATTACKS if c in attacks] + sorted(
         c for c in attacks if c not in _FIRST_ATTACKS and not c.startswith("transfer_")) + \
         sorted(c for c in attacks if c.startswith("transfer_"))
-    tail = [c for c in ("pgd_steps", "attacks_worst", "audit_worst", "audit_n", "audit_verdict")
-            if c in frame.columns]
+    tail = [c for c in _TAIL if c in frame.columns]
     order = [c for column in BASE_COLUMNS + attacks + tail
              for c in (column, f"{column}_lo", f"{column}_hi")
              if c == column or c in frame.columns]
@@ -205,6 +237,13 @@ def comparison_table(runs: Sequence[Run], *, eps: float | None = None) -> pd.Dat
 def _cell(column: str, value: Any, interval: tuple[Any, Any] | None = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
+    if column in _CARD_STATS:
+        lo, hi = interval if interval is not None else (math.nan, math.nan)
+        if pd.isna(lo) or pd.isna(hi):
+            return f"{float(value):.3f}"
+        return f"{float(value):.3f} [{float(lo):.3f}, {float(hi):.3f}]"
+    if column == "eq4_optimistic_from":
+        return "never" if math.isinf(float(value)) else f"{float(value):.3g}"
     if column not in _NOT_FRACTIONS:  # accuracies: train/test/clean/Eq. 4/attacks/audit
         lo, hi = interval if interval is not None else (math.nan, math.nan)
         if pd.isna(lo) or pd.isna(hi):
@@ -257,6 +296,23 @@ HEADLINE = [("model", "model"), ("clean_accuracy", "clean"), ("eq4_predicted", "
             ("transfer_pgd_cw", "transfer {pgd} (CW)"), ("audit_worst", "worst case, all attacks")]
 
 
+#: The report card of Eq. 4 in the headline: (comparison column, header).
+CARD_HEADLINE = [("model", "model"), ("eps_star_accuracy", "accuracy by ε*"),
+                 ("eq4_spearman", "Spearman ρ(ε_L, ε*)"),
+                 ("eq4_ratio_median", "median ε_L / ε*"),
+                 ("eq4_optimistic", "optimistic (ε_L > ε*)"),
+                 ("eq4_optimistic_from", "Eq. 4 overstates accuracy from ε")]
+
+
+def card_markdown(table: pd.DataFrame) -> str:
+    """The report card of Eq. 4 per model as Markdown ('' without ε* tables)."""
+    if "eq4_spearman" not in table.columns or table["eq4_spearman"].isna().all():
+        return ""
+    shown = pd.DataFrame({header: _cells(table, column) for column, header in CARD_HEADLINE
+                          if column in table.columns})
+    return _markdown(shown)
+
+
 def headline(table: pd.DataFrame, *, source_run: str | None = None,
              paired: pd.DataFrame | None = None, seeds: pd.DataFrame | None = None) -> str:
     """The few columns a terminal can show, as Markdown with 95% intervals, then one line per
@@ -278,6 +334,13 @@ def headline(table: pd.DataFrame, *, source_run: str | None = None,
                                                 strict=True)]
         for column, header in columns})
     text = _markdown(shown)
+    card = card_markdown(table)
+    if card:
+        eps = table["eps"].dropna()
+        at = f" at ε = {float(eps.iloc[0]):g}" if len(eps) else ""
+        text += ("\nEq. 4 against ε*, the smallest perturbation that really flips each example "
+                 f"(accuracy by ε*{at}; the rest on the correctly classified examples, 95% "
+                 "intervals):\n\n" + card)
     if seeds is not None and not seeds.empty:
         count = int(seeds["seeds"].max())
         text += (f"\nAcross {count} training seeds (mean ± sd in points; each seed's numbers in "
