@@ -126,8 +126,8 @@ def _log_x(ax: Axes) -> None:
     _plain_log_ticks(ax.xaxis)
 
 
-def _plain_log_ticks(axis: Any) -> None:
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+def _plain_log_ticks(axis: Any, subs: tuple[float, ...] = (1.0, 2.0, 5.0)) -> None:
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
     axis.set_minor_formatter(NullFormatter())
 
@@ -714,8 +714,6 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
         ax.set_title(f"{run.label}\n{_card_title(minimal_card(run))}", fontsize=9)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        _plain_log_ticks(ax.xaxis)
-        _plain_log_ticks(ax.yaxis)
         ax.set_box_aspect(1)
         ax.set_xlabel(f"$\\epsilon^*$, min-norm ensemble ({EPS_UNIT}, log)"
                       if k // cols == rows - 1 or k + cols >= len(chosen) else "", fontsize=9)
@@ -723,9 +721,12 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
     every = np.concatenate(drawn) if drawn else np.array([])
     lo, hi = (float(every.min()), float(every.max())) if every.size else (1e-3, 1.0)
     lo, hi = lo / 1.3, hi * 1.3
+    subs = (1.0,) if math.log10(hi / lo) > 2.5 else (1.0, 2.0, 5.0)  # no crowded labels
     for ax in axes.ravel()[:len(chosen)]:
         ax.plot([lo, hi], [lo, hi], color="black", linestyle="--", linewidth=1.1, zorder=2,
                 gid="identity")
+        _plain_log_ticks(ax.xaxis, subs)
+        _plain_log_ticks(ax.yaxis, subs)
     axes[0, 0].set(xlim=(lo, hi), ylim=(lo, hi))
     handles = [Line2D([], [], color=_CONSERVATIVE_COLOR, marker="o", linestyle=""),
                Line2D([], [], color=_OPTIMISTIC_COLOR, marker="^", linestyle=""),

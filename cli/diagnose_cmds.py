@@ -12,7 +12,7 @@ import click
 from tqdm import tqdm
 
 from epsl.analysis.calibration import card_lines
-from epsl.calibrate import CalibrateConfig, run_calibrate
+from epsl.calibrate import CalibrateConfig, run_calibrate, save_calibration
 from epsl.cli.common import (
     EPS,
     FractionType,
@@ -235,7 +235,8 @@ def calibrate(checkpoint: str, eps: tuple[float, ...], attacks: tuple[str, ...],
     verified point of Foolbox's FMN and torchattacks' FAB), beside eps_L, and prints the report
     card of Eq. 4: Spearman's rho with a bootstrap 95% interval, the ratio eps_L / eps*, the
     share of examples where Eq. 4 is optimistic, and where its accuracy curve overstates the
-    empirical one. Writes OUT/minimal.csv (one row per example) and OUT/minimal.json.
+    empirical one. Writes OUT/minimal.csv (one row per example), OUT/minimal.safetensors (the
+    verified points) and OUT/minimal.json.
 
     Example: epsl calibrate model.safetensors --eps 0.1 --out calib
     """
@@ -248,8 +249,9 @@ def calibrate(checkpoint: str, eps: tuple[float, ...], attacks: tuple[str, ...],
     evaluation = config.data.prepare()
     n = len(evaluation.data)
     with _progress_bar(n * len(minimal.attacks)) as bar:
-        record = run_calibrate(config, evaluation=evaluation, progress=bar.update)
-    paths = record.save(out, table_format=table_format, overwrite=overwrite)
+        found, record = run_calibrate(config, evaluation=evaluation, progress=bar.update)
+    paths = save_calibration(out, found, record, table_format=table_format,
+                             overwrite=overwrite)
     summary = record.summary
     click.echo(f"n={n}  eps* found by: "
                + ", ".join(f"{k} {v}" for k, v in summary["found_by"].items()))

@@ -296,10 +296,7 @@ def _plan(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     def min_norm(idx: torch.Tensor) -> AttackResult:
         if minimal is None:
             return _min_norm(model, x[idx], y[idx], eps, config, None)
-        sub = MinimalResult(minimal.x_adv[idx.to(minimal.x_adv.device)],
-                            minimal.eps_star[idx.to(minimal.eps_star.device)], (),
-                            minimal.pred[idx.to(minimal.pred.device)], y[idx])
-        return _min_norm(model, x[idx], y[idx], eps, config, sub)
+        return _min_norm(model, x[idx], y[idx], eps, config, minimal.subset(idx.cpu()))
 
     plan = [
         _Attack("fgsm", "white-box", False, False, {"eps": eps},
@@ -384,9 +381,10 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         raise EpslError(f"eps must be in (0, 1] (got {eps})")
     if len(y) == 0:
         raise EpslError("the audit needs at least one example")
-    if minimal is not None and len(minimal) != len(y):
-        raise EpslError(f"the eps* given to the audit hold {len(minimal)} examples, not "
-                        f"{len(y)}")
+    if minimal is not None and (len(minimal) != len(y)
+                                or not torch.equal(minimal.label.cpu(), y.cpu())):
+        raise EpslError(f"the eps* given to the audit were found on other examples "
+                        f"({len(minimal)} with other labels, not these {len(y)})")
     device = model_device(model)
     x, y = x.to(device), y.to(device)
     n = len(y)

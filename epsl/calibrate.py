@@ -1,7 +1,8 @@
 """``epsl calibrate``: Eq. 4's ε_L beside ε*, the smallest perturbation that really flips each
 example, and the report card of Eq. 4 (:func:`epsl.analysis.calibration.report_card`).
 
-One record (kind ``minimal``: ``minimal.csv`` + ``minimal.json``) per checkpoint and examples:
+One record (kind ``minimal``: ``minimal.csv``, ``minimal.json`` and the verified points in
+``minimal.safetensors``) per checkpoint and examples:
 the table has one row per example (``index, label, eps_star, eps_star_attack, pred_adv``, each
 attack's own ``eps_<attack>``, ``eps_l``, ``rival``, ``ratio`` = ε_L / ε* and ``optimistic`` =
 ratio > 1 on correctly classified examples); the record holds the report card, the ε* accuracy
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,13 +26,14 @@ from epsl.context import Evaluation, provenance
 from epsl.diagnostics import diagnose
 from epsl.diagnostics.runs import DataConfig
 from epsl.errors import EpslError
+from epsl.io import check_out_dir
 from epsl.minimal import (
     MinimalConfig,
     MinimalResult,
     check_minimal_dependencies,
     minimal_perturbation,
 )
-from epsl.records import Provenance, Result
+from epsl.records import Provenance, Result, kind
 from epsl.stats import accuracy_interval
 
 DEFAULT_EPS = (2 / 255, 4 / 255, 8 / 255, 0.1, 0.2, 0.3)
@@ -98,9 +101,11 @@ def calibration_result(ev: Evaluation, found: MinimalResult, eps_l: Any, rival: 
 
 def run_calibrate(config: CalibrateConfig, *, evaluation: Evaluation | None = None,
                   diagnostics: pd.DataFrame | None = None,
-                  progress: Callable[[int], None] | None = None) -> Result:
-    """ε* and the report card for a checkpoint on its examples. ``diagnostics``: ε_L already
-    computed for exactly these examples (a table with ``eps_l`` and ``rival``)."""
+                  progress: Callable[[int], None] | None = None
+                  ) -> tuple[MinimalResult, Result]:
+    """ε* and the report card for a checkpoint on its examples: ``(points, record)``.
+    ``diagnostics``: ε_L already computed for exactly these examples (a table with ``eps_l``
+    and ``rival``)."""
     check_minimal_dependencies(config.minimal)
     ev = evaluation or config.data.prepare()
     if diagnostics is None:
@@ -113,6 +118,14 @@ def run_calibrate(config: CalibrateConfig, *, evaluation: Evaluation | None = No
         eps_l, rival = diagnostics["eps_l"].to_numpy(), diagnostics["rival"].to_numpy()
     found = minimal_perturbation(ev.model, ev.data.x, ev.data.y, config=config.minimal,
                                  progress=progress)
-    return calibration_result(ev, found, eps_l, rival, config.minimal, config.eps,
-                              {"config": dataclasses.asdict(config)})
+    return found, calibration_result(ev, found, eps_l, rival, config.minimal, config.eps,
+                                     {"config": dataclasses.asdict(config)})
+
+
+def save_calibration(folder: Path | str, found: MinimalResult, record: Result, *,
+                     table_format: str = "csv", overwrite: bool = False) -> list[Path]:
+    """Write ``minimal.safetensors`` (the verified points), then the table and the record,
+    refusing to replace results unless ``overwrite``."""
+    folder = check_out_dir(folder, kind("minimal").files(table_format), overwrite)
+    return [found.save_tensors(folder), *record.save(folder, table_format=table_format)]
 

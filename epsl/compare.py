@@ -1,16 +1,18 @@
 """``epsl compare``: Table 1 and Tables 2-4 of the paper for several checkpoints at one ε.
 
 For each checkpoint, on the same examples, compute (or reuse from an earlier run) the ε_L
-diagnostics (Eq. 4) and the paper's attacks: white-box FGSM (no random start) and PGD-k (random
-start) on the cross-entropy and CW losses, and, with a ``source`` checkpoint (a naturally
-trained model in the paper), black-box transfer FGSM and PGD-k on the CW loss. Optionally run
-the robustness audit. Tables are written per model under ``out/<model-name>/`` in the layout
-``epsl figures`` reads; then the comparison (CSV, Markdown) and a self-contained HTML report
-with the figures are written to ``out``.
+diagnostics (Eq. 4) and ε*, the smallest perturbation that really flips each example
+(:mod:`epsl.minimal`, with the report card of Eq. 4), and the paper's attacks: white-box FGSM
+(no random start) and PGD-k (random start) on the cross-entropy and CW losses, and, with a
+``source`` checkpoint (a naturally trained model in the paper), black-box transfer FGSM and
+PGD-k on the CW loss. Optionally run the robustness audit. Tables are written per model under
+``out/<model-name>/`` in the layout ``epsl figures`` reads; then the comparison (CSV,
+Markdown) and a self-contained HTML report with the figures are written to ``out``.
 
 Layout::
 
     out/<name>/diagnostics.{csv,json,safetensors}   (as epsl diagnose writes them)
+    out/<name>/minimal/minimal.{csv,json,safetensors} (as epsl calibrate writes them)
     out/<name>/attacks/attack.{csv,json}            (one row per example per setting)
     out/<name>/audit/audit.{csv,json}               (with audit=True)
     out/comparison.csv, comparison.md, report.html, compare.json, figures/...
@@ -40,12 +42,19 @@ from epsl.analysis.runs import Run, load_runs
 from epsl.analysis.tables import comparison_table, write_comparison
 from epsl.attacks import default_step_size, sweep
 from epsl.audit import AuditConfig, audit, audit_settings, check_dependencies
+from epsl.calibrate import calibration_result, minimal_provenance, save_calibration
 from epsl.context import Evaluation, check_fits, load_model, prepare, provenance
 from epsl.diagnostics import diagnose
 from epsl.diagnostics.runs import diagnostics_result, save_diagnostics
 from epsl.errors import EpslError
 from epsl.io import check_out_dir
-from epsl.records import Result, file_sha256, kind, reusable
+from epsl.minimal import (
+    MinimalConfig,
+    MinimalResult,
+    check_minimal_dependencies,
+    minimal_perturbation,
+)
+from epsl.records import Result, file_sha256, kind, load, reusable
 
 PRODUCTS = kind("comparison").files()
 Progress = Callable[[str], None]
@@ -62,6 +71,9 @@ class CompareConfig:
         source: checkpoint whose adversarial examples are transferred (black-box columns).
         pgd_steps, restarts, step_size: PGD-k (step size default ``2.5 * eps / steps``).
         audit: also run :func:`epsl.audit.audit` (quick settings) for the worst case.
+        minimal: find ε* per example (:func:`epsl.minimal.minimal_perturbation`) and the
+            report card of Eq. 4; the audit counts it as one more attack.
+        fmn_steps, fab_steps: the budgets of its attacks (Foolbox FMN, torchattacks FAB).
         figures: render the figures into ``out/figures`` and embed them in the report.
     """
 
@@ -82,6 +94,9 @@ class CompareConfig:
     cw_confidence: float = 50.0
     eps_grid: tuple[float, ...] = ()
     audit: bool = False
+    minimal: bool = True
+    fmn_steps: int = 100
+    fab_steps: int = 50
     figures: bool = True
     seed: int = 0
     batch_size: int | None = 256
@@ -98,6 +113,8 @@ class CompareConfig:
             raise EpslError("--pgd-steps and --restarts must be at least 1")
         if self.limit is not None and self.limit < 1:
             raise EpslError(f"--limit must be at least 1 (got {self.limit})")
+        if self.fmn_steps < 1 or self.fab_steps < 1:
+            raise EpslError("--fmn-steps and --fab-steps must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -177,8 +194,16 @@ def attack_settings(config: CompareConfig) -> dict[str, Any]:
 
 
 def audit_config(config: CompareConfig) -> AuditConfig:
-    """The audit ``compare --audit`` runs: the quick settings, seeded like the attacks."""
-    return AuditConfig.quick(seed=config.seed)
+    """The audit ``compare --audit`` runs: the quick settings, seeded like the attacks, with
+    the minimum-norm ensemble that the comparison's ε* uses."""
+    return AuditConfig.quick(seed=config.seed, minimal_norm=config.minimal,
+                             fmn_steps=config.fmn_steps, fab_steps=config.fab_steps)
+
+
+def minimal_config(config: CompareConfig) -> MinimalConfig:
+    """The minimum-norm ensemble of the comparison (the same as its audit's)."""
+    return MinimalConfig(fmn_steps=config.fmn_steps, fab_steps=config.fab_steps,
+                         seed=config.seed, batch_size=config.batch_size)
 
 
 def _prepare(checkpoint: str, config: CompareConfig) -> Evaluation:
@@ -205,6 +230,19 @@ def evaluate_model(checkpoint: str, folder: Path, config: CompareConfig, *,
         result = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device)
         save_diagnostics(folder, result, diagnostics_result(ev, result, grid, {}),
                          overwrite=True)
+    points: MinimalResult | None = None  # eps* computed in this call, for the audit
+    if config.minimal:
+        minimal = minimal_config(config)
+        if reusable(folder / "minimal", "minimal", minimal_provenance(ev, minimal)):
+            reused.append("minimal")
+        else:
+            say(f"{folder.name}: eps* (minimum-norm attacks) on {n} examples")
+            table = load(folder, "diagnostics").table
+            assert table is not None
+            points = minimal_perturbation(ev.model, ev.data.x, ev.data.y, config=minimal)
+            save_calibration(folder / "minimal", points,
+                             calibration_result(ev, points, table["eps_l"], table["rival"],
+                                                minimal, grid), overwrite=True)
     attacks = provenance(ev, attack_settings(config), source=config.source)
     found = reusable(folder / "attacks", "attack", attacks)
     existing = found.table if found is not None and found.table is not None else pd.DataFrame()
@@ -228,9 +266,11 @@ def evaluate_model(checkpoint: str, folder: Path, config: CompareConfig, *,
         if reusable(folder / "audit", "audit", audited_by):
             reused.append("audit")
         else:
+            if points is None and config.minimal:  # reused from disk: re-score its points
+                points = MinimalResult.load(folder / "minimal")
             say(f"{folder.name}: audit at eps={config.eps:g}")
             audited = audit(ev.model, ev.data.x, ev.data.y, eps=config.eps,
-                            source=source_model, config=audit_with)
+                            source=source_model, config=audit_with, minimal=points)
             audited.save(folder / "audit", provenance=audited_by)
     return reused
 
@@ -263,6 +303,8 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
     check_out_dir(out, PRODUCTS, overwrite, create=False)
     if config.audit:
         check_dependencies(audit_config(config))
+    if config.minimal:
+        check_minimal_dependencies(minimal_config(config))
     evaluations, source_model = _check_inputs(config)
     out = check_out_dir(out, PRODUCTS, overwrite)
     names = model_names(config.checkpoints)

@@ -30,21 +30,26 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from epsl.attacks import _check_inputs, _chunks, require_torchattacks, sign_steps
 from epsl.errors import EpslError
+from epsl.io import atomic_path
 from epsl.modes import eval_mode
 from epsl.registry import Registry
 
@@ -52,6 +57,7 @@ __all__ = ["MINIMAL_ATTACKS", "MinimalConfig", "MinimalResult", "minimal_perturb
            "check_minimal_dependencies", "require_foolbox", "verify"]
 
 Progress = Callable[[int], None]
+TENSORS_FILE = "minimal.safetensors"
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,55 @@ class MinimalResult:
         for name, values in self.per_attack.items():
             frame[f"eps_{name.replace('-', '_')}"] = values.cpu().numpy().astype(np.float64)
         return frame
+
+    def save_tensors(self, folder: Path | str) -> Path:
+        """Write ``minimal.safetensors`` (the verified points and ε* per example, exact) into
+        ``folder`` atomically, so that a later audit can re-score the points; the table and
+        record are :mod:`epsl.records`'s."""
+        tensors = {"x_adv": self.x_adv, "eps_star": self.eps_star, "pred": self.pred,
+                   "label": self.label,
+                   **{f"per_attack.{k}": v for k, v in self.per_attack.items()}}
+        path = Path(folder) / TENSORS_FILE
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                      metadata={"format": "epsl.minimal/1", "attack": json.dumps(self.attack)})
+        return path
+
+    @classmethod
+    def load(cls, folder: Path | str) -> MinimalResult:
+        """Read what :meth:`save_tensors` wrote (bit for bit); one-line error when it is
+        missing or incomplete."""
+        path = Path(folder) / TENSORS_FILE
+        if not path.is_file():
+            raise EpslError(f"{path}: no such file (recompute eps*)")
+        try:
+            tensors = load_file(str(path))
+            with safe_open_metadata(path) as metadata:
+                attack = tuple(json.loads(metadata["attack"]))
+            per_attack = {k.removeprefix("per_attack."): v for k, v in tensors.items()
+                          if k.startswith("per_attack.")}
+            return cls(tensors["x_adv"], tensors["eps_star"], attack, tensors["pred"],
+                       tensors["label"], per_attack)
+        except (KeyError, ValueError, OSError, RuntimeError) as exc:
+            raise EpslError(f"{path}: unreadable eps* tensors ({str(exc).splitlines()[0]}); "
+                            "recompute eps*") from None
+
+    def subset(self, idx: torch.Tensor | slice) -> MinimalResult:
+        """The examples ``idx`` (indices or a slice) of this result."""
+        return MinimalResult(self.x_adv[idx], self.eps_star[idx],
+                             tuple(np.asarray(self.attack, dtype=object)[
+                                 idx.cpu().numpy() if isinstance(idx, torch.Tensor) else idx]),
+                             self.pred[idx], self.label[idx],
+                             {k: v[idx] for k, v in self.per_attack.items()})
+
+
+@contextlib.contextmanager
+def safe_open_metadata(path: Path) -> Iterator[dict[str, str]]:
+    """The string metadata of a safetensors file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        yield handle.metadata() or {}
 
 
 # --------------------------------------------------------------------------- verification

@@ -67,7 +67,7 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     Kind("audit", "audit.json", "audit"),
     Kind("activations", "activations.json", "activations"),
     Kind("landscape", "landscape.json", "landscape"),
-    Kind("minimal", "minimal.json", "minimal"),
+    Kind("minimal", "minimal.json", "minimal", extra=("minimal.safetensors",)),
     Kind("comparison", "compare.json", None,
          extra=("comparison.csv", "comparison.md", "paired.csv", "report.html")),
 )}
