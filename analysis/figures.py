@@ -615,9 +615,8 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
         handles.append(Line2D([], [], color=colors[key], marker=marker, linestyle=line))
         labels.append(names.get(key, _setting_name(*key)))
     _fig_legend(fig, handles, labels, where="lower")
-    fig.suptitle("Accuracy against ε: empirical attacks"
-                 + (", ε* of a minimum-norm ensemble" if with_star else "")
-                 + " and the Eq. 4 prediction (bars and band: 95% Clopper–Pearson intervals)",
+    fig.suptitle(f"Accuracy against ε: {'attacks, ε*' if with_star else 'empirical attacks'} "
+                 "and the Eq. 4 prediction (bars and band: 95% Clopper–Pearson intervals)",
                  fontsize=11, fontweight="bold")
     return fig
 
@@ -678,7 +677,7 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
     chosen = _minimal_runs(runs)
     cols = min(3, len(chosen))
     rows = math.ceil(len(chosen) / cols)
-    fig = _figure(3.5 * cols + 0.6, 3.7 * rows + 1.3)
+    fig = _figure(3.5 * cols + 0.6, 3.8 * rows + 0.9)  # near-square panels: ε_L = ε* at 45°
     axes = _axes(fig, rows, cols, sharex=True, sharey=True)
     drawn: list[np.ndarray] = []
     for k, ax in enumerate(axes.ravel()):
@@ -714,7 +713,6 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
         ax.set_title(f"{run.label}\n{_card_title(minimal_card(run))}", fontsize=9)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_box_aspect(1)
         ax.set_xlabel(f"$\\epsilon^*$, min-norm ensemble ({EPS_UNIT}, log)"
                       if k // cols == rows - 1 or k + cols >= len(chosen) else "", fontsize=9)
         ax.set_ylabel("$\\epsilon_L$, Eq. 4 (log)" if k % cols == 0 else "", fontsize=9)
@@ -732,9 +730,11 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
                Line2D([], [], color=_OPTIMISTIC_COLOR, marker="^", linestyle=""),
                Line2D([], [], color="black", linestyle="--")]
     labels = ["ε_L ≤ ε*: Eq. 4 conservative", "ε_L > ε*: Eq. 4 optimistic", "ε_L = ε*"]
-    _fig_legend(fig, handles, labels, where="lower")
-    fig.suptitle("Eq. 4's ε_L against ε*, the smallest perturbation a minimum-norm attack "
-                 "ensemble found", fontsize=11, fontweight="bold")
+    fig.legend(handles, labels, loc="outside lower center",  # type: ignore[call-overload]
+               ncols=3 if cols > 1 else 1, frameon=False, fontsize=9)
+    fig.suptitle("Eq. 4's ε_L against ε*," + (" " if cols > 1 else "\n")
+                 + "the smallest perturbation a minimum-norm attack ensemble found",
+                 fontsize=11, fontweight="bold")
     return fig
 
 

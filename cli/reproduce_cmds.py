@@ -29,6 +29,8 @@ from epsl.reproduce import reproduce
 @click.option("--models", default=None, metavar="A,B,...",
               help="Train and evaluate only these models of the preset's grid.")
 @click.option("--no-audit", is_flag=True, help="Skip the robustness audit.")
+@click.option("--no-min-norm", is_flag=True,
+              help="Skip eps* (the minimum-norm attacks) and the report card of Eq. 4.")
 @click.option("--seed", type=int, default=None, help="Override the preset's seed.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Folder holding MNIST/CIFAR for the paper presets.")
@@ -36,10 +38,11 @@ from epsl.reproduce import reproduce
 @handle_errors
 def reproduce_command(preset: str, out: str, force: bool, eps: float | None,
                       epochs: int | None, steps: int | None, limit: int | None,
-                      models: str | None, no_audit: bool, seed: int | None,
+                      models: str | None, no_audit: bool, no_min_norm: bool, seed: int | None,
                       data_root: str | None, device: str) -> None:
-    """Train the paper's grid of defenses, diagnose (Eq. 4), attack, audit, and render the
-    figures and the comparison report into OUT.
+    """Train the paper's grid of defenses, diagnose (Eq. 4), find eps* (the smallest
+    perturbation that flips each example) for Eq. 4's report card, attack, audit, and render
+    the figures and the comparison report into OUT.
 
     \b
     epsl reproduce --out runs/digits                    # the default preset, ~10 min on CPU
@@ -52,6 +55,7 @@ def reproduce_command(preset: str, out: str, force: bool, eps: float | None,
         "train.steps": steps, "train.seed": seed,
         "models": models.split(",") if models else None,
         "audit.enabled": False if no_audit else None,
+        "minimal.enabled": False if no_min_norm else None,
         "device": device if device != "auto" else None,
     })
     interactive = sys.stderr.isatty()

@@ -125,6 +125,20 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class MinimalSettings:
+    """``[minimal]``: ε* per example (the minimum-norm ensemble of :mod:`epsl.minimal`) and the
+    report card of Eq. 4 for every model of the main seed; the audit counts it as an attack."""
+
+    SECTION: ClassVar[str] = "[minimal] "
+    enabled: bool = True
+    fmn_steps: int = 100
+    fab_steps: int = 50
+
+    def __post_init__(self) -> None:
+        _at_least_one(self.SECTION, fmn_steps=self.fmn_steps, fab_steps=self.fab_steps)
+
+
+@dataclass(frozen=True)
 class LandscapeSettings:
     """``[landscape]``: the loss landscapes of Figures 5 and 9."""
 
@@ -159,6 +173,7 @@ class Preset:
     attacks: AttackSettings = field(default_factory=AttackSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     landscape: LandscapeSettings = field(default_factory=LandscapeSettings)
+    minimal: MinimalSettings = field(default_factory=MinimalSettings)
 
     def __post_init__(self) -> None:
         from epsl.data import DATASETS
@@ -260,7 +275,7 @@ def preset_from_dict(raw: dict[str, Any], where: str = "preset") -> Preset:
             raise EpslError(f"{where}: models[{i}] has no name")
         models.append(ModelSpec(name, _section(DefenseConfig, entry, f"{where} model {name}")))
     sections = {"train": TrainSettings, "attacks": AttackSettings, "audit": AuditSettings,
-                "landscape": LandscapeSettings}
+                "landscape": LandscapeSettings, "minimal": MinimalSettings}
     parsed = {key: _section(cls, raw.pop(key, {}), f"{where}") for key, cls in sections.items()}
     return _section(Preset, {**raw, **parsed, "models": tuple(models)}, where)
 
@@ -346,6 +361,7 @@ def _results_key(preset: Preset) -> dict[str, Any]:
     for key in ("models", "description"):
         d.pop(key, None)
     d["audit"].pop("enabled", None)
+    d["minimal"].pop("enabled", None)
     d["attacks"].pop("transfer_from", None)
     d["attacks"].pop("sweep_model", None)
     return d

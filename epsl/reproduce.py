@@ -10,7 +10,8 @@ Layout of ``out``::
 
     out/preset.json                    the resolved preset (with overrides)
     out/models/<name>.safetensors      one checkpoint per defense
-    out/runs/<name>/...                diagnostics, attacks, audit, activations, landscape
+    out/runs/<name>/...                diagnostics, eps* (minimal), attacks, audit, activations,
+                                       landscape
     out/comparison.{csv,md}, out/report.html, out/figures/   tables and figures
     out/headline.md                    the headline columns and the audit verdicts
 """
@@ -134,19 +135,55 @@ def stage_landscape(preset: Preset, spec: ModelSpec, data: DataConfig, ev: Evalu
     return True
 
 
+def minimal_config(preset: Preset) -> Any:
+    """The minimum-norm ensemble of the study: ``[minimal]``'s budgets with the attacks' seed,
+    the one :func:`epsl.compare.minimal_config` builds from :func:`_grid_config`, so the
+    comparison reuses :func:`stage_minimal`'s result."""
+    from epsl.minimal import MinimalConfig
+
+    m = preset.minimal
+    return MinimalConfig(fmn_steps=m.fmn_steps, fab_steps=m.fab_steps, seed=preset.attacks.seed)
+
+
+def stage_minimal(preset: Preset, spec: ModelSpec, ev: Evaluation, folder: Path,
+                  say: Log) -> bool:
+    """ε* per example and the report card of Eq. 4 (:mod:`epsl.calibrate`) into ``folder``,
+    before the audit, which re-scores its points; the comparison reuses it."""
+    from epsl.calibrate import calibration_result, minimal_provenance, save_calibration
+    from epsl.diagnostics import diagnose
+    from epsl.minimal import minimal_perturbation
+    from epsl.records import reusable
+
+    config = minimal_config(preset)
+    if reusable(folder, "minimal", minimal_provenance(ev, config)):
+        return False
+    say(f"eps* (minimum-norm attacks) {spec.name}")
+    eq4 = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device)
+    points = minimal_perturbation(ev.model, ev.data.x, ev.data.y, config=config)
+    grid = sorted({preset.eps, *preset.eps_grid})
+    save_calibration(folder, points, calibration_result(ev, points, eq4.eps_l.double().numpy(),
+                                                        eq4.rival.numpy(), config, grid),
+                     overwrite=True)
+    return True
+
+
 def stage_audit(preset: Preset, spec: ModelSpec, ev: Evaluation,
                 checkpoints: dict[str, Path], folder: Path, say: Log) -> bool:
-    """The audit (worst case over the paper's and stronger attacks, gradient-masking checks)
-    on the first ``[audit] limit`` examples, with the preset's PGD-k and its step size."""
+    """The audit (worst case over the paper's and stronger attacks, the minimum-norm ensemble,
+    gradient-masking checks) on the first ``[audit] limit`` examples, with the preset's PGD-k
+    and its step size; ε* comes from :func:`stage_minimal`'s points."""
     from epsl.audit import AuditConfig, audit, audit_settings
     from epsl.context import load_model, provenance
+    from epsl.minimal import MinimalResult
     from epsl.records import reusable
 
     a = preset.attacks
     part = ev.data.subset(preset.audit.limit)
     transfer = a.transfer_from if a.transfer_from != spec.name else None
+    m = preset.minimal
     settings: dict[str, Any] = {"seed": a.seed, "pgd_steps": a.pgd_steps,
-                                "step_size": a.pgd_step_size}
+                                "step_size": a.pgd_step_size, "minimal_norm": m.enabled,
+                                "fmn_steps": m.fmn_steps, "fab_steps": m.fab_steps}
     config = AuditConfig.quick(**settings) if preset.audit.quick else AuditConfig(**settings)
     source = checkpoints[transfer] if transfer else None
     origin = provenance(ev, audit_settings(config, preset.eps), examples=part, source=source)
@@ -154,8 +191,10 @@ def stage_audit(preset: Preset, spec: ModelSpec, ev: Evaluation,
         return False
     say(f"audit {spec.name} at eps={preset.eps:g}")
     source_model = load_model(source, device=ev.device)[0] if source else None
+    points = (MinimalResult.load(folder.parent / "minimal").subset(slice(0, len(part)))
+              if m.enabled else None)
     result = audit(ev.model, part.x.to(ev.device), part.y.to(ev.device), eps=preset.eps,
-                   source=source_model, config=config)
+                   source=source_model, config=config, minimal=points)
     result.save(folder, provenance=origin)
     return True
 
@@ -189,22 +228,33 @@ def stage_sweeps(preset: Preset, spec: ModelSpec, ev: Evaluation, folder: Path,
     return True
 
 
-def _compare_grid(preset: Preset, checkpoints: dict[str, Path], folder: Path, say: Log,
-                  **settings: Any) -> None:
-    """:func:`epsl.compare.compare` of the grid ``checkpoints`` into ``folder`` with the
-    preset's ε, data and paper's attacks (no audit); ``settings`` set the other
-    :class:`~epsl.compare.CompareConfig` fields (ε grid, figures, title)."""
-    from epsl.compare import CompareConfig, compare
+def _grid_config(preset: Preset, checkpoints: dict[str, Path], **settings: Any) -> Any:
+    """The :class:`~epsl.compare.CompareConfig` of the grid ``checkpoints`` with the preset's
+    ε, data, paper's attacks and ε* settings (no audit); ``settings`` set the other fields."""
+    from epsl.compare import CompareConfig
 
     transfer = preset.attacks.transfer_from
-    config = CompareConfig(
+    m = preset.minimal
+    fields: dict[str, Any] = {"minimal": m.enabled, "fmn_steps": m.fmn_steps,
+                              "fab_steps": m.fab_steps, **settings}
+    return CompareConfig(
         checkpoints=tuple(str(checkpoints[m.name]) for m in preset.models),
         eps=preset.eps, dataset=preset.dataset, data_root=preset.data_root,
         limit=preset.limit, source=str(checkpoints[transfer]) if transfer else None,
         pgd_steps=preset.attacks.pgd_steps, restarts=preset.attacks.restarts,
         step_size=preset.attacks.pgd_step_size, audit=False, seed=preset.attacks.seed,
-        device=preset.device, **settings)
-    compare(config, folder, overwrite=True, progress=lambda m: say(f"  {m}"))
+        device=preset.device, **fields)
+
+
+def _compare_grid(preset: Preset, checkpoints: dict[str, Path], folder: Path, say: Log,
+                  **settings: Any) -> None:
+    """:func:`epsl.compare.compare` of the grid ``checkpoints`` into ``folder`` (see
+    :func:`_grid_config`); ``settings`` set the other :class:`~epsl.compare.CompareConfig`
+    fields (ε grid, figures, title, minimal)."""
+    from epsl.compare import compare
+
+    compare(_grid_config(preset, checkpoints, **settings), folder, overwrite=True,
+            progress=lambda m: say(f"  {m}"))
 
 
 def _made_from(checkpoints: dict[str, Path]) -> dict[str, str]:
@@ -246,7 +296,7 @@ def seed_folder(out: Path, seed: int) -> Path:
 def stage_seed_compare(preset: Preset, seed: int, checkpoints: dict[str, Path], out: Path,
                        say: Log) -> bool:
     """The grid trained under an extra seed: Eq. 4 and the paper's white-box and transfer
-    attacks at the preset's ε (no ε grid, figures or audit), by :func:`epsl.compare.compare`
+    attacks at the preset's ε (no ε grid, figures, ε* or audit), by :func:`epsl.compare.compare`
     into :func:`seed_folder`; the attacks keep the preset's attack seed."""
     made_from = _made_from(checkpoints)
     folder = seed_folder(out, seed)
@@ -254,7 +304,7 @@ def stage_seed_compare(preset: Preset, seed: int, checkpoints: dict[str, Path], 
     if _stage_record(out).get(stage) == made_from and (folder / "comparison.csv").exists():
         return False
     say(f"diagnostics and attacks, training seed {seed}")
-    _compare_grid(preset, checkpoints, folder, say, figures=False,
+    _compare_grid(preset, checkpoints, folder, say, figures=False, minimal=False,
                   title=f"The {preset.name} study, training seed {seed}")
     _mark(out, stage, made_from)
     return True
@@ -300,7 +350,8 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
               log: Log | None = None, progress: bool = False) -> ReproduceResult:
     """Run the study of ``preset`` into ``out``: :func:`stage_train` for every model of the
     grid; per model :func:`stage_activations`, :func:`stage_landscape` (random and adversarial
-    directions), :func:`stage_audit` and, on the sweep model, :func:`stage_sweeps`; then
+    directions), :func:`stage_minimal`, :func:`stage_audit` and, on the sweep model,
+    :func:`stage_sweeps`; then
     :func:`stage_compare` and :func:`stage_headline`. A stage whose result is on disk, made
     from the same inputs, is skipped."""
     say = log or (lambda _msg: None)
@@ -313,6 +364,10 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
         from epsl.audit import AuditConfig, check_dependencies
 
         check_dependencies(AuditConfig())
+    if preset.minimal.enabled:
+        from epsl.minimal import check_minimal_dependencies
+
+        check_minimal_dependencies(minimal_config(preset))
     if force and out.exists():
         for child in ("models", "runs", "figures", STAGE_FILE):
             target = out / child
@@ -344,6 +399,9 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
             note(f"landscape-{direction} {spec.name}",
                  stage_landscape(preset, spec, data, ev, direction,
                                  folder / f"landscape-{direction}", say))
+        if preset.minimal.enabled:
+            note(f"minimal {spec.name}", stage_minimal(preset, spec, ev, folder / "minimal",
+                                                       say))
         if preset.audit.enabled:
             note(f"audit {spec.name}", stage_audit(preset, spec, ev, checkpoints,
                                                    folder / "audit", say))
