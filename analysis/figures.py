@@ -575,7 +575,7 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
             continue
         run = chosen[k]
         predictor = run.diagnostics if run.diagnostics is not None else run.minimal
-        if predictor is not None:
+        if predictor is not None and len(predictor):
             predicted = predicted_accuracy(predictor, grid)
             n = len(predictor)
             band = np.array([clopper_pearson(round(p * n), n) for p in predicted])
@@ -732,9 +732,7 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
     labels = ["ε_L ≤ ε*: Eq. 4 conservative", "ε_L > ε*: Eq. 4 optimistic", "ε_L = ε*"]
     fig.legend(handles, labels, loc="outside lower center",  # type: ignore[call-overload]
                ncols=3 if cols > 1 else 1, frameon=False, fontsize=9)
-    fig.suptitle("Eq. 4's ε_L against ε*," + (" " if cols > 1 else "\n")
-                 + "the smallest perturbation a minimum-norm attack ensemble found",
-                 fontsize=11, fontweight="bold")
+    fig.suptitle("ε_L (Eq. 4) against ε*, per example", fontsize=11, fontweight="bold")
     return fig
 
 

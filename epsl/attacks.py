@@ -482,16 +482,17 @@ def transfer(source: nn.Module, target: nn.Module, x: torch.Tensor, y: torch.Ten
 # --------------------------------------------------------------------------- torchattacks
 
 
-def require_torchattacks() -> Any:
+def require_torchattacks(needed_by: str = "APGD and Square need") -> Any:
     """The torchattacks module, or a one-line :class:`EpslError` naming the install command.
 
-    torchattacks is a dependency of epsl; callers that will need APGD or Square (the audit,
-    ``compare --audit``, ``reproduce``) call this before any work so that a broken install
-    fails at once rather than after minutes of training and attacks."""
+    torchattacks is a dependency of epsl; callers that will need APGD, Square or FAB (the
+    audit, ``compare``, ``calibrate``, ``reproduce``) call this before any work so that a
+    broken install fails at once rather than after minutes of training and attacks.
+    ``needed_by`` starts the message."""
     try:
         import torchattacks
     except ImportError:
-        raise EpslError("APGD and Square need torchattacks, which is missing from this "
+        raise EpslError(f"{needed_by} torchattacks, which is missing from this "
                         "environment: pip install torchattacks (or reinstall epsl)") from None
     return torchattacks
 

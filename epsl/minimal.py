@@ -260,7 +260,7 @@ def _fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConf
 @MINIMAL_ATTACKS.register("fab")
 def _fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConfig,
          best: torch.Tensor) -> torch.Tensor:
-    ta = require_torchattacks()
+    ta = require_torchattacks("the minimum-norm attack FAB needs")
     with torch.no_grad():
         classes = int(model(x[:1]).shape[1])
     attack = ta.FAB(model, norm="Linf", eps=1.0, steps=config.fab_steps,
@@ -300,10 +300,10 @@ def _pgd_bisect(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Mini
 def check_minimal_dependencies(config: MinimalConfig) -> None:
     """Fail in one line, before any work, when a library an attack of ``config`` needs is
     missing (FMN: foolbox; FAB: torchattacks)."""
-    needs = {"fmn": require_foolbox, "fab": require_torchattacks}
-    for name in config.attacks:
-        if name in needs:
-            needs[name]()
+    if "fmn" in config.attacks:
+        require_foolbox()
+    if "fab" in config.attacks:
+        require_torchattacks("the minimum-norm attack FAB needs")
 
 
 def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,

@@ -46,6 +46,10 @@ images = 2
 span = 0.2
 steps = 5
 
+[minimal]
+fmn_steps = 10
+fab_steps = 5
+
 [[models]]
 name = "natural"
 
@@ -91,6 +95,32 @@ def test_every_stage_writes_its_outputs(study: tuple[Path, Path, str]) -> None:
     assert "worst case, all attacks |" in output and "Audit at ε = 0.1:" in output
     assert output.rstrip().endswith(f"report: {out / 'report.html'}")
     assert (out / "headline.md").read_text() in output
+
+
+def test_eps_star_is_found_once_and_feeds_the_audit_and_the_table(
+        study: tuple[Path, Path, str]) -> None:
+    """stage_minimal finds eps* before the audit; the audit re-scores its points as the
+    min-norm attack; the comparison reuses it (same provenance) and shows the report card."""
+    from epsl.records import load
+
+    _, out, output = study
+    compare_record = load(out / "runs", "comparison", table=False).summary
+    for name in ("natural", "lsq"):
+        minimal = load(out / "runs" / name / "minimal", "minimal")
+        assert minimal.table is not None and len(minimal.table) == 40
+        assert "minimal" in compare_record["reused"][name]
+        audit = pd.read_csv(out / "runs" / name / "audit" / "audit.csv")
+        assert len(audit) == 20 and "min-norm" in audit.columns
+        # where the min-norm attack ran, it broke exactly the examples with eps* <= eps
+        ran = audit["min-norm"].notna()
+        star = minimal.table["eps_star"].to_numpy()[:20][ran.to_numpy()]
+        broken = ~audit.loc[ran, "min-norm"].astype(bool).to_numpy()
+        assert (broken == (star <= 0.1)).all()
+    table = pd.read_csv(out / "comparison.csv")
+    assert table["eq4_spearman"].notna().all() and table["eps_star_accuracy"].notna().all()
+    assert "Spearman ρ(ε_L, ε*)" in output
+    # seeds other than the main one skip eps* (documented): their folders hold none
+    assert not list((out / "runs" / "seed1").rglob("minimal.json"))
 
 
 def test_second_run_reuses_everything(study: tuple[Path, Path, str]) -> None:
@@ -198,12 +228,18 @@ def test_missing_torchattacks_fails_before_any_work(monkeypatch: pytest.MonkeyPa
         "Error: APGD and Square need torchattacks, which is missing from this environment: "
         "pip install torchattacks (or reinstall epsl)"]
     assert not out.exists()
-    # --no-audit (and the audit's --skip-expensive) need no torchattacks
+    # --no-audit (and the audit's --skip-expensive) need no torchattacks, but eps* does (FAB)
     if command == "reproduce":
+        result = CliRunner().invoke(main, [str(a) for a in args[command]] + ["--no-audit"])
+        assert result.exit_code == 1, result.output
+        assert result.output.strip().splitlines() == [
+            "Error: the minimum-norm attack FAB needs torchattacks, which is missing from this "
+            "environment: pip install torchattacks (or reinstall epsl)"]
+        assert not out.exists()
         monkeypatch.setattr("epsl.train.train", _no_training)
         with pytest.raises(_Trained):
-            CliRunner().invoke(main, [str(a) for a in args[command]] + ["--no-audit"],
-                               catch_exceptions=False)
+            CliRunner().invoke(main, [str(a) for a in args[command]]
+                               + ["--no-audit", "--no-min-norm"], catch_exceptions=False)
 
 
 class _Trained(Exception):
