@@ -19,7 +19,7 @@ from epsl.errors import EpslError
 from epsl.io import write_text
 
 from .paired import paired_html
-from .tables import to_html
+from .tables import card_frame, to_html
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;
@@ -202,6 +202,23 @@ def render_report(table: pd.DataFrame, figures: Sequence[Mapping[str, Any]], *,
         sections.append(f"<h2>Comparison{html.escape(eps_text)}</h2>{to_html(table)}"
                         '<p class="note">Every accuracy carries its 95% Clopper–Pearson '
                         "interval.</p>")
+    card = card_frame(table) if len(table) else None
+    if card is not None:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in card.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row)
+                       + "</tr>" for row in card.itertuples(index=False))
+        sections.append(
+            "<h2>Can ε_L be trusted? Eq. 4 against ε*, example by example</h2>"
+            f'<table class="headline"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+            '</table><p class="note">ε* is the smallest perturbation that really flips an '
+            "example, found by an ensemble of minimum-norm attacks (Foolbox FMN, torchattacks "
+            "FAB) with every point re-scored; it is an upper bound of the true minimum, so the "
+            "accuracy by ε* is an upper bound of the true robust accuracy and ε_L &gt; ε* is a "
+            "proven overstatement. ρ: Spearman rank correlation of ε_L and ε* (bootstrap 95% "
+            "interval); median ε_L/ε* with its bootstrap interval; optimistic: share of "
+            "correctly classified examples with ε_L &gt; ε* (Clopper–Pearson interval); the "
+            "last column is the smallest ε at which Eq. 4's predicted accuracy exceeds the "
+            "accuracy by ε*.</p>")
     if paired is not None and not paired.empty:
         sections.append("<h2>Paired tests</h2>" + paired_html(paired)
                         + '<p class="note">Each model against a reference on the same examples:'

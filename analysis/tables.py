@@ -304,13 +304,18 @@ CARD_HEADLINE = [("model", "model"), ("eps_star_accuracy", "accuracy by ε*"),
                  ("eq4_optimistic_from", "Eq. 4 overstates accuracy from ε")]
 
 
+def card_frame(table: pd.DataFrame) -> pd.DataFrame | None:
+    """The report card of Eq. 4 per model as display strings (None without ε* tables)."""
+    if "eq4_spearman" not in table.columns or table["eq4_spearman"].isna().all():
+        return None
+    return pd.DataFrame({header: _cells(table, column) for column, header in CARD_HEADLINE
+                         if column in table.columns})
+
+
 def card_markdown(table: pd.DataFrame) -> str:
     """The report card of Eq. 4 per model as Markdown ('' without ε* tables)."""
-    if "eq4_spearman" not in table.columns or table["eq4_spearman"].isna().all():
-        return ""
-    shown = pd.DataFrame({header: _cells(table, column) for column, header in CARD_HEADLINE
-                          if column in table.columns})
-    return _markdown(shown)
+    shown = card_frame(table)
+    return "" if shown is None else _markdown(shown)
 
 
 def headline(table: pd.DataFrame, *, source_run: str | None = None,
