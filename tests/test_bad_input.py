@@ -283,11 +283,15 @@ def _cases(tmp: Path, ckpt: Path) -> dict[str, tuple[list[object], int, str]]:
                     "refused to load"),
         "reproduce": (["reproduce", "--preset", tmp / "bad.toml", "--out", out], 1,
                       "missing keys"),
+        "calibrate": (["calibrate", ckpt, "--limit", 0, "--out", out], 1,
+                      "--limit must be at least 1"),
+        "calibrate-data": (["calibrate", ckpt, "--data", tmp / "nan.npz", "--out", out], 1,
+                           "NaN or infinite pixels"),
     }
 
 
 CASES = ["train", "info", "diagnose", "diagnose-usage", "activations", "landscape", "attack",
-         "audit", "figures", "compare", "reproduce"]
+         "audit", "figures", "compare", "reproduce", "calibrate", "calibrate-data"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -316,6 +320,6 @@ def test_every_eps_option_has_one_range() -> None:
     found = {f"{name} {param.name}": param.type for name, command in main.commands.items()
              for param in command.params if param.name in ("eps", "adv_eps", "eps_grid")}
     assert set(found) >= {"attack eps", "audit eps", "compare eps", "compare eps_grid",
-                          "diagnose eps", "reproduce eps", "train adv_eps"}
+                          "diagnose eps", "reproduce eps", "train adv_eps", "calibrate eps"}
     assert all(kind is EPS for kind in found.values()), found
     assert EPS.convert("1", None, None) == 1.0 and EPS.convert("8/255", None, None) == 8 / 255

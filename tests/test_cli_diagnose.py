@@ -1,4 +1,4 @@
-"""``epsl diagnose``, ``epsl activations``, ``epsl landscape`` through click's CliRunner."""
+"""``epsl diagnose``, ``activations``, ``landscape`` and ``calibrate`` through click's CliRunner."""
 
 from __future__ import annotations
 
@@ -154,3 +154,41 @@ def test_landscape_bad_input(digits_checkpoint: Path, tmp_path: Path, args: list
     result = _run("landscape", digits_checkpoint, *args, "--out", out)
     assert result.exit_code != 0 and message in result.output
     assert not out.exists()
+
+
+def test_calibrate_writes_eps_star_and_the_report_card(digits_checkpoint: Path,
+                                                       tmp_path: Path) -> None:
+    """epsl calibrate: eps* per example beside eps_L, the report card printed and saved, the
+    verified points kept; a rerun without --overwrite changes nothing."""
+    from epsl.minimal import MinimalResult
+    from epsl.records import load
+
+    out = tmp_path / "calib"
+    args = ["calibrate", str(digits_checkpoint), "--limit", "30", "--eps", "0.1",
+            "--fmn-steps", "20", "--fab-steps", "10", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["minimal.csv", "minimal.json",
+                                                     "minimal.safetensors"]
+    record = load(out, "minimal")
+    table = record.table
+    assert table is not None and len(table) == 30
+    card = record.summary["report_card"]
+    assert "Spearman rho(eps_L, eps*)" in result.output
+    assert f"{card['spearman']:.3f} [{card['spearman_lo']:.3f}" in result.output
+    # eps_L in the table is the diagnose command's, example by example
+    diag = CliRunner().invoke(main, ["diagnose", str(digits_checkpoint), "--limit", "30",
+                                     "--out", str(tmp_path / "diag")])
+    assert diag.exit_code == 0, diag.output
+    eps_l = pd.read_csv(tmp_path / "diag" / "diagnostics.csv")["eps_l"]
+    assert np.allclose(table["eps_l"], eps_l, rtol=1e-6)
+    # the accuracy by eps* at 0.1 is the share of eps* > 0.1, printed with its interval
+    share = float((table["eps_star"] > 0.1).mean())
+    assert record.summary["eps_star_accuracy"][repr(0.1)] == pytest.approx(share)
+    assert f"{share:.1%} [" in result.output
+    points = MinimalResult.load(out)
+    assert torch.equal(points.eps_star, torch.as_tensor(table["eps_star"].to_numpy()))
+    before = snapshot(out)
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    assert snapshot(out) == before
