@@ -8,11 +8,13 @@ re-rendered anywhere. Entry points: :func:`load_runs`, the ``fig_*`` functions a
 
 from __future__ import annotations
 
+from .calibration import accuracy_curves, report_card
 from .figures import (
     fig_accuracy_vs_eps,
     fig_accuracy_vs_restarts,
     fig_accuracy_vs_steps,
     fig_eps_l_panels,
+    fig_eps_l_vs_eps_star,
     fig_gradient_norms,
     fig_landscape,
     fig_logit_activity,
@@ -28,10 +30,10 @@ from .runs import Run, defense_label, load_run, load_runs
 from .tables import comparison_table, to_markdown, write_comparison
 
 __all__ = [
-    "FiguresResult", "Run", "comparison_table", "defense_label", "fig_accuracy_vs_eps",
+    "FiguresResult", "Run", "accuracy_curves", "comparison_table", "defense_label", "fig_accuracy_vs_eps",
     "fig_accuracy_vs_restarts", "fig_accuracy_vs_steps", "fig_eps_l_panels",
-    "fig_gradient_norms", "fig_landscape", "fig_logit_activity", "fig_logits",
+    "fig_eps_l_vs_eps_star", "fig_gradient_norms", "fig_landscape", "fig_logit_activity", "fig_logits",
     "fig_noise_ablation", "fig_penultimate_activity", "load_run", "load_runs", "render_all",
-    "render_report", "render_runs", "save_figure", "to_markdown", "write_comparison",
+    "render_report", "render_runs", "report_card", "save_figure", "to_markdown", "write_comparison",
     "write_report",
 ]

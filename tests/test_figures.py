@@ -4,11 +4,13 @@ the right scales and marks, and runs labelled from their training metadata."""
 from __future__ import annotations
 
 import json
+import math
 import struct
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ from tests.files import snapshot
 
 EPS = 0.3
 KINDS = ["natural", "noise", "ls", "ls+noise", "lsq+noise", "pgd"]
+CALIBRATED = ["noise", "ls+noise", "pgd"]  # runs with a minimal (ε*) table
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +37,7 @@ def run_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for seed, kind in enumerate(KINDS):
         tables = ("diagnostics", "activations", "attack") + (("landscape",) if kind == "pgd"
                                                              else ())
+        tables += ("minimal",) if kind in CALIBRATED else ()
         write_synthetic_run(root / kind, kind, n=80, seed=seed, tables=tables)
     return root
 
@@ -64,6 +68,7 @@ BUILDERS: dict[str, Callable[[list[Run]], object]] = {
     "accuracy_vs_eps": lambda rs: F.fig_accuracy_vs_eps(rs, eps=EPS),
     "accuracy_vs_steps": lambda rs: F.fig_accuracy_vs_steps(rs, eps=EPS),
     "accuracy_vs_restarts": lambda rs: F.fig_accuracy_vs_restarts(rs, eps=EPS),
+    "eps_l_vs_eps_star": lambda rs: F.fig_eps_l_vs_eps_star(rs),
 }
 
 
@@ -74,7 +79,8 @@ def test_every_figure_renders_a_labelled_png(name: str, runs: list[Run], tmp_pat
     assert visible, "figure has no axes"
     assert any(ax.get_xlabel().strip() for ax in visible)
     assert any(ax.get_ylabel().strip() for ax in visible)
-    if not name.startswith(("fig5", "fig9", "accuracy_vs_eps")):  # grids label outer axes only
+    if not name.startswith(("fig5", "fig9", "accuracy_vs_eps", "eps_l_vs_eps_star")):
+        # grids label outer axes only
         for ax in visible:
             assert ax.get_xlabel().strip() and ax.get_ylabel().strip(), ax.get_title()
     has_legend = bool(fig.legends) or any(ax.get_legend() for ax in visible)
@@ -154,6 +160,136 @@ def test_accuracy_vs_eps_plots_eq4_curve_and_attack_points(runs: list[Run]) -> N
     assert plotted and np.allclose(plotted[0].get_ydata(), expected.to_numpy())
 
 
+def _by_kind(runs: list[Run], kind: str) -> Run:
+    return runs[KINDS.index(kind)]
+
+
+def _points(ax, gid: str) -> list[tuple[float, float]]:
+    found = [c for c in ax.collections if c.get_gid() == gid]
+    assert len(found) == 1, gid
+    return sorted(map(tuple, np.asarray(found[0].get_offsets(), dtype=float).tolist()))
+
+
+def test_eps_l_vs_eps_star_plots_each_calibrated_run(runs: list[Run]) -> None:
+    fig = F.fig_eps_l_vs_eps_star(runs)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    calibrated = [_by_kind(runs, k) for k in CALIBRATED]
+    assert len(panels) == len(calibrated) == 3
+    for ax, run in zip(panels, calibrated, strict=True):
+        assert ax.get_title().startswith(run.label + "\n")
+        assert ax.get_xscale() == ax.get_yscale() == "log"
+        # the plotted points are the table's positive finite (ε*, ε_L), split by ratio > 1
+        rows = run.minimal.to_dict("records")
+        drawn = [r for r in rows if 0 < r["eps_star"] < math.inf and 0 < r["eps_l"] < math.inf]
+        optimistic = sorted((r["eps_star"], r["eps_l"]) for r in drawn if r["ratio"] > 1)
+        conservative = sorted((r["eps_star"], r["eps_l"]) for r in drawn if not r["ratio"] > 1)
+        assert optimistic and conservative
+        assert _points(ax, "optimistic") == optimistic
+        assert _points(ax, "conservative") == conservative
+        identity = [ln for ln in ax.get_lines() if ln.get_gid() == "identity"]
+        assert len(identity) == 1
+        x, y = identity[0].get_xdata(), identity[0].get_ydata()
+        assert np.allclose(x, y) and x[0] <= min(ax.get_xlim()) and x[-1] >= max(ax.get_xlim())
+        # the title's numbers come from the record's report card
+        card = run.minimal_summary["report_card"]
+        assert (f"ρ = {card['spearman']:.2f} [{card['spearman_lo']:.2f}, "
+                f"{card['spearman_hi']:.2f}]") in ax.get_title()
+        assert f"{card['optimistic_share']:.0%} [" in ax.get_title()
+        unbroken = sum(math.isinf(r["eps_star"]) for r in rows)
+        notes = " ".join(t.get_text() for t in ax.texts)
+        assert (f"{unbroken} never flipped" in notes) == bool(unbroken)
+    assert sum(math.isinf(v) for v in _by_kind(runs, "pgd").minimal["eps_star"]) > 0
+    assert panels[0].get_shared_x_axes().joined(panels[0], panels[-1])
+    assert panels[0].get_shared_y_axes().joined(panels[0], panels[-1])
+
+
+def test_eps_l_vs_eps_star_computes_the_card_without_a_record(runs: list[Run]) -> None:
+    run = replace(_by_kind(runs, "noise"), minimal_summary={})
+    title = F.fig_eps_l_vs_eps_star([run]).axes[0].get_title()
+    table = run.minimal[(run.minimal["eps_l"] > 0) & (run.minimal["eps_star"] > 0)]
+    rho = table["eps_l"].corr(table["eps_star"], method="spearman")
+    assert f"Spearman ρ = {rho:.2f} [" in title
+    share = sum(r > 1 for r in table["ratio"]) / len(table)
+    assert f"optimistic (ε_L > ε*): {share:.0%} [" in title
+
+
+def test_eps_l_vs_eps_star_needs_a_minimal_table(runs: list[Run]) -> None:
+    with pytest.raises(EpslError, match="no run has a minimal table"):
+        F.fig_eps_l_vs_eps_star([_by_kind(runs, "natural")])
+
+
+def _eps_star_lines(fig) -> list:
+    return [ln for ln in fig.axes[0].get_lines() if ln.get_gid() == "eps_star"]
+
+
+def _legend_texts(fig) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def test_accuracy_vs_eps_draws_the_eps_star_curve(runs: list[Run]) -> None:
+    run = _by_kind(runs, "noise")
+    fig = F.fig_accuracy_vs_eps([run], eps=EPS)
+    (line,) = _eps_star_lines(fig)
+    assert line.get_drawstyle() == "steps-post"
+    x, y = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+    star = run.minimal["eps_star"].tolist()
+    assert np.allclose(y, [sum(s > v for s in star) / len(star) for v in x])
+    assert x[0] == 0 and x[-1] == pytest.approx(fig.axes[0].get_xlim()[1])
+    assert F.EPS_STAR_LABEL in _legend_texts(fig)
+    # the rest of the panel is what the run draws without its minimal table
+    plain = F.fig_accuracy_vs_eps([replace(run, minimal=None, minimal_summary={})], eps=EPS)
+    assert not _eps_star_lines(plain) and F.EPS_STAR_LABEL not in _legend_texts(plain)
+    assert "ε*" in fig.get_suptitle() and "ε*" not in plain.get_suptitle()
+    others = [ln for ln in fig.axes[0].get_lines() if ln is not line]
+    assert len(others) == len(plain.axes[0].get_lines())
+    for mine, theirs in zip(others, plain.axes[0].get_lines(), strict=True):
+        assert np.array_equal(mine.get_xdata(), theirs.get_xdata())
+        assert np.array_equal(mine.get_ydata(), theirs.get_ydata())
+
+
+def test_render_all_lists_eps_star_figure_only_with_minimal(runs: list[Run],
+                                                            tmp_path: Path) -> None:
+    # render_all renders exactly figure_specs: without a minimal table, no ε* figure
+    plain, calibrated = _by_kind(runs, "natural"), _by_kind(runs, "noise")
+    assert "eps_l_vs_eps_star" not in {s.name for s in F.figure_specs([plain], eps=EPS)}
+    specs = {s.name: s for s in F.figure_specs([plain, calibrated], eps=EPS)}
+    assert specs["eps_l_vs_eps_star"].runs == (calibrated.label,)
+    # a run with nothing but ε*: the scatter, and the accuracy curves (Eq. 4 from its ε_L, ε*)
+    write_synthetic_run(tmp_path / "calibrated", "ls+noise", n=40, tables=("minimal",))
+    only = load_run(tmp_path / "calibrated")
+    index = F.render_all([only], tmp_path / "figs")
+    assert [e["name"] for e in index] == ["accuracy_vs_eps", "eps_l_vs_eps_star"]
+    for entry in index:
+        assert entry["runs"] == [only.label]
+        assert (tmp_path / "figs" / entry["png"]).stat().st_size > 10_000
+
+
+def test_synthetic_minimal_table_is_consistent(tmp_path: Path) -> None:
+    base = ("diagnostics", "activations", "attack", "audit")
+    write_synthetic_run(tmp_path / "a" / "run", "pgd", n=60, seed=3, tables=base)
+    write_synthetic_run(tmp_path / "b" / "run", "pgd", n=60, seed=3, tables=(*base, "minimal"))
+    before, after = load_run(tmp_path / "a" / "run"), load_run(tmp_path / "b" / "run")
+    for name in base:  # adding ε* changes no other table
+        pd.testing.assert_frame_equal(getattr(before, name), getattr(after, name))
+    table, diagnostics = after.minimal, after.diagnostics
+    assert list(table.columns) == ["index", "label", "eps_star", "eps_star_attack", "pred_adv",
+                                   "eps_fmn", "eps_fab", "eps_l", "rival", "ratio",
+                                   "optimistic"]
+    for row, diag in zip(table.to_dict("records"), diagnostics.to_dict("records"),
+                         strict=True):
+        assert row["eps_l"] == diag["eps_l"]
+        assert (row["eps_star"] == 0) == (not diag["correct"])
+        assert row["eps_star"] <= 1 or math.isinf(row["eps_star"])
+        assert min(row["eps_fmn"], row["eps_fab"]) == row["eps_star"]
+        if row["eps_star"] > 0 and row["eps_l"] > 0:
+            expected = 0.0 if math.isinf(row["eps_star"]) else row["eps_l"] / row["eps_star"]
+            assert row["ratio"] == pytest.approx(expected)
+            assert row["optimistic"] == (expected > 1)
+        else:
+            assert math.isnan(row["ratio"]) and not row["optimistic"]
+    assert after.minimal_summary["report_card"]["n"] == 60
+
+
 def test_predicted_accuracy_matches_a_loop() -> None:
     frame = pd.DataFrame({"eps_l": [-0.1, 0.05, 0.2, 0.3, 0.31, 1.0]})
     grid = [0.0, 0.1, 0.3, 0.5]
@@ -221,7 +357,7 @@ def test_cli_figures(run_root: Path, tmp_path: Path) -> None:
     index = json.loads((out / "figures.json").read_text())
     names = {e["name"] for e in index}
     assert {"fig1_eps_l_panels", "fig2_logits", "fig10_penultimate_activity",
-            "accuracy_vs_eps", "accuracy_vs_steps"} <= names
+            "accuracy_vs_eps", "accuracy_vs_steps", "eps_l_vs_eps_star"} <= names
     for entry in index:
         assert (out / entry["png"]).stat().st_size > 0 and (out / entry["svg"]).is_file()
     config = json.loads((out / "config.json").read_text())
