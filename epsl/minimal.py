@@ -102,8 +102,9 @@ class MinimalConfig:
             raise EpslError(f"batch_size must be at least 1 (got {self.batch_size})")
 
     def settings(self) -> dict[str, Any]:
-        """What decides whether a saved ε* can be reused (not the batch size, which changes no
-        number beyond floating-point order)."""
+        """What decides whether a saved ε* can be reused: not the batch size, which changes the
+        numbers by floating-point order only (the bisection's random starts are drawn per
+        example, not per chunk)."""
         return {k: (list(v) if isinstance(v, tuple) else v)
                 for k, v in dataclasses.asdict(self).items() if k != "batch_size"}
 
@@ -228,10 +229,11 @@ def verify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tens
 
 # --------------------------------------------------------------------------- the attacks
 
-#: ``fn(model, x, y, config, best) -> x_adv`` on examples the model classifies right; ``best``
-#: is the ensemble's verified ε so far (+inf where nothing was found yet).
-MinimalAttack = Callable[[nn.Module, torch.Tensor, torch.Tensor, MinimalConfig, torch.Tensor],
-                         torch.Tensor]
+#: ``fn(model, x, y, config, best, index) -> x_adv`` on examples the model classifies right;
+#: ``best`` is the ensemble's verified ε so far (+inf where nothing was found yet) and
+#: ``index`` the examples' positions in the whole batch (for per-example random draws).
+MinimalAttack = Callable[[nn.Module, torch.Tensor, torch.Tensor, MinimalConfig, torch.Tensor,
+                          torch.Tensor], torch.Tensor]
 MINIMAL_ATTACKS: Registry[MinimalAttack] = Registry("minimum-norm attack")
 
 
@@ -249,7 +251,7 @@ def require_foolbox() -> Any:
 
 @MINIMAL_ATTACKS.register("fmn")
 def _fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConfig,
-         best: torch.Tensor) -> torch.Tensor:
+         best: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     fb = require_foolbox()
     fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
     attack = fb.attacks.LInfFMNAttack(steps=config.fmn_steps)
@@ -259,7 +261,7 @@ def _fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConf
 
 @MINIMAL_ATTACKS.register("fab")
 def _fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConfig,
-         best: torch.Tensor) -> torch.Tensor:
+         best: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     ta = require_torchattacks("the minimum-norm attack FAB needs")
     with torch.no_grad():
         classes = int(model(x[:1]).shape[1])
@@ -268,21 +270,34 @@ def _fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConf
     return attack(x, y)
 
 
+def _example_noise(index: torch.Tensor, shape: tuple[int, ...], draws: int, seed: int
+                   ) -> torch.Tensor:
+    """Uniform noise in [-1, 1], ``draws`` per example (len(index) x draws x shape), drawn from a
+    generator keyed by (seed, the example's position): the same whatever the batching."""
+    noise = torch.empty((len(index), draws, *shape))
+    for row, position in enumerate(index.tolist()):
+        key = int(np.random.SeedSequence([seed, position]).generate_state(1, np.uint64)[0])
+        generator = torch.Generator(device="cpu").manual_seed(key)
+        noise[row] = torch.rand((draws, *shape), generator=generator)
+    return noise * 2 - 1
+
+
 @MINIMAL_ATTACKS.register("pgd-bisect")
 def _pgd_bisect(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConfig,
-                best: torch.Tensor) -> torch.Tensor:
-    """Per-example bisection of ε in [0, min(best, 1)] with PGD (CW loss, seeded random start):
-    the interval halves ``bisect_steps`` times, moving down where PGD breaks the example."""
+                best: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Per-example bisection of ε in [0, min(best, 1)] with PGD (CW loss, random start keyed by
+    seed and example): the interval halves ``bisect_steps`` times, moving down where PGD
+    breaks the example."""
     n = len(y)
     shape = (n,) + (1,) * (x.ndim - 1)
     low = torch.zeros(n, device=x.device, dtype=x.dtype)
     high = best.to(x.device, x.dtype).clamp(max=1.0)
     found = x.clone()
-    generator = torch.Generator(device="cpu").manual_seed(config.seed * 1_000_003 + 17)
+    draws = _example_noise(index, tuple(x.shape[1:]), config.bisect_steps, config.seed)
     k = config.bisect_pgd_steps
-    for _ in range(config.bisect_steps):
+    for step in range(config.bisect_steps):
         mid = ((low + high) / 2).view(shape)
-        noise = (torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1)
+        noise = draws[:, step].to(x.device, x.dtype)
         start = torch.minimum(torch.maximum(x + noise * mid, x - mid), x + mid).clamp(0, 1)
         x_adv = sign_steps(model, x, y, start=start, eps=mid, step_size=2.5 * mid / k, steps=k,
                            loss="cw")
@@ -347,7 +362,7 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 torch.manual_seed(config.seed)
                 for part in _chunks(todo.numel(), config.batch_size):
                     idx = todo[part]
-                    made = run(model, x[idx], y[idx], config, eps_star[idx])
+                    made = run(model, x[idx], y[idx], config, eps_star[idx], idx)
                     point, dist, at = verify(model, x[idx], y[idx], made,
                                              batch_size=config.batch_size)
                     own[idx] = dist
