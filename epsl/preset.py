@@ -113,15 +113,17 @@ class AttackSettings:
 
 @dataclass(frozen=True)
 class AuditSettings:
-    """``[audit]``: whether, on how many examples and how hard (``quick``) to audit."""
+    """``[audit]``: whether, on how many examples and how hard (``quick``) to audit;
+    ``square_queries`` overrides the Square attack's budget (None: that of the mode)."""
 
     SECTION: ClassVar[str] = "[audit] "
     enabled: bool = True
     limit: int | None = 200
     quick: bool = False
+    square_queries: int | None = None
 
     def __post_init__(self) -> None:
-        _at_least_one(self.SECTION, limit=self.limit)
+        _at_least_one(self.SECTION, limit=self.limit, square_queries=self.square_queries)
 
 
 @dataclass(frozen=True)

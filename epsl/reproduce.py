@@ -184,6 +184,8 @@ def stage_audit(preset: Preset, spec: ModelSpec, ev: Evaluation,
     settings: dict[str, Any] = {"seed": a.seed, "pgd_steps": a.pgd_steps,
                                 "step_size": a.pgd_step_size, "minimal_norm": m.enabled,
                                 "fmn_steps": m.fmn_steps, "fab_steps": m.fab_steps}
+    if preset.audit.square_queries is not None:
+        settings["square_queries"] = preset.audit.square_queries
     config = AuditConfig.quick(**settings) if preset.audit.quick else AuditConfig(**settings)
     source = checkpoints[transfer] if transfer else None
     origin = provenance(ev, audit_settings(config, preset.eps), examples=part, source=source)
