@@ -23,31 +23,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from attacks import train  # benchmarks/attacks.py: the seeded training loop of the benchmarks
 from torch import nn
 
 from epsl import checkpoint
 from epsl.attacks import default_step_size, pgd
 from epsl.data import load_split
 from epsl.minimal import MinimalConfig, minimal_perturbation
-from epsl.models import create_model
 
 EPS, STEPS = 0.1, 40
-
-
-def train_digits(*, epochs: int, seed: int = 0) -> nn.Module:
-    """A naturally trained digits small-cnn (the loop of tests/conftest.quick_train)."""
-    torch.manual_seed(seed)
-    data = load_split("digits", "train")
-    model = create_model("small-cnn", **checkpoint.model_kwargs_for("digits"))
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(data), generator=gen).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(data.x[idx]), data.y[idx]).backward()
-            opt.step()
-    return model.eval()
 
 
 def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, repeats: int,
@@ -103,7 +87,8 @@ def main() -> None:
     epochs = min(args.epochs, 2) if args.quick else args.epochs
 
     if args.checkpoint is None:
-        model, dataset, source = train_digits(epochs=epochs), "digits", "trained here"
+        model = train("small-cnn", "digits", examples=1437, epochs=epochs)
+        dataset, source = "digits", "trained here"
     else:
         model, meta = checkpoint.load(args.checkpoint)
         dataset, source = meta.get("dataset", "digits"), str(args.checkpoint)

@@ -24,7 +24,7 @@ import pandas as pd
 from epsl.analysis.calibration import report_card
 from epsl.context import Evaluation, provenance
 from epsl.diagnostics import diagnose
-from epsl.diagnostics.runs import DataConfig
+from epsl.diagnostics.runs import DEFAULT_EPS, DataConfig, check_eps
 from epsl.errors import EpslError
 from epsl.io import check_out_dir
 from epsl.minimal import (
@@ -35,8 +35,6 @@ from epsl.minimal import (
 )
 from epsl.records import Provenance, Result, kind
 from epsl.stats import accuracy_interval
-
-DEFAULT_EPS = (2 / 255, 4 / 255, 8 / 255, 0.1, 0.2, 0.3)
 
 
 @dataclass(frozen=True)
@@ -50,10 +48,7 @@ class CalibrateConfig:
     table_format: str = "csv"
 
     def __post_init__(self) -> None:
-        bad = [e for e in self.eps if not 0 < e <= 1]
-        if bad:
-            raise EpslError(f"eps must lie in (0, 1] in pixel units, e.g. 0.3 or 8/255 "
-                            f"(got {bad[0]})")
+        check_eps(self.eps)
 
 
 def minimal_provenance(ev: Evaluation, config: MinimalConfig) -> Provenance:

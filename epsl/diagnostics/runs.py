@@ -22,6 +22,14 @@ from epsl.stats import accuracy_interval
 DEFAULT_EPS = (2 / 255, 4 / 255, 8 / 255, 0.1, 0.2, 0.3)
 
 
+def check_eps(eps: Sequence[float]) -> None:
+    """One-line :class:`EpslError` unless every radius lies in (0, 1] (pixel units)."""
+    bad = [e for e in eps if not 0 < e <= 1]
+    if bad:
+        raise EpslError(f"eps must lie in (0, 1] in pixel units, e.g. 0.3 or 8/255 "
+                        f"(got {bad[0]})")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which checkpoint and which examples (see :func:`epsl.context.prepare`)."""
@@ -55,10 +63,7 @@ class DiagnoseConfig:
     table_format: str = "csv"
 
     def __post_init__(self) -> None:
-        bad = [e for e in self.eps if not 0 < e <= 1]
-        if bad:
-            raise EpslError(f"eps must lie in (0, 1] in pixel units, e.g. 0.3 or 8/255 "
-                            f"(got {bad[0]})")
+        check_eps(self.eps)
 
 
 @dataclass(frozen=True)
