@@ -292,3 +292,41 @@ def test_paired_tests_pair_the_examples(runs: list[Run], run_dirs: list[Path]) -
     assert row["p_value"] == pytest.approx(_mcnemar_p(int(row["only_model"]),
                                                       int(row["only_reference"])))
     assert row["difference"] == pytest.approx(mine.mean() - ref.mean())
+
+
+def test_report_card_columns_come_from_the_eps_star_tables(tmp_path: Path) -> None:
+    """With a minimal (eps*) table, the comparison gains the accuracy by eps* (the share with
+    eps* > eps, with its interval) and the report card (from the record, equal to one computed
+    from the table's columns); the headline and the HTML report show it; without, none of it."""
+    from epsl.analysis.calibration import report_card
+    from epsl.analysis.report import render_report
+    from epsl.analysis.tables import card_markdown, headline
+
+    folder = write_synthetic_run(tmp_path / "cal", "lsq+noise", n=80, seed=3,
+                                 tables=("diagnostics", "attack", "minimal"))
+    plain = write_synthetic_run(tmp_path / "plain", "natural", n=80, seed=4,
+                                tables=("diagnostics", "attack"))
+    runs = load_runs([folder, plain])
+    table = comparison_table(runs, eps=0.3)
+    row, other = table.iloc[0], table.iloc[1]
+    minimal = runs[0].minimal
+    assert minimal is not None
+    star = minimal["eps_star"].to_numpy()
+    k = int((star > 0.3).sum())
+    assert row["eps_star_accuracy"] == pytest.approx(k / len(star))
+    lo, hi = binomtest(k, len(star)).proportion_ci(method="exact")
+    assert (row["eps_star_accuracy_lo"], row["eps_star_accuracy_hi"]) == pytest.approx((lo, hi))
+    card = report_card(minimal["eps_l"], minimal["eps_star"])
+    assert row["eq4_spearman"] == pytest.approx(card["spearman"])
+    assert row["eq4_spearman_lo"] <= row["eq4_spearman"] <= row["eq4_spearman_hi"]
+    assert row["eq4_ratio_median"] == pytest.approx(card["ratio_median"])
+    assert row["eq4_optimistic"] == pytest.approx(card["optimistic_share"])
+    assert all(pd.isna(other[c]) for c in ("eps_star_accuracy", "eq4_spearman", "eq4_optimistic"))
+    text = card_markdown(table)
+    assert "| model | accuracy by ε* | Spearman ρ(ε_L, ε*) |" in text
+    assert f"{card['spearman']:.3f} [" in text and runs[0].label in text
+    assert text in headline(table)
+    html = render_report(table, [])
+    assert "Can ε_L be trusted?" in html and f"{card['spearman']:.3f}" in html
+    assert card_markdown(comparison_table([runs[1]], eps=0.3)) == ""
+    assert "Can ε_L be trusted?" not in render_report(comparison_table([runs[1]], eps=0.3), [])
