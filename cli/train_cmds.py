@@ -22,6 +22,7 @@ from epsl.cli.common import (
 )
 from epsl.data import DATASETS
 from epsl.defenses import ADV_METHODS, DefenseConfig
+from epsl.device import PRECISIONS
 from epsl.errors import EpslError
 from epsl.models import MODELS
 from epsl.train import OPTIMIZERS, EpochReport, TrainConfig, train
@@ -88,6 +89,14 @@ def _arch_kwargs(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--seed", type=int, default=default(TrainConfig, "seed"), show_default=True,
               help="Makes a run repeatable.")
 @device_option
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              default=default(TrainConfig, "precision"), show_default=True,
+              help="Of the training forward passes (autocast; fp16 with a gradient scaler). "
+                   "Adversarial examples are always made in fp32.")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="NHWC memory format for the convolutions (default: on CUDA only).")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="torch.compile the model for training (first steps are slower).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Checkpoint to write (.safetensors), updated at every epoch end.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run at --out.")
@@ -100,6 +109,7 @@ def train_command(dataset: str | None, data: str | None, data_root: str | None, 
                   epochs: int, steps: int | None, batch_size: int, train_limit: int | None,
                   optimizer: str,
                   lr: float | None, weight_decay: float | None, seed: int, device: str,
+                  precision: str, channels_last: bool | None, compile_model: bool,
                   out: str, resume: bool, overwrite: bool) -> None:
     """Train a classifier with any mix of defenses and save a safe checkpoint.
 
@@ -115,7 +125,9 @@ def train_command(dataset: str | None, data: str | None, data_root: str | None, 
     config = TrainConfig(dataset=dataset or "digits", data=data, data_root=data_root, arch=arch,
                          arch_kwargs=_arch_kwargs(arch_args), epochs=epochs, steps=steps,
                          batch_size=batch_size, train_limit=train_limit, optimizer=optimizer, lr=lr,
-                         weight_decay=weight_decay, seed=seed, device=device, defense=defense)
+                         weight_decay=weight_decay, seed=seed, device=device, defense=defense,
+                         precision=precision, channels_last=channels_last,
+                         compile=compile_model)
     interactive = sys.stderr.isatty()
 
     def report(epoch: EpochReport) -> None:

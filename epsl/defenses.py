@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from epsl.attacks import project, sign_steps, uniform_noise
+from epsl.device import autocast
 from epsl.errors import EpslError
 from epsl.modes import eval_mode
 
@@ -132,7 +133,8 @@ class StepOutput:
 
 
 def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, defense: DefenseConfig,
-              num_classes: int, generator: torch.Generator | None = None) -> StepOutput:
+              num_classes: int, generator: torch.Generator | None = None, *,
+              precision: str = "fp32") -> StepOutput:
     """The composed mini-batch objective of every defense (model in train mode).
 
     The objective is ``(1/N) [sum_i L_i + beta ||Z||_F]``: Eq. 5 with the cross-entropy summed
@@ -141,8 +143,15 @@ def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, defense: Defen
 
     ``x`` is in [0, 1]; noise is applied first, adversarial examples are made from the noisy
     batch, and label smoothing and logit squeezing apply to every loss evaluation.
+    ``precision`` (``fp32``, ``bf16``, ``fp16``) is that of the training forward passes only:
+    adversarial examples are always made in fp32 (gradient precision decides attack
+    strength), and the loss is taken in fp32.
     """
     targets = smooth_labels(y, num_classes, defense.label_smoothing)
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        with autocast(inputs.device, precision):
+            return model(inputs).float()
 
     def loss_of(logits: torch.Tensor) -> torch.Tensor:
         # Eq. 5 sums the cross-entropy over the mini-batch and adds beta * ||Z||_F; we divide
@@ -154,15 +163,15 @@ def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, defense: Defen
 
     x_in = gaussian_noise(x, defense.noise_sigma, generator)
     if defense.adv == "none":
-        logits = model(x_in)
+        logits = forward(x_in)
         return StepOutput(loss_of(logits), logits.detach())
     x_adv = adversarial_examples(model, x_in, y, defense, generator)
     kappa = defense.adv_kappa
     if kappa == 0.0:
-        logits_adv = model(x_adv)
+        logits_adv = forward(x_adv)
         return StepOutput(loss_of(logits_adv), logits_adv.detach())
     # one forward pass over clean and adversarial halves keeps BatchNorm statistics joint
-    logits_all = model(torch.cat([x_in, x_adv]))
+    logits_all = forward(torch.cat([x_in, x_adv]))
     logits, logits_adv = logits_all.split(len(x))
     loss = kappa * loss_of(logits) + (1.0 - kappa) * loss_of(logits_adv)
     return StepOutput(loss, logits.detach())

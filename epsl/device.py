@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,3 +30,18 @@ def model_device(model: nn.Module) -> torch.device:
     """The device of ``model``'s first parameter (else buffer); the CPU when it has neither."""
     first = next(itertools.chain(model.parameters(), model.buffers()), None)
     return torch.device("cpu") if first is None else first.device
+
+
+#: Training precisions: fp32, or autocast to bf16 / fp16 (fp16 with a gradient scaler).
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """A fresh context that runs the forward pass in ``precision`` on ``device`` (autocast to
+    bf16 or fp16; nothing for fp32). Losses should be taken in fp32 (``logits.float()``)."""
+    if precision not in PRECISIONS:
+        raise EpslError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST[precision])

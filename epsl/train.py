@@ -25,7 +25,7 @@ from torch import nn
 from epsl import checkpoint
 from epsl.data import Split, augment_batch, load_split
 from epsl.defenses import DefenseConfig, objective
-from epsl.device import resolve_device
+from epsl.device import PRECISIONS, resolve_device
 from epsl.errors import EpslError
 from epsl.io import atomic_path, check_writable
 from epsl.models import MODELS, create_model
@@ -55,6 +55,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     defense: DefenseConfig = field(default_factory=DefenseConfig)
+    precision: str = "fp32"  # of the training forward passes: fp32, bf16, fp16 (+ grad scaler)
+    channels_last: bool | None = None  # None: on CUDA only (convolutions prefer NHWC there)
+    compile: bool = False  # torch.compile the model for training
 
     def __post_init__(self) -> None:
         if self.arch not in MODELS:
@@ -72,6 +75,9 @@ class TrainConfig:
             raise EpslError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
         if self.lr is not None and self.lr <= 0:
             raise EpslError(f"--lr must be > 0 (got {self.lr})")
+        if self.precision not in PRECISIONS:
+            raise EpslError(f"--precision must be one of {', '.join(PRECISIONS)} "
+                            f"(got {self.precision!r})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -242,8 +248,12 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
     elif out.exists() and not overwrite:
         raise EpslError(f"{out} exists; pass --resume to continue it or --overwrite to replace")
 
+    fast = _fast_path(model, config, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     x_train = train_split.x.to(device)
     y_train = train_split.y.to(device)
+    if fast.channels_last:
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     last_loss = float("nan")
     for epoch in range(start_epoch, epochs):
@@ -262,13 +272,15 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
                 xb = augment_batch(xb, gen)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(base_lr, step, total_steps, kind, config)
-            result = objective(model, xb, yb, config.defense, num_classes, gen)
+            result = objective(fast.module, xb, yb, config.defense, num_classes, gen,
+                               precision=config.precision)
             if not torch.isfinite(result.loss):
                 raise _diverged(out, epoch, f"step {step + 1}: the loss is "
                                 f"{result.loss.item()}")
             optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
-            optimizer.step()
+            scaler.scale(result.loss).backward()  # fp16: scaled, steps skipped on inf grads
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             seen += len(yb)
             correct += int((result.logits.argmax(1) == yb).sum())
@@ -301,6 +313,29 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
             on_epoch(report)
     final = checkpoint.read_metadata(out)
     return TrainResult(out, final, history)
+
+
+@dataclass(frozen=True)
+class _FastPath:
+    module: nn.Module  # what the training forward passes call (compiled or the model)
+    channels_last: bool
+
+
+def _fast_path(model: nn.Module, config: TrainConfig, device: torch.device) -> _FastPath:
+    """channels_last memory format (default: on CUDA) and optional torch.compile; the weights
+    stay those of ``model``, which is what checkpoints save."""
+    channels_last = (device.type == "cuda") if config.channels_last is None \
+        else config.channels_last
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    module: nn.Module = model
+    if config.compile:
+        try:
+            module = torch.compile(model)  # type: ignore[assignment]
+        except RuntimeError as exc:
+            raise EpslError(f"--compile: torch.compile failed ({str(exc).splitlines()[0]})"
+                            ) from None
+    return _FastPath(module, channels_last)
 
 
 def _diverged(out: Path, epoch: int, what: str) -> EpslError:
