@@ -85,8 +85,10 @@ def _written(paths: list[Path]) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1),
               default=default(DiagnoseConfig, "batch_size"), show_default=True,
               help="Examples whose full Jacobian is held at once.")
-@click.option("--method", type=click.Choice(METHODS), default=METHODS[0], show_default=True,
-              help="How the logit Jacobian is computed (all give the same numbers).")
+@click.option("--method", type=click.Choice(METHODS), default=default(DiagnoseConfig, "method"),
+              show_default=True,
+              help="How the logit Jacobian is computed (all give the same numbers); auto: "
+                   "the fastest measured on the device.")
 @format_option
 @result_options
 def diagnose(checkpoint: str, eps: tuple[float, ...], chunk_size: int | None, batch_size: int,

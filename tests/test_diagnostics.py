@@ -360,3 +360,15 @@ def test_no_warning_for_eval_model() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         diagnose(model, x, y)
+
+
+def test_auto_method_picks_the_measured_method_per_device() -> None:
+    """``method="auto"`` (the default) resolves per device type to the method measured fastest
+    there; an unknown name is a one-line error."""
+    from epsl.diagnostics.jacobians import AUTO_METHOD, DEFAULT_METHOD, resolve_method
+
+    assert DEFAULT_METHOD == "auto"
+    assert resolve_method("auto", torch.device("cpu")) == AUTO_METHOD["cpu"] == "backward"
+    assert resolve_method("vjp", torch.device("cpu")) == "vjp"
+    with pytest.raises(EpslError, match="unknown Jacobian method"):
+        resolve_method("forward", torch.device("cpu"))

@@ -18,7 +18,10 @@ Measured on the 2-core CPU this project runs on (``benchmarks/diagnostics.py``,
 ``docs/benchmarks.md``), ``"backward"`` costs 1.03-1.11x the floor and needs the least memory;
 the vmapped methods were slower on madry-mnist (1.2-1.6x the floor) and mixed on a
 PreAct-ResNet-18 (faster under heavy load, slower in a quieter run) with ~4x the memory, so
-``"backward"`` is the default.
+``"backward"`` is what ``method="auto"`` (the default) picks on the CPU. On CUDA ``"auto"``
+picks ``"backward"`` too until a measurement says otherwise: ``benchmarks/gpu_check.py``
+measures every method against the floor on the GPU and prints the fastest (not measured yet;
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -34,8 +37,11 @@ from torch.func import functional_call, jacrev, vjp, vmap
 from epsl.errors import EpslError
 from epsl.modes import eval_mode
 
-METHODS = ("backward", "vjp", "jacrev")
-DEFAULT_METHOD = "backward"
+METHODS = ("auto", "backward", "vjp", "jacrev")
+DEFAULT_METHOD = "auto"
+#: What ``method="auto"`` picks per device type: the fastest method measured there
+#: (``benchmarks/diagnostics.py`` on the CPU; ``benchmarks/gpu_check.py`` on CUDA).
+AUTO_METHOD = {"cpu": "backward", "cuda": "backward"}
 CPU_BUDGET_BYTES = 2 * 1024**3  # upper bound of the automatic chunk budget on the CPU
 Progress = Callable[[int], None]
 
@@ -48,6 +54,14 @@ def _available_cpu_bytes() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return CPU_BUDGET_BYTES
+
+
+def resolve_method(method: str, device: torch.device) -> str:
+    """The Jacobian method to run: ``method`` itself, or for ``"auto"`` the one measured
+    fastest on ``device``'s type (:data:`AUTO_METHOD`; ``"backward"`` elsewhere)."""
+    if method not in METHODS:
+        raise EpslError(f"unknown Jacobian method {method!r}; choose from {', '.join(METHODS)}")
+    return AUTO_METHOD.get(device.type, "backward") if method == "auto" else method
 
 
 def memory_budget(device: torch.device) -> int:
@@ -97,6 +111,7 @@ def auto_chunk_size(model: nn.Module, x: torch.Tensor, num_classes: int | None =
     activations, twice over for the functional ops between them, and K times over for the
     vmapped methods, which run the K backward passes at once.
     """
+    method = resolve_method(method, x.device)
     budget = memory_budget(x.device) if budget is None else budget
     leaf_bytes, classes = _activation_bytes(model, x[:1])
     num_classes = classes if num_classes is None else num_classes
@@ -156,8 +171,7 @@ def jacobian_and_logits(model: nn.Module, x: torch.Tensor, *, chunk_size: int | 
                         method: str = DEFAULT_METHOD, progress: Progress | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(J, logits)``: J is N x K x C x H x W as in :func:`jacobian`, logits N x K."""
-    if method not in _METHOD_FUNCTIONS:
-        raise EpslError(f"unknown Jacobian method {method!r}; choose from {', '.join(METHODS)}")
+    method = resolve_method(method, x.device)
     if x.ndim < 2 or len(x) == 0:
         raise EpslError(f"expected a non-empty batch N x C x H x W, got shape {tuple(x.shape)}")
     if chunk_size is not None and chunk_size < 1:

@@ -194,7 +194,8 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             a model already on ``device``.
         batch_size: examples whose full Jacobian (batch x K x pixels) is held at once before
             it is reduced to the per-example quantities.
-        method: the Jacobian method (``"backward"``, ``"vjp"``, ``"jacrev"``).
+        method: the Jacobian method (``"auto"``: the fastest measured on the device, or
+            ``"backward"``, ``"vjp"``, ``"jacrev"``).
         index: (N,) example indices to report (default ``0..N-1``).
         progress: called with the number of examples finished after every chunk.
 
