@@ -163,13 +163,12 @@ def test_compare_recomputes_what_other_examples_or_settings_made(smoothed: Path,
     invoke(*args, "--limit", 24, "--overwrite")
     assert json.loads(audit_json.read_text())["examples"] == 24
     assert json.loads((out / "compare.json").read_text())["reused"] == {"ls": []}
-    for name in ("diagnostics", "attack"):
-        folder = out / "ls" / ("attacks" if name == "attack" else "")
-        assert load(folder, name).provenance.data["n"] == 24
-    # another seed changes the attacks and the audit, not the diagnostics
+    for name, sub in (("diagnostics", ""), ("attack", "attacks"), ("minimal", "minimal")):
+        assert load(out / "ls" / sub, name).provenance.data["n"] == 24
+    # another seed changes eps* (FAB's draws), the attacks and the audit, not the diagnostics
     invoke(*args, "--limit", 24, "--overwrite", "--seed", 1)
     assert json.loads((out / "compare.json").read_text())["reused"] == {"ls": ["diagnostics"]}
     # an unchanged rerun reuses everything
     invoke(*args, "--limit", 24, "--overwrite", "--seed", 1)
     assert json.loads((out / "compare.json").read_text())["reused"] == {
-        "ls": ["diagnostics", "attacks", "audit"]}
+        "ls": ["diagnostics", "minimal", "attacks", "audit"]}
