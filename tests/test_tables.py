@@ -197,7 +197,7 @@ def test_compare_against_an_independent_fgsm(digits_checkpoint: Path, digits_mod
     again = CliRunner().invoke(main, [*args, "--overwrite"])
     assert again.exit_code == 0, again.output
     record = json.loads((out / "compare.json").read_text())
-    assert record["reused"] == {"natural": ["diagnostics", "attacks"]}
+    assert record["reused"] == {"natural": ["diagnostics", "minimal", "attacks"]}
 
 
 # ------------------------------------------------------------------ uncertainty
