@@ -51,7 +51,9 @@ def accuracy_curves(eps_l: Any, eps_star: Any, grid: Any = None) -> pd.DataFrame
 
     Returns a frame with columns ``eps, eq4, empirical, gap`` (``gap = eq4 - empirical``).
     """
-    eps_l, eps_star = _as_array(eps_l), _as_array(eps_star)
+    # a missing value is no evidence of robustness: it counts as broken at every ε
+    eps_l = np.nan_to_num(_as_array(eps_l), nan=-np.inf)
+    eps_star = np.nan_to_num(_as_array(eps_star), nan=-np.inf)
     if grid is None:
         values = np.concatenate([eps_l, eps_star])
         values = values[np.isfinite(values) & (values > 0) & (values <= 1)]

@@ -28,12 +28,13 @@ from epsl.diagnostics.runs import DEFAULT_EPS, DataConfig, check_eps
 from epsl.errors import EpslError
 from epsl.io import check_out_dir
 from epsl.minimal import (
+    TENSORS_FILE,
     MinimalConfig,
     MinimalResult,
     check_minimal_dependencies,
     minimal_perturbation,
 )
-from epsl.records import Provenance, Result, kind
+from epsl.records import Provenance, Result, invalidate, kind, reusable
 from epsl.stats import accuracy_interval
 
 
@@ -122,5 +123,13 @@ def save_calibration(folder: Path | str, found: MinimalResult, record: Result, *
     """Write ``minimal.safetensors`` (the verified points), then the table and the record,
     refusing to replace results unless ``overwrite``."""
     folder = check_out_dir(folder, kind("minimal").files(table_format), overwrite)
+    invalidate(folder, "minimal")  # no old record may sit beside new points
     return [found.save_tensors(folder), *record.save(folder, table_format=table_format)]
+
+
+def reusable_minimal(folder: Path | str, provenance: Provenance) -> bool:
+    """Whether ``folder`` holds ε* made from exactly this checkpoint, these examples and these
+    settings, with its verified points (``minimal.safetensors``) beside the record."""
+    return (reusable(folder, "minimal", provenance) is not None
+            and (Path(folder) / TENSORS_FILE).is_file())
 

@@ -42,7 +42,12 @@ from epsl.analysis.runs import Run, load_runs
 from epsl.analysis.tables import comparison_table, write_comparison
 from epsl.attacks import default_step_size, sweep
 from epsl.audit import AuditConfig, audit, audit_settings, check_dependencies
-from epsl.calibrate import calibration_result, minimal_provenance, save_calibration
+from epsl.calibrate import (
+    calibration_result,
+    minimal_provenance,
+    reusable_minimal,
+    save_calibration,
+)
 from epsl.context import Evaluation, check_fits, load_model, prepare, provenance
 from epsl.diagnostics import diagnose
 from epsl.diagnostics.runs import diagnostics_result, save_diagnostics
@@ -233,7 +238,7 @@ def evaluate_model(checkpoint: str, folder: Path, config: CompareConfig, *,
     points: MinimalResult | None = None  # eps* computed in this call, for the audit
     if config.minimal:
         minimal = minimal_config(config)
-        if reusable(folder / "minimal", "minimal", minimal_provenance(ev, minimal)):
+        if reusable_minimal(folder / "minimal", minimal_provenance(ev, minimal)):
             reused.append("minimal")
         else:
             say(f"{folder.name}: eps* (minimum-norm attacks) on {n} examples")

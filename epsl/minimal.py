@@ -104,9 +104,12 @@ class MinimalConfig:
     def settings(self) -> dict[str, Any]:
         """What decides whether a saved ε* can be reused: not the batch size, which changes the
         numbers by floating-point order only (the bisection's random starts are drawn per
-        example, not per chunk)."""
-        return {k: (list(v) if isinstance(v, tuple) else v)
-                for k, v in dataclasses.asdict(self).items() if k != "batch_size"}
+        example, not per chunk), unless FAB runs restarts, whose random starts are drawn per
+        batch."""
+        keep_batch = self.fab_restarts > 1 and "fab" in self.attacks  # FAB's restarts draw
+        return {k: (list(v) if isinstance(v, tuple) else v)           # per batch
+                for k, v in dataclasses.asdict(self).items()
+                if k != "batch_size" or keep_batch}
 
 
 @dataclass(frozen=True)
@@ -188,12 +191,20 @@ class MinimalResult:
                             "recompute eps*") from None
 
     def subset(self, idx: torch.Tensor | slice) -> MinimalResult:
-        """The examples ``idx`` (indices or a slice) of this result."""
-        return MinimalResult(self.x_adv[idx], self.eps_star[idx],
-                             tuple(np.asarray(self.attack, dtype=object)[
-                                 idx.cpu().numpy() if isinstance(idx, torch.Tensor) else idx]),
-                             self.pred[idx], self.label[idx],
-                             {k: v[idx] for k, v in self.per_attack.items()})
+        """The examples ``idx`` (a 1-D tensor of indices or a slice) of this result."""
+        if isinstance(idx, torch.Tensor):
+            if idx.ndim != 1:
+                raise EpslError(f"subset takes a 1-D index or a slice (got shape "
+                                f"{tuple(idx.shape)})")
+            idx = idx.cpu()
+        where = (lambda t: t[idx.to(t.device)]) if isinstance(idx, torch.Tensor) \
+            else (lambda t: t[idx])
+        names = np.asarray(self.attack, dtype=object)
+        attack = tuple(names[idx.numpy() if isinstance(idx, torch.Tensor) else idx]) \
+            if len(names) else ()
+        return MinimalResult(where(self.x_adv), where(self.eps_star), attack,
+                             where(self.pred), where(self.label),
+                             {k: where(v) for k, v in self.per_attack.items()})
 
 
 @contextlib.contextmanager

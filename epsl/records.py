@@ -149,8 +149,9 @@ class Result:
 
     def save(self, folder: Path | str, *, table_format: str = "csv",
              overwrite: bool = True) -> list[Path]:
-        """Write the table, then the record (atomically each; the record last, so that its
-        presence means the folder is complete). Return the paths written."""
+        """Remove the old record, write the table, then the record (atomically each; the record
+        last, so that its presence means the folder is complete: an interrupted rewrite leaves
+        no record, never an old record beside new files). Return the paths written."""
         spec = kind(self.kind)
         if table_format not in TABLE_FORMATS:
             raise EpslError(f"tables are written as {' or '.join(TABLE_FORMATS)}")
@@ -159,6 +160,7 @@ class Result:
         except (TypeError, ValueError) as exc:
             raise EpslError(f"the {spec.name} record does not serialise ({exc})") from None
         folder = check_out_dir(folder, spec.files(table_format), overwrite)
+        invalidate(folder, self.kind)
         written = []
         if spec.table is not None and self.table is not None:
             for other in TABLE_FORMATS:  # one table per result: drop a stale other format
@@ -167,6 +169,12 @@ class Result:
             written.append(write_table(self.table, folder / f"{spec.table}.{table_format}"))
         write_json(folder / spec.record, record)
         return [*written, folder / spec.record]
+
+
+def invalidate(folder: Path | str, name: str) -> None:
+    """Remove the record of kind ``name`` in ``folder`` (if any) before its files are
+    rewritten, so that a rewrite cut short leaves a folder nothing will reuse."""
+    (Path(folder) / kind(name).record).unlink(missing_ok=True)
 
 
 def record_path(folder: Path | str, name: str) -> Path:

@@ -149,13 +149,17 @@ def stage_minimal(preset: Preset, spec: ModelSpec, ev: Evaluation, folder: Path,
                   say: Log) -> bool:
     """ε* per example and the report card of Eq. 4 (:mod:`epsl.calibrate`) into ``folder``,
     before the audit, which re-scores its points; the comparison reuses it."""
-    from epsl.calibrate import calibration_result, minimal_provenance, save_calibration
+    from epsl.calibrate import (
+        calibration_result,
+        minimal_provenance,
+        reusable_minimal,
+        save_calibration,
+    )
     from epsl.diagnostics import diagnose
     from epsl.minimal import minimal_perturbation
-    from epsl.records import reusable
 
     config = minimal_config(preset)
-    if reusable(folder, "minimal", minimal_provenance(ev, config)):
+    if reusable_minimal(folder, minimal_provenance(ev, config)):
         return False
     say(f"eps* (minimum-norm attacks) {spec.name}")
     eq4 = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device)
@@ -273,7 +277,9 @@ def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: 
     from epsl.compare import PRODUCTS
 
     runs = out / "runs"
-    made_from = _made_from(checkpoints)
+    # the comparison reads the audit and eps* tables: switching either on or off rebuilds it
+    made_from = {**_made_from(checkpoints),
+                 "~stages": {"audit": preset.audit.enabled, "minimal": preset.minimal.enabled}}
     if _stage_record(out).get("compare") == made_from and (out / "report.html").exists():
         return False
     say("diagnostics, attacks, comparison, figures and report")
@@ -365,7 +371,7 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
     if preset.audit.enabled:  # fail now, not after training the grid
         from epsl.audit import AuditConfig, check_dependencies
 
-        check_dependencies(AuditConfig())
+        check_dependencies(AuditConfig(minimal_norm=preset.minimal.enabled))
     if preset.minimal.enabled:
         from epsl.minimal import check_minimal_dependencies
 

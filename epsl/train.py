@@ -272,8 +272,15 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
                 xb = augment_batch(xb, gen)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(base_lr, step, total_steps, kind, config)
-            result = objective(fast.module, xb, yb, config.defense, num_classes, gen,
-                               precision=config.precision)
+            try:
+                result = objective(fast.module, xb, yb, config.defense, num_classes, gen,
+                                   precision=config.precision)
+            except Exception as exc:  # torch.compile compiles at the first call
+                if not config.compile:
+                    raise
+                raise EpslError(f"--compile: torch.compile failed "
+                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                                ) from None
             if not torch.isfinite(result.loss):
                 raise _diverged(out, epoch, f"step {step + 1}: the loss is "
                                 f"{result.loss.item()}")

@@ -172,3 +172,37 @@ def test_compare_recomputes_what_other_examples_or_settings_made(smoothed: Path,
     invoke(*args, "--limit", 24, "--overwrite", "--seed", 1)
     assert json.loads((out / "compare.json").read_text())["reused"] == {
         "ls": ["diagnostics", "minimal", "attacks", "audit"]}
+
+
+def test_an_interrupted_rewrite_leaves_no_record_to_reuse(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record goes first: if writing the new table fails, the old record is gone too, so
+    the folder's old provenance can never vouch for new (or half-written) files."""
+    import epsl.records as records
+
+    table = pd.DataFrame({"index": [0, 1], "correct": [True, False]})
+    prov = Provenance("m.safetensors", "a" * 64, {"dataset": "digits", "n": 2, "sha256": "b"})
+    Result("attack", {"n": 2}, prov, table).save(tmp_path)
+    assert records.reusable(tmp_path, "attack", prov) is not None
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(records, "write_table", broken)
+    with pytest.raises(OSError):
+        Result("attack", {"n": 2}, prov, table).save(tmp_path)
+    assert not (tmp_path / "attack.json").exists()
+    assert records.reusable(tmp_path, "attack", prov) is None
+
+
+def test_eps_star_without_its_points_is_recomputed(tmp_path: Path, smoothed: Path) -> None:
+    """A minimal record whose minimal.safetensors is gone is not reused (the audit would need
+    the points): compare finds eps* again."""
+    out = tmp_path / "cmp"
+    args = ["compare", smoothed, "--eps", "0.1", "--pgd-steps", 2, "--fmn-steps", 10,
+            "--fab-steps", 5, "--no-figures", "--limit", 10, "--out", out]
+    invoke(*args)
+    (out / "ls" / "minimal" / "minimal.safetensors").unlink()
+    invoke(*args, "--overwrite")
+    assert "minimal" not in json.loads((out / "compare.json").read_text())["reused"]["ls"]
+    assert (out / "ls" / "minimal" / "minimal.safetensors").is_file()

@@ -16,7 +16,7 @@ from epsl.diagnostics.landscape import loss_landscape
 from epsl.diagnostics.margins import Diagnostics, diagnose, predicted_accuracy
 from epsl.errors import EpslError
 from epsl.io import check_out_dir
-from epsl.records import Provenance, Result, kind
+from epsl.records import Provenance, Result, invalidate, kind
 from epsl.stats import accuracy_interval
 
 DEFAULT_EPS = (2 / 255, 4 / 255, 8 / 255, 0.1, 0.2, 0.3)
@@ -119,6 +119,7 @@ def save_diagnostics(folder: Path | str, result: Diagnostics, record: Result, *,
     """Write ``diagnostics.safetensors`` (every tensor, exact), then the table and the record
     (:mod:`epsl.records`), refusing to replace results unless ``overwrite``."""
     folder = check_out_dir(folder, kind("diagnostics").files(table_format), overwrite)
+    invalidate(folder, "diagnostics")  # no old record may sit beside new tensors
     return [result.save_tensors(folder), *record.save(folder, table_format=table_format)]
 
 
