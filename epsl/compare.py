@@ -217,6 +217,24 @@ def _prepare(checkpoint: str, config: CompareConfig) -> Evaluation:
                    data_root=config.data_root, download=config.download, device=config.device)
 
 
+def ensure_diagnostics(ev: Evaluation, folder: Path, grid: Sequence[float],
+                       say: Progress) -> tuple[pd.DataFrame, bool]:
+    """The ε_L diagnostics of ``ev`` in ``folder``: reused when made from this checkpoint and
+    these examples (with their tensors), else computed and saved. Returns ``(table,
+    computed)``; ``compare`` and ``reproduce``'s ε* stage share it, so ε_L is computed once."""
+    if (reusable(folder, "diagnostics", provenance(ev, {}))
+            and (folder / "diagnostics.safetensors").is_file()):
+        table = load(folder, "diagnostics").table
+        assert table is not None
+        return table, False
+    say(f"{folder.name}: eps_L diagnostics on {len(ev.data)} examples")
+    result = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device)
+    record = diagnostics_result(ev, result, grid, {})
+    save_diagnostics(folder, result, record, overwrite=True)
+    assert record.table is not None
+    return record.table, True
+
+
 def evaluate_model(checkpoint: str, folder: Path, config: CompareConfig, *,
                    source_model: torch.nn.Module | None = None,
                    progress: Progress | None = None,
@@ -227,14 +245,9 @@ def evaluate_model(checkpoint: str, folder: Path, config: CompareConfig, *,
     ev = evaluation if evaluation is not None else _prepare(checkpoint, config)
     n, reused = len(ev.data), []
     grid = sorted({config.eps, *config.eps_grid})
-    if (reusable(folder, "diagnostics", provenance(ev, {}))
-            and (folder / "diagnostics.safetensors").is_file()):
+    eq4, computed = ensure_diagnostics(ev, folder, grid, say)
+    if not computed:
         reused.append("diagnostics")
-    else:
-        say(f"{folder.name}: eps_L diagnostics on {n} examples")
-        result = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device)
-        save_diagnostics(folder, result, diagnostics_result(ev, result, grid, {}),
-                         overwrite=True)
     points: MinimalResult | None = None  # eps* computed in this call, for the audit
     if config.minimal:
         minimal = minimal_config(config)
@@ -242,11 +255,9 @@ def evaluate_model(checkpoint: str, folder: Path, config: CompareConfig, *,
             reused.append("minimal")
         else:
             say(f"{folder.name}: eps* (minimum-norm attacks) on {n} examples")
-            table = load(folder, "diagnostics").table
-            assert table is not None
             points = minimal_perturbation(ev.model, ev.data.x, ev.data.y, config=minimal)
             save_calibration(folder / "minimal", points,
-                             calibration_result(ev, points, table["eps_l"], table["rival"],
+                             calibration_result(ev, points, eq4["eps_l"], eq4["rival"],
                                                 minimal, grid), overwrite=True)
     attacks = provenance(ev, attack_settings(config), source=config.source)
     found = reusable(folder / "attacks", "attack", attacks)

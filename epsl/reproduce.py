@@ -148,25 +148,27 @@ def minimal_config(preset: Preset) -> Any:
 def stage_minimal(preset: Preset, spec: ModelSpec, ev: Evaluation, folder: Path,
                   say: Log) -> bool:
     """ε* per example and the report card of Eq. 4 (:mod:`epsl.calibrate`) into ``folder``,
-    before the audit, which re-scores its points; the comparison reuses it."""
+    before the audit, which re-scores its points. ε_L comes from the run folder's diagnostics
+    (:func:`epsl.compare.ensure_diagnostics`, written there as ``compare`` writes them), so
+    the comparison reuses both."""
     from epsl.calibrate import (
         calibration_result,
         minimal_provenance,
         reusable_minimal,
         save_calibration,
     )
-    from epsl.diagnostics import diagnose
+    from epsl.compare import ensure_diagnostics
     from epsl.minimal import minimal_perturbation
 
     config = minimal_config(preset)
     if reusable_minimal(folder, minimal_provenance(ev, config)):
         return False
     say(f"eps* (minimum-norm attacks) {spec.name}")
-    eq4 = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device)
-    points = minimal_perturbation(ev.model, ev.data.x, ev.data.y, config=config)
     grid = sorted({preset.eps, *preset.eps_grid})
-    save_calibration(folder, points, calibration_result(ev, points, eq4.eps_l.double().numpy(),
-                                                        eq4.rival.numpy(), config, grid),
+    eq4, _ = ensure_diagnostics(ev, folder.parent, grid, lambda _msg: None)
+    points = minimal_perturbation(ev.model, ev.data.x, ev.data.y, config=config)
+    save_calibration(folder, points, calibration_result(ev, points, eq4["eps_l"],
+                                                        eq4["rival"], config, grid),
                      overwrite=True)
     return True
 

@@ -99,8 +99,9 @@ def test_every_stage_writes_its_outputs(study: tuple[Path, Path, str]) -> None:
 
 def test_eps_star_is_found_once_and_feeds_the_audit_and_the_table(
         study: tuple[Path, Path, str]) -> None:
-    """stage_minimal finds eps* before the audit; the audit re-scores its points as the
-    min-norm attack; the comparison reuses it (same provenance) and shows the report card."""
+    """stage_minimal finds eps* (and eps_L, in the run folder) before the audit; the audit
+    re-scores its points as the min-norm attack; the comparison reuses both (same
+    provenance) and shows the report card."""
     from epsl.records import load
 
     _, out, output = study
@@ -108,7 +109,7 @@ def test_eps_star_is_found_once_and_feeds_the_audit_and_the_table(
     for name in ("natural", "lsq"):
         minimal = load(out / "runs" / name / "minimal", "minimal")
         assert minimal.table is not None and len(minimal.table) == 40
-        assert "minimal" in compare_record["reused"][name]
+        assert {"diagnostics", "minimal"} <= set(compare_record["reused"][name])
         audit = pd.read_csv(out / "runs" / name / "audit" / "audit.csv")
         assert len(audit) == 20 and "min-norm" in audit.columns
         # where the min-norm attack ran, it broke exactly the examples with eps* <= eps
