@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import warnings
@@ -10,6 +11,7 @@ from typing import Any
 import click
 
 import epsl
+from epsl.errors import EpslError
 from epsl.records import COMMAND
 
 
@@ -38,6 +40,22 @@ def main() -> None:
     """Robustness analysis for PyTorch classifiers around eps_L (Eq. 4 of Shafahi et al.):
     train defenses, compute eps_L diagnostics, attack, audit and render the paper's figures."""
     warnings.showwarning = _show_warning
+    _join_torchrun()
+
+
+def _join_torchrun() -> None:
+    """Under torchrun, join the process group before anything runs; only rank 0 prints results
+    (errors still show on every rank)."""
+    from epsl.distributed import launched, setup
+
+    if not launched():
+        return
+    try:
+        world = setup()
+    except EpslError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not world.writer:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
 
 
 def _register() -> None:

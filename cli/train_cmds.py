@@ -97,6 +97,9 @@ def _arch_kwargs(pairs: tuple[str, ...]) -> dict[str, Any]:
               help="NHWC memory format for the convolutions (default: on CUDA only).")
 @click.option("--compile", "compile_model", is_flag=True,
               help="torch.compile the model for training (first steps are slower).")
+@click.option("--sync-bn", is_flag=True,
+              help="Under torchrun on GPUs: SyncBatchNorm, batch statistics over all processes "
+                   "(default: each process normalises its own part of the batch).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Checkpoint to write (.safetensors), updated at every epoch end.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run at --out.")
@@ -110,7 +113,7 @@ def train_command(dataset: str | None, data: str | None, data_root: str | None, 
                   optimizer: str,
                   lr: float | None, weight_decay: float | None, seed: int, device: str,
                   precision: str, channels_last: bool | None, compile_model: bool,
-                  out: str, resume: bool, overwrite: bool) -> None:
+                  sync_bn: bool, out: str, resume: bool, overwrite: bool) -> None:
     """Train a classifier with any mix of defenses and save a safe checkpoint.
 
     \b
@@ -127,7 +130,7 @@ def train_command(dataset: str | None, data: str | None, data_root: str | None, 
                          batch_size=batch_size, train_limit=train_limit, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, seed=seed, device=device, defense=defense,
                          precision=precision, channels_last=channels_last,
-                         compile=compile_model)
+                         compile=compile_model, sync_bn=sync_bn)
     interactive = sys.stderr.isatty()
 
     def report(epoch: EpochReport) -> None:

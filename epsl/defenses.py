@@ -18,6 +18,7 @@ from torch import nn
 
 from epsl.attacks import project, sign_steps, uniform_noise
 from epsl.device import autocast
+from epsl.distributed import global_sum
 from epsl.errors import EpslError
 from epsl.modes import eval_mode
 
@@ -106,17 +107,22 @@ def gaussian_noise(x: torch.Tensor, sigma: float,
 
 
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                         defense: DefenseConfig, generator: torch.Generator | None = None
-                         ) -> torch.Tensor:
+                         defense: DefenseConfig, generator: torch.Generator | None = None, *,
+                         rows: slice = slice(None)) -> torch.Tensor:
     """FGSM or PGD examples (N x C x H x W in [0, 1]) for Eq. 1 on the cross-entropy, made by
     the attack core (:func:`epsl.attacks.sign_steps`) with the model in eval mode and its
     parameters frozen (train mode restored). The random start draws from ``generator`` so that
-    a resumed run repeats an uninterrupted one."""
+    a resumed run repeats an uninterrupted one.
+
+    ``rows`` picks the examples attacked (returned: ``len(x[rows])`` of them); the random start
+    is drawn for all of x first, so an example's start does not depend on which rows a process
+    attacks (training under torchrun, :mod:`epsl.distributed`)."""
     eps = defense.adv_eps
     x = x.detach().clamp(0.0, 1.0)  # noisy inputs may leave the box; attacks live in it
     start = x
     if defense.adv_random_start and defense.adv == "pgd":
         start = project(x + uniform_noise(x, eps, generator=generator), x, eps)
+    x, y, start = x[rows], y[rows], start[rows]
     with eval_mode(model, warn=False):  # switching out of train mode is the point here
         # The last iterate of the batch-mean cross-entropy's ascent, as these models were
         # always trained: another reduction or keeping an earlier iterate would change them.
@@ -127,6 +133,18 @@ def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 @dataclass(frozen=True)
+class BatchShard:
+    """This process's part of a global batch under torchrun (:mod:`epsl.distributed`).
+
+    ``rows`` of the ``total`` examples of the batch are computed here, by one of ``world``
+    processes whose gradients DistributedDataParallel averages."""
+
+    rows: slice
+    total: int
+    world: int
+
+
+@dataclass(frozen=True)
 class StepOutput:
     loss: torch.Tensor  # scalar objective
     logits: torch.Tensor  # logits on the (noisy) clean batch, for accuracy tracking
@@ -134,7 +152,8 @@ class StepOutput:
 
 def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, defense: DefenseConfig,
               num_classes: int, generator: torch.Generator | None = None, *,
-              precision: str = "fp32") -> StepOutput:
+              precision: str = "fp32", shard: BatchShard | None = None,
+              attack_model: nn.Module | None = None) -> StepOutput:
     """The composed mini-batch objective of every defense (model in train mode).
 
     The objective is ``(1/N) [sum_i L_i + beta ||Z||_F]``: Eq. 5 with the cross-entropy summed
@@ -146,8 +165,21 @@ def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, defense: Defen
     ``precision`` (``fp32``, ``bf16``, ``fp16``) is that of the training forward passes only:
     adversarial examples are always made in fp32 (gradient precision decides attack
     strength), and the loss is taken in fp32.
+
+    Under torchrun, ``x`` and ``y`` are the whole global batch on every process and ``shard``
+    says which rows this one computes. Noise and random starts are drawn for the whole batch
+    (so an example's draws depend on seed, epoch and its place in the epoch, never on the
+    process), and the local loss is weighted so that DistributedDataParallel's average of the
+    gradients is the gradient of the single-process objective: ``world/N`` times the local sum
+    of cross-entropies, and for ``beta ||Z||_F``, a norm over the whole batch that does not
+    split, a term whose gradient is ``world * beta/N * Z_local / ||Z||_F``, which needs only
+    ``||Z||_F^2`` summed over the processes (one number, not the logits). The returned loss
+    averaged over the processes is the single-process loss. ``attack_model`` (default
+    ``model``) makes the adversarial examples: the module unwrapped from
+    DistributedDataParallel, so that no gradient synchronisation runs inside an attack.
     """
     targets = smooth_labels(y, num_classes, defense.label_smoothing)
+    rows = shard.rows if shard is not None else slice(None)
 
     def forward(inputs: torch.Tensor) -> torch.Tensor:
         with autocast(inputs.device, precision):
@@ -156,23 +188,33 @@ def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, defense: Defen
     def loss_of(logits: torch.Tensor) -> torch.Tensor:
         # Eq. 5 sums the cross-entropy over the mini-batch and adds beta * ||Z||_F; we divide
         # both by the batch size so the learning rate means the same as in natural training.
-        loss = soft_cross_entropy(logits, targets)
+        if shard is None:
+            loss = soft_cross_entropy(logits, targets[rows])
+            if defense.logit_squeeze:
+                loss = loss + squeeze_penalty(logits, defense.logit_squeeze) / len(logits)
+            return loss
+        scale = shard.world / shard.total
+        loss = soft_cross_entropy(logits, targets[rows]) * (len(logits) * scale)
         if defense.logit_squeeze:
-            loss = loss + squeeze_penalty(logits, defense.logit_squeeze) / len(logits)
+            squares = logits.square().sum()
+            norm = global_sum(squares.detach()).sqrt().clamp_min(1e-12)
+            loss = loss + defense.logit_squeeze * scale * (squares + squares.detach()) / (2 * norm)
         return loss
 
     x_in = gaussian_noise(x, defense.noise_sigma, generator)
     if defense.adv == "none":
-        logits = forward(x_in)
+        logits = forward(x_in[rows])
         return StepOutput(loss_of(logits), logits.detach())
-    x_adv = adversarial_examples(model, x_in, y, defense, generator)
+    x_adv = adversarial_examples(attack_model if attack_model is not None else model, x_in, y,
+                                 defense, generator, rows=rows)
+    x_in = x_in[rows]
     kappa = defense.adv_kappa
     if kappa == 0.0:
         logits_adv = forward(x_adv)
         return StepOutput(loss_of(logits_adv), logits_adv.detach())
     # one forward pass over clean and adversarial halves keeps BatchNorm statistics joint
     logits_all = forward(torch.cat([x_in, x_adv]))
-    logits, logits_adv = logits_all.split(len(x))
+    logits, logits_adv = logits_all.split(len(x_in))
     loss = kappa * loss_of(logits) + (1.0 - kappa) * loss_of(logits_adv)
     return StepOutput(loss, logits.detach())
 

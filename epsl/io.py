@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,10 +41,48 @@ def check_writable(folder: Path | str) -> None:
         raise _os_error("write into", folder, exc) from None
 
 
+def _group() -> Any:
+    """torch.distributed when a process group is up (under torchrun), else None. Looked up in
+    ``sys.modules`` so that this module, which the torch-free analysis uses, never imports
+    torch."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized() \
+            and dist.get_world_size() > 1:
+        return dist
+    return None
+
+
+@contextmanager
+def on_disk() -> Iterator[bool]:
+    """A disk change that only rank 0 makes under torchrun: yields whether this process makes
+    it. All ranks meet before it (every rank has finished reading and checking) and after it
+    (every rank sees the change). Without a process group it yields True and meets no one."""
+    dist = _group()
+    if dist is None:
+        yield True
+        return
+    dist.barrier()
+    yield dist.get_rank() == 0
+    dist.barrier()
+
+
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
-    path = Path(path)
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    Under torchrun only rank 0's file lands; the other ranks write into a private temporary
+    folder that is removed, and all meet before and after (see :func:`on_disk`)."""
+    with on_disk() as writer:
+        if writer:
+            with _atomic_path(Path(path)) as tmp:
+                yield tmp
+        else:
+            with tempfile.TemporaryDirectory(prefix=".epsl-rank.") as scratch:
+                yield Path(scratch) / Path(path).name
+
+
+@contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -35,7 +35,15 @@ from typing import Any
 import pandas as pd
 
 from epsl.errors import EpslError
-from epsl.io import check_out_dir, read_json, read_table, to_json, write_json, write_table
+from epsl.io import (
+    check_out_dir,
+    on_disk,
+    read_json,
+    read_table,
+    to_json,
+    write_json,
+    write_table,
+)
 
 TABLE_FORMATS = ("csv", "parquet")
 
@@ -163,9 +171,10 @@ class Result:
         invalidate(folder, self.kind)
         written = []
         if spec.table is not None and self.table is not None:
-            for other in TABLE_FORMATS:  # one table per result: drop a stale other format
-                if other != table_format:
-                    (folder / f"{spec.table}.{other}").unlink(missing_ok=True)
+            with on_disk() as writer:  # one table per result: drop a stale other format
+                for other in TABLE_FORMATS if writer else ():
+                    if other != table_format:
+                        (folder / f"{spec.table}.{other}").unlink(missing_ok=True)
             written.append(write_table(self.table, folder / f"{spec.table}.{table_format}"))
         write_json(folder / spec.record, record)
         return [*written, folder / spec.record]
@@ -174,7 +183,9 @@ class Result:
 def invalidate(folder: Path | str, name: str) -> None:
     """Remove the record of kind ``name`` in ``folder`` (if any) before its files are
     rewritten, so that a rewrite cut short leaves a folder nothing will reuse."""
-    (Path(folder) / kind(name).record).unlink(missing_ok=True)
+    with on_disk() as writer:
+        if writer:
+            (Path(folder) / kind(name).record).unlink(missing_ok=True)
 
 
 def record_path(folder: Path | str, name: str) -> Path:

@@ -31,6 +31,7 @@ from epsl.errors import EpslError
 from epsl.io import (
     check_out_dir,
     check_writable,
+    on_disk,
     read_json,
     read_table,
     write_json,
@@ -288,12 +289,14 @@ def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: 
     _compare_grid(preset, checkpoints, runs, say, eps_grid=preset.eps_grid, figures=True,
                   title=f"The {preset.name} study: {preset.description}"
                   if preset.description else f"The {preset.name} study")
-    for name in PRODUCTS:
-        if (runs / name).is_file():  # paired.csv only when there is a pair to test
-            shutil.copyfile(runs / name, out / name)
-    if (out / "figures").exists():
-        shutil.rmtree(out / "figures")
-    shutil.copytree(runs / "figures", out / "figures")
+    with on_disk() as writer:
+        if writer:
+            for name in PRODUCTS:
+                if (runs / name).is_file():  # paired.csv only when there is a pair to test
+                    shutil.copyfile(runs / name, out / name)
+            if (out / "figures").exists():
+                shutil.rmtree(out / "figures")
+            shutil.copytree(runs / "figures", out / "figures")
     _mark(out, "compare", made_from)
     return True
 
@@ -378,8 +381,8 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
         from epsl.minimal import check_minimal_dependencies
 
         check_minimal_dependencies(minimal_config(preset))
-    if force and out.exists():
-        for child in ("models", "runs", "figures", STAGE_FILE):
+    with on_disk() as writer:
+        for child in ("models", "runs", "figures", STAGE_FILE) if force and writer else ():
             target = out / child
             if target.is_dir():
                 shutil.rmtree(target)

@@ -22,9 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from epsl import checkpoint
+from epsl import checkpoint, distributed
 from epsl.data import Split, augment_batch, load_split
-from epsl.defenses import DefenseConfig, objective
+from epsl.defenses import BatchShard, DefenseConfig, objective
 from epsl.device import PRECISIONS, resolve_device
 from epsl.errors import EpslError
 from epsl.io import atomic_path, check_writable
@@ -58,6 +58,7 @@ class TrainConfig:
     precision: str = "fp32"  # of the training forward passes: fp32, bf16, fp16 (+ grad scaler)
     channels_last: bool | None = None  # None: on CUDA only (convolutions prefer NHWC there)
     compile: bool = False  # torch.compile the model for training
+    sync_bn: bool = False  # under torchrun: SyncBatchNorm, batch statistics over all processes
 
     def __post_init__(self) -> None:
         if self.arch not in MODELS:
@@ -189,6 +190,7 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
     the last good checkpoint.
     """
     out = Path(out)
+    world = distributed.setup()  # under torchrun: join the group (gloo on CPU, nccl on CUDA)
     if out.suffix != ".safetensors":
         raise EpslError(f"--out {out}: checkpoints are written as .safetensors")
     check_writable(out.parent)
@@ -219,6 +221,7 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
     total_steps = config.steps if config.steps is not None else steps_per_epoch * (config.epochs or 0)
     epochs = math.ceil(total_steps / steps_per_epoch)
 
+    _check_world(world, len(train_split), config, device)
     start_epoch, step, history = 0, 0, []
     meta_base = {
         "arch": config.arch, "arch_kwargs": arch_kwargs, "dataset": info.name,
@@ -228,9 +231,12 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
         "train_config": config.to_dict(), "defense": config.defense.name,
         "optimizer": kind,
     }
+    if world.distributed:
+        meta_base["processes"] = world.size
+    resume = resume or _restarted(out)
     if resume and out.exists():
         prev = checkpoint.read_metadata(out)
-        if prev.get("train_config") != json.loads(json.dumps(config.to_dict())):
+        if not _same_config(prev.get("train_config"), config):
             raise EpslError(f"--resume: {out} was trained with a different config; "
                             "use the same options or a new --out")
         model, _ = checkpoint.load(out, device=device)
@@ -248,7 +254,7 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
     elif out.exists() and not overwrite:
         raise EpslError(f"{out} exists; pass --resume to continue it or --overwrite to replace")
 
-    fast = _fast_path(model, config, device)
+    fast = _fast_path(model, config, device, world)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     x_train = train_split.x.to(device)
     y_train = train_split.y.to(device)
@@ -261,42 +267,51 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
         gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         torch.manual_seed(config.seed * 100_003 + epoch)
         model.train()
+        # every process draws the same permutation, noise and starts for the whole global
+        # batch and computes its own rows of it (epsl.distributed)
         order = torch.randperm(len(train_split), generator=gen).to(device)
         batches = order.split(config.batch_size)
         n_batches = min(len(batches), total_steps - step)
         seen, correct, loss_sum = 0, 0, 0.0
-        bar = _progress(n_batches, f"epoch {epoch + 1}/{epochs}", progress)
+        bar = _progress(n_batches, f"epoch {epoch + 1}/{epochs}", progress and world.writer)
         for idx in batches[:n_batches]:
             xb, yb = x_train[idx], y_train[idx]
             if info.augment:
                 xb = augment_batch(xb, gen)
+            shard = None
+            if world.distributed:
+                shard = BatchShard(distributed.batch_rows(len(idx), world.size, world.rank),
+                                   len(idx), world.size)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(base_lr, step, total_steps, kind, config)
             try:
                 result = objective(fast.module, xb, yb, config.defense, num_classes, gen,
-                                   precision=config.precision)
+                                   precision=config.precision, shard=shard, attack_model=model)
             except Exception as exc:  # torch.compile compiles at the first call
                 if not config.compile:
                     raise
                 raise EpslError(f"--compile: torch.compile failed "
                                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
                                 ) from None
-            if not torch.isfinite(result.loss):
-                raise _diverged(out, epoch, f"step {step + 1}: the loss is "
-                                f"{result.loss.item()}")
+            # the loss of the whole batch (the same on every process)
+            batch_loss = float(distributed.global_sum(result.loss.detach()).item()) / world.size
+            if not math.isfinite(batch_loss):
+                raise _diverged(out, epoch, f"step {step + 1}: the loss is {batch_loss}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(result.loss).backward()  # fp16: scaled, steps skipped on inf grads
             scaler.step(optimizer)
             scaler.update()
             step += 1
-            seen += len(yb)
-            correct += int((result.logits.argmax(1) == yb).sum())
-            loss_sum += float(result.loss.detach()) * len(yb)
+            seen += len(result.logits)
+            correct += int((result.logits.argmax(1) == yb[shard.rows if shard else slice(None)]
+                            ).sum())
+            loss_sum += batch_loss * len(yb)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
         if bar is not None:
             bar.close()
+        seen, correct = (int(v) for v in distributed.all_sum([seen, correct]))
         last_loss = loss_sum / max(1, seen)
         report = EpochReport(epoch + 1, epochs, step, last_loss, correct / max(1, seen),
                              time.perf_counter() - t_epoch)
@@ -314,7 +329,8 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             # a finite loss can still end in an exploding step: never save such weights
             raise _diverged(out, epoch, "the weights are no longer finite")
-        _save_state(state_path(out), optimizer, {"epochs_done": epoch + 1, "steps_done": step})
+        _save_state(state_path(out), optimizer, {"epochs_done": epoch + 1, "steps_done": step,
+                                                 "run_id": distributed.run_id()})
         checkpoint.save(out, model, metadata)
         if on_epoch is not None:
             on_epoch(report)
@@ -328,21 +344,74 @@ class _FastPath:
     channels_last: bool
 
 
-def _fast_path(model: nn.Module, config: TrainConfig, device: torch.device) -> _FastPath:
-    """channels_last memory format (default: on CUDA) and optional torch.compile; the weights
-    stay those of ``model``, which is what checkpoints save."""
+def _fast_path(model: nn.Module, config: TrainConfig, device: torch.device,
+               world: distributed.World | None = None) -> _FastPath:
+    """channels_last memory format (default: on CUDA), DistributedDataParallel under torchrun
+    (after SyncBatchNorm with ``sync_bn``) and optional torch.compile; the weights stay those
+    of ``model``, which is what checkpoints save and what adversarial examples are made on."""
     channels_last = (device.type == "cuda") if config.channels_last is None \
         else config.channels_last
     if channels_last:
         model.to(memory_format=torch.channels_last)
     module: nn.Module = model
+    if config.sync_bn:  # in place: the checkpoint keeps BatchNorm's names and tensors
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if world is not None and world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        module = DistributedDataParallel(
+            model, device_ids=[device.index if device.index is not None
+                               else torch.cuda.current_device()]
+            if device.type == "cuda" else None)
     if config.compile:
         try:
-            module = torch.compile(model)  # type: ignore[assignment]
+            module = torch.compile(module)  # type: ignore[assignment]
         except RuntimeError as exc:
             raise EpslError(f"--compile: torch.compile failed ({str(exc).splitlines()[0]})"
                             ) from None
     return _FastPath(module, channels_last)
+
+
+def _check_world(world: distributed.World, n_train: int, config: TrainConfig,
+                 device: torch.device) -> None:
+    """Refuse, before any work, what N processes cannot train as one."""
+    if config.sync_bn and device.type != "cuda":
+        raise EpslError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only "
+                        "(on the CPU each process normalises with its own batch statistics)")
+    if not world.distributed:
+        return
+    last = n_train % config.batch_size
+    if config.batch_size < world.size or 0 < last < world.size:
+        raise EpslError(f"{world.size} processes need at least {world.size} examples in every "
+                        f"batch (batch size {config.batch_size}, last batch "
+                        f"{last or config.batch_size}); change --batch-size or --train-limit")
+
+
+def _same_config(saved: Any, config: TrainConfig) -> bool:
+    """Whether a checkpoint's train_config is ``config`` (fields added since it was written
+    take their defaults)."""
+    if not isinstance(saved, dict):
+        return False
+    try:
+        return TrainConfig.from_dict(saved).to_dict() == \
+            TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))).to_dict()
+    except (TypeError, EpslError):
+        return False
+
+
+def _restarted(out: Path) -> bool:
+    """True in a group that torchrun's elastic agent restarted after a failure, when ``out`` is
+    this job's own unfinished run: it then resumes from its last epoch."""
+    if distributed.restart_count() == 0 or not state_path(out).exists():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(state_path(out)), framework="pt") as f:
+            saved = json.loads((f.metadata() or {}).get("epsl_state", "{}")).get("run_id")
+    except (OSError, ValueError, RuntimeError):
+        return False
+    return saved is not None and saved == distributed.run_id()
 
 
 def _diverged(out: Path, epoch: int, what: str) -> EpslError:
