@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from epsl.device import model_device
+from epsl.distributed import shard_map
 from epsl.errors import EpslError
 from epsl.modes import eval_mode
 from epsl.registry import Registry
@@ -278,9 +279,10 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         start = x
         if random_start:
             start = project(x + _restart_noise(x, eps, seed, 0), x, eps)
-        pieces = [sign_steps(model, x[part], y[part], start=start[part], eps=eps,
-                             step_size=eps, steps=1, loss=loss, cw_confidence=cw_confidence)
-                  for part in _chunks(len(y), batch_size)]
+        pieces = shard_map(lambda part: sign_steps(
+            model, x[part], y[part], start=start[part], eps=eps, step_size=eps, steps=1,
+            loss=loss, cw_confidence=cw_confidence), _chunks(len(y), batch_size))
+        pieces = [p.to(x.device) for p in pieces]
         x_adv = torch.cat(pieces) if pieces else x.clone()
         if not attack_misclassified:  # already broken at x (x lies in the ball)
             x_adv = torch.where(clean.correct[:, None, None, None], x_adv, x)
@@ -411,15 +413,18 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
             if todo.numel() == 0:
                 break
             noise = _restart_noise(x, eps, seed, restart) if random_start else None
-            pieces = []
-            for part in _chunks(todo.numel(), batch_size):
+
+            def attack(part: slice, todo: torch.Tensor = todo,
+                       noise: torch.Tensor | None = noise) -> torch.Tensor:
                 idx = todo[part]
                 xs, ys = x[idx], y[idx]
                 start = xs if noise is None else project(xs + noise[idx], xs, eps)
-                pieces.append(sign_steps(model, xs, ys, start=start, eps=eps,
-                                         step_size=step_size, steps=steps, loss=loss,
-                                         cw_confidence=cw_confidence))
-            run = score(model, torch.cat(pieces), y[todo], loss=loss,
+                return sign_steps(model, xs, ys, start=start, eps=eps, step_size=step_size,
+                                  steps=steps, loss=loss, cw_confidence=cw_confidence)
+
+            # under torchrun each process attacks every N-th chunk (epsl.distributed)
+            pieces = shard_map(attack, _chunks(todo.numel(), batch_size))
+            run = score(model, torch.cat(pieces).to(x.device), y[todo], loss=loss,
                         cw_confidence=cw_confidence, batch_size=batch_size)
             best = _merge(best, run, todo, replace=restart == 0)
     return best
@@ -503,11 +508,12 @@ def _run_torchattack(make: Callable[[Any], Any], model: nn.Module, x: torch.Tens
     """Run a torchattacks attack chunk by chunk, keep the caller's RNG state (torchattacks
     reseeds torch globally), project and score."""
     attack = make(require_torchattacks())
-    pieces = []
     devices = [x.device] if x.device.type == "cuda" else []
     with eval_mode(model), torch.random.fork_rng(devices=devices):
-        for part in _chunks(len(y), batch_size):
-            pieces.append(attack(x[part], y[part]).detach().to(x.device))
+        # torchattacks reseeds at every call, so a chunk's result does not depend on which
+        # process runs it (epsl.distributed)
+        pieces = [p.to(x.device) for p in shard_map(
+            lambda part: attack(x[part], y[part]).detach(), _chunks(len(y), batch_size))]
         x_adv = project(torch.cat(pieces), x, eps) if pieces else x.clone()
         return score(model, x_adv, y, loss=loss_name, batch_size=batch_size)
 

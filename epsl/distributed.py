@@ -172,12 +172,12 @@ def shard_map(fn: Callable[[T], Any], chunks: Sequence[T], *,
     """
     w = world()
     if not w.distributed:
-        results = []
+        plain = []
         for k, chunk in enumerate(chunks):
-            results.append(fn(chunk))
+            plain.append(fn(chunk))
             if progress is not None and sizes is not None:
                 progress(int(sizes[k]))
-        return results
+        return plain
     mine = list(range(w.rank, len(chunks), w.size))
     local: list[tuple[torch.Tensor, ...]] = []
     is_tuple = False

@@ -48,6 +48,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from epsl.attacks import _check_inputs, _chunks, require_torchattacks, sign_steps
+from epsl.distributed import shard_map
 from epsl.errors import EpslError
 from epsl.io import atomic_path
 from epsl.modes import eval_mode
@@ -368,24 +369,31 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             own = torch.where(correct, torch.full_like(eps_star, math.inf),
                               torch.zeros_like(eps_star))
             start = time.perf_counter()
-            # torchattacks and Foolbox draw from (and reseed) torch's global generators
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(config.seed)
-                for part in _chunks(todo.numel(), config.batch_size):
-                    idx = todo[part]
+
+            def one_chunk(part: slice, run: MinimalAttack = run) -> tuple[torch.Tensor, ...]:
+                idx = todo[part]
+                # torchattacks and Foolbox draw from (and reseed) torch's global generators:
+                # seeded per chunk, a chunk's result does not depend on the chunks before it,
+                # nor on the process that runs it under torchrun (epsl.distributed)
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(config.seed)
                     made = run(model, x[idx], y[idx], config, eps_star[idx], idx)
-                    point, dist, at = verify(model, x[idx], y[idx], made,
-                                             batch_size=config.batch_size)
-                    own[idx] = dist
-                    better = dist < eps_star[idx]
-                    take = idx[better]
-                    eps_star[take] = dist[better]
-                    x_best[take] = point[better]
-                    pred[take] = at[better]
-                    for i in take.tolist():
-                        attack[i] = name
-                    if progress is not None:
-                        progress(int(idx.numel()))
+                return verify(model, x[idx], y[idx], made, batch_size=config.batch_size)
+
+            chunks = _chunks(todo.numel(), config.batch_size)
+            results = shard_map(one_chunk, chunks, progress=progress,
+                                sizes=[len(range(n)[part]) for part in chunks])
+            for part, (point, dist, at) in zip(chunks, results, strict=True):
+                point, dist, at = point.to(x.device), dist.to(x.device), at.to(x.device)
+                idx = todo[part]
+                own[idx] = dist
+                better = dist < eps_star[idx]
+                take = idx[better]
+                eps_star[take] = dist[better]
+                x_best[take] = point[better]
+                pred[take] = at[better]
+                for i in take.tolist():
+                    attack[i] = name
             seconds[name] = round(time.perf_counter() - start, 3)
             per_attack[name] = own
     return MinimalResult(x_best, eps_star, tuple(attack), pred, y, per_attack, seconds)

@@ -27,6 +27,7 @@ from torch import nn
 
 from epsl.device import model_device
 from epsl.diagnostics.jacobians import DEFAULT_METHOD, Progress, jacobian_and_logits
+from epsl.distributed import shard_map, world
 from epsl.errors import EpslError
 from epsl.io import atomic_path
 from epsl.modes import eval_mode
@@ -222,18 +223,25 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     index = torch.arange(len(x)) if index is None else index.to(torch.int64)
     if len(index) != len(x):
         raise EpslError(f"index has {len(index)} entries for {len(x)} examples")
-    parts = []
+    names = [f.name for f in fields(Diagnostics)]
+    sharded = world().distributed
+
+    def one_batch(start: int) -> tuple[torch.Tensor, ...]:
+        xb = x[start:start + batch_size].to(dev)
+        yb = y[start:start + batch_size].to(dev, torch.int64)
+        jac, logits = jacobian_and_logits(model, xb, chunk_size=chunk_size, method=method,
+                                          progress=None if sharded else progress)
+        if int(yb.max()) >= logits.shape[1] or int(yb.min()) < 0:
+            raise EpslError(f"labels must lie in 0..{logits.shape[1] - 1}")
+        part = margins_from_jacobian(jac, logits, yb, index[start:start + batch_size].to(dev))
+        return tuple(getattr(part, name) for name in names)
+
+    starts = list(range(0, len(x), batch_size))
     with eval_mode(model):
-        for start in range(0, len(x), batch_size):
-            xb = x[start:start + batch_size].to(dev)
-            yb = y[start:start + batch_size].to(dev, torch.int64)
-            jac, logits = jacobian_and_logits(model, xb, chunk_size=chunk_size, method=method,
-                                              progress=progress)
-            if int(yb.max()) >= logits.shape[1] or int(yb.min()) < 0:
-                raise EpslError(f"labels must lie in 0..{logits.shape[1] - 1}")
-            parts.append(margins_from_jacobian(jac, logits, yb,
-                                               index[start:start + batch_size].to(dev)))
-    return _concat(parts)
+        # under torchrun each process computes every N-th batch and all receive all of them
+        parts = shard_map(one_batch, starts, progress=progress if sharded else None,
+                          sizes=[min(batch_size, len(x) - s) for s in starts])
+    return _concat([Diagnostics(**dict(zip(names, part, strict=True))) for part in parts])
 
 
 def predicted_accuracy(eps_l: torch.Tensor | Any, eps: float | Iterable[float]
