@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shlex
 import sys
+import traceback
 import warnings
 from typing import Any
 
@@ -56,6 +58,28 @@ def _join_torchrun() -> None:
         raise click.ClickException(str(exc)) from None
     if not world.writer:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+        real = sys.stderr
+        sys.stderr = _ErrorsOnly(real, world.rank)  # type: ignore[assignment]
+        sys.excepthook = lambda kind, value, tb: traceback.print_exception(kind, value, tb,
+                                                                           file=real)
+
+
+class _ErrorsOnly(io.TextIOBase):
+    """stderr of ranks other than 0: their progress and warnings repeat rank 0's, so only
+    errors get through, marked with the rank (and tracebacks, which ``sys.excepthook`` prints
+    to the real stderr)."""
+
+    def __init__(self, stream: Any, rank: int) -> None:
+        self.stream, self.rank = stream, rank
+
+    def write(self, text: str) -> int:
+        if text.startswith("Error:"):
+            self.stream.write(f"[rank {self.rank}] {text}")
+            self.stream.flush()
+        return len(text)
+
+    def isatty(self) -> bool:
+        return False  # no progress bars
 
 
 def _register() -> None:
