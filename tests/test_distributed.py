@@ -1,0 +1,261 @@
+"""torchrun: N processes give the answer of one (docs/distributed.md).
+
+The in-process tests check the pieces against single-process references: the sharded objective's
+averaged gradient against the whole-batch gradient, the row split, the chunk sharing. The tests
+marked ``distributed`` launch ``torchrun --nproc-per-node 2`` on the CPU (gloo) and compare what
+it writes with what one process writes: training with three defenses, the sharded tables, and a
+training run whose worker is killed with SIGKILL and restarted by torchrun's elastic agent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from epsl import defenses, distributed
+from epsl.checkpoint import read_metadata
+from epsl.cli.main import main
+from epsl.defenses import BatchShard, DefenseConfig, objective
+from epsl.distributed import batch_rows, shard_map
+from epsl.models import create_model
+
+needs_gloo = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="needs torch.distributed with gloo")
+
+
+# --------------------------------------------------------------------------- in one process
+
+
+@pytest.mark.parametrize(("n", "size"), [(64, 2), (29, 2), (7, 3), (5, 5), (130, 4)])
+def test_batch_rows_split_the_batch_once(n: int, size: int) -> None:
+    rows = [batch_rows(n, size, rank) for rank in range(size)]
+    covered = [i for r in rows for i in range(n)[r]]
+    assert covered == list(range(n))
+    lengths = [len(range(n)[r]) for r in rows]
+    assert max(lengths) - min(lengths) <= 1
+    assert [len(t) for t in torch.arange(n).tensor_split(size)] == lengths  # torch's split
+
+
+def test_shard_map_alone_is_the_plain_loop() -> None:
+    seen: list[int] = []
+    out = shard_map(lambda k: torch.full((k,), k), [3, 1, 2], progress=seen.append,
+                    sizes=[3, 1, 2])
+    assert [t.tolist() for t in out] == [[3, 3, 3], [1], [2, 2]]
+    assert seen == [3, 1, 2]
+    assert shard_map(lambda k: k, []) == []
+
+
+@pytest.mark.parametrize("defense", [
+    DefenseConfig(label_smoothing=0.75, noise_sigma=0.3),
+    DefenseConfig(logit_squeeze=5.0, noise_sigma=0.3),
+    DefenseConfig(logit_squeeze=2.0, adv="pgd", adv_eps=0.1, adv_steps=3),
+    DefenseConfig(logit_squeeze=1.0, label_smoothing=0.5, adv="fgsm", adv_eps=0.1,
+                  adv_kappa=0.0),
+], ids=["ls+noise", "lsq+noise", "lsq+pgd", "lsq+ls+fgsm"])
+@pytest.mark.parametrize("size", [2, 3])
+def test_sharded_objective_averages_to_the_whole_batch_gradient(
+        defense: DefenseConfig, size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What DDP computes, the mean over ranks of each rank's gradient, equals the gradient of
+    the single-process objective, for an uneven split (29 rows) and beta ||Z||_F over the whole
+    batch; the mean of the ranks' losses is the single-process loss. The all-reduce of
+    ||Z||_F^2 is played by hand: a first pass records each rank's share, the second gets the
+    sums."""
+    torch.manual_seed(0)
+    model = create_model("small-cnn", in_channels=1, num_classes=10, input_size=8,
+                         mean=[0.3], std=[0.4])
+    x, y = torch.rand(29, 1, 8, 8), torch.randint(0, 10, (29,))
+
+    def run(shard: BatchShard | None) -> tuple[list[torch.Tensor], float]:
+        model.zero_grad()
+        out = objective(model, x, y, defense, 10, torch.Generator().manual_seed(7), shard=shard)
+        out.loss.backward()
+        return [p.grad.clone() for p in model.parameters()], float(out.loss.detach())
+
+    reference, reference_loss = run(None)
+    shards = [BatchShard(batch_rows(29, size, rank), 29, size) for rank in range(size)]
+    shares: list[list[torch.Tensor]] = []
+    for shard in shards:
+        calls: list[torch.Tensor] = []
+        monkeypatch.setattr(defenses, "global_sum",
+                            lambda v, calls=calls: calls.append(v.detach().clone()) or v)
+        run(shard)
+        shares.append(calls)
+    sums = [sum(parts) for parts in zip(*shares, strict=True)]  # one per loss evaluation
+    assert len(sums) == (1 if defense.logit_squeeze else 0) * (
+        2 if defense.adv != "none" and defense.adv_kappa > 0 else 1)
+    gradients, losses = [], []
+    for shard in shards:
+        answers = iter(sums)
+        monkeypatch.setattr(defenses, "global_sum", lambda v, answers=answers: next(answers))
+        gradient, loss = run(shard)
+        gradients.append(gradient)
+        losses.append(loss)
+    for parts, ref in zip(zip(*gradients, strict=True), reference, strict=True):
+        torch.testing.assert_close(sum(parts) / size, ref, rtol=1e-4, atol=1e-6)
+    assert sum(losses) / size == pytest.approx(reference_loss, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- under torchrun
+
+
+def torchrun(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc-per-node 2 -m epsl ARGS`` (gloo on the CPU)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "epsl", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def one_process(*args: str) -> None:
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 0, result.output
+
+
+TRAIN = ["train", "--train-limit", "320", "--batch-size", "64", "--device", "cpu"]
+
+
+def max_weight_gap(a: Path, b: Path) -> float:
+    left, right = load_file(str(a)), load_file(str(b))
+    assert left.keys() == right.keys()
+    return max(float((left[k].float() - right[k].float()).abs().max()) for k in left)
+
+
+@needs_gloo
+@pytest.mark.distributed
+@pytest.mark.parametrize("options", [
+    ["--label-smoothing", "0.75", "--noise-sigma", "0.3"],
+    ["--adv", "pgd", "--adv-eps", "0.1", "--adv-steps", "3"],
+], ids=["ls+noise", "pgd"])
+def test_torchrun_training_equals_one_process(options: list[str], tmp_path: Path) -> None:
+    """The same seed gives the same model on 1 or 2 processes: weights within 1e-4 after 10
+    steps (measured: 1e-6 to 5e-6, the reduction order of the all-reduce), while another seed
+    lands 1e-1 away."""
+    args = [*TRAIN, "--epochs", "2", *options]
+    one_process(*args, "--out", str(tmp_path / "one.safetensors"))
+    one_process(*args, "--seed", "1", "--out", str(tmp_path / "seed1.safetensors"))
+    torchrun(*args, "--out", "two.safetensors", cwd=tmp_path)
+    meta = read_metadata(tmp_path / "two.safetensors")
+    assert meta["processes"] == 2 and meta["complete"]
+    assert max_weight_gap(tmp_path / "one.safetensors", tmp_path / "two.safetensors") < 1e-4
+    assert max_weight_gap(tmp_path / "one.safetensors", tmp_path / "seed1.safetensors") > 1e-2
+    assert meta["metrics"]["test_accuracy"] == pytest.approx(
+        read_metadata(tmp_path / "one.safetensors")["metrics"]["test_accuracy"], abs=0.003)
+
+
+SQUEEZE = [*TRAIN, "--logit-squeeze", "2", "--noise-sigma", "0.3", "--epochs", "10"]
+
+
+@pytest.fixture(scope="module")
+def squeezed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Logit squeezing with noise trained by 2 processes, uninterrupted (and by one process)."""
+    folder = tmp_path_factory.mktemp("squeeze")
+    torchrun(*SQUEEZE, "--out", "two.safetensors", cwd=folder)
+    one_process(*SQUEEZE, "--out", str(folder / "one.safetensors"))
+    return folder
+
+
+@needs_gloo
+@pytest.mark.distributed
+def test_torchrun_logit_squeezing_equals_one_process(squeezed: Path) -> None:
+    """beta ||Z||_F is a norm over the whole batch: computed per process it would differ."""
+    assert max_weight_gap(squeezed / "one.safetensors", squeezed / "two.safetensors") < 1e-4
+
+
+@needs_gloo
+@pytest.mark.distributed
+def test_a_killed_worker_restarts_and_finishes_the_same_model(squeezed: Path,
+                                                              tmp_path: Path) -> None:
+    """torchrun --max-restarts 1; rank 1 is killed with SIGKILL once an epoch checkpoint
+    exists; the restarted group resumes from it and ends with the uninterrupted weights."""
+    out = tmp_path / "killed.safetensors"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "--max-restarts", "1", "-m", "epsl", *SQUEEZE,
+               "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    agent = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    killed_after = None
+    start = time.monotonic()
+    try:
+        while agent.poll() is None and time.monotonic() - start < 240:
+            if killed_after is None and out.exists():
+                try:
+                    meta = read_metadata(out)
+                except Exception:  # noqa: BLE001 (a file being renamed into place)
+                    continue
+                if meta.get("epochs_done", 0) >= 2 and not meta.get("complete"):
+                    worker = _worker(agent.pid, rank=1)
+                    if worker is not None:
+                        os.kill(worker, signal.SIGKILL)
+                        killed_after = meta["epochs_done"]
+            time.sleep(0.01)
+        _, stderr = agent.communicate(timeout=60)
+    finally:
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+    assert killed_after is not None, "the run finished before a worker could be killed"
+    assert agent.returncode == 0, stderr[-3000:]
+    assert "exitcode: -9" in stderr  # torchrun saw the SIGKILL and restarted the group
+    meta = read_metadata(out)
+    assert meta["complete"] and meta["epochs_done"] == 10
+    assert max_weight_gap(out, squeezed / "two.safetensors") == 0.0
+
+
+def _worker(agent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker of ``rank`` (a child of the agent), from /proc."""
+    try:
+        children = Path(f"/proc/{agent}/task/{agent}/children").read_text().split()
+        for pid in children:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if f"RANK={rank}".encode() in environ:
+                return int(pid)
+    except OSError:
+        return None
+    return None
+
+
+@needs_gloo
+@pytest.mark.distributed
+@pytest.mark.parametrize(("command", "table"), [
+    (["diagnose", "--batch-size", "64"], "diagnostics.csv"),
+    (["attack", "--attack", "pgd", "--eps", "0.1", "--steps", "5", "--restarts", "2",
+      "--batch-size", "32"], "attack.csv"),
+    (["attack", "--attack", "square", "--eps", "0.1", "--steps", "50", "--batch-size", "32"],
+     "attack.csv"),
+    (["calibrate", "--fmn-steps", "10", "--fab-steps", "5", "--limit", "96"], "minimal.csv"),
+], ids=["diagnose", "pgd", "square", "eps-star"])
+def test_sharded_tables_equal_one_process(command: list[str], table: str,
+                                          digits_checkpoint: Path, tmp_path: Path) -> None:
+    """Rank 0 writes the table one process writes (every row, in order, no padding), and the
+    record differs only in the command line."""
+    args = [command[0], str(digits_checkpoint), *command[1:]]
+    one_process(*args, "--device", "cpu", "--out", str(tmp_path / "one"))
+    torchrun(*args, "--device", "cpu", "--out", "two", cwd=tmp_path)
+    one = pd.read_csv(tmp_path / "one" / table)
+    two = pd.read_csv(tmp_path / "two" / table)
+    pd.testing.assert_frame_equal(one, two)
+    assert two["index"].is_unique
+    assert not list((tmp_path / "two").glob(".*"))  # no temporary files of other ranks
+
+
+def test_without_torchrun_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in distributed.TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert not distributed.launched()
+    world = distributed.setup()
+    assert (world.rank, world.size, world.writer, world.distributed) == (0, 1, True, False)
+    assert distributed.all_sum([1.0, 2.0]) == [1.0, 2.0]
