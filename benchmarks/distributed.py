@@ -122,7 +122,7 @@ def main() -> None:
     print(f"{'':<12} {'procs':>5} {'threads':>7} {'compute s':>10} {'ex/s':>8} "
           f"{'vs single':>9} {'wall s':>7}  eps_L equal")
     for name, run in runs.items():
-        equal = bool(torch.equal(run["eps_l"], base["eps_l"]))
+        equal = run["equal"] = bool(torch.equal(run["eps_l"], base["eps_l"]))
         print(f"{name:<12} {run['processes']:>5} {run['threads']:>7} {run['seconds']:>10.2f} "
               f"{args.examples / run['seconds']:>8.0f} {base['seconds'] / run['seconds']:>8.2f}x "
               f"{run['wall']:>7.1f}  {equal}")
@@ -133,6 +133,8 @@ def main() -> None:
     if args.json is not None:
         args.json.write_text(json.dumps({name: {k: v for k, v in run.items() if k != "eps_l"}
                                          for name, run in runs.items()}, indent=2))
+    if not all(run["equal"] for run in runs.values()):
+        sys.exit("eps_L under torchrun differs from one process")
 
 
 if __name__ == "__main__":

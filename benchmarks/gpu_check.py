@@ -18,7 +18,9 @@ bundled scikit-learn digits. Every figure is a ratio measured side by side in th
 4. one training step of natural, label smoothing, logit squeezing, noise and PGD-7 training on
    ``wrn-28-10`` (batch 128) in fp32 and bf16 (and compiled with ``--compile``): images per
    second and the ratio of each defense to natural training;
-5. the digits study end to end on the device, as a smoke run.
+5. the digits study end to end on the device, as a smoke run;
+6. ``benchmarks/distributed.py``: sharded ε_L with 1 and 2 processes (gloo, CPU), equal to one
+   process.
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out``; exits 1 if any part failed (the
 other parts still run). ``--quick`` shrinks every model and batch so the same code runs on the
@@ -215,9 +217,23 @@ def check_study(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     return {"seconds": round(time.perf_counter() - start, 1), "summary": first}
 
 
+def check_torchrun(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """benchmarks/distributed.py: sharded eps_L on 1 and 2 CPU processes (the device machine
+    has more cores than the development machine), each checked equal to one process."""
+    figures = Path(args.out) / "distributed.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "distributed.py"), "--json",
+               str(figures)] + (["--quick"] if args.quick else [])
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if result.returncode != 0:
+        raise RuntimeError(f"distributed.py failed: {result.stderr.strip()[-2000:]}")
+    runs = json.loads(figures.read_text())
+    return {name: f"{run['seconds']:.2f} s ({run['processes']}x{run['threads']} threads)"
+            for name, run in runs.items()}
+
+
 CHECKS: dict[str, Callable[[argparse.Namespace, torch.device], Any]] = {
     "cuda tests": check_tests, "diagnostics": check_diagnostics, "pgd": check_pgd,
-    "training": check_training, "digits study": check_study,
+    "training": check_training, "digits study": check_study, "torchrun": check_torchrun,
 }
 
 
