@@ -131,3 +131,46 @@ def test_commands_run_on_cuda(tmp_path: Path, digits_checkpoint: Path) -> None:
     ):
         result = runner.invoke(main, args)
         assert result.exit_code == 0, f"{args[0]}: {result.output}"
+
+
+def test_sync_bn_trains_and_saves_plain_batchnorm(tmp_path: Path) -> None:
+    """--sync-bn on one GPU: SyncBatchNorm falls back to BatchNorm in one process, so the model
+    equals the one trained without it, and the checkpoint loads into the plain architecture."""
+    from epsl.checkpoint import load
+
+    paths = {}
+    for sync_bn in (False, True):
+        config = TrainConfig(arch="wrn", arch_kwargs={"depth": 10, "widen_factor": 1},
+                             epochs=1, train_limit=256, seed=0, device="cuda", sync_bn=sync_bn)
+        paths[sync_bn] = train(config, tmp_path / f"{sync_bn}.safetensors").path
+    plain, _ = load(paths[False], device="cpu")
+    synced, _ = load(paths[True], device="cpu")
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    for a, b in zip(plain.state_dict().values(), synced.state_dict().values(), strict=True):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_the_nccl_group_joins(tmp_path: Path) -> None:
+    """torchrun on the GPUs there are (NCCL for CUDA tensors, gloo for the gathers on the
+    CPU): a training run and a sharded diagnose complete and diagnose equals one process."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    gpus = str(torch.cuda.device_count())
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            gpus, "-m", "epsl"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for args in (["train", "--epochs", "1", "--train-limit", "256", "--device", "cuda",
+                  "--out", "m.safetensors"],
+                 ["diagnose", "m.safetensors", "--device", "cuda", "--out", "two"]):
+        done = subprocess.run(base + args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one = CliRunner().invoke(main, ["diagnose", str(tmp_path / "m.safetensors"), "--device",
+                                    "cuda", "--out", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one" / "diagnostics.csv"),
+                                  pd.read_csv(tmp_path / "two" / "diagnostics.csv"))

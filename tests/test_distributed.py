@@ -259,3 +259,22 @@ def test_without_torchrun_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> No
     world = distributed.setup()
     assert (world.rank, world.size, world.writer, world.distributed) == (0, 1, True, False)
     assert distributed.all_sum([1.0, 2.0]) == [1.0, 2.0]
+
+
+def test_what_n_processes_cannot_train_is_refused_in_one_line(tmp_path: Path) -> None:
+    from epsl.errors import EpslError
+    from epsl.train import TrainConfig, _check_world
+
+    cpu = torch.device("cpu")
+    two = distributed.World(rank=0, size=2)
+    _check_world(two, 130, TrainConfig(batch_size=64), cpu)  # last batch of 2: fine
+    with pytest.raises(EpslError, match="last batch 1"):
+        _check_world(two, 129, TrainConfig(batch_size=64), cpu)
+    with pytest.raises(EpslError, match="at least 4 examples in every batch"):
+        _check_world(distributed.World(rank=1, size=4), 100, TrainConfig(batch_size=2), cpu)
+    _check_world(distributed.World(), 129, TrainConfig(batch_size=64), cpu)  # one process
+    result = CliRunner().invoke(main, [*TRAIN, "--epochs", "1", "--sync-bn",
+                                       "--out", str(tmp_path / "m.safetensors")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith("Error: --sync-bn needs CUDA")
+    assert not list(tmp_path.iterdir())
