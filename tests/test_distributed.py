@@ -142,8 +142,8 @@ def max_weight_gap(a: Path, b: Path) -> float:
 ], ids=["ls+noise", "pgd"])
 def test_torchrun_training_equals_one_process(options: list[str], tmp_path: Path) -> None:
     """The same seed gives the same model on 1 or 2 processes: weights within 1e-4 after 10
-    steps (measured: 1e-6 to 5e-6, the reduction order of the all-reduce), while another seed
-    lands 1e-1 away."""
+    steps (measured: 1.9e-6 and 7.9e-7, the reduction order of the all-reduce), while another
+    seed lands 0.6 away."""
     args = [*TRAIN, "--epochs", "2", *options]
     one_process(*args, "--out", str(tmp_path / "one.safetensors"))
     one_process(*args, "--seed", "1", "--out", str(tmp_path / "seed1.safetensors"))
@@ -171,7 +171,8 @@ def squeezed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @needs_gloo
 @pytest.mark.distributed
 def test_torchrun_logit_squeezing_equals_one_process(squeezed: Path) -> None:
-    """beta ||Z||_F is a norm over the whole batch: computed per process it would differ."""
+    """beta ||Z||_F is a norm over the whole batch: computed per process it would differ
+    (measured: 3.5e-6 after 50 steps)."""
     assert max_weight_gap(squeezed / "one.safetensors", squeezed / "two.safetensors") < 1e-4
 
 
