@@ -279,3 +279,19 @@ def test_what_n_processes_cannot_train_is_refused_in_one_line(tmp_path: Path) ->
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("Error: --sync-bn needs CUDA")
     assert not list(tmp_path.iterdir())
+
+
+def test_the_python_example_of_the_docs_runs_in_one_process(
+        digits_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+    import shutil
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "distributed.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1
+    (tmp_path / "runs").mkdir()
+    shutil.copyfile(digits_checkpoint, tmp_path / "runs" / "ls.safetensors")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "docs/distributed.md", "exec"), {})  # noqa: S102
+    frame = pd.read_csv(tmp_path / "runs" / "ls-eps" / "eps_l.csv")
+    assert len(frame) == 359 and (tmp_path / "runs" / "ls-eps" / "diagnostics.safetensors").is_file()
