@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from epsl.device import model_device
-from epsl.distributed import shard_map
+from epsl.distributed import agree, shard_map
 from epsl.errors import EpslError
 from epsl.modes import eval_mode
 from epsl.registry import Registry
@@ -407,7 +407,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
         # so accuracy under attack can never exceed clean accuracy, example by example.
         best = score(model, x, y, loss=loss, cw_confidence=cw_confidence, batch_size=batch_size)
         for restart in range(restarts):
-            todo = best.correct.nonzero().squeeze(1)
+            todo = agree(best.correct.nonzero().squeeze(1))  # one decision for every process
             if attack_misclassified and restart == 0:
                 todo = torch.arange(len(y), device=y.device)
             if todo.numel() == 0:

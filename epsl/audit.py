@@ -50,6 +50,7 @@ from epsl.attacks import (
 )
 from epsl.device import model_device
 from epsl.diagnostics import diagnose
+from epsl.distributed import agree
 from epsl.errors import EpslError
 from epsl.io import to_json
 from epsl.minimal import (
@@ -409,7 +410,7 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     bar = tqdm(plan, desc="audit", disable=not progress, leave=False)
     for attack in bar:
         bar.set_postfix_str(attack.name)
-        alive = robust.nonzero().squeeze(1)
+        alive = agree(robust.nonzero().squeeze(1))  # one decision for every process
         idx = alive if attack.survivors and config.survivors_only else torch.arange(
             n, device=y.device)
         column = pd.array([pd.NA] * n, dtype="boolean")

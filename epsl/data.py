@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from epsl.errors import EpslError
+from epsl.io import on_disk
 from epsl.registry import Registry
 
 SPLITS = ("train", "test")
@@ -154,7 +155,11 @@ def _torchvision(name: str, split: str, data_root: Path | None, download: bool) 
     if data_root is None:
         raise EpslError(f"{name} needs --data-root DIR (add --download to fetch it there)")
     try:
-        ds = classes[name](str(data_root), train=split == "train", download=download)
+        if download:  # under torchrun rank 0 fetches, the others wait and then read
+            with on_disk() as writer:
+                if writer:
+                    classes[name](str(data_root), train=split == "train", download=True)
+        ds = classes[name](str(data_root), train=split == "train", download=False)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
         raise EpslError(
             f"{name} not found under {data_root}; pass --download to fetch it ({exc})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 from typing import Any
 
 import torch
@@ -18,9 +19,14 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if isinstance(name, torch.device):
         return name
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise EpslError("--device cuda was asked for but no CUDA device is available")
+    if name.startswith("cuda") and "LOCAL_RANK" in os.environ \
+            and int(os.environ["LOCAL_RANK"]) >= torch.cuda.device_count():
+        raise EpslError(f"torchrun started more processes on this machine than it has GPUs "
+                        f"({torch.cuda.device_count()}): use --nproc-per-node "
+                        f"{torch.cuda.device_count()}, or --device cpu")
     if name not in DEVICES and not name.startswith("cuda:"):
         raise EpslError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
     return torch.device(name)

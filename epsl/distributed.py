@@ -19,6 +19,7 @@ Without the torchrun environment every function here is the identity of a single
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -85,8 +86,13 @@ def setup(timeout_minutes: float = 30.0) -> World:
     timeout = timedelta(minutes=timeout_minutes)
     try:
         store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
-        # after an elastic restart the agent's store still holds the dead group's addresses:
-        # each attempt meets under its own prefix
+        # The first attempt of a launch leaves its id in torchrun's store, which outlives the
+        # attempts: every rank of every restart reads the same id, and a new launch (a new
+        # store) gets a new one. Set whatever the rank: the first to come wins.
+        global _LAUNCH
+        _LAUNCH = store.compare_set("epsl/launch", "", uuid.uuid4().hex).decode()
+        # after an elastic restart the store still holds the dead group's addresses: each
+        # attempt meets under its own prefix
         store = dist.PrefixStore(f"epsl/attempt_{restart_count()}", store)
         dist.init_process_group(backend=backend(), store=store, rank=rank, world_size=size,
                                 timeout=timeout)
@@ -109,10 +115,13 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
-def run_id() -> str | None:
-    """The id of this torchrun job (``--rdzv-id``; random with ``--standalone``), the same on
-    every restart of it; None outside torchrun."""
-    return os.environ.get("TORCHELASTIC_RUN_ID") if launched() else None
+_LAUNCH: str | None = None
+
+
+def launch_id() -> str | None:
+    """A random id of this torchrun launch, the same on every rank and every elastic restart
+    of it, new for every launch (even with the same ``--rdzv-id``); None outside torchrun."""
+    return _LAUNCH
 
 
 def barrier() -> None:
@@ -137,6 +146,20 @@ def global_sum(value: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def agree(index: torch.Tensor) -> torch.Tensor:
+    """Rank 0's 1-D int64 tensor on every rank (on ``index``'s device): a decision such as the
+    examples still to attack, taken once, so that ranks whose floating-point results differ
+    in the last bit (different GPUs) still share the same work."""
+    if not world().distributed:
+        return index
+    size = torch.tensor([index.numel()], dtype=torch.int64)
+    dist.broadcast(size, src=0)
+    values = index.detach().to("cpu", torch.int64).contiguous() if world().rank == 0 \
+        else torch.empty(int(size), dtype=torch.int64)
+    dist.broadcast(values, src=0)
+    return values.to(index.device)
+
+
 def batch_rows(n: int, size: int, rank: int) -> slice:
     """The rows of a global batch of ``n`` that rank ``rank`` of ``size`` trains on: contiguous
     near-equal slices (``torch.tensor_split``'s), so the ranks together hold the batch once."""
@@ -148,7 +171,7 @@ def batch_rows(n: int, size: int, rank: int) -> slice:
 # --------------------------------------------------------------------------- sharded loops
 
 _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
-           torch.int32, torch.uint8, torch.bool, torch.int8, torch.int16]
+           torch.int32, torch.uint8, torch.bool, torch.int8]
 _MAX_OUTPUTS, _MAX_DIMS = 16, 8
 
 
@@ -181,13 +204,31 @@ def shard_map(fn: Callable[[T], Any], chunks: Sequence[T], *,
     mine = list(range(w.rank, len(chunks), w.size))
     local: list[tuple[torch.Tensor, ...]] = []
     is_tuple = False
-    for k in mine:
-        out = fn(chunks[k])
-        is_tuple = isinstance(out, tuple)
-        local.append(tuple(t.detach().cpu() for t in _as_tuple(out)))
-        if progress is not None and sizes is not None:
-            progress(int(sum(sizes[k - w.rank + r] for r in range(w.size)
-                             if k - w.rank + r < len(chunks))))
+    failure: Exception | None = None
+    try:
+        for k in mine:
+            out = fn(chunks[k])
+            is_tuple = isinstance(out, tuple)
+            local.append(tuple(t.detach().cpu() for t in _as_tuple(out)))
+            if progress is not None and sizes is not None:
+                progress(int(sum(sizes[k - w.rank + r] for r in range(w.size)
+                                 if k - w.rank + r < len(chunks))))
+    except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank alike
+        failure = exc
+    # every rank learns whether any failed and how many chunks each saw, so that all raise
+    # together (a caller catching the error stays in step) and never gather mismatched work
+    status = torch.tensor([float(failure is not None), float(len(chunks))], dtype=torch.float64)
+    everyone = [torch.empty_like(status) for _ in range(w.size)]
+    dist.all_gather(everyone, status)
+    if failure is not None:
+        raise failure
+    if any(bool(s[0]) for s in everyone):
+        failed = [r for r, s in enumerate(everyone) if s[0]]
+        raise EpslError(f"process {failed[0]} failed on its share of the work (its error is "
+                        "above)")
+    if len({int(s[1]) for s in everyone}) > 1:
+        raise EpslError("the processes disagree on the work to share "
+                        f"({', '.join(str(int(s[1])) for s in everyone)} chunks)")
     if not chunks:
         return []
     is_tuple, schema = _schema(local[0] if local else None, is_tuple)
@@ -215,17 +256,18 @@ def _schema(first: tuple[torch.Tensor, ...] | None, is_tuple: bool
     shapes, so that a rank without chunks can still take part in the gathers."""
     header = torch.zeros(2 + _MAX_OUTPUTS * (2 + _MAX_DIMS), dtype=torch.int64)
     if first is not None and world().rank == 0:
-        if len(first) > _MAX_OUTPUTS:
-            raise EpslError(f"shard_map: at most {_MAX_OUTPUTS} outputs per chunk")
-        header[0], header[1] = len(first), int(is_tuple)
-        for j, t in enumerate(first):
-            if t.ndim - 1 > _MAX_DIMS or t.ndim == 0:
-                raise EpslError("shard_map: outputs must have rows and at most "
-                                f"{_MAX_DIMS} more dimensions")
+        supported = len(first) <= _MAX_OUTPUTS and all(
+            0 < t.ndim <= _MAX_DIMS + 1 and t.dtype in _DTYPES for t in first)
+        header[0], header[1] = (len(first), int(is_tuple)) if supported else (-1, 0)
+        for j, t in enumerate(first if supported else ()):
             at = 2 + j * (2 + _MAX_DIMS)
             header[at], header[at + 1] = _DTYPES.index(t.dtype), t.ndim - 1
             header[at + 2:at + 1 + t.ndim] = torch.tensor(t.shape[1:])
     dist.broadcast(header, src=0)
+    if int(header[0]) < 0:  # raised on every rank, not on rank 0 alone
+        raise EpslError(f"shard_map: at most {_MAX_OUTPUTS} outputs per chunk, each with rows, "
+                        f"at most {_MAX_DIMS} more dimensions and a dtype among "
+                        f"{', '.join(str(d) for d in _DTYPES)}")
     schema = []
     for j in range(int(header[0])):
         at = 2 + j * (2 + _MAX_DIMS)

@@ -70,15 +70,14 @@ def on_disk() -> Iterator[bool]:
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
-    Under torchrun only rank 0's file lands; the other ranks write into a private temporary
-    folder that is removed, and all meet before and after (see :func:`on_disk`)."""
+    Under torchrun only rank 0's file lands: the other ranks get ``os.devnull``, so nothing of
+    theirs reaches a disk, and all meet before and after (see :func:`on_disk`)."""
     with on_disk() as writer:
         if writer:
             with _atomic_path(Path(path)) as tmp:
                 yield tmp
         else:
-            with tempfile.TemporaryDirectory(prefix=".epsl-rank.") as scratch:
-                yield Path(scratch) / Path(path).name
+            yield Path(os.devnull)
 
 
 @contextmanager

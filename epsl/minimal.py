@@ -48,7 +48,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from epsl.attacks import _check_inputs, _chunks, require_torchattacks, sign_steps
-from epsl.distributed import shard_map
+from epsl.distributed import agree, shard_map
 from epsl.errors import EpslError
 from epsl.io import atomic_path
 from epsl.modes import eval_mode
@@ -360,7 +360,7 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                                                    device=x.device),
                                torch.zeros(n, dtype=torch.float64, device=x.device))
         attack = ["" if ok else "clean" for ok in correct.tolist()]
-        todo = correct.nonzero().squeeze(1)
+        todo = agree(correct.nonzero().squeeze(1))  # one decision for every process
         per_attack: dict[str, torch.Tensor] = {}
         seconds: dict[str, float] = {}
         devices = [x.device] if x.device.type == "cuda" else []

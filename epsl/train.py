@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,7 @@ from epsl.data import Split, augment_batch, load_split
 from epsl.defenses import BatchShard, DefenseConfig, objective
 from epsl.device import PRECISIONS, resolve_device
 from epsl.errors import EpslError
-from epsl.io import atomic_path, check_writable
+from epsl.io import atomic_path, check_writable, on_disk
 from epsl.models import MODELS, create_model
 
 OPTIMIZERS = ("auto", "adam", "sgd")
@@ -132,6 +133,13 @@ def _lr_at(base: float, step: int, total: int, kind: str, config: TrainConfig) -
         return base
     passed = sum(step >= m * total for m in config.lr_milestones)
     return base * config.lr_gamma**passed
+
+
+def previous_state_path(out: Path) -> Path:
+    """The optimiser state of the epoch before (``runs/ls.state.prev.safetensors``): kept until
+    the next checkpoint has landed, so a run killed between writing the state and the
+    checkpoint still resumes."""
+    return out.with_name(out.name.removesuffix(".safetensors") + ".state.prev.safetensors")
 
 
 def _save_state(path: Path, optimizer: torch.optim.Optimizer, info: dict[str, Any]) -> None:
@@ -245,11 +253,15 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
         sp = state_path(out)
         if not sp.exists():
             raise EpslError(f"--resume: optimiser state {sp} is missing")
-        optimizer, kind = _optimizer(config, model, info.augment)
-        state_info = _load_state(sp, optimizer)
-        if state_info.get("epochs_done") != prev.get("epochs_done"):
+        # the state of the checkpoint's epoch: the newest, or the one before when the run was
+        # killed after writing the state and before the checkpoint landed
+        matching = [p for p in (sp, previous_state_path(out))
+                    if _state_info(p).get("epochs_done") == prev.get("epochs_done")]
+        if not matching:
             raise EpslError(f"--resume: {sp} and {out} disagree on the epochs done "
                             "(killed while saving); start again with --overwrite")
+        optimizer, kind = _optimizer(config, model, info.augment)
+        _load_state(matching[0], optimizer)
         start_epoch, step = int(prev["epochs_done"]), int(prev["steps_done"])
     elif out.exists() and not overwrite:
         raise EpslError(f"{out} exists; pass --resume to continue it or --overwrite to replace")
@@ -272,7 +284,7 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
         order = torch.randperm(len(train_split), generator=gen).to(device)
         batches = order.split(config.batch_size)
         n_batches = min(len(batches), total_steps - step)
-        seen, correct, loss_sum = 0, 0, 0.0
+        seen, correct, loss_sum, rows = 0, 0, 0.0, 0  # seen, correct: this process's rows
         bar = _progress(n_batches, f"epoch {epoch + 1}/{epochs}", progress and world.writer)
         for idx in batches[:n_batches]:
             xb, yb = x_train[idx], y_train[idx]
@@ -286,7 +298,8 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
                 group["lr"] = _lr_at(base_lr, step, total_steps, kind, config)
             try:
                 result = objective(fast.module, xb, yb, config.defense, num_classes, gen,
-                                   precision=config.precision, shard=shard, attack_model=model)
+                                   precision=config.precision, shard=shard,
+                                   attack_model=model if world.distributed else None)
             except Exception as exc:  # torch.compile compiles at the first call
                 if not config.compile:
                     raise
@@ -306,13 +319,14 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
             correct += int((result.logits.argmax(1) == yb[shard.rows if shard else slice(None)]
                             ).sum())
             loss_sum += batch_loss * len(yb)
+            rows += len(yb)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+                bar.set_postfix(loss=f"{loss_sum / rows:.4f}", acc=f"{correct / seen:.3f}")
         if bar is not None:
             bar.close()
         seen, correct = (int(v) for v in distributed.all_sum([seen, correct]))
-        last_loss = loss_sum / max(1, seen)
+        last_loss = loss_sum / max(1, rows)
         report = EpochReport(epoch + 1, epochs, step, last_loss, correct / max(1, seen),
                              time.perf_counter() - t_epoch)
         history.append(report)
@@ -329,9 +343,15 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             # a finite loss can still end in an exploding step: never save such weights
             raise _diverged(out, epoch, "the weights are no longer finite")
+        with on_disk() as writer:  # keep the state of the checkpoint on disk until the next
+            if writer and state_path(out).exists():  # checkpoint has landed
+                os.replace(state_path(out), previous_state_path(out))
         _save_state(state_path(out), optimizer, {"epochs_done": epoch + 1, "steps_done": step,
-                                                 "run_id": distributed.run_id()})
+                                                 "launch": distributed.launch_id()})
         checkpoint.save(out, model, metadata)
+        with on_disk() as writer:
+            if writer and done:  # nothing left to resume
+                previous_state_path(out).unlink(missing_ok=True)
         if on_epoch is not None:
             on_epoch(report)
     final = checkpoint.read_metadata(out)
@@ -402,16 +422,21 @@ def _same_config(saved: Any, config: TrainConfig) -> bool:
 def _restarted(out: Path) -> bool:
     """True in a group that torchrun's elastic agent restarted after a failure, when ``out`` is
     this job's own unfinished run: it then resumes from its last epoch."""
-    if distributed.restart_count() == 0 or not state_path(out).exists():
+    if distributed.restart_count() == 0 or distributed.launch_id() is None:
         return False
+    return any(_state_info(path).get("launch") == distributed.launch_id()
+               for path in (state_path(out), previous_state_path(out)))
+
+
+def _state_info(path: Path) -> dict[str, Any]:
+    """The JSON of an optimiser state file (empty when it is missing or unreadable)."""
     from safetensors import safe_open
 
     try:
-        with safe_open(str(state_path(out)), framework="pt") as f:
-            saved = json.loads((f.metadata() or {}).get("epsl_state", "{}")).get("run_id")
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("epsl_state", "{}"))  # type: ignore[no-any-return]
     except (OSError, ValueError, RuntimeError):
-        return False
-    return saved is not None and saved == distributed.run_id()
+        return {}
 
 
 def _diverged(out: Path, epoch: int, what: str) -> EpslError:

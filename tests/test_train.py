@@ -46,6 +46,37 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, defense: DefenseConfig)
     assert resumed.metadata["metrics"]["test_accuracy"] == full.metadata["metrics"]["test_accuracy"]
 
 
+def test_a_run_killed_between_state_and_checkpoint_resumes(tmp_path: Path) -> None:
+    """The optimiser state of epoch 2 landed, the checkpoint of epoch 2 did not (killed between
+    the two writes): the state of epoch 1, kept beside it, resumes the run to the weights of
+    an uninterrupted one. A finished run keeps no previous state."""
+    import shutil
+
+    from epsl.train import previous_state_path, state_path
+
+    config = TrainConfig(epochs=3, batch_size=128, device="cpu", seed=7,
+                         defense=DefenseConfig(label_smoothing=0.5, noise_sigma=0.2))
+    full = train(config, tmp_path / "full.safetensors")
+    assert not previous_state_path(full.path).exists()
+    cut = tmp_path / "cut.safetensors"
+
+    def stop_after_second(report) -> None:
+        if report.epoch == 1:
+            shutil.copyfile(cut, tmp_path / "epoch1.safetensors")
+        if report.epoch == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(config, cut, on_epoch=stop_after_second)
+    assert previous_state_path(cut).exists() and state_path(cut).exists()
+    shutil.copyfile(tmp_path / "epoch1.safetensors", cut)  # the epoch-2 checkpoint never landed
+    resumed = train(config, cut, resume=True)
+    assert [r.epoch for r in resumed.history] == [2, 3]
+    a, b = _weights(full.path), _weights(resumed.path)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert not previous_state_path(cut).exists()
+
+
 def test_same_seed_same_weights_other_seed_differs(tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=1, batch_size=128, device="cpu", seed=1)
     a = _weights(train(cfg, tmp_path / "a.safetensors").path)
