@@ -295,3 +295,26 @@ def test_the_python_example_of_the_docs_runs_in_one_process(
     exec(compile(blocks[0], "docs/distributed.md", "exec"), {})  # noqa: S102
     frame = pd.read_csv(tmp_path / "runs" / "ls-eps" / "eps_l.csv")
     assert len(frame) == 359 and (tmp_path / "runs" / "ls-eps" / "diagnostics.safetensors").is_file()
+
+
+@needs_gloo
+@pytest.mark.distributed
+def test_shard_map_and_agree_on_two_processes(tmp_path: Path) -> None:
+    """Uneven and empty chunks, tuple and tensor outputs, bool over gloo, rank 0's decision on
+    both ranks, and an error in rank 1's chunk raised on both ranks, which stay in step."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", str(Path(__file__).with_name("shard_worker.py")),
+               str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0 = (tmp_path / "rank0.txt").read_text().splitlines()
+    rank1 = (tmp_path / "rank1.txt").read_text().splitlines()
+    for lines in (rank0, rank1):
+        assert lines[0] == "shard_map equal True"
+        assert lines[1] == "tensor outputs [[7], [8], [9]]"
+        assert lines[2] == "agree [1, 2, 3]"
+        assert lines[4] == "after [2.0]"
+    assert rank1[3] == "error RuntimeError: chunk 1 failed"  # chunk 1 is rank 1's
+    assert rank0[3].startswith("error EpslError: process 1 failed")
