@@ -318,3 +318,26 @@ def test_shard_map_and_agree_on_two_processes(tmp_path: Path) -> None:
         assert lines[4] == "after [2.0]"
     assert rank1[3] == "error RuntimeError: chunk 1 failed"  # chunk 1 is rank 1's
     assert rank0[3].startswith("error EpslError: process 1 failed")
+
+
+@needs_gloo
+@pytest.mark.distributed
+def test_sharded_compare_with_audit_and_eps_star_equals_one_process(
+        digits_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compare runs ε_L, attacks, ε* and the audit per model: the comparison table and every
+    per-model table rank 0 writes are byte for byte those of one process."""
+    import shutil
+
+    for name in ("a", "b"):
+        shutil.copyfile(digits_checkpoint, tmp_path / f"{name}.safetensors")
+    args = ["compare", "a.safetensors", "b.safetensors", "--eps", "0.1", "--limit", "48",
+            "--pgd-steps", "3", "--audit", "--fmn-steps", "10", "--fab-steps", "5",
+            "--no-figures", "--device", "cpu"]
+    torchrun(*args, "--out", "two", cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    one_process(*args, "--out", "one")
+    tables = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.csv"))
+    assert {"comparison.csv", "a/audit/audit.csv", "b/minimal/minimal.csv"} <= {
+        str(t) for t in tables}
+    for table in tables:
+        assert (tmp_path / "one" / table).read_bytes() == (tmp_path / "two" / table).read_bytes(), table
