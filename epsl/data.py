@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from epsl.distributed import world
 from epsl.errors import EpslError
 from epsl.io import on_disk
 from epsl.registry import Registry
@@ -155,11 +156,13 @@ def _torchvision(name: str, split: str, data_root: Path | None, download: bool) 
     if data_root is None:
         raise EpslError(f"{name} needs --data-root DIR (add --download to fetch it there)")
     try:
-        if download:  # under torchrun rank 0 fetches, the others wait and then read
+        sharded = world().distributed
+        if download and sharded:  # under torchrun rank 0 fetches, the others wait and then read
             with on_disk() as writer:
                 if writer:
                     classes[name](str(data_root), train=split == "train", download=True)
-        ds = classes[name](str(data_root), train=split == "train", download=False)
+        ds = classes[name](str(data_root), train=split == "train",
+                           download=download and not sharded)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
         raise EpslError(
             f"{name} not found under {data_root}; pass --download to fetch it ({exc})"

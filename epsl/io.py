@@ -56,14 +56,29 @@ def _group() -> Any:
 def on_disk() -> Iterator[bool]:
     """A disk change that only rank 0 makes under torchrun: yields whether this process makes
     it. All ranks meet before it (every rank has finished reading and checking) and after it
-    (every rank sees the change). Without a process group it yields True and meets no one."""
+    (every rank sees the change, and a failure on rank 0 is raised on every rank). Without a
+    process group it yields True and meets no one."""
     dist = _group()
     if dist is None:
         yield True
         return
     dist.barrier()
-    yield dist.get_rank() == 0
-    dist.barrier()
+    try:
+        yield dist.get_rank() == 0
+    except BaseException:
+        _anyone_failed(dist, failed=True)
+        raise
+    if _anyone_failed(dist, failed=False):  # rank 0's write failed: all stop together
+        raise EpslError("process 0 could not write its file (its error is above)")
+
+
+def _anyone_failed(dist: Any, *, failed: bool) -> bool:
+    """The meeting after a disk change: whether any rank failed (a sum over the ranks)."""
+    import torch  # only reached under torchrun, where torch is loaded already
+
+    flag = torch.tensor([float(failed)])
+    dist.all_reduce(flag)
+    return bool(flag.item())
 
 
 @contextmanager

@@ -241,6 +241,8 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
     }
     if world.distributed:
         meta_base["processes"] = world.size
+    if distributed.launch_id() is not None:
+        meta_base["launch"] = distributed.launch_id()  # what an elastic restart resumes
     resume = resume or _restarted(out)
     if resume and out.exists():
         prev = checkpoint.read_metadata(out)
@@ -249,22 +251,30 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
                             "use the same options or a new --out")
         model, _ = checkpoint.load(out, device=device)
         if prev.get("complete"):
+            with on_disk() as writer:  # killed after the last checkpoint, before this
+                if writer:
+                    previous_state_path(out).unlink(missing_ok=True)
             return TrainResult(out, prev, [])
         sp = state_path(out)
-        if not sp.exists():
-            raise EpslError(f"--resume: optimiser state {sp} is missing")
         # the state of the checkpoint's epoch: the newest, or the one before when the run was
         # killed after writing the state and before the checkpoint landed
         matching = [p for p in (sp, previous_state_path(out))
                     if _state_info(p).get("epochs_done") == prev.get("epochs_done")]
         if not matching:
-            raise EpslError(f"--resume: {sp} and {out} disagree on the epochs done "
-                            "(killed while saving); start again with --overwrite")
+            raise EpslError(f"--resume: no optimiser state of epoch {prev.get('epochs_done')} "
+                            f"beside {out} ({sp.name} missing or of another epoch); start again "
+                            "with --overwrite")
         optimizer, kind = _optimizer(config, model, info.augment)
         _load_state(matching[0], optimizer)
         start_epoch, step = int(prev["epochs_done"]), int(prev["steps_done"])
     elif out.exists() and not overwrite:
         raise EpslError(f"{out} exists; pass --resume to continue it or --overwrite to replace")
+    if world.distributed:  # every process must start from the same place
+        first = distributed.all_sum([start_epoch * (world.rank == 0), step * (world.rank == 0)])
+        differ = distributed.all_sum([float([int(v) for v in first] != [start_epoch, step])])
+        if differ[0]:
+            raise EpslError(f"the processes see different checkpoints at {out} (a shared file "
+                            "system out of date?); start again with --resume")
 
     fast = _fast_path(model, config, device, world)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
@@ -344,8 +354,8 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
             # a finite loss can still end in an exploding step: never save such weights
             raise _diverged(out, epoch, "the weights are no longer finite")
         with on_disk() as writer:  # keep the state of the checkpoint on disk until the next
-            if writer and state_path(out).exists():  # checkpoint has landed
-                os.replace(state_path(out), previous_state_path(out))
+            if writer:  # checkpoint has landed
+                _keep_previous_state(out)
         _save_state(state_path(out), optimizer, {"epochs_done": epoch + 1, "steps_done": step,
                                                  "launch": distributed.launch_id()})
         checkpoint.save(out, model, metadata)
@@ -419,13 +429,37 @@ def _same_config(saved: Any, config: TrainConfig) -> bool:
         return False
 
 
+def _keep_previous_state(out: Path) -> None:
+    """Copy the optimiser state of the checkpoint now on disk to ``previous_state_path``
+    (a hard link renamed into place: the state file itself never goes missing). A state of
+    another epoch than the checkpoint's (left by a run killed between its two writes) is not
+    kept: the previous state already holds the checkpoint's."""
+    current, previous = state_path(out), previous_state_path(out)
+    if not (current.exists() and out.exists()):
+        return
+    try:
+        if _state_info(current).get("epochs_done") != \
+                checkpoint.read_metadata(out).get("epochs_done"):
+            return
+        link = previous.with_name(f".{previous.name}.{os.getpid()}.tmp")
+        link.unlink(missing_ok=True)
+        os.link(current, link)
+        os.replace(link, previous)
+    except (OSError, EpslError) as exc:
+        raise EpslError(f"cannot keep the previous optimiser state beside {out}: {exc}"
+                        ) from None
+
+
 def _restarted(out: Path) -> bool:
     """True in a group that torchrun's elastic agent restarted after a failure, when ``out`` is
-    this job's own unfinished run: it then resumes from its last epoch."""
-    if distributed.restart_count() == 0 or distributed.launch_id() is None:
+    this launch's own checkpoint: the group then resumes from its last epoch. A checkpoint of
+    another launch (even one with the same ``--rdzv-id``) is never resumed this way."""
+    if distributed.restart_count() == 0 or distributed.launch_id() is None or not out.exists():
         return False
-    return any(_state_info(path).get("launch") == distributed.launch_id()
-               for path in (state_path(out), previous_state_path(out)))
+    try:
+        return checkpoint.read_metadata(out).get("launch") == distributed.launch_id()
+    except EpslError:
+        return False
 
 
 def _state_info(path: Path) -> dict[str, Any]:
@@ -435,7 +469,7 @@ def _state_info(path: Path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as f:
             return json.loads((f.metadata() or {}).get("epsl_state", "{}"))  # type: ignore[no-any-return]
-    except (OSError, ValueError, RuntimeError):
+    except Exception:  # noqa: BLE001 - missing, truncated or foreign: no state (SafetensorError)
         return {}
 
 

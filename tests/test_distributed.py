@@ -341,3 +341,27 @@ def test_sharded_compare_with_audit_and_eps_star_equals_one_process(
         str(t) for t in tables}
     for table in tables:
         assert (tmp_path / "one" / table).read_bytes() == (tmp_path / "two" / table).read_bytes(), table
+
+
+def test_a_restart_resumes_only_its_own_launch(digits_checkpoint: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """An elastic restart resumes a checkpoint that its own launch wrote, never one of another
+    launch (even a launch with the same --rdzv-id), and nothing on a first attempt."""
+    import shutil
+
+    from epsl import checkpoint
+    from epsl.train import _restarted
+
+    model, meta = checkpoint.load(digits_checkpoint)
+    ours, theirs = tmp_path / "ours.safetensors", tmp_path / "theirs.safetensors"
+    checkpoint.save(ours, model, {**meta, "launch": "abc"})
+    shutil.copyfile(digits_checkpoint, theirs)
+    monkeypatch.setattr(distributed, "_LAUNCH", "abc")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert _restarted(ours) and not _restarted(theirs)
+    assert not _restarted(tmp_path / "missing.safetensors")
+    monkeypatch.setattr(distributed, "_LAUNCH", "another launch")
+    assert not _restarted(ours)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    monkeypatch.setattr(distributed, "_LAUNCH", "abc")
+    assert not _restarted(ours)
