@@ -87,7 +87,8 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
 @handle_errors
 def compare(checkpoints: tuple[str, ...], dataset: str | None, data: str | None,
             data_root: str | None, download: bool, split: str, limit: int | None,
-            arch: str | None, model_factory: str | None, eps: float, source: str | None,
+            arch: str | None, model_factory: str | None, model_dir: str | None, eps: float,
+            source: str | None,
             pgd_steps: int, restarts: int, step_size: float | None,
             eps_grid: tuple[float, ...], run_audit: bool, minimal: bool, fmn_steps: int,
             fab_steps: int, no_figures: bool, seed: int, device: str, out: Path,
@@ -103,7 +104,8 @@ def compare(checkpoints: tuple[str, ...], dataset: str | None, data: str | None,
     config = CompareConfig(
         checkpoints=tuple(checkpoints), eps=eps, dataset=dataset, data=data,
         data_root=data_root, download=download, split=split, limit=limit, arch=arch,
-        model=model_factory, source=source, pgd_steps=pgd_steps, restarts=restarts,
+        model=model_factory, model_dir=model_dir, source=source, pgd_steps=pgd_steps,
+        restarts=restarts,
         step_size=step_size, eps_grid=tuple(eps_grid), audit=run_audit, minimal=minimal,
         fmn_steps=fmn_steps, fab_steps=fab_steps, figures=not no_figures, seed=seed,
         device=device)

@@ -47,6 +47,7 @@ def _prepare(checkpoint: str, options: dict[str, Any]) -> Evaluation:
     return prepare(checkpoint, dataset=options.get("dataset"), data=options.get("data"),
                    split=options.get("split", "test"), limit=options.get("limit"),
                    arch=options.get("arch"), model=options.get("model_factory"),
+                   model_dir=options.get("model_dir"),
                    data_root=options.get("data_root"), download=bool(options.get("download")),
                    device=options.get("device", "auto"))
 
@@ -54,7 +55,7 @@ def _prepare(checkpoint: str, options: dict[str, Any]) -> Evaluation:
 def _load_source(path: str | None, ev: Evaluation) -> Any:
     if path is None:
         return None
-    source, meta, _ = load_model(path, device=ev.device)
+    source, meta, _ = load_model(path, model_dir=ev.model_dir, device=ev.device)
     want, have = ev.meta.get("input_shape"), meta.get("input_shape")
     if want and have and list(want) != list(have):
         raise EpslError(f"source {path} takes inputs of shape {tuple(have)} but {ev.checkpoint} "

@@ -116,6 +116,11 @@ checkpoint_options = _compose(
                  help="Architecture of a foreign .pt/.pth state_dict."),
     click.option("--model", "model_factory", default=None, metavar="MODULE:FACTORY",
                  help="Build your own model from package.module:factory, then load the weights."),
+    click.option("--model-dir", type=click.Path(file_okay=False), default=None,
+                 help="Weights folder of a zoo CHECKPOINT: robustbench:DATASET/THREAT/NAME reads "
+                      "DIR/DATASET/THREAT/NAME.pt (default ./models), timm:NAME "
+                      "DIR/NAME.safetensors (default: the Hugging Face cache), torchvision:NAME "
+                      "the weights' file (default: torch hub's cache)."),
 )
 
 device_option = click.option("--device", type=click.Choice(DEVICES), default="auto",

@@ -54,7 +54,7 @@ def _data_config(checkpoint: str, options: dict[str, Any]) -> DataConfig:
                       download=bool(options.get("download")),
                       split=options.get("split", "test"), limit=options.get("limit"),
                       arch=options.get("arch"), model=options.get("model_factory"),
-                      device=options.get("device", "auto"))
+                      model_dir=options.get("model_dir"), device=options.get("device", "auto"))
 
 
 def _precheck(out: str, products: list[str], overwrite: bool) -> None:

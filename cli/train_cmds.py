@@ -154,7 +154,7 @@ def train_command(dataset: str | None, data: str | None, data_root: str | None, 
                    "classes).")
 @handle_errors
 def info_command(checkpoint: str, arch: str | None, model_factory: str | None,
-                 dataset: str | None) -> None:
+                 model_dir: str | None, dataset: str | None) -> None:
     """Print a checkpoint's metadata as JSON (loading it safely, never unpickling code)."""
     path = Path(checkpoint)
     if path.suffix == ".safetensors" and arch is None and model_factory is None:
@@ -162,7 +162,8 @@ def info_command(checkpoint: str, arch: str | None, model_factory: str | None,
         if meta:
             load(path)  # prove the weights fit the architecture
     else:
-        _, meta = load(path, arch=arch, model=model_factory, dataset=dataset)
+        _, meta = load(checkpoint, arch=arch, model=model_factory, dataset=dataset,
+                       model_dir=model_dir)
     if not meta:
         raise EpslError(f"{path}: no epsl metadata; pass --arch NAME or --model module:factory")
     click.echo(json.dumps(meta, indent=2))

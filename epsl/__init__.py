@@ -7,7 +7,32 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load"]
+__all__ = ["Normalize", "__version__", "eps_l", "load"]
+
+
+def eps_l(model: Any, x: Any, y: Any, *, mean: Any = None, std: Any = None, **options: Any) -> Any:
+    """Equation 4's eps_L per example: ``(N,)`` float, negative where ``model`` misclassifies.
+
+    ``model`` takes pixels ``x`` (N x C x H x W) in [0, 1]; a model that expects normalised
+    inputs gets ``mean``/``std`` (per channel, on the [0, 1] scale), applied in front of it by
+    :class:`epsl.Normalize` so that every gradient stays in pixel space. ``options`` go to
+    :func:`epsl.diagnostics.diagnose` (``device``, ``batch_size``, ``chunk_size`` ...), which
+    returns every per-example quantity, not only eps_L.
+
+    >>> model, meta = epsl.load("timm:resnet18.a1_in1k")   # normalises inside already
+    >>> epsl.eps_l(model, x, y)
+    """
+    from torch import nn
+
+    from epsl.diagnostics import diagnose
+    from epsl.errors import EpslError
+    from epsl.models import Normalize
+
+    if (mean is None) != (std is None):
+        raise EpslError("pass mean and std together (or neither)")
+    if mean is not None:
+        model = nn.Sequential(Normalize(mean, std), model).to(next(model.parameters()).device)
+    return diagnose(model, x, y, **options).eps_l
 
 
 def __getattr__(name: str) -> Any:
@@ -17,4 +42,8 @@ def __getattr__(name: str) -> Any:
         from epsl.checkpoint import load
 
         return load
+    if name == "Normalize":
+        from epsl.models import Normalize
+
+        return Normalize
     raise AttributeError(f"module 'epsl' has no attribute {name!r}")

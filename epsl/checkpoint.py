@@ -4,7 +4,7 @@ Metadata (stored in the safetensors header under the key ``epsl``) holds the arc
 and its arguments, the dataset, input shape, classes, normalisation, the full training config,
 steps done, clean train/test accuracy and the epsl version. A foreign ``.pt``/``.pth``
 state_dict loads with ``torch.load(weights_only=True)`` and an ``arch``; a user's own model
-comes from ``module:factory``.
+comes from ``module:factory``; a zoo model from a source (:mod:`epsl.sources`).
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 from torch import nn
 
 import epsl
+from epsl import sources
 from epsl.data import DatasetInfo, dataset_info
 from epsl.errors import EpslError
 from epsl.io import atomic_path
 from epsl.models import create_model
+from epsl.safeload import read_weights, state_dict_of
 
 METADATA_KEY = "epsl"
 
@@ -73,6 +75,12 @@ def _existing(path: Path | str) -> Path:
     return path
 
 
+def weights_file(checkpoint: Path | str, model_dir: Path | str | None = None) -> Path:
+    """The file holding ``checkpoint``'s weights (itself, or where a model source reads them),
+    whose SHA-256 keys every result made from it."""
+    return sources.weights_file(checkpoint, model_dir)
+
+
 def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
@@ -104,33 +112,32 @@ def _build_from_factory(spec: str, kwargs: dict[str, Any]) -> Any:
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise EpslError(f"{path}: not a readable safetensors file ({_short(exc)})") from None
-    try:
-        # weights_only=True refuses any pickle that would build arbitrary objects or run code
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError...
-        raise EpslError(f"{path}: refused to load: not a plain tensor state_dict "
-                        f"({_short(exc)})") from None
+    obj = read_weights(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise EpslError(f"{path}: expected a state_dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return {k.removeprefix("module."): v for k, v in state_dict_of(obj, path).items()}
 
 
 def load(path: Path | str, *, arch: str | None = None, model: str | None = None,
          dataset: str | None = None, arch_kwargs: dict[str, Any] | None = None,
+         model_dir: Path | str | None = None,
          device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Load a checkpoint: ``(model in eval mode, metadata)``.
+    """Load a checkpoint: ``(model in eval mode, metadata)``; it never unpickles code.
 
     An epsl ``.safetensors`` file rebuilds its own architecture from metadata. A foreign
     ``.pt``/``.pth``/``.safetensors`` state_dict needs ``arch`` (a registered architecture,
     built for ``dataset``, default ``digits``) or ``model`` (``package.module:factory``).
+    A model source (:mod:`epsl.sources`) names a zoo model instead of a path:
+    ``"robustbench:cifar10/Linf/Carmon2019Unlabeled"``, ``"timm:resnet18.a1_in1k"`` or
+    ``"torchvision:resnet50"``, with its weights under ``model_dir``.
+
+    >>> model, meta = epsl.load("robustbench:cifar10/Linf/Standard", model_dir="models")
     """
+    if sources.parse(path) is not None:
+        if arch is not None or model is not None:
+            raise EpslError(f"{path}: a model source builds its own architecture; drop arch "
+                            "and model")
+        return sources.load(str(path), model_dir=model_dir, device=device)
     path = _existing(path)
     meta = read_metadata(path) if path.suffix == ".safetensors" else {}
     state = _read_state(path)

@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 
 import epsl
+from epsl import sources
 from epsl.analysis.figures import render_all
 from epsl.analysis.paired import paired_tests
 from epsl.analysis.report import audit_notes, write_report
@@ -92,6 +93,7 @@ class CompareConfig:
     limit: int | None = None
     arch: str | None = None
     model: str | None = None
+    model_dir: str | None = None
     source: str | None = None
     pgd_steps: int = 40
     restarts: int = 1
@@ -214,7 +216,8 @@ def minimal_config(config: CompareConfig) -> MinimalConfig:
 def _prepare(checkpoint: str, config: CompareConfig) -> Evaluation:
     return prepare(checkpoint, dataset=config.dataset, data=config.data, split=config.split,
                    limit=config.limit, arch=config.arch, model=config.model,
-                   data_root=config.data_root, download=config.download, device=config.device)
+                   data_root=config.data_root, download=config.download,
+                   model_dir=config.model_dir, device=config.device)
 
 
 def ensure_diagnostics(ev: Evaluation, folder: Path, grid: Sequence[float],
@@ -303,8 +306,10 @@ def _check_inputs(config: CompareConfig) -> tuple[list[Evaluation], torch.nn.Mod
     if not config.source:
         return evaluations, None
     first = evaluations[0]
-    source_model, source_meta, _ = load_model(config.source, arch=config.arch,
-                                              dataset=config.dataset, device=first.device)
+    foreign = sources.parse(config.source) is not None
+    source_model, source_meta, _ = load_model(config.source, arch=None if foreign else config.arch,
+                                              dataset=config.dataset, model_dir=config.model_dir,
+                                              device=first.device)
     check_fits(source_model, source_meta, first.data, config.source, first.device)
     return evaluations, source_model
 
@@ -338,7 +343,7 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
         entries = [{**e, "png": f"figures/{e['png']}", "svg": f"figures/{e['svg']}"}
                    for e in render_all(runs, out / "figures", eps=config.eps)]
     models = {name: {"checkpoint": ev.checkpoint,
-                     "checkpoint_sha256": file_sha256(ev.checkpoint)}
+                     "checkpoint_sha256": file_sha256(ev.weights)}
               for name, ev in zip(names, evaluations, strict=True)}
     record = {"config": dataclasses.asdict(config), "models": models, "reused": reused,
               "figures": entries, "epsl_version": epsl.__version__}

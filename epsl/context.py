@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import epsl
-from epsl.checkpoint import check_dataset, load
+from epsl.checkpoint import check_dataset, load, weights_file
 from epsl.data import Split, load_split
 from epsl.device import resolve_device
 from epsl.errors import EpslError
@@ -29,20 +29,30 @@ class Evaluation:
     data: Split
     device: torch.device
     checkpoint: str
+    #: where a model source's weights live (``robustbench:...``, ``timm:...``); None otherwise
+    model_dir: str | None = None
+
+    @property
+    def weights(self) -> Path:
+        """The file holding the weights, whose SHA-256 keys the reuse of every result."""
+        return weights_file(self.checkpoint, self.model_dir)
 
 
 def load_model(checkpoint: Path | str, *, arch: str | None = None, model: str | None = None,
-               dataset: str | None = None, device: str | torch.device = "auto"
+               dataset: str | None = None, model_dir: Path | str | None = None,
+               device: str | torch.device = "auto"
                ) -> tuple[nn.Module, dict[str, Any], torch.device]:
     dev = resolve_device(device)
-    net, meta = load(checkpoint, arch=arch, model=model, dataset=dataset, device=dev)
+    net, meta = load(checkpoint, arch=arch, model=model, dataset=dataset, model_dir=model_dir,
+                     device=dev)
     return net, meta, dev
 
 
 def prepare(checkpoint: Path | str, *, dataset: str | None = None, data: Path | str | None = None,
             split: str = "test", limit: int | None = None, arch: str | None = None,
             model: str | None = None, data_root: Path | str | None = None,
-            download: bool = False, device: str | torch.device = "auto") -> Evaluation:
+            download: bool = False, model_dir: Path | str | None = None,
+            device: str | torch.device = "auto") -> Evaluation:
     """Load ``checkpoint`` and the first ``limit`` examples of ``split``.
 
     ``dataset`` defaults to the checkpoint's own. The input shape and class count are checked
@@ -51,7 +61,7 @@ def prepare(checkpoint: Path | str, *, dataset: str | None = None, data: Path | 
     if limit is not None and limit < 1:
         raise EpslError(f"--limit must be at least 1 (got {limit})")
     net, meta, dev = load_model(checkpoint, arch=arch, model=model, dataset=dataset,
-                                device=device)
+                                model_dir=model_dir, device=device)
     name = dataset or meta.get("dataset") or "digits"
     trained_on = meta.get("dataset")
     if data is None and dataset and trained_on and dataset != trained_on:
@@ -63,7 +73,8 @@ def prepare(checkpoint: Path | str, *, dataset: str | None = None, data: Path | 
     if len(examples) == 0:
         raise EpslError("the data set is empty")
     check_fits(net, meta, examples, checkpoint, dev)
-    return Evaluation(net, meta, examples, dev, str(checkpoint))
+    return Evaluation(net, meta, examples, dev, str(checkpoint),
+                      None if model_dir is None else str(model_dir))
 
 
 def check_fits(net: nn.Module, meta: dict[str, Any], examples: Split,
@@ -100,11 +111,12 @@ def provenance(ev: Evaluation, settings: Mapping[str, Any], *, examples: Split |
     of ``ev.data``) with ``settings``, and ``source`` for a transfer attack. Built here only."""
     data = examples if examples is not None else ev.data
     return Provenance(
-        checkpoint=ev.checkpoint, checkpoint_sha256=file_sha256(ev.checkpoint),
+        checkpoint=ev.checkpoint, checkpoint_sha256=file_sha256(ev.weights),
         data={"dataset": data.info.name, "split": data.split, "source": data.source,
               "n": len(data), "sha256": data_sha256(data)},
         settings=dict(settings), model=ev.meta,
         source=None if source is None else {"checkpoint": str(source),
-                                            "checkpoint_sha256": file_sha256(source)},
+                                            "checkpoint_sha256": file_sha256(
+                                                weights_file(source, ev.model_dir))},
         device=str(ev.device), epsl_version=epsl.__version__,
         torch_version=torch.__version__, command=COMMAND.get())

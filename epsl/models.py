@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from epsl.errors import EpslError
 from epsl.registry import Registry
 
 ModelFactory = Callable[..., "Classifier"]
@@ -23,13 +24,25 @@ MODELS: Registry[ModelFactory] = Registry("architecture")
 
 
 class Normalize(nn.Module):
-    """(x - mean) / std per channel, with mean and std as buffers (saved in checkpoints)."""
+    """``(x - mean) / std`` per channel, as the first layer of a model.
+
+    Put in front of a network trained on normalised inputs, it makes the model take pixels in
+    [0, 1] (N x C x H x W), so that every gradient, every attack and every ε is in pixel space.
+    ``mean`` and ``std`` are on the [0, 1] scale, one value per channel (or one for all), and
+    are kept as buffers, so they travel with the checkpoint.
+
+    >>> imagenet = Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    >>> model = torch.nn.Sequential(imagenet, net)          # net: trained on normalised inputs
+    """
 
     mean: torch.Tensor
     std: torch.Tensor
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
+        if len(list(mean)) != len(list(std)) or any(float(s) <= 0 for s in std):
+            raise EpslError(f"Normalize needs one positive std per mean (got mean {list(mean)}, "
+                            f"std {list(std)})")
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1))
 
@@ -210,3 +223,68 @@ def wrn_28_10(**kwargs: Any) -> WideResNet:
     kwargs.setdefault("depth", 28)
     kwargs.setdefault("widen_factor", 10)
     return WideResNet(**kwargs)
+
+
+# --------------------------------------------------------------------------- foreign models
+
+
+class Wrapped(Classifier):
+    """A model epsl did not build (RobustBench, timm, torchvision, your own) as a
+    :class:`Classifier`: ``Normalize(mean, std)`` in front, so that it takes pixels in [0, 1].
+
+    ``mean``/``std`` default to 0/1 for a model that already normalises inside (RobustBench's
+    models do). When ``split_head`` (below) finds that the model's last ``nn.Linear`` produces
+    its logits, that layer becomes ``head`` and the rest ``features``; otherwise ``features``
+    is unavailable and the model is used whole.
+    """
+
+    def __init__(self, net: nn.Module, *, mean: Sequence[float] = (0.0, 0.0, 0.0),
+                 std: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
+        super().__init__(mean, std)
+        self.net = net
+        self.fc: nn.Module | None = None
+        #: the dotted name of the layer that became ``head``, or None
+        self.head_name: str | None = None
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fc is None:
+            raise EpslError("this model's penultimate activations are unknown: its logits do "
+                            "not come from one final linear layer")
+        return self.net(x)  # type: ignore[no-any-return]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(self.normalize(x))
+        return out if self.fc is None else self.fc(out)  # type: ignore[no-any-return]
+
+
+def _last_linear(net: nn.Module) -> str | None:
+    names = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
+    return names[-1] if names else None
+
+
+@torch.no_grad()
+def split_head(model: Wrapped, example: torch.Tensor) -> str | None:
+    """Make ``model``'s last ``nn.Linear`` its ``head`` if the logits are exactly that layer
+    applied to its input (checked on ``example``, N x C x H x W in [0, 1]); the layer's name,
+    or None when they are not (then the model stays whole and gives no ``features``)."""
+    name = _last_linear(model.net)
+    if name is None:
+        return None
+    layer = model.net.get_submodule(name)
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0]))
+    try:
+        logits = model(example)
+    finally:
+        handle.remove()
+    if len(seen) != 1 or seen[0].ndim != 2 or logits.ndim != 2:
+        return None
+    if not torch.equal(layer(seen[0]), logits):
+        return None
+    model.net.set_submodule(name, nn.Identity())
+    model.fc, model.head_name = layer, name
+    if not torch.equal(model(example), logits):  # the layer was used twice, or not last
+        model.net.set_submodule(name, layer)
+        model.fc, model.head_name = None, None
+        return None
+    return name

@@ -115,8 +115,11 @@ class Provenance:
         """What decides reuse: content hashes, the examples and the settings, not paths."""
         data = {k: self.data.get(k) for k in ("dataset", "split", "n", "sha256")}
         source = None if self.source is None else self.source.get("checkpoint_sha256")
-        return _plain({"checkpoint_sha256": self.checkpoint_sha256, "data": data,
-                       "source_sha256": source, "settings": self.settings})
+        key = {"checkpoint_sha256": self.checkpoint_sha256, "data": data,
+               "source_sha256": source, "settings": self.settings}
+        if self.model.get("source"):  # a zoo model: its architecture is the library's code
+            key["model_source"] = {k: self.model.get(k) for k in ("arch", "library_versions")}
+        return _plain(key)
 
     def same_origin(self, other: Provenance) -> bool:
         """Whether a result made under ``other`` is the result this provenance asks for."""

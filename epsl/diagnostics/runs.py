@@ -44,11 +44,14 @@ class DataConfig:
     arch: str | None = None
     model: str | None = None
     device: str = "auto"
+    #: the folder of a model source's weights (``robustbench:``, ``timm:``, ``torchvision:``)
+    model_dir: str | None = None
 
     def prepare(self) -> Evaluation:
         return prepare(self.checkpoint, dataset=self.dataset, data=self.data, split=self.split,
                        limit=self.limit, arch=self.arch, model=self.model,
-                       data_root=self.data_root, download=self.download, device=self.device)
+                       data_root=self.data_root, download=self.download,
+                       model_dir=self.model_dir, device=self.device)
 
 
 @dataclass(frozen=True)
