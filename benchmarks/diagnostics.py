@@ -1,7 +1,9 @@
 """Benchmark: examples per second of the full eps_L computation (Eq. 4) against the floor and
 a naive loop, with peak memory.
 
-For each model (``madry-mnist`` on 1x28x28, a CIFAR-shaped ``preact-resnet18`` on 3x32x32):
+For each model (``madry-mnist`` on 1x28x28, a CIFAR-shaped ``preact-resnet18`` on 3x32x32, and
+with ``--models robustbench:cifar10/Linf/Standard`` RobustBench's WRN-28-10, random weights
+loaded through ``epsl.load``'s zoo path, ``benchmarks/zoo.py``):
 
 - ``diagnose[<method>]``: :func:`epsl.diagnostics.diagnose` end to end (Jacobian, gaps,
   cosines, eps_L, per-class matrices), for every Jacobian method;
@@ -36,12 +38,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-MODELS = {  # name -> (arch, channels, size, extra kwargs)
+ZOO_STANDARD = "robustbench:cifar10/Linf/Standard"
+MODELS = {  # name -> (arch or zoo spec, channels, size, extra kwargs)
     "madry-mnist": ("madry-mnist", 1, 28, {}),
     "preact-resnet18": ("preact-resnet18", 3, 32, {}),
+    ZOO_STANDARD: (ZOO_STANDARD, 3, 32, {}),  # WRN-28-10, loaded through epsl's zoo path
 }
-BATCH = {"madry-mnist": 256, "preact-resnet18": 16}
-NAIVE_SUBSET = {"madry-mnist": 8, "preact-resnet18": 2}
+DEFAULT_MODELS = ["madry-mnist", "preact-resnet18"]
+BATCH = {"madry-mnist": 256, "preact-resnet18": 16, ZOO_STANDARD: 8}
+NAIVE_SUBSET = {"madry-mnist": 8, "preact-resnet18": 2, ZOO_STANDARD: 1}
 METHODS = ("backward", "vjp", "jacrev")
 
 
@@ -67,8 +72,13 @@ def _setup(task: Task) -> tuple[Any, Any, Any]:
         torch.set_num_threads(task.threads)
     arch, channels, size, extra = MODELS[task.model]
     torch.manual_seed(0)
-    model = create_model(arch, in_channels=channels, num_classes=10, input_size=size,
-                         mean=[0.5] * channels, std=[0.25] * channels, **extra)
+    if arch.startswith("robustbench:"):
+        from zoo import zoo_model
+
+        model = zoo_model(arch)[0]
+    else:
+        model = create_model(arch, in_channels=channels, num_classes=10, input_size=size,
+                             mean=[0.5] * channels, std=[0.25] * channels, **extra)
     model = model.to(task.device).eval()
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(task.n, channels, size, size, generator=gen).to(task.device)
@@ -213,7 +223,9 @@ def machine(device: str, threads: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=DEFAULT_MODELS,
+                        help=f"default: {' '.join(DEFAULT_MODELS)}; {ZOO_STANDARD} needs "
+                             "epsl[zoo] (about a minute per example-batch on 2 CPU cores)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")

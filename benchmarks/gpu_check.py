@@ -13,13 +13,15 @@ bundled scikit-learn digits. Every figure is a ratio measured side by side in th
 2. ε_L diagnostics for ``madry-mnist`` (batch 1024) and ``wrn-28-10`` (batch 128, CIFAR-shaped)
    with every Jacobian method against the floor (one forward plus one backward per class),
    and peak memory; the fastest method is what ``method="auto"`` should pick on the device;
-3. PGD-20 of epsl against torchattacks' PGD on ``wrn-28-10`` (batch 256): time ratio and robust
+3. the same for RobustBench's ``cifar10/Linf/Standard`` (WRN-28-10, batch 128) loaded through
+   ``epsl.load``'s zoo path (``benchmarks/zoo.py``; needs ``epsl[zoo]`` or its wheels);
+4. PGD-20 of epsl against torchattacks' PGD on ``wrn-28-10`` (batch 256): time ratio and robust
    accuracy (labels are the model's own clean predictions, so clean accuracy is 100%);
-4. one training step of natural, label smoothing, logit squeezing, noise and PGD-7 training on
+5. one training step of natural, label smoothing, logit squeezing, noise and PGD-7 training on
    ``wrn-28-10`` (batch 128) in fp32 and bf16 (and compiled with ``--compile``): images per
    second and the ratio of each defense to natural training;
-5. the digits study end to end on the device, as a smoke run;
-6. ``benchmarks/distributed.py``: sharded ε_L with 1 and 2 processes (gloo, CPU), equal to one
+6. the digits study end to end on the device, as a smoke run;
+7. ``benchmarks/distributed.py``: sharded ε_L with 1 and 2 processes (gloo, CPU), equal to one
    process.
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out``; exits 1 if any part failed (the
@@ -111,9 +113,9 @@ def check_tests(args: argparse.Namespace, device: torch.device) -> dict[str, Any
 
 
 def _diagnostics_case(args: argparse.Namespace, device: torch.device, arch: str,
-                      channels: int, size: int, n: int) -> dict[str, Any]:
+                      channels: int, size: int, n: int, model: Any = None) -> dict[str, Any]:
     """Every Jacobian method against the floor on one model and batch."""
-    model = _model(arch, channels, size, device).eval()
+    model = (_model(arch, channels, size, device) if model is None else model.to(device)).eval()
     x = _inputs(n, channels, size, device)
     y = torch.zeros(n, dtype=torch.long, device=device)
 
@@ -142,6 +144,21 @@ def check_diagnostics(args: argparse.Namespace, device: torch.device) -> list[di
     cases = ([("madry-mnist", 1, 28, 16), ("small-cnn", 3, 32, 8)] if args.quick else
              [("madry-mnist", 1, 28, 1024), ("wrn-28-10", 3, 32, 128)])
     return [_diagnostics_case(args, device, *case) for case in cases]
+
+
+def check_zoo(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """RobustBench's ``cifar10/Linf/Standard`` (WRN-28-10) through ``epsl.load``'s zoo path
+    (random weights in RobustBench's layout): every Jacobian method against the floor."""
+    try:
+        import robustbench  # noqa: F401
+    except ImportError:
+        return {"skipped": "robustbench is not installed (pip install 'epsl[zoo]', or carry "
+                           "its wheels)"}
+    from zoo import zoo_model
+
+    spec = "robustbench:cifar10/Linf/" + ("Wong2020Fast" if args.quick else "Standard")
+    model, _ = zoo_model(spec)
+    return _diagnostics_case(args, device, spec, 3, 32, 4 if args.quick else 128, model=model)
 
 
 def check_pgd(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -232,7 +249,8 @@ def check_torchrun(args: argparse.Namespace, device: torch.device) -> dict[str, 
 
 
 CHECKS: dict[str, Callable[[argparse.Namespace, torch.device], Any]] = {
-    "cuda tests": check_tests, "diagnostics": check_diagnostics, "pgd": check_pgd,
+    "cuda tests": check_tests, "diagnostics": check_diagnostics, "zoo": check_zoo,
+    "pgd": check_pgd,
     "training": check_training, "digits study": check_study, "torchrun": check_torchrun,
 }
 

@@ -31,7 +31,8 @@ def eps_l(model: Any, x: Any, y: Any, *, mean: Any = None, std: Any = None, **op
     if (mean is None) != (std is None):
         raise EpslError("pass mean and std together (or neither)")
     if mean is not None:
-        model = nn.Sequential(Normalize(mean, std), model).to(next(model.parameters()).device)
+        device = next(model.parameters()).device
+        model = nn.Sequential(Normalize(mean, std), model).to(device).train(model.training)
     return diagnose(model, x, y, **options).eps_l
 
 

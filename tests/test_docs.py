@@ -35,9 +35,32 @@ def test_cli_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert any((tmp_path / "runs" / "figs").glob("*.png"))
 
 
+def _zoo_weights(folder: Path) -> None:
+    """Random weights in the real layouts the api.md examples read: RobustBench's
+    models/DATASET/THREAT/NAME.pt and a timm safetensors file."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from epsl.sources import robustbench_zoo
+
+    zoo = robustbench_zoo()
+    (cifar,) = [d for d in zoo if d.value == "cifar10"]
+    (linf,) = [t for t in zoo[cifar] if t.value == "Linf"]
+    torch.manual_seed(0)
+    net = zoo[cifar][linf]["Carmon2019Unlabeled"]["model"]()
+    (folder / "models" / "cifar10" / "Linf").mkdir(parents=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}},
+               folder / "models" / "cifar10" / "Linf" / "Carmon2019Unlabeled.pt")
+    (folder / "weights").mkdir()
+    save_file(timm.create_model("test_vit", pretrained=False).state_dict(),
+              str(folder / "weights" / "test_vit.r160_in1k.safetensors"))
+
+
 @pytest.mark.slow
 def test_api_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    _zoo_weights(tmp_path)
     namespace: dict = {}
     blocks = _blocks("api.md", "python")
     assert len(blocks) >= 5

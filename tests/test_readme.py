@@ -29,6 +29,8 @@ def test_ci_runs_the_readme_commands_before_installing_anything_else() -> None:
     assert "readme_commands.py main" in ci and "readme_commands.py tests" in ci
     assert main_at < tests_at < ci.index("apt-get install")
     assert "pip install" not in ci  # nothing but the README's own commands installs Python code
+    # then the wheel, in a venv of its own, after the tests have passed
+    assert tests_at < ci.index('"$root/.ci/check_wheel.sh"') < ci.index("apt-get install")
 
 
 @pytest.mark.parametrize("text", [
