@@ -140,8 +140,10 @@ def _time_all(task: Task) -> dict[str, float]:
     return best
 
 
-def _peak_mib(task: Task, computation: str) -> float:
-    """Peak memory of one run, in a fresh process: ru_maxrss growth (CPU) or CUDA peak."""
+def _peak_mib(task: Task, computation: str) -> tuple[float, float]:
+    """Peak memory of one run, in a fresh process: ``(growth, whole process)`` in MiB, the
+    ru_maxrss growth over the footprint after setup and the process's peak RSS, torch and the
+    model included (CPU), or the CUDA peak and the CUDA peak allocated in all."""
     import torch
 
     run, _ = _runner(task, computation)
@@ -151,9 +153,11 @@ def _peak_mib(task: Task, computation: str) -> float:
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
         run()
-        return (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
+        peak = torch.cuda.max_memory_allocated()
+        return (peak - base_cuda) / 2**20, peak / 2**20
     run()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024  # KiB -> MiB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (peak - base) / 1024, peak / 1024  # KiB -> MiB
 
 
 def _spawn(func: Callable[..., Any], *args: Any) -> Any:
@@ -263,15 +267,16 @@ def main() -> None:
         floor, naive = seconds["floor"], seconds["naive"]
         print(f"\n{name}: batch {n} (naive loop on {task.naive_n}, extrapolated per example)")
         print(f"{'computation':<22}{'ex/s':>10}{'x floor time':>14}{'x faster than naive':>21}"
-              f"{'peak MiB':>10}")
+              f"{'peak MiB':>10}{'process MiB':>13}")
         for label in COMPUTATIONS:
             spe = seconds[label]
             rows.append({"model": name, "computation": label, "batch": n,
                          "examples_per_second": 1 / spe, "time_vs_floor": spe / floor,
-                         "speedup_vs_naive": naive / spe, "peak_mib": peaks[label],
+                         "speedup_vs_naive": naive / spe, "peak_mib": peaks[label][0],
+                         "process_peak_mib": peaks[label][1],
                          "task": asdict(task)})
-            print(f"{label:<22}{1 / spe:>10.1f}{spe / floor:>14.2f}{naive / spe:>21.1f}"
-                  f"{peaks[label]:>10.0f}", flush=True)
+            print(f"{label:<22}{1 / spe:>10.2f}{spe / floor:>14.2f}{naive / spe:>21.1f}"
+                  f"{peaks[label][0]:>10.0f}{peaks[label][1]:>13.0f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(args.device, args.threads), "rows": rows}, f, indent=2)

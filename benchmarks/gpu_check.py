@@ -149,12 +149,15 @@ def check_diagnostics(args: argparse.Namespace, device: torch.device) -> list[di
 def check_zoo(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """RobustBench's ``cifar10/Linf/Standard`` (WRN-28-10) through ``epsl.load``'s zoo path
     (random weights in RobustBench's layout): every Jacobian method against the floor."""
-    try:
-        import robustbench  # noqa: F401
-    except ImportError:
-        return {"skipped": "robustbench is not installed (pip install 'epsl[zoo]', or carry "
-                           "its wheels)"}
     from zoo import zoo_model
+
+    from epsl.errors import EpslError
+    from epsl.sources import robustbench_zoo
+
+    try:
+        robustbench_zoo()
+    except EpslError as exc:  # not installed: say so, as the rest of the check still runs
+        return {"skipped": f"{exc} (or carry its wheels)"}
 
     spec = "robustbench:cifar10/Linf/" + ("Wong2020Fast" if args.quick else "Standard")
     model, _ = zoo_model(spec)
