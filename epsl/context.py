@@ -34,8 +34,10 @@ class Evaluation:
 
     @property
     def weights(self) -> Path:
-        """The file holding the weights, whose SHA-256 keys the reuse of every result."""
-        return weights_file(self.checkpoint, self.model_dir)
+        """The file holding the weights, whose SHA-256 keys the reuse of every result (a model
+        source records the file it read)."""
+        read = self.meta.get("weights")
+        return Path(read) if read else weights_file(self.checkpoint, self.model_dir)
 
 
 def load_model(checkpoint: Path | str, *, arch: str | None = None, model: str | None = None,
