@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,31 @@ from epsl.data import Split, load_split
 from epsl.models import Classifier, create_model
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built from a copy of the sources alone (once per session).
+
+    A copy, because setuptools reuses a build/ folder it finds, whose stale files would hide a
+    package that the build itself leaves out."""
+    pytest.importorskip("setuptools", reason="the build backend is needed to build a wheel")
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for folder in ("epsl", "cli", "analysis"):
+        shutil.copytree(ROOT / folder, src / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    out = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+         "--disable-pip-version-check", "-q", "-w", str(out), str(src)],
+        capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    (built,) = out.glob("epsl-*.whl")
+    return built
 
 
 @pytest.fixture(scope="session")

@@ -2,19 +2,15 @@
 
 ``pip install -e .`` hides a package left out of the build (the source folder is on the path);
 a wheel does not. This test builds one and compares its file list with the folders, so a new
-subpackage or data file that the build leaves out fails here. ``.ci/run`` also installs the
+subpackage or data file that the build leaves out fails here (the ``wheel`` fixture of
+``conftest.py`` builds it once for the session). ``.ci/run`` also installs the
 wheel, without ``-e``, into a fresh venv and runs a command from outside the tree.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The design card's layout: source folder -> installed package path.
@@ -29,25 +25,6 @@ def _tree_files() -> set[str]:
                 files.add(f"{installed}/{path.relative_to(ROOT / folder).as_posix()}")
     # epsl/cli and epsl/analysis are not inside the epsl folder: its rglob does not see them
     return files
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # a copy of the sources alone: setuptools reuses a build/ folder it finds, whose stale
-    # files would hide a package that the build itself leaves out
-    src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "setup.py", "README.md"):
-        shutil.copy2(ROOT / name, src / name)
-    for folder in FOLDERS:
-        shutil.copytree(ROOT / folder, src / folder,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    out = tmp_path_factory.mktemp("wheel")
-    build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(out), str(src)], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr[-2000:]
-    (wheel,) = out.glob("epsl-*.whl")
-    return wheel
 
 
 def test_wheel_holds_every_file_of_the_package_folders(wheel: Path) -> None:
