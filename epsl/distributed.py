@@ -18,6 +18,7 @@ Without the torchrun environment every function here is the identity of a single
 
 from __future__ import annotations
 
+import atexit
 import os
 import uuid
 from collections.abc import Callable, Sequence
@@ -96,10 +97,26 @@ def setup(timeout_minutes: float = 30.0) -> World:
         store = dist.PrefixStore(f"epsl/attempt_{restart_count()}", store)
         dist.init_process_group(backend=backend(), store=store, rank=rank, world_size=size,
                                 timeout=timeout)
+        # A group left for the interpreter's teardown can abort the process: gloo's worker
+        # threads still hold tensors ("terminate called without an active exception", seen
+        # in CI at exit after a successful run). Destroy it while Python is fully alive.
+        atexit.register(_leave)
     except (RuntimeError, ValueError) as exc:
         raise EpslError(f"cannot join the torchrun group ({str(exc).splitlines()[0]})"
                         ) from None
     return world()
+
+
+def _leave() -> None:
+    """Meet the other ranks, then destroy the group (atexit; torchrun kills the survivors of
+    a rank that died, so the barrier cannot wait on a dead peer for long)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        dist.barrier()
+    except RuntimeError:  # a peer already left: destroying our side is all that is left
+        pass
+    dist.destroy_process_group()
 
 
 def world() -> World:
