@@ -291,3 +291,31 @@ def test_eps_l_with_mean_and_std_equals_normalisation_inside(digits_test) -> Non
     assert torch.allclose(epsl.eps_l(inside, x, y), expected)
     with pytest.raises(EpslError, match="mean and std together"):
         epsl.eps_l(bare, x, y, mean=[0.3])
+
+
+def test_every_form_through_the_cli(zoo_dir: Path, tmp_path: Path) -> None:
+    """``epsl info`` on timm and torchvision weights; ``epsl activations`` (penultimate
+    activations through the split head) on a RobustBench model."""
+    import json
+
+    import torchvision
+
+    save_file(_timm_reference("test_vit").state_dict(), str(tmp_path / "test_vit.safetensors"))
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18-f37072fd.pth")
+    runner = CliRunner()
+    for spec, name in [("timm:test_vit", "test_vit"),
+                       ("torchvision:resnet18", "resnet18.IMAGENET1K_V1")]:
+        result = runner.invoke(main, ["info", spec, "--model-dir", str(tmp_path)])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["name"] == name
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)).numpy()
+    np.savez(tmp_path / "c.npz", x=x, y=np.arange(5))
+    result = runner.invoke(main, ["activations", "robustbench:cifar10/L2/Rice2020Overfitting",
+                                  "--model-dir", str(zoo_dir), "--data", str(tmp_path / "c.npz"),
+                                  "--out", str(tmp_path / "act")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "act" / "activations.csv").is_file()
+    # mixing a source with --arch is refused: the source builds its own architecture
+    result = runner.invoke(main, ["info", "timm:test_vit", "--model-dir", str(tmp_path),
+                                  "--arch", "small-cnn"])
+    assert result.exit_code == 1 and "builds its own architecture" in result.output
