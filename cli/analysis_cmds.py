@@ -19,7 +19,7 @@ from epsl.cli.common import (
 from epsl.compare import CompareConfig
 
 
-@click.command("figures")
+@click.command("figures", short_help="Re-render the figures from saved tables alone.")
 @click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...",
                 type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -46,7 +46,7 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
                f"report: {result.report}")
 
 
-@click.command("compare")
+@click.command("compare", short_help="Compare checkpoints as the paper's Tables 1-4 do.")
 @click.argument("checkpoints", nargs=-1, required=True, metavar="CKPT...")
 @eval_data_options
 @checkpoint_options

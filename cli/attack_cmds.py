@@ -63,7 +63,7 @@ def _load_source(path: str | None, ev: Evaluation) -> Any:
     return source
 
 
-@click.command("attack")
+@click.command("attack", short_help="Attack a checkpoint with FGSM, PGD, APGD or Square.")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @eval_data_options
 @checkpoint_options
@@ -153,7 +153,7 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, eps: tuple[float
     click.echo("\n".join(f"wrote {path}" for path in paths))
 
 
-@click.command("audit")
+@click.command("audit", short_help="Audit a checkpoint for signs of gradient masking.")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @eval_data_options
 @checkpoint_options

@@ -73,7 +73,7 @@ def _written(paths: list[Path]) -> None:
         click.echo(f"wrote {path}")
 
 
-@click.command("diagnose")
+@click.command("diagnose", short_help="Per-example logit gaps, gradient gaps, cosines and eps_L.")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @eval_data_options
 @checkpoint_options
@@ -120,7 +120,7 @@ def diagnose(checkpoint: str, eps: tuple[float, ...], chunk_size: int | None, ba
     _written(paths)
 
 
-@click.command("activations")
+@click.command("activations", short_help="Penultimate and logit activations summed per unit.")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @eval_data_options
 @checkpoint_options
@@ -155,7 +155,7 @@ def _span(value: float) -> float:
     return value
 
 
-@click.command("landscape")
+@click.command("landscape", short_help="Cross-entropy around test images on a 2-D grid.")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @data_options
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
@@ -203,7 +203,7 @@ def landscape(checkpoint: str, images: int, direction: str, span: float, steps: 
     _written(paths)
 
 
-@click.command("calibrate")
+@click.command("calibrate", short_help="How far eps_L can be trusted, against eps* per example.")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @eval_data_options
 @checkpoint_options

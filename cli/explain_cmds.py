@@ -8,7 +8,7 @@ from epsl.cli.common import handle_errors
 from epsl.explain import explain, titles
 
 
-@click.command("explain")
+@click.command("explain", short_help="Show the page of an audit warning code.")
 @click.argument("code", required=False)
 @handle_errors
 def explain_command(code: str | None) -> None:

@@ -12,7 +12,7 @@ from epsl.preset import PRESETS, load_preset, override
 from epsl.reproduce import reproduce
 
 
-@click.command("reproduce")
+@click.command("reproduce", short_help="Run the whole study: train, diagnose, attack, audit, report.")
 @click.option("--preset", default="digits", show_default=True, metavar="NAME|FILE.toml",
               help=f"Bundled preset ({', '.join(PRESETS)}) or a TOML file.")
 @click.option("--out", type=click.Path(file_okay=False), required=True,

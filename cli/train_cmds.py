@@ -41,7 +41,7 @@ def _arch_kwargs(pairs: tuple[str, ...]) -> dict[str, Any]:
     return kwargs
 
 
-@click.command("train")
+@click.command("train", short_help="Train a classifier with any mix of defenses.")
 @data_options
 @click.option("--arch", type=click.Choice(MODELS.names()), default=default(TrainConfig, "arch"),
               show_default=True, help="Architecture from the model registry.")
@@ -146,7 +146,7 @@ def train_command(dataset: str | None, data: str | None, data_root: str | None, 
                f"{result.metadata.get('steps_done')} steps -> {out}")
 
 
-@click.command("info")
+@click.command("info", short_help="Print a checkpoint's metadata as JSON, loaded safely.")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @checkpoint_options
 @click.option("--dataset", type=click.Choice(DATASETS.names()), default=None,
