@@ -26,6 +26,13 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 class _Epsl(click.Group):
     """The group, remembering the command line it runs for every result's provenance."""
 
+    def invoke(self, ctx: click.Context) -> Any:
+        result = super().invoke(ctx)
+        from epsl.distributed import finish  # after a command that succeeded, on every rank
+
+        finish()
+        return result
+
     def main(self, args: Any = None, *rest: Any, **options: Any) -> Any:
         argv = [str(a) for a in args] if args is not None else sys.argv[1:]
         token = COMMAND.set(shlex.join(["epsl", *argv]))

@@ -107,16 +107,20 @@ def setup(timeout_minutes: float = 30.0) -> World:
     return world()
 
 
-def _leave() -> None:
-    """Meet the other ranks, then destroy the group (atexit; torchrun kills the survivors of
-    a rank that died, so the barrier cannot wait on a dead peer for long)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    try:
+def finish() -> None:
+    """End a successful run: meet the other ranks, then leave the group (the CLI calls it after
+    a command returns; a Python script under torchrun may call it last). A run that fails skips
+    the meeting: its process exits at once and torchrun stops the others, rather than waiting
+    for them in a barrier they might never reach."""
+    if dist.is_available() and dist.is_initialized():
         dist.barrier()
-    except RuntimeError:  # a peer already left: destroying our side is all that is left
-        pass
-    dist.destroy_process_group()
+    _leave()
+
+
+def _leave() -> None:
+    """Destroy the group while Python is fully alive (atexit; a no-op once done)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world() -> World:
