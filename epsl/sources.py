@@ -303,7 +303,7 @@ def _timm_file(name: str, model_dir: Path | None, net: nn.Module | None = None) 
     if not repo:
         raise EpslError(f"timm:{name}: timm names no Hugging Face repository for it; pass "
                         f"the weights folder (model_dir) holding {name}.safetensors")
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # the zoo extra; timm is here already
 
     names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else []
     for filename in [*names, "model.safetensors", "pytorch_model.bin"]:
