@@ -1,0 +1,158 @@
+"""What every figure module shares: the look (pyplot-free figures, seaborn style, palettes,
+legends), histogram bins and log axes, picking runs and columns, the attack ε to mark, and
+:func:`save_figure`. Names with a leading underscore are private to :mod:`epsl.analysis.figures`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from epsl.errors import EpslError
+from epsl.io import atomic_path
+
+from ..metrics import main_eps
+from ..runs import Run
+
+EPS_UNIT = "pixel units, [0,1] scale"
+DPI = 110
+_STYLE = {"axes.grid": True, "grid.alpha": 0.35, "axes.spines.top": False,
+          "axes.spines.right": False}
+
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A pyplot-free figure (rendered with Agg on save) with the seaborn look."""
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    return fig
+
+
+def _axes(fig: Figure, rows: int, cols: int, **kwargs: Any) -> np.ndarray:
+    with sns.axes_style("whitegrid", _STYLE):
+        axes = fig.subplots(rows, cols, squeeze=False, **kwargs)
+    return axes
+
+
+def palette(n: int) -> list[tuple[float, float, float]]:
+    """Distinct colour-blind-safe colours for ``n`` runs."""
+    return list(sns.color_palette("colorblind" if n <= 10 else "husl", n))
+
+
+def _diag_runs(runs: Sequence[Run]) -> list[Run]:
+    selected = [r for r in runs if r.diagnostics is not None and len(r.diagnostics)]
+    if not selected:
+        raise EpslError("no run has a diagnostics table (diagnostics.csv)")
+    return selected
+
+
+def _values(run: Run, column: str) -> np.ndarray:
+    assert run.diagnostics is not None
+    if column not in run.diagnostics.columns:
+        raise EpslError(f"{run.path}: diagnostics table has no column {column!r}")
+    values = run.diagnostics[column].to_numpy(dtype=float)
+    return values[np.isfinite(values)]
+
+
+def _log_bins(arrays: Sequence[np.ndarray], bins: int = 40) -> np.ndarray:
+    positive = np.concatenate([a[a > 0] for a in arrays]) if arrays else np.array([])
+    if positive.size == 0:
+        return np.linspace(0, 1, bins + 1)
+    lo, hi = positive.min(), positive.max()
+    if hi <= lo:
+        lo, hi = lo / 2, hi * 2
+    return np.geomspace(lo, hi * 1.0001, bins + 1)
+
+
+def _lin_bins(arrays: Sequence[np.ndarray], bins: int = 40,
+              quantiles: tuple[float, float] | None = None) -> tuple[np.ndarray, bool]:
+    """Shared linear bins; with ``quantiles`` the range is cut there and the tails are clipped
+    into the edge bins (returned flag True when that happened)."""
+    every = np.concatenate(arrays) if arrays else np.array([0.0])
+    if every.size == 0:
+        every = np.array([0.0])
+    lo, hi = (np.quantile(every, quantiles) if quantiles else (every.min(), every.max()))
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    clipped = bool(quantiles) and bool((every < lo).any() or (every > hi).any())
+    return np.linspace(lo, hi, bins + 1), clipped
+
+
+def _log_x(ax: Axes) -> None:
+    """Log x-axis labelled 1, 2, 5, 10, 20, 50... in plain numbers (no crowded minor labels)."""
+    ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
+
+
+def _plain_log_ticks(axis: Any, subs: tuple[float, ...] = (1.0, 2.0, 5.0)) -> None:
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _step_hist(ax: Axes, values: np.ndarray, bins: np.ndarray, color: Any, label: str,
+               clip: bool = False) -> None:
+    if clip:
+        values = np.clip(values, bins[0], bins[-1])
+    edges = bins.tolist()
+    ax.hist(values, bins=edges, histtype="stepfilled", color=color, alpha=0.18)
+    ax.hist(values, bins=edges, histtype="step", color=color, linewidth=1.6, label=label)
+
+
+def _run_handles(runs: Sequence[Run], colors: Sequence[Any],
+                 extra: Sequence[str] | None = None) -> tuple[list[Line2D], list[str]]:
+    handles = [Line2D([], [], color=c, linewidth=2.5) for c in colors]
+    labels = [r.label + (f"  ({e})" if extra and e else "") for r, e in
+              zip(runs, extra or [""] * len(runs), strict=True)]
+    return handles, labels
+
+
+def _fig_legend(fig: Figure, handles: Sequence[Any], labels: Sequence[str], *,
+                where: str = "upper", title: str | None = None) -> None:
+    """One legend for the whole figure, outside the axes (``where``: 'upper' or 'lower')."""
+    longest = max((len(s) for s in labels), default=0)
+    ncols = 1 if longest > 60 else 2 if longest > 32 else min(len(labels), 4)
+    fig.legend(handles, labels, loc=f"outside {where} center",  # type: ignore[call-overload]
+               ncols=ncols, frameon=False, fontsize=9, title=title, title_fontsize=9)
+
+
+def _eps_star(run: Run) -> np.ndarray:
+    assert run.minimal is not None
+    return run.minimal["eps_star"].to_numpy(dtype=float)
+
+
+def resolve_eps(runs: Sequence[Run], eps: float | None = None) -> float | None:
+    """The attack ε to mark: ``eps`` if given, else the largest of the runs' main attack ε
+    (:func:`~epsl.analysis.metrics.main_eps`), else the largest ε of the diagnostics
+    summaries."""
+    if eps is not None:
+        return float(eps)
+    values = [v for r in runs if r.attack is not None
+              for v in [main_eps(r.attack, r.attack_summary)] if v is not None]
+    if not values:
+        for r in runs:
+            listed = r.summary.get("eps")
+            values += [float(v) for v in (listed if isinstance(listed, list) else
+                                          [listed] if listed is not None else [])]
+    return max(values) if values else None
+
+
+def save_figure(fig: Figure, out_dir: Path | str, name: str, *, dpi: int = DPI,
+                formats: Sequence[str] = ("png", "svg")) -> dict[str, Path]:
+    """Write ``fig`` as ``out_dir/name.png`` and ``.svg``, each atomically; return the paths."""
+    out_dir = Path(out_dir)
+    paths = {}
+    for fmt in formats:
+        path = out_dir / f"{name}.{fmt}"
+        metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
+        paths[fmt] = path
+    return paths

@@ -1,0 +1,142 @@
+"""ε_L against ε*, example by example: how Eq. 4's estimate compares with the smallest
+perturbation a minimum-norm attack ensemble found (``minimal.csv`` of ``epsl calibrate``),
+with the report card of Eq. 4 in each panel's title."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from epsl.errors import EpslError
+
+from ..calibration import report_card
+from ..runs import Run
+from .base import EPS_UNIT, _axes, _eps_star, _figure, _plain_log_ticks
+from .registry import Plan, figure
+
+_CONSERVATIVE_COLOR, _OPTIMISTIC_COLOR = (sns.color_palette("colorblind")[i] for i in (0, 3))
+
+
+def _minimal_runs(runs: Sequence[Run]) -> list[Run]:
+    chosen = [r for r in runs if r.minimal is not None and len(r.minimal)]
+    if not chosen:
+        raise EpslError("no run has a minimal table (minimal.csv, from epsl calibrate)")
+    return chosen
+
+
+def minimal_card(run: Run) -> dict[str, Any]:
+    """The report card of Eq. 4 of a run with a minimal table: from its record
+    (``minimal.json``), recomputed with :func:`~epsl.analysis.calibration.report_card` when
+    the record lacks it."""
+    card = run.minimal_summary.get("report_card")
+    if isinstance(card, dict) and {"spearman", "optimistic_share"} <= card.keys():
+        return card
+    assert run.minimal is not None
+    return report_card(run.minimal["eps_l"], run.minimal["eps_star"])
+
+
+def _number(card: dict[str, Any], key: str) -> float:
+    value = card.get(key)
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+def _card_title(card: dict[str, Any]) -> str:
+    """Two lines: Spearman's ρ and the optimistic share, each with its 95% interval."""
+    rho, rho_lo, rho_hi = (_number(card, k) for k in ("spearman", "spearman_lo", "spearman_hi"))
+    share, lo, hi = (_number(card, k) for k in ("optimistic_share", "optimistic_lo",
+                                                 "optimistic_hi"))
+    first = (f"Spearman ρ = {rho:.2f} [{rho_lo:.2f}, {rho_hi:.2f}]" if math.isfinite(rho)
+             else "Spearman ρ: too few examples")
+    second = (f"optimistic (ε_L > ε*): {share:.0%} [{100 * lo:.0f}, {100 * hi:.0f}]"
+              if math.isfinite(share) else "optimistic (ε_L > ε*): no example")
+    return f"{first}\n{second}"
+
+
+def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
+    """Eq. 4 example by example: ε_L (y) against ε* (x), the smallest perturbation a
+    minimum-norm attack ensemble found (``minimal.csv`` of ``epsl calibrate``), one panel per
+    run with a minimal table (up to three columns, shared log-log axes).
+
+    Points above the dashed line ε_L = ε* (``ratio > 1``, orange triangles) are examples where
+    Eq. 4 is *optimistic*: it promises more robustness than the network has, a proven
+    overstatement since ε* is an upper bound of the true minimal perturbation. Each panel's
+    title gives the run, Spearman's ρ(ε_L, ε*) and the optimistic share with their 95%
+    intervals (from the record's report card). Only examples with positive, finite ε_L and ε*
+    are drawn (misclassified examples have ε* = 0); examples no attack flipped (ε* = ∞) are
+    counted in the panel.
+    """
+    chosen = _minimal_runs(runs)
+    cols = min(3, len(chosen))
+    rows = math.ceil(len(chosen) / cols)
+    fig = _figure(3.5 * cols + 0.6, 3.8 * rows + 0.9)  # near-square panels: ε_L = ε* at 45°
+    axes = _axes(fig, rows, cols, sharex=True, sharey=True)
+    drawn: list[np.ndarray] = []
+    for k, ax in enumerate(axes.ravel()):
+        if k >= len(chosen):
+            ax.set_visible(False)
+            continue
+        run = chosen[k]
+        assert run.minimal is not None
+        eps_l = run.minimal["eps_l"].to_numpy(dtype=float)
+        star = _eps_star(run)
+        shown = np.isfinite(eps_l) & np.isfinite(star) & (eps_l > 0) & (star > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = (run.minimal["ratio"].to_numpy(dtype=float) if "ratio" in run.minimal
+                     else eps_l / star)
+        optimistic = shown & (ratio > 1)
+        for picked, color, marker, size, gid in (
+                (shown & ~optimistic, _CONSERVATIVE_COLOR, "o", 12, "conservative"),
+                (optimistic, _OPTIMISTIC_COLOR, "^", 18, "optimistic")):
+            ax.scatter(star[picked], eps_l[picked], s=size, color=color, marker=marker,
+                       alpha=0.6, linewidths=0, zorder=3, gid=gid)
+        drawn += [star[shown], eps_l[shown]]
+        notes = []
+        unbroken = int(np.isinf(star).sum())
+        if unbroken:
+            notes.append(f"{unbroken} never flipped (ε* = ∞), not shown")
+        other = int((np.isfinite(star) & (star > 0) & ~shown).sum())
+        if other:
+            notes.append(f"{other} with ε_L ≤ 0 or missing, not shown")
+        if notes:
+            ax.text(0.97, 0.03, "\n".join(notes), transform=ax.transAxes, ha="right",
+                    va="bottom", fontsize=7.5, color="dimgray",
+                    bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})
+        ax.set_title(f"{run.label}\n{_card_title(minimal_card(run))}", fontsize=9)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"$\\epsilon^*$, min-norm ensemble ({EPS_UNIT}, log)"
+                      if k // cols == rows - 1 or k + cols >= len(chosen) else "", fontsize=9)
+        ax.set_ylabel("$\\epsilon_L$, Eq. 4 (log)" if k % cols == 0 else "", fontsize=9)
+    every = np.concatenate(drawn) if drawn else np.array([])
+    lo, hi = (float(every.min()), float(every.max())) if every.size else (1e-3, 1.0)
+    lo, hi = lo / 1.3, hi * 1.3
+    subs = (1.0,) if math.log10(hi / lo) > 2.5 else (1.0, 2.0, 5.0)  # no crowded labels
+    for ax in axes.ravel()[:len(chosen)]:
+        ax.plot([lo, hi], [lo, hi], color="black", linestyle="--", linewidth=1.1, zorder=2,
+                gid="identity")
+        _plain_log_ticks(ax.xaxis, subs)
+        _plain_log_ticks(ax.yaxis, subs)
+    axes[0, 0].set(xlim=(lo, hi), ylim=(lo, hi))
+    handles = [Line2D([], [], color=_CONSERVATIVE_COLOR, marker="o", linestyle=""),
+               Line2D([], [], color=_OPTIMISTIC_COLOR, marker="^", linestyle=""),
+               Line2D([], [], color="black", linestyle="--")]
+    labels = ["ε_L ≤ ε*: Eq. 4 conservative", "ε_L > ε*: Eq. 4 optimistic", "ε_L = ε*"]
+    fig.legend(handles, labels, loc="outside lower center",  # type: ignore[call-overload]
+               ncols=3 if cols > 1 else 1, frameon=False, fontsize=9)
+    fig.suptitle("ε_L (Eq. 4) against ε*, per example", fontsize=11, fontweight="bold")
+    return fig
+
+
+@figure("eps_l_vs_eps_star", "ε_L (Eq. 4) against ε*, the smallest perturbation a minimum-norm "
+        "attack ensemble found, per example and model (log-log); points above the line "
+        "ε_L = ε* are where Eq. 4 is optimistic.", needs=("minimal",))
+def _plan_eps_l_vs_eps_star(runs: list[Run], eps: float | None) -> Plan | None:
+    calibrated = [r for r in runs if r.minimal is not None and len(r.minimal)]
+    return Plan(partial(fig_eps_l_vs_eps_star, calibrated), calibrated) if calibrated else None

@@ -1,0 +1,141 @@
+"""The registry of figures: ``@figure(name, caption, needs=...)`` fills :data:`FIGURES`.
+
+Each figure module registers, next to its ``fig_*`` function, a small *planner*: given the runs
+that hold a table the figure ``needs`` (any one of them) and the resolved attack ε, it returns
+a :class:`Plan` (what to build and which runs it draws) or ``None`` when those runs do not
+allow the figure. :func:`figure_specs` asks every registered figure in registration order,
+which is paper order (:mod:`epsl.analysis.figures` imports the modules in that order);
+:func:`render_all` renders and saves what it lists. Nothing is rendered while planning.
+
+A figure registered with ``per_run=True`` is drawn once per run holding its tables: the file
+name gets the run's slug when more than one run holds them, the caption names the model, and
+consecutive per-run figures are listed run by run (Figure 5 then Figure 9 of each model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from matplotlib.figure import Figure
+
+from ..runs import RUN_KINDS, Run
+from .base import resolve_eps, save_figure
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One renderable figure: file stem, caption and a builder that needs only the runs."""
+
+    name: str
+    caption: str
+    build: Callable[[], Figure]
+    runs: tuple[str, ...]
+
+
+class Plan(NamedTuple):
+    """What a registered figure draws from the runs it was given: the builder and its runs."""
+
+    build: Callable[[], Figure]
+    runs: Sequence[Run]
+
+
+Planner = Callable[[list[Run], float | None], Plan | None]
+
+
+@dataclass(frozen=True)
+class RegisteredFigure:
+    """One entry of :data:`FIGURES`: the file stem, caption, the tables of which a run must
+    hold one to take part (``needs``), whether it is drawn per run, and its planner."""
+
+    name: str
+    caption: str
+    needs: tuple[str, ...]
+    per_run: bool
+    plan: Planner
+
+    def holders(self, runs: Sequence[Run]) -> list[Run]:
+        """The runs holding at least one of the tables this figure needs."""
+        return [r for r in runs if any(getattr(r, table) is not None for table in self.needs)]
+
+
+FIGURES: dict[str, RegisteredFigure] = {}
+
+
+def figure(name: str, caption: str, *, needs: Sequence[str],
+           per_run: bool = False) -> Callable[[Planner], Planner]:
+    """Register the decorated planner as figure ``name`` (the file stem) with its caption;
+    refuses a name already registered, an empty caption and a table no run can hold."""
+    unknown = sorted(set(needs) - set(RUN_KINDS))
+    if not needs or unknown:
+        raise ValueError(f"figure {name!r}: needs must name tables of {', '.join(RUN_KINDS)}"
+                         + (f" (not {', '.join(unknown)})" if unknown else ""))
+    if not caption.strip():
+        raise ValueError(f"figure {name!r} has no caption")
+
+    def decorator(plan: Planner) -> Planner:
+        if name in FIGURES:
+            raise ValueError(f"figure {name!r} is already registered")
+        FIGURES[name] = RegisteredFigure(name, caption, tuple(needs), per_run, plan)
+        return plan
+
+    return decorator
+
+
+def _slug(text: str) -> str:
+    keep = "".join(c if c.isascii() and c.isalnum() else "-" for c in text.lower())
+    return "-".join(p for p in keep.split("-") if p)[:40] or "run"
+
+
+def _spec(plan: Plan | None, name: str, caption: str) -> list[FigureSpec]:
+    if plan is None:
+        return []
+    return [FigureSpec(name, caption, plan.build, tuple(r.label for r in plan.runs))]
+
+
+def _per_run_specs(entries: Sequence[RegisteredFigure], runs: Sequence[Run],
+                   eps: float | None) -> list[FigureSpec]:
+    specs: list[FigureSpec] = []
+    for run in runs:
+        for entry in entries:
+            if not entry.holders([run]):
+                continue
+            several = len(entry.holders(runs)) > 1
+            name = entry.name + (f"_{_slug(run.name)}" if several else "")
+            specs += _spec(entry.plan([run], eps), name,
+                           entry.caption + f" Model: {run.label}.")
+    return specs
+
+
+def figure_specs(runs: Sequence[Run], *, eps: float | None = None) -> list[FigureSpec]:
+    """Every figure the runs' tables allow, in paper order (nothing is rendered yet)."""
+    eps = resolve_eps(runs, eps)
+    specs: list[FigureSpec] = []
+    for per_run, group in groupby(FIGURES.values(), key=lambda entry: entry.per_run):
+        entries = list(group)
+        if per_run:
+            specs += _per_run_specs(entries, runs, eps)
+            continue
+        for entry in entries:
+            holders = entry.holders(runs)
+            if holders:
+                specs += _spec(entry.plan(holders, eps), entry.name, entry.caption)
+    return specs
+
+
+def render_all(runs: Sequence[Run], out_dir: Path | str, *, eps: float | None = None
+               ) -> list[dict[str, Any]]:
+    """Render and save every figure of :func:`figure_specs`; return index entries
+    ``{name, caption, runs, png, svg}`` (paths relative to ``out_dir``)."""
+    out_dir = Path(out_dir)
+    index = []
+    for spec in figure_specs(runs, eps=eps):
+        fig = spec.build()
+        paths = save_figure(fig, out_dir, spec.name)
+        fig.clear()
+        index.append({"name": spec.name, "caption": spec.caption, "runs": list(spec.runs),
+                      **{k: str(p.relative_to(out_dir)) for k, p in paths.items()}})
+    return index
