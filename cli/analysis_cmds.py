@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -10,10 +11,13 @@ from epsl.cli.common import (
     EPS,
     FractionType,
     checkpoint_options,
+    data_config,
     default,
     device_option,
     eval_data_options,
     handle_errors,
+    minimal_budget_options,
+    minimal_config,
     overwrite_option,
 )
 from epsl.compare import CompareConfig
@@ -67,16 +71,10 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
               help="Extra eps for the accuracy-vs-eps figure (FGSM and PGD, xent); repeat.")
 @click.option("--audit", "run_audit", is_flag=True,
               help="Also run the robustness audit (quick settings) for the worst case.")
-@click.option("--min-norm/--no-min-norm", "minimal", default=default(CompareConfig, "minimal"),
-              show_default=True,
+@click.option("--min-norm/--no-min-norm", "minimal", default=True, show_default=True,
               help="Find eps* per example with the minimum-norm attacks (FMN + FAB) and show "
                    "the report card of Eq. 4; the audit counts it as one more attack.")
-@click.option("--fmn-steps", type=click.IntRange(min=1),
-              default=default(CompareConfig, "fmn_steps"), show_default=True,
-              help="Steps of Foolbox's LInfFMNAttack.")
-@click.option("--fab-steps", type=click.IntRange(min=1),
-              default=default(CompareConfig, "fab_steps"), show_default=True,
-              help="Steps of torchattacks' FAB.")
+@minimal_budget_options
 @click.option("--no-figures", is_flag=True, help="Skip the figures (table and report only).")
 @click.option("--seed", type=int, default=default(CompareConfig, "seed"), show_default=True,
               help="Seeds random starts.")
@@ -85,14 +83,10 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
               help="Folder for per-model tables, comparison.csv/.md, report.html, figures/.")
 @overwrite_option
 @handle_errors
-def compare(checkpoints: tuple[str, ...], dataset: str | None, data: str | None,
-            data_root: str | None, download: bool, split: str, limit: int | None,
-            arch: str | None, model_factory: str | None, model_dir: str | None, eps: float,
-            source: str | None,
-            pgd_steps: int, restarts: int, step_size: float | None,
-            eps_grid: tuple[float, ...], run_audit: bool, minimal: bool, fmn_steps: int,
-            fab_steps: int, no_figures: bool, seed: int, device: str, out: Path,
-            overwrite: bool) -> None:
+def compare(checkpoints: tuple[str, ...], eps: float, source: str | None, pgd_steps: int,
+            restarts: int, step_size: float | None, eps_grid: tuple[float, ...],
+            run_audit: bool, minimal: bool, fmn_steps: int, fab_steps: int, no_figures: bool,
+            seed: int, out: Path, overwrite: bool, **options: Any) -> None:
     """Compare CKPT... as Tables 1-4 do: Eq. 4 prediction, FGSM and PGD (xent, CW), transfer;
     with eps*, the smallest perturbation that flips each example, and Eq. 4's report card.
 
@@ -101,16 +95,16 @@ def compare(checkpoints: tuple[str, ...], dataset: str | None, data: str | None,
     """
     from epsl.compare import compare as run_compare
 
+    batch_size = default(CompareConfig, "batch_size")
     config = CompareConfig(
-        checkpoints=tuple(checkpoints), eps=eps, dataset=dataset, data=data,
-        data_root=data_root, download=download, split=split, limit=limit, arch=arch,
-        model=model_factory, model_dir=model_dir, source=source, pgd_steps=pgd_steps,
-        restarts=restarts,
-        step_size=step_size, eps_grid=tuple(eps_grid), audit=run_audit, minimal=minimal,
-        fmn_steps=fmn_steps, fab_steps=fab_steps, figures=not no_figures, seed=seed,
-        device=device)
+        checkpoints=tuple(checkpoints), eps=eps, data=data_config(None, options),
+        source=source, pgd_steps=pgd_steps, restarts=restarts, step_size=step_size,
+        eps_grid=tuple(eps_grid), audit=run_audit,
+        minimal=minimal_config(fmn_steps=fmn_steps, fab_steps=fab_steps, seed=seed,
+                               batch_size=batch_size) if minimal else None,
+        figures=not no_figures, seed=seed, batch_size=batch_size)
     result = run_compare(config, out, overwrite=overwrite,
-                         progress=lambda msg: click.echo(msg, err=True))
+                         log=lambda msg: click.echo(msg, err=True))
     from epsl.analysis.paired import paired_markdown
     from epsl.analysis.tables import to_markdown
 

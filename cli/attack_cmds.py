@@ -8,24 +8,25 @@ import sys
 from typing import Any
 
 import click
+from tqdm import tqdm
 
-from epsl.attacks import ATTACKS, LOSSES, attack_settings, sweep
-from epsl.audit import AuditConfig, audit, audit_settings
+from epsl.attacks import ATTACKS, LOSSES, AttackRunConfig, run_attack
+from epsl.audit import AuditConfig, AuditRunConfig, run_audit
 from epsl.cli.common import (
     EPS,
     FractionType,
     checkpoint_options,
+    data_config,
     default,
     eval_data_options,
+    minimal_budget_options,
+    minimal_config,
     result_options,
 )
-from epsl.context import Evaluation, load_model, prepare, provenance
-from epsl.errors import EpslError
 from epsl.io import check_out_dir
-from epsl.records import Result, kind
-from epsl.stats import accuracy_interval, with_interval
+from epsl.records import kind
+from epsl.stats import with_interval
 
-DEFAULT_STEPS = {"pgd": 40, "apgd": 100, "apgd-dlr": 100, "square": 1000}
 STEP = click.IntRange(min=1)
 
 seed_option = click.option("--seed", type=int, default=0, show_default=True,
@@ -43,24 +44,8 @@ def _precheck(out: str, products: list[str], overwrite: bool) -> None:
     check_out_dir(out, products, overwrite, create=False)
 
 
-def _prepare(checkpoint: str, options: dict[str, Any]) -> Evaluation:
-    return prepare(checkpoint, dataset=options.get("dataset"), data=options.get("data"),
-                   split=options.get("split", "test"), limit=options.get("limit"),
-                   arch=options.get("arch"), model=options.get("model_factory"),
-                   model_dir=options.get("model_dir"),
-                   data_root=options.get("data_root"), download=bool(options.get("download")),
-                   device=options.get("device", "auto"))
-
-
-def _load_source(path: str | None, ev: Evaluation) -> Any:
-    if path is None:
-        return None
-    source, meta, _ = load_model(path, model_dir=ev.model_dir, device=ev.device)
-    want, have = ev.meta.get("input_shape"), meta.get("input_shape")
-    if want and have and list(want) != list(have):
-        raise EpslError(f"source {path} takes inputs of shape {tuple(have)} but {ev.checkpoint} "
-                        f"takes {tuple(want)}")
-    return source
+def _progress_bar() -> tqdm:
+    return tqdm(unit="attack", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
 
 
 @click.command("attack", short_help="Attack a checkpoint with FGSM, PGD, APGD or Square.")
@@ -102,54 +87,23 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, eps: tuple[float
     Example: epsl attack model.safetensors --dataset digits --eps 0.1 --steps 10 --steps 40
     --out runs/pgd
     """
-    accepted = attack_settings(attack_name)
-    settings: dict[str, Any] = {"seed": seed, "batch_size": batch_size}
-    if loss is not None:
-        if "loss" not in accepted:
-            raise EpslError(f"{attack_name} takes no --loss")
-        settings["loss"] = loss
-    if loss == "cw":
-        settings["cw_confidence"] = cw_confidence
-    if no_random_start:
-        if "random_start" not in accepted:
-            raise EpslError(f"{attack_name} has no random start to switch off")
-        settings["random_start"] = False
-    if step_size is not None:
-        if "step_size" not in accepted:
-            raise EpslError(f"{attack_name} takes no --step-size")
-        settings["step_size"] = step_size
-    for flag, given in (("steps", steps), ("restarts", restarts)):
-        if given and flag not in accepted:
-            raise EpslError(f"{attack_name} takes no --{flag}")
-    steps = steps or (DEFAULT_STEPS.get(attack_name, 1),)
-    restarts = restarts or (1,)
-
+    config = AttackRunConfig(data=data_config(checkpoint, options), eps=tuple(eps),
+                             attack=attack_name, steps=tuple(steps), restarts=tuple(restarts),
+                             loss=loss, step_size=step_size,
+                             random_start=False if no_random_start else None,
+                             cw_confidence=cw_confidence, seed=seed, batch_size=batch_size,
+                             source=source)
     _precheck(out, kind("attack").files(), overwrite)
-    ev = _prepare(checkpoint, options)
-    source_model = _load_source(source, ev)
-    frame = sweep(ev.model, ev.data.x, ev.data.y, attack=attack_name, eps=list(eps),
-                  steps=list(steps), restarts=list(restarts), source=source_model,
-                  source_name=source or "", **settings)
-    keys = ["eps", "steps", "restarts", "step_size"]
-    table = (frame.groupby(keys, dropna=False, sort=False)["correct"]
-             .agg(accuracy="mean", n="size").reset_index())
-    bounds = [accuracy_interval(a, n) for a, n in zip(table["accuracy"], table["n"], strict=True)]
-    table = table.assign(lo=[b[0] for b in bounds], hi=[b[1] for b in bounds])
-    config = {"attack": attack_name, "eps": list(eps), "steps": list(steps),
-              "restarts": list(restarts), **settings}
-    summary = {"attack": attack_name, "loss": str(frame["loss_name"].iloc[0]),
-               "transfer_from": source, "settings": table.to_dict(orient="records"),
-               "config": config}
-    decisive = {k: v for k, v in config.items() if k != "batch_size"}
-    paths = Result("attack", summary, provenance(ev, decisive, source=source),
-                   frame).save(out, overwrite=overwrite)
+    record = run_attack(config)
+    paths = record.save(out, overwrite=overwrite)
+    summary = record.summary
     click.echo(f"{attack_name} ({summary['loss']}){' transferred from ' + source if source else ''}"
-               f" on {len(ev.data)} examples")
+               f" on {summary['n']} examples")
     click.echo(f"{'eps':>8} {'steps':>6} {'restarts':>8} {'step size':>10} "
                f"{'accuracy [95% CI]':>20}")
-    for row in table.itertuples():
-        click.echo(f"{row.eps:>8.4f} {row.steps:>6} {row.restarts:>8} {row.step_size:>10.4g} "
-                   f"{with_interval(row.accuracy, row.n):>20}")
+    for row in summary["settings"]:
+        click.echo(f"{row['eps']:>8.4f} {row['steps']:>6} {row['restarts']:>8} "
+                   f"{row['step_size']:>10.4g} {with_interval(row['accuracy'], row['n']):>20}")
     click.echo("\n".join(f"wrote {path}" for path in paths))
 
 
@@ -164,10 +118,10 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, eps: tuple[float
               help="Fewer steps, restarts and queries (AuditConfig.quick()) for a first look.")
 @click.option("--skip-expensive", is_flag=True,
               help="Skip APGD, the minimum-norm ensemble and Square.")
-@click.option("--min-norm/--no-min-norm", "minimal_norm",
-              default=default(AuditConfig, "minimal_norm"), show_default=True,
+@click.option("--min-norm/--no-min-norm", "minimal_norm", default=True, show_default=True,
               help="Run the minimum-norm ensemble (FMN + FAB): an example with eps* <= EPS is "
                    "broken.")
+@minimal_budget_options
 @click.option("--pgd-steps", type=STEP, default=None,
               help=f"Steps of PGD-k (default {default(AuditConfig, 'pgd_steps')}).")
 @click.option("--strong-steps", type=STEP, default=None,
@@ -183,7 +137,8 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, eps: tuple[float
 @batch_option
 @result_options
 def audit_command(checkpoint: str, eps: float, source: str | None, quick: bool,
-                  skip_expensive: bool, minimal_norm: bool, pgd_steps: int | None, strong_steps: int | None,
+                  skip_expensive: bool, minimal_norm: bool, fmn_steps: int, fab_steps: int,
+                  pgd_steps: int | None, strong_steps: int | None,
                   strong_restarts: int | None, square_queries: int | None,
                   unbounded_steps: int | None, seed: int,
                   batch_size: int | None, out: str, overwrite: bool, **options: Any) -> None:
@@ -203,39 +158,43 @@ def audit_command(checkpoint: str, eps: float, source: str | None, quick: bool,
              "strong_restarts": strong_restarts, "square_queries": square_queries,
              "unbounded_steps": unbounded_steps}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    overrides |= {"skip_expensive": skip_expensive, "minimal_norm": minimal_norm, "seed": seed,
+    minimal = (minimal_config(fmn_steps=fmn_steps, fab_steps=fab_steps, seed=seed,
+                              batch_size=batch_size) if minimal_norm else None)
+    overrides |= {"skip_expensive": skip_expensive, "minimal": minimal, "seed": seed,
                   "batch_size": batch_size}
-    config = AuditConfig.quick(**overrides) if quick else AuditConfig(**overrides)
+    budgets = AuditConfig.quick(**overrides) if quick else AuditConfig(**overrides)
+    config = AuditRunConfig(data=data_config(checkpoint, options), eps=eps, audit=budgets,
+                            source=source)
     _precheck(out, kind("audit").files(), overwrite)
-    ev = _prepare(checkpoint, options)
-    source_model = _load_source(source, ev)
-    result = audit(ev.model, ev.data.x, ev.data.y, eps=eps, source=source_model,
-                   config=config, progress=sys.stderr.isatty())
-    paths = result.save(out, provenance=provenance(ev, audit_settings(config, eps),
-                                                   source=source), overwrite=overwrite)
-    click.echo(f"audit of {checkpoint} at eps={eps:g} on {len(ev.data)} examples")
-    n = len(ev.data)
+    with _progress_bar() as bar:
+        record = run_audit(config, progress=bar.update)
+    paths = record.save(out, overwrite=overwrite)
+    _print_audit(checkpoint, record.summary)
+    click.echo("\n".join(f"wrote {path}" for path in paths))
+
+
+def _print_audit(checkpoint: str, summary: dict[str, Any]) -> None:
+    n = int(summary["examples"])
+    click.echo(f"audit of {checkpoint} at eps={summary['eps']:g} on {n} examples")
     click.echo(f"{'attack':<26} {'ran on':>6} {'accuracy [95% CI]':>20} "
                f"{'robust after [95% CI]':>22} {'new breaks':>10}")
-    for row in result.accuracies.itertuples():
-        accuracy = "-" if row.accuracy is None or row.accuracy != row.accuracy \
-            else with_interval(row.accuracy, row.examples)
-        after = "-" if row.robust_after != row.robust_after or row.robust_after is None \
-            else with_interval(row.robust_after, n)
-        new = "-" if row.new_breaks != row.new_breaks or row.new_breaks is None \
-            else f"{row.new_breaks:.2%}"
-        click.echo(f"{row.attack:<26} {row.examples:>6} {accuracy:>20} {after:>22} {new:>10}")
+    for row in summary["attacks"]:
+        accuracy = ("-" if row["accuracy"] is None
+                    else with_interval(row["accuracy"], row["examples"]))
+        after = "-" if row["robust_after"] is None else with_interval(row["robust_after"], n)
+        new = "-" if row["new_breaks"] is None else f"{row['new_breaks']:.2%}"
+        click.echo(f"{row['attack']:<26} {row['examples']:>6} {accuracy:>20} {after:>22} "
+                   f"{new:>10}")
     click.echo("robust accuracy (worst case over all attacks): "
-               f"{with_interval(result.robust_accuracy, n)}")
-    eq4 = result.summary.get("eq4_accuracy")
-    if eq4 is not None:
-        click.echo(f"Eq. 4 prediction (eps_L > eps): {with_interval(eq4, n)}")
-    for note in result.notes:
+               f"{with_interval(summary['robust_accuracy'], n)}")
+    if summary.get("eq4_accuracy") is not None:
+        click.echo(f"Eq. 4 prediction (eps_L > eps): {with_interval(summary['eq4_accuracy'], n)}")
+    for note in summary["notes"]:
         click.echo(f"note: {note}")
-    for warning in result.warnings:
-        click.echo(f"WARNING [{warning.code}] {warning.message} (details: {warning.doc})")
-    click.echo(f"verdict: {result.verdict}")
-    click.echo("\n".join(f"wrote {path}" for path in paths))
+    for warning in summary["warnings"]:
+        click.echo(f"WARNING [{warning['code']}] {warning['message']} "
+                   f"(details: {warning['doc']})")
+    click.echo(f"verdict: {summary['verdict']}")
 
 
 COMMANDS: list[click.Command] = [attack, audit_command]

@@ -11,9 +11,11 @@ from typing import Any, TypeVar
 
 import click
 
+from epsl.context import DataConfig
 from epsl.data import DATASETS, SPLITS
 from epsl.device import DEVICES
 from epsl.errors import EpslError
+from epsl.minimal import MinimalConfig
 from epsl.models import MODELS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -107,7 +109,7 @@ eval_data_options = _compose(
     data_options,
     click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
                  help="Which split to evaluate."),
-    click.option("--limit", type=int, default=None,
+    click.option("--limit", type=click.IntRange(min=1), default=None,
                  help="Evaluate only the first N examples of the split."),
 )
 
@@ -133,3 +135,36 @@ out_option = click.option("--out", type=click.Path(file_okay=False), required=Tr
 #: The tail of every command that writes one result: where to compute, where to write it,
 #: whether to replace what is there; library errors become one line.
 result_options = _compose(device_option, out_option, overwrite_option, handle_errors)
+
+
+def data_config(checkpoint: str | None, options: dict[str, Any]) -> DataConfig:
+    """The :class:`~epsl.context.DataConfig` of the data and checkpoint options
+    (:data:`eval_data_options`, :data:`checkpoint_options`, ``--device``)."""
+    return DataConfig(checkpoint=checkpoint, dataset=options.get("dataset"),
+                      data=options.get("data"), data_root=options.get("data_root"),
+                      download=bool(options.get("download")),
+                      split=options.get("split", "test"), limit=options.get("limit"),
+                      arch=options.get("arch"), model=options.get("model_factory"),
+                      model_dir=options.get("model_dir"), device=options.get("device", "auto"))
+
+
+#: The minimum-norm ensemble's budgets, for every command that finds ε*.
+minimal_budget_options = _compose(
+    click.option("--fmn-steps", type=click.IntRange(min=1),
+                 default=default(MinimalConfig, "fmn_steps"), show_default=True,
+                 help="Steps of Foolbox's LInfFMNAttack (eps*)."),
+    click.option("--fab-steps", type=click.IntRange(min=1),
+                 default=default(MinimalConfig, "fab_steps"), show_default=True,
+                 help="Steps of torchattacks' FAB (l_inf; eps*)."),
+)
+
+
+def minimal_config(*, fmn_steps: int, fab_steps: int, seed: int, batch_size: int | None,
+                   attacks: tuple[str, ...] = (), fab_restarts: int | None = None
+                   ) -> MinimalConfig:
+    """The one place the CLI builds the minimum-norm ensemble (calibrate, compare, audit): the
+    budgets given, seeded and batched like the command's attacks."""
+    return MinimalConfig(attacks=attacks or default(MinimalConfig, "attacks"),
+                         fmn_steps=fmn_steps, fab_steps=fab_steps,
+                         fab_restarts=fab_restarts or default(MinimalConfig, "fab_restarts"),
+                         seed=seed, batch_size=batch_size)

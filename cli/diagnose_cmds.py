@@ -12,14 +12,17 @@ import click
 from tqdm import tqdm
 
 from epsl.analysis.calibration import card_lines
-from epsl.calibrate import CalibrateConfig, run_calibrate, save_calibration
+from epsl.calibrate import CalibrateConfig, run_calibrate
 from epsl.cli.common import (
     EPS,
     FractionType,
     checkpoint_options,
+    data_config,
     data_options,
     default,
     eval_data_options,
+    minimal_budget_options,
+    minimal_config,
     result_options,
 )
 from epsl.data import SPLITS
@@ -27,13 +30,11 @@ from epsl.diagnostics import DIRECTIONS, METHODS
 from epsl.diagnostics.runs import (
     DEFAULT_EPS,
     ActivationsConfig,
-    DataConfig,
     DiagnoseConfig,
     LandscapeConfig,
     run_activations,
     run_diagnose,
     run_landscape,
-    save_diagnostics,
 )
 from epsl.errors import EpslError
 from epsl.io import check_out_dir
@@ -46,15 +47,6 @@ FORMATS = ("csv", "parquet")
 
 format_option = click.option("--format", "table_format", type=click.Choice(FORMATS),
                              default="csv", show_default=True, help="Table file format.")
-
-
-def _data_config(checkpoint: str, options: dict[str, Any]) -> DataConfig:
-    return DataConfig(checkpoint=checkpoint, dataset=options.get("dataset"),
-                      data=options.get("data"), data_root=options.get("data_root"),
-                      download=bool(options.get("download")),
-                      split=options.get("split", "test"), limit=options.get("limit"),
-                      arch=options.get("arch"), model=options.get("model_factory"),
-                      model_dir=options.get("model_dir"), device=options.get("device", "auto"))
 
 
 def _precheck(out: str, products: list[str], overwrite: bool) -> None:
@@ -102,15 +94,14 @@ def diagnose(checkpoint: str, eps: tuple[float, ...], chunk_size: int | None, ba
 
     Example: epsl diagnose model.safetensors --dataset digits --eps 0.1 --eps 8/255 --out diag
     """
-    config = DiagnoseConfig(data=_data_config(checkpoint, options),
+    config = DiagnoseConfig(data=data_config(checkpoint, options),
                             eps=tuple(eps) or DEFAULT_EPS, chunk_size=chunk_size,
                             batch_size=batch_size, method=method, table_format=table_format)
     _precheck(out, kind("diagnostics").files(table_format), overwrite)
     evaluation = config.data.prepare()
     with _progress_bar(len(evaluation.data)) as bar:
-        result, record = run_diagnose(config, progress=bar.update, evaluation=evaluation)
-    paths = save_diagnostics(out, result, record, table_format=table_format,
-                             overwrite=overwrite)
+        record = run_diagnose(config, progress=bar.update, evaluation=evaluation)
+    paths = record.save(out, table_format=table_format, overwrite=overwrite)
     summary = record.summary
     n = int(summary["n"])
     click.echo(f"n={n}  clean accuracy {with_interval(summary['clean_accuracy'], n)}")
@@ -137,7 +128,7 @@ def activations(checkpoint: str, batch_size: int, table_format: str, out: str, o
     and OUT/activations.json (n, number of never-active penultimate neurons, provenance,
     this config).
     """
-    config = ActivationsConfig(data=_data_config(checkpoint, options), batch_size=batch_size,
+    config = ActivationsConfig(data=data_config(checkpoint, options), batch_size=batch_size,
                                table_format=table_format)
     _precheck(out, kind("activations").files(table_format), overwrite)
     record = run_activations(config)
@@ -191,7 +182,7 @@ def landscape(checkpoint: str, images: int, direction: str, span: float, steps: 
     Example: epsl landscape model.safetensors --images 8 --direction adversarial
     --range 10/255 --steps 41 --out land
     """
-    config = LandscapeConfig(data=_data_config(checkpoint, {**options, "limit": images}),
+    config = LandscapeConfig(data=data_config(checkpoint, {**options, "limit": images}),
                              direction=direction, span=_span(span), steps=steps, seed=seed,
                              batch_size=batch_size, table_format=table_format)
     _precheck(out, kind("landscape").files(table_format), overwrite)
@@ -212,12 +203,7 @@ def landscape(checkpoint: str, images: int, direction: str, span: float, steps: 
                    "repeatable. Default: 2/255 4/255 8/255 0.1 0.2 0.3.")
 @click.option("--attack", "attacks", type=click.Choice(list(MINIMAL_ATTACKS)), multiple=True,
               help="Minimum-norm attacks of the ensemble; repeatable. Default: fmn and fab.")
-@click.option("--fmn-steps", type=click.IntRange(min=1),
-              default=default(MinimalConfig, "fmn_steps"), show_default=True,
-              help="Steps of Foolbox's LInfFMNAttack.")
-@click.option("--fab-steps", type=click.IntRange(min=1),
-              default=default(MinimalConfig, "fab_steps"), show_default=True,
-              help="Steps of torchattacks' FAB (l_inf).")
+@minimal_budget_options
 @click.option("--fab-restarts", type=click.IntRange(min=1),
               default=default(MinimalConfig, "fab_restarts"), show_default=True,
               help="Restarts of FAB.")
@@ -242,18 +228,16 @@ def calibrate(checkpoint: str, eps: tuple[float, ...], attacks: tuple[str, ...],
 
     Example: epsl calibrate model.safetensors --eps 0.1 --out calib
     """
-    minimal = MinimalConfig(attacks=tuple(attacks) or default(MinimalConfig, "attacks"),
-                            fmn_steps=fmn_steps, fab_steps=fab_steps,
-                            fab_restarts=fab_restarts, seed=seed, batch_size=batch_size)
-    config = CalibrateConfig(data=_data_config(checkpoint, options), minimal=minimal,
+    minimal = minimal_config(attacks=tuple(attacks), fmn_steps=fmn_steps, fab_steps=fab_steps,
+                             fab_restarts=fab_restarts, seed=seed, batch_size=batch_size)
+    config = CalibrateConfig(data=data_config(checkpoint, options), minimal=minimal,
                              eps=tuple(eps) or DEFAULT_EPS, table_format=table_format)
     _precheck(out, kind("minimal").files(table_format), overwrite)
     evaluation = config.data.prepare()
     n = len(evaluation.data)
     with _progress_bar(n * len(minimal.attacks)) as bar:
-        found, record = run_calibrate(config, evaluation=evaluation, progress=bar.update)
-    paths = save_calibration(out, found, record, table_format=table_format,
-                             overwrite=overwrite)
+        record = run_calibrate(config, evaluation=evaluation, progress=bar.update)
+    paths = record.save(out, table_format=table_format, overwrite=overwrite)
     summary = record.summary
     click.echo(f"n={n}  eps* found by: "
                + ", ".join(f"{k} {v}" for k, v in summary["found_by"].items()))

@@ -25,7 +25,7 @@ import inspect
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -34,11 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from epsl.context import DataConfig, Evaluation, load_source, provenance
 from epsl.device import model_device
 from epsl.distributed import agree, shard_map
 from epsl.errors import EpslError
 from epsl.modes import eval_mode
+from epsl.records import Result
 from epsl.registry import Registry
+from epsl.stats import accuracy_interval
 
 __all__ = [
     "ATTACKS", "LOSSES", "AttackResult", "InputGradient", "apgd", "default_step_size", "fgsm",
@@ -603,10 +606,20 @@ def _default(attack: str, setting: str) -> Any:
     return None if param is None else param.default
 
 
-def attack_settings(attack: str) -> set[str]:
+def accepted_settings(attack: str) -> set[str]:
     """The keyword settings an attack in :data:`ATTACKS` accepts."""
     params = inspect.signature(ATTACKS[attack]).parameters.values()
     return {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def check_settings(attack: str, names: Iterable[str]) -> set[str]:
+    """The settings ``attack`` accepts; a one-line :class:`EpslError` naming the first of
+    ``names`` it does not."""
+    accepted = accepted_settings(attack)
+    unknown = sorted(set(names) - accepted)
+    if unknown:
+        raise EpslError(f"{attack} takes no {', '.join(unknown)}")
+    return accepted
 
 
 SWEEP_COLUMNS = ["index", "label", "attack", "loss_name", "eps", "steps", "restarts",
@@ -626,10 +639,7 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str,
     for FGSM) are recorded as 1. With ``source``, examples are made on ``source`` and scored on
     ``model`` (a transfer attack).
     """
-    accepted = attack_settings(attack)
-    unknown = set(settings) - accepted
-    if unknown:
-        raise EpslError(f"{attack} takes no setting {', '.join(sorted(unknown))}")
+    accepted = check_settings(attack, settings)
     steps_list = list(steps) if "steps" in accepted else [1]
     restarts_list = list(restarts) if "restarts" in accepted else [1]
     frames = []
@@ -653,3 +663,94 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str,
                              random_start=random_start, source=source_name if source else "")
         frames.append(frame[SWEEP_COLUMNS])
     return pd.concat(frames, ignore_index=True)
+
+
+#: The default iterations per attack where a run gives none (Square: queries).
+DEFAULT_STEPS = {"pgd": 40, "apgd": 100, "apgd-dlr": 100, "square": 1000}
+
+
+@dataclass(frozen=True)
+class AttackRunConfig:
+    """``epsl attack``: one attack of :data:`ATTACKS` at every (eps, steps, restarts) of the
+    product (:func:`sweep`), on a checkpoint's examples, optionally transferred from
+    ``source``. ``steps`` and ``restarts`` default to :data:`DEFAULT_STEPS` and 1; ``loss``,
+    ``step_size`` and ``random_start`` to the attack's own. A setting the attack does not take
+    is refused here, before any work."""
+
+    data: DataConfig
+    eps: tuple[float, ...]
+    attack: str = "pgd"
+    steps: tuple[int, ...] = ()
+    restarts: tuple[int, ...] = ()
+    loss: str | None = None
+    step_size: float | None = None
+    random_start: bool | None = None
+    cw_confidence: float = 50.0
+    seed: int = 0
+    batch_size: int | None = None
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        ATTACKS[self.attack]  # an unknown name fails here, with the known ones
+        if not self.eps:
+            raise EpslError("eps: give at least one radius")
+        bad = [e for e in self.eps if not 0 < e <= 1]
+        if bad:
+            raise EpslError(f"eps must lie in (0, 1] in pixel units (got {bad[0]})")
+        given = [name for name, value in (("steps", self.steps), ("restarts", self.restarts))
+                 if value]
+        check_settings(self.attack, [*given, *self.settings()])
+        if min([*self.steps, *self.restarts], default=1) < 1:
+            raise EpslError("steps and restarts must be at least 1")
+
+    def settings(self) -> dict[str, Any]:
+        """The keyword settings :func:`sweep` gets (only those given, the attack's defaults
+        otherwise)."""
+        settings: dict[str, Any] = {"seed": self.seed, "batch_size": self.batch_size}
+        if self.loss is not None:
+            settings["loss"] = self.loss
+        if self.loss == "cw":
+            settings["cw_confidence"] = self.cw_confidence
+        if self.random_start is not None:
+            settings["random_start"] = self.random_start
+        if self.step_size is not None:
+            settings["step_size"] = self.step_size
+        return settings
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The radii, steps and restarts the sweep covers (defaults filled in)."""
+        return {"eps": list(self.eps),
+                "steps": list(self.steps or (DEFAULT_STEPS.get(self.attack, 1),)),
+                "restarts": list(self.restarts or (1,))}
+
+    def reuse_settings(self) -> dict[str, Any]:
+        """Everything but the batch size, which changes no number."""
+        return {"attack": self.attack, **self.grid(),
+                **{k: v for k, v in self.settings().items() if k != "batch_size"}}
+
+
+def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per setting of a :func:`sweep` table (``eps, steps, restarts, step_size``): the
+    accuracy, n and its 95% Clopper-Pearson interval (``lo``, ``hi``)."""
+    keys = ["eps", "steps", "restarts", "step_size"]
+    table = (frame.groupby(keys, dropna=False, sort=False)["correct"]
+             .agg(accuracy="mean", n="size").reset_index())
+    bounds = [accuracy_interval(a, n) for a, n in zip(table["accuracy"], table["n"], strict=True)]
+    return table.assign(lo=[b[0] for b in bounds], hi=[b[1] for b in bounds])
+
+
+def run_attack(config: AttackRunConfig, *, evaluation: Evaluation | None = None) -> Result:
+    """The attack result of ``config``: one row per example per setting (:func:`sweep`), the
+    accuracy per setting with its interval (``summary["settings"]``), the config, and the
+    provenance (the source's content hash with it)."""
+    ev = evaluation or config.data.prepare()
+    source_model = load_source(config.source, ev)
+    frame = sweep(ev.model, ev.data.x, ev.data.y, attack=config.attack, **config.grid(),
+                  source=source_model, source_name=config.source or "", **config.settings())
+    summary = {"n": len(ev.data), "attack": config.attack,
+               "loss": str(frame["loss_name"].iloc[0]),
+               "transfer_from": config.source,
+               "settings": accuracy_table(frame).to_dict(orient="records"),
+               "config": {"attack": config.attack, **config.grid(), **config.settings()}}
+    return Result("attack", summary, provenance(ev, config.reuse_settings(),
+                                                source=config.source), frame)

@@ -34,7 +34,6 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from epsl.attacks import (
     AttackResult,
@@ -48,6 +47,7 @@ from epsl.attacks import (
     square,
     transfer,
 )
+from epsl.context import DataConfig, Evaluation, load_source, provenance
 from epsl.device import model_device
 from epsl.diagnostics import diagnose
 from epsl.distributed import agree
@@ -60,11 +60,11 @@ from epsl.minimal import (
     minimal_perturbation,
 )
 from epsl.modes import eval_mode
-from epsl.records import Provenance, Result
+from epsl.records import Provenance, Result, reusable
 from epsl.stats import accuracy_interval
 
-__all__ = ["WARNING_DOCS", "AuditConfig", "AuditResult", "AuditWarning", "audit",
-           "check_dependencies"]
+__all__ = ["WARNING_DOCS", "AuditConfig", "AuditResult", "AuditRunConfig", "AuditWarning",
+           "Step", "audit", "check_dependencies", "ensure_audit", "run_audit", "run_ensemble"]
 
 # Where each warning's page is, as something a user can run wherever epsl is installed: the
 # pages ship as package data (epsl/warning_pages/<code>.md, read by epsl.explain).
@@ -92,9 +92,9 @@ class AuditConfig:
         apgd_steps, apgd_restarts: APGD-CE and APGD-DLR budget.
         square_queries, square_restarts, square_p_init: Square budget.
         unbounded_eps, unbounded_steps: the Table 9 check (accuracy must reach 0).
-        minimal_norm: run the minimum-norm ensemble (Foolbox FMN + torchattacks FAB) as one
-            more white-box attack: an example whose ε* is at most eps is broken.
-        fmn_steps, fab_steps: its budgets (:class:`epsl.minimal.MinimalConfig`).
+        minimal: the minimum-norm ensemble (Foolbox FMN + torchattacks FAB,
+            :class:`epsl.minimal.MinimalConfig`, with its own seed and batch size) run as one
+            more white-box attack: an example whose ε* is at most eps is broken. None: skip.
         skip_expensive: skip APGD, the minimum-norm ensemble and Square (they need
             torchattacks and Foolbox and take longest).
         survivors_only: run the expensive attacks only on examples still robust.
@@ -123,9 +123,7 @@ class AuditConfig:
     square_p_init: float = 0.8
     unbounded_eps: float = 1.0
     unbounded_steps: int = 100
-    minimal_norm: bool = True
-    fmn_steps: int = 100
-    fab_steps: int = 50
+    minimal: MinimalConfig | None = field(default_factory=MinimalConfig)
     skip_expensive: bool = False
     survivors_only: bool = True
     drop_tolerance: float = 0.02
@@ -151,8 +149,7 @@ class AuditConfig:
                   "strong_restarts": self.strong_restarts, "apgd_steps": self.apgd_steps,
                   "apgd_restarts": self.apgd_restarts, "square_queries": self.square_queries,
                   "square_restarts": self.square_restarts,
-                  "unbounded_steps": self.unbounded_steps, "fmn_steps": self.fmn_steps,
-                  "fab_steps": self.fab_steps}
+                  "unbounded_steps": self.unbounded_steps}
         for name, value in counts.items():
             if value < 1:
                 raise EpslError(f"{name} must be at least 1 (got {value})")
@@ -163,10 +160,13 @@ class AuditConfig:
         if not 0 < self.unbounded_eps <= 1:
             raise EpslError(f"unbounded_eps must be in (0, 1] (got {self.unbounded_eps})")
 
-    def minimal_config(self) -> MinimalConfig:
-        """The minimum-norm ensemble this audit runs (seeded and batched like its attacks)."""
-        return MinimalConfig(fmn_steps=self.fmn_steps, fab_steps=self.fab_steps,
-                             seed=self.seed, batch_size=self.batch_size)
+    def reuse_settings(self) -> dict[str, Any]:
+        """What decides whether an audit on disk can be reused: every budget and threshold
+        and the ensemble's own (not the batch size, which changes no number)."""
+        plain = {k: v for k, v in dataclasses.asdict(self).items()
+                 if k not in ("batch_size", "minimal")}
+        return {**plain, "minimal": None if self.minimal is None
+                else self.minimal.reuse_settings()}
 
 
 @dataclass(frozen=True)
@@ -245,38 +245,39 @@ class AuditResult:
         return self.record(provenance).save(out, overwrite=overwrite)
 
 
-def audit_settings(config: AuditConfig, eps: float) -> dict[str, Any]:
-    """What decides whether an audit on disk can be reused: ε and every budget and threshold
-    (not the batch size, which changes no number)."""
-    return {"eps": eps, **{k: v for k, v in dataclasses.asdict(config).items()
-                           if k != "batch_size"}}
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    """One attack of the audit's plan: its name and kind, the settings it records, and how it
+    runs on the examples of given indices. ``expensive`` steps are dropped by
+    ``skip_expensive``; ``survivors`` steps run only on the examples still robust (with
+    ``survivors_only``), as in AutoAttack."""
 
-
-@dataclass(frozen=True)
-class _Attack:
     name: str
-    kind: str  # "white-box", "black-box"
-    expensive: bool
-    survivors: bool
+    kind: str  # "white-box" or "black-box"
     settings: dict[str, Any]
-    run: Callable[[torch.Tensor], AttackResult]  # on the examples of these indices
+    run: Callable[[torch.Tensor], AttackResult]
+    expensive: bool = False
+    survivors: bool = False
 
 
 def _min_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-              config: AuditConfig, found: MinimalResult | None) -> AttackResult:
+              config: MinimalConfig, found: MinimalResult | None,
+              batch_size: int | None) -> AttackResult:
     """The minimum-norm ensemble as an attack at ``eps``: the verified point where ε* ≤ eps,
     else x (``found``: ε* already computed on exactly these examples)."""
     if found is None:
-        found = minimal_perturbation(model, x, y, config=config.minimal_config())
+        found = minimal_perturbation(model, x, y, config=config)
     broken = (found.eps_star <= eps).to(x.device)[:, None, None, None]
     x_adv = torch.where(broken, found.x_adv.to(x.device), x)
     with eval_mode(model):
-        return score(model, x_adv, y, batch_size=config.batch_size)
+        return score(model, x_adv, y, batch_size=batch_size)
 
 
 def _plan(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
           source: nn.Module | None, config: AuditConfig,
-          minimal: MinimalResult | None = None) -> list[_Attack]:
+          minimal: MinimalResult | None = None) -> list[Step]:
+    """The audit's attacks in the order they run (``broken_by`` names the first that breaks
+    an example)."""
     k = config.pgd_steps
     step = config.step_size or default_step_size(eps, k)
     common = {"seed": config.seed, "batch_size": config.batch_size}
@@ -294,34 +295,35 @@ def _plan(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     def on(fn: Callable[..., AttackResult], **kw: Any) -> Callable[[torch.Tensor], AttackResult]:
         return lambda idx: fn(model, x[idx], y[idx], **kw)
 
-    def min_norm(idx: torch.Tensor) -> AttackResult:
-        if minimal is None:
-            return _min_norm(model, x[idx], y[idx], eps, config, None)
-        return _min_norm(model, x[idx], y[idx], eps, config, minimal.subset(idx.cpu()))
+    def white(name: str, settings: dict[str, Any], run: Callable[[torch.Tensor], AttackResult],
+              **flags: bool) -> Step:
+        return Step(name=name, kind="white-box", settings=settings, run=run, **flags)
 
     plan = [
-        _Attack("fgsm", "white-box", False, False, {"eps": eps},
-                on(fgsm, eps=eps, batch_size=config.batch_size)),
-        _Attack(f"pgd{k}-xent", "white-box", False, False, pgd_k, on(pgd, **pgd_k)),
-        _Attack(f"pgd{k}-cw", "white-box", False, False, {**pgd_k, **cw},
-                on(pgd, **pgd_k, **cw)),
-        _Attack(f"pgd{config.strong_steps}-xent", "white-box", False, True, strong,
-                on(pgd, **strong)),
-        _Attack(f"pgd{k}-xent-restarts{config.strong_restarts}", "white-box", False, True,
-                restarts, on(pgd, **restarts)),
-        _Attack("apgd-ce", "white-box", True, True, apgd_set, on(apgd, **apgd_set)),
-        _Attack("apgd-dlr", "white-box", True, True, {**apgd_set, "loss": "dlr"},
-                on(apgd, **apgd_set, loss="dlr")),
+        white("fgsm", {"eps": eps}, on(fgsm, eps=eps, batch_size=config.batch_size)),
+        white(f"pgd{k}-xent", pgd_k, on(pgd, **pgd_k)),
+        white(f"pgd{k}-cw", {**pgd_k, **cw}, on(pgd, **pgd_k, **cw)),
+        white(f"pgd{config.strong_steps}-xent", strong, on(pgd, **strong), survivors=True),
+        white(f"pgd{k}-xent-restarts{config.strong_restarts}", restarts, on(pgd, **restarts),
+              survivors=True),
+        white("apgd-ce", apgd_set, on(apgd, **apgd_set), expensive=True, survivors=True),
+        white("apgd-dlr", {**apgd_set, "loss": "dlr"}, on(apgd, **apgd_set, loss="dlr"),
+              expensive=True, survivors=True),
     ]
-    if config.minimal_norm:
-        plan.append(_Attack("min-norm", "white-box", True, True,
-                            {"eps": eps, **config.minimal_config().settings()}, min_norm))
+    ensemble = config.minimal
+    if ensemble is not None:
+        def min_norm(idx: torch.Tensor) -> AttackResult:
+            found = None if minimal is None else minimal.subset(idx.cpu())
+            return _min_norm(model, x[idx], y[idx], eps, ensemble, found, config.batch_size)
+
+        plan.append(white("min-norm", {"eps": eps, **ensemble.reuse_settings()}, min_norm,
+                          expensive=True, survivors=True))
     if source is not None:
-        plan.append(_Attack("transfer", "black-box", False, False, pgd_k,
-                            lambda idx: transfer(source, model, x[idx], y[idx], attack="pgd",
-                                                 **pgd_k)))
-    plan.append(_Attack("square", "black-box", True, True, square_set,
-                        on(square, **square_set)))
+        plan.append(Step(name="transfer", kind="black-box", settings=pgd_k,
+                         run=lambda idx: transfer(source, model, x[idx], y[idx], attack="pgd",
+                                                  **pgd_k)))
+    plan.append(Step(name="square", kind="black-box", settings=square_set,
+                     run=on(square, **square_set), expensive=True, survivors=True))
     return plan
 
 
@@ -331,8 +333,8 @@ def check_dependencies(config: AuditConfig) -> None:
     ``skip_expensive``)."""
     if not config.skip_expensive:
         require_torchattacks()
-        if config.minimal_norm:
-            check_minimal_dependencies(config.minimal_config())
+        if config.minimal is not None:
+            check_minimal_dependencies(config.minimal)
 
 
 def _input_grad_l1(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -352,32 +354,66 @@ def _eq4(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tens
         return None, f"Eq. 4 prediction skipped: {str(exc).splitlines()[0]}"
 
 
-def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-          source: nn.Module | None = None, config: AuditConfig | None = None,
-          progress: bool = False, minimal: MinimalResult | None = None) -> AuditResult:
-    """Audit ``model``'s l_inf robustness at ``eps`` on (x, y) for signs of gradient masking.
+def _settings_text(settings: dict[str, Any]) -> str:
+    return to_json({k: v for k, v in settings.items()
+                    if k != "batch_size"}).strip().replace("\n", "")
 
-    Runs, on the same examples: clean accuracy; FGSM; PGD-k with cross-entropy and with the CW
-    loss; PGD with many more steps (Table 11) and with restarts (Table 10); APGD-CE and
-    APGD-DLR; a transfer attack from ``source`` (e.g. a naturally trained model, Tables 4 and
-    8); the gradient-free Square attack; the unbounded-eps check (Table 9) and Eq. 4's
-    prediction ``eps_L > eps``. Then checks, in AutoAttack's style: more steps or restarts (or
-    APGD) break many more examples; a black-box attack breaks examples every white-box attack
-    missed; unbounded eps leaves accuracy above 0; input gradients vanish.
 
-    Args:
-        model: classifier on N x C x H x W pixels in [0, 1] returning logits.
-        x: N x C x H x W inputs in [0, 1]; y: (N,) labels.
-        eps: l_inf radius in (0, 1].
-        source: optional model for the transfer attack (same input shape).
-        config: attack budgets and warning thresholds (default :class:`AuditConfig`).
-        progress: show a tqdm bar on stderr.
-        minimal: ε* already found on exactly these examples with
-            ``config.minimal_config()`` (:func:`epsl.minimal.minimal_perturbation`); None
-            runs the ensemble on the examples still robust when its turn comes.
-    """
-    config = config or AuditConfig()
-    check_dependencies(config)
+@dataclass
+class _Ensemble:
+    """What the plan's attacks found: a column per attack (NA where it did not run), the
+    per-attack rows of :attr:`AuditResult.accuracies`, who broke each example first, and the
+    examples robust after all attacks and after the white-box ones."""
+
+    columns: dict[str, Any]
+    rows: list[dict[str, Any]]
+    broken_by: list[str]
+    robust: torch.Tensor
+    white_robust: torch.Tensor
+
+
+def run_ensemble(plan: list[Step], correct: torch.Tensor, *, survivors_only: bool = True,
+                 progress: Callable[[int], None] | None = None) -> _Ensemble:
+    """Run ``plan`` in order, AutoAttack-style: an example is robust only while it survives
+    every attack; a ``survivors`` step runs only on the examples still robust. ``correct``:
+    (N,) bool, the clean predictions; ``progress`` is advanced by one per attack."""
+    n = len(correct)
+    robust = correct.clone()
+    broken_by = ["" if ok else "clean" for ok in correct.tolist()]
+    columns: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    white_robust = robust.clone()
+    for attack in plan:
+        alive = agree(robust.nonzero().squeeze(1))  # one decision for every process
+        on_survivors = attack.survivors and survivors_only
+        idx = alive if on_survivors else torch.arange(n, device=correct.device)
+        column = pd.array([pd.NA] * n, dtype="boolean")
+        start = time.perf_counter()
+        if idx.numel():
+            result = attack.run(idx)
+            survived = result.correct.to(correct.device)
+            column[idx.cpu().numpy()] = survived.cpu().numpy()
+            newly = idx[robust[idx] & ~survived]
+            for i in newly.tolist():
+                broken_by[i] = attack.name
+            robust[newly] = False
+            accuracy = result.accuracy if idx.numel() == n else None
+        else:
+            newly, accuracy = idx, (None if on_survivors else 1.0)
+        columns[attack.name] = column
+        rows.append({"attack": attack.name, "kind": attack.kind, "examples": int(idx.numel()),
+                     "accuracy": accuracy, "robust_after": robust.float().mean().item(),
+                     "new_breaks": newly.numel() / n,
+                     "seconds": round(time.perf_counter() - start, 3),
+                     "settings": _settings_text(attack.settings)})
+        if attack.kind == "white-box":
+            white_robust = robust.clone()
+        if progress is not None:
+            progress(1)
+    return _Ensemble(columns, rows, broken_by, robust, white_robust)
+
+
+def _check_audit_inputs(y: torch.Tensor, eps: float, minimal: MinimalResult | None) -> None:
     if not 0 < eps <= 1:
         raise EpslError(f"eps must be in (0, 1] (got {eps})")
     if len(y) == 0:
@@ -386,76 +422,71 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                                 or not torch.equal(minimal.label.cpu(), y.cpu())):
         raise EpslError(f"the eps* given to the audit were found on other examples "
                         f"({len(minimal)} with other labels, not these {len(y)})")
+
+
+def _unbounded(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               config: AuditConfig) -> tuple[AttackResult, dict[str, Any]]:
+    """The Table 9 check: PGD at ``unbounded_eps`` (accuracy must reach 0), and its row."""
+    settings: dict[str, Any] = {
+        "eps": config.unbounded_eps, "steps": config.unbounded_steps,
+        "step_size": default_step_size(config.unbounded_eps, config.unbounded_steps),
+        "seed": config.seed, "batch_size": config.batch_size}
+    start = time.perf_counter()
+    result = pgd(model, x, y, **settings)
+    row = {"attack": f"unbounded-eps{config.unbounded_eps:g}", "kind": "sanity",
+           "examples": len(y), "accuracy": result.accuracy, "robust_after": None,
+           "new_breaks": None, "seconds": round(time.perf_counter() - start, 3),
+           "settings": _settings_text(settings)}
+    return result, row
+
+
+def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+          source: nn.Module | None = None, config: AuditConfig | None = None,
+          progress: Callable[[int], None] | None = None,
+          minimal: MinimalResult | None = None) -> AuditResult:
+    """Audit ``model``'s l_inf robustness at ``eps`` on (x, y) for signs of gradient masking.
+
+    Runs, on the same examples: clean accuracy; FGSM; PGD-k with cross-entropy and with the CW
+    loss; PGD with many more steps (Table 11) and with restarts (Table 10); APGD-CE and
+    APGD-DLR; the minimum-norm ensemble; a transfer attack from ``source`` (e.g. a naturally
+    trained model, Tables 4 and 8); the gradient-free Square attack (:func:`run_ensemble` on
+    :func:`_plan`); the unbounded-eps check (Table 9) and Eq. 4's prediction ``eps_L > eps``.
+    Then checks, in AutoAttack's style: more steps or restarts (or APGD) break many more
+    examples; a black-box attack breaks examples every white-box attack missed; unbounded eps
+    leaves accuracy above 0; input gradients vanish.
+
+    Args:
+        model: classifier on N x C x H x W pixels in [0, 1] returning logits.
+        x: N x C x H x W inputs in [0, 1]; y: (N,) labels.
+        eps: l_inf radius in (0, 1].
+        source: optional model for the transfer attack (same input shape).
+        config: attack budgets and warning thresholds (default :class:`AuditConfig`).
+        progress: advanced by one per attack of the plan.
+        minimal: ε* already found on exactly these examples with ``config.minimal``
+            (:func:`epsl.minimal.minimal_perturbation`); None runs the ensemble on the
+            examples still robust when its turn comes.
+    """
+    config = config or AuditConfig()
+    check_dependencies(config)
+    _check_audit_inputs(y, eps, minimal)
     device = model_device(model)
     x, y = x.to(device), y.to(device)
     n = len(y)
     with eval_mode(model):
         clean = score(model, x, y, batch_size=config.batch_size)
-    table = pd.DataFrame({"index": range(n), "label": y.cpu().numpy(),
-                          "clean_correct": clean.correct.cpu().numpy()})
-    robust = clean.correct.clone()
-    broken_by = ["" if ok else "clean" for ok in clean.correct.tolist()]
-    rows: list[dict[str, Any]] = [{
-        "attack": "clean", "kind": "clean", "examples": n, "accuracy": clean.accuracy,
-        "robust_after": clean.accuracy, "new_breaks": 1 - clean.accuracy, "seconds": 0.0,
-        "settings": "{}"}]
-    notes: list[str] = []
-    white_robust = robust.clone()
     plan = [a for a in _plan(model, x, y, eps, source, config, minimal)
             if not (a.expensive and config.skip_expensive)]
-    if minimal is not None and config.minimal_norm and not config.skip_expensive:
-        notes.append("min-norm: eps* was found before the audit; its seconds exclude that")
-    if config.skip_expensive:
-        notes.append("APGD, the minimum-norm ensemble and Square skipped (skip_expensive)")
-    bar = tqdm(plan, desc="audit", disable=not progress, leave=False)
-    for attack in bar:
-        bar.set_postfix_str(attack.name)
-        alive = agree(robust.nonzero().squeeze(1))  # one decision for every process
-        idx = alive if attack.survivors and config.survivors_only else torch.arange(
-            n, device=y.device)
-        column = pd.array([pd.NA] * n, dtype="boolean")
-        start = time.perf_counter()
-        if idx.numel():
-            result = attack.run(idx)
-            correct = result.correct.to(y.device)
-            column[idx.cpu().numpy()] = correct.cpu().numpy()
-            newly = idx[robust[idx] & ~correct]
-            for i in newly.tolist():
-                broken_by[i] = attack.name
-            robust[newly] = False
-            accuracy = result.accuracy if idx.numel() == n else None
-        else:
-            newly, accuracy = idx, (None if attack.survivors and config.survivors_only
-                                    else 1.0)
-        table[attack.name] = column
-        rows.append({"attack": attack.name, "kind": attack.kind, "examples": int(idx.numel()),
-                     "accuracy": accuracy, "robust_after": robust.float().mean().item(),
-                     "new_breaks": newly.numel() / n,
-                     "seconds": round(time.perf_counter() - start, 3),
-                     "settings": to_json({k: v for k, v in attack.settings.items()
-                                          if k != "batch_size"}).strip().replace("\n", "")})
-        if attack.kind == "white-box":
-            white_robust = robust.clone()
-    table["robust"] = robust.cpu().numpy()
-    table["broken_by"] = broken_by
-
-    unbounded_settings: dict[str, Any] = {
-        "eps": config.unbounded_eps, "steps": config.unbounded_steps,
-        "step_size": default_step_size(config.unbounded_eps, config.unbounded_steps),
-        "seed": config.seed, "batch_size": config.batch_size}
-    start = time.perf_counter()
-    unbounded = pgd(model, x, y, **unbounded_settings)
+    found = run_ensemble(plan, clean.correct, survivors_only=config.survivors_only,
+                         progress=progress)
+    table = pd.DataFrame({"index": range(n), "label": y.cpu().numpy(),
+                          "clean_correct": clean.correct.cpu().numpy(), **found.columns,
+                          "robust": found.robust.cpu().numpy(), "broken_by": found.broken_by})
+    unbounded, unbounded_row = _unbounded(model, x, y, config)
     table["unbounded"] = unbounded.correct.cpu().numpy()
-    rows.append({"attack": f"unbounded-eps{config.unbounded_eps:g}", "kind": "sanity",
-                 "examples": n, "accuracy": unbounded.accuracy, "robust_after": None,
-                 "new_breaks": None, "seconds": round(time.perf_counter() - start, 3),
-                 "settings": to_json({k: v for k, v in unbounded_settings.items()
-                                      if k != "batch_size"}).strip().replace("\n", "")})
-
     grad_l1 = _input_grad_l1(model, x, y, config.batch_size)
     table["grad_l1"] = grad_l1.detach().cpu().numpy()
     zero_grad = (grad_l1 <= config.zero_grad_atol).float().mean().item()
-
+    notes = _notes(config, minimal)
     eps_l, note = _eq4(model, x, y)
     eq4_accuracy = None
     if eps_l is None:
@@ -464,23 +495,37 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         table["eps_l"] = eps_l.cpu().numpy()
         table["eq4_robust"] = (eps_l > eps).cpu().numpy()
         eq4_accuracy = float((eps_l > eps).float().mean())
-
-    accuracies = pd.DataFrame(rows)
-    warnings = _checks(accuracies, table, n, white_robust, zero_grad, unbounded.accuracy,
+    clean_row = {"attack": "clean", "kind": "clean", "examples": n, "accuracy": clean.accuracy,
+                 "robust_after": clean.accuracy, "new_breaks": 1 - clean.accuracy,
+                 "seconds": 0.0, "settings": "{}"}
+    accuracies = pd.DataFrame([clean_row, *found.rows, unbounded_row])
+    warnings = _checks(accuracies, table, n, found.white_robust, zero_grad, unbounded.accuracy,
                        config)
-    verdict = ("no sign of gradient masking" if not warnings else
-               "likely gradient masking: " + "; ".join(dict.fromkeys(_SHORT[w.code]
-                                                                 for w in warnings)))
+    paper = [f"pgd{config.pgd_steps}-xent", f"pgd{config.pgd_steps}-cw", "fgsm"]
     summary = {"clean_accuracy": clean.accuracy,
-               "paper_attacks_accuracy": float(table[[f"pgd{config.pgd_steps}-xent",
-                                                      f"pgd{config.pgd_steps}-cw", "fgsm"]]
-                                               .all(axis=1).mean()),
+               "paper_attacks_accuracy": float(table[paper].all(axis=1).mean()),
                "unbounded_accuracy": unbounded.accuracy, "zero_gradient_fraction": zero_grad,
                "eq4_accuracy": eq4_accuracy}
     return AuditResult(eps=eps, table=table, accuracies=accuracies, warnings=tuple(warnings),
-                       verdict=verdict, config=config, notes=tuple(notes),
+                       verdict=_verdict(warnings), config=config, notes=tuple(notes),
                        source=None if source is None else type(source).__name__,
                        summary=summary)
+
+
+def _notes(config: AuditConfig, minimal: MinimalResult | None) -> list[str]:
+    notes = []
+    if minimal is not None and config.minimal is not None and not config.skip_expensive:
+        notes.append("min-norm: eps* was found before the audit; its seconds exclude that")
+    if config.skip_expensive:
+        notes.append("APGD, the minimum-norm ensemble and Square skipped (skip_expensive)")
+    return notes
+
+
+def _verdict(warnings: list[AuditWarning]) -> str:
+    if not warnings:
+        return "no sign of gradient masking"
+    return "likely gradient masking: " + "; ".join(dict.fromkeys(_SHORT[w.code]
+                                                                 for w in warnings))
 
 
 _SHORT = {
@@ -559,3 +604,54 @@ def _checks(accuracies: pd.DataFrame, table: pd.DataFrame, n: int, white_robust:
             f"returns logits (not probabilities) and has no rounding or saturating layers; "
             f"rely on Square and transfer attacks."))
     return found
+
+
+@dataclass(frozen=True)
+class AuditRunConfig:
+    """``epsl audit``: :func:`audit` of a checkpoint's examples at ``eps`` with the budgets of
+    ``audit``, optionally with a transfer attack from ``source``."""
+
+    data: DataConfig
+    eps: float
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.eps <= 1:
+            raise EpslError(f"eps must be in (0, 1] (got {self.eps})")
+
+    def reuse_settings(self) -> dict[str, Any]:
+        return {"eps": self.eps, **self.audit.reuse_settings()}
+
+
+def run_audit(config: AuditRunConfig, *, evaluation: Evaluation | None = None,
+              source_model: nn.Module | None = None, minimal: MinimalResult | None = None,
+              progress: Callable[[int], None] | None = None) -> Result:
+    """The audit result of ``config`` (:meth:`AuditResult.record`) with its provenance.
+    ``evaluation``: ``config.data`` already prepared (its examples are the ones audited);
+    ``source_model``: ``config.source`` already loaded; ``minimal``: ε* already found on these
+    examples with ``config.audit.minimal``."""
+    check_dependencies(config.audit)
+    ev = evaluation or config.data.prepare()
+    if source_model is None:
+        source_model = load_source(config.source, ev)
+    found = audit(ev.model, ev.data.x.to(ev.device), ev.data.y.to(ev.device), eps=config.eps,
+                  source=source_model, config=config.audit, progress=progress, minimal=minimal)
+    return found.record(provenance(ev, config.reuse_settings(), source=config.source))
+
+
+def ensure_audit(config: AuditRunConfig, folder: Path, ev: Evaluation, *,
+                 points: Callable[[], MinimalResult | None],
+                 source_model: nn.Module | None = None,
+                 log: Callable[[str], None] | None = None) -> bool:
+    """The audit of ``ev``'s examples in ``folder``, reused when made from the same
+    checkpoint, examples, source and settings, else run (with the ε* that ``points`` gives,
+    called only then) and saved. True when it ran."""
+    origin = provenance(ev, config.reuse_settings(), source=config.source)
+    if reusable(folder, "audit", origin):
+        return False
+    if log is not None:
+        log(f"{folder.parent.name}: audit at eps={config.eps:g} on {len(ev.data)} examples")
+    run_audit(config, evaluation=ev, source_model=source_model,
+              minimal=points()).save(folder, overwrite=True)
+    return True

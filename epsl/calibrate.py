@@ -22,19 +22,17 @@ import numpy as np
 import pandas as pd
 
 from epsl.analysis.calibration import report_card
-from epsl.context import Evaluation, provenance
+from epsl.context import DataConfig, Evaluation, provenance
 from epsl.diagnostics import diagnose
-from epsl.diagnostics.runs import DEFAULT_EPS, DataConfig, check_eps
+from epsl.diagnostics.runs import DEFAULT_EPS, check_eps
 from epsl.errors import EpslError
-from epsl.io import check_out_dir
 from epsl.minimal import (
-    TENSORS_FILE,
     MinimalConfig,
     MinimalResult,
     check_minimal_dependencies,
     minimal_perturbation,
 )
-from epsl.records import Provenance, Result, invalidate, kind, reusable
+from epsl.records import Result, reusable
 from epsl.stats import accuracy_interval
 
 
@@ -51,10 +49,9 @@ class CalibrateConfig:
     def __post_init__(self) -> None:
         check_eps(self.eps)
 
-
-def minimal_provenance(ev: Evaluation, config: MinimalConfig) -> Provenance:
-    """What decides reuse of ε*: the model, the examples and the ensemble's settings."""
-    return provenance(ev, config.settings())
+    def reuse_settings(self) -> dict[str, Any]:
+        """The ensemble's (the radii only pick the summary's columns)."""
+        return self.minimal.reuse_settings()
 
 
 def minimal_table(found: MinimalResult, eps_l: Any, rival: Any) -> pd.DataFrame:
@@ -75,7 +72,8 @@ def minimal_table(found: MinimalResult, eps_l: Any, rival: Any) -> pd.DataFrame:
 def calibration_result(ev: Evaluation, found: MinimalResult, eps_l: Any, rival: Any,
                        config: MinimalConfig, eps: Sequence[float],
                        extra: dict[str, Any] | None = None) -> Result:
-    """The ``minimal`` record of ``found`` beside ``eps_l`` on all of ``ev.data``."""
+    """The ``minimal`` result of ``found`` (its points as tensors) beside ``eps_l`` on all of
+    ``ev.data``, made with ``config``."""
     table = minimal_table(found, eps_l, rival)
     n = len(table)
     accuracy = {repr(e): found.accuracy(e) for e in eps}
@@ -89,21 +87,16 @@ def calibration_result(ev: Evaluation, found: MinimalResult, eps_l: Any, rival: 
         "found_by": {str(k): int(v) for k, v in
                      table["eps_star_attack"].replace("", "none").value_counts().items()},
         "seconds": found.seconds,
-        "minimal": config.settings(),
+        "minimal": config.reuse_settings(),
         **(extra or {}),
     }
-    return Result("minimal", summary, minimal_provenance(ev, config), table)
+    return Result("minimal", summary, provenance(ev, config.reuse_settings()), table,
+                  tensors=found)
 
 
-def run_calibrate(config: CalibrateConfig, *, evaluation: Evaluation | None = None,
-                  diagnostics: pd.DataFrame | None = None,
-                  progress: Callable[[int], None] | None = None
-                  ) -> tuple[MinimalResult, Result]:
-    """ε* and the report card for a checkpoint on its examples: ``(points, record)``.
-    ``diagnostics``: ε_L already computed for exactly these examples (a table with ``eps_l``
-    and ``rival``)."""
-    check_minimal_dependencies(config.minimal)
-    ev = evaluation or config.data.prepare()
+def _calibrate(ev: Evaluation, config: MinimalConfig, eps: Sequence[float],
+               diagnostics: pd.DataFrame | None, progress: Callable[[int], None] | None,
+               extra: dict[str, Any] | None = None) -> Result:
     if diagnostics is None:
         result = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device)
         eps_l, rival = result.eps_l.double().numpy(), result.rival.numpy()
@@ -112,24 +105,36 @@ def run_calibrate(config: CalibrateConfig, *, evaluation: Evaluation | None = No
             raise EpslError(f"the diagnostics hold {len(diagnostics)} examples, not "
                             f"{len(ev.data)}")
         eps_l, rival = diagnostics["eps_l"].to_numpy(), diagnostics["rival"].to_numpy()
-    found = minimal_perturbation(ev.model, ev.data.x, ev.data.y, config=config.minimal,
+    found = minimal_perturbation(ev.model, ev.data.x, ev.data.y, config=config,
                                  progress=progress)
-    return found, calibration_result(ev, found, eps_l, rival, config.minimal, config.eps,
-                                     {"config": dataclasses.asdict(config)})
+    return calibration_result(ev, found, eps_l, rival, config, eps, extra)
 
 
-def save_calibration(folder: Path | str, found: MinimalResult, record: Result, *,
-                     table_format: str = "csv", overwrite: bool = False) -> list[Path]:
-    """Write ``minimal.safetensors`` (the verified points), then the table and the record,
-    refusing to replace results unless ``overwrite``."""
-    folder = check_out_dir(folder, kind("minimal").files(table_format), overwrite)
-    invalidate(folder, "minimal")  # no old record may sit beside new points
-    return [found.save_tensors(folder), *record.save(folder, table_format=table_format)]
+def run_calibrate(config: CalibrateConfig, *, evaluation: Evaluation | None = None,
+                  diagnostics: pd.DataFrame | None = None,
+                  progress: Callable[[int], None] | None = None) -> Result:
+    """ε* and the report card for a checkpoint on its examples; ``result.tensors`` is the
+    :class:`~epsl.minimal.MinimalResult` (the verified points, written to
+    ``minimal.safetensors``). ``diagnostics``: ε_L already computed for exactly these examples
+    (a table with ``eps_l`` and ``rival``); ``progress`` is advanced by examples done."""
+    check_minimal_dependencies(config.minimal)
+    ev = evaluation or config.data.prepare()
+    return _calibrate(ev, config.minimal, config.eps, diagnostics, progress,
+                      {"config": dataclasses.asdict(config)})
 
 
-def reusable_minimal(folder: Path | str, provenance: Provenance) -> bool:
-    """Whether ``folder`` holds ε* made from exactly this checkpoint, these examples and these
-    settings, with its verified points (``minimal.safetensors``) beside the record."""
-    return (reusable(folder, "minimal", provenance) is not None
-            and (Path(folder) / TENSORS_FILE).is_file())
-
+def ensure_calibration(ev: Evaluation, folder: Path, config: MinimalConfig,
+                       eps: Sequence[float], diagnostics: pd.DataFrame,
+                       log: Callable[[str], None] | None = None) -> tuple[Result, bool]:
+    """The ``minimal`` result in ``folder`` when made from this checkpoint, these examples and
+    ``config`` (with its points), else computed and saved: ``(result, computed)``. The
+    comparison and the study share it, so ε* is found once; ``result.tensors`` holds the
+    points only when computed here (:meth:`MinimalResult.load` reads them back)."""
+    found = reusable(folder, "minimal", provenance(ev, config.reuse_settings()))
+    if found is not None:
+        return found, False
+    if log is not None:
+        log(f"{folder.parent.name}: eps* (minimum-norm attacks) on {len(ev.data)} examples")
+    result = _calibrate(ev, config, eps, diagnostics, None)
+    result.save(folder, overwrite=True)
+    return result, True

@@ -42,28 +42,17 @@ from epsl.analysis.report import audit_notes, write_report
 from epsl.analysis.runs import Run, load_runs
 from epsl.analysis.tables import comparison_table, write_comparison
 from epsl.attacks import default_step_size, sweep
-from epsl.audit import AuditConfig, audit, audit_settings, check_dependencies
-from epsl.calibrate import (
-    calibration_result,
-    minimal_provenance,
-    reusable_minimal,
-    save_calibration,
-)
-from epsl.context import Evaluation, check_fits, load_model, prepare, provenance
-from epsl.diagnostics import diagnose
-from epsl.diagnostics.runs import diagnostics_result, save_diagnostics
+from epsl.audit import AuditConfig, AuditRunConfig, check_dependencies, ensure_audit
+from epsl.calibrate import ensure_calibration
+from epsl.context import DataConfig, Evaluation, load_source, provenance
+from epsl.diagnostics.runs import ensure_diagnostics
 from epsl.errors import EpslError
 from epsl.io import check_out_dir
-from epsl.minimal import (
-    MinimalConfig,
-    MinimalResult,
-    check_minimal_dependencies,
-    minimal_perturbation,
-)
-from epsl.records import Result, file_sha256, kind, load, reusable
+from epsl.minimal import MinimalConfig, MinimalResult, check_minimal_dependencies
+from epsl.records import Result, file_sha256, kind, reusable
 
 PRODUCTS = kind("comparison").files()
-Progress = Callable[[str], None]
+Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -71,29 +60,25 @@ class CompareConfig:
     """What ``epsl compare`` evaluates; ε and step sizes in pixel units on the [0,1] scale.
 
     Attributes:
-        checkpoints: the models to compare (epsl ``.safetensors`` or foreign with ``arch``).
+        checkpoints: the models to compare (epsl ``.safetensors``, a model source, or foreign
+            with ``data.arch``).
         eps: the ℓ∞ radius of every table column.
+        data: the examples every checkpoint is evaluated on and how they are loaded (its
+            ``checkpoint`` is left unset: each of ``checkpoints`` fills it).
         eps_grid: extra radii for the accuracy-against-ε figure (FGSM and PGD, xent only).
         source: checkpoint whose adversarial examples are transferred (black-box columns).
         pgd_steps, restarts, step_size: PGD-k (step size default ``2.5 * eps / steps``).
         audit: also run :func:`epsl.audit.audit` (quick settings) for the worst case.
-        minimal: find ε* per example (:func:`epsl.minimal.minimal_perturbation`) and the
-            report card of Eq. 4; the audit counts it as one more attack.
-        fmn_steps, fab_steps: the budgets of its attacks (Foolbox FMN, torchattacks FAB).
+        minimal: the minimum-norm ensemble that finds ε* per example
+            (:func:`epsl.minimal.minimal_perturbation`) for the report card of Eq. 4; the
+            audit counts it as one more attack. None: no ε*.
         figures: render the figures into ``out/figures`` and embed them in the report.
+        seed, batch_size: the attacks' random starts and examples per pass.
     """
 
     checkpoints: tuple[str, ...]
     eps: float
-    dataset: str | None = None
-    data: str | None = None
-    data_root: str | None = None
-    download: bool = False
-    split: str = "test"
-    limit: int | None = None
-    arch: str | None = None
-    model: str | None = None
-    model_dir: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
     source: str | None = None
     pgd_steps: int = 40
     restarts: int = 1
@@ -101,27 +86,44 @@ class CompareConfig:
     cw_confidence: float = 50.0
     eps_grid: tuple[float, ...] = ()
     audit: bool = False
-    minimal: bool = True
-    fmn_steps: int = 100
-    fab_steps: int = 50
+    minimal: MinimalConfig | None = field(default_factory=MinimalConfig)
     figures: bool = True
     seed: int = 0
     batch_size: int | None = 256
-    device: str = "auto"
     title: str | None = None  # of the report (default: what is compared, at which eps)
 
     def __post_init__(self) -> None:
         if not self.checkpoints:
             raise EpslError("give at least one checkpoint to compare")
+        if self.data.checkpoint is not None:
+            raise EpslError("CompareConfig.data names no checkpoint: the checkpoints are "
+                            "CompareConfig.checkpoints")
         for e in (self.eps, *self.eps_grid):
             if not 0 < e <= 1:
                 raise EpslError(f"eps must lie in (0, 1] in pixel units (got {e})")
         if self.pgd_steps < 1 or self.restarts < 1:
-            raise EpslError("--pgd-steps and --restarts must be at least 1")
-        if self.limit is not None and self.limit < 1:
-            raise EpslError(f"--limit must be at least 1 (got {self.limit})")
-        if self.fmn_steps < 1 or self.fab_steps < 1:
-            raise EpslError("--fmn-steps and --fab-steps must be at least 1")
+            raise EpslError("pgd_steps and restarts must be at least 1")
+
+    def grid(self) -> list[float]:
+        """ε and the extra radii, sorted: the columns of the diagnostics and ε* summaries."""
+        return sorted({self.eps, *self.eps_grid})
+
+    def attack_reuse_settings(self) -> dict[str, Any]:
+        """What decides whether an attack table on disk can be extended: the random starts'
+        seed, the CW κ and the PGD step size (each row carries its attack, loss, ε, steps,
+        restarts)."""
+        return {"seed": self.seed, "cw_confidence": self.cw_confidence,
+                "step_size": self.step_size}
+
+    def audit_config(self) -> AuditConfig:
+        """The audit ``compare --audit`` runs: the quick settings, seeded like the attacks,
+        with the minimum-norm ensemble that the comparison's ε* uses."""
+        return AuditConfig.quick(seed=self.seed, minimal=self.minimal)
+
+    def audit_run(self, checkpoint: str) -> AuditRunConfig:
+        """:meth:`audit_config` on ``checkpoint`` at ε, with the comparison's source."""
+        return AuditRunConfig(data=self.data.for_checkpoint(checkpoint), eps=self.eps,
+                              audit=self.audit_config(), source=self.source)
 
 
 @dataclass(frozen=True)
@@ -193,147 +195,93 @@ def _attack_frame(ev: Evaluation, config: CompareConfig, source_model: torch.nn.
     return pd.concat(frames, ignore_index=True)
 
 
-def attack_settings(config: CompareConfig) -> dict[str, Any]:
-    """What decides whether an attack table on disk can be extended: the random starts' seed,
-    the CW κ and the PGD step size (each row carries its attack, loss, ε, steps, restarts)."""
-    return {"seed": config.seed, "cw_confidence": config.cw_confidence,
-            "step_size": config.step_size}
+def _attacks(ev: Evaluation, folder: Path, config: CompareConfig,
+             source_model: torch.nn.Module | None, log: Log) -> bool:
+    """The paper's attack table of ``ev`` in ``folder``, extended by the settings it lacks;
+    True when any ran."""
+    origin = provenance(ev, config.attack_reuse_settings(), source=config.source)
+    found = reusable(folder, "attack", origin)
+    existing = found.table if found is not None and found.table is not None else pd.DataFrame()
+    missing = [s for s in _settings(config)
+               if existing.empty or not _covered(existing, s, config)]
+    if not missing:
+        return False
+    log(f"{folder.parent.name}: {len(missing)} attack settings at eps={config.eps:g}")
+    frame = pd.concat([existing, _attack_frame(ev, config, source_model, missing)],
+                      ignore_index=True)
+    summary = {"n": len(ev.data), "eps": config.eps, "pgd_steps": config.pgd_steps,
+               "restarts": config.restarts,
+               "step_size": config.step_size or default_step_size(config.eps, config.pgd_steps),
+               "source": config.source}
+    Result("attack", summary, origin, frame).save(folder, overwrite=True)
+    return True
 
 
-def audit_config(config: CompareConfig) -> AuditConfig:
-    """The audit ``compare --audit`` runs: the quick settings, seeded like the attacks, with
-    the minimum-norm ensemble that the comparison's ε* uses."""
-    return AuditConfig.quick(seed=config.seed, minimal_norm=config.minimal,
-                             fmn_steps=config.fmn_steps, fab_steps=config.fab_steps)
-
-
-def minimal_config(config: CompareConfig) -> MinimalConfig:
-    """The minimum-norm ensemble of the comparison (the same as its audit's)."""
-    return MinimalConfig(fmn_steps=config.fmn_steps, fab_steps=config.fab_steps,
-                         seed=config.seed, batch_size=config.batch_size)
-
-
-def _prepare(checkpoint: str, config: CompareConfig) -> Evaluation:
-    return prepare(checkpoint, dataset=config.dataset, data=config.data, split=config.split,
-                   limit=config.limit, arch=config.arch, model=config.model,
-                   data_root=config.data_root, download=config.download,
-                   model_dir=config.model_dir, device=config.device)
-
-
-def ensure_diagnostics(ev: Evaluation, folder: Path, grid: Sequence[float],
-                       say: Progress) -> tuple[pd.DataFrame, bool]:
-    """The ε_L diagnostics of ``ev`` in ``folder``: reused when made from this checkpoint and
-    these examples (with their tensors), else computed and saved. Returns ``(table,
-    computed)``; ``compare`` and ``reproduce``'s ε* stage share it, so ε_L is computed once."""
-    if (reusable(folder, "diagnostics", provenance(ev, {}))
-            and (folder / "diagnostics.safetensors").is_file()):
-        table = load(folder, "diagnostics").table
-        assert table is not None
-        return table, False
-    say(f"{folder.name}: eps_L diagnostics on {len(ev.data)} examples")
-    result = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device)
-    record = diagnostics_result(ev, result, grid, {})
-    save_diagnostics(folder, result, record, overwrite=True)
-    assert record.table is not None
-    return record.table, True
-
-
-def evaluate_model(checkpoint: str, folder: Path, config: CompareConfig, *,
+def evaluate_model(ev: Evaluation, folder: Path, config: CompareConfig, *,
                    source_model: torch.nn.Module | None = None,
-                   progress: Progress | None = None,
-                   evaluation: Evaluation | None = None) -> list[str]:
-    """Write (or reuse) one model's diagnostics, attacks and audit under ``folder``; return
-    what was reused. ``evaluation`` is ``checkpoint`` already prepared on the data."""
-    say = progress or (lambda _msg: None)
-    ev = evaluation if evaluation is not None else _prepare(checkpoint, config)
-    n, reused = len(ev.data), []
-    grid = sorted({config.eps, *config.eps_grid})
-    eq4, computed = ensure_diagnostics(ev, folder, grid, say)
+                   log: Log | None = None) -> list[str]:
+    """Write (or reuse) one model's diagnostics, ε*, attacks and audit under ``folder``;
+    return what was reused. ``ev`` is the checkpoint prepared on ``config.data``."""
+    say = log or (lambda _msg: None)
+    reused = []
+    eq4, computed = ensure_diagnostics(ev, folder, config.grid(), say)
     if not computed:
         reused.append("diagnostics")
     points: MinimalResult | None = None  # eps* computed in this call, for the audit
-    if config.minimal:
-        minimal = minimal_config(config)
-        if reusable_minimal(folder / "minimal", minimal_provenance(ev, minimal)):
+    if config.minimal is not None:
+        result, computed = ensure_calibration(ev, folder / "minimal", config.minimal,
+                                              config.grid(), eq4, say)
+        if computed:
+            points = result.tensors  # type: ignore[assignment]
+        else:
             reused.append("minimal")
-        else:
-            say(f"{folder.name}: eps* (minimum-norm attacks) on {n} examples")
-            points = minimal_perturbation(ev.model, ev.data.x, ev.data.y, config=minimal)
-            save_calibration(folder / "minimal", points,
-                             calibration_result(ev, points, eq4["eps_l"], eq4["rival"],
-                                                minimal, grid), overwrite=True)
-    attacks = provenance(ev, attack_settings(config), source=config.source)
-    found = reusable(folder / "attacks", "attack", attacks)
-    existing = found.table if found is not None and found.table is not None else pd.DataFrame()
-    settings = _settings(config)
-    missing = [s for s in settings if existing.empty or not _covered(existing, s, config)]
-    if not missing:
+    if not _attacks(ev, folder / "attacks", config, source_model, say):
         reused.append("attacks")
-    else:
-        say(f"{folder.name}: {len(missing)} attack settings at eps={config.eps:g}")
-        frame = pd.concat([existing, _attack_frame(ev, config, source_model, missing)],
-                          ignore_index=True)
-        summary = {"n": n, "eps": config.eps, "pgd_steps": config.pgd_steps,
-                   "restarts": config.restarts, "step_size": config.step_size
-                   or default_step_size(config.eps, config.pgd_steps),
-                   "source": config.source}
-        Result("attack", summary, attacks, frame).save(folder / "attacks", overwrite=True)
     if config.audit:
-        audit_with = audit_config(config)
-        audited_by = provenance(ev, audit_settings(audit_with, config.eps),
-                                source=config.source)
-        if reusable(folder / "audit", "audit", audited_by):
+        def eps_star() -> MinimalResult | None:
+            if points is None and config.minimal is not None:  # reused: re-score its points
+                return MinimalResult.load(folder / "minimal")
+            return points
+
+        if not ensure_audit(config.audit_run(ev.checkpoint), folder / "audit", ev,
+                            points=eps_star, source_model=source_model, log=say):
             reused.append("audit")
-        else:
-            if points is None and config.minimal:  # reused from disk: re-score its points
-                points = MinimalResult.load(folder / "minimal")
-            say(f"{folder.name}: audit at eps={config.eps:g}")
-            audited = audit(ev.model, ev.data.x, ev.data.y, eps=config.eps,
-                            source=source_model, config=audit_with, minimal=points)
-            audited.save(folder / "audit", provenance=audited_by)
     return reused
 
 
 def _check_inputs(config: CompareConfig) -> tuple[list[Evaluation], torch.nn.Module | None]:
     """Load every checkpoint and the source and check each against the data, so that a bad
     input fails before anything is computed or written."""
-    evaluations = [_prepare(checkpoint, config) for checkpoint in config.checkpoints]
+    evaluations = [config.data.for_checkpoint(c).prepare() for c in config.checkpoints]
     datasets = {ev.data.info.name for ev in evaluations}
     if len(datasets) > 1:
         each = ", ".join(f"{ev.checkpoint}: {ev.data.info.name}" for ev in evaluations)
         raise EpslError(f"the checkpoints are evaluated on different datasets ({each}); "
-                        "compare models of one dataset or pass --dataset")
-    if not config.source:
-        return evaluations, None
-    first = evaluations[0]
-    foreign = sources.parse(config.source) is not None
-    source_model, source_meta, _ = load_model(config.source, arch=None if foreign else config.arch,
-                                              dataset=config.dataset, model_dir=config.model_dir,
-                                              device=first.device)
-    check_fits(source_model, source_meta, first.data, config.source, first.device)
+                        "compare models of one dataset or name the dataset")
+    foreign = config.source is not None and sources.parse(config.source) is not None
+    source_model = load_source(config.source, evaluations[0],
+                               arch=None if foreign else config.data.arch,
+                               dataset=config.data.dataset)
     return evaluations, source_model
 
 
 def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
-            progress: Progress | None = None) -> CompareResult:
+            log: Log | None = None) -> CompareResult:
     """Evaluate every checkpoint of ``config`` and write the comparison and report to ``out``.
 
     Per-model tables already under ``out/<name>/`` for the same checkpoint and number of
-    examples are reused, and only missing attack settings are run.
+    examples are reused, and only missing attack settings are run. ``log`` is told what runs.
     """
     check_out_dir(out, PRODUCTS, overwrite, create=False)
     if config.audit:
-        check_dependencies(audit_config(config))
-    if config.minimal:
-        check_minimal_dependencies(minimal_config(config))
+        check_dependencies(config.audit_config())
+    if config.minimal is not None:
+        check_minimal_dependencies(config.minimal)
     evaluations, source_model = _check_inputs(config)
     out = check_out_dir(out, PRODUCTS, overwrite)
     names = model_names(config.checkpoints)
-    reused = {}
-    for ev, name in zip(evaluations, names, strict=True):
-        reused[name] = evaluate_model(ev.checkpoint, out / name, config,
-                                      source_model=source_model, progress=progress,
-                                      evaluation=ev)
+    reused = {name: evaluate_model(ev, out / name, config, source_model=source_model, log=log)
+              for ev, name in zip(evaluations, names, strict=True)}
     runs = load_runs([out / name for name in names])
     table = comparison_table(runs, eps=config.eps)
     paired = paired_tests(runs, eps=config.eps)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,41 @@ class Evaluation:
         return Path(read) if read else weights_file(self.checkpoint, self.model_dir)
 
 
+@dataclass(frozen=True)
+class DataConfig:
+    """Which checkpoint and which examples (see :func:`prepare`): the part every run's config
+    composes. ``checkpoint`` may be left unset where several checkpoints share the examples
+    (:class:`epsl.compare.CompareConfig`); :meth:`for_checkpoint` sets it."""
+
+    checkpoint: str | None = None
+    dataset: str | None = None
+    data: str | None = None
+    data_root: str | None = None
+    download: bool = False
+    split: str = "test"
+    limit: int | None = None
+    arch: str | None = None
+    model: str | None = None
+    device: str = "auto"
+    #: the folder of a model source's weights (``robustbench:``, ``timm:``, ``torchvision:``)
+    model_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise EpslError(f"limit must be at least 1 (got {self.limit})")
+
+    def for_checkpoint(self, checkpoint: Path | str) -> DataConfig:
+        return replace(self, checkpoint=str(checkpoint))
+
+    def prepare(self) -> Evaluation:
+        if self.checkpoint is None:
+            raise EpslError("DataConfig.checkpoint is not set: which checkpoint to evaluate?")
+        return prepare(self.checkpoint, dataset=self.dataset, data=self.data, split=self.split,
+                       limit=self.limit, arch=self.arch, model=self.model,
+                       data_root=self.data_root, download=self.download,
+                       model_dir=self.model_dir, device=self.device)
+
+
 def load_model(checkpoint: Path | str, *, arch: str | None = None, model: str | None = None,
                dataset: str | None = None, model_dir: Path | str | None = None,
                device: str | torch.device = "auto"
@@ -61,7 +96,7 @@ def prepare(checkpoint: Path | str, *, dataset: str | None = None, data: Path | 
     against the checkpoint, and one forward pass proves the model accepts the data.
     """
     if limit is not None and limit < 1:
-        raise EpslError(f"--limit must be at least 1 (got {limit})")
+        raise EpslError(f"limit must be at least 1 (got {limit})")
     net, meta, dev = load_model(checkpoint, arch=arch, model=model, dataset=dataset,
                                 model_dir=model_dir, device=device)
     name = dataset or meta.get("dataset") or "digits"
@@ -77,6 +112,18 @@ def prepare(checkpoint: Path | str, *, dataset: str | None = None, data: Path | 
     check_fits(net, meta, examples, checkpoint, dev)
     return Evaluation(net, meta, examples, dev, str(checkpoint),
                       None if model_dir is None else str(model_dir))
+
+
+def load_source(source: Path | str | None, ev: Evaluation, *, arch: str | None = None,
+                dataset: str | None = None) -> nn.Module | None:
+    """The checkpoint a transfer attack makes its examples on (None: no source), loaded on
+    ``ev``'s device and checked to take ``ev``'s examples (:func:`check_fits`)."""
+    if source is None:
+        return None
+    net, meta, _ = load_model(source, arch=arch, dataset=dataset, model_dir=ev.model_dir,
+                              device=ev.device)
+    check_fits(net, meta, ev.data, source, ev.device)
+    return net
 
 
 def check_fits(net: nn.Module, meta: dict[str, Any], examples: Split,

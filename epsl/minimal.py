@@ -102,7 +102,7 @@ class MinimalConfig:
         if self.batch_size is not None and self.batch_size < 1:
             raise EpslError(f"batch_size must be at least 1 (got {self.batch_size})")
 
-    def settings(self) -> dict[str, Any]:
+    def reuse_settings(self) -> dict[str, Any]:
         """What decides whether a saved ε* can be reused: not the batch size, which changes the
         numbers by floating-point order only (the bisection's random starts are drawn per
         example, not per chunk), unless FAB runs restarts, whose random starts are drawn per

@@ -20,9 +20,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
+from epsl.context import DataConfig
 from epsl.defenses import DefenseConfig
 from epsl.errors import EpslError
 from epsl.io import read_json, to_json, write_json
+from epsl.minimal import MinimalConfig
 
 PRESETS = ("digits", "fashion-mnist", "mnist-paper", "cifar10-paper", "cifar100-paper")
 PRESET_FILE = "preset.json"  # in a study folder: the resolved preset
@@ -127,20 +129,6 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
-class MinimalSettings:
-    """``[minimal]``: ε* per example (the minimum-norm ensemble of :mod:`epsl.minimal`) and the
-    report card of Eq. 4 for every model of the main seed; the audit counts it as an attack."""
-
-    SECTION: ClassVar[str] = "[minimal] "
-    enabled: bool = True
-    fmn_steps: int = 100
-    fab_steps: int = 50
-
-    def __post_init__(self) -> None:
-        _at_least_one(self.SECTION, fmn_steps=self.fmn_steps, fab_steps=self.fab_steps)
-
-
-@dataclass(frozen=True)
 class LandscapeSettings:
     """``[landscape]``: the loss landscapes of Figures 5 and 9."""
 
@@ -175,7 +163,10 @@ class Preset:
     attacks: AttackSettings = field(default_factory=AttackSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     landscape: LandscapeSettings = field(default_factory=LandscapeSettings)
-    minimal: MinimalSettings = field(default_factory=MinimalSettings)
+    #: ``[minimal]``: ε* per example (the minimum-norm ensemble, read straight into
+    #: :class:`epsl.minimal.MinimalConfig`) and the report card of Eq. 4 for every model of the
+    #: main seed; the audit counts it as an attack. ``enabled = false`` in the TOML: None.
+    minimal: MinimalConfig | None = field(default_factory=MinimalConfig)
 
     def __post_init__(self) -> None:
         from epsl.data import DATASETS
@@ -202,6 +193,15 @@ class Preset:
 
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
+
+    def grid(self) -> list[float]:
+        """ε and ``eps_grid``, sorted: the radii every summary reports."""
+        return sorted({self.eps, *self.eps_grid})
+
+    def data(self) -> DataConfig:
+        """The study's examples (every model of the grid is evaluated on them)."""
+        return DataConfig(dataset=self.dataset, data_root=self.data_root, limit=self.limit,
+                          device=self.device)
 
 
 # --------------------------------------------------------------------------- reading
@@ -260,6 +260,21 @@ def _section(cls: type, raw: Any, where: str) -> Any:
         raise EpslError(f"{where}: {exc}") from None
 
 
+def _minimal(raw: Any, where: str) -> MinimalConfig | None:
+    """``[minimal]`` as the library's :class:`MinimalConfig` (None with ``enabled = false``;
+    the JSON form writes null)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise EpslError(f"{where} [minimal]: expected a table of settings (got {raw!r})")
+    raw = dict(raw)
+    enabled = raw.pop("enabled", True)
+    if not isinstance(enabled, bool):
+        raise EpslError(f"{where} [minimal]: enabled must be true or false (got {enabled!r})")
+    section = _section(MinimalConfig, raw, f"{where} [minimal]")
+    return section if enabled else None
+
+
 def preset_from_dict(raw: dict[str, Any], where: str = "preset") -> Preset:
     """A :class:`Preset` from the TOML form (``[[models]]`` tables with the defense terms
     inline) or the JSON form :func:`preset_to_dict` writes."""
@@ -277,8 +292,9 @@ def preset_from_dict(raw: dict[str, Any], where: str = "preset") -> Preset:
             raise EpslError(f"{where}: models[{i}] has no name")
         models.append(ModelSpec(name, _section(DefenseConfig, entry, f"{where} model {name}")))
     sections = {"train": TrainSettings, "attacks": AttackSettings, "audit": AuditSettings,
-                "landscape": LandscapeSettings, "minimal": MinimalSettings}
+                "landscape": LandscapeSettings}
     parsed = {key: _section(cls, raw.pop(key, {}), f"{where}") for key, cls in sections.items()}
+    parsed["minimal"] = _minimal(raw.pop("minimal", {}), where)
     return _section(Preset, {**raw, **parsed, "models": tuple(models)}, where)
 
 
@@ -324,6 +340,9 @@ def override(preset: Preset, **changes: Any) -> Preset:
         else:
             top[key] = value
     for section, values in nested.items():
+        if section == "minimal":
+            top[section] = _override_minimal(preset.minimal, values)
+            continue
         current = getattr(preset, section, None)
         if not dataclasses.is_dataclass(current):
             raise EpslError(f"unknown preset section {section!r}")
@@ -349,6 +368,18 @@ def override(preset: Preset, **changes: Any) -> Preset:
         raise EpslError(str(exc)) from None
 
 
+def _override_minimal(current: MinimalConfig | None,
+                      values: dict[str, Any]) -> MinimalConfig | None:
+    """``minimal.enabled=False`` switches ε* off; other keys change the ensemble."""
+    values = dict(values)
+    if values.pop("enabled", True) is False:
+        return None
+    try:
+        return replace(current or MinimalConfig(), **values)
+    except TypeError as exc:
+        raise EpslError(f"preset [minimal]: {exc}") from None
+
+
 def preset_to_dict(preset: Preset) -> dict[str, Any]:
     """The JSON form written to ``preset.json`` (read back by :func:`preset_from_dict`)."""
     import json
@@ -358,12 +389,12 @@ def preset_to_dict(preset: Preset) -> dict[str, Any]:
 
 def _results_key(preset: Preset) -> dict[str, Any]:
     """The settings that determine results already on disk: everything but which models and
-    stages a call runs."""
+    stages a call runs, and ε*'s ensemble (its results are keyed on their own provenance, and
+    the comparison's stage record names the ensemble it read)."""
     d = preset_to_dict(preset)
-    for key in ("models", "description"):
+    for key in ("models", "description", "minimal"):
         d.pop(key, None)
     d["audit"].pop("enabled", None)
-    d["minimal"].pop("enabled", None)
     d["attacks"].pop("transfer_from", None)
     d["attacks"].pop("sweep_model", None)
     return d

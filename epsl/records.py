@@ -30,7 +30,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -61,12 +61,20 @@ class Kind:
     record: str
     table: str | None
     version: int = 1
+    #: files a complete result always has beside its table and record (a reused result
+    #: without them is recomputed)
     extra: tuple[str, ...] = ()
+    #: files it writes only sometimes (checked for overwrites, not for reuse)
+    optional: tuple[str, ...] = ()
 
     def files(self, table_format: str = "csv") -> list[str]:
         """The names this result writes in its folder (for overwrite checks)."""
         tables = [f"{self.table}.{table_format}"] if self.table else []
-        return [*tables, *self.extra, self.record]
+        return [*tables, *self.extra, *self.optional, self.record]
+
+    def complete(self, folder: Path | str) -> bool:
+        """Whether ``folder`` holds every file a complete result of this kind has."""
+        return all((Path(folder) / name).is_file() for name in (self.record, *self.extra))
 
 
 KINDS: dict[str, Kind] = {kind.name: kind for kind in (
@@ -77,7 +85,7 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     Kind("landscape", "landscape.json", "landscape"),
     Kind("minimal", "minimal.json", "minimal", extra=("minimal.safetensors",)),
     Kind("comparison", "compare.json", None,
-         extra=("comparison.csv", "comparison.md", "paired.csv", "report.html")),
+         extra=("comparison.csv", "comparison.md", "report.html"), optional=("paired.csv",)),
 )}
 
 
@@ -136,16 +144,26 @@ class Provenance:
             raise EpslError(f"{where}: provenance is incomplete ({exc})") from None
 
 
+class Tensors(Protocol):
+    """What a result's exact tensors are (:class:`epsl.diagnostics.Diagnostics`,
+    :class:`epsl.minimal.MinimalResult`): they write their kind's extra file themselves."""
+
+    def save_tensors(self, folder: Path | str) -> Path: ...
+
+
 @dataclass(frozen=True)
 class Result:
     """One result loaded from (or about to be saved to) a folder: its kind, provenance, the
-    record's own numbers (``summary``) and its table."""
+    record's own numbers (``summary``), its table and, for the kinds that keep them, its exact
+    tensors (written to the kind's extra file; not read back by :func:`load`, which stays
+    torch-free)."""
 
     kind: str
     summary: dict[str, Any]
     provenance: Provenance | None = None
     table: pd.DataFrame | None = None
     folder: Path | None = None
+    tensors: Tensors | None = None
 
     @property
     def model(self) -> dict[str, Any]:
@@ -160,9 +178,10 @@ class Result:
 
     def save(self, folder: Path | str, *, table_format: str = "csv",
              overwrite: bool = True) -> list[Path]:
-        """Remove the old record, write the table, then the record (atomically each; the record
-        last, so that its presence means the folder is complete: an interrupted rewrite leaves
-        no record, never an old record beside new files). Return the paths written."""
+        """Remove the old record, write the tensors and the table, then the record (atomically
+        each; the record last, so that its presence means the folder is complete: an
+        interrupted rewrite leaves no record, never an old record beside new files). Results
+        are replaced only with ``overwrite``. Return the paths written."""
         spec = kind(self.kind)
         if table_format not in TABLE_FORMATS:
             raise EpslError(f"tables are written as {' or '.join(TABLE_FORMATS)}")
@@ -172,7 +191,7 @@ class Result:
             raise EpslError(f"the {spec.name} record does not serialise ({exc})") from None
         folder = check_out_dir(folder, spec.files(table_format), overwrite)
         invalidate(folder, self.kind)
-        written = []
+        written = [] if self.tensors is None else [self.tensors.save_tensors(folder)]
         if spec.table is not None and self.table is not None:
             with on_disk() as writer:  # one table per result: drop a stale other format
                 for other in TABLE_FORMATS if writer else ():
@@ -225,9 +244,10 @@ def load(folder: Path | str, name: str, *, table: bool = True) -> Result:
 
 def reusable(folder: Path | str, name: str, provenance: Provenance) -> Result | None:
     """The result of kind ``name`` in ``folder`` if it was made from the same checkpoint
-    content, examples, source and settings as ``provenance``; else ``None`` (no record, an
-    unreadable one, an unknown schema, or another origin)."""
-    if not record_path(folder, name).is_file():
+    content, examples, source and settings as ``provenance`` and every file of its kind is
+    there (:meth:`Kind.complete`); else ``None`` (no record, an unreadable one, an unknown
+    schema, a missing file, or another origin)."""
+    if not kind(name).complete(folder):
         return None
     try:
         found = load(folder, name)
@@ -255,5 +275,5 @@ def file_sha256(path: Path | str) -> str:
     return _HASHES[cache_key]
 
 
-__all__ = ["COMMAND", "KINDS", "Kind", "Provenance", "Result", "file_sha256", "kind", "load",
-           "record_path", "reusable"]
+__all__ = ["COMMAND", "KINDS", "Kind", "Provenance", "Result", "Tensors", "file_sha256", "kind",
+           "load", "record_path", "reusable"]

@@ -25,8 +25,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from epsl.context import Evaluation
-from epsl.diagnostics.runs import DataConfig
+import pandas as pd
+
+from epsl.analysis.tables import headline as headline_table
+from epsl.analysis.tables import seed_summary, seed_table
+from epsl.attacks import sweep
+from epsl.audit import AuditConfig, AuditRunConfig, check_dependencies, ensure_audit
+from epsl.calibrate import ensure_calibration
+from epsl.checkpoint import read_metadata
+from epsl.compare import PRODUCTS, CompareConfig, compare
+from epsl.context import DataConfig, Evaluation, provenance
+from epsl.diagnostics.runs import (
+    ActivationsConfig,
+    LandscapeConfig,
+    ensure_diagnostics,
+    run_activations,
+    run_landscape,
+)
 from epsl.errors import EpslError
 from epsl.io import (
     check_out_dir,
@@ -38,7 +53,10 @@ from epsl.io import (
     write_table,
     write_text,
 )
+from epsl.minimal import MinimalResult, check_minimal_dependencies
 from epsl.preset import ModelSpec, Preset, check_same_preset
+from epsl.records import Result, file_sha256, reusable
+from epsl.train import TrainConfig, train
 
 Log = Callable[[str], None]
 
@@ -71,7 +89,6 @@ def _mark(out: Path, stage: str, made_from: Any) -> None:
 def train_config(preset: Preset, spec: ModelSpec, seed: int | None = None) -> Any:
     """The :class:`epsl.train.TrainConfig` of one model of the grid (under ``seed``, default
     the preset's main training seed)."""
-    from epsl.train import TrainConfig
 
     t = replace(preset.train, seed=seed, extra_seeds=()) if seed is not None else preset.train
     return TrainConfig(dataset=preset.dataset, data_root=preset.data_root, arch=preset.arch,
@@ -88,9 +105,6 @@ def stage_train(preset: Preset, spec: ModelSpec, path: Path, say: Log, progress:
                 seed: int | None = None) -> bool:
     """Train one model of the grid into ``path`` (resuming a partial run) under ``seed``;
     False when a complete checkpoint is there."""
-    from epsl.checkpoint import read_metadata
-    from epsl.train import train
-
     if path.exists() and read_metadata(path).get("complete"):
         return False
     say(f"train {spec.name} ({spec.defense.name})"
@@ -106,11 +120,8 @@ def stage_activations(spec: ModelSpec, data: DataConfig, ev: Evaluation, folder:
                       say: Log) -> bool:
     """Penultimate and logit activations (Figures 10, 11) into ``folder``; ``ev`` is
     ``data`` prepared."""
-    from epsl.diagnostics.runs import ActivationsConfig, activations_provenance, run_activations
-    from epsl.records import reusable
-
     config = ActivationsConfig(data=data)
-    if reusable(folder, "activations", activations_provenance(ev, config)):
+    if reusable(folder, "activations", provenance(ev, config.reuse_settings())):
         return False
     say(f"activations {spec.name}")
     run_activations(config, evaluation=ev).save(folder, overwrite=True)
@@ -121,103 +132,62 @@ def stage_landscape(preset: Preset, spec: ModelSpec, data: DataConfig, ev: Evalu
                     direction: str, folder: Path, say: Log) -> bool:
     """The loss landscape (Figure 5: random, Figure 9: adversarial direction) around the
     first ``[landscape] images`` images into ``folder``."""
-    from epsl.diagnostics.runs import LandscapeConfig, landscape_provenance, run_landscape
-    from epsl.records import reusable
-
     ls = preset.landscape
     images = replace(ev, data=ev.data.subset(ls.images))
     config = LandscapeConfig(data=replace(data, limit=ls.images),
                              direction=direction, span=ls.span, steps=ls.steps,
                              seed=preset.attacks.seed)
-    if reusable(folder, "landscape", landscape_provenance(images, config)):
+    if reusable(folder, "landscape", provenance(images, config.reuse_settings())):
         return False
     say(f"landscape ({direction}) {spec.name}")
     run_landscape(config, evaluation=images).save(folder, overwrite=True)
     return True
 
 
-def minimal_config(preset: Preset) -> Any:
-    """The minimum-norm ensemble of the study: ``[minimal]``'s budgets with the attacks' seed,
-    the one :func:`epsl.compare.minimal_config` builds from :func:`_grid_config`, so the
-    comparison reuses :func:`stage_minimal`'s result."""
-    from epsl.minimal import MinimalConfig
-
-    m = preset.minimal
-    return MinimalConfig(fmn_steps=m.fmn_steps, fab_steps=m.fab_steps, seed=preset.attacks.seed)
-
-
-def stage_minimal(preset: Preset, spec: ModelSpec, ev: Evaluation, folder: Path,
-                  say: Log) -> bool:
+def stage_minimal(preset: Preset, ev: Evaluation, folder: Path, say: Log) -> bool:
     """ε* per example and the report card of Eq. 4 (:mod:`epsl.calibrate`) into ``folder``,
-    before the audit, which re-scores its points. ε_L comes from the run folder's diagnostics
-    (:func:`epsl.compare.ensure_diagnostics`, written there as ``compare`` writes them), so
-    the comparison reuses both."""
-    from epsl.calibrate import (
-        calibration_result,
-        minimal_provenance,
-        reusable_minimal,
-        save_calibration,
-    )
-    from epsl.compare import ensure_diagnostics
-    from epsl.minimal import minimal_perturbation
-
-    config = minimal_config(preset)
-    if reusable_minimal(folder, minimal_provenance(ev, config)):
-        return False
-    say(f"eps* (minimum-norm attacks) {spec.name}")
-    grid = sorted({preset.eps, *preset.eps_grid})
-    eq4, _ = ensure_diagnostics(ev, folder.parent, grid, lambda _msg: None)
-    points = minimal_perturbation(ev.model, ev.data.x, ev.data.y, config=config)
-    save_calibration(folder, points, calibration_result(ev, points, eq4["eps_l"],
-                                                        eq4["rival"], config, grid),
-                     overwrite=True)
-    return True
+    before the audit, which re-scores its points. ε_L comes from the run folder's diagnostics,
+    written there as the comparison writes them, and both are found by the functions the
+    comparison calls, so it reuses both."""
+    assert preset.minimal is not None
+    eq4, _ = ensure_diagnostics(ev, folder.parent, preset.grid())
+    return ensure_calibration(ev, folder, preset.minimal, preset.grid(), eq4, say)[1]
 
 
-def stage_audit(preset: Preset, spec: ModelSpec, ev: Evaluation,
-                checkpoints: dict[str, Path], folder: Path, say: Log) -> bool:
-    """The audit (worst case over the paper's and stronger attacks, the minimum-norm ensemble,
-    gradient-masking checks) on the first ``[audit] limit`` examples, with the preset's PGD-k
-    and its step size; ε* comes from :func:`stage_minimal`'s points."""
-    from epsl.audit import AuditConfig, audit, audit_settings
-    from epsl.context import load_model, provenance
-    from epsl.minimal import MinimalResult
-    from epsl.records import reusable
-
+def audit_config(preset: Preset) -> AuditConfig:
+    """The study's audit: ``[audit]``'s mode and Square budget, ``[attacks]``'s seed, PGD-k
+    and step size, and ``[minimal]``'s ensemble (whose points it re-scores)."""
     a = preset.attacks
-    part = ev.data.subset(preset.audit.limit)
-    transfer = a.transfer_from if a.transfer_from != spec.name else None
-    m = preset.minimal
     settings: dict[str, Any] = {"seed": a.seed, "pgd_steps": a.pgd_steps,
-                                "step_size": a.pgd_step_size, "minimal_norm": m.enabled,
-                                "fmn_steps": m.fmn_steps, "fab_steps": m.fab_steps}
+                                "step_size": a.pgd_step_size, "minimal": preset.minimal}
     if preset.audit.square_queries is not None:
         settings["square_queries"] = preset.audit.square_queries
-    config = AuditConfig.quick(**settings) if preset.audit.quick else AuditConfig(**settings)
-    source = checkpoints[transfer] if transfer else None
-    origin = provenance(ev, audit_settings(config, preset.eps), examples=part, source=source)
-    if reusable(folder, "audit", origin):
-        return False
-    say(f"audit {spec.name} at eps={preset.eps:g}")
-    source_model = load_model(source, device=ev.device)[0] if source else None
-    points = (MinimalResult.load(folder.parent / "minimal").subset(slice(0, len(part)))
-              if m.enabled else None)
-    result = audit(ev.model, part.x.to(ev.device), part.y.to(ev.device), eps=preset.eps,
-                   source=source_model, config=config, minimal=points)
-    result.save(folder, provenance=origin)
-    return True
+    return AuditConfig.quick(**settings) if preset.audit.quick else AuditConfig(**settings)
+
+
+def stage_audit(preset: Preset, spec: ModelSpec, data: DataConfig, ev: Evaluation,
+                checkpoints: dict[str, Path], folder: Path, say: Log) -> bool:
+    """The audit (worst case over the paper's and stronger attacks, the minimum-norm ensemble,
+    gradient-masking checks) on the first ``[audit] limit`` examples, transferred from
+    ``[attacks] transfer_from``; ε* comes from :func:`stage_minimal`'s points."""
+    part = replace(ev, data=ev.data.subset(preset.audit.limit))
+    transfer = preset.attacks.transfer_from
+    source = str(checkpoints[transfer]) if transfer and transfer != spec.name else None
+    config = AuditRunConfig(data=data, eps=preset.eps, audit=audit_config(preset),
+                            source=source)
+
+    def points() -> MinimalResult | None:
+        if preset.minimal is None:
+            return None
+        return MinimalResult.load(folder.parent / "minimal").subset(slice(0, len(part.data)))
+
+    return ensure_audit(config, folder, part, points=points, log=say)
 
 
 def stage_sweeps(preset: Preset, spec: ModelSpec, ev: Evaluation, folder: Path,
                  say: Log) -> bool:
     """PGD steps (Table 11) and restarts (Table 10) sweeps and the unbounded-ε check
     (Table 9) on the sweep model, as one attack table."""
-    import pandas as pd
-
-    from epsl.attacks import sweep
-    from epsl.context import provenance
-    from epsl.records import Result, reusable
-
     a, seed = preset.attacks, preset.attacks.seed
     plan: dict[str, dict[str, Any]] = {
         "steps": {"eps": [preset.eps], "steps": list(a.sweep_steps), "restarts": [1]},
@@ -237,22 +207,17 @@ def stage_sweeps(preset: Preset, spec: ModelSpec, ev: Evaluation, folder: Path,
     return True
 
 
-def _grid_config(preset: Preset, checkpoints: dict[str, Path], **settings: Any) -> Any:
+def _grid_config(preset: Preset, checkpoints: dict[str, Path], **settings: Any) -> CompareConfig:
     """The :class:`~epsl.compare.CompareConfig` of the grid ``checkpoints`` with the preset's
-    ε, data, paper's attacks and ε* settings (no audit); ``settings`` set the other fields."""
-    from epsl.compare import CompareConfig
-
+    ε, data, paper's attacks and ε* ensemble (no audit); ``settings`` set the other fields."""
     transfer = preset.attacks.transfer_from
-    m = preset.minimal
-    fields: dict[str, Any] = {"minimal": m.enabled, "fmn_steps": m.fmn_steps,
-                              "fab_steps": m.fab_steps, **settings}
     return CompareConfig(
         checkpoints=tuple(str(checkpoints[m.name]) for m in preset.models),
-        eps=preset.eps, dataset=preset.dataset, data_root=preset.data_root,
-        limit=preset.limit, source=str(checkpoints[transfer]) if transfer else None,
+        eps=preset.eps, data=replace(preset.data(), checkpoint=None),
+        source=str(checkpoints[transfer]) if transfer else None,
         pgd_steps=preset.attacks.pgd_steps, restarts=preset.attacks.restarts,
         step_size=preset.attacks.pgd_step_size, audit=False, seed=preset.attacks.seed,
-        device=preset.device, **fields)
+        **{"minimal": preset.minimal, **settings})
 
 
 def _compare_grid(preset: Preset, checkpoints: dict[str, Path], folder: Path, say: Log,
@@ -260,16 +225,12 @@ def _compare_grid(preset: Preset, checkpoints: dict[str, Path], folder: Path, sa
     """:func:`epsl.compare.compare` of the grid ``checkpoints`` into ``folder`` (see
     :func:`_grid_config`); ``settings`` set the other :class:`~epsl.compare.CompareConfig`
     fields (ε grid, figures, title, minimal)."""
-    from epsl.compare import compare
-
     compare(_grid_config(preset, checkpoints, **settings), folder, overwrite=True,
-            progress=lambda m: say(f"  {m}"))
+            log=lambda m: say(f"  {m}"))
 
 
 def _made_from(checkpoints: dict[str, Path]) -> dict[str, str]:
     """What a comparison stage was made from: every checkpoint's content hash."""
-    from epsl.records import file_sha256
-
     return {name: file_sha256(path) for name, path in checkpoints.items()}
 
 
@@ -277,12 +238,12 @@ def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: 
     """:func:`epsl.compare.compare` on the grid: the diagnostics (Eq. 4), the paper's
     white-box and transfer attacks, the comparison table, figures and the HTML report, copied
     to the top of ``out``. Reused only for exactly these models with exactly these weights."""
-    from epsl.compare import PRODUCTS
-
     runs = out / "runs"
-    # the comparison reads the audit and eps* tables: switching either on or off rebuilds it
+    # the comparison reads the audit and eps* tables: switching either on or off, or another
+    # ensemble, rebuilds it
+    minimal = None if preset.minimal is None else preset.minimal.reuse_settings()
     made_from = {**_made_from(checkpoints),
-                 "~stages": {"audit": preset.audit.enabled, "minimal": preset.minimal.enabled}}
+                 "~stages": {"audit": preset.audit.enabled, "minimal": minimal}}
     if _stage_record(out).get("compare") == made_from and (out / "report.html").exists():
         return False
     say("diagnostics, attacks, comparison, figures and report")
@@ -317,7 +278,7 @@ def stage_seed_compare(preset: Preset, seed: int, checkpoints: dict[str, Path], 
     if _stage_record(out).get(stage) == made_from and (folder / "comparison.csv").exists():
         return False
     say(f"diagnostics and attacks, training seed {seed}")
-    _compare_grid(preset, checkpoints, folder, say, figures=False, minimal=False,
+    _compare_grid(preset, checkpoints, folder, say, figures=False, minimal=None,
                   title=f"The {preset.name} study, training seed {seed}")
     _mark(out, stage, made_from)
     return True
@@ -327,8 +288,6 @@ def stage_seeds(preset: Preset, out: Path) -> Any:
     """``seeds.csv`` (one row per model and training seed) and ``seeds_summary.csv`` (per
     model, the mean and standard deviation over the seeds) from every seed's comparison; None
     with a single seed."""
-    from epsl.analysis.tables import seed_summary, seed_table
-
     if not preset.train.extra_seeds:
         return None
     tables = {preset.train.seed: read_table(out / "comparison.csv")}
@@ -344,13 +303,11 @@ def stage_seeds(preset: Preset, out: Path) -> Any:
 def stage_headline(preset: Preset, out: Path, recompute: bool, seeds: Any = None) -> str:
     """The few columns a terminal shows, the audit verdicts, the paired tests and the spread
     over training seeds, from the tables on disk, kept in ``headline.md``."""
-    from epsl.analysis.tables import headline
-
     path = out / "headline.md"
     if not recompute and path.exists():
         return path.read_text()
     paired = read_table(out / "paired.csv") if (out / "paired.csv").is_file() else None
-    text = headline(read_table(out / "comparison.csv"), source_run=preset.attacks.transfer_from,
+    text = headline_table(read_table(out / "comparison.csv"), source_run=preset.attacks.transfer_from,
                     paired=paired, seeds=seeds)
     write_text(path, text)
     return text
@@ -374,13 +331,9 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
         raise EpslError(f"--out {out} exists and is not a folder")
     check_writable(out)
     if preset.audit.enabled:  # fail now, not after training the grid
-        from epsl.audit import AuditConfig, check_dependencies
-
-        check_dependencies(AuditConfig(minimal_norm=preset.minimal.enabled))
-    if preset.minimal.enabled:
-        from epsl.minimal import check_minimal_dependencies
-
-        check_minimal_dependencies(minimal_config(preset))
+        check_dependencies(audit_config(preset))
+    if preset.minimal is not None:
+        check_minimal_dependencies(preset.minimal)
     with on_disk() as writer:
         for child in ("models", "runs", "figures", STAGE_FILE) if force and writer else ():
             target = out / child
@@ -403,8 +356,7 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
                                                progress))
     for spec in preset.models:
         folder = out / "runs" / spec.name
-        data = DataConfig(checkpoint=str(checkpoints[spec.name]), dataset=preset.dataset,
-                          data_root=preset.data_root, limit=preset.limit, device=preset.device)
+        data = preset.data().for_checkpoint(checkpoints[spec.name])
         ev = data.prepare()
         note(f"activations {spec.name}",
              stage_activations(spec, data, ev, folder / "activations", say))
@@ -412,11 +364,10 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
             note(f"landscape-{direction} {spec.name}",
                  stage_landscape(preset, spec, data, ev, direction,
                                  folder / f"landscape-{direction}", say))
-        if preset.minimal.enabled:
-            note(f"minimal {spec.name}", stage_minimal(preset, spec, ev, folder / "minimal",
-                                                       say))
+        if preset.minimal is not None:
+            note(f"minimal {spec.name}", stage_minimal(preset, ev, folder / "minimal", say))
         if preset.audit.enabled:
-            note(f"audit {spec.name}", stage_audit(preset, spec, ev, checkpoints,
+            note(f"audit {spec.name}", stage_audit(preset, spec, data, ev, checkpoints,
                                                    folder / "audit", say))
         if preset.attacks.sweep_model == spec.name:
             note(f"sweeps {spec.name}", stage_sweeps(preset, spec, ev, folder / "sweeps", say))

@@ -283,8 +283,8 @@ def _cases(tmp: Path, ckpt: Path) -> dict[str, tuple[list[object], int, str]]:
                     "refused to load"),
         "reproduce": (["reproduce", "--preset", tmp / "bad.toml", "--out", out], 1,
                       "missing keys"),
-        "calibrate": (["calibrate", ckpt, "--limit", 0, "--out", out], 1,
-                      "--limit must be at least 1"),
+        "calibrate": (["calibrate", ckpt, "--limit", 0, "--out", out], 2,
+                      "Invalid value for '--limit'"),
         "calibrate-data": (["calibrate", ckpt, "--data", tmp / "nan.npz", "--out", out], 1,
                            "NaN or infinite pixels"),
     }

@@ -17,14 +17,9 @@ from torch import nn
 
 from epsl.analysis.calibration import report_card
 from epsl.attacks import pgd
-from epsl.calibrate import (
-    CalibrateConfig,
-    minimal_provenance,
-    run_calibrate,
-    save_calibration,
-)
+from epsl.calibrate import CalibrateConfig, run_calibrate
+from epsl.context import DataConfig, provenance
 from epsl.diagnostics import diagnose
-from epsl.diagnostics.runs import DataConfig
 from epsl.errors import EpslError
 from epsl.minimal import MinimalConfig, MinimalResult, minimal_perturbation
 from epsl.records import load, reusable
@@ -288,8 +283,8 @@ def test_pgd_bisect_does_not_depend_on_batching(digits_model, digits_batch, bise
     finite = torch.isfinite(bisected.eps_star)
     assert torch.allclose(chunked.eps_star[finite], bisected.eps_star[finite], rtol=0,
                           atol=1e-6)
-    assert BISECT.settings() == dataclasses.replace(BISECT, batch_size=37).settings()
-    assert "batch_size" not in MinimalConfig().settings()
+    assert BISECT.reuse_settings() == dataclasses.replace(BISECT, batch_size=37).reuse_settings()
+    assert "batch_size" not in MinimalConfig().reuse_settings()
 
 
 def test_batch_size_changes_eps_star_only_by_rounding(digits_model, digits_batch, found):
@@ -335,8 +330,9 @@ def same_card(a: dict, b: dict) -> bool:
 def test_minimal_record_round_trip_and_reuse(digits_checkpoint, tmp_path):
     data = DataConfig(str(digits_checkpoint), limit=60, device="cpu")
     config = CalibrateConfig(data, minimal=MinimalConfig(fab_steps=10, fmn_steps=30))
-    found, result = run_calibrate(config)
-    save_calibration(tmp_path, found, result)
+    result = run_calibrate(config)
+    found = result.tensors
+    result.save(tmp_path, overwrite=False)
     loaded = load(tmp_path, "minimal")
     pd.testing.assert_frame_equal(loaded.table, result.table, check_dtype=False)
     assert same_card(loaded.summary["report_card"], result.summary["report_card"])
@@ -356,6 +352,9 @@ def test_minimal_record_round_trip_and_reuse(digits_checkpoint, tmp_path):
                        table.loc[kept, "eps_l"] / table.loc[kept, "eps_star"])
     assert loaded.summary["eps_star_accuracy"]["0.1"] == pytest.approx(
         float((table["eps_star"] > 0.1).mean()))
+
+    def minimal_provenance(ev, config):
+        return provenance(ev, config.reuse_settings())
 
     ev = data.prepare()
     same = minimal_provenance(ev, MinimalConfig(fab_steps=10, fmn_steps=30))

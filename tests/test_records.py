@@ -43,6 +43,10 @@ def test_every_result_type_round_trips(tmp_path: Path, name: str) -> None:
         pd.testing.assert_frame_equal(back.table, table)
     record = json.loads((tmp_path / spec.record).read_text())
     assert record["schema"] == f"epsl.{name}" and record["schema_version"] == spec.version
+    if spec.extra:  # a record without the kind's other files is no complete result
+        assert reusable(tmp_path, name, ORIGIN) is None
+        for extra in spec.extra:
+            (tmp_path / extra).write_bytes(b"")
     assert reusable(tmp_path, name, ORIGIN) is not None
 
 

@@ -110,7 +110,7 @@ class Diagnostics:
     def save_tensors(self, path_dir: Path | str) -> Path:
         """Write ``diagnostics.safetensors`` (every tensor, exact) into ``path_dir``,
         atomically; the table and record are :mod:`epsl.records`'s (see
-        :func:`epsl.diagnostics.runs.save_diagnostics`)."""
+        :meth:`epsl.records.Result.save` of :func:`epsl.diagnostics.runs.run_diagnose`)."""
         out = Path(path_dir)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}
         with atomic_path(out / TENSORS_FILE) as tmp:

@@ -1,22 +1,25 @@
 """Checkpoint-level runs behind ``epsl diagnose``, ``epsl activations`` and ``epsl landscape``:
-a frozen config in, per-example results plus a JSON-able summary (with the config) out."""
+a frozen config in, one :class:`epsl.records.Result` out (its table, tensors, summary with the
+config, and provenance). Each config says which of its settings decide reuse
+(``reuse_settings``); the Jacobian method, chunk and batch sizes never do."""
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from epsl.context import Evaluation, prepare, provenance
+import pandas as pd
+
+from epsl.context import DataConfig, Evaluation, provenance
 from epsl.diagnostics.features import activations
 from epsl.diagnostics.jacobians import DEFAULT_METHOD, Progress
 from epsl.diagnostics.landscape import loss_landscape
 from epsl.diagnostics.margins import Diagnostics, diagnose, predicted_accuracy
 from epsl.errors import EpslError
-from epsl.io import check_out_dir
-from epsl.records import Provenance, Result, invalidate, kind
+from epsl.records import Result, reusable
 from epsl.stats import accuracy_interval
 
 DEFAULT_EPS = (2 / 255, 4 / 255, 8 / 255, 0.1, 0.2, 0.3)
@@ -28,30 +31,6 @@ def check_eps(eps: Sequence[float]) -> None:
     if bad:
         raise EpslError(f"eps must lie in (0, 1] in pixel units, e.g. 0.3 or 8/255 "
                         f"(got {bad[0]})")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which checkpoint and which examples (see :func:`epsl.context.prepare`)."""
-
-    checkpoint: str
-    dataset: str | None = None
-    data: str | None = None
-    data_root: str | None = None
-    download: bool = False
-    split: str = "test"
-    limit: int | None = None
-    arch: str | None = None
-    model: str | None = None
-    device: str = "auto"
-    #: the folder of a model source's weights (``robustbench:``, ``timm:``, ``torchvision:``)
-    model_dir: str | None = None
-
-    def prepare(self) -> Evaluation:
-        return prepare(self.checkpoint, dataset=self.dataset, data=self.data, split=self.split,
-                       limit=self.limit, arch=self.arch, model=self.model,
-                       data_root=self.data_root, download=self.download,
-                       model_dir=self.model_dir, device=self.device)
 
 
 @dataclass(frozen=True)
@@ -68,6 +47,11 @@ class DiagnoseConfig:
     def __post_init__(self) -> None:
         check_eps(self.eps)
 
+    def reuse_settings(self) -> dict[str, Any]:
+        """None: every Jacobian method gives the same eps_L (tests check it against an
+        autograd loop), and the radii only pick the summary's columns."""
+        return {}
+
 
 @dataclass(frozen=True)
 class ActivationsConfig:
@@ -76,6 +60,10 @@ class ActivationsConfig:
     data: DataConfig
     batch_size: int = 256
     table_format: str = "csv"
+
+    def reuse_settings(self) -> dict[str, Any]:
+        """None: the model and the examples decide the sums."""
+        return {}
 
 
 @dataclass(frozen=True)
@@ -90,14 +78,19 @@ class LandscapeConfig:
     batch_size: int = 512
     table_format: str = "csv"
 
+    def reuse_settings(self) -> dict[str, Any]:
+        """The grid and its directions (not the batch size)."""
+        return {"direction": self.direction, "span": self.span, "steps": self.steps,
+                "seed": self.seed}
+
 
 def diagnostics_result(ev: Evaluation, result: Diagnostics, eps: Sequence[float],
                        config: dict[str, Any]) -> Result:
-    """The diagnostics record of ``result`` (``ev``'s model on all of ``ev.data``): n, the
-    clean accuracy, the predicted accuracy (Table 1, "Equation 4") at every ``eps`` keyed by
-    ``repr(eps)``, eps_L's median and range over the correctly classified examples, the
-    ``config`` that made it, and its provenance. Every Jacobian method gives the same eps_L
-    (tests check it against an autograd loop), so no diagnose option decides reuse."""
+    """The diagnostics result of ``result`` (``ev``'s model on all of ``ev.data``), its
+    tensors with it: n, the clean accuracy, the predicted accuracy (Table 1, "Equation 4") at
+    every ``eps`` keyed by ``repr(eps)``, eps_L's median and range over the correctly
+    classified examples, the ``config`` that made it, and its provenance (no setting decides
+    reuse: :meth:`DiagnoseConfig.reuse_settings`)."""
     accuracy = predicted_accuracy(result.eps_l, list(eps))
     assert isinstance(accuracy, dict)
     positive = result.eps_l[result.correct].double().tolist()
@@ -114,32 +107,20 @@ def diagnostics_result(ev: Evaluation, result: Diagnostics, eps: Sequence[float]
                            "max": max(positive)} if positive else None),
         "config": config,
     }
-    return Result("diagnostics", summary, provenance(ev, {}), result.to_frame())
-
-
-def save_diagnostics(folder: Path | str, result: Diagnostics, record: Result, *,
-                     table_format: str = "csv", overwrite: bool = False) -> list[Path]:
-    """Write ``diagnostics.safetensors`` (every tensor, exact), then the table and the record
-    (:mod:`epsl.records`), refusing to replace results unless ``overwrite``."""
-    folder = check_out_dir(folder, kind("diagnostics").files(table_format), overwrite)
-    invalidate(folder, "diagnostics")  # no old record may sit beside new tensors
-    return [result.save_tensors(folder), *record.save(folder, table_format=table_format)]
+    return Result("diagnostics", summary, provenance(ev, {}), result.to_frame(),
+                  tensors=result)
 
 
 def run_diagnose(config: DiagnoseConfig, *, progress: Progress | None = None,
-                 evaluation: Evaluation | None = None) -> tuple[Diagnostics, Result]:
-    """Diagnose a checkpoint on its data: ``(Diagnostics, record)`` (see
-    :func:`diagnostics_result`)."""
+                 evaluation: Evaluation | None = None) -> Result:
+    """Diagnose a checkpoint on its data (see :func:`diagnostics_result`); ``result.tensors``
+    is the :class:`~epsl.diagnostics.Diagnostics`, written to ``diagnostics.safetensors`` by
+    ``result.save``. ``evaluation``: ``config.data`` already prepared."""
     ev = evaluation or config.data.prepare()
     result = diagnose(ev.model, ev.data.x, ev.data.y, chunk_size=config.chunk_size,
                       batch_size=config.batch_size, method=config.method, device=ev.device,
                       progress=progress)
-    return result, diagnostics_result(ev, result, config.eps, asdict(config))
-
-
-def activations_provenance(ev: Evaluation, config: ActivationsConfig) -> Provenance:
-    """What decides reuse of activations: the model and the examples (no setting does)."""
-    return provenance(ev, {})
+    return diagnostics_result(ev, result, config.eps, asdict(config))
 
 
 def run_activations(config: ActivationsConfig, *, evaluation: Evaluation | None = None
@@ -154,13 +135,8 @@ def run_activations(config: ActivationsConfig, *, evaluation: Evaluation | None 
         "num_classes": int(stats.logit_sum.numel()),
         "config": asdict(config),
     }
-    return Result("activations", summary, activations_provenance(ev, config), stats.to_frame())
-
-
-def landscape_provenance(ev: Evaluation, config: LandscapeConfig) -> Provenance:
-    """What decides reuse of a landscape: model, images, and the grid and its directions."""
-    return provenance(ev, {"direction": config.direction, "span": config.span,
-                           "steps": config.steps, "seed": config.seed})
+    return Result("activations", summary, provenance(ev, config.reuse_settings()),
+                  stats.to_frame())
 
 
 def run_landscape(config: LandscapeConfig, *, evaluation: Evaluation | None = None) -> Result:
@@ -178,4 +154,21 @@ def run_landscape(config: LandscapeConfig, *, evaluation: Evaluation | None = No
         "max_loss": frame.groupby("image")["loss"].max().tolist(),
         "config": asdict(config),
     }
-    return Result("landscape", summary, landscape_provenance(ev, config), frame)
+    return Result("landscape", summary, provenance(ev, config.reuse_settings()), frame)
+
+
+def ensure_diagnostics(ev: Evaluation, folder: Path, eps: Sequence[float],
+                       log: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, bool]:
+    """The ε_L diagnostics of ``ev`` in ``folder``: reused when made from this checkpoint and
+    these examples (with their tensors), else computed and saved. Returns ``(table,
+    computed)``; the comparison and the study's ε* stage share it, so ε_L is computed once."""
+    found = reusable(folder, "diagnostics", provenance(ev, {}))
+    if found is not None and found.table is not None:
+        return found.table, False
+    if log is not None:
+        log(f"{folder.name}: eps_L diagnostics on {len(ev.data)} examples")
+    result = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device)
+    record = diagnostics_result(ev, result, eps, {})
+    record.save(folder, overwrite=True)
+    assert record.table is not None
+    return record.table, True
