@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,6 @@ from torch import nn
 
 from epsl.attacks import project, sign_steps, uniform_noise
 from epsl.device import autocast
-from epsl.distributed import global_sum
 from epsl.errors import EpslError
 from epsl.modes import eval_mode
 
@@ -133,89 +133,72 @@ def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 @dataclass(frozen=True)
-class BatchShard:
-    """This process's part of a global batch under torchrun (:mod:`epsl.distributed`).
-
-    ``rows`` of the ``total`` examples of the batch are computed here, by one of ``world``
-    processes whose gradients DistributedDataParallel averages."""
-
-    rows: slice
-    total: int
-    world: int
-
-
-@dataclass(frozen=True)
 class StepOutput:
     loss: torch.Tensor  # scalar objective
     logits: torch.Tensor  # logits on the (noisy) clean batch, for accuracy tracking
 
 
+LossTerm = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+"""The loss of one evaluation of the model: ``(logits, targets, beta) -> scalar``."""
+
+
+def batch_loss(logits: torch.Tensor, targets: torch.Tensor, beta: float) -> torch.Tensor:
+    """Eq. 5 on one mini-batch of ``N`` logits (N x N_c) and targets (N x N_c), divided by N:
+    ``(1/N) [sum_i L_i + beta ||Z||_F]``.
+
+    Eq. 5 sums the cross-entropy over the mini-batch; with a mean cross-entropy any beta above
+    ~sqrt(N) makes Z = 0 the optimum, which contradicts the paper's Table 2. Dividing both
+    terms by N keeps the learning rate meaning what it does in natural training."""
+    loss = soft_cross_entropy(logits, targets)
+    if beta:
+        loss = loss + squeeze_penalty(logits, beta) / len(logits)
+    return loss
+
+
 def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, defense: DefenseConfig,
               num_classes: int, generator: torch.Generator | None = None, *,
-              precision: str = "fp32", shard: BatchShard | None = None,
+              precision: str = "fp32", rows: slice = slice(None),
+              loss_term: LossTerm = batch_loss,
               attack_model: nn.Module | None = None) -> StepOutput:
     """The composed mini-batch objective of every defense (model in train mode).
 
-    The objective is ``(1/N) [sum_i L_i + beta ||Z||_F]``: Eq. 5 with the cross-entropy summed
-    over the batch (with a mean cross-entropy any beta above ~sqrt(N) makes Z = 0 the optimum,
-    which contradicts the paper's Table 2), scaled by 1/N.
-
     ``x`` is in [0, 1]; noise is applied first, adversarial examples are made from the noisy
-    batch, and label smoothing and logit squeezing apply to every loss evaluation.
+    batch (Eq. 1 mixes the clean and adversarial losses by ``kappa``), and label smoothing and
+    logit squeezing apply to every loss evaluation, each :func:`batch_loss` (Eq. 5).
     ``precision`` (``fp32``, ``bf16``, ``fp16``) is that of the training forward passes only:
     adversarial examples are always made in fp32 (gradient precision decides attack
     strength), and the loss is taken in fp32.
 
-    Under torchrun, ``x`` and ``y`` are the whole global batch on every process and ``shard``
-    says which rows this one computes. Noise and random starts are drawn for the whole batch
-    (so an example's draws depend on seed, epoch and its place in the epoch, never on the
-    process), and the local loss is weighted so that DistributedDataParallel's average of the
-    gradients is the gradient of the single-process objective: ``world/N`` times the local sum
-    of cross-entropies, and for ``beta ||Z||_F``, a norm over the whole batch that does not
-    split, a term whose gradient is ``world * beta/N * Z_local / ||Z||_F``, which needs only
-    ``||Z||_F^2`` summed over the processes (one number, not the logits). The returned loss
-    averaged over the processes is the single-process loss. ``attack_model`` (default
-    ``model``) makes the adversarial examples: the module unwrapped from
-    DistributedDataParallel, so that no gradient synchronisation runs inside an attack.
+    ``rows`` picks the examples evaluated (logits of ``len(x[rows])`` rows); noise and random
+    starts are drawn for all of ``x`` first, so an example's draws never depend on which rows
+    are evaluated. ``loss_term`` replaces :func:`batch_loss` for every evaluation, given the
+    logits, the smoothed targets of ``rows`` and beta: the training loop under torchrun
+    weights it for DistributedDataParallel (:class:`epsl.train.BatchShard`).
+    ``attack_model`` (default ``model``) makes the adversarial examples.
     """
-    targets = smooth_labels(y, num_classes, defense.label_smoothing)
-    rows = shard.rows if shard is not None else slice(None)
+    targets = smooth_labels(y, num_classes, defense.label_smoothing)[rows]
+    beta = defense.logit_squeeze
 
     def forward(inputs: torch.Tensor) -> torch.Tensor:
         with autocast(inputs.device, precision):
             return model(inputs).float()
 
-    def loss_of(logits: torch.Tensor) -> torch.Tensor:
-        # Eq. 5 sums the cross-entropy over the mini-batch and adds beta * ||Z||_F; we divide
-        # both by the batch size so the learning rate means the same as in natural training.
-        if shard is None:
-            loss = soft_cross_entropy(logits, targets[rows])
-            if defense.logit_squeeze:
-                loss = loss + squeeze_penalty(logits, defense.logit_squeeze) / len(logits)
-            return loss
-        scale = shard.world / shard.total
-        loss = soft_cross_entropy(logits, targets[rows]) * (len(logits) * scale)
-        if defense.logit_squeeze:
-            squares = logits.square().sum()
-            norm = global_sum(squares.detach()).sqrt().clamp_min(1e-12)
-            loss = loss + defense.logit_squeeze * scale * (squares + squares.detach()) / (2 * norm)
-        return loss
-
     x_in = gaussian_noise(x, defense.noise_sigma, generator)
     if defense.adv == "none":
         logits = forward(x_in[rows])
-        return StepOutput(loss_of(logits), logits.detach())
+        return StepOutput(loss_term(logits, targets, beta), logits.detach())
     x_adv = adversarial_examples(attack_model if attack_model is not None else model, x_in, y,
                                  defense, generator, rows=rows)
     x_in = x_in[rows]
     kappa = defense.adv_kappa
     if kappa == 0.0:
         logits_adv = forward(x_adv)
-        return StepOutput(loss_of(logits_adv), logits_adv.detach())
+        return StepOutput(loss_term(logits_adv, targets, beta), logits_adv.detach())
     # one forward pass over clean and adversarial halves keeps BatchNorm statistics joint
     logits_all = forward(torch.cat([x_in, x_adv]))
     logits, logits_adv = logits_all.split(len(x_in))
-    loss = kappa * loss_of(logits) + (1.0 - kappa) * loss_of(logits_adv)
+    loss = (kappa * loss_term(logits, targets, beta)
+            + (1.0 - kappa) * loss_term(logits_adv, targets, beta))
     return StepOutput(loss, logits.detach())
 
 

@@ -4,15 +4,16 @@ Optimisers and schedules follow Madry et al.: SGD with momentum, weight decay an
 schedule for CIFAR-like data (augmentation on), Adam for MNIST-like data. Length is given in
 epochs or in steps (the paper's k). A checkpoint is written at every epoch end together with a
 ``.state.safetensors`` file (optimiser state) so ``resume=True`` continues a killed run, losing
-at most one epoch. Every epoch draws its randomness from ``(seed, epoch)``, so a resumed run
-equals an uninterrupted one on the same machine.
+at most one epoch (the files and how a run continues from them: :mod:`epsl.resume`). Every
+epoch draws its randomness from ``(seed, epoch)``, so a resumed run equals an uninterrupted one
+on the same machine. Under torchrun each process computes its rows of every global batch,
+weighted so that DistributedDataParallel's average gradient is the single-process one
+(:class:`BatchShard`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,16 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from epsl import checkpoint, distributed
 from epsl.data import Split, augment_batch, load_split
-from epsl.defenses import BatchShard, DefenseConfig, objective
+from epsl.defenses import DefenseConfig, StepOutput, batch_loss, objective, soft_cross_entropy
 from epsl.device import PRECISIONS, resolve_device
 from epsl.errors import EpslError
-from epsl.io import atomic_path, check_writable, on_disk
+from epsl.io import check_writable
 from epsl.models import MODELS, create_model
+from epsl.resume import launch_metadata, previous_state_path, save_epoch, start_point, state_path
+
+__all__ = ["OPTIMIZERS", "BatchShard", "EpochReport", "TrainConfig", "TrainResult",
+           "accuracy", "previous_state_path", "state_path", "train"]
 
 OPTIMIZERS = ("auto", "adam", "sgd")
 
@@ -109,12 +113,6 @@ class TrainResult:
     history: list[EpochReport]
 
 
-def state_path(out: Path) -> Path:
-    """Where the resumable optimiser state lives: ``runs/ls.safetensors`` ->
-    ``runs/ls.state.safetensors``."""
-    return out.with_name(out.name.removesuffix(".safetensors") + ".state.safetensors")
-
-
 def _optimizer(config: TrainConfig, model: nn.Module, augment: bool
                ) -> tuple[torch.optim.Optimizer, str]:
     kind = config.optimizer if config.optimizer != "auto" else ("sgd" if augment else "adam")
@@ -135,44 +133,6 @@ def _lr_at(base: float, step: int, total: int, kind: str, config: TrainConfig) -
     return base * config.lr_gamma**passed
 
 
-def previous_state_path(out: Path) -> Path:
-    """The optimiser state of the epoch before (``runs/ls.state.prev.safetensors``): kept until
-    the next checkpoint has landed, so a run killed between writing the state and the
-    checkpoint still resumes."""
-    return out.with_name(out.name.removesuffix(".safetensors") + ".state.prev.safetensors")
-
-
-def _save_state(path: Path, optimizer: torch.optim.Optimizer, info: dict[str, Any]) -> None:
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, entry in sd["state"].items():
-        for name, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(idx), {})[name] = value
-    meta = {"param_groups": sd["param_groups"], "scalars": scalars, **info}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"epsl_state": json.dumps(meta)})
-
-
-def _load_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {})["epsl_state"])
-    tensors = load_file(str(path))
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    for idx, entry in meta["scalars"].items():
-        state.setdefault(int(idx), {}).update(entry)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return meta  # type: ignore[no-any-return]
-
-
 @torch.no_grad()
 def accuracy(model: nn.Module, data: Split, device: torch.device, batch_size: int = 512,
              limit: int | None = 10_000) -> float:
@@ -187,15 +147,111 @@ def accuracy(model: nn.Module, data: Split, device: torch.device, batch_size: in
     return correct / max(1, len(part))
 
 
+@dataclass(frozen=True)
+class BatchShard:
+    """This process's part of a global batch under torchrun (:mod:`epsl.distributed`).
+
+    ``rows`` of the ``total`` examples of the batch are computed here, by one of ``world``
+    processes whose gradients DistributedDataParallel averages."""
+
+    rows: slice
+    total: int
+    world: int
+
+    @classmethod
+    def of(cls, total: int, world: distributed.World) -> BatchShard:
+        """This process's rows of a global batch of ``total`` (:func:`distributed.batch_rows`)."""
+        return cls(distributed.batch_rows(total, world.size, world.rank), total, world.size)
+
+    def loss_term(self, logits: torch.Tensor, targets: torch.Tensor, beta: float
+                  ) -> torch.Tensor:
+        """This process's share of :func:`epsl.defenses.batch_loss` (an
+        :data:`epsl.defenses.LossTerm` for :func:`epsl.defenses.objective`), weighted so that
+        DistributedDataParallel's average of the gradients is the gradient of the
+        single-process loss of the whole batch, and the processes' mean loss is its value.
+
+        ``world/N`` times the local sum of cross-entropies, and for ``beta ||Z||_F``, a norm
+        over the whole batch that does not split, a term whose gradient is
+        ``world * beta/N * Z_local / ||Z||_F``, which needs only ``||Z||_F^2`` summed over the
+        processes (one number, not the logits)."""
+        scale = self.world / self.total
+        loss = soft_cross_entropy(logits, targets) * (len(logits) * scale)
+        if beta:
+            squares = logits.square().sum()
+            norm = distributed.global_sum(squares.detach()).sqrt().clamp_min(1e-12)
+            loss = loss + beta * scale * (squares + squares.detach()) / (2 * norm)
+        return loss
+
+
+@dataclass(frozen=True)
+class _Data:
+    train: Split
+    test: Split
+    num_classes: int
+    arch_kwargs: dict[str, Any]  # of the model, widened to num_classes
+
+
+def _load_data(config: TrainConfig, download: bool) -> _Data:
+    train_split = load_split(config.dataset, "train", data=config.data,
+                             data_root=config.data_root, download=download
+                             ).subset(config.train_limit)
+    test_split = load_split(config.dataset, "test", data=config.data, data_root=config.data_root,
+                            download=download)
+    if len(train_split) == 0:
+        raise EpslError("the training set is empty")
+    num_classes = max(train_split.info.num_classes, int(train_split.y.max()) + 1)
+    # labels beyond the data's declared classes (a user's .npz) widen the head; the config's
+    # own arch_kwargs override both
+    arch_kwargs = checkpoint.model_kwargs_for(train_split.info, **{"num_classes": num_classes,
+                                                                   **config.arch_kwargs})
+    return _Data(train_split, test_split, num_classes, arch_kwargs)
+
+
+def _build_model(config: TrainConfig, data: _Data, device: torch.device) -> nn.Module:
+    """The initial weights, drawn from ``seed``."""
+    info = data.train.info
+    torch.manual_seed(config.seed)
+    try:
+        return create_model(config.arch, **data.arch_kwargs).to(device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise EpslError(f"cannot build {config.arch!r} for {info.name} inputs "
+                        f"{info.shape}: {exc}") from None
+
+
+def _length(config: TrainConfig, n_train: int) -> tuple[int, int]:
+    """Total steps and epochs (the last one possibly cut short by ``steps``)."""
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    total_steps = config.steps if config.steps is not None else steps_per_epoch * (config.epochs or 0)
+    return total_steps, math.ceil(total_steps / steps_per_epoch)
+
+
+def _base_metadata(config: TrainConfig, data: _Data, kind: str, world: distributed.World
+                   ) -> dict[str, Any]:
+    """What every checkpoint of the run records beside its progress and metrics."""
+    info = data.train.info
+    meta: dict[str, Any] = {
+        "arch": config.arch, "arch_kwargs": data.arch_kwargs, "dataset": info.name,
+        "data_source": data.train.source, "input_shape": list(info.shape),
+        "num_classes": data.num_classes,
+        "normalization": {"mean": list(info.mean), "std": list(info.std)},
+        "train_config": config.to_dict(), "defense": config.defense.name,
+        "optimizer": kind,
+    }
+    if world.distributed:
+        meta["processes"] = world.size
+    return {**meta, **launch_metadata()}
+
+
 def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
           overwrite: bool = False, download: bool = False,
-          progress: bool = False, on_epoch: Callable[[EpochReport], None] | None = None
-          ) -> TrainResult:
+          progress: bool = False,
+          on_epoch: Callable[[EpochReport], None] | None = None) -> TrainResult:
     """Train ``config`` and write the checkpoint to ``out`` (at every epoch end).
 
     With ``resume=True`` an unfinished run at ``out`` continues from its last epoch; a finished
-    one is returned as it is. A non-finite loss stops training with :class:`EpslError`, keeping
-    the last good checkpoint.
+    one is returned as it is (:mod:`epsl.resume`). A non-finite loss stops training with
+    :class:`EpslError`, keeping the last good checkpoint. ``progress``: a tqdm bar per epoch
+    on stderr; ``on_epoch`` gets every epoch's report.
     """
     out = Path(out)
     world = distributed.setup()  # under torchrun: join the group (gloo on CPU, nccl on CUDA)
@@ -203,169 +259,159 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
         raise EpslError(f"--out {out}: checkpoints are written as .safetensors")
     check_writable(out.parent)
     device = resolve_device(config.device)
-    train_split = load_split(config.dataset, "train", data=config.data,
-                             data_root=config.data_root, download=download
-                             ).subset(config.train_limit)
-    test_split = load_split(config.dataset, "test", data=config.data, data_root=config.data_root,
-                            download=download)
-    info = train_split.info
-    if len(train_split) == 0:
-        raise EpslError("the training set is empty")
-    num_classes = max(info.num_classes, int(train_split.y.max()) + 1)
-    # labels beyond the data's declared classes (a user's .npz) widen the head; the config's
-    # own arch_kwargs override both
-    arch_kwargs = checkpoint.model_kwargs_for(info, **{"num_classes": num_classes,
-                                                       **config.arch_kwargs})
-    torch.manual_seed(config.seed)
-    try:
-        model: nn.Module = create_model(config.arch, **arch_kwargs).to(device)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise EpslError(f"cannot build {config.arch!r} for {info.name} inputs "
-                        f"{info.shape}: {exc}") from None
-    optimizer, kind = _optimizer(config, model, info.augment)
+    data = _load_data(config, download)
+    model = _build_model(config, data, device)
+    optimizer, kind = _optimizer(config, model, data.train.info.augment)
     base_lr = optimizer.param_groups[0]["lr"]
-
-    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
-    total_steps = config.steps if config.steps is not None else steps_per_epoch * (config.epochs or 0)
-    epochs = math.ceil(total_steps / steps_per_epoch)
-
-    _check_world(world, len(train_split), config, device)
-    start_epoch, step, history = 0, 0, []
-    meta_base = {
-        "arch": config.arch, "arch_kwargs": arch_kwargs, "dataset": info.name,
-        "data_source": train_split.source, "input_shape": list(info.shape),
-        "num_classes": num_classes,
-        "normalization": {"mean": list(info.mean), "std": list(info.std)},
-        "train_config": config.to_dict(), "defense": config.defense.name,
-        "optimizer": kind,
-    }
-    if world.distributed:
-        meta_base["processes"] = world.size
-    if distributed.launch_id() is not None:
-        meta_base["launch"] = distributed.launch_id()  # what an elastic restart resumes
-    resume = resume or _restarted(out)
-    if resume and out.exists():
-        prev = checkpoint.read_metadata(out)
-        if not _same_config(prev.get("train_config"), config):
-            raise EpslError(f"--resume: {out} was trained with a different config; "
-                            "use the same options or a new --out")
-        model, _ = checkpoint.load(out, device=device)
-        if prev.get("complete"):
-            with on_disk() as writer:  # killed after the last checkpoint, before this
-                if writer:
-                    previous_state_path(out).unlink(missing_ok=True)
-            return TrainResult(out, prev, [])
-        sp = state_path(out)
-        # the state of the checkpoint's epoch: the newest, or the one before when the run was
-        # killed after writing the state and before the checkpoint landed
-        matching = [p for p in (sp, previous_state_path(out))
-                    if _state_info(p).get("epochs_done") == prev.get("epochs_done")]
-        if not matching:
-            raise EpslError(f"--resume: no optimiser state of epoch {prev.get('epochs_done')} "
-                            f"beside {out} ({sp.name} missing or of another epoch); start again "
-                            "with --overwrite")
-        optimizer, kind = _optimizer(config, model, info.augment)
-        _load_state(matching[0], optimizer)
-        start_epoch, step = int(prev["epochs_done"]), int(prev["steps_done"])
-    elif out.exists() and not overwrite:
-        raise EpslError(f"{out} exists; pass --resume to continue it or --overwrite to replace")
-    if world.distributed:  # every process must start from the same place
-        first = distributed.all_sum([start_epoch * (world.rank == 0), step * (world.rank == 0)])
-        differ = distributed.all_sum([float([int(v) for v in first] != [start_epoch, step])])
-        if differ[0]:
-            raise EpslError(f"the processes see different checkpoints at {out} (a shared file "
-                            "system out of date?); start again with --resume")
-
-    fast = _fast_path(model, config, device, world)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    x_train = train_split.x.to(device)
-    y_train = train_split.y.to(device)
-    if fast.channels_last:
-        x_train = x_train.contiguous(memory_format=torch.channels_last)
-    t0 = time.perf_counter()
-    last_loss = float("nan")
-    for epoch in range(start_epoch, epochs):
+    total_steps, epochs = _length(config, len(data.train))
+    _check_world(world, len(data.train), config, device)
+    meta_base = _base_metadata(config, data, kind, world)
+    begin = start_point(out, config, device,
+                        lambda m: _optimizer(config, m, data.train.info.augment)[0],
+                        resume=resume, overwrite=overwrite)
+    if begin.finished is not None:
+        return TrainResult(out, begin.finished, [])
+    if begin.model is not None and begin.optimizer is not None:
+        model, optimizer = begin.model, begin.optimizer
+    run = _prepare(config, out, world, data, model, optimizer, device,
+                   kind=kind, base_lr=base_lr, total_steps=total_steps, epochs=epochs,
+                   meta_base=meta_base)
+    history: list[EpochReport] = []
+    step = begin.step
+    for epoch in range(begin.epoch, epochs):
         t_epoch = time.perf_counter()
-        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        model.train()
-        # every process draws the same permutation, noise and starts for the whole global
-        # batch and computes its own rows of it (epsl.distributed)
-        order = torch.randperm(len(train_split), generator=gen).to(device)
-        batches = order.split(config.batch_size)
-        n_batches = min(len(batches), total_steps - step)
-        seen, correct, loss_sum, rows = 0, 0, 0.0, 0  # seen, correct: this process's rows
-        bar = _progress(n_batches, f"epoch {epoch + 1}/{epochs}", progress and world.writer)
-        for idx in batches[:n_batches]:
-            xb, yb = x_train[idx], y_train[idx]
-            if info.augment:
-                xb = augment_batch(xb, gen)
-            shard = None
-            if world.distributed:
-                shard = BatchShard(distributed.batch_rows(len(idx), world.size, world.rank),
-                                   len(idx), world.size)
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(base_lr, step, total_steps, kind, config)
-            try:
-                result = objective(fast.module, xb, yb, config.defense, num_classes, gen,
-                                   precision=config.precision, shard=shard,
-                                   attack_model=model if world.distributed else None)
-            except Exception as exc:  # torch.compile compiles at the first call
-                if not config.compile:
-                    raise
-                raise EpslError(f"--compile: torch.compile failed "
-                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-                                ) from None
-            # the loss of the whole batch (the same on every process)
-            batch_loss = float(distributed.global_sum(result.loss.detach()).item()) / world.size
-            if not math.isfinite(batch_loss):
-                raise _diverged(out, epoch, f"step {step + 1}: the loss is {batch_loss}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(result.loss).backward()  # fp16: scaled, steps skipped on inf grads
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            seen += len(result.logits)
-            correct += int((result.logits.argmax(1) == yb[shard.rows if shard else slice(None)]
-                            ).sum())
-            loss_sum += batch_loss * len(yb)
-            rows += len(yb)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / rows:.4f}", acc=f"{correct / seen:.3f}")
-        if bar is not None:
-            bar.close()
-        seen, correct = (int(v) for v in distributed.all_sum([seen, correct]))
-        last_loss = loss_sum / max(1, rows)
-        report = EpochReport(epoch + 1, epochs, step, last_loss, correct / max(1, seen),
+        step, loss, train_accuracy = _train_epoch(run, epoch, step, progress)
+        report = EpochReport(epoch + 1, epochs, step, loss, train_accuracy,
                              time.perf_counter() - t_epoch)
         history.append(report)
-        done = epoch + 1 == epochs
-        metadata = {**meta_base, "epochs_done": epoch + 1, "steps_done": step,
-                    "complete": done, "metrics": {"train_loss": last_loss}}
-        if done:
-            metadata["metrics"] = {
-                "train_loss": last_loss,
-                "train_accuracy": accuracy(model, train_split, device),
-                "test_accuracy": accuracy(model, test_split, device, limit=None),
-                "train_seconds": time.perf_counter() - t0,
-            }
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            # a finite loss can still end in an exploding step: never save such weights
-            raise _diverged(out, epoch, "the weights are no longer finite")
-        with on_disk() as writer:  # keep the state of the checkpoint on disk until the next
-            if writer:  # checkpoint has landed
-                _keep_previous_state(out)
-        _save_state(state_path(out), optimizer, {"epochs_done": epoch + 1, "steps_done": step,
-                                                 "launch": distributed.launch_id()})
-        checkpoint.save(out, model, metadata)
-        with on_disk() as writer:
-            if writer and done:  # nothing left to resume
-                previous_state_path(out).unlink(missing_ok=True)
+        _end_epoch(run, epoch, step, loss)
         if on_epoch is not None:
             on_epoch(report)
-    final = checkpoint.read_metadata(out)
-    return TrainResult(out, final, history)
+    return TrainResult(out, checkpoint.read_metadata(out), history)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the epochs of one training run share."""
+
+    config: TrainConfig
+    out: Path
+    world: distributed.World
+    data: _Data
+    device: torch.device
+    model: nn.Module  # what checkpoints save and adversarial examples are made on
+    module: nn.Module  # what the training forward passes call (DDP, compiled, or the model)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    x: torch.Tensor  # the training inputs and labels, on the device
+    y: torch.Tensor
+    kind: str  # of the optimiser
+    base_lr: float
+    total_steps: int
+    epochs: int
+    meta_base: dict[str, Any]
+    started: float  # time.perf_counter() before the first epoch
+
+
+def _prepare(config: TrainConfig, out: Path, world: distributed.World, data: _Data,
+             model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, *,
+             kind: str, base_lr: float, total_steps: int, epochs: int,
+             meta_base: dict[str, Any]) -> _Run:
+    """The fast path, the gradient scaler and the training data on the device."""
+    fast = _fast_path(model, config, device, world)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    x_train = data.train.x.to(device)
+    y_train = data.train.y.to(device)
+    if fast.channels_last:
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
+    return _Run(config, out, world, data, device, model, fast.module, optimizer, scaler,
+                x_train, y_train, kind, base_lr, total_steps, epochs, meta_base,
+                time.perf_counter())
+
+
+def _train_epoch(run: _Run, epoch: int, step: int, progress: bool
+                 ) -> tuple[int, float, float]:
+    """One epoch from ``step``: the step after it, the mean loss and the training accuracy."""
+    config, world = run.config, run.world
+    gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    torch.manual_seed(config.seed * 100_003 + epoch)
+    run.model.train()
+    # every process draws the same permutation, noise and starts for the whole global
+    # batch and computes its own rows of it (epsl.distributed)
+    order = torch.randperm(len(run.data.train), generator=gen).to(run.device)
+    batches = order.split(config.batch_size)
+    n_batches = min(len(batches), run.total_steps - step)
+    seen, correct, loss_sum, rows = 0, 0, 0.0, 0  # seen, correct: this process's rows
+    bar = _progress(n_batches, f"epoch {epoch + 1}/{run.epochs}",
+                    progress and world.writer)
+    for idx in batches[:n_batches]:
+        xb, yb = run.x[idx], run.y[idx]
+        if run.data.train.info.augment:
+            xb = augment_batch(xb, gen)
+        shard = BatchShard.of(len(idx), world) if world.distributed else None
+        result, batch_loss_value = _optimiser_step(run, xb, yb, gen, shard, epoch, step)
+        step += 1
+        seen += len(result.logits)
+        correct += int((result.logits.argmax(1) == yb[shard.rows if shard else slice(None)]
+                        ).sum())
+        loss_sum += batch_loss_value * len(yb)
+        rows += len(yb)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / rows:.4f}", acc=f"{correct / seen:.3f}")
+    if bar is not None:
+        bar.close()
+    seen, correct = (int(v) for v in distributed.all_sum([seen, correct]))
+    return step, loss_sum / max(1, rows), correct / max(1, seen)
+
+
+def _optimiser_step(run: _Run, xb: torch.Tensor, yb: torch.Tensor, gen: torch.Generator,
+                    shard: BatchShard | None, epoch: int, step: int) -> tuple[StepOutput, float]:
+    """Step ``step`` on the global batch ``xb, yb`` (this process's ``shard`` of it under
+    torchrun); returns the objective and the loss of the whole batch."""
+    config = run.config
+    for group in run.optimizer.param_groups:
+        group["lr"] = _lr_at(run.base_lr, step, run.total_steps, run.kind, config)
+    try:
+        result = objective(run.module, xb, yb, config.defense, run.data.num_classes, gen,
+                           precision=config.precision,
+                           rows=shard.rows if shard is not None else slice(None),
+                           loss_term=shard.loss_term if shard is not None else batch_loss,
+                           attack_model=run.model if run.world.distributed else None)
+    except Exception as exc:  # torch.compile compiles at the first call
+        if not config.compile:
+            raise
+        raise EpslError(f"--compile: torch.compile failed "
+                        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                        ) from None
+    # the loss of the whole batch (the same on every process)
+    batch_loss_value = float(distributed.global_sum(result.loss.detach()).item()) / run.world.size
+    if not math.isfinite(batch_loss_value):
+        raise _diverged(run.out, epoch, f"step {step + 1}: the loss is {batch_loss_value}")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(result.loss).backward()  # fp16: scaled, steps skipped on inf grads
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return result, batch_loss_value
+
+
+def _end_epoch(run: _Run, epoch: int, step: int, loss: float) -> None:
+    """Write the epoch's checkpoint and optimiser state (the last one with its metrics); never
+    weights that are no longer finite."""
+    done = epoch + 1 == run.epochs
+    metadata = {**run.meta_base, "epochs_done": epoch + 1, "steps_done": step,
+                "complete": done, "metrics": {"train_loss": loss}}
+    if done:
+        metadata["metrics"] = {
+            "train_loss": loss,
+            "train_accuracy": accuracy(run.model, run.data.train, run.device),
+            "test_accuracy": accuracy(run.model, run.data.test, run.device, limit=None),
+            "train_seconds": time.perf_counter() - run.started,
+        }
+    if not all(bool(torch.isfinite(p).all()) for p in run.model.parameters()):
+        # a finite loss can still end in an exploding step: never save such weights
+        raise _diverged(run.out, epoch, "the weights are no longer finite")
+    save_epoch(run.out, run.model, run.optimizer, metadata)
 
 
 @dataclass(frozen=True)
@@ -415,62 +461,6 @@ def _check_world(world: distributed.World, n_train: int, config: TrainConfig,
         raise EpslError(f"{world.size} processes need at least {world.size} examples in every "
                         f"batch (batch size {config.batch_size}, last batch "
                         f"{last or config.batch_size}); change --batch-size or --train-limit")
-
-
-def _same_config(saved: Any, config: TrainConfig) -> bool:
-    """Whether a checkpoint's train_config is ``config`` (fields added since it was written
-    take their defaults)."""
-    if not isinstance(saved, dict):
-        return False
-    try:
-        return TrainConfig.from_dict(saved).to_dict() == \
-            TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))).to_dict()
-    except (TypeError, EpslError):
-        return False
-
-
-def _keep_previous_state(out: Path) -> None:
-    """Copy the optimiser state of the checkpoint now on disk to ``previous_state_path``
-    (a hard link renamed into place: the state file itself never goes missing). A state of
-    another epoch than the checkpoint's (left by a run killed between its two writes) is not
-    kept: the previous state already holds the checkpoint's."""
-    current, previous = state_path(out), previous_state_path(out)
-    if not (current.exists() and out.exists()):
-        return
-    try:
-        if _state_info(current).get("epochs_done") != \
-                checkpoint.read_metadata(out).get("epochs_done"):
-            return
-        link = previous.with_name(f".{previous.name}.{os.getpid()}.tmp")
-        link.unlink(missing_ok=True)
-        os.link(current, link)
-        os.replace(link, previous)
-    except (OSError, EpslError) as exc:
-        raise EpslError(f"cannot keep the previous optimiser state beside {out}: {exc}"
-                        ) from None
-
-
-def _restarted(out: Path) -> bool:
-    """True in a group that torchrun's elastic agent restarted after a failure, when ``out`` is
-    this launch's own checkpoint: the group then resumes from its last epoch. A checkpoint of
-    another launch (even one with the same ``--rdzv-id``) is never resumed this way."""
-    if distributed.restart_count() == 0 or distributed.launch_id() is None or not out.exists():
-        return False
-    try:
-        return checkpoint.read_metadata(out).get("launch") == distributed.launch_id()
-    except EpslError:
-        return False
-
-
-def _state_info(path: Path) -> dict[str, Any]:
-    """The JSON of an optimiser state file (empty when it is missing or unreadable)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads((f.metadata() or {}).get("epsl_state", "{}"))  # type: ignore[no-any-return]
-    except Exception:  # noqa: BLE001 - missing, truncated or foreign: no state (SafetensorError)
-        return {}
 
 
 def _diverged(out: Path, epoch: int, what: str) -> EpslError:

@@ -23,12 +23,13 @@ import torch.distributed as dist
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from epsl import defenses, distributed
+from epsl import distributed
 from epsl.checkpoint import read_metadata
 from epsl.cli.main import main
-from epsl.defenses import BatchShard, DefenseConfig, objective
+from epsl.defenses import DefenseConfig, objective
 from epsl.distributed import batch_rows, shard_map
 from epsl.models import create_model
+from epsl.train import BatchShard
 
 needs_gloo = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")
@@ -78,7 +79,12 @@ def test_sharded_objective_averages_to_the_whole_batch_gradient(
 
     def run(shard: BatchShard | None) -> tuple[list[torch.Tensor], float]:
         model.zero_grad()
-        out = objective(model, x, y, defense, 10, torch.Generator().manual_seed(7), shard=shard)
+        generator = torch.Generator().manual_seed(7)
+        if shard is None:  # the plain loss terms of epsl.defenses
+            out = objective(model, x, y, defense, 10, generator)
+        else:  # weighted for DDP by the training loop
+            out = objective(model, x, y, defense, 10, generator, rows=shard.rows,
+                            loss_term=shard.loss_term)
         out.loss.backward()
         return [p.grad.clone() for p in model.parameters()], float(out.loss.detach())
 
@@ -87,7 +93,7 @@ def test_sharded_objective_averages_to_the_whole_batch_gradient(
     shares: list[list[torch.Tensor]] = []
     for shard in shards:
         calls: list[torch.Tensor] = []
-        monkeypatch.setattr(defenses, "global_sum",
+        monkeypatch.setattr(distributed, "global_sum",
                             lambda v, calls=calls: calls.append(v.detach().clone()) or v)
         run(shard)
         shares.append(calls)
@@ -97,7 +103,7 @@ def test_sharded_objective_averages_to_the_whole_batch_gradient(
     gradients, losses = [], []
     for shard in shards:
         answers = iter(sums)
-        monkeypatch.setattr(defenses, "global_sum", lambda v, answers=answers: next(answers))
+        monkeypatch.setattr(distributed, "global_sum", lambda v, answers=answers: next(answers))
         gradient, loss = run(shard)
         gradients.append(gradient)
         losses.append(loss)
@@ -350,7 +356,7 @@ def test_a_restart_resumes_only_its_own_launch(digits_checkpoint: Path, tmp_path
     import shutil
 
     from epsl import checkpoint
-    from epsl.train import _restarted
+    from epsl.resume import restarted as _restarted
 
     model, meta = checkpoint.load(digits_checkpoint)
     ours, theirs = tmp_path / "ours.safetensors", tmp_path / "theirs.safetensors"
