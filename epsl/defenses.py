@@ -41,20 +41,20 @@ class DefenseConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing <= 1.0:
-            raise EpslError(f"--label-smoothing must be in [0, 1] (got {self.label_smoothing})")
+            raise EpslError(f"label_smoothing must be in [0, 1] (got {self.label_smoothing})")
         if self.logit_squeeze < 0:
-            raise EpslError(f"--logit-squeeze must be >= 0 (got {self.logit_squeeze})")
+            raise EpslError(f"logit_squeeze must be >= 0 (got {self.logit_squeeze})")
         if self.noise_sigma < 0:
-            raise EpslError(f"--noise-sigma must be >= 0 (got {self.noise_sigma})")
+            raise EpslError(f"noise_sigma must be >= 0 (got {self.noise_sigma})")
         if self.adv not in ADV_METHODS:
-            raise EpslError(f"--adv must be one of {', '.join(ADV_METHODS)} (got {self.adv!r})")
+            raise EpslError(f"adv must be one of {', '.join(ADV_METHODS)} (got {self.adv!r})")
         if self.adv != "none":
             if not 0.0 < self.adv_eps <= 1.0:
-                raise EpslError(f"--adv-eps must be in (0, 1] (got {self.adv_eps})")
+                raise EpslError(f"adv_eps must be in (0, 1] (got {self.adv_eps})")
             if self.adv_steps < 1:
-                raise EpslError(f"--adv-steps must be >= 1 (got {self.adv_steps})")
+                raise EpslError(f"adv_steps must be >= 1 (got {self.adv_steps})")
             if not 0.0 <= self.adv_kappa <= 1.0:
-                raise EpslError(f"--adv-kappa must be in [0, 1] (got {self.adv_kappa})")
+                raise EpslError(f"adv_kappa must be in [0, 1] (got {self.adv_kappa})")
 
     @property
     def step_size(self) -> float:

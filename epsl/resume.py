@@ -158,7 +158,7 @@ def start_point(out: Path, config: _Config, device: torch.device,
     if (resume or restarted(out)) and out.exists():
         begin = _resume_from(out, config, device, make_optimizer)
     elif out.exists() and not overwrite:
-        raise EpslError(f"{out} exists; pass --resume to continue it or --overwrite to "
+        raise EpslError(f"{out} exists; pass resume=True to continue it or overwrite=True to "
                         "replace")
     if begin.finished is None:
         agree_on_start(out, begin.epoch, begin.step)
@@ -169,8 +169,8 @@ def _resume_from(out: Path, config: _Config, device: torch.device,
                  make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]) -> Start:
     prev = checkpoint.read_metadata(out)
     if not same_config(prev.get("train_config"), config):
-        raise EpslError(f"--resume: {out} was trained with a different config; use the "
-                        "same options or a new --out")
+        raise EpslError(f"resume=True: {out} was trained with a different config; use the "
+                        "same config or another out")
     model, _ = checkpoint.load(out, device=device)
     if prev.get("complete"):
         with on_disk() as writer:  # killed after the last checkpoint, before this
@@ -183,9 +183,9 @@ def _resume_from(out: Path, config: _Config, device: torch.device,
     matching = [p for p in (sp, previous_state_path(out))
                 if state_info(p).get("epochs_done") == prev.get("epochs_done")]
     if not matching:
-        raise EpslError(f"--resume: no optimiser state of epoch {prev.get('epochs_done')} "
+        raise EpslError(f"resume=True: no optimiser state of epoch {prev.get('epochs_done')} "
                         f"beside {out} ({sp.name} missing or of another epoch); start again "
-                        "with --overwrite")
+                        "with overwrite=True")
     optimizer = make_optimizer(model)
     load_state(matching[0], optimizer)
     return Start(int(prev["epochs_done"]), int(prev["steps_done"]), model, optimizer)
@@ -200,7 +200,7 @@ def agree_on_start(out: Path, epoch: int, step: int) -> None:
     differ = distributed.all_sum([float([int(v) for v in first] != [epoch, step])])
     if differ[0]:
         raise EpslError(f"the processes see different checkpoints at {out} (a shared file "
-                        "system out of date?); start again with --resume")
+                        "system out of date?); start again with resume=True")
 
 
 def keep_previous_state(out: Path) -> None:

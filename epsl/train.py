@@ -70,19 +70,19 @@ class TrainConfig:
             raise EpslError(f"unknown architecture {self.arch!r}; choose from "
                             f"{', '.join(MODELS.names())}")
         if self.steps is None and (self.epochs is None or self.epochs < 1):
-            raise EpslError("give --epochs >= 1 or --steps >= 1")
+            raise EpslError("give epochs >= 1 or steps >= 1")
         if self.steps is not None and self.steps < 1:
-            raise EpslError(f"--steps must be >= 1 (got {self.steps})")
+            raise EpslError(f"steps must be >= 1 (got {self.steps})")
         if self.train_limit is not None and self.train_limit < 1:
-            raise EpslError(f"--train-limit must be >= 1 (got {self.train_limit})")
+            raise EpslError(f"train_limit must be >= 1 (got {self.train_limit})")
         if self.batch_size < 1:
-            raise EpslError(f"--batch-size must be >= 1 (got {self.batch_size})")
+            raise EpslError(f"batch_size must be >= 1 (got {self.batch_size})")
         if self.optimizer not in OPTIMIZERS:
-            raise EpslError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+            raise EpslError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
         if self.lr is not None and self.lr <= 0:
-            raise EpslError(f"--lr must be > 0 (got {self.lr})")
+            raise EpslError(f"lr must be > 0 (got {self.lr})")
         if self.precision not in PRECISIONS:
-            raise EpslError(f"--precision must be one of {', '.join(PRECISIONS)} "
+            raise EpslError(f"precision must be one of {', '.join(PRECISIONS)} "
                             f"(got {self.precision!r})")
 
     def to_dict(self) -> dict[str, Any]:
@@ -256,7 +256,7 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
     out = Path(out)
     world = distributed.setup()  # under torchrun: join the group (gloo on CPU, nccl on CUDA)
     if out.suffix != ".safetensors":
-        raise EpslError(f"--out {out}: checkpoints are written as .safetensors")
+        raise EpslError(f"out={out}: checkpoints are written as .safetensors")
     check_writable(out.parent)
     device = resolve_device(config.device)
     data = _load_data(config, download)
@@ -381,7 +381,7 @@ def _optimiser_step(run: _Run, xb: torch.Tensor, yb: torch.Tensor, gen: torch.Ge
     except Exception as exc:  # torch.compile compiles at the first call
         if not config.compile:
             raise
-        raise EpslError(f"--compile: torch.compile failed "
+        raise EpslError(f"compile=True: torch.compile failed "
                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
                         ) from None
     # the loss of the whole batch (the same on every process)
@@ -443,7 +443,7 @@ def _fast_path(model: nn.Module, config: TrainConfig, device: torch.device,
         try:
             module = torch.compile(module)  # type: ignore[assignment]
         except RuntimeError as exc:
-            raise EpslError(f"--compile: torch.compile failed ({str(exc).splitlines()[0]})"
+            raise EpslError(f"compile=True: torch.compile failed ({str(exc).splitlines()[0]})"
                             ) from None
     return _FastPath(module, channels_last)
 
@@ -452,7 +452,7 @@ def _check_world(world: distributed.World, n_train: int, config: TrainConfig,
                  device: torch.device) -> None:
     """Refuse, before any work, what N processes cannot train as one."""
     if config.sync_bn and device.type != "cuda":
-        raise EpslError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only "
+        raise EpslError("sync_bn=True needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only "
                         "(on the CPU each process normalises with its own batch statistics)")
     if not world.distributed:
         return
@@ -460,14 +460,14 @@ def _check_world(world: distributed.World, n_train: int, config: TrainConfig,
     if config.batch_size < world.size or 0 < last < world.size:
         raise EpslError(f"{world.size} processes need at least {world.size} examples in every "
                         f"batch (batch size {config.batch_size}, last batch "
-                        f"{last or config.batch_size}); change --batch-size or --train-limit")
+                        f"{last or config.batch_size}); change batch_size or train_limit")
 
 
 def _diverged(out: Path, epoch: int, what: str) -> EpslError:
     kept = (f"the last good checkpoint (epoch {epoch}) is kept at {out}" if out.exists()
             else "no checkpoint was written")
     return EpslError(f"training diverged at epoch {epoch + 1}, {what}; {kept}. "
-                     "Try a smaller --logit-squeeze or --lr")
+                     "Try a smaller logit_squeeze or lr")
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:

@@ -280,6 +280,8 @@ def test_what_n_processes_cannot_train_is_refused_in_one_line(tmp_path: Path) ->
     with pytest.raises(EpslError, match="at least 4 examples in every batch"):
         _check_world(distributed.World(rank=1, size=4), 100, TrainConfig(batch_size=2), cpu)
     _check_world(distributed.World(), 129, TrainConfig(batch_size=64), cpu)  # one process
+    with pytest.raises(EpslError, match=r"^sync_bn=True needs CUDA"):  # the library's words
+        _check_world(distributed.World(), 129, TrainConfig(sync_bn=True), cpu)
     result = CliRunner().invoke(main, [*TRAIN, "--epochs", "1", "--sync-bn",
                                        "--out", str(tmp_path / "m.safetensors")])
     assert result.exit_code == 1

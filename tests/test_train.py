@@ -110,10 +110,27 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None
 def test_existing_output_is_not_overwritten_without_permission(tmp_path: Path) -> None:
     out = tmp_path / "o.safetensors"
     train(TrainConfig(steps=2, device="cpu"), out)
-    with pytest.raises(EpslError, match="exists"):
+    with pytest.raises(EpslError, match="exists; pass resume=True to continue it or "
+                       "overwrite=True to replace"):
         train(TrainConfig(steps=2, device="cpu"), out)
-    with pytest.raises(EpslError, match="different config"):
+    with pytest.raises(EpslError, match="^resume=True: .* different config"):
         train(TrainConfig(steps=3, device="cpu"), out, resume=True)
+
+
+def test_library_messages_name_parameters_not_flags(tmp_path: Path) -> None:
+    """Only the CLI speaks in flags: the library's errors name its own parameters."""
+    for bad in (dict(steps=0), dict(batch_size=0), dict(lr=-1.0), dict(optimizer="rmsprop"),
+                dict(train_limit=0), dict(epochs=0)):
+        with pytest.raises(EpslError) as refused:
+            TrainConfig(**bad)  # type: ignore[arg-type]
+        assert "--" not in str(refused.value)
+    for bad in (dict(label_smoothing=2.0), dict(logit_squeeze=-1.0), dict(adv="cw"),
+                dict(adv="pgd", adv_steps=0)):
+        with pytest.raises(EpslError) as refused:
+            DefenseConfig(**bad)  # type: ignore[arg-type]
+        assert "--" not in str(refused.value)
+    with pytest.raises(EpslError, match="^out=.*m.pt: checkpoints are written as .safetensors"):
+        train(TrainConfig(steps=1, device="cpu"), tmp_path / "m.pt")
 
 
 def test_metadata_records_the_run(tmp_path: Path) -> None:
@@ -189,5 +206,5 @@ def test_channels_last_changes_no_number_but_rounding(tmp_path: Path) -> None:
 
 
 def test_bad_precision_is_a_one_line_error() -> None:
-    with pytest.raises(EpslError, match="--precision must be one of fp32, bf16, fp16"):
+    with pytest.raises(EpslError, match="^precision must be one of fp32, bf16, fp16"):
         TrainConfig(precision="fp8")
