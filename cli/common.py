@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any, TypeVar
@@ -71,15 +72,42 @@ def default(cls: type, name: str) -> Any:
     raise KeyError(f"{cls.__name__}.{name} has no default")
 
 
+#: library parameters whose option is named otherwise (``--model`` fills ``model=``)
+PARAMETER_ALIASES = {"model": "model_factory"}
+_PARAMETER = re.compile(r"\b([a-z][a-z_]*)=(True\b)?")
+
+
+def in_flags(message: str, command: click.Command | None) -> str:
+    """A library message as the command's user reads it: the library names its parameters
+    (``pass overwrite=True``, ``data=PATH: ...``); each one that is an option of ``command``
+    becomes the option's flag (``pass --overwrite``, ``--data PATH: ...``)."""
+    if command is None:
+        return message
+    flags = {p.name: max(p.opts, key=len) for p in command.params
+             if isinstance(p, click.Option) and p.name}
+    flags |= {alias: flags[name] for alias, name in PARAMETER_ALIASES.items() if name in flags}
+
+    def flag(match: re.Match[str]) -> str:
+        name, true = match.group(1), match.group(2)
+        if name not in flags:
+            return match.group(0)
+        return flags[name] if true else f"{flags[name]} "
+
+    return _PARAMETER.sub(flag, message)
+
+
 def handle_errors(func: F) -> F:
-    """Turn library errors into ``Error: <one line>`` and exit code 1, never a traceback."""
+    """Turn library errors into ``Error: <one line>`` and exit code 1, never a traceback; the
+    parameters the message names are said as this command's flags (:func:`in_flags`)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except EpslError as exc:
-            raise click.ClickException(str(exc)) from None
+            ctx = click.get_current_context(silent=True)
+            command = ctx.command if ctx is not None else None
+            raise click.ClickException(in_flags(str(exc), command)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; finished results were kept") from None
 

@@ -20,7 +20,10 @@ from epsl.records import COMMAND
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
     """Library warnings (STYLE 10) as one line on stderr, without a source excerpt."""
-    click.echo(f"Warning: {message}", err=True)
+    from epsl.cli.common import in_flags
+
+    ctx = click.get_current_context(silent=True)
+    click.echo(f"Warning: {in_flags(str(message), ctx.command if ctx else None)}", err=True)
 
 
 class _Epsl(click.Group):

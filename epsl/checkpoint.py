@@ -88,26 +88,26 @@ def _short(exc: BaseException) -> str:
 def _load_factory(spec: str) -> Any:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise EpslError(f"--model {spec!r}: expected 'package.module:factory'")
+        raise EpslError(f"model={spec!r}: expected 'package.module:factory'")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # a user's own module beside them, as `python -m` finds it
     try:
         module = importlib.import_module(module_name)
         return getattr(module, attr)
     except (ImportError, AttributeError) as exc:
-        raise EpslError(f"--model {spec!r}: cannot import ({_short(exc)})") from None
+        raise EpslError(f"model={spec!r}: cannot import ({_short(exc)})") from None
 
 
 def _build_from_factory(spec: str, kwargs: dict[str, Any]) -> Any:
     """Call the user's ``module:factory``; any failure in user code is one clear error."""
     factory = _load_factory(spec)
     if not callable(factory):
-        raise EpslError(f"--model {spec!r}: {type(factory).__name__} object is not callable; "
+        raise EpslError(f"model={spec!r}: {type(factory).__name__} object is not callable; "
                         "name a function or class that returns a torch.nn.Module")
     try:
         return factory(**kwargs)
     except Exception as exc:  # noqa: BLE001 - user code may raise anything
-        raise EpslError(f"--model {spec!r}: the factory failed ({type(exc).__name__}: "
+        raise EpslError(f"model={spec!r}: the factory failed ({type(exc).__name__}: "
                         f"{_short(exc)})") from None
 
 
@@ -147,7 +147,7 @@ def load(path: Path | str, *, arch: str | None = None, model: str | None = None,
     else:
         name = arch or meta.get("arch")
         if name is None:
-            raise EpslError(f"{path}: no epsl metadata; pass --arch NAME or --model module:factory")
+            raise EpslError(f"{path}: no epsl metadata; pass arch=NAME or model=module:factory")
         kwargs = meta.get("arch_kwargs") if arch is None or arch == meta.get("arch") else None
         if kwargs is None:
             kwargs = model_kwargs_for(dataset or meta.get("dataset") or "digits",

@@ -103,7 +103,7 @@ def prepare(checkpoint: Path | str, *, dataset: str | None = None, data: Path | 
     trained_on = meta.get("dataset")
     if data is None and dataset and trained_on and dataset != trained_on:
         warnings.warn(f"{checkpoint} was trained on {trained_on}, not {dataset}: its numbers on "
-                      f"{dataset} say little about its robustness; pass --dataset {trained_on} "
+                      f"{dataset} say little about its robustness; pass dataset={trained_on} "
                       "unless this is what you want", stacklevel=2)
     examples = load_split(name, split, data=data, data_root=data_root,
                           download=download).subset(limit)

@@ -144,7 +144,7 @@ def _fashion_mnist(split: str, data_root: Path | None, download: bool) -> Split:
     looked = ", ".join(str(c) for c in candidates)
     raise EpslError(
         f"fashion-mnist not found (looked in {looked}); install it with "
-        "'apt-get install dataset-fashion-mnist' or pass --data-root DIR [--download]"
+        "'apt-get install dataset-fashion-mnist' or pass data_root=DIR [download=True]"
     )
 
 
@@ -154,7 +154,7 @@ def _torchvision(name: str, split: str, data_root: Path | None, download: bool) 
     classes = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST,
                "cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}
     if data_root is None:
-        raise EpslError(f"{name} needs --data-root DIR (add --download to fetch it there)")
+        raise EpslError(f"{name} needs data_root=DIR (add download=True to fetch it there)")
     try:
         sharded = world().distributed
         if download and sharded:  # under torchrun rank 0 fetches, the others wait and then read
@@ -165,7 +165,7 @@ def _torchvision(name: str, split: str, data_root: Path | None, download: bool) 
                            download=download and not sharded)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
         raise EpslError(
-            f"{name} not found under {data_root}; pass --download to fetch it ({exc})"
+            f"{name} not found under {data_root}; pass download=True to fetch it ({exc})"
         ) from None
     data = np.asarray(ds.data)
     x = data[:, None] if data.ndim == 3 else data.transpose(0, 3, 1, 2)
@@ -187,34 +187,34 @@ def load_npz(path: Path, split: str) -> Split:
     """A user's own data: ``x`` (N x C x H x W, float in [0, 1] or uint8) and ``y``."""
     path = Path(path)
     if not path.is_file():
-        raise EpslError(f"--data {path}: no such file")
+        raise EpslError(f"data={path}: no such file")
     if not zipfile.is_zipfile(path):
-        raise EpslError(f"--data {path}: not a valid .npz file (expected a zip archive of "
+        raise EpslError(f"data={path}: not a valid .npz file (expected a zip archive of "
                         "arrays, as numpy.savez writes)")
     try:
         with np.load(path, allow_pickle=False) as arrays:
             keys = set(arrays.files)
             xk, yk = (f"x_{split}", f"y_{split}") if f"x_{split}" in keys else ("x", "y")
             if xk not in keys or yk not in keys:
-                raise EpslError(f"--data {path}: needs arrays 'x' and 'y' (found {sorted(keys)})")
+                raise EpslError(f"data={path}: needs arrays 'x' and 'y' (found {sorted(keys)})")
             x, y = arrays[xk], arrays[yk]
     except (OSError, ValueError) as exc:
-        raise EpslError(f"--data {path}: not a readable .npz file ({exc})") from None
+        raise EpslError(f"data={path}: not a readable .npz file ({exc})") from None
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
-        raise EpslError(f"--data {path}: x must be N x C x H x W and y length N "
+        raise EpslError(f"data={path}: x must be N x C x H x W and y length N "
                         f"(got {x.shape} and {y.shape})")
     if x.dtype != np.uint8:
         x = x.astype(np.float32)
         if not np.isfinite(x).all():
-            raise EpslError(f"--data {path}: x holds {int((~np.isfinite(x)).sum())} NaN or "
+            raise EpslError(f"data={path}: x holds {int((~np.isfinite(x)).sum())} NaN or "
                             "infinite pixels; pixels must be finite numbers in [0, 1]")
         if x.size and (x.min() < 0.0 or x.max() > 1.0):
-            raise EpslError(f"--data {path}: float pixels must lie in [0, 1] "
+            raise EpslError(f"data={path}: float pixels must lie in [0, 1] "
                             f"(found {x.min():.3g}..{x.max():.3g})")
     if not np.issubdtype(y.dtype, np.integer):
-        raise EpslError(f"--data {path}: y must hold integer labels (got {y.dtype})")
+        raise EpslError(f"data={path}: y must hold integer labels (got {y.dtype})")
     xf = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
     channels = xf.shape[1]
     info = DatasetInfo(

@@ -21,12 +21,12 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EpslError("--device cuda was asked for but no CUDA device is available")
+        raise EpslError("device=cuda was asked for but no CUDA device is available")
     if name.startswith("cuda") and "TORCHELASTIC_RUN_ID" in os.environ \
             and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > torch.cuda.device_count():
         raise EpslError(f"torchrun started more processes on this machine than it has GPUs "
                         f"({torch.cuda.device_count()}): use --nproc-per-node "
-                        f"{torch.cuda.device_count()}, or --device cpu")
+                        f"{torch.cuda.device_count()}, or device=cpu")
     if name not in DEVICES and not name.startswith("cuda:"):
         raise EpslError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
     return torch.device(name)

@@ -202,7 +202,7 @@ def check_out_dir(out: Path | str, products: list[str], overwrite: bool,
         raise EpslError(f"{out} exists and is not a folder")
     existing = [p for p in products if (out / p).exists()]
     if existing and not overwrite:
-        raise EpslError(f"{out} already holds {', '.join(existing)}; pass --overwrite to replace")
+        raise EpslError(f"{out} already holds {', '.join(existing)}; pass overwrite=True to replace")
     if not create:
         check_writable(out)
         return out

@@ -304,7 +304,7 @@ def load_preset(name_or_path: str) -> Preset:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
-            raise EpslError(f"--preset {path}: no such file")
+            raise EpslError(f"preset={path}: no such file")
         where = str(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -354,7 +354,7 @@ def override(preset: Preset, **changes: Any) -> Preset:
         wanted = list(top.pop("models"))
         missing = [m for m in wanted if m not in {s.name for s in preset.models}]
         if missing:
-            raise EpslError(f"--models: {missing} not in the preset "
+            raise EpslError(f"models={missing}: not in the preset "
                             f"({[m.name for m in preset.models]})")
         top["models"] = tuple(m for m in preset.models if m.name in wanted)
         attacks = top.get("attacks", preset.attacks)
@@ -415,7 +415,7 @@ def check_same_preset(out: Path, preset: Preset, force: bool) -> None:
             if m.name in {b.name for b in before.models})
         if before is None or not same_models or _results_key(before) != _results_key(preset):
             raise EpslError(f"{out} holds a study made with other settings (see {saved}); "
-                            "use another --out or pass --force to recompute")
+                            "use another out folder or pass force=True to recompute")
         merged = {m.name: m for m in before.models}
         merged.update({m.name: m for m in preset.models})
         preset = replace(preset, models=tuple(merged.values()))

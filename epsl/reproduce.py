@@ -328,7 +328,7 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
     t0 = time.perf_counter()
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise EpslError(f"--out {out} exists and is not a folder")
+        raise EpslError(f"out={out} exists and is not a folder")
     check_writable(out)
     if preset.audit.enabled:  # fail now, not after training the grid
         check_dependencies(audit_config(preset))
