@@ -32,10 +32,13 @@ from epsl.io import check_writable
 from epsl.models import MODELS, create_model
 from epsl.resume import launch_metadata, previous_state_path, save_epoch, start_point, state_path
 
-__all__ = ["OPTIMIZERS", "BatchShard", "EpochReport", "TrainConfig", "TrainResult",
+__all__ = ["OPTIMIZERS", "BatchShard", "EpochReport", "Progress", "TrainConfig", "TrainResult",
            "accuracy", "previous_state_path", "state_path", "train"]
 
 OPTIMIZERS = ("auto", "adam", "sgd")
+
+Progress = Callable[[int], None]
+"""Called on rank 0 after every optimiser step with the number of examples it trained on."""
 
 
 @dataclass(frozen=True)
@@ -244,14 +247,15 @@ def _base_metadata(config: TrainConfig, data: _Data, kind: str, world: distribut
 
 def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
           overwrite: bool = False, download: bool = False,
-          progress: bool = False,
+          progress: Progress | bool | None = None,
           on_epoch: Callable[[EpochReport], None] | None = None) -> TrainResult:
     """Train ``config`` and write the checkpoint to ``out`` (at every epoch end).
 
     With ``resume=True`` an unfinished run at ``out`` continues from its last epoch; a finished
     one is returned as it is (:mod:`epsl.resume`). A non-finite loss stops training with
-    :class:`EpslError`, keeping the last good checkpoint. ``progress``: a tqdm bar per epoch
-    on stderr; ``on_epoch`` gets every epoch's report.
+    :class:`EpslError`, keeping the last good checkpoint. ``progress`` is called on rank 0
+    after every optimiser step with the number of examples it trained on (``True``, kept for
+    older callers: a tqdm bar per epoch on stderr); ``on_epoch`` gets every epoch's report.
     """
     out = Path(out)
     world = distributed.setup()  # under torchrun: join the group (gloo on CPU, nccl on CUDA)
@@ -329,7 +333,7 @@ def _prepare(config: TrainConfig, out: Path, world: distributed.World, data: _Da
                 time.perf_counter())
 
 
-def _train_epoch(run: _Run, epoch: int, step: int, progress: bool
+def _train_epoch(run: _Run, epoch: int, step: int, progress: Progress | bool | None
                  ) -> tuple[int, float, float]:
     """One epoch from ``step``: the step after it, the mean loss and the training accuracy."""
     config, world = run.config, run.world
@@ -343,7 +347,7 @@ def _train_epoch(run: _Run, epoch: int, step: int, progress: bool
     n_batches = min(len(batches), run.total_steps - step)
     seen, correct, loss_sum, rows = 0, 0, 0.0, 0  # seen, correct: this process's rows
     bar = _progress(n_batches, f"epoch {epoch + 1}/{run.epochs}",
-                    progress and world.writer)
+                    progress is True and world.writer)
     for idx in batches[:n_batches]:
         xb, yb = run.x[idx], run.y[idx]
         if run.data.train.info.augment:
@@ -359,6 +363,8 @@ def _train_epoch(run: _Run, epoch: int, step: int, progress: bool
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / rows:.4f}", acc=f"{correct / seen:.3f}")
+        elif callable(progress) and world.writer:
+            progress(len(idx))
     if bar is not None:
         bar.close()
     seen, correct = (int(v) for v in distributed.all_sum([seen, correct]))

@@ -133,6 +133,13 @@ def test_library_messages_name_parameters_not_flags(tmp_path: Path) -> None:
         train(TrainConfig(steps=1, device="cpu"), tmp_path / "m.pt")
 
 
+def test_progress_is_called_with_the_examples_of_every_step(tmp_path: Path) -> None:
+    seen: list[int] = []
+    train(TrainConfig(steps=4, batch_size=50, train_limit=120, device="cpu"),
+          tmp_path / "p.safetensors", progress=seen.append)
+    assert seen == [50, 50, 20, 50]  # an epoch of 120 examples, then a step of the next
+
+
 def test_metadata_records_the_run(tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
     cfg = TrainConfig(steps=3, device="cpu", defense=DefenseConfig(label_smoothing=0.2))
