@@ -170,7 +170,7 @@ def _resume_from(out: Path, config: _Config, device: torch.device,
     prev = checkpoint.read_metadata(out)
     if not same_config(prev.get("train_config"), config):
         raise EpslError(f"resume=True: {out} was trained with a different config; use the "
-                        "same config or another out")
+                        "same config or a new out=PATH")
     model, _ = checkpoint.load(out, device=device)
     if prev.get("complete"):
         with on_disk() as writer:  # killed after the last checkpoint, before this
