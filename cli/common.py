@@ -73,7 +73,7 @@ def default(cls: type, name: str) -> Any:
 
 
 #: library parameters whose option is named otherwise (``--model`` fills ``model=``)
-PARAMETER_ALIASES = {"model": "model_factory"}
+PARAMETER_ALIASES = {"model": "model_factory", "compile": "compile_model"}
 _PARAMETER = re.compile(r"\b([a-z][a-z_]*)=(True\b)?")
 
 

@@ -6,6 +6,7 @@ import sys
 import time
 
 import click
+from tqdm import tqdm
 
 from epsl.cli.common import EPS, device_option, handle_errors
 from epsl.preset import PRESETS, load_preset, override
@@ -64,7 +65,9 @@ def reproduce_command(preset: str, out: str, force: bool, eps: float | None,
     def log(message: str) -> None:
         click.echo(f"[{time.perf_counter() - start:6.0f}s] {message}", err=True)
 
-    result = reproduce(study, out, force=force, log=log, progress=interactive)
+    with tqdm(unit="ex", desc="training", file=sys.stderr, disable=not interactive,
+              leave=False) as bar:
+        result = reproduce(study, out, force=force, log=log, progress=bar.update)
     click.echo(f"{study.name}: {len(result.ran)} stages run, {len(result.skipped)} reused, "
                f"{result.seconds:.0f}s\n")
     if result.headline:

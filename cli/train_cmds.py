@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from tqdm import tqdm
 
 from epsl.checkpoint import load, read_metadata
 from epsl.cli.common import (
@@ -137,8 +138,10 @@ def train_command(dataset: str | None, data: str | None, data_root: str | None, 
         click.echo(f"epoch {epoch.epoch}/{epoch.epochs}  step {epoch.step}  loss {epoch.loss:.4f}"
                    f"  train acc {epoch.train_accuracy:.3f}  ({epoch.seconds:.1f}s)", err=True)
 
-    result = train(config, Path(out), resume=resume, overwrite=overwrite, download=download,
-                   progress=interactive, on_epoch=report if interactive else None)
+    with tqdm(unit="ex", file=sys.stderr, disable=not interactive, leave=False) as bar:
+        result = train(config, Path(out), resume=resume, overwrite=overwrite,
+                       download=download, progress=bar.update,
+                       on_epoch=report if interactive else None)
     metrics = result.metadata.get("metrics", {})
     click.echo(f"{result.metadata.get('defense', defense.name)}: "
                f"train accuracy {metrics.get('train_accuracy', float('nan')):.4f}, "

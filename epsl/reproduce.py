@@ -101,7 +101,8 @@ def train_config(preset: Preset, spec: ModelSpec, seed: int | None = None) -> An
 # --------------------------------------------------------------------------- stages
 
 
-def stage_train(preset: Preset, spec: ModelSpec, path: Path, say: Log, progress: bool,
+def stage_train(preset: Preset, spec: ModelSpec, path: Path, say: Log,
+                progress: Callable[[int], None] | None,
                 seed: int | None = None) -> bool:
     """Train one model of the grid into ``path`` (resuming a partial run) under ``seed``;
     False when a complete checkpoint is there."""
@@ -317,7 +318,8 @@ def stage_headline(preset: Preset, out: Path, recompute: bool, seeds: Any = None
 
 
 def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
-              log: Log | None = None, progress: bool = False) -> ReproduceResult:
+              log: Log | None = None,
+              progress: Callable[[int], None] | None = None) -> ReproduceResult:
     """Run the study of ``preset`` into ``out``: :func:`stage_train` for every model of the
     grid; per model :func:`stage_activations`, :func:`stage_landscape` (random and adversarial
     directions), :func:`stage_minimal`, :func:`stage_audit` and, on the sweep model,

@@ -247,15 +247,15 @@ def _base_metadata(config: TrainConfig, data: _Data, kind: str, world: distribut
 
 def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
           overwrite: bool = False, download: bool = False,
-          progress: Progress | bool | None = None,
+          progress: Progress | None = None,
           on_epoch: Callable[[EpochReport], None] | None = None) -> TrainResult:
     """Train ``config`` and write the checkpoint to ``out`` (at every epoch end).
 
     With ``resume=True`` an unfinished run at ``out`` continues from its last epoch; a finished
     one is returned as it is (:mod:`epsl.resume`). A non-finite loss stops training with
     :class:`EpslError`, keeping the last good checkpoint. ``progress`` is called on rank 0
-    after every optimiser step with the number of examples it trained on (``True``, kept for
-    older callers: a tqdm bar per epoch on stderr); ``on_epoch`` gets every epoch's report.
+    after every optimiser step with the number of examples it trained on (as everywhere in
+    epsl: ``tqdm.update`` fits); ``on_epoch`` gets every epoch's report.
     """
     out = Path(out)
     world = distributed.setup()  # under torchrun: join the group (gloo on CPU, nccl on CUDA)
@@ -333,7 +333,7 @@ def _prepare(config: TrainConfig, out: Path, world: distributed.World, data: _Da
                 time.perf_counter())
 
 
-def _train_epoch(run: _Run, epoch: int, step: int, progress: Progress | bool | None
+def _train_epoch(run: _Run, epoch: int, step: int, progress: Progress | None
                  ) -> tuple[int, float, float]:
     """One epoch from ``step``: the step after it, the mean loss and the training accuracy."""
     config, world = run.config, run.world
@@ -346,8 +346,6 @@ def _train_epoch(run: _Run, epoch: int, step: int, progress: Progress | bool | N
     batches = order.split(config.batch_size)
     n_batches = min(len(batches), run.total_steps - step)
     seen, correct, loss_sum, rows = 0, 0, 0.0, 0  # seen, correct: this process's rows
-    bar = _progress(n_batches, f"epoch {epoch + 1}/{run.epochs}",
-                    progress is True and world.writer)
     for idx in batches[:n_batches]:
         xb, yb = run.x[idx], run.y[idx]
         if run.data.train.info.augment:
@@ -360,13 +358,8 @@ def _train_epoch(run: _Run, epoch: int, step: int, progress: Progress | bool | N
                         ).sum())
         loss_sum += batch_loss_value * len(yb)
         rows += len(yb)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / rows:.4f}", acc=f"{correct / seen:.3f}")
-        elif callable(progress) and world.writer:
+        if progress is not None and world.writer:
             progress(len(idx))
-    if bar is not None:
-        bar.close()
     seen, correct = (int(v) for v in distributed.all_sum([seen, correct]))
     return step, loss_sum / max(1, rows), correct / max(1, seen)
 
@@ -474,11 +467,3 @@ def _diverged(out: Path, epoch: int, what: str) -> EpslError:
             else "no checkpoint was written")
     return EpslError(f"training diverged at epoch {epoch + 1}, {what}; {kept}. "
                      "Try a smaller logit_squeeze or lr")
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)

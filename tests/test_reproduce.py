@@ -149,8 +149,8 @@ def test_interrupted_study_completes(tmp_path: Path, study: tuple[Path, Path, st
     again = CliRunner().invoke(main, ["reproduce", "--preset", str(preset), "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert "train natural" not in again.output and "train lsq" not in again.output
-    assert "audit lsq" in again.output
-    assert "audit natural" not in again.output
+    assert "lsq: audit" in again.output
+    assert "natural: audit" not in again.output
     assert (out / "runs" / "lsq" / "audit" / "audit.json").is_file()
     assert (out / "report.html").is_file()
 
@@ -193,7 +193,7 @@ def test_bundled_presets_load() -> None:
     ("name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\nbogus=1\n[[models]]\nname='a'\n",
      "unknown keys"),
     ("name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\n[[models]]\nname='a'\n"
-     "label_smoothing=3\n", "label-smoothing"),
+     "label_smoothing=3\n", "label_smoothing"),
     ("not toml [", "not valid TOML"),
 ])
 def test_bad_presets(tmp_path: Path, text: str, message: str) -> None:
@@ -237,7 +237,7 @@ def test_missing_torchattacks_fails_before_any_work(monkeypatch: pytest.MonkeyPa
             "Error: the minimum-norm attack FAB needs torchattacks, which is missing from this "
             "environment: pip install torchattacks (or reinstall epsl)"]
         assert not out.exists()
-        monkeypatch.setattr("epsl.train.train", _no_training)
+        monkeypatch.setattr("epsl.reproduce.train", _no_training)
         with pytest.raises(_Trained):
             CliRunner().invoke(main, [str(a) for a in args[command]]
                                + ["--no-audit", "--no-min-norm"], catch_exceptions=False)
