@@ -375,7 +375,8 @@ def _override_minimal(current: MinimalConfig | None,
     if values.pop("enabled", True) is False:
         return None
     try:
-        return replace(current or MinimalConfig(), **values)
+        base = current if current is not None else _minimal({}, "preset")
+        return replace(base, **values)
     except TypeError as exc:
         raise EpslError(f"preset [minimal]: {exc}") from None
 

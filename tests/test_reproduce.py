@@ -195,6 +195,10 @@ def test_bundled_presets_load() -> None:
     ("name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\n[[models]]\nname='a'\n"
      "label_smoothing=3\n", "label_smoothing"),
     ("not toml [", "not valid TOML"),
+    ("name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\n[minimal]\nfmn_step=5\n"
+     "[[models]]\nname='a'\n", "[minimal]: unknown keys ['fmn_step']"),
+    ("name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\n[minimal]\nattacks=['pgd']\n"
+     "[[models]]\nname='a'\n", "pgd"),
 ])
 def test_bad_presets(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"
@@ -282,3 +286,23 @@ def test_seeds_must_differ(tmp_path: Path) -> None:
     path.write_text(TINY.replace("extra_seeds = [1]", "extra_seeds = [0]"))
     with pytest.raises(EpslError, match=re.escape("seed and extra_seeds must all differ")):
         load_preset(str(path))
+
+
+def test_minimal_section_is_the_library_config(tmp_path: Path) -> None:
+    """``[minimal]`` fills :class:`MinimalConfig` itself; ``enabled = false`` is no ensemble,
+    and the JSON form written to preset.json reads back to the same preset."""
+    from epsl.minimal import MinimalConfig
+    from epsl.preset import preset_from_dict, preset_to_dict
+
+    head = "name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\n"
+    path = tmp_path / "m.toml"
+    path.write_text(head + "[minimal]\nattacks=['fmn']\nfmn_steps=7\nseed=3\n"
+                    "[[models]]\nname='natural'\n")
+    preset = load_preset(str(path))
+    assert preset.minimal == MinimalConfig(attacks=("fmn",), fmn_steps=7, seed=3)
+    assert preset_from_dict(preset_to_dict(preset)) == preset
+    path.write_text(head + "[minimal]\nenabled=false\n[[models]]\nname='natural'\n")
+    off = load_preset(str(path))
+    assert off.minimal is None and preset_from_dict(preset_to_dict(off)).minimal is None
+    assert override(off, **{"minimal.fmn_steps": 9}).minimal == MinimalConfig(fmn_steps=9)
+    assert override(preset, **{"minimal.enabled": False}).minimal is None
