@@ -108,7 +108,7 @@ def test_a_table_without_its_record_is_refused(tmp_path: Path) -> None:
 def test_a_refused_save_writes_nothing(tmp_path: Path) -> None:
     Result("landscape", {"a": 1}, ORIGIN, pd.DataFrame({"x": [1]})).save(tmp_path)
     before = snapshot(tmp_path)
-    with pytest.raises(EpslError, match="--overwrite"):
+    with pytest.raises(EpslError, match="overwrite=True"):
         Result("landscape", {"a": 2}, ORIGIN, pd.DataFrame({"x": [2]})).save(
             tmp_path, overwrite=False)
     assert snapshot(tmp_path) == before
