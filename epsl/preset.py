@@ -25,6 +25,7 @@ from epsl.defenses import DefenseConfig
 from epsl.errors import EpslError
 from epsl.io import read_json, to_json, write_json
 from epsl.minimal import MinimalConfig
+from epsl.train import TrainConfig
 
 PRESETS = ("digits", "fashion-mnist", "mnist-paper", "cifar10-paper", "cifar100-paper")
 PRESET_FILE = "preset.json"  # in a study folder: the resolved preset
@@ -56,38 +57,6 @@ class ModelSpec:
 
     name: str
     defense: DefenseConfig = field(default_factory=DefenseConfig)
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """``[train]``: how every model of the grid is trained (see :class:`epsl.train.TrainConfig`)."""
-
-    SECTION: ClassVar[str] = "[train] "
-    epochs: int | None = 15
-    steps: int | None = None
-    batch_size: int = 64
-    train_limit: int | None = None
-    optimizer: str = "auto"
-    lr: float | None = None
-    weight_decay: float | None = None
-    seed: int = 0  # the main training seed: its models get the whole study
-    extra_seeds: tuple[int, ...] = ()  # every model trained again under each, evaluated with
-    #                                    Eq. 4 and the paper's attacks at eps (mean and sd)
-
-    def __post_init__(self) -> None:
-        from epsl.train import OPTIMIZERS
-
-        seeds = [self.seed, *self.extra_seeds]
-        if len(set(seeds)) != len(seeds):
-            raise EpslError(f"{self.SECTION}seed and extra_seeds must all differ (got {seeds})")
-
-        _choice(f"{self.SECTION}optimizer", self.optimizer, list(OPTIMIZERS))
-        if self.epochs is None and self.steps is None:
-            raise EpslError(f"{self.SECTION}needs epochs or steps")
-        _at_least_one(self.SECTION, epochs=self.epochs, steps=self.steps,
-                      batch_size=self.batch_size, train_limit=self.train_limit)
-        _number(self.SECTION, "lr", self.lr, zero=False)
-        _number(self.SECTION, "weight_decay", self.weight_decay, zero=True)
 
 
 @dataclass(frozen=True)
@@ -159,7 +128,13 @@ class Preset:
     limit: int | None = None
     device: str = "auto"
     data_root: str | None = None
-    train: TrainSettings = field(default_factory=TrainSettings)
+    #: ``[train]``: how every model of the grid is trained, read straight into the library's
+    #: :class:`epsl.train.TrainConfig`; its dataset, architecture, data root and device are the
+    #: preset's own and each model's defense is its ``[[models]]`` entry's
+    train: TrainConfig = field(default_factory=TrainConfig)
+    #: ``[train] extra_seeds``: every model trained again under each seed and evaluated with
+    #: Eq. 4 and the paper's attacks at eps (mean and sd over the seeds)
+    extra_seeds: tuple[int, ...] = ()
     attacks: AttackSettings = field(default_factory=AttackSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     landscape: LandscapeSettings = field(default_factory=LandscapeSettings)
@@ -182,6 +157,15 @@ class Preset:
             if not 0 < e <= 1:
                 raise EpslError(f"eps_grid values must be in (0, 1] (got {e})")
         _at_least_one("", limit=self.limit)
+        seeds = [self.train.seed, *self.extra_seeds]
+        if len(set(seeds)) != len(seeds):
+            raise EpslError(f"[train] seed and extra_seeds must all differ (got {seeds})")
+        if self.train.weight_decay is not None:
+            _number("[train] ", "weight_decay", self.train.weight_decay, zero=True)
+        # the training config follows the preset's data, architecture and device
+        object.__setattr__(self, "train", replace(
+            self.train, dataset=self.dataset, arch=self.arch,
+            arch_kwargs=dict(self.arch_kwargs), data_root=self.data_root, device=self.device))
         if not self.models:
             raise EpslError("no [[models]]")
         names = [m.name for m in self.models]
@@ -260,6 +244,28 @@ def _section(cls: type, raw: Any, where: str) -> Any:
         raise EpslError(f"{where}: {exc}") from None
 
 
+#: TrainConfig fields a preset sets elsewhere: at its top, or per model (the defense)
+TRAIN_FROM_PRESET = ("dataset", "data", "data_root", "arch", "arch_kwargs", "device", "defense")
+
+
+def _train(raw: Any, where: str) -> tuple[TrainConfig, tuple[int, ...]]:
+    """``[train]`` as the library's :class:`TrainConfig` (any of its fields but those the
+    preset sets elsewhere), and its ``extra_seeds``."""
+    if not isinstance(raw, dict):
+        raise EpslError(f"{where} [train]: expected a table of settings (got {raw!r})")
+    raw = dict(raw)
+    elsewhere = sorted(set(raw) & set(TRAIN_FROM_PRESET))
+    if elsewhere:
+        raise EpslError(f"{where} [train]: {', '.join(elsewhere)} belong at the top of the "
+                        "preset (the defense: in each [[models]] table)")
+    seeds = raw.pop("extra_seeds", ())
+    if not isinstance(seeds, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in seeds):
+        raise EpslError(f"{where} [train]: extra_seeds must be a list of integers "
+                        f"(got {seeds!r})")
+    return _section(TrainConfig, raw, f"{where} [train]"), tuple(seeds)
+
+
 def _minimal(raw: Any, where: str) -> MinimalConfig | None:
     """``[minimal]`` as the library's :class:`MinimalConfig` (None with ``enabled = false``;
     the JSON form writes null)."""
@@ -291,10 +297,13 @@ def preset_from_dict(raw: dict[str, Any], where: str = "preset") -> Preset:
         if not name:
             raise EpslError(f"{where}: models[{i}] has no name")
         models.append(ModelSpec(name, _section(DefenseConfig, entry, f"{where} model {name}")))
-    sections = {"train": TrainSettings, "attacks": AttackSettings, "audit": AuditSettings,
+    sections = {"attacks": AttackSettings, "audit": AuditSettings,
                 "landscape": LandscapeSettings}
+    parsed_train, extra_seeds = _train(raw.pop("train", {}), where)
     parsed = {key: _section(cls, raw.pop(key, {}), f"{where}") for key, cls in sections.items()}
     parsed["minimal"] = _minimal(raw.pop("minimal", {}), where)
+    parsed["train"] = parsed_train
+    parsed["extra_seeds"] = raw.pop("extra_seeds", extra_seeds)
     return _section(Preset, {**raw, **parsed, "models": tuple(models)}, where)
 
 
@@ -340,6 +349,9 @@ def override(preset: Preset, **changes: Any) -> Preset:
         else:
             top[key] = value
     for section, values in nested.items():
+        if section == "train" and "extra_seeds" in values:
+            values = dict(values)
+            top["extra_seeds"] = tuple(values.pop("extra_seeds"))
         if section == "minimal":
             top[section] = _override_minimal(preset.minimal, values)
             continue
@@ -385,7 +397,10 @@ def preset_to_dict(preset: Preset) -> dict[str, Any]:
     """The JSON form written to ``preset.json`` (read back by :func:`preset_from_dict`)."""
     import json
 
-    return json.loads(to_json(asdict(preset)))  # type: ignore[no-any-return]
+    d = json.loads(to_json(asdict(preset)))
+    for key in TRAIN_FROM_PRESET:  # the preset's own, not [train]'s
+        d["train"].pop(key, None)
+    return d  # type: ignore[no-any-return]
 
 
 def _results_key(preset: Preset) -> dict[str, Any]:

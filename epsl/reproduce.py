@@ -86,16 +86,11 @@ def _mark(out: Path, stage: str, made_from: Any) -> None:
     write_json(out / STAGE_FILE, record)
 
 
-def train_config(preset: Preset, spec: ModelSpec, seed: int | None = None) -> Any:
-    """The :class:`epsl.train.TrainConfig` of one model of the grid (under ``seed``, default
-    the preset's main training seed)."""
-
-    t = replace(preset.train, seed=seed, extra_seeds=()) if seed is not None else preset.train
-    return TrainConfig(dataset=preset.dataset, data_root=preset.data_root, arch=preset.arch,
-                       arch_kwargs=dict(preset.arch_kwargs), epochs=t.epochs, steps=t.steps,
-                       batch_size=t.batch_size, train_limit=t.train_limit,
-                       optimizer=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, seed=t.seed,
-                       device=preset.device, defense=spec.defense)
+def train_config(preset: Preset, spec: ModelSpec, seed: int | None = None) -> TrainConfig:
+    """The :class:`epsl.train.TrainConfig` of one model of the grid: ``[train]`` with the
+    model's defense, under ``seed`` (default the preset's main training seed)."""
+    config = replace(preset.train, defense=spec.defense)
+    return config if seed is None else replace(config, seed=seed)
 
 
 # --------------------------------------------------------------------------- stages
@@ -289,11 +284,11 @@ def stage_seeds(preset: Preset, out: Path) -> Any:
     """``seeds.csv`` (one row per model and training seed) and ``seeds_summary.csv`` (per
     model, the mean and standard deviation over the seeds) from every seed's comparison; None
     with a single seed."""
-    if not preset.train.extra_seeds:
+    if not preset.extra_seeds:
         return None
     tables = {preset.train.seed: read_table(out / "comparison.csv")}
     tables |= {seed: read_table(seed_folder(out, seed) / "comparison.csv")
-               for seed in preset.train.extra_seeds}
+               for seed in preset.extra_seeds}
     per_seed = seed_table(tables)
     summary = seed_summary(per_seed)
     write_table(per_seed, out / "seeds.csv")
@@ -374,7 +369,7 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
         if preset.attacks.sweep_model == spec.name:
             note(f"sweeps {spec.name}", stage_sweeps(preset, spec, ev, folder / "sweeps", say))
     note("compare", stage_compare(preset, checkpoints, out, say))
-    for seed in preset.train.extra_seeds:
+    for seed in preset.extra_seeds:
         seeded = {spec.name: out / "models" / f"seed{seed}" / f"{spec.name}.safetensors"
                   for spec in preset.models}
         for spec in preset.models:

@@ -72,7 +72,9 @@ class TrainConfig:
         if self.arch not in MODELS:
             raise EpslError(f"unknown architecture {self.arch!r}; choose from "
                             f"{', '.join(MODELS.names())}")
-        if self.steps is None and (self.epochs is None or self.epochs < 1):
+        if self.epochs is not None and self.epochs < 1:
+            raise EpslError(f"epochs must be at least 1 (got {self.epochs})")
+        if self.steps is None and self.epochs is None:
             raise EpslError("give epochs >= 1 or steps >= 1")
         if self.steps is not None and self.steps < 1:
             raise EpslError(f"steps must be >= 1 (got {self.steps})")

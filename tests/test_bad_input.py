@@ -102,7 +102,11 @@ MINIMAL = 'name = "x"\ndataset = "digits"\narch = "small-cnn"\neps = 0.1\n'
     (MINIMAL.replace('"small-cnn"', '"nope"') + '[[models]]\nname = "a"\n',
      "unknown arch 'nope'"),
     (MINIMAL + '[train]\nepochs = -1\n[[models]]\nname = "a"\n',
-     "[train] epochs must be at least 1 (got -1)"),
+     "[train]: epochs must be at least 1 (got -1)"),
+    (MINIMAL + '[train]\ndataset = "mnist"\n[[models]]\nname = "a"\n',
+     "[train]: dataset belong at the top of the preset"),
+    (MINIMAL + '[train]\nprecision = "fp64"\n[[models]]\nname = "a"\n',
+     "[train]: precision must be one of"),
     (MINIMAL + '[attacks]\npgd_steps = 0\n[[models]]\nname = "a"\n',
      "[attacks] pgd_steps must be at least 1 (got 0)"),
     (MINIMAL + 'limit = 0\n[[models]]\nname = "a"\n', "limit must be at least 1"),
@@ -110,7 +114,8 @@ MINIMAL = 'name = "x"\ndataset = "digits"\narch = "small-cnn"\neps = 0.1\n'
     (MINIMAL + 'models = "abc"\n', "models must be a list"),
     (MINIMAL + 'train = 5\n[[models]]\nname = "a"\n', "expected a table"),
     (MINIMAL + '[[models]]\nname = "a"\nadv_steps = true\n', "adv_steps must be int"),
-], ids=["missing-keys", "eps-type", "dataset", "arch", "epochs", "pgd-steps", "limit", "span",
+], ids=["missing-keys", "eps-type", "dataset", "arch", "epochs", "train-dataset",
+          "train-precision", "pgd-steps", "limit", "span",
         "models-type", "section-type", "defense-type"])
 def test_bad_preset_fails_before_anything_is_written(tmp_path: Path, text: str,
                                                      message: str) -> None:

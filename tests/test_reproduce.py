@@ -306,3 +306,28 @@ def test_minimal_section_is_the_library_config(tmp_path: Path) -> None:
     assert off.minimal is None and preset_from_dict(preset_to_dict(off)).minimal is None
     assert override(off, **{"minimal.fmn_steps": 9}).minimal == MinimalConfig(fmn_steps=9)
     assert override(preset, **{"minimal.enabled": False}).minimal is None
+
+
+def test_train_section_is_the_library_config(tmp_path: Path) -> None:
+    """``[train]`` fills :class:`TrainConfig` itself (any field, e.g. precision); dataset,
+    architecture and device are the preset's, the defense each model's; ``extra_seeds`` stays
+    a preset setting and overrides reach both."""
+    from epsl.preset import preset_from_dict, preset_to_dict
+    from epsl.reproduce import train_config
+    from epsl.train import TrainConfig
+
+    path = tmp_path / "t.toml"
+    path.write_text("name='x'\ndataset='digits'\narch='small-cnn'\narch_kwargs={width=8}\n"
+                    "eps=0.1\n[train]\nepochs=2\nprecision='bf16'\nlr_milestones=[0.5]\n"
+                    "extra_seeds=[4]\n[[models]]\nname='natural'\n[[models]]\nname='ls'\n"
+                    "label_smoothing=0.5\n")
+    preset = load_preset(str(path))
+    assert preset.train == TrainConfig(dataset="digits", arch="small-cnn",
+                                       arch_kwargs={"width": 8}, epochs=2, precision="bf16",
+                                       lr_milestones=(0.5,))
+    assert preset.extra_seeds == (4,) and preset_from_dict(preset_to_dict(preset)) == preset
+    config = train_config(preset, preset.model("ls"), seed=4)
+    assert config.defense.label_smoothing == 0.5 and config.seed == 4 and config.epochs == 2
+    changed = override(preset, **{"train.epochs": 3, "train.extra_seeds": [5, 6]})
+    assert changed.train.epochs == 3 and changed.extra_seeds == (5, 6)
+    assert override(preset, dataset="fashion-mnist").train.dataset == "fashion-mnist"
