@@ -73,8 +73,11 @@ def default(cls: type, name: str) -> Any:
 
 
 #: library parameters whose option is named otherwise (``--model`` fills ``model=``)
-PARAMETER_ALIASES = {"model": "model_factory", "compile": "compile_model"}
-_PARAMETER = re.compile(r"\b([a-z][a-z_]*)=(True\b)?")
+PARAMETER_ALIASES = {"model": "model_factory", "compile": "compile_model",
+                     "random_start": "no_random_start"}
+# a parameter starts the message or follows a space, "(" or ","; never inside a path
+# (runs/eps=0.1 stays as it is)
+_PARAMETER = re.compile(r"(?<![^\s(,])([a-z][a-z_]*)=(True\b)?")
 
 
 def in_flags(message: str, command: click.Command | None) -> str:
@@ -93,7 +96,7 @@ def in_flags(message: str, command: click.Command | None) -> str:
             return match.group(0)
         return flags[name] if true else f"{flags[name]} "
 
-    return _PARAMETER.sub(flag, message)
+    return re.sub(r" +(?=[,;)]|$)", "", _PARAMETER.sub(flag, message))
 
 
 def handle_errors(func: F) -> F:

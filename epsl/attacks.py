@@ -44,9 +44,10 @@ from epsl.registry import Registry
 from epsl.stats import accuracy_interval
 
 __all__ = [
-    "ATTACKS", "LOSSES", "AttackResult", "InputGradient", "apgd", "default_step_size", "fgsm",
-    "input_gradient", "logit_margin", "pgd", "project", "score", "sign_steps", "square",
-    "sweep", "transfer", "uniform_noise",
+    "ATTACKS", "DEFAULT_STEPS", "LOSSES", "AttackResult", "AttackRunConfig", "InputGradient",
+    "accepted_settings", "accuracy_table", "apgd", "check_settings", "default_step_size",
+    "fgsm", "input_gradient", "logit_margin", "pgd", "project", "run_attack", "score",
+    "sign_steps", "square", "sweep", "transfer", "uniform_noise",
 ]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -618,7 +619,7 @@ def check_settings(attack: str, names: Iterable[str]) -> set[str]:
     accepted = accepted_settings(attack)
     unknown = sorted(set(names) - accepted)
     if unknown:
-        raise EpslError(f"{attack} takes no {', '.join(unknown)}")
+        raise EpslError(f"{attack} takes no {', '.join(f'{name}=' for name in unknown)}")
     return accepted
 
 

@@ -51,7 +51,7 @@ from epsl.context import DataConfig, Evaluation, load_source, provenance
 from epsl.device import model_device
 from epsl.diagnostics import diagnose
 from epsl.distributed import agree
-from epsl.errors import EpslError
+from epsl.errors import EpslError, check_progress
 from epsl.io import to_json
 from epsl.minimal import (
     MinimalConfig,
@@ -107,7 +107,8 @@ class AuditConfig:
         unbounded_tolerance: warn when the unbounded attack leaves more than this accuracy.
         vanishing_tolerance: warn when more than this fraction of examples has an input
             gradient of the cross-entropy that is exactly zero (l1 norm <= ``zero_grad_atol``).
-        seed: seeds every random start and torchattacks' attacks.
+        seed: seeds every random start and torchattacks' APGD and Square (the ensemble's FAB
+            has its own ``minimal.seed``).
         batch_size: examples per forward/backward pass (None: all at once).
     """
 
@@ -157,6 +158,8 @@ class AuditConfig:
             raise EpslError(f"strong_steps ({self.strong_steps}) must exceed pgd_steps "
                             f"({self.pgd_steps}): the strong PGD is the paper's PGD with more "
                             "steps and restarts")
+        if self.minimal is not None and not isinstance(self.minimal, MinimalConfig):
+            raise EpslError(f"minimal must be a MinimalConfig or None (got {self.minimal!r})")
         if not 0 < self.unbounded_eps <= 1:
             raise EpslError(f"unbounded_eps must be in (0, 1] (got {self.unbounded_eps})")
 
@@ -467,6 +470,7 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
             examples still robust when its turn comes.
     """
     config = config or AuditConfig()
+    check_progress(progress)
     check_dependencies(config)
     _check_audit_inputs(y, eps, minimal)
     device = model_device(model)

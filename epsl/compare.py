@@ -49,7 +49,7 @@ from epsl.diagnostics.runs import ensure_diagnostics
 from epsl.errors import EpslError
 from epsl.io import check_out_dir
 from epsl.minimal import MinimalConfig, MinimalResult, check_minimal_dependencies
-from epsl.records import Result, file_sha256, kind, reusable
+from epsl.records import Result, file_sha256, invalidate, kind, load, record_path, reusable
 
 PRODUCTS = kind("comparison").files()
 Log = Callable[[str], None]
@@ -95,6 +95,10 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if not self.checkpoints:
             raise EpslError("give at least one checkpoint to compare")
+        if not isinstance(self.data, DataConfig):
+            raise EpslError(f"data must be a DataConfig (got {self.data!r})")
+        if self.minimal is not None and not isinstance(self.minimal, MinimalConfig):
+            raise EpslError(f"minimal must be a MinimalConfig or None (got {self.minimal!r})")
         if self.data.checkpoint is not None:
             raise EpslError("CompareConfig.data names no checkpoint: the checkpoints are "
                             "CompareConfig.checkpoints")
@@ -217,6 +221,21 @@ def _attacks(ev: Evaluation, folder: Path, config: CompareConfig,
     return True
 
 
+def _drop_other_origin(folder: Path, name: str, ev: Evaluation) -> None:
+    """Remove the record of a result this call does not compute (an audit without
+    ``audit=True``, ε* without ``minimal``) when an earlier run left it in ``folder`` for other
+    weights, so the comparison never shows it as this model's. (Its examples may be a part of
+    these: the study audits the first ``[audit] limit`` of them.)"""
+    if not record_path(folder, name).is_file():
+        return
+    try:
+        found = load(folder, name, table=False).provenance
+    except EpslError:
+        found = None
+    if found is None or found.checkpoint_sha256 != file_sha256(ev.weights):
+        invalidate(folder, name)
+
+
 def evaluate_model(ev: Evaluation, folder: Path, config: CompareConfig, *,
                    source_model: torch.nn.Module | None = None,
                    log: Log | None = None) -> list[str]:
@@ -228,7 +247,9 @@ def evaluate_model(ev: Evaluation, folder: Path, config: CompareConfig, *,
     if not computed:
         reused.append("diagnostics")
     points: MinimalResult | None = None  # eps* computed in this call, for the audit
-    if config.minimal is not None:
+    if config.minimal is None:
+        _drop_other_origin(folder / "minimal", "minimal", ev)
+    else:
         result, computed = ensure_calibration(ev, folder / "minimal", config.minimal,
                                               config.grid(), eq4, say)
         if computed:
@@ -237,7 +258,9 @@ def evaluate_model(ev: Evaluation, folder: Path, config: CompareConfig, *,
             reused.append("minimal")
     if not _attacks(ev, folder / "attacks", config, source_model, say):
         reused.append("attacks")
-    if config.audit:
+    if not config.audit:
+        _drop_other_origin(folder / "audit", "audit", ev)
+    else:
         def eps_star() -> MinimalResult | None:
             if points is None and config.minimal is not None:  # reused: re-score its points
                 return MinimalResult.load(folder / "minimal")

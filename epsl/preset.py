@@ -266,9 +266,9 @@ def _train(raw: Any, where: str) -> tuple[TrainConfig, tuple[int, ...]]:
     return _section(TrainConfig, raw, f"{where} [train]"), tuple(seeds)
 
 
-def _minimal(raw: Any, where: str) -> MinimalConfig | None:
+def _minimal(raw: Any, where: str, seed: int = 0) -> MinimalConfig | None:
     """``[minimal]`` as the library's :class:`MinimalConfig` (None with ``enabled = false``;
-    the JSON form writes null)."""
+    the JSON form writes null); its ``seed`` defaults to ``seed``, the attacks' own."""
     if raw is None:
         return None
     if not isinstance(raw, dict):
@@ -277,6 +277,7 @@ def _minimal(raw: Any, where: str) -> MinimalConfig | None:
     enabled = raw.pop("enabled", True)
     if not isinstance(enabled, bool):
         raise EpslError(f"{where} [minimal]: enabled must be true or false (got {enabled!r})")
+    raw.setdefault("seed", seed)
     section = _section(MinimalConfig, raw, f"{where} [minimal]")
     return section if enabled else None
 
@@ -301,7 +302,7 @@ def preset_from_dict(raw: dict[str, Any], where: str = "preset") -> Preset:
                 "landscape": LandscapeSettings}
     parsed_train, extra_seeds = _train(raw.pop("train", {}), where)
     parsed = {key: _section(cls, raw.pop(key, {}), f"{where}") for key, cls in sections.items()}
-    parsed["minimal"] = _minimal(raw.pop("minimal", {}), where)
+    parsed["minimal"] = _minimal(raw.pop("minimal", {}), where, seed=parsed["attacks"].seed)
     parsed["train"] = parsed_train
     parsed["extra_seeds"] = raw.pop("extra_seeds", extra_seeds)
     return _section(Preset, {**raw, **parsed, "models": tuple(models)}, where)

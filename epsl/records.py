@@ -66,6 +66,8 @@ class Kind:
     extra: tuple[str, ...] = ()
     #: files it writes only sometimes (checked for overwrites, not for reuse)
     optional: tuple[str, ...] = ()
+    #: the extra file holding the result's exact tensors (:attr:`Result.tensors`)
+    tensors: str | None = None
 
     def files(self, table_format: str = "csv") -> list[str]:
         """The names this result writes in its folder (for overwrite checks)."""
@@ -78,12 +80,14 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {kind.name: kind for kind in (
-    Kind("diagnostics", "diagnostics.json", "diagnostics", extra=("diagnostics.safetensors",)),
+    Kind("diagnostics", "diagnostics.json", "diagnostics", extra=("diagnostics.safetensors",),
+         tensors="diagnostics.safetensors"),
     Kind("attack", "attack.json", "attack"),
     Kind("audit", "audit.json", "audit"),
     Kind("activations", "activations.json", "activations"),
     Kind("landscape", "landscape.json", "landscape"),
-    Kind("minimal", "minimal.json", "minimal", extra=("minimal.safetensors",)),
+    Kind("minimal", "minimal.json", "minimal", extra=("minimal.safetensors",),
+         tensors="minimal.safetensors"),
     Kind("comparison", "compare.json", None,
          extra=("comparison.csv", "comparison.md", "report.html"), optional=("paired.csv",)),
 )}
@@ -191,6 +195,10 @@ class Result:
             raise EpslError(f"the {spec.name} record does not serialise ({exc})") from None
         folder = check_out_dir(folder, spec.files(table_format), overwrite)
         invalidate(folder, self.kind)
+        if self.tensors is None and spec.tensors is not None:
+            with on_disk() as writer:  # no other run's tensors may sit beside this record
+                if writer:
+                    (folder / spec.tensors).unlink(missing_ok=True)
         written = [] if self.tensors is None else [self.tensors.save_tensors(folder)]
         if spec.table is not None and self.table is not None:
             with on_disk() as writer:  # one table per result: drop a stale other format

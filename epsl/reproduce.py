@@ -42,7 +42,7 @@ from epsl.diagnostics.runs import (
     run_activations,
     run_landscape,
 )
-from epsl.errors import EpslError
+from epsl.errors import EpslError, check_progress
 from epsl.io import (
     check_out_dir,
     check_writable,
@@ -239,7 +239,8 @@ def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: 
     # ensemble, rebuilds it
     minimal = None if preset.minimal is None else preset.minimal.reuse_settings()
     made_from = {**_made_from(checkpoints),
-                 "~stages": {"audit": preset.audit.enabled, "minimal": minimal}}
+                 "~stages": {"audit": preset.audit.enabled, "minimal": minimal,
+                             "transfer_from": preset.attacks.transfer_from}}
     if _stage_record(out).get("compare") == made_from and (out / "report.html").exists():
         return False
     say("diagnostics, attacks, comparison, figures and report")
@@ -321,6 +322,7 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
     :func:`stage_sweeps`; then
     :func:`stage_compare` and :func:`stage_headline`. A stage whose result is on disk, made
     from the same inputs, is skipped."""
+    check_progress(progress)
     say = log or (lambda _msg: None)
     t0 = time.perf_counter()
     out = Path(out)

@@ -27,7 +27,7 @@ from epsl import checkpoint, distributed
 from epsl.data import Split, augment_batch, load_split
 from epsl.defenses import DefenseConfig, StepOutput, batch_loss, objective, soft_cross_entropy
 from epsl.device import PRECISIONS, resolve_device
-from epsl.errors import EpslError
+from epsl.errors import EpslError, check_progress
 from epsl.io import check_writable
 from epsl.models import MODELS, create_model
 from epsl.resume import launch_metadata, previous_state_path, save_epoch, start_point, state_path
@@ -259,6 +259,7 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
     after every optimiser step with the number of examples it trained on (as everywhere in
     epsl: ``tqdm.update`` fits); ``on_epoch`` gets every epoch's report.
     """
+    check_progress(progress)
     out = Path(out)
     world = distributed.setup()  # under torchrun: join the group (gloo on CPU, nccl on CUDA)
     if out.suffix != ".safetensors":

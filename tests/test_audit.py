@@ -188,3 +188,37 @@ def test_train_mode_model_is_restored(digits_model, batch):
 def test_strong_pgd_must_have_more_steps_than_the_papers():
     with pytest.raises(EpslError, match="must exceed pgd_steps"):
         AuditConfig(pgd_steps=40, strong_steps=40)
+
+
+@pytest.mark.parametrize("progress", [True, False, "bar"])
+def test_progress_is_a_callable_or_none(progress: object) -> None:
+    """``progress`` means one thing everywhere (a callable given the work done); a bool from
+    older code is refused before any work, in one line."""
+    from epsl.reproduce import reproduce
+    from epsl.train import TrainConfig, train
+
+    x, y = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+    calls = [lambda: audit(nn.Flatten(), x, y, eps=0.1, progress=progress),
+             lambda: train(TrainConfig(), "never.safetensors", progress=progress),
+             lambda: reproduce(None, "never", progress=progress)]  # type: ignore[arg-type]
+    for call in calls:
+        with pytest.raises(EpslError, match="progress is a callable"):
+            call()
+
+
+def test_compare_drops_a_switched_off_result_of_other_weights(digits_checkpoint, tmp_path):
+    """A comparison that does not audit (or find ε*) must not show an audit an earlier run left
+    for other weights at the same path; one made from these weights stays."""
+    from epsl.compare import _drop_other_origin
+    from epsl.context import DataConfig, provenance
+    from epsl.records import Result, record_path
+
+    ev = DataConfig(str(digits_checkpoint), limit=10, device="cpu").prepare()
+    table = pd.DataFrame({"index": [0], "robust": [True]})
+    ours = provenance(ev, {"eps": 0.1})
+    other = dataclasses.replace(ours, checkpoint_sha256="0" * 64)
+    for origin, kept in ((ours, True), (other, False)):
+        folder = tmp_path / str(kept)
+        Result("audit", {"eps": 0.1}, origin, table).save(folder)
+        _drop_other_origin(folder, "audit", ev)
+        assert record_path(folder, "audit").is_file() == kept

@@ -280,7 +280,7 @@ def _cases(tmp: Path, ckpt: Path) -> dict[str, tuple[list[object], int, str]]:
         "landscape": (["landscape", ckpt, "--data", afile, "--out", out], 1,
                       "not a valid .npz"),
         "attack": (["attack", ckpt, "--attack", "fgsm", "--steps", 5, "--eps", "0.1",
-                    "--out", out], 1, "fgsm takes no steps"),
+                    "--out", out], 1, "fgsm takes no --steps"),
         "audit": (["audit", ckpt, "--eps", "0.1", "--source", tmp / "junk.pt", "--limit", 4,
                    "--out", out], 1, "refused to load"),
         "figures": (["figures", tmp / "nowhere", "--out", out], 1, "no such folder"),

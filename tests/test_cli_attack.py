@@ -74,8 +74,8 @@ def test_transfer_attack_records_its_source(digits_checkpoint, tmp_path):
     (["--eps", "1.5"], "1.5"),
     (["--eps", "0.1", "--steps", "0"], "0"),
     (["--eps", "0.1", "--attack", "deepfool"], "deepfool"),
-    (["--eps", "0.1", "--attack", "fgsm", "--steps", "5"], "fgsm takes no steps"),
-    (["--eps", "0.1", "--attack", "apgd", "--no-random-start"], "apgd takes no random_start"),
+    (["--eps", "0.1", "--attack", "fgsm", "--steps", "5"], "fgsm takes no --steps"),
+    (["--eps", "0.1", "--attack", "apgd", "--no-random-start"], "apgd takes no --no-random-start"),
     (["--eps", "0.1", "--limit", "0"], "--limit"),
 ], ids=["eps-zero", "eps-above-one", "no-steps", "unknown-attack", "fgsm-steps",
         "apgd-random-start", "limit-zero"])

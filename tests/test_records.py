@@ -210,3 +210,17 @@ def test_eps_star_without_its_points_is_recomputed(tmp_path: Path, smoothed: Pat
     invoke(*args, "--overwrite")
     assert "minimal" not in json.loads((out / "compare.json").read_text())["reused"]["ls"]
     assert (out / "ls" / "minimal" / "minimal.safetensors").is_file()
+
+
+def test_a_result_saved_without_tensors_leaves_no_old_ones(tmp_path: Path) -> None:
+    """Re-saving a diagnostics or ε* result without its tensors removes the tensors an earlier
+    run wrote there, so the folder is not complete and is never reused with another run's
+    points."""
+    table = pd.DataFrame({"index": [0, 1], "eps_l": [0.1, 0.2]})
+    for name in ("diagnostics", "minimal"):
+        folder = tmp_path / name
+        folder.mkdir()
+        stale = folder / KINDS[name].tensors
+        stale.write_bytes(b"another run's tensors")
+        Result(name, {"n": 2}, ORIGIN, table).save(folder)
+        assert not stale.exists() and reusable(folder, name, ORIGIN) is None
