@@ -252,8 +252,8 @@ def test_frame_columns_and_save_load_round_trip(trained: tuple[Classifier, Diagn
         "eps_l", "rival", "grad_l1_label", "grad_l1_rival", *[f"logit_{k}" for k in range(10)]]
     assert len(frame) == 48
     assert frame["grad_l1_rival"].tolist() == [float(d.grad_l1[i, d.rival[i]]) for i in range(48)]
-    d.save_tensors(tmp_path)  # type: ignore[arg-type]
-    Result("diagnostics", {"n": 48}, None, frame).save(tmp_path)  # type: ignore[arg-type]
+    Result("diagnostics", {"n": 48}, None, frame,  # the tensors are written with it
+           tensors=d).save(tmp_path)  # type: ignore[arg-type]
     back = Diagnostics.load(tmp_path)  # type: ignore[arg-type]
     for name, value in d.tensors().items():
         loaded = getattr(back, name)
