@@ -303,16 +303,14 @@ def _timm_file(name: str, model_dir: Path | None, net: nn.Module | None = None) 
     if not repo:
         raise EpslError(f"timm:{name}: timm names no Hugging Face repository for it; pass "
                         f"the weights folder (model_dir) holding {name}.safetensors")
-    from huggingface_hub import try_to_load_from_cache  # the zoo extra; timm is here already
-
+    hub = _import("huggingface_hub", f"timm:{name}")  # the zoo extra, never the main job's
     names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else []
     for filename in [*names, "model.safetensors", "pytorch_model.bin"]:
-        found = try_to_load_from_cache(repo, filename)
+        found = hub.try_to_load_from_cache(repo, filename)
         if isinstance(found, str):
             return Path(found)
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    return Path(HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots" / "*" / \
+    cache = _import("huggingface_hub.constants", f"timm:{name}").HF_HUB_CACHE
+    return Path(cache) / f"models--{repo.replace('/', '--')}" / "snapshots" / "*" / \
         "model.safetensors"
 
 
