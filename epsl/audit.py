@@ -637,11 +637,18 @@ def run_audit(config: AuditRunConfig, *, evaluation: Evaluation | None = None,
     examples with ``config.audit.minimal``."""
     check_dependencies(config.audit)
     ev = evaluation or config.data.prepare()
+    return _audit_result(config, ev, provenance(ev, config.reuse_settings(), source=config.source),
+                         source_model, minimal, progress)
+
+
+def _audit_result(config: AuditRunConfig, ev: Evaluation, origin: Provenance,
+                  source_model: nn.Module | None, minimal: MinimalResult | None,
+                  progress: Callable[[int], None] | None) -> Result:
     if source_model is None:
         source_model = load_source(config.source, ev)
     found = audit(ev.model, ev.data.x.to(ev.device), ev.data.y.to(ev.device), eps=config.eps,
                   source=source_model, config=config.audit, progress=progress, minimal=minimal)
-    return found.record(provenance(ev, config.reuse_settings(), source=config.source))
+    return found.record(origin)
 
 
 def ensure_audit(config: AuditRunConfig, folder: Path, ev: Evaluation, *,
@@ -656,6 +663,6 @@ def ensure_audit(config: AuditRunConfig, folder: Path, ev: Evaluation, *,
         return False
     if log is not None:
         log(f"{folder.parent.name}: audit at eps={config.eps:g} on {len(ev.data)} examples")
-    run_audit(config, evaluation=ev, source_model=source_model,
-              minimal=points()).save(folder, overwrite=True)
+    check_dependencies(config.audit)
+    _audit_result(config, ev, origin, source_model, points(), None).save(folder, overwrite=True)
     return True
