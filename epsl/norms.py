@@ -21,10 +21,12 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Iterable
-
-import torch
+from typing import TYPE_CHECKING
 
 from epsl.errors import EpslError
+
+if TYPE_CHECKING:  # torch-free at import, so that epsl.analysis can name norms too
+    import torch
 
 __all__ = ["NORMS", "Norm", "check_radius", "distance", "dual", "lp", "max_radius",
            "parse_norm"]
@@ -74,6 +76,8 @@ def lp(values: torch.Tensor, norm: str | Norm, dim: int = -1) -> torch.Tensor:
         return values.abs().amax(dim)
     if p is Norm.L1:
         return values.abs().sum(dim)
+    import torch
+
     return torch.linalg.vector_norm(values, ord=2, dim=dim)
 
 
