@@ -18,6 +18,7 @@ from epsl.device import DEVICES
 from epsl.errors import EpslError
 from epsl.minimal import MinimalConfig
 from epsl.models import MODELS
+from epsl.norms import NORMS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,9 +57,17 @@ class FractionType(click.ParamType):
         return number
 
 
-#: Every ε of every command: an l_inf radius in pixel units on the [0, 1] scale, in (0, 1]
-#: (1 is the whole box, the paper's unbounded check); '8/255' accepted.
+#: An l_inf radius in pixel units on the [0, 1] scale, in (0, 1] (1 is the whole box, the
+#: paper's unbounded check); '8/255' accepted.
 EPS = FractionType(0.0, 1.0, low_open=True)
+#: A radius in the command's ``--norm``: positive here, checked per norm by the library (ℓ∞ at
+#: most 1, ℓ2 at most √D, ℓ1 at most D: :func:`epsl.norms.check_radius`).
+RADIUS = FractionType(0.0, None, low_open=True)
+
+#: ``--norm``: the ℓp threat model of every ε, ε_L and ε* of a command.
+norm_option = click.option(
+    "--norm", type=click.Choice(NORMS), default="linf", show_default=True,
+    help="Threat model: the lp norm of every eps, eps_L and eps* (linf is the paper's).")
 
 
 def default(cls: type, name: str) -> Any:

@@ -15,6 +15,7 @@ from epsl.analysis.calibration import card_lines
 from epsl.calibrate import CalibrateConfig, run_calibrate
 from epsl.cli.common import (
     EPS,
+    RADIUS,
     FractionType,
     checkpoint_options,
     data_config,
@@ -23,6 +24,7 @@ from epsl.cli.common import (
     eval_data_options,
     minimal_budget_options,
     minimal_config,
+    norm_option,
     result_options,
 )
 from epsl.data import SPLITS
@@ -69,9 +71,11 @@ def _written(paths: list[Path]) -> None:
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @eval_data_options
 @checkpoint_options
-@click.option("--eps", "eps", type=EPS, multiple=True,
-              help="l_inf radius in pixel units, in (0, 1]; '8/255' accepted; repeatable. "
-                   "Default: 2/255 4/255 8/255 0.1 0.2 0.3.")
+@norm_option
+@click.option("--eps", "eps", type=RADIUS, multiple=True,
+              help="Radius in the --norm, pixel units: in (0, 1] for linf, up to sqrt(D) for "
+                   "l2, D for l1; '8/255' accepted; repeatable. Default: 2/255 4/255 8/255 0.1 "
+                   "0.2 0.3 (linf), 0.1 0.25 0.5 1 2 (l2), 0.5 1 2 5 12 (l1).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Examples per Jacobian chunk (default: from free memory).")
 @click.option("--batch-size", type=click.IntRange(min=1),
@@ -83,10 +87,11 @@ def _written(paths: list[Path]) -> None:
                    "the fastest measured on the device.")
 @format_option
 @result_options
-def diagnose(checkpoint: str, eps: tuple[float, ...], chunk_size: int | None, batch_size: int,
-             method: str, table_format: str, out: str, overwrite: bool,
+def diagnose(checkpoint: str, norm: str, eps: tuple[float, ...], chunk_size: int | None,
+             batch_size: int, method: str, table_format: str, out: str, overwrite: bool,
              **options: Any) -> None:
-    """Per-example logit gap, gradient gap, cosine and eps_L (Eq. 4) of CHECKPOINT.
+    """Per-example logit gap, gradient gap, cosine and eps_L (Eq. 4) of CHECKPOINT, in the
+    --norm threat model (the gradient gap in its dual norm).
 
     Writes OUT/diagnostics.csv (one row per example), OUT/diagnostics.safetensors (every
     tensor, including the per-class matrices) and OUT/diagnostics.json (clean accuracy, the
@@ -94,9 +99,9 @@ def diagnose(checkpoint: str, eps: tuple[float, ...], chunk_size: int | None, ba
 
     Example: epsl diagnose model.safetensors --dataset digits --eps 0.1 --eps 8/255 --out diag
     """
-    config = DiagnoseConfig(data=data_config(checkpoint, options),
-                            eps=tuple(eps) or DEFAULT_EPS, chunk_size=chunk_size,
-                            batch_size=batch_size, method=method, table_format=table_format)
+    config = DiagnoseConfig(data=data_config(checkpoint, options), eps=tuple(eps),
+                            chunk_size=chunk_size, batch_size=batch_size, method=method,
+                            table_format=table_format, norm=norm)
     _precheck(out, kind("diagnostics").files(table_format), overwrite)
     evaluation = config.data.prepare()
     with _progress_bar(len(evaluation.data)) as bar:
@@ -105,7 +110,7 @@ def diagnose(checkpoint: str, eps: tuple[float, ...], chunk_size: int | None, ba
     summary = record.summary
     n = int(summary["n"])
     click.echo(f"n={n}  clean accuracy {with_interval(summary['clean_accuracy'], n)}")
-    click.echo(f"{'eps':>10}  {'predicted accuracy (Eq. 4) [95% CI]':>36}")
+    click.echo(f"{'eps (' + config.norm + ')':>10}  {'predicted accuracy (Eq. 4) [95% CI]':>36}")
     for e in config.eps:
         click.echo(f"{e:>10.4f}  {with_interval(summary['predicted_accuracy'][repr(e)], n):>36}")
     _written(paths)

@@ -171,7 +171,7 @@ def test_quantities_at_rival_match_definitions() -> None:
     weight = model.linear.weight.detach()
     for i in range(len(y)):
         g_y, g_r = weight[int(y[i])], weight[int(d.rival[i])]
-        assert float(d.grad_gap_l1[i]) == pytest.approx(float((g_y - g_r).abs().sum()))
+        assert float(d.grad_gap[i]) == pytest.approx(float((g_y - g_r).abs().sum()))
         assert float(d.grad_cosine[i]) == pytest.approx(float(F.cosine_similarity(g_y, g_r, 0)))
         assert torch.allclose(d.grad_l1[i], weight.abs().sum(1))
 

@@ -1,14 +1,17 @@
-"""Equation 4 of Shafahi et al.: logit gaps, gradient gaps, cosines and eps_L per example.
+"""Equation 4 of Shafahi et al., in every ℓp norm: logit gaps, gradient gaps, cosines and ε_L.
 
 For an example x with label y and logits z, a first-order (linear) model of z around x says
-that the smallest l_inf perturbation turning class ybar ahead of y has size
+that the smallest ℓp perturbation turning class ybar ahead of y has size
 
-    eps_L(ybar) = (z_y - z_ybar) / || grad_x z_y - grad_x z_ybar ||_1          (Eq. 4)
+    eps_L(ybar) = (z_y - z_ybar) / || grad_x z_y - grad_x z_ybar ||_q,   1/p + 1/q = 1
 
-reached by delta = -eps_L * sign(grad_x z_y - grad_x z_ybar) (Eq. 3). eps_L = min over
-ybar != y of eps_L(ybar), and the minimising class is the ``rival``. For a misclassified
-example the argmax class has a negative gap, so eps_L < 0. The predicted accuracy at eps
-(Table 1, "Equation 4") is the fraction of examples with eps < eps_L.
+with q the dual norm (:func:`epsl.norms.dual`): ‖·‖_1 for the paper's ℓ∞ (Eq. 4, reached by
+delta = -eps_L * sign(grad_x z_y - grad_x z_ybar), Eq. 3), ‖·‖_2 for ℓ2 and ‖·‖_∞ for ℓ1
+(docs/method.md derives it). eps_L = min over ybar != y of eps_L(ybar), and the minimising
+class is the ``rival``. For a misclassified example the argmax class has a negative gap, so
+eps_L < 0. The predicted accuracy at eps (Table 1, "Equation 4") is the fraction of examples
+with eps < eps_L. Every norm comes from the same Jacobian: asking for several costs no extra
+backward pass (:func:`diagnose_norms`).
 """
 
 from __future__ import annotations
@@ -31,13 +34,14 @@ from epsl.distributed import shard_map, world
 from epsl.errors import EpslError
 from epsl.io import atomic_path
 from epsl.modes import eval_mode
+from epsl.norms import Norm, dual, lp, parse_norm
 
 TENSORS_FILE = "diagnostics.safetensors"
 
 
 @dataclass(frozen=True)
 class Diagnostics:
-    """Per-example Equation 4 quantities (N rows, K classes), all on the CPU.
+    """Per-example Equation 4 quantities (N rows, K classes) in one ℓp norm, on the CPU.
 
     Attributes:
         index: (N,) int64, the example's row in the data set it came from.
@@ -45,7 +49,8 @@ class Diagnostics:
         correct: (N,) bool, ``pred == label``.
         logits: (N, K) float, z (Figure 2).
         logit_gap: (N,) z_y - z_rival (Figure 1, numerator of Eq. 4).
-        grad_gap_l1: (N,) ||grad z_y - grad z_rival||_1 (denominator of Eq. 4).
+        grad_gap: (N,) ||grad z_y - grad z_rival||_q, the dual norm of ``norm`` (the
+            denominator of Eq. 4: ‖·‖_1 for ℓ∞); its table column is ``grad_gap_<q>``.
         grad_cosine: (N,) cos(grad z_y, grad z_rival) (Figures 3, 4); 0 when a gradient is 0.
         eps_l: (N,) min over ybar != y of gap / grad gap (Eq. 4); negative when misclassified.
         rival: (N,) int64, the minimising ybar.
@@ -54,6 +59,7 @@ class Diagnostics:
             the true class.
         eps_l_all: (N, K) gap / grad gap per wrong class, +inf at the true class. A zero
             gradient gap gives +inf for a positive gap, -inf for a negative one, 0 for a tie.
+        norm: the threat model p (``"linf"``, ``"l2"``, ``"l1"``) of every eps above.
     """
 
     index: torch.Tensor
@@ -62,7 +68,7 @@ class Diagnostics:
     correct: torch.Tensor
     logits: torch.Tensor
     logit_gap: torch.Tensor
-    grad_gap_l1: torch.Tensor
+    grad_gap: torch.Tensor
     grad_cosine: torch.Tensor
     eps_l: torch.Tensor
     rival: torch.Tensor
@@ -71,6 +77,7 @@ class Diagnostics:
     grad_gap_all: torch.Tensor
     grad_cosine_all: torch.Tensor
     eps_l_all: torch.Tensor
+    norm: str = "linf"
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -84,11 +91,18 @@ class Diagnostics:
         return float(self.correct.float().mean())
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in TENSOR_FIELDS}
+
+    @property
+    def grad_gap_column(self) -> str:
+        """The table column of :attr:`grad_gap`: ``grad_gap_l1`` for ℓ∞ (the paper's),
+        ``grad_gap_l2`` for ℓ2, ``grad_gap_linf`` for ℓ1."""
+        return grad_gap_column(self.norm)
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per example: ``index, label, pred, correct, logit_gap, grad_gap_l1,
-        grad_cosine, eps_l, rival, grad_l1_label, grad_l1_rival, logit_0 .. logit_{K-1}``."""
+        """One row per example: ``index, label, pred, correct, logit_gap, grad_gap_<q>,
+        grad_cosine, eps_l, rival, grad_l1_label, grad_l1_rival, logit_0 .. logit_{K-1}``
+        (q: the dual norm; ``grad_l1_*`` are ℓ1 norms in every norm, Figure 7's)."""
         rows = torch.arange(len(self))
         frame = pd.DataFrame({
             "index": self.index.numpy(),
@@ -96,7 +110,7 @@ class Diagnostics:
             "pred": self.pred.numpy(),
             "correct": self.correct.numpy(),
             "logit_gap": self.logit_gap.numpy(),
-            "grad_gap_l1": self.grad_gap_l1.numpy(),
+            self.grad_gap_column: self.grad_gap.numpy(),
             "grad_cosine": self.grad_cosine.numpy(),
             "eps_l": self.eps_l.numpy(),
             "rival": self.rival.numpy(),
@@ -114,7 +128,8 @@ class Diagnostics:
         out = Path(path_dir)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}
         with atomic_path(out / TENSORS_FILE) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "epsl.diagnostics/1"})
+            save_file(tensors, str(tmp), metadata={"format": "epsl.diagnostics/2",
+                                                   "norm": self.norm})
         return out / TENSORS_FILE
 
     @classmethod
@@ -123,11 +138,26 @@ class Diagnostics:
         path = Path(path_dir) / TENSORS_FILE
         if not path.is_file():
             raise EpslError(f"{path}: no such diagnostics file")
+        from safetensors import safe_open
+
         tensors = load_file(str(path))
-        missing = [f.name for f in fields(cls) if f.name not in tensors]
-        if missing:
-            raise EpslError(f"{path}: missing tensors {', '.join(missing)}")
-        return cls(**{f.name: tensors[f.name] for f in fields(cls)})
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        missing = [name for name in TENSOR_FIELDS if name not in tensors]
+        if missing or metadata.get("format") != "epsl.diagnostics/2":
+            raise EpslError(f"{path}: missing tensors {', '.join(missing) or '(old format)'}; "
+                            "recompute the diagnostics")
+        return cls(**{name: tensors[name] for name in TENSOR_FIELDS},
+                   norm=parse_norm(metadata.get("norm", "linf")).value)
+
+
+#: the tensors of :class:`Diagnostics` (every field but ``norm``)
+TENSOR_FIELDS = tuple(f.name for f in fields(Diagnostics) if f.name != "norm")
+
+
+def grad_gap_column(norm: str | Norm) -> str:
+    """The diagnostics table's gradient-gap column in ``norm``: named by its dual norm."""
+    return f"grad_gap_{dual(norm).value}"
 
 
 def _ratio(gap: torch.Tensor, grad_gap: torch.Tensor) -> torch.Tensor:
@@ -139,15 +169,17 @@ def _ratio(gap: torch.Tensor, grad_gap: torch.Tensor) -> torch.Tensor:
 
 
 def margins_from_jacobian(jac: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
-                          index: torch.Tensor) -> Diagnostics:
-    """Equation 4 quantities from a Jacobian (N x K x ...), logits (N x K) and labels (N,)."""
+                          index: torch.Tensor, norm: str | Norm = "linf") -> Diagnostics:
+    """Equation 4 quantities in ``norm`` from a Jacobian (N x K x ...), logits (N x K) and
+    labels (N,): the gradient gaps are measured in the dual norm."""
+    p = parse_norm(norm)
     n, num_classes = logits.shape
     grads = jac.reshape(n, num_classes, -1)
     rows = torch.arange(n, device=logits.device)
     true = torch.nn.functional.one_hot(y, num_classes).bool()
     grad_y = grads[rows, y]  # N x P
     logit_gap_all = logits[rows, y][:, None] - logits
-    grad_gap_all = (grad_y[:, None, :] - grads).abs().sum(-1)
+    grad_gap_all = lp(grad_y[:, None, :] - grads, dual(p))
     grad_l1 = grads.abs().sum(-1)
     norms = grads.norm(dim=-1)
     dots = (grads * grad_y[:, None, :]).sum(-1)
@@ -165,26 +197,28 @@ def margins_from_jacobian(jac: torch.Tensor, logits: torch.Tensor, y: torch.Tens
     return Diagnostics(
         index=index.cpu(), label=y.cpu(), pred=pred.cpu(), correct=(pred == y).cpu(),
         logits=logits.cpu(),
-        logit_gap=logit_gap_all[rows, rival].cpu(), grad_gap_l1=grad_gap_all[rows, rival].cpu(),
+        logit_gap=logit_gap_all[rows, rival].cpu(), grad_gap=grad_gap_all[rows, rival].cpu(),
         grad_cosine=cosine_all[rows, rival].cpu(), eps_l=eps_l_all[rows, rival].cpu(),
         rival=rival.cpu(), grad_l1=grad_l1.cpu(),
         logit_gap_all=logit_gap_all.masked_fill(true, nan).cpu(),
         grad_gap_all=grad_gap_all.masked_fill(true, nan).cpu(),
         grad_cosine_all=cosine_all.masked_fill(true, nan).cpu(),
-        eps_l_all=eps_l_all.cpu(),
+        eps_l_all=eps_l_all.cpu(), norm=p.value,
     )
 
 
 def _concat(parts: Sequence[Diagnostics]) -> Diagnostics:
-    return Diagnostics(**{f.name: torch.cat([getattr(p, f.name) for p in parts])
-                          for f in fields(Diagnostics)})
+    return Diagnostics(**{name: torch.cat([getattr(p, name) for p in parts])
+                          for name in TENSOR_FIELDS}, norm=parts[0].norm)
 
 
 def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
              chunk_size: int | None = None, device: torch.device | str | None = None,
              batch_size: int = 256, method: str = DEFAULT_METHOD,
-             index: torch.Tensor | None = None, progress: Progress | None = None) -> Diagnostics:
-    """Per-example logit gaps, gradient gaps, cosines and eps_L (Eq. 4) for ``model`` on (x, y).
+             index: torch.Tensor | None = None, progress: Progress | None = None,
+             norm: str | Norm = "linf") -> Diagnostics:
+    """Per-example logit gaps, gradient gaps, cosines and eps_L (Eq. 4) for ``model`` on (x, y)
+    in the ℓp threat model ``norm``.
 
     Args:
         model: a classifier on pixels in [0, 1]; computed in eval mode (see
@@ -199,6 +233,8 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             ``"backward"``, ``"vjp"``, ``"jacrev"``).
         index: (N,) example indices to report (default ``0..N-1``).
         progress: called with the number of examples finished after every chunk.
+        norm: ``"linf"`` (the paper's Eq. 4), ``"l2"`` or ``"l1"``: eps_L is in this norm and
+            the gradient gap in its dual (:mod:`epsl.norms`).
 
     Returns:
         :class:`Diagnostics` with tensors on the CPU.
@@ -213,17 +249,32 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         >>> d.to_frame().shape[0], bool((d.eps_l[~d.correct] <= 0).all())
         (16, True)
     """
+    return diagnose_norms(model, x, y, norms=(norm,), chunk_size=chunk_size, device=device,
+                          batch_size=batch_size, method=method, index=index,
+                          progress=progress)[parse_norm(norm).value]
+
+
+def diagnose_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                   norms: Sequence[str | Norm] = ("linf", "l2", "l1"),
+                   chunk_size: int | None = None, device: torch.device | str | None = None,
+                   batch_size: int = 256, method: str = DEFAULT_METHOD,
+                   index: torch.Tensor | None = None, progress: Progress | None = None
+                   ) -> dict[str, Diagnostics]:
+    """:func:`diagnose` in several norms from one Jacobian per batch (no extra backward
+    pass): ``{norm: Diagnostics}`` keyed by each norm's name, in the order given."""
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
         raise EpslError(f"x ({tuple(x.shape)}) and y ({tuple(y.shape)}) must be N x ... and N")
     if len(x) == 0:
         raise EpslError("no examples to diagnose")
     if batch_size < 1:
         raise EpslError(f"batch_size must be at least 1 (got {batch_size})")
+    wanted = list(dict.fromkeys(parse_norm(n).value for n in norms))
+    if not wanted:
+        raise EpslError("norms: give at least one of linf, l2, l1")
     dev = torch.device(device) if device is not None else model_device(model)
     index = torch.arange(len(x)) if index is None else index.to(torch.int64)
     if len(index) != len(x):
         raise EpslError(f"index has {len(index)} entries for {len(x)} examples")
-    names = [f.name for f in fields(Diagnostics)]
     sharded = world().distributed
 
     def one_batch(start: int) -> tuple[torch.Tensor, ...]:
@@ -233,23 +284,29 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                                           progress=None if sharded else progress)
         if int(yb.max()) >= logits.shape[1] or int(yb.min()) < 0:
             raise EpslError(f"labels must lie in 0..{logits.shape[1] - 1}")
-        part = margins_from_jacobian(jac, logits, yb, index[start:start + batch_size].to(dev))
-        return tuple(getattr(part, name) for name in names)
+        rows = index[start:start + batch_size].to(dev)
+        parts = [margins_from_jacobian(jac, logits, yb, rows, norm) for norm in wanted]
+        return tuple(getattr(part, name) for part in parts for name in TENSOR_FIELDS)
 
     starts = list(range(0, len(x), batch_size))
     with eval_mode(model):
         # under torchrun each process computes every N-th batch and all receive all of them
-        parts = shard_map(one_batch, starts, progress=progress if sharded else None,
-                          sizes=[min(batch_size, len(x) - s) for s in starts])
-    return _concat([Diagnostics(**dict(zip(names, part, strict=True))) for part in parts])
+        batches = shard_map(one_batch, starts, progress=progress if sharded else None,
+                            sizes=[min(batch_size, len(x) - s) for s in starts])
+    width = len(TENSOR_FIELDS)
+    return {norm: _concat([Diagnostics(**dict(zip(TENSOR_FIELDS,
+                                                  batch[k * width:(k + 1) * width],
+                                                  strict=True)), norm=norm)
+                           for batch in batches])
+            for k, norm in enumerate(wanted)}
 
 
 def predicted_accuracy(eps_l: torch.Tensor | Any, eps: float | Iterable[float]
                        ) -> float | dict[float, float]:
     """Fraction of examples with ``eps < eps_L`` (Table 1, column "Equation 4").
 
-    ``eps`` is one l_inf radius in pixel units ([0, 1] scale) or several; several give
-    ``{eps: accuracy}``.
+    ``eps`` is one radius in the norm of ``eps_l`` (pixel units, [0, 1] scale) or several;
+    several give ``{eps: accuracy}``.
     """
     values = torch.as_tensor(eps_l)
     if values.numel() == 0:

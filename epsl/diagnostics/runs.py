@@ -18,39 +18,62 @@ from epsl.diagnostics.features import activations
 from epsl.diagnostics.jacobians import DEFAULT_METHOD, Progress
 from epsl.diagnostics.landscape import loss_landscape
 from epsl.diagnostics.margins import Diagnostics, diagnose, predicted_accuracy
-from epsl.errors import EpslError
+from epsl.norms import Norm, check_radius, parse_norm
 from epsl.records import Result, reusable
 from epsl.stats import accuracy_interval
 
-DEFAULT_EPS = (2 / 255, 4 / 255, 8 / 255, 0.1, 0.2, 0.3)
+#: the radii reported by default in each norm (pixel units on the [0, 1] scale): ℓ∞'s are the
+#: paper's and RobustBench's (8/255); ℓ2's include RobustBench's CIFAR-10 0.5; ℓ1's its 12.
+DEFAULT_EPS_BY_NORM: dict[str, tuple[float, ...]] = {
+    "linf": (2 / 255, 4 / 255, 8 / 255, 0.1, 0.2, 0.3),
+    "l2": (0.1, 0.25, 0.5, 1.0, 2.0),
+    "l1": (0.5, 1.0, 2.0, 5.0, 12.0),
+}
+DEFAULT_EPS = DEFAULT_EPS_BY_NORM["linf"]
 
 
-def check_eps(eps: Sequence[float]) -> None:
-    """One-line :class:`EpslError` unless every radius lies in (0, 1] (pixel units)."""
-    bad = [e for e in eps if not 0 < e <= 1]
-    if bad:
-        raise EpslError(f"eps must lie in (0, 1] in pixel units, e.g. 0.3 or 8/255 "
-                        f"(got {bad[0]})")
+def default_eps(norm: str | Norm = "linf") -> tuple[float, ...]:
+    """:data:`DEFAULT_EPS_BY_NORM` of ``norm``."""
+    return DEFAULT_EPS_BY_NORM[parse_norm(norm).value]
+
+
+def check_eps(eps: Sequence[float], norm: str | Norm = "linf", dim: int | None = None) -> None:
+    """One-line :class:`EpslError` unless every radius is a valid ``norm`` radius: in (0, 1]
+    for ℓ∞, at most √D (ℓ2) or D (ℓ1) once the input size ``dim`` is known
+    (:func:`epsl.norms.check_radius`)."""
+    check_radius(norm, eps, dim)
 
 
 @dataclass(frozen=True)
 class DiagnoseConfig:
-    """``epsl diagnose``: eps_L (Eq. 4) per example and the predicted accuracy at each eps."""
+    """``epsl diagnose``: eps_L (Eq. 4) per example in ``norm`` and the predicted accuracy at
+    each eps (default: :func:`default_eps` of the norm)."""
 
     data: DataConfig
-    eps: tuple[float, ...] = DEFAULT_EPS
+    eps: tuple[float, ...] = ()
     chunk_size: int | None = None
     batch_size: int = 256
     method: str = DEFAULT_METHOD
     table_format: str = "csv"
+    norm: str = "linf"
 
     def __post_init__(self) -> None:
-        check_eps(self.eps)
+        object.__setattr__(self, "norm", parse_norm(self.norm).value)
+        if not self.eps:
+            object.__setattr__(self, "eps", default_eps(self.norm))
+        check_eps(self.eps, self.norm)
 
     def reuse_settings(self) -> dict[str, Any]:
-        """None: every Jacobian method gives the same eps_L (tests check it against an
-        autograd loop), and the radii only pick the summary's columns."""
-        return {}
+        """The norm (:func:`diagnostics_settings`): every Jacobian method gives the same eps_L
+        (tests check it against an autograd loop), and the radii only pick the summary's
+        columns."""
+        return diagnostics_settings(self.norm)
+
+
+def diagnostics_settings(norm: str | Norm) -> dict[str, Any]:
+    """What decides whether saved diagnostics are reused: the norm, so that an ℓ∞ ε_L is never
+    served for an ℓ2 request."""
+    return {"norm": parse_norm(norm).value}
 
 
 @dataclass(frozen=True)
@@ -87,15 +110,16 @@ class LandscapeConfig:
 def diagnostics_result(ev: Evaluation, result: Diagnostics, eps: Sequence[float],
                        config: dict[str, Any]) -> Result:
     """The diagnostics result of ``result`` (``ev``'s model on all of ``ev.data``), its
-    tensors with it: n, the clean accuracy, the predicted accuracy (Table 1, "Equation 4") at
-    every ``eps`` keyed by ``repr(eps)``, eps_L's median and range over the correctly
-    classified examples, the ``config`` that made it, and its provenance (no setting decides
-    reuse: :meth:`DiagnoseConfig.reuse_settings`)."""
+    tensors with it: n, the norm, the clean accuracy, the predicted accuracy (Table 1,
+    "Equation 4") at every ``eps`` keyed by ``repr(eps)``, eps_L's median and range over the
+    correctly classified examples, the ``config`` that made it, and its provenance (the norm
+    decides reuse: :func:`diagnostics_settings`)."""
     accuracy = predicted_accuracy(result.eps_l, list(eps))
     assert isinstance(accuracy, dict)
     positive = result.eps_l[result.correct].double().tolist()
     summary = {
         "n": len(result),
+        "norm": result.norm,
         "clean_accuracy": result.clean_accuracy,
         "eps": list(eps),
         "predicted_accuracy": {repr(e): a for e, a in accuracy.items()},
@@ -107,8 +131,8 @@ def diagnostics_result(ev: Evaluation, result: Diagnostics, eps: Sequence[float]
                            "max": max(positive)} if positive else None),
         "config": config,
     }
-    return Result("diagnostics", summary, provenance(ev, {}), result.to_frame(),
-                  tensors=result)
+    return Result("diagnostics", summary, provenance(ev, diagnostics_settings(result.norm)),
+                  result.to_frame(), tensors=result)
 
 
 def run_diagnose(config: DiagnoseConfig, *, progress: Progress | None = None,
@@ -117,9 +141,10 @@ def run_diagnose(config: DiagnoseConfig, *, progress: Progress | None = None,
     is the :class:`~epsl.diagnostics.Diagnostics`, written to ``diagnostics.safetensors`` by
     ``result.save``. ``evaluation``: ``config.data`` already prepared."""
     ev = evaluation or config.data.prepare()
+    check_eps(config.eps, config.norm, dim=ev.data.x[0].numel())
     result = diagnose(ev.model, ev.data.x, ev.data.y, chunk_size=config.chunk_size,
                       batch_size=config.batch_size, method=config.method, device=ev.device,
-                      progress=progress)
+                      progress=progress, norm=config.norm)
     return diagnostics_result(ev, result, config.eps, asdict(config))
 
 
@@ -158,16 +183,20 @@ def run_landscape(config: LandscapeConfig, *, evaluation: Evaluation | None = No
 
 
 def ensure_diagnostics(ev: Evaluation, folder: Path, eps: Sequence[float],
-                       log: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, bool]:
-    """The ε_L diagnostics of ``ev`` in ``folder``: reused when made from this checkpoint and
-    these examples (with their tensors), else computed and saved. Returns ``(table,
-    computed)``; the comparison and the study's ε* stage share it, so ε_L is computed once."""
-    found = reusable(folder, "diagnostics", provenance(ev, {}))
+                       log: Callable[[str], None] | None = None, *,
+                       norm: str | Norm = "linf") -> tuple[pd.DataFrame, bool]:
+    """The ε_L diagnostics of ``ev`` in ``norm`` in ``folder``: reused when made from this
+    checkpoint, these examples and this norm (with their tensors), else computed and saved.
+    Returns ``(table, computed)``; the comparison and the study's ε* stage share it, so ε_L is
+    computed once."""
+    found = reusable(folder, "diagnostics", provenance(ev, diagnostics_settings(norm)))
     if found is not None and found.table is not None:
         return found.table, False
     if log is not None:
-        log(f"{folder.name}: eps_L diagnostics on {len(ev.data)} examples")
-    result = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device)
+        which = "" if parse_norm(norm) is Norm.LINF else f" ({parse_norm(norm).value})"
+        log(f"{folder.name}: eps_L diagnostics{which} on {len(ev.data)} examples")
+    check_eps(eps, norm, dim=ev.data.x[0].numel())
+    result = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device, norm=norm)
     record = diagnostics_result(ev, result, eps, {})
     record.save(folder, overwrite=True)
     assert record.table is not None
