@@ -1,22 +1,33 @@
-"""l_inf attacks with keyword-only settings: FGSM, PGD (cross-entropy or CW loss, random start,
-restarts), transfer, APGD-CE/DLR and Square (wrapped from torchattacks), and sweeps.
+"""l_p attacks (``norm="linf"``, ``"l2"`` or ``"l1"``, :mod:`epsl.norms`) with keyword-only
+settings: FGSM/FGM, PGD (cross-entropy or CW loss, random start, restarts), transfer,
+APGD-CE/DLR and Square (wrapped from torchattacks; l_inf and l2 only), and sweeps.
 
 Pixels are in [0, 1] (N x C x H x W) everywhere; models normalise inside ``forward``. Every
 adversarial example passes through :func:`project`, the one projection onto the threat model
-``{x' : ||x' - x||_inf <= eps} ∩ [0, 1]^d``. Every attack returns an :class:`AttackResult` of
+``{x' : ||x' - x||_p <= eps} ∩ [0, 1]^D``. Every attack returns an :class:`AttackResult` of
 per-example tensors; the robust accuracy is the mean of ``correct``.
+
+The geometry of each norm is three small pieces, as in foolbox: the random start
+(:func:`ball_noise`), the step direction (:func:`steepest_direction`: sign(g) in l_inf,
+g / ||g||_2 in l2, a sparse top-|g| step in l1) and :func:`project`. The l_inf loop is
+bit for bit the one adversarial training has always used.
 
 Example::
 
     >>> from epsl.attacks import pgd
     >>> result = pgd(model, x, y, eps=0.3, step_size=0.01, steps=40)   # Madry et al.'s MNIST
     >>> result.accuracy, result.to_frame().head()
+    >>> pgd(model, x, y, eps=1.5, step_size=0.1, steps=40, norm="l2").accuracy
 
 References: FGSM (Goodfellow et al. 2014, https://arxiv.org/abs/1412.6572); PGD and the CW
 margin loss as Madry et al. use it (https://arxiv.org/abs/1706.06083, their
 ``loss = -relu(z_y - max_{ybar != y} z_ybar + 50)``); APGD (Croce & Hein 2020,
 https://arxiv.org/abs/2003.01690); Square (Andriushchenko et al. 2020,
-https://arxiv.org/abs/1912.00049). The paper's sanity sweeps are Tables 9-11 of Shafahi et al.
+https://arxiv.org/abs/1912.00049); the l1 sparse step of SLIDE (Tramèr & Boneh 2019,
+https://arxiv.org/abs/1904.13000) and l1-APGD (Croce & Hein 2021,
+https://arxiv.org/abs/2103.01208); the l1-ball projection of Duchi et al. 2008 (Fig. 1,
+https://doi.org/10.1145/1390156.1390191). The paper's sanity sweeps are Tables 9-11 of
+Shafahi et al.
 """
 
 from __future__ import annotations
@@ -39,15 +50,17 @@ from epsl.device import model_device
 from epsl.distributed import agree, shard_map
 from epsl.errors import EpslError
 from epsl.modes import eval_mode
+from epsl.norms import NORMS, Norm, check_radius, parse_norm
 from epsl.records import Result
 from epsl.registry import Registry
 from epsl.stats import accuracy_interval
 
 __all__ = [
-    "ATTACKS", "DEFAULT_STEPS", "LOSSES", "AttackResult", "AttackRunConfig", "InputGradient",
-    "accepted_settings", "accuracy_table", "apgd", "check_settings", "default_step_size",
-    "fgsm", "input_gradient", "logit_margin", "pgd", "project", "run_attack", "score",
-    "sign_steps", "square", "sweep", "transfer", "uniform_noise",
+    "ATTACKS", "ATTACK_NORMS", "DEFAULT_STEPS", "L1_STEP_QUANTILE", "LOSSES", "AttackResult",
+    "AttackRunConfig", "InputGradient", "accepted_settings", "accuracy_table", "apgd",
+    "ball_noise", "check_norm", "check_settings", "default_step_size", "fgsm",
+    "input_gradient", "logit_margin", "lp_steps", "pgd", "project", "run_attack", "score",
+    "sign_steps", "square", "steepest_direction", "sweep", "transfer", "uniform_noise",
 ]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -57,15 +70,62 @@ LOSSES: Registry[LossFn] = Registry("attack loss")
 # --------------------------------------------------------------------------- geometry and losses
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
-    """Project ``x_adv`` onto the l_inf ``eps``-ball around ``x`` intersected with [0, 1].
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor,
+            norm: str | Norm = "linf") -> torch.Tensor:
+    """Project ``x_adv`` onto the l_p ``eps``-ball around ``x``, then clip to [0, 1].
 
     Shapes: ``x_adv`` and ``x`` are N x C x H x W with ``x`` in [0, 1]; returns the same shape.
-    Because ``x`` itself lies in both sets, clipping to the ball and then to the box lands in
-    their intersection. ``eps`` may be a tensor that broadcasts against x (one radius per
-    example, N x 1 x 1 x 1).
+    ``eps`` may be a tensor that broadcasts against x (one radius per example, N x 1 x 1 x 1).
+
+    - ``linf``: clip each pixel to ``[x_i - eps, x_i + eps]``. Because ``x`` lies in both the
+      ball and the box, clipping to one then the other lands in their intersection; this is
+      the Euclidean projection onto it.
+    - ``l2``: scale ``delta = x_adv - x`` by ``min(1, eps / ||delta||_2)`` per example.
+    - ``l1``: the exact Euclidean projection of ``delta`` onto the l1 ball (Duchi et al. 2008,
+      Fig. 1: sort ``|delta|``, find the threshold theta, soft-threshold by it).
+
+    In l2 and l1 the point is then clipped to [0, 1]. Since ``x`` is in the box, clipping
+    ``x + delta`` never increases any ``|delta_i|``, so the point stays in the ball (it is a
+    feasible point of the intersection, not always its nearest point). These two are computed
+    in float64 and rounded toward ``x``, so rounding to the input's dtype never grows a
+    ``|delta_i|`` either: ``||x' - x||_p <= eps`` holds to float64 precision.
     """
-    return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+    p = parse_norm(norm)
+    if p is Norm.LINF:
+        return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+    centre = x.double()
+    delta = (x_adv.double() - centre).flatten(1)
+    radius = _radii(eps, len(x), delta.device)
+    if p is Norm.L2:
+        size = torch.linalg.vector_norm(delta, ord=2, dim=1, keepdim=True)
+        delta = delta * (radius / size.clamp_min(torch.finfo(delta.dtype).tiny)).clamp(max=1.0)
+    else:
+        delta = _project_l1_ball(delta, radius)
+    target = (centre + delta.view_as(centre)).clamp_(0.0, 1.0)
+    rounded = target.to(x.dtype)
+    grew = (rounded.double() - centre).abs() > (target - centre).abs()
+    return torch.where(grew, torch.nextafter(rounded, x), rounded)
+
+
+def _radii(eps: float | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """``eps`` as an N x 1 float64 column (a float, or one radius per example)."""
+    radius = torch.as_tensor(eps, dtype=torch.float64, device=device)
+    return radius.reshape(-1, 1) if radius.numel() > 1 else radius.reshape(1, 1).expand(n, 1)
+
+
+def _project_l1_ball(delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each row of ``delta`` (N x D) onto ``{||z||_1 <= radius}``
+    (radius N x 1): Duchi et al. 2008, Fig. 1. Rows already inside are returned unchanged."""
+    size = delta.abs()
+    ordered = size.sort(dim=1, descending=True).values
+    cumulative = ordered.cumsum(dim=1)
+    k = torch.arange(1, delta.shape[1] + 1, device=delta.device, dtype=delta.dtype)
+    # rho = the largest k with ordered_k > (cumsum_k - radius) / k (always >= 1 for radius > 0)
+    support = (ordered * k > cumulative - radius).sum(dim=1, keepdim=True).clamp(min=1)
+    theta = (cumulative.gather(1, support - 1) - radius) / support.to(delta.dtype)
+    projected = delta.sign() * (size - theta).clamp(min=0.0)
+    inside = size.sum(dim=1, keepdim=True) <= radius
+    return torch.where(inside, delta, projected)
 
 
 def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -169,10 +229,13 @@ class AttackResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    if not 0.0 < eps <= 1.0:
-        raise EpslError(f"eps must be in (0, 1] for pixels in [0, 1] (got {eps})")
+def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                  norm: str | Norm = "linf") -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs on the model's device, after one-line checks: ``eps`` a radius of ``norm``
+    within the whole box (:func:`~epsl.norms.check_radius`, D = C * H * W), x N x C x H x W in
+    [0, 1], one label per example."""
+    dim = math.prod(x.shape[1:]) if x.ndim == 4 else None
+    check_radius(norm, eps, dim)
     if x.ndim != 4:
         raise EpslError(f"x must be N x C x H x W (got shape {tuple(x.shape)})")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
@@ -262,31 +325,36 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
          loss: str = "xent", random_start: bool = False, cw_confidence: float = 50.0,
          seed: int | None = None, batch_size: int | None = None,
-         attack_misclassified: bool = False) -> AttackResult:
-    """Fast gradient sign method: ``x' = proj(x + eps * sign(grad_x L(x, y)))``.
+         attack_misclassified: bool = False, norm: str = "linf") -> AttackResult:
+    """Fast gradient sign method: ``x' = proj(x + eps * sign(grad_x L(x, y)))``; in l2 the fast
+    gradient method (FGM) ``x' = proj(x + eps * g / ||g||_2)``; in l1 one sparse step of l1
+    size eps (:func:`steepest_direction`).
 
     Args:
         model: classifier taking N x C x H x W pixels in [0, 1] and returning logits.
         x: N x C x H x W clean inputs in [0, 1]; y: (N,) labels.
-        eps: l_inf radius in pixel units, in (0, 1].
+        eps: radius in ``norm`` in pixel units (l_inf: (0, 1]; l2: up to sqrt(D); l1: up to D).
         loss: ``"xent"`` (cross-entropy) or ``"cw"`` (Madry et al.'s CW margin loss).
         random_start: step from a uniform random point of the ball (R+FGSM-like) instead of x.
+        norm: ``"linf"``, ``"l2"`` or ``"l1"`` (:mod:`epsl.norms`).
 
-    Equal to :func:`pgd` with one step of size ``eps`` and no random start. Examples
-    misclassified at x keep ``x_adv = x`` unless ``attack_misclassified`` (see :func:`pgd`).
+    Equal to :func:`pgd` with one step of size ``eps`` and no random start, in every norm.
+    Examples misclassified at x keep ``x_adv = x`` unless ``attack_misclassified`` (see
+    :func:`pgd`).
     """
-    x, y = _check_inputs(model, x, y, eps)
+    p = parse_norm(norm)
+    x, y = _check_inputs(model, x, y, eps, p)
     _loss_fn(loss, cw_confidence)  # a bad loss fails before any work
     with eval_mode(model):
         clean = score(model, x, y, loss=loss, cw_confidence=cw_confidence,
                       batch_size=batch_size)
         start = x
         if random_start:
-            start = project(x + _restart_noise(x, eps, seed, 0), x, eps)
-        pieces = shard_map(lambda part: sign_steps(
+            start = project(x + _restart_noise(x, eps, seed, 0, p), x, eps, p)
+        pieces = shard_map(lambda part: lp_steps(
             model, x[part], y[part], start=start[part], eps=eps, step_size=eps, steps=1,
-            loss=loss, cw_confidence=cw_confidence), _chunks(len(y), batch_size))
-        pieces = [p.to(x.device) for p in pieces]
+            norm=p, loss=loss, cw_confidence=cw_confidence), _chunks(len(y), batch_size))
+        pieces = [piece.to(x.device) for piece in pieces]
         x_adv = torch.cat(pieces) if pieces else x.clone()
         if not attack_misclassified:  # already broken at x (x lies in the ball)
             x_adv = torch.where(clean.correct[:, None, None, None], x_adv, x)
@@ -306,42 +374,121 @@ def uniform_noise(x: torch.Tensor, eps: float, *, generator: torch.Generator | N
     return (noise.to(x.device) * 2 - 1) * eps
 
 
-def _restart_noise(x: torch.Tensor, eps: float, seed: int | None, restart: int) -> torch.Tensor:
+def ball_noise(x: torch.Tensor, eps: float | torch.Tensor, norm: str | Norm = "linf", *,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniform random point of the l_p ``eps``-ball around 0, one per example, shaped like
+    ``x`` (N x C x H x W) and on its device; drawn on the CPU from ``generator`` (torch's
+    global CPU generator when None), so the draws do not depend on the device.
+
+    - ``linf``: :func:`uniform_noise`, uniform in [-eps, eps] per pixel.
+    - ``l2``: a Gaussian direction scaled to l2 size ``eps * U^(1/D)``.
+    - ``l1``: a Laplace direction scaled to l1 size ``eps * U^(1/D)``.
+
+    A generalised-Gaussian vector ``exp(-|z_i|^p)`` normalised in l_p is distributed by the
+    cone measure of the l_p sphere, and the radius ``U^(1/D)`` makes the point uniform in the
+    ball (Barthe et al. 2005). A random start is ``project(x + noise, x, eps, norm)``.
+    """
+    p = parse_norm(norm)
+    if p is Norm.LINF:
+        if isinstance(eps, torch.Tensor):
+            return uniform_noise(x, 1.0, generator=generator) * eps
+        return uniform_noise(x, eps, generator=generator)
+    n, dim = x.shape[0], math.prod(x.shape[1:])
+    if p is Norm.L2:
+        direction = torch.randn((n, dim), generator=generator, dtype=torch.float64)
+    else:  # Laplace: a uniform sign times an exponential size
+        uniform = torch.rand((n, dim), generator=generator, dtype=torch.float64) * 2 - 1
+        direction = uniform.sign() * -torch.log1p(-uniform.abs())
+    size = direction.abs().sum(1, keepdim=True) if p is Norm.L1 else \
+        torch.linalg.vector_norm(direction, ord=2, dim=1, keepdim=True)
+    fraction = torch.rand((n, 1), generator=generator, dtype=torch.float64) ** (1.0 / dim)
+    radius = _radii(eps, n, torch.device("cpu")).cpu() * fraction
+    noise = direction / size.clamp_min(torch.finfo(torch.float64).tiny) * radius
+    return noise.view(x.shape).to(device=x.device, dtype=x.dtype)
+
+
+def _restart_noise(x: torch.Tensor, eps: float, seed: int | None, restart: int,
+                   norm: str | Norm = "linf") -> torch.Tensor:
     """The noise of restart ``restart``: the same for a given (seed, restart) whatever the
-    batch; seed None draws from torch's global generator on x's device."""
+    batch; seed None draws from torch's global generator (on x's device in l_inf, on the CPU
+    otherwise)."""
+    p = parse_norm(norm)
     if seed is None:
-        return torch.empty_like(x).uniform_(-eps, eps)
+        if p is Norm.LINF:
+            return torch.empty_like(x).uniform_(-eps, eps)
+        return ball_noise(x, eps, p)
     generator = torch.Generator(device="cpu").manual_seed(int(seed) * 1_000_003 + restart)
-    return uniform_noise(x, eps, generator=generator)
+    return ball_noise(x, eps, p, generator=generator)
 
 
-def sign_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-               start: torch.Tensor | None = None, eps: float | torch.Tensor,
-               step_size: float | torch.Tensor, steps: int,
-               loss: str = "xent", cw_confidence: float = 50.0, reduction: str = "sum",
-               keep_broken: bool = True) -> torch.Tensor:
-    """The l_inf sign-step loop of FGSM, PGD and adversarial training:
-    ``x_{t+1} = proj(x_t + step_size * sign(grad_x L(x_t, y)))`` for ``steps`` steps from
-    ``x_0 = start``.
+#: The l1 step moves only coordinates whose |g| reaches this quantile of the |g| that may move
+#: (SLIDE's 99th percentile, Tramèr & Boneh 2019): at least one coordinate per example.
+L1_STEP_QUANTILE = 0.99
+
+
+def steepest_direction(grad: torch.Tensor, norm: str | Norm = "linf", *,
+                       x_adv: torch.Tensor | None = None) -> torch.Tensor:
+    """The step direction of size 1 in ``norm`` for the gradient ``grad`` (N x C x H x W).
+
+    - ``linf``: ``sign(g)``, the steepest ascent direction of the l_inf ball.
+    - ``l2``: ``g / ||g||_2`` per example (the normalised-gradient step; 0 where g is 0).
+    - ``l1``: a sparse step as in SLIDE (Tramèr & Boneh 2019) and l1-APGD (Croce & Hein
+      2021): ``sign(g_i)`` on the coordinates whose ``|g_i|`` is at least the
+      :data:`L1_STEP_QUANTILE` quantile, divided by their number so that its l1 size is 1.
+      With ``x_adv`` (the iterate, in [0, 1]) a coordinate at the box's boundary whose
+      gradient points out of the box is never chosen: it could not move. The steepest l1
+      direction itself (one coordinate) makes PGD crawl; a few coordinates at once do not.
+    """
+    p = parse_norm(norm)
+    if p is Norm.LINF:
+        return grad.sign()
+    flat = grad.flatten(1)
+    if p is Norm.L2:
+        size = torch.linalg.vector_norm(flat, ord=2, dim=1, keepdim=True)
+        return (flat / size.clamp_min(torch.finfo(flat.dtype).tiny)).view_as(grad)
+    movable = flat.abs()
+    if x_adv is not None:
+        pixels = x_adv.flatten(1)
+        stuck = ((pixels <= 0) & (flat < 0)) | ((pixels >= 1) & (flat > 0))
+        movable = movable.masked_fill(stuck, 0.0)
+    count = max(1, math.ceil((1.0 - L1_STEP_QUANTILE) * flat.shape[1]))
+    threshold = movable.topk(count, dim=1).values[:, -1:]
+    chosen = (movable >= threshold) & (movable > 0)
+    direction = flat.sign() * chosen
+    return (direction / chosen.sum(1, keepdim=True).clamp(min=1)).view_as(grad)
+
+
+def lp_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+             start: torch.Tensor | None = None, eps: float | torch.Tensor,
+             step_size: float | torch.Tensor, steps: int, norm: str | Norm = "linf",
+             loss: str = "xent", cw_confidence: float = 50.0, reduction: str = "sum",
+             keep_broken: bool = True) -> torch.Tensor:
+    """The step loop of FGSM, PGD and adversarial training in any l_p norm:
+    ``x_{t+1} = proj_p(x_t + step_size * d_p(grad_x L(x_t, y)))`` for ``steps`` steps from
+    ``x_0 = start``, with ``d_p`` = :func:`steepest_direction` (sign(g) in l_inf) and
+    ``proj_p`` = :func:`project`. In l_inf it is, bit for bit, the sign-step loop adversarial
+    training has always used.
 
     Args:
         model: classifier on pixels in [0, 1] (run in :func:`~epsl.modes.eval_mode`).
         x: N x C x H x W clean inputs in [0, 1] on the model's device, the centre of the ball;
             y: (N,) labels. Not checked here: :func:`pgd` and :func:`fgsm` check their inputs.
-        start: N x C x H x W first iterate in the ball (None: x); :func:`uniform_noise` makes
+        start: N x C x H x W first iterate in the ball (None: x); :func:`ball_noise` makes
             a random one.
-        eps: l_inf radius; step_size: l_inf step (floats, or N x 1 x 1 x 1 tensors: one per
-            example); steps: number of steps (1 with
-            ``step_size=eps`` from x is FGSM).
+        eps: radius; step_size: size of each step, both in ``norm`` (floats, or N x 1 x 1 x 1
+            tensors: one per example); steps: number of steps (1 with ``step_size=eps`` from
+            x is FGSM, or FGM in l2).
+        norm: ``"linf"``, ``"l2"`` or ``"l1"``.
         loss, cw_confidence, reduction: the loss ascended, as in :func:`input_gradient`.
         keep_broken: return an earlier iterate that was misclassified when the last one is not
-            (sign steps of fixed size can step back across the boundary); the start never
+            (steps of fixed size can step back across the boundary); the start never
             counts, so one step equals FGSM. False returns the last iterate, which is what
             adversarial training has always trained on.
 
     Returns:
         N x C x H x W adversarial examples in the eps-ball around x, in [0, 1].
     """
+    p = parse_norm(norm)
     x_adv = x if start is None else start
     best = None
     broken = torch.zeros_like(y, dtype=torch.bool)
@@ -355,7 +502,8 @@ def sign_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                     best = x_adv.clone() if best is None else torch.where(
                         newly[:, None, None, None], x_adv, best)
                     broken |= newly
-            x_adv = project(x_adv + step_size * grad.sign(), x, eps)
+            direction = steepest_direction(grad, p, x_adv=x_adv)
+            x_adv = project(x_adv + step_size * direction, x, eps, p)
         if best is None:
             return x_adv
         with torch.no_grad():
@@ -364,20 +512,38 @@ def sign_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     return torch.where(use_best, best, x_adv)
 
 
+def sign_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+               start: torch.Tensor | None = None, eps: float | torch.Tensor,
+               step_size: float | torch.Tensor, steps: int,
+               loss: str = "xent", cw_confidence: float = 50.0, reduction: str = "sum",
+               keep_broken: bool = True, norm: str | Norm = "linf") -> torch.Tensor:
+    """The l_inf sign-step loop of FGSM, PGD and adversarial training:
+    ``x_{t+1} = proj(x_t + step_size * sign(grad_x L(x_t, y)))`` for ``steps`` steps from
+    ``x_0 = start``; :func:`lp_steps` with ``norm="linf"`` (another ``norm`` gives that
+    norm's steps). Arguments and result as in :func:`lp_steps`."""
+    return lp_steps(model, x, y, start=start, eps=eps, step_size=step_size, steps=steps,
+                    norm=norm, loss=loss, cw_confidence=cw_confidence, reduction=reduction,
+                    keep_broken=keep_broken)
+
+
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float,
         steps: int, loss: str = "xent", random_start: bool = True, restarts: int = 1,
         cw_confidence: float = 50.0, seed: int | None = None,
-        batch_size: int | None = None, attack_misclassified: bool = False) -> AttackResult:
-    """Projected gradient descent (Madry et al. 2017) in l_inf with sign steps.
+        batch_size: int | None = None, attack_misclassified: bool = False,
+        norm: str = "linf") -> AttackResult:
+    """Projected gradient descent (Madry et al. 2017) in l_inf (sign steps), l2 (normalised
+    gradient steps) or l1 (sparse steps).
 
-    ``x_{t+1} = proj(x_t + step_size * sign(grad_x L(x_t, y)))`` for ``steps`` steps from
-    ``x_0 = x`` or a uniform random point of the eps-ball.
+    ``x_{t+1} = proj_p(x_t + step_size * d_p(grad_x L(x_t, y)))`` for ``steps`` steps from
+    ``x_0 = x`` or a uniform random point of the eps-ball (:func:`ball_noise`), with ``d_p``
+    = :func:`steepest_direction` and ``proj_p`` = :func:`project`.
 
     Args:
         model: classifier on N x C x H x W pixels in [0, 1] returning logits (attacked in eval
             mode).
         x: N x C x H x W clean inputs in [0, 1]; y: (N,) labels.
-        eps: l_inf radius (pixel units, in (0, 1]). step_size: l_inf step. steps: >= 1.
+        eps: radius in ``norm``, pixel units (l_inf: (0, 1]; l2: up to sqrt(D); l1: up to D,
+            for D = C * H * W). step_size: size of each step in ``norm``. steps: >= 1.
         loss: ``"xent"`` or ``"cw"`` (``-relu(z_y - max_{ybar!=y} z_ybar + cw_confidence)``).
         random_start: start from a uniform random point of the ball (needed for restarts).
         restarts: runs per example; an example is broken if any run breaks it, and the result
@@ -391,11 +557,13 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
         attack_misclassified: attack every example in the first run, also those ``model``
             already gets wrong at x (what a transfer attack needs: the source's mistakes must
             still be pushed away from y before they are scored on the target).
+        norm: ``"linf"``, ``"l2"`` or ``"l1"`` (:mod:`epsl.norms`).
 
     Returns:
         :class:`AttackResult` with the chosen adversarial examples.
     """
-    x, y = _check_inputs(model, x, y, eps)
+    p = parse_norm(norm)
+    x, y = _check_inputs(model, x, y, eps, p)
     if steps < 1:
         raise EpslError(f"steps must be at least 1 (got {steps})")
     if restarts < 1:
@@ -416,15 +584,15 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
                 todo = torch.arange(len(y), device=y.device)
             if todo.numel() == 0:
                 break
-            noise = _restart_noise(x, eps, seed, restart) if random_start else None
+            noise = _restart_noise(x, eps, seed, restart, p) if random_start else None
 
             def attack(part: slice, todo: torch.Tensor = todo,
                        noise: torch.Tensor | None = noise) -> torch.Tensor:
                 idx = todo[part]
                 xs, ys = x[idx], y[idx]
-                start = xs if noise is None else project(xs + noise[idx], xs, eps)
-                return sign_steps(model, xs, ys, start=start, eps=eps, step_size=step_size,
-                                  steps=steps, loss=loss, cw_confidence=cw_confidence)
+                start = xs if noise is None else project(xs + noise[idx], xs, eps, p)
+                return lp_steps(model, xs, ys, start=start, eps=eps, step_size=step_size,
+                                steps=steps, norm=p, loss=loss, cw_confidence=cw_confidence)
 
             # under torchrun each process attacks every N-th chunk (epsl.distributed)
             pieces = shard_map(attack, _chunks(todo.numel(), batch_size))
@@ -469,7 +637,8 @@ def transfer(source: nn.Module, target: nn.Module, x: torch.Tensor, y: torch.Ten
     if "attack_misclassified" in inspect.signature(make).parameters:
         settings = {**settings, "attack_misclassified": True}
     made = make(source, x, y, **settings)
-    x_t, y_t = _check_inputs(target, x, y, settings.get("eps", 1.0))
+    x_t, y_t = _check_inputs(target, x, y, settings.get("eps", 1.0),
+                             settings.get("norm", "linf"))
     try:  # a shape check on one example, so that no other RuntimeError is mislabelled
         with eval_mode(target), torch.no_grad():
             target(x_t[:1])
@@ -508,7 +677,7 @@ def require_torchattacks(needed_by: str = "APGD and Square need") -> Any:
 
 def _run_torchattack(make: Callable[[Any], Any], model: nn.Module, x: torch.Tensor,
                      y: torch.Tensor, *, eps: float, loss_name: str,
-                     batch_size: int | None) -> AttackResult:
+                     batch_size: int | None, norm: Norm = Norm.LINF) -> AttackResult:
     """Run a torchattacks attack chunk by chunk, keep the caller's RNG state (torchattacks
     reseeds torch globally), project and score."""
     attack = make(require_torchattacks())
@@ -518,23 +687,44 @@ def _run_torchattack(make: Callable[[Any], Any], model: nn.Module, x: torch.Tens
         # process runs it (epsl.distributed)
         pieces = [p.to(x.device) for p in shard_map(
             lambda part: attack(x[part], y[part]).detach(), _chunks(len(y), batch_size))]
-        x_adv = project(torch.cat(pieces), x, eps) if pieces else x.clone()
+        x_adv = project(torch.cat(pieces), x, eps, norm) if pieces else x.clone()
         return score(model, x_adv, y, loss=loss_name, batch_size=batch_size)
 
 
 _APGD_LOSSES = {"xent": "ce", "ce": "ce", "dlr": "dlr"}
+#: torchattacks' spelling of the norms its APGD and Square support
+_TORCHATTACKS_NORMS = {Norm.LINF: "Linf", Norm.L2: "L2"}
+
+#: The norms each attack of :data:`ATTACKS` supports (torchattacks' APGD and Square: l_inf
+#: and l2).
+ATTACK_NORMS: dict[str, tuple[str, ...]] = {
+    "fgsm": NORMS, "pgd": NORMS, "apgd": ("linf", "l2"), "apgd-dlr": ("linf", "l2"),
+    "square": ("linf", "l2")}
+
+
+def check_norm(attack: str, norm: str | Norm) -> Norm:
+    """``norm`` as a :class:`~epsl.norms.Norm`, or a one-line :class:`EpslError` naming the
+    norms ``attack`` supports (:data:`ATTACK_NORMS`)."""
+    p = parse_norm(norm)
+    supported = ATTACK_NORMS.get(attack, NORMS)
+    if p.value not in supported:
+        raise EpslError(f"{attack} supports norm {' or '.join(supported)} (got {p.value!r})")
+    return p
 
 
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 100,
          restarts: int = 1, loss: str = "xent", seed: int | None = 0, rho: float = 0.75,
-         batch_size: int | None = None) -> AttackResult:
-    """Auto-PGD (Croce & Hein 2020, https://arxiv.org/abs/2003.01690), l_inf, from torchattacks.
+         batch_size: int | None = None, norm: str = "linf") -> AttackResult:
+    """Auto-PGD (Croce & Hein 2020, https://arxiv.org/abs/2003.01690), l_inf or l2, from
+    torchattacks.
 
     Step-size-free PGD with momentum that keeps the best point; ``loss`` is ``"xent"``
     (APGD-CE) or ``"dlr"`` (APGD-DLR, invariant to shifting and rescaling the logits, so it
-    sees through logit squeezing). x: N x C x H x W in [0, 1]; y: (N,).
+    sees through logit squeezing). ``norm``: ``"linf"`` or ``"l2"`` (torchattacks' ``Linf``,
+    ``L2``); l1 is refused. x: N x C x H x W in [0, 1]; y: (N,).
     """
-    x, y = _check_inputs(model, x, y, eps)
+    p = check_norm("apgd", norm)
+    x, y = _check_inputs(model, x, y, eps, p)
     if loss not in _APGD_LOSSES:
         raise EpslError(f"APGD supports loss 'xent' or 'dlr' (got {loss!r})")
     if steps < 1 or restarts < 1:
@@ -543,11 +733,12 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step
         raise EpslError("the DLR loss needs at least 3 classes")
 
     def make(ta: Any) -> Any:
-        return ta.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=restarts,
-                       seed=0 if seed is None else seed, loss=_APGD_LOSSES[loss], rho=rho)
+        return ta.APGD(model, norm=_TORCHATTACKS_NORMS[p], eps=eps, steps=steps,
+                       n_restarts=restarts, seed=0 if seed is None else seed,
+                       loss=_APGD_LOSSES[loss], rho=rho)
 
     return _run_torchattack(make, model, x, y, eps=eps, loss_name="dlr" if loss == "dlr"
-                            else "xent", batch_size=batch_size)
+                            else "xent", batch_size=batch_size, norm=p)
 
 
 def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
@@ -557,10 +748,11 @@ def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
 
 def apgd_dlr(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
              steps: int = 100, restarts: int = 1, seed: int | None = 0, rho: float = 0.75,
-             batch_size: int | None = None) -> AttackResult:
+             batch_size: int | None = None, norm: str = "linf") -> AttackResult:
     """APGD with the DLR loss (see :func:`apgd`)."""
+    check_norm("apgd-dlr", norm)
     return apgd(model, x, y, eps=eps, steps=steps, restarts=restarts, loss="dlr", seed=seed,
-                rho=rho, batch_size=batch_size)
+                rho=rho, batch_size=batch_size, norm=norm)
 
 
 _SQUARE_LOSSES = {"cw": "margin", "margin": "margin", "xent": "ce", "ce": "ce"}
@@ -568,13 +760,15 @@ _SQUARE_LOSSES = {"cw": "margin", "margin": "margin", "xent": "ce", "ce": "ce"}
 
 def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
            steps: int = 1000, restarts: int = 1, loss: str = "cw", p_init: float = 0.8,
-           seed: int | None = 0, batch_size: int | None = None) -> AttackResult:
-    """Square attack (Andriushchenko et al. 2020, https://arxiv.org/abs/1912.00049), l_inf, from
-    torchattacks: a gradient-free random search with ``steps`` queries per restart, immune to
-    gradient masking. ``loss``: ``"cw"`` (the margin loss) or ``"xent"``.
-    x: N x C x H x W in [0, 1]; y: (N,).
+           seed: int | None = 0, batch_size: int | None = None, norm: str = "linf"
+           ) -> AttackResult:
+    """Square attack (Andriushchenko et al. 2020, https://arxiv.org/abs/1912.00049), l_inf or
+    l2, from torchattacks: a gradient-free random search with ``steps`` queries per restart,
+    immune to gradient masking. ``loss``: ``"cw"`` (the margin loss) or ``"xent"``.
+    ``norm``: ``"linf"`` or ``"l2"``; l1 is refused. x: N x C x H x W in [0, 1]; y: (N,).
     """
-    x, y = _check_inputs(model, x, y, eps)
+    p = check_norm("square", norm)
+    x, y = _check_inputs(model, x, y, eps, p)
     if loss not in _SQUARE_LOSSES:
         raise EpslError(f"Square supports loss 'cw' (margin) or 'xent' (got {loss!r})")
     if steps < 1 or restarts < 1:
@@ -582,13 +776,13 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                         f"{restarts})")
 
     def make(ta: Any) -> Any:
-        return ta.Square(model, norm="Linf", eps=eps, n_queries=steps, n_restarts=restarts,
-                         p_init=p_init, loss=_SQUARE_LOSSES[loss],
+        return ta.Square(model, norm=_TORCHATTACKS_NORMS[p], eps=eps, n_queries=steps,
+                         n_restarts=restarts, p_init=p_init, loss=_SQUARE_LOSSES[loss],
                          seed=0 if seed is None else seed)
 
     return _run_torchattack(make, model, x, y, eps=eps,
                             loss_name="cw" if _SQUARE_LOSSES[loss] == "margin" else "xent",
-                            batch_size=batch_size)
+                            batch_size=batch_size, norm=p)
 
 
 # --------------------------------------------------------------------------- registry and sweeps
@@ -623,7 +817,7 @@ def check_settings(attack: str, names: Iterable[str]) -> set[str]:
     return accepted
 
 
-SWEEP_COLUMNS = ["index", "label", "attack", "loss_name", "eps", "steps", "restarts",
+SWEEP_COLUMNS = ["index", "label", "attack", "loss_name", "norm", "eps", "steps", "restarts",
                  "step_size", "random_start", "source", "correct", "loss", "margin", "pred"]
 
 
@@ -636,11 +830,13 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str,
     Returns a long DataFrame, one row per example per setting, with columns
     :data:`SWEEP_COLUMNS`. The paper's sanity checks are sweeps: unbounded eps (Table 9,
     accuracy must fall to 0), steps (Table 11) and restarts (Table 10). PGD's ``step_size``
-    defaults to ``2.5 * eps / steps``. Settings an attack has no use for (steps and restarts
-    for FGSM) are recorded as 1. With ``source``, examples are made on ``source`` and scored on
-    ``model`` (a transfer attack).
+    defaults to ``2.5 * eps / steps`` (in every norm). Settings an attack has no use for
+    (steps and restarts for FGSM) are recorded as 1. With ``source``, examples are made on
+    ``source`` and scored on ``model`` (a transfer attack). ``norm`` (a setting, default
+    ``"linf"``) is the threat model of every row and its ``norm`` column.
     """
     accepted = check_settings(attack, settings)
+    norm = check_norm(attack, settings.get("norm", "linf")).value
     steps_list = list(steps) if "steps" in accepted else [1]
     restarts_list = list(restarts) if "restarts" in accepted else [1]
     frames = []
@@ -659,7 +855,7 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str,
             result = transfer(source, model, x, y, attack=attack, **call)
         frame = result.to_frame()
         random_start = call.get("random_start", _default(attack, "random_start"))
-        frame = frame.assign(attack=attack, loss_name=result.loss_name, eps=e, steps=k,
+        frame = frame.assign(attack=attack, loss_name=result.loss_name, norm=norm, eps=e, steps=k,
                              restarts=r, step_size=call.get("step_size", float("nan")),
                              random_start=random_start, source=source_name if source else "")
         frames.append(frame[SWEEP_COLUMNS])
@@ -674,9 +870,11 @@ DEFAULT_STEPS = {"pgd": 40, "apgd": 100, "apgd-dlr": 100, "square": 1000}
 class AttackRunConfig:
     """``epsl attack``: one attack of :data:`ATTACKS` at every (eps, steps, restarts) of the
     product (:func:`sweep`), on a checkpoint's examples, optionally transferred from
-    ``source``. ``steps`` and ``restarts`` default to :data:`DEFAULT_STEPS` and 1; ``loss``,
-    ``step_size`` and ``random_start`` to the attack's own. A setting the attack does not take
-    is refused here, before any work."""
+    ``source``, in the threat model ``norm`` (``"linf"``, ``"l2"`` or ``"l1"``; eps in that
+    norm's pixel units). ``steps`` and ``restarts`` default to :data:`DEFAULT_STEPS` and 1;
+    ``loss``, ``step_size`` and ``random_start`` to the attack's own. A setting the attack does
+    not take, or a norm it does not support, is refused here, before any work; radii beyond
+    the whole box (sqrt(D) in l2, D in l1) are refused by the attack once D is known."""
 
     data: DataConfig
     eps: tuple[float, ...]
@@ -690,14 +888,14 @@ class AttackRunConfig:
     seed: int = 0
     batch_size: int | None = None
     source: str | None = None
+    norm: str = "linf"
 
     def __post_init__(self) -> None:
         ATTACKS[self.attack]  # an unknown name fails here, with the known ones
+        object.__setattr__(self, "norm", check_norm(self.attack, self.norm).value)
         if not self.eps:
             raise EpslError("eps: give at least one radius")
-        bad = [e for e in self.eps if not 0 < e <= 1]
-        if bad:
-            raise EpslError(f"eps must lie in (0, 1] in pixel units (got {bad[0]})")
+        check_radius(self.norm, self.eps)
         given = [name for name, value in (("steps", self.steps), ("restarts", self.restarts))
                  if value]
         check_settings(self.attack, [*given, *self.settings()])
@@ -706,8 +904,9 @@ class AttackRunConfig:
 
     def settings(self) -> dict[str, Any]:
         """The keyword settings :func:`sweep` gets (only those given, the attack's defaults
-        otherwise)."""
-        settings: dict[str, Any] = {"seed": self.seed, "batch_size": self.batch_size}
+        otherwise; ``norm`` always)."""
+        settings: dict[str, Any] = {"norm": self.norm, "seed": self.seed,
+                                    "batch_size": self.batch_size}
         if self.loss is not None:
             settings["loss"] = self.loss
         if self.loss == "cw":
@@ -725,15 +924,16 @@ class AttackRunConfig:
                 "restarts": list(self.restarts or (1,))}
 
     def reuse_settings(self) -> dict[str, Any]:
-        """Everything but the batch size, which changes no number."""
+        """Everything but the batch size, which changes no number (the norm included)."""
         return {"attack": self.attack, **self.grid(),
                 **{k: v for k, v in self.settings().items() if k != "batch_size"}}
 
 
 def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per setting of a :func:`sweep` table (``eps, steps, restarts, step_size``): the
-    accuracy, n and its 95% Clopper-Pearson interval (``lo``, ``hi``)."""
-    keys = ["eps", "steps", "restarts", "step_size"]
+    """Per setting of a :func:`sweep` table (``norm`` where the table has it, ``eps, steps,
+    restarts, step_size``): the accuracy, n and its 95% Clopper-Pearson interval (``lo``,
+    ``hi``)."""
+    keys = [*(["norm"] if "norm" in frame else []), "eps", "steps", "restarts", "step_size"]
     table = (frame.groupby(keys, dropna=False, sort=False)["correct"]
              .agg(accuracy="mean", n="size").reset_index())
     bounds = [accuracy_interval(a, n) for a, n in zip(table["accuracy"], table["n"], strict=True)]
@@ -742,13 +942,13 @@ def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def run_attack(config: AttackRunConfig, *, evaluation: Evaluation | None = None) -> Result:
     """The attack result of ``config``: one row per example per setting (:func:`sweep`), the
-    accuracy per setting with its interval (``summary["settings"]``), the config, and the
-    provenance (the source's content hash with it)."""
+    accuracy per setting with its interval (``summary["settings"]``), the threat model
+    (``summary["norm"]``), the config, and the provenance (the source's content hash with it)."""
     ev = evaluation or config.data.prepare()
     source_model = load_source(config.source, ev)
     frame = sweep(ev.model, ev.data.x, ev.data.y, attack=config.attack, **config.grid(),
                   source=source_model, source_name=config.source or "", **config.settings())
-    summary = {"n": len(ev.data), "attack": config.attack,
+    summary = {"n": len(ev.data), "attack": config.attack, "norm": config.norm,
                "loss": str(frame["loss_name"].iloc[0]),
                "transfer_from": config.source,
                "settings": accuracy_table(frame).to_dict(orient="records"),
