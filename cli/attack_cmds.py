@@ -24,10 +24,13 @@ from epsl.cli.common import (
     result_options,
 )
 from epsl.io import check_out_dir
+from epsl.norms import NORMS
 from epsl.records import kind
 from epsl.stats import with_interval
 
 STEP = click.IntRange(min=1)
+#: a radius or step in any norm: positive here, bounded per norm by the library (l2: sqrt(D))
+RADIUS = FractionType(0.0, None, low_open=True)
 
 seed_option = click.option("--seed", type=int, default=0, show_default=True,
                            help="Seeds random starts and torchattacks' attacks.")
@@ -57,13 +60,18 @@ def _progress_bar() -> tqdm:
 @click.option("--loss", type=click.Choice(LOSSES.names()), default=None,
               help="Attack loss: xent, cw (Madry et al.'s CW margin loss) or dlr (APGD). "
                    "Default: the attack's own (xent; Square: cw).")
-@click.option("--eps", type=EPS, multiple=True, required=True,
-              help="l_inf radius in (0, 1] pixel units ('8/255' accepted); repeatable.")
+@click.option("--norm", type=click.Choice(NORMS), default="linf", show_default=True,
+              help="Threat model: the l_p norm eps and the step size are measured in "
+                   "(apgd and square: linf or l2).")
+@click.option("--eps", type=RADIUS, multiple=True, required=True,
+              help="Radius in the --norm's pixel units: linf in (0, 1], l2 up to sqrt(D), l1 up "
+                   "to D for D pixels ('8/255' accepted); repeatable.")
 @click.option("--steps", type=STEP, multiple=True,
               help="Iterations (Square: queries); repeatable. Default: pgd 40, apgd 100, "
                    "square 1000. FGSM takes none.")
-@click.option("--step-size", type=EPS, default=None,
-              help="PGD step size (default: 2.5 * eps / steps for every eps and steps).")
+@click.option("--step-size", type=RADIUS, default=None,
+              help="PGD step size in the --norm (default: 2.5 * eps / steps for every eps and "
+                   "steps).")
 @click.option("--restarts", type=STEP, multiple=True,
               help="Random restarts per example (default 1); repeatable.")
 @click.option("--no-random-start", is_flag=True,
@@ -74,31 +82,33 @@ def _progress_bar() -> tqdm:
 @seed_option
 @batch_option
 @result_options
-def attack(checkpoint: str, attack_name: str, loss: str | None, eps: tuple[float, ...],
+def attack(checkpoint: str, attack_name: str, loss: str | None, norm: str,
+           eps: tuple[float, ...],
            steps: tuple[int, ...], step_size: float | None, restarts: tuple[int, ...],
            no_random_start: bool, cw_confidence: float, source: str | None, seed: int,
            batch_size: int | None, out: str, overwrite: bool, **options: Any) -> None:
-    """Attack CHECKPOINT at every (eps, steps, restarts) given: l_inf FGSM, PGD, APGD or Square.
+    """Attack CHECKPOINT at every (eps, steps, restarts) given: FGSM, PGD, APGD or Square in the
+    l_inf, l2 or l1 norm (--norm).
 
     Writes OUT/attack.csv (one row per example per setting: index, label, attack, loss_name,
-    eps, steps, restarts, step_size, random_start, source, correct, loss, margin, pred) and
-    OUT/attack.json (robust accuracy per setting, this config, provenance).
+    norm, eps, steps, restarts, step_size, random_start, source, correct, loss, margin, pred)
+    and OUT/attack.json (robust accuracy per setting, this config, provenance).
 
     Example: epsl attack model.safetensors --dataset digits --eps 0.1 --steps 10 --steps 40
-    --out runs/pgd
+    --out runs/pgd; in l2: --norm l2 --eps 0.5
     """
     config = AttackRunConfig(data=data_config(checkpoint, options), eps=tuple(eps),
                              attack=attack_name, steps=tuple(steps), restarts=tuple(restarts),
                              loss=loss, step_size=step_size,
                              random_start=False if no_random_start else None,
                              cw_confidence=cw_confidence, seed=seed, batch_size=batch_size,
-                             source=source)
+                             source=source, norm=norm)
     _precheck(out, kind("attack").files(), overwrite)
     record = run_attack(config)
     paths = record.save(out, overwrite=overwrite)
     summary = record.summary
-    click.echo(f"{attack_name} ({summary['loss']}){' transferred from ' + source if source else ''}"
-               f" on {summary['n']} examples")
+    click.echo(f"{attack_name} ({summary['loss']}, {summary['norm']})"
+               f"{' transferred from ' + source if source else ''} on {summary['n']} examples")
     click.echo(f"{'eps':>8} {'steps':>6} {'restarts':>8} {'step size':>10} "
                f"{'accuracy [95% CI]':>20}")
     for row in summary["settings"]:

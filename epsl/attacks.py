@@ -837,10 +837,12 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str,
     """
     accepted = check_settings(attack, settings)
     norm = check_norm(attack, settings.get("norm", "linf")).value
+    eps = list(eps)  # every radius is checked before the first attack runs
+    check_radius(norm, eps, math.prod(x.shape[1:]) if x.ndim == 4 else None)
     steps_list = list(steps) if "steps" in accepted else [1]
     restarts_list = list(restarts) if "restarts" in accepted else [1]
     frames = []
-    for e, k, r in itertools.product(list(eps), steps_list, restarts_list):
+    for e, k, r in itertools.product(eps, steps_list, restarts_list):
         call = dict(settings)
         call["eps"] = e
         if "steps" in accepted:
