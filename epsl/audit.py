@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from epsl.attacks import (
+    ATTACK_NORMS,
     AttackResult,
     apgd,
     default_step_size,
@@ -60,11 +61,13 @@ from epsl.minimal import (
     minimal_perturbation,
 )
 from epsl.modes import eval_mode
+from epsl.norms import Norm, check_radius, max_radius, parse_norm
 from epsl.records import Provenance, Result, reusable
 from epsl.stats import accuracy_interval
 
 __all__ = ["WARNING_DOCS", "AuditConfig", "AuditResult", "AuditRunConfig", "AuditWarning",
-           "Step", "audit", "check_dependencies", "ensure_audit", "run_audit", "run_ensemble"]
+           "Step", "audit", "check_dependencies", "ensemble_in", "ensure_audit", "run_audit",
+           "run_ensemble"]
 
 # Where each warning's page is, as something a user can run wherever epsl is installed: the
 # pages ship as package data (epsl/warning_pages/<code>.md, read by epsl.explain).
@@ -91,7 +94,9 @@ class AuditConfig:
         strong_restarts: random restarts of PGD-k (Table 10 goes up to 9).
         apgd_steps, apgd_restarts: APGD-CE and APGD-DLR budget.
         square_queries, square_restarts, square_p_init: Square budget.
-        unbounded_eps, unbounded_steps: the Table 9 check (accuracy must reach 0).
+        unbounded_eps, unbounded_steps: the Table 9 check (accuracy must reach 0); the radius
+            is a fraction of the whole box in the audit's norm (1: the whole box, which is
+            radius 1 in ℓ∞, √D in ℓ2 and D in ℓ1: :func:`epsl.norms.max_radius`).
         minimal: the minimum-norm ensemble (Foolbox FMN + torchattacks FAB,
             :class:`epsl.minimal.MinimalConfig`, with its own seed and batch size) run as one
             more white-box attack: an example whose ε* is at most eps is broken. None: skip.
@@ -161,7 +166,8 @@ class AuditConfig:
         if self.minimal is not None and not isinstance(self.minimal, MinimalConfig):
             raise EpslError(f"minimal must be a MinimalConfig or None (got {self.minimal!r})")
         if not 0 < self.unbounded_eps <= 1:
-            raise EpslError(f"unbounded_eps must be in (0, 1] (got {self.unbounded_eps})")
+            raise EpslError(f"unbounded_eps must be in (0, 1], a fraction of the whole box "
+                            f"(got {self.unbounded_eps})")
 
     def reuse_settings(self) -> dict[str, Any]:
         """What decides whether an audit on disk can be reused: every budget and threshold
@@ -190,7 +196,7 @@ class AuditResult:
     """What :func:`audit` found on N examples.
 
     Attributes:
-        eps: the l_inf radius audited (pixel units).
+        eps: the radius audited (pixel units, in ``norm``).
         table: one row per example: ``index, label, clean_correct``, one bool column per attack
             (empty where the attack did not run because the example was already broken),
             ``robust`` (survives every attack), ``broken_by``, ``unbounded`` (correct under the
@@ -212,6 +218,7 @@ class AuditResult:
     notes: tuple[str, ...] = ()
     source: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    norm: str = "linf"
 
     @property
     def robust_accuracy(self) -> float:
@@ -223,6 +230,7 @@ class AuditResult:
         accuracies = self.accuracies.astype(object).where(self.accuracies.notna(), None)
         return {
             "eps": self.eps,
+            "norm": self.norm,
             "examples": len(self.table),
             **self.summary,
             "robust_accuracy": self.robust_accuracy,
@@ -278,12 +286,15 @@ def _min_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
 
 def _plan(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
           source: nn.Module | None, config: AuditConfig,
-          minimal: MinimalResult | None = None) -> list[Step]:
-    """The audit's attacks in the order they run (``broken_by`` names the first that breaks
-    an example)."""
+          minimal: MinimalResult | None = None, norm: Norm = Norm.LINF) -> list[Step]:
+    """The audit's attacks in ``norm``, in the order they run (``broken_by`` names the first
+    that breaks an example). FGSM is FGM outside ℓ∞ (its name says so); the attacks that do
+    not run in ``norm`` (APGD and Square in ℓ1, :data:`epsl.attacks.ATTACK_NORMS`) are left
+    out, and :func:`audit` notes it."""
     k = config.pgd_steps
     step = config.step_size or default_step_size(eps, k)
-    common = {"seed": config.seed, "batch_size": config.batch_size}
+    in_norm = {} if norm is Norm.LINF else {"norm": norm.value}
+    common = {"seed": config.seed, "batch_size": config.batch_size, **in_norm}
     pgd_k = {"eps": eps, "steps": k, "step_size": step, "restarts": 1, **common}
     strong = {**pgd_k, "steps": config.strong_steps,
               "step_size": default_step_size(eps, config.strong_steps)}
@@ -303,7 +314,8 @@ def _plan(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
         return Step(name=name, kind="white-box", settings=settings, run=run, **flags)
 
     plan = [
-        white("fgsm", {"eps": eps}, on(fgsm, eps=eps, batch_size=config.batch_size)),
+        white(_fgsm_name(norm), {"eps": eps, **in_norm},
+              on(fgsm, eps=eps, batch_size=config.batch_size, **in_norm)),
         white(f"pgd{k}-xent", pgd_k, on(pgd, **pgd_k)),
         white(f"pgd{k}-cw", {**pgd_k, **cw}, on(pgd, **pgd_k, **cw)),
         white(f"pgd{config.strong_steps}-xent", strong, on(pgd, **strong), survivors=True),
@@ -327,7 +339,29 @@ def _plan(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                                                   **pgd_k)))
     plan.append(Step(name="square", kind="black-box", settings=square_set,
                      run=on(square, **square_set), expensive=True, survivors=True))
-    return plan
+    unsupported = {"apgd-ce": "apgd", "apgd-dlr": "apgd-dlr", "square": "square"}
+    return [a for a in plan if norm.value in ATTACK_NORMS.get(unsupported.get(a.name, ""),
+                                                               (norm.value,))]
+
+
+def _fgsm_name(norm: Norm) -> str:
+    """The one-step attack's row: FGSM in ℓ∞, FGM (the normalised-gradient step) otherwise."""
+    return "fgsm" if norm is Norm.LINF else "fgm"
+
+
+def ensemble_in(minimal: MinimalConfig | None, norm: str | Norm) -> MinimalConfig | None:
+    """The minimum-norm ensemble ``minimal`` in ``norm``: itself when it runs there already; the
+    default ensemble of ``norm`` (same seed and batch size) when ``minimal`` is the default ℓ∞
+    one; any other ensemble of another norm is a one-line :class:`EpslError`, so an ℓ∞ ε* never
+    stands in an ℓ2 audit."""
+    p = parse_norm(norm)
+    if minimal is None or minimal.norm == p.value:
+        return minimal
+    plain = dataclasses.replace(minimal, attacks=None, seed=0, batch_size=None)
+    if plain == MinimalConfig(batch_size=None):
+        return MinimalConfig(norm=p.value, seed=minimal.seed, batch_size=minimal.batch_size)
+    raise EpslError(f"minimal runs in {minimal.norm} but norm={p.value}: give "
+                    f"MinimalConfig(norm={p.value!r}, ...)")
 
 
 def check_dependencies(config: AuditConfig) -> None:
@@ -350,9 +384,10 @@ def _input_grad_l1(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return torch.cat(norms)
 
 
-def _eq4(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor | None, str]:
+def _eq4(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+         norm: Norm = Norm.LINF) -> tuple[torch.Tensor | None, str]:
     try:
-        return diagnose(model, x, y).eps_l.to(torch.float32), ""
+        return diagnose(model, x, y, norm=norm).eps_l.to(torch.float32), ""
     except (EpslError, RuntimeError) as exc:
         return None, f"Eq. 4 prediction skipped: {str(exc).splitlines()[0]}"
 
@@ -416,11 +451,14 @@ def run_ensemble(plan: list[Step], correct: torch.Tensor, *, survivors_only: boo
     return _Ensemble(columns, rows, broken_by, robust, white_robust)
 
 
-def _check_audit_inputs(y: torch.Tensor, eps: float, minimal: MinimalResult | None) -> None:
-    if not 0 < eps <= 1:
-        raise EpslError(f"eps must be in (0, 1] (got {eps})")
+def _check_audit_inputs(x: torch.Tensor, y: torch.Tensor, eps: float, norm: Norm,
+                        minimal: MinimalResult | None) -> None:
+    check_radius(norm, eps, dim=x[0].numel() if len(x) else None)
     if len(y) == 0:
         raise EpslError("the audit needs at least one example")
+    if minimal is not None and getattr(minimal, "norm", "linf") != norm.value:
+        raise EpslError(f"the eps* given to the audit are {minimal.norm} distances, not "
+                        f"{norm.value}")
     if minimal is not None and (len(minimal) != len(y)
                                 or not torch.equal(minimal.label.cpu(), y.cpu())):
         raise EpslError(f"the eps* given to the audit were found on other examples "
@@ -428,15 +466,19 @@ def _check_audit_inputs(y: torch.Tensor, eps: float, minimal: MinimalResult | No
 
 
 def _unbounded(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-               config: AuditConfig) -> tuple[AttackResult, dict[str, Any]]:
-    """The Table 9 check: PGD at ``unbounded_eps`` (accuracy must reach 0), and its row."""
+               config: AuditConfig, norm: Norm = Norm.LINF
+               ) -> tuple[AttackResult, dict[str, Any]]:
+    """The Table 9 check: PGD at ``unbounded_eps`` of the whole box in ``norm`` (accuracy must
+    reach 0), and its row."""
+    radius = config.unbounded_eps * max_radius(norm, x[0].numel())
     settings: dict[str, Any] = {
-        "eps": config.unbounded_eps, "steps": config.unbounded_steps,
-        "step_size": default_step_size(config.unbounded_eps, config.unbounded_steps),
-        "seed": config.seed, "batch_size": config.batch_size}
+        "eps": radius, "steps": config.unbounded_steps,
+        "step_size": default_step_size(radius, config.unbounded_steps),
+        "seed": config.seed, "batch_size": config.batch_size,
+        **({} if norm is Norm.LINF else {"norm": norm.value})}
     start = time.perf_counter()
     result = pgd(model, x, y, **settings)
-    row = {"attack": f"unbounded-eps{config.unbounded_eps:g}", "kind": "sanity",
+    row = {"attack": f"unbounded-eps{radius:g}", "kind": "sanity",
            "examples": len(y), "accuracy": result.accuracy, "robust_after": None,
            "new_breaks": None, "seconds": round(time.perf_counter() - start, 3),
            "settings": _settings_text(settings)}
@@ -446,8 +488,8 @@ def _unbounded(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
           source: nn.Module | None = None, config: AuditConfig | None = None,
           progress: Callable[[int], None] | None = None,
-          minimal: MinimalResult | None = None) -> AuditResult:
-    """Audit ``model``'s l_inf robustness at ``eps`` on (x, y) for signs of gradient masking.
+          minimal: MinimalResult | None = None, norm: str | Norm = "linf") -> AuditResult:
+    """Audit ``model``'s ℓp robustness at ``eps`` on (x, y) for signs of gradient masking.
 
     Runs, on the same examples: clean accuracy; FGSM; PGD-k with cross-entropy and with the CW
     loss; PGD with many more steps (Table 11) and with restarts (Table 10); APGD-CE and
@@ -461,37 +503,44 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     Args:
         model: classifier on N x C x H x W pixels in [0, 1] returning logits.
         x: N x C x H x W inputs in [0, 1]; y: (N,) labels.
-        eps: l_inf radius in (0, 1].
+        eps: radius in ``norm`` (pixel units: (0, 1] for ℓ∞, up to √D for ℓ2, D for ℓ1).
         source: optional model for the transfer attack (same input shape).
         config: attack budgets and warning thresholds (default :class:`AuditConfig`).
         progress: advanced by one per attack of the plan.
         minimal: ε* already found on exactly these examples with ``config.minimal``
             (:func:`epsl.minimal.minimal_perturbation`); None runs the ensemble on the
             examples still robust when its turn comes.
+        norm: ``"linf"`` (the paper's), ``"l2"`` or ``"l1"``: every attack, ε* and Eq. 4 in
+            it. In ℓ2, FGSM is FGM and APGD and Square run in L2; in ℓ1 APGD and Square do not
+            run (torchattacks has no ℓ1 version), and the notes say so.
     """
+    p = parse_norm(norm)
     config = config or AuditConfig()
+    config = dataclasses.replace(config, minimal=ensemble_in(config.minimal, p))
     check_progress(progress)
     check_dependencies(config)
-    _check_audit_inputs(y, eps, minimal)
+    _check_audit_inputs(x, y, eps, p, minimal)
     device = model_device(model)
     x, y = x.to(device), y.to(device)
     n = len(y)
     with eval_mode(model):
         clean = score(model, x, y, batch_size=config.batch_size)
-    plan = [a for a in _plan(model, x, y, eps, source, config, minimal)
+    plan = [a for a in _plan(model, x, y, eps, source, config, minimal, p)
             if not (a.expensive and config.skip_expensive)]
     found = run_ensemble(plan, clean.correct, survivors_only=config.survivors_only,
                          progress=progress)
     table = pd.DataFrame({"index": range(n), "label": y.cpu().numpy(),
                           "clean_correct": clean.correct.cpu().numpy(), **found.columns,
                           "robust": found.robust.cpu().numpy(), "broken_by": found.broken_by})
-    unbounded, unbounded_row = _unbounded(model, x, y, config)
+    unbounded, unbounded_row = _unbounded(model, x, y, config, p)
     table["unbounded"] = unbounded.correct.cpu().numpy()
     grad_l1 = _input_grad_l1(model, x, y, config.batch_size)
     table["grad_l1"] = grad_l1.detach().cpu().numpy()
     zero_grad = (grad_l1 <= config.zero_grad_atol).float().mean().item()
     notes = _notes(config, minimal)
-    eps_l, note = _eq4(model, x, y)
+    if p.value not in ATTACK_NORMS["apgd"] and not config.skip_expensive:
+        notes.append(f"APGD and Square skipped: torchattacks has no {p.value} version")
+    eps_l, note = _eq4(model, x, y, p)
     eq4_accuracy = None
     if eps_l is None:
         notes.append(note)
@@ -505,7 +554,7 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     accuracies = pd.DataFrame([clean_row, *found.rows, unbounded_row])
     warnings = _checks(accuracies, table, n, found.white_robust, zero_grad, unbounded.accuracy,
                        config)
-    paper = [f"pgd{config.pgd_steps}-xent", f"pgd{config.pgd_steps}-cw", "fgsm"]
+    paper = [f"pgd{config.pgd_steps}-xent", f"pgd{config.pgd_steps}-cw", _fgsm_name(p)]
     summary = {"clean_accuracy": clean.accuracy,
                "paper_attacks_accuracy": float(table[paper].all(axis=1).mean()),
                "unbounded_accuracy": unbounded.accuracy, "zero_gradient_fraction": zero_grad,
@@ -513,7 +562,7 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     return AuditResult(eps=eps, table=table, accuracies=accuracies, warnings=tuple(warnings),
                        verdict=_verdict(warnings), config=config, notes=tuple(notes),
                        source=None if source is None else type(source).__name__,
-                       summary=summary)
+                       summary=summary, norm=p.value)
 
 
 def _notes(config: AuditConfig, minimal: MinimalResult | None) -> list[str]:
@@ -619,13 +668,20 @@ class AuditRunConfig:
     eps: float
     audit: AuditConfig = field(default_factory=AuditConfig)
     source: str | None = None
+    norm: str = "linf"
 
     def __post_init__(self) -> None:
-        if not 0 < self.eps <= 1:
-            raise EpslError(f"eps must be in (0, 1] (got {self.eps})")
+        p = parse_norm(self.norm)
+        object.__setattr__(self, "norm", p.value)
+        check_radius(p, self.eps)
+        object.__setattr__(self, "audit", dataclasses.replace(
+            self.audit, minimal=ensemble_in(self.audit.minimal, p)))
 
     def reuse_settings(self) -> dict[str, Any]:
-        return {"eps": self.eps, **self.audit.reuse_settings()}
+        """The radius, every budget and threshold, and the norm where it is not ℓ∞ (so ℓ∞
+        audits made before other norms existed are still reused, and never for ℓ2)."""
+        norm = {} if self.norm == "linf" else {"norm": self.norm}
+        return {"eps": self.eps, **norm, **self.audit.reuse_settings()}
 
 
 def run_audit(config: AuditRunConfig, *, evaluation: Evaluation | None = None,
@@ -647,7 +703,8 @@ def _audit_result(config: AuditRunConfig, ev: Evaluation, origin: Provenance,
     if source_model is None:
         source_model = load_source(config.source, ev)
     found = audit(ev.model, ev.data.x.to(ev.device), ev.data.y.to(ev.device), eps=config.eps,
-                  source=source_model, config=config.audit, progress=progress, minimal=minimal)
+                  source=source_model, config=config.audit, progress=progress, minimal=minimal,
+                  norm=config.norm)
     return found.record(origin)
 
 
@@ -662,7 +719,9 @@ def ensure_audit(config: AuditRunConfig, folder: Path, ev: Evaluation, *,
     if reusable(folder, "audit", origin):
         return False
     if log is not None:
-        log(f"{folder.parent.name}: audit at eps={config.eps:g} on {len(ev.data)} examples")
+        which = "" if config.norm == "linf" else f" ({config.norm})"
+        log(f"{folder.parent.name}: audit at eps={config.eps:g}{which} on {len(ev.data)} "
+            "examples")
     check_dependencies(config.audit)
     _audit_result(config, ev, origin, source_model, points(), None).save(folder, overwrite=True)
     return True

@@ -222,3 +222,61 @@ def test_compare_drops_a_switched_off_result_of_other_weights(digits_checkpoint,
         Result("audit", {"eps": 0.1}, origin, table).save(folder)
         _drop_other_origin(folder, "audit", ev)
         assert record_path(folder, "audit").is_file() == kept
+
+
+# --------------------------------------------------------------------------- other norms
+
+
+@pytest.mark.parametrize("norm,eps", [("l2", 0.5), ("l1", 2.0)])
+def test_audit_in_other_norms(digits_model, batch, norm, eps):
+    """Every attack of an ℓ2 or ℓ1 audit runs in that norm: the examples each breaks lie in
+    the ball (re-made here with the same settings), FGSM is FGM, the unbounded check uses the
+    whole box (√D, D), and ℓ1 has no APGD or Square (torchattacks has none) and says so."""
+    from epsl.attacks import pgd
+    from epsl.norms import distance, max_radius
+
+    x, y = batch
+    config = dataclasses.replace(TINY, skip_expensive=False, apgd_steps=5, square_queries=30,
+                                 minimal=None)
+    result = audit(digits_model, x, y, eps=eps, norm=norm, config=config)
+    names = list(result.accuracies["attack"])
+    assert "fgm" in names and "fgsm" not in names
+    assert f"unbounded-eps{max_radius(norm, x[0].numel()):g}" in names
+    assert result.to_dict()["norm"] == norm
+    if norm == "l1":
+        assert "apgd-ce" not in names and "square" not in names
+        assert any("no l1 version" in note for note in result.notes)
+    else:
+        assert {"apgd-ce", "apgd-dlr", "square"} <= set(names)
+    made = pgd(digits_model, x, y, eps=eps, steps=10, step_size=2.5 * eps / 10, seed=0,
+               norm=norm)
+    assert float(distance(made.x_adv, x, norm).max()) <= eps * (1 + 1e-6)
+    assert result.robust_accuracy <= made.accuracy + 1e-9  # the worst case includes PGD-10
+    # Eq. 4 in the same norm
+    from epsl.diagnostics import diagnose
+
+    eps_l = diagnose(digits_model, x, y, norm=norm).eps_l.float()
+    assert result.summary["eq4_accuracy"] == pytest.approx(float((eps_l > eps).float().mean()))
+
+
+def test_audit_norm_checks(digits_model, batch):
+    from epsl.audit import AuditRunConfig, ensemble_in
+    from epsl.context import DataConfig
+    from epsl.minimal import MinimalConfig
+
+    x, y = batch
+    with pytest.raises(EpslError, match="linf norm"):
+        audit(digits_model, x, y, eps=2.0, config=TINY)
+    with pytest.raises(EpslError, match="exceeds the whole"):
+        audit(digits_model, x, y, eps=9.0, norm="l2", config=TINY)
+    with pytest.raises(EpslError, match="norm must be one of"):
+        audit(digits_model, x, y, eps=0.1, norm="l3", config=TINY)
+    # the default l_inf ensemble follows the norm; a tuned one of another norm is refused
+    assert ensemble_in(MinimalConfig(seed=3), "l2") == MinimalConfig(norm="l2", seed=3)
+    with pytest.raises(EpslError, match="minimal runs in linf but norm=l2"):
+        ensemble_in(MinimalConfig(fmn_steps=7), "l2")
+    data = DataConfig(checkpoint="x.safetensors")
+    l2 = AuditRunConfig(data=data, eps=0.5, norm="l2")
+    linf = AuditRunConfig(data=data, eps=0.5)
+    assert l2.audit.minimal.norm == "l2" and l2.reuse_settings() != linf.reuse_settings()
+    assert "norm" not in linf.reuse_settings()  # l_inf audits made before norms still reused
