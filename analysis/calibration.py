@@ -15,6 +15,11 @@ For the examples the model classifies right (ε_L > 0 and ε* > 0):
   empirical ``acc(ε) = share(ε* > ε)`` at every ε at once; their largest gap and where it is, and
   the smallest ε from which Eq. 4's curve lies above the empirical one (there Eq. 4 overstates
   the accuracy, since ``acc(ε)`` itself is an upper bound of the true robust accuracy).
+
+The card is the same in every ℓp threat model (:mod:`epsl.norms`): ε_L and ε* are two distances
+in one norm, and ρ, the ratios and the optimistic share compare them without knowing which. The
+only place the norm enters is where the curves may end: by 1 in ℓ∞ (the whole [0, 1] box), not
+at all in ℓ2 and ℓ1, whose radii reach √D and D (``norm=``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from epsl.norms import Norm, parse_norm
 from epsl.stats import clopper_pearson
 
 __all__ = ["accuracy_curves", "card_columns", "card_lines", "report_card"]
@@ -41,13 +47,15 @@ def _as_array(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(-1)
 
 
-def accuracy_curves(eps_l: Any, eps_star: Any, grid: Any = None) -> pd.DataFrame:
+def accuracy_curves(eps_l: Any, eps_star: Any, grid: Any = None, *,
+                    norm: str | Norm = "linf") -> pd.DataFrame:
     """Eq. 4's and the empirical accuracy against ε over all N examples.
 
     ``eps_l``: (N,) ε_L (≤ 0 for misclassified examples); ``eps_star``: (N,) ε* (0 when
-    misclassified, +inf when never flipped). Without ``grid``, the curves are evaluated at 0 and
-    at every finite value of either column in (0, 1]: both are step functions continuous from
-    the right that change only there, so this is every ε at once.
+    misclassified, +inf when never flipped), both in ``norm``. Without ``grid``, the curves are
+    evaluated at 0 and at every finite positive value of either column, up to 1 in ℓ∞ (no ℓ∞
+    radius beyond the whole box means anything): both are step functions continuous from the
+    right that change only there, so this is every ε at once.
 
     Returns a frame with columns ``eps, eq4, empirical, gap`` (``gap = eq4 - empirical``).
     """
@@ -56,7 +64,8 @@ def accuracy_curves(eps_l: Any, eps_star: Any, grid: Any = None) -> pd.DataFrame
     eps_star = np.nan_to_num(_as_array(eps_star), nan=-np.inf)
     if grid is None:
         values = np.concatenate([eps_l, eps_star])
-        values = values[np.isfinite(values) & (values > 0) & (values <= 1)]
+        largest = 1.0 if parse_norm(norm) is Norm.LINF else np.inf
+        values = values[np.isfinite(values) & (values > 0) & (values <= largest)]
         grid = np.unique(np.concatenate([[0.0], values]))
     grid = np.sort(_as_array(grid))
     n = max(len(eps_l), 1)
@@ -79,13 +88,16 @@ def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def report_card(eps_l: Any, eps_star: Any, *, resamples: int = 2000, seed: int = 0,
-                confidence: float = 0.95) -> dict[str, Any]:
+                confidence: float = 0.95, norm: str | Norm = "linf") -> dict[str, Any]:
     """The report card of Eq. 4 on one model's examples (module docstring).
 
     Args:
-        eps_l, eps_star: (N,) per-example ε_L (Eq. 4) and ε* on the same examples.
+        eps_l, eps_star: (N,) per-example ε_L (Eq. 4) and ε* on the same examples, both in
+            ``norm``.
         resamples: bootstrap resamples for the intervals of ρ and of the median ratio.
         seed: seeds the bootstrap.
+        norm: the threat model of both columns; it only decides where the curves may end
+            (:func:`accuracy_curves`), every other number is the same in every norm.
 
     Returns:
         A dict with the keys of :data:`CARD_KEYS` (NaN where there are too few examples;
@@ -128,7 +140,7 @@ def report_card(eps_l: Any, eps_star: Any, *, resamples: int = 2000, seed: int =
     else:
         card.update(ratio_median=math.nan, ratio_p10=math.nan, ratio_p90=math.nan,
                     optimistic_share=math.nan, optimistic_lo=math.nan, optimistic_hi=math.nan)
-    curves = accuracy_curves(eps_l, eps_star)
+    curves = accuracy_curves(eps_l, eps_star, norm=norm)
     worst = int(np.argmax(curves["gap"].abs().to_numpy())) if len(curves) else 0
     above = curves[curves["gap"] > 0]
     card.update(max_gap=float(curves["gap"].iloc[worst]) if len(curves) else math.nan,

@@ -10,12 +10,13 @@ from typing import Any
 
 import epsl
 from epsl.io import check_out_dir, write_json, write_text
+from epsl.norms import Norm
 
 from .figures import figure_specs, render_all, resolve_eps
 from .paired import paired_tests
 from .report import audit_notes, write_report
-from .runs import Run, load_runs
-from .tables import comparison_table, write_comparison
+from .runs import Run, common_norm, load_runs
+from .tables import comparison_table, norm_line, write_comparison
 
 PRODUCTS = ["figures.json", "config.json", "index.md", "comparison.csv", "comparison.md",
             "paired.csv", "report.html"]
@@ -32,8 +33,9 @@ class FiguresResult:
     eps: float | None
 
 
-def _index_markdown(entries: Sequence[dict[str, Any]], runs: Sequence[Run]) -> str:
-    lines = ["# Figures", "", "Runs: " + ", ".join(f"`{r.path}` ({r.label})" for r in runs), ""]
+def _index_markdown(entries: Sequence[dict[str, Any]], runs: Sequence[Run], norm: Norm) -> str:
+    lines = ["# Figures", "", "Runs: " + ", ".join(f"`{r.path}` ({r.label})" for r in runs), "",
+             norm_line(norm), ""]
     for entry in entries:
         lines += [f"## {entry['name']}", "", entry["caption"], "",
                   f"![{entry['name']}]({entry['png']})", ""]
@@ -44,8 +46,10 @@ def render_runs(run_dirs: Sequence[Path | str], out: Path | str, *, eps: float |
                 overwrite: bool = False) -> FiguresResult:
     """Load ``run_dirs``, render every figure their tables allow into ``out`` (PNG + SVG), and
     write ``figures.json`` (index), ``config.json``, ``index.md``, the comparison
-    (``comparison.csv``/``.md``) and the self-contained ``report.html``."""
+    (``comparison.csv``/``.md``) and the self-contained ``report.html``. The runs must share
+    one norm (refused in one line otherwise); ``config.json`` and ``index.md`` name it."""
     runs = load_runs(run_dirs)
+    norm = common_norm(runs)
     out = check_out_dir(out, PRODUCTS + [f"{s.name}.png" for s in figure_specs(runs, eps=eps)],
                         overwrite)
     eps = resolve_eps(runs, eps)
@@ -53,7 +57,7 @@ def render_runs(run_dirs: Sequence[Path | str], out: Path | str, *, eps: float |
     table = comparison_table(runs, eps=eps)
     paired = paired_tests(runs, eps) if eps is not None else None
     write_comparison(out, table, paired=paired)
-    config = {"epsl_version": epsl.__version__, "eps": eps,
+    config = {"epsl_version": epsl.__version__, "eps": eps, "norm": norm.value,
               "runs": [{"path": str(r.path), "label": r.label, "tables": r.tables(),
                         "checkpoint": r.summary.get("checkpoint")} for r in runs]}
     report = write_report(out, table, entries, notes=audit_notes(runs), config=config,
@@ -62,5 +66,5 @@ def render_runs(run_dirs: Sequence[Path | str], out: Path | str, *, eps: float |
                           + (f" at ε = {eps:g}" if eps is not None else ""))
     write_json(out / "figures.json", entries)
     write_json(out / "config.json", config)
-    write_text(out / "index.md", _index_markdown(entries, runs))
+    write_text(out / "index.md", _index_markdown(entries, runs, norm))
     return FiguresResult(out, tuple(runs), tuple(entries), report, eps)

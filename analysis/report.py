@@ -19,7 +19,7 @@ from epsl.errors import EpslError
 from epsl.io import write_text
 
 from .paired import paired_html
-from .tables import card_frame, to_html
+from .tables import card_frame, norm_line, table_norm, to_html
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;
@@ -186,14 +186,20 @@ def render_report(table: pd.DataFrame, figures: Sequence[Mapping[str, Any]], *,
                   notes: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
                   paired: pd.DataFrame | None = None, question: str = QUESTION) -> str:
     """The report as one HTML string. ``figures``: entries with ``name``, ``caption`` and
-    either ``figure`` (a matplotlib Figure), ``png`` or ``svg`` (paths relative to ``base``)."""
+    either ``figure`` (a matplotlib Figure), ``png`` or ``svg`` (paths relative to ``base``).
+    The notes name the table's threat model (its ``norm`` column, ℓ∞ without one); a norm
+    other than ℓ∞ is added to the title too, unless the title already names it."""
     base = Path(base)
+    norm = table_norm(table)
+    if norm.label not in title and norm.value != "linf":
+        title = f"{title} ({norm.label})"
     eps = table["eps"].dropna() if "eps" in table.columns else pd.Series(dtype=float)
     eps_text = f" at ε = {float(eps.iloc[0]):g} (pixel units, [0,1] scale)" if len(eps) else ""
     sections = [f"<h1>{html.escape(title)}</h1>"]
     if len(table):
         sections.append(_lead(table, paired, question))
-    sections += [f'<p class="note">epsl {html.escape(epsl.__version__)}. Accuracies are shares of '
+    sections += [f'<p class="note">epsl {html.escape(epsl.__version__)}. '
+                 f"{html.escape(norm_line(norm))} Accuracies are shares of "
                 "the evaluated examples; <b>Eq. 4</b> is the share of examples with ε &lt; ε_L "
                 "(the prediction of Shafahi et al., Table 1); attack columns use the strongest "
                 "saved setting (most steps, then restarts); <b>audit worst case</b> counts an "

@@ -23,6 +23,14 @@ table:
 
 Several attack, landscape and activations results in one run are concatenated; the shallowest
 diagnostics, audit and minimal (ε*) results are used. A record of an unknown schema is refused in one line.
+
+**The threat model.** Every diagnostics, minimal (ε*), attack and audit record's summary names
+its norm (``"norm": "linf" | "l2" | "l1"``, :mod:`epsl.norms`); a record without one is ℓ∞ (an
+older run). The diagnostics table's gradient-gap column is named by the dual norm
+(``grad_gap_l1`` for ℓ∞, ``grad_gap_l2`` for ℓ2, ``grad_gap_linf`` for ℓ1) and attack tables may
+carry a ``norm`` column. A run folder holds one norm (:attr:`Run.norm`; results that disagree
+are refused in one line naming both), and runs of different norms never share a table or a
+figure (:func:`common_norm`, called by :func:`load_runs`, the comparison and the figures).
 """
 
 from __future__ import annotations
@@ -36,10 +44,14 @@ from typing import Any
 import pandas as pd
 
 from epsl.errors import EpslError
+from epsl.norms import Norm, dual, parse_norm
 from epsl.records import KINDS, TABLE_FORMATS, Result, load
 
 RUN_KINDS = ("diagnostics", "activations", "landscape", "attack", "audit", "minimal")
 _CONCATENATED = ("activations", "landscape", "attack")
+#: the kinds whose records name the norm they were measured in (activations and landscapes
+#: are not measured in one)
+NORMED_KINDS = ("diagnostics", "minimal", "attack", "audit")
 _MAX_DEPTH = 2
 
 
@@ -49,7 +61,8 @@ class Run:
 
     ``meta`` is the checkpoint metadata (``arch``, ``dataset``, ``train_config`` with its
     ``defense`` dict, ``metrics``), from the results' provenance; ``summary`` is the
-    diagnostics record (with the ``checkpoint`` it was made from).
+    diagnostics record (with the ``checkpoint`` it was made from); ``norm`` the threat model
+    every ε, ε_L and ε* of the run is measured in (ℓ∞ for records that do not say).
     Tables that the folder does not hold are ``None``.
     """
 
@@ -67,6 +80,7 @@ class Run:
     minimal: pd.DataFrame | None = None
     minimal_summary: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    norm: Norm = Norm.LINF
 
     @property
     def defense(self) -> dict[str, Any]:
@@ -81,6 +95,67 @@ class Run:
     def num_classes(self) -> int:
         """K, from the ``logit_*`` columns of the diagnostics (0 without diagnostics)."""
         return len(logit_columns(self.diagnostics)) if self.diagnostics is not None else 0
+
+    @property
+    def grad_gap_column(self) -> str:
+        """The diagnostics column of Eq. 4's denominator, named by the dual norm:
+        ``grad_gap_l1`` (ℓ∞), ``grad_gap_l2`` (ℓ2), ``grad_gap_linf`` (ℓ1)."""
+        return grad_gap_column(self.norm)
+
+
+def grad_gap_column(norm: str | Norm) -> str:
+    """The diagnostics table's gradient-gap column in ``norm``: ``grad_gap_<dual norm>``."""
+    return f"grad_gap_{dual(norm).value}"
+
+
+def _record_norms(result: Result, path: Path) -> set[Norm]:
+    """The norms one result says it was measured in: its summary's ``norm`` and, for attack
+    tables, their ``norm`` column; ℓ∞ when it says none."""
+    named = [result.summary.get("norm")]
+    if result.table is not None and "norm" in result.table.columns:
+        named += list(result.table["norm"].dropna().unique())
+    norms = set()
+    for value in named:
+        if value is None:
+            continue
+        try:
+            norms.add(parse_norm(str(value)))
+        except EpslError as error:
+            raise EpslError(f"{path}: {error}") from None
+    if len(norms) > 1:
+        raise EpslError(f"{path}: one result in several norms "
+                        f"({', '.join(sorted(n.value for n in norms))}); recompute it")
+    return norms or {Norm.LINF}
+
+
+def _run_norm(results: Mapping[str, Sequence[Result]], root: Path) -> Norm:
+    """The one norm of a run folder's diagnostics, minimal, attack and audit results."""
+    seen: dict[Norm, Path] = {}
+    for name in NORMED_KINDS:
+        for result in results.get(name, ()):
+            path = (result.folder or root) / KINDS[name].record
+            for norm in _record_norms(result, path):
+                seen.setdefault(norm, path)
+    if len(seen) > 1:
+        (a, path_a), (b, path_b) = list(seen.items())[:2]
+        raise EpslError(f"{root}: results of two norms in one run folder: {path_a} is "
+                        f"{a.value}, {path_b} is {b.value}; keep one threat model per folder")
+    return next(iter(seen), Norm.LINF)
+
+
+def common_norm(runs: Sequence[Run]) -> Norm:
+    """The norm all ``runs`` share (ℓ∞ for none); runs of two norms are a one-line
+    ``EpslError`` naming them: their results never share a table or a figure."""
+    first: dict[Norm, Run] = {}
+    for run in runs:
+        first.setdefault(parse_norm(run.norm), run)
+    if len(first) > 1:
+        (a, run_a), (b, run_b) = list(first.items())[:2]
+        name_a, name_b = run_a.label or run_a.name, run_b.label or run_b.name
+        raise EpslError(f"runs of two norms cannot share a table or figure: {name_a} "
+                        f"({run_a.path}) is {a.value}, {name_b} ({run_b.path}) is {b.value}; "
+                        "render each norm separately")
+    return next(iter(first), Norm.LINF)
 
 
 def logit_columns(frame: pd.DataFrame) -> list[str]:
@@ -151,15 +226,19 @@ def load_run(path: Path | str, *, label: str | None = None) -> Run:
               minimal_summary=dict(minimal.summary) if minimal is not None else {},
               minimal=tables["minimal"],
               diagnostics=tables["diagnostics"], activations=tables["activations"],
-              landscape=tables["landscape"], attack=tables["attack"], audit=tables["audit"])
+              landscape=tables["landscape"], attack=tables["attack"], audit=tables["audit"],
+              norm=_run_norm(results, root))
     return replace(run, label=label or defense_label(meta, fallback=run.name))
 
 
 def load_runs(paths: Sequence[Path | str]) -> list[Run]:
-    """Load several run folders and make their labels unique (see :func:`unique_labels`)."""
+    """Load several run folders and make their labels unique (see :func:`unique_labels`);
+    runs of different norms are refused in one line (:func:`common_norm`)."""
     runs = [load_run(p) for p in paths]
     labels = unique_labels(runs)
-    return [replace(r, label=lab) for r, lab in zip(runs, labels, strict=True)]
+    runs = [replace(r, label=lab) for r, lab in zip(runs, labels, strict=True)]
+    common_norm(runs)
+    return runs
 
 
 def unique_labels(runs: Sequence[Run]) -> list[str]:

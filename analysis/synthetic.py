@@ -1,8 +1,14 @@
 """Synthetic run folders with the exact table schema of the diagnostics, attacks, audit and
 minimal perturbations (ε*), for tests and documentation. Numbers are random but internally
-consistent: ``eps_l`` is ``logit_gap / grad_gap_l1``, ``correct`` is ``pred == label``, an
+consistent: ``eps_l`` is ``logit_gap / grad_gap_<q>``, ``correct`` is ``pred == label``, an
 example survives an attack at ε roughly when ε < ε_L, and ε* scatters around ε_L, so the curves
 look like real ones. numpy only, no model.
+
+Every run is in one threat model (``norm=``: ``linf``, the default, ``l2`` or ``l1``): its
+records say so, the gradient-gap column is named by the dual norm q (``grad_gap_l1``,
+``grad_gap_l2``, ``grad_gap_linf``) and attack tables carry a ``norm`` column. In ℓ2 and ℓ1 the
+dual-norm gradient gap is smaller than the ℓ1 one by a fixed factor (:data:`NORM_SCALE`), so
+ε_L, ε* and the attack radii are larger by it; every other number is the ℓ∞ run's.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from epsl.norms import Norm, max_radius, parse_norm
 from epsl.records import Provenance, Result
 from epsl.stats import accuracy_interval
 
 from .calibration import report_card
+from .runs import grad_gap_column
 
 PRESETS: dict[str, dict[str, Any]] = {
     "natural": {},
@@ -28,6 +36,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lsq+noise": {"logit_squeeze": 0.5, "noise_sigma": 0.5},
     "pgd": {"adv": "pgd", "adv_eps": 0.3, "adv_steps": 7},
 }
+
+
+#: how much larger ε_L, ε* and the attack radii are in each norm than in ℓ∞ (the dual-norm
+#: gradient gap is smaller by this factor), loosely as on 8 x 8 digits
+NORM_SCALE = {Norm.LINF: 1.0, Norm.L2: 5.0, Norm.L1: 25.0}
+#: the pixels of the synthetic images (8 x 8 digits): the box that bounds ε*
+PIXELS = 64
+
+
+def default_eps(norm: str | Norm = "linf") -> float:
+    """The attack ε of a synthetic run in ``norm``: 0.3 in ℓ∞, scaled by :data:`NORM_SCALE`."""
+    return 0.3 * NORM_SCALE[parse_norm(norm)]
 
 
 def defense_config(**overrides: Any) -> dict[str, Any]:
@@ -68,8 +88,9 @@ def model_meta(defense: Mapping[str, Any], *, steps: int = 2000, dataset: str = 
 
 
 def diagnostics_frame(defense: Mapping[str, Any], *, n: int = 200, classes: int = 10,
-                      seed: int = 0) -> pd.DataFrame:
-    """One row per example with the columns of ``Diagnostics.to_frame()``."""
+                      seed: int = 0, norm: str | Norm = "linf") -> pd.DataFrame:
+    """One row per example with the columns of ``Diagnostics.to_frame()`` in ``norm`` (the
+    gradient gap named ``grad_gap_<dual norm>``)."""
     rng = np.random.default_rng(seed)
     shrink, gap_factor = _strength(defense)
     label = rng.integers(0, classes, n)
@@ -84,9 +105,12 @@ def diagnostics_frame(defense: Mapping[str, Any], *, n: int = 200, classes: int 
     grad_l1_rival = rng.lognormal(np.log(35.0 / shrink), 0.6, n)
     cosine = np.clip(rng.normal(0.1 + 0.3 * (shrink > 3), 0.2, n), -1, 1)
     grad_gap = (grad_l1_label + grad_l1_rival) * np.sqrt(np.clip((1 - cosine) / 2, 0.01, 1))
+    p = parse_norm(norm)
+    if p is not Norm.LINF:
+        grad_gap = grad_gap / NORM_SCALE[p]
     frame = pd.DataFrame({
         "index": np.arange(n), "label": label, "pred": pred, "correct": pred == label,
-        "logit_gap": logit_gap, "grad_gap_l1": grad_gap, "grad_cosine": cosine,
+        "logit_gap": logit_gap, grad_gap_column(p): grad_gap, "grad_cosine": cosine,
         "eps_l": logit_gap / grad_gap, "rival": rival,
         "grad_l1_label": grad_l1_label, "grad_l1_rival": grad_l1_rival,
     })
@@ -145,9 +169,10 @@ def _hardness(n: int, seed: int) -> np.ndarray:
 
 def attack_frame(diagnostics: pd.DataFrame, *, eps: Sequence[float] = (0.1, 0.2, 0.3),
                  steps: Sequence[int] = (1, 7, 20, 40), restarts: Sequence[int] = (1, 3),
-                 seed: int = 0) -> pd.DataFrame:
-    """Per-example attack results: FGSM and PGD (xent, CW) at each ε, a PGD steps sweep and a
-    restarts sweep at the largest ε, and a transfer PGD (CW) from a natural source."""
+                 seed: int = 0, norm: str | Norm = "linf") -> pd.DataFrame:
+    """Per-example attack results in ``norm`` (its ``norm`` column): FGSM and PGD (xent, CW) at
+    each ε, a PGD steps sweep and a restarts sweep at the largest ε, and a transfer PGD (CW)
+    from a natural source."""
     eps_l = diagnostics["eps_l"].to_numpy()
     label = diagnostics["label"].to_numpy()
     noise = _hardness(len(eps_l), seed)
@@ -172,7 +197,7 @@ def attack_frame(diagnostics: pd.DataFrame, *, eps: Sequence[float] = (0.1, 0.2,
             "step_size": e if attack == "fgsm" else 2.5 * e / k,
             "random_start": attack == "pgd", "source": source, "correct": correct,
             "loss": np.where(correct, 0.1, 3.0), "margin": eps_l - e * strength,
-            "pred": np.where(correct, label, (label + 1) % 10)}))
+            "pred": np.where(correct, label, (label + 1) % 10), "norm": parse_norm(norm).value}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -202,7 +227,8 @@ def audit_frames(attack: pd.DataFrame, clean_correct: pd.Series, eps: float
 
 
 def minimal_frame(diagnostics: pd.DataFrame, *, seed: int = 0,
-                  attacks: Sequence[str] = ("fmn", "fab")) -> pd.DataFrame:
+                  attacks: Sequence[str] = ("fmn", "fab"), norm: str | Norm = "linf"
+                  ) -> pd.DataFrame:
     """Per-example ε* with the columns of ``epsl calibrate``'s ``minimal.csv``: ``index, label,
     eps_star, eps_star_attack, pred_adv, eps_<attack>..., eps_l, rival, ratio, optimistic``.
 
@@ -211,7 +237,9 @@ def minimal_frame(diagnostics: pd.DataFrame, *, seed: int = 0,
     ``1 - exp(-x)`` (no ℓ∞ distance inside [0, 1]^d exceeds 1): so the ensemble is about as
     strong as PGD-40 and Eq. 4 is optimistic (ε_L > ε*) on most but not all examples. ε* is 0
     for misclassified examples (attack ``clean``) and +inf (attack ``""``) for about a tenth of
-    the hard ones (ε* > 0.3), as if no attack had flipped them. Each attack's own ε is ε* for
+    the hard ones (ε* > 0.3), as if no attack had flipped them. In ℓ2 and ℓ1 the bend is
+    ``R (1 - exp(-x / R))`` below the whole box's radius R (√64, 64) and "hard" is scaled by
+    :data:`NORM_SCALE`. Each attack's own ε is ε* for
     the one that found it and larger (or +inf, a failure) for the others.
     """
     rng = np.random.default_rng(seed + 4)
@@ -220,8 +248,13 @@ def minimal_frame(diagnostics: pd.DataFrame, *, seed: int = 0,
     correct = diagnostics["correct"].to_numpy(dtype=bool)
     n = len(eps_l)
     breaks = np.abs(eps_l) * _hardness(n, seed) / 1.45
-    found = -np.expm1(-breaks * rng.lognormal(0, 0.25, n))
-    unbroken = correct & (found > 0.3) & (rng.random(n) < 0.1)
+    p = parse_norm(norm)
+    if p is Norm.LINF:
+        found = -np.expm1(-breaks * rng.lognormal(0, 0.25, n))
+    else:
+        box = max_radius(p, PIXELS)
+        found = -box * np.expm1(-breaks * rng.lognormal(0, 0.25, n) / box)
+    unbroken = correct & (found > 0.3 * NORM_SCALE[p]) & (rng.random(n) < 0.1)
     eps_star = np.where(correct, np.where(unbroken, np.inf, found), 0.0)
     winner = rng.integers(0, len(attacks), n)
     frame = pd.DataFrame({
@@ -246,20 +279,21 @@ def minimal_frame(diagnostics: pd.DataFrame, *, seed: int = 0,
     return frame
 
 
-def minimal_summary(table: pd.DataFrame, eps: Sequence[float], *, seed: int = 0
-                    ) -> dict[str, Any]:
-    """The ``minimal.json`` numbers of ``epsl calibrate`` for ``table``: ε* accuracy at each ε
-    with its 95% interval, the report card of Eq. 4 and which attack found each ε*."""
+def minimal_summary(table: pd.DataFrame, eps: Sequence[float], *, seed: int = 0,
+                    norm: str | Norm = "linf") -> dict[str, Any]:
+    """The ``minimal.json`` numbers of ``epsl calibrate`` for ``table``: its norm, ε* accuracy
+    at each ε with its 95% interval, the report card of Eq. 4 and which attack found each
+    ε*."""
     n = len(table)
     star = table["eps_star"].to_numpy(dtype=np.float64)
     accuracy = {repr(e): float((star > e).mean()) for e in eps}
     attacks = [c[4:] for c in table.columns
                if c.startswith("eps_") and c not in ("eps_star", "eps_star_attack", "eps_l")]
     return {
-        "n": n, "eps": list(eps), "eps_star_accuracy": accuracy,
+        "n": n, "norm": parse_norm(norm).value, "eps": list(eps), "eps_star_accuracy": accuracy,
         "eps_star_accuracy_interval": {k: list(accuracy_interval(a, n))
                                        for k, a in accuracy.items()},
-        "report_card": report_card(table["eps_l"], table["eps_star"], seed=seed),
+        "report_card": report_card(table["eps_l"], table["eps_star"], seed=seed, norm=norm),
         "found_by": {str(k): int(v) for k, v in
                      table["eps_star_attack"].replace("", "none").value_counts().items()},
         "seconds": {name: 0.0 for name in attacks},
@@ -268,17 +302,22 @@ def minimal_summary(table: pd.DataFrame, eps: Sequence[float], *, seed: int = 0
 
 
 def write_synthetic_run(out: Path | str, defense: Mapping[str, Any] | str = "natural", *,
-                        n: int = 200, seed: int = 0, eps: float = 0.3, steps: int = 2000,
+                        n: int = 200, seed: int = 0, eps: float | None = None,
+                        steps: int = 2000,
                         tables: Sequence[str] = ("diagnostics", "activations", "landscape",
-                                                 "attack", "audit")) -> Path:
+                                                 "attack", "audit"),
+                        norm: str | Norm = "linf") -> Path:
     """Write a run folder through :mod:`epsl.records`: ``diagnostics.csv`` + ``.json``,
     ``activations.csv``, ``landscape.csv``, ``attacks/attack.csv``, ``audit/audit.csv`` and,
     when ``tables`` names ``"minimal"`` (not by default), ``minimal/minimal.csv``, each with its
     record. ``defense`` is a ``defense`` dict or a key of :data:`PRESETS`. Adding ``"minimal"``
-    leaves every other table unchanged (it draws from a generator of its own)."""
+    leaves every other table unchanged (it draws from a generator of its own). Every record
+    names ``norm``; ``eps`` defaults to :func:`default_eps` of it (0.3 in ℓ∞)."""
     out = Path(out)
+    p = parse_norm(norm)
+    eps = default_eps(p) if eps is None else eps
     spec = PRESETS[defense] if isinstance(defense, str) else dict(defense)
-    diag = diagnostics_frame(spec, n=n, seed=seed)
+    diag = diagnostics_frame(spec, n=n, seed=seed, norm=p)
     test_acc = float(diag["correct"].mean())
     meta = model_meta(spec, steps=steps, test_accuracy=test_acc,
                       train_accuracy=min(1.0, test_acc + 0.02))
@@ -290,23 +329,24 @@ def write_synthetic_run(out: Path | str, defense: Mapping[str, Any] | str = "nat
     eps_list = [0.1, 0.2, 0.3] if eps == 0.3 else sorted({eps / 3, 2 * eps / 3, eps})
     if "diagnostics" in tables:
         Result("diagnostics", {
-            "n": n, "clean_accuracy": test_acc, "eps": eps_list,
+            "n": n, "norm": p.value, "clean_accuracy": test_acc, "eps": eps_list,
             "predicted_accuracy": {repr(e): float((diag["eps_l"] > e).mean()) for e in eps_list},
         }, origin, diag).save(out)
     if "activations" in tables:
         Result("activations", {"n": n}, origin,
                activations_frame(spec, n=n, seed=seed)).save(out)
     if "landscape" in tables:
-        Result("landscape", {}, origin,
-               landscape_frame(spec, seed=seed, radius=eps)).save(out)
-    attack = attack_frame(diag, eps=eps_list, seed=seed)
+        # a landscape's plane is no ball of any norm: its radius stays the ℓ∞ one
+        Result("landscape", {}, origin, landscape_frame(
+            spec, seed=seed, radius=eps if p is Norm.LINF else default_eps())).save(out)
+    attack = attack_frame(diag, eps=eps_list, seed=seed, norm=p)
     if "attack" in tables:
-        Result("attack", {"n": n}, origin, attack).save(out / "attacks")
+        Result("attack", {"n": n, "norm": p.value}, origin, attack).save(out / "attacks")
     if "audit" in tables:
         audit, summary = audit_frames(attack, diag["correct"], eps)
-        Result("audit", summary, origin, audit).save(out / "audit")
+        Result("audit", {**summary, "norm": p.value}, origin, audit).save(out / "audit")
     if "minimal" in tables:
-        minimal = minimal_frame(diag, seed=seed)
-        Result("minimal", minimal_summary(minimal, eps_list, seed=seed), origin,
+        minimal = minimal_frame(diag, seed=seed, norm=p)
+        Result("minimal", minimal_summary(minimal, eps_list, seed=seed, norm=p), origin,
                minimal).save(out / "minimal")
     return out

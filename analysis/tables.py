@@ -11,6 +11,11 @@ mean over per-example rows, and every one computed here from such rows carries i
 Clopper–Pearson interval in ``<column>_lo`` and ``<column>_hi`` (shown as
 ``76.9% [72.2, 81.1]``); train and test accuracy come from the checkpoint's metadata, without
 the rows an interval needs.
+
+Every table is in one threat model (:mod:`epsl.norms`): runs of two norms are refused
+(:func:`~epsl.analysis.runs.common_norm`); the ``norm`` column (``linf``, ``l2``, ``l1``) says
+which, and the written Markdown and HTML say it once above the table (:func:`norm_line`) rather
+than in every row.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from epsl.errors import EpslError
 from epsl.io import write_table, write_text
+from epsl.norms import Norm, dual, parse_norm
 
 from .calibration import report_card
 from .metrics import (
@@ -37,10 +44,10 @@ from .metrics import (
     strongest_setting,
 )
 from .paired import paired_lines, paired_markdown
-from .runs import Run, defense_params
+from .runs import Run, common_norm, defense_params
 
 #: Columns always present, in order; attack columns follow (see :func:`attack_column`).
-BASE_COLUMNS = ["model", "run", "dataset", "arch", "alpha", "beta", "sigma", "adv", "adv_eps",
+BASE_COLUMNS = ["model", "run", "dataset", "arch", "norm", "alpha", "beta", "sigma", "adv", "adv_eps",
                 "kappa", "steps", "train_accuracy", "test_accuracy", "n", "clean_accuracy",
                 "eps", "eq4_predicted"]
 _FIRST_ATTACKS = ["fgsm_xent", "fgsm_cw", "pgd_xent", "pgd_cw"]
@@ -54,7 +61,8 @@ _TAIL = ("pgd_steps", "eps_star_accuracy", "attacks_worst", "audit_worst", "audi
          "eq4_optimistic_from")
 _NOT_FRACTIONS = (set(BASE_COLUMNS) - _FRACTIONS) | {"pgd_steps", "audit_n", "audit_verdict",
                                                      "eq4_optimistic_from"} | _CARD_STATS
-HEADERS = {"model": "model", "run": "run", "dataset": "data", "arch": "arch", "alpha": "α",
+HEADERS = {"model": "model", "run": "run", "dataset": "data", "arch": "arch", "norm": "norm",
+           "alpha": "α",
            "beta": "β", "sigma": "σ", "adv": "adv", "adv_eps": "adv ε", "kappa": "κ",
            "steps": "k (steps)", "train_accuracy": "train", "test_accuracy": "test", "n": "n",
            "clean_accuracy": "clean", "eps": "ε", "eq4_predicted": "Eq. 4",
@@ -70,7 +78,7 @@ def attack_column(attack: str, loss: str, transfer: bool) -> str:
     return f"{'transfer_' if transfer else ''}{attack}_{loss}".replace("-", "_")
 
 
-_TEXT_HEADERS = {"model", "run", "data", "arch", "adv", "audit verdict"}
+_TEXT_HEADERS = {"model", "run", "data", "arch", "norm", "adv", "audit verdict"}
 
 
 def _header(column: str) -> str:
@@ -144,7 +152,7 @@ def comparison_row(run: Run, eps: float | None) -> dict[str, Any]:
     adv = str(d.get("adv") or "none")
     row: dict[str, Any] = {
         "model": run.label, "run": run.name, "dataset": run.meta.get("dataset"),
-        "arch": run.meta.get("arch"),
+        "arch": run.meta.get("arch"), "norm": parse_norm(run.norm).value,
         "alpha": _number(d.get("label_smoothing", 0.0) if d else math.nan),
         "beta": _number(d.get("logit_squeeze", 0.0) if d else math.nan),
         "sigma": _number(d.get("noise_sigma", 0.0) if d else math.nan),
@@ -197,7 +205,8 @@ def _card_row(row: dict[str, Any], run: Run, eps: float | None) -> None:
     eps_star = run.minimal["eps_star"].astype(float)
     if eps is not None:
         _with_interval(row, "eps_star_accuracy", int((eps_star > eps).sum()), len(eps_star))
-    card = run.minimal_summary.get("report_card") or report_card(run.minimal["eps_l"], eps_star)
+    card = run.minimal_summary.get("report_card") or report_card(run.minimal["eps_l"], eps_star,
+                                                                 norm=run.norm)
     for column, key in (("eq4_spearman", "spearman"), ("eq4_ratio_median", "ratio_median"),
                         ("eq4_optimistic", "optimistic_share")):
         row[column] = _number(card.get(key))
@@ -211,14 +220,17 @@ def _card_row(row: dict[str, Any], run: Run, eps: float | None) -> None:
 def comparison_table(runs: Sequence[Run], *, eps: float | None = None) -> pd.DataFrame:
     """Tables 1-4 of the paper in one frame: one row per run, accuracies as fractions in [0,1].
 
-    ``eps`` (pixel units, [0,1] scale) defaults to the ε the attacks were made for (the
-    attack summary's, else the ε with the most settings). Attack
-    columns are named :func:`attack_column` (``fgsm_xent``, ``pgd_cw``, ``transfer_pgd_cw``...)
-    and hold the mean of ``correct`` for the setting with the most steps, then restarts;
+    Every run must be in one norm (a one-line ``EpslError`` names two that are not); its
+    ``norm`` column says which. ``eps`` (pixel units, [0,1] scale, in that norm) defaults to
+    the ε the attacks were made for (the attack summary's, else the ε with the most settings).
+    Attack columns are named :func:`attack_column` (``fgsm_xent``, ``pgd_cw``,
+    ``transfer_pgd_cw``...) and hold the mean of ``correct`` for the setting with the most
+    steps, then restarts;
     ``audit_worst`` is the mean of the audit's per-example ``robust`` flag (robust only if the
     example survives every attack) over its ``audit_n`` examples (the first ``audit_n`` of the
     ``n``; an audit may use fewer).
     """
+    common_norm(runs)
     at = _table_eps(runs, eps)
     rows = [comparison_row(r, at) for r in runs]
     frame = pd.DataFrame(rows)
@@ -259,8 +271,9 @@ def _cell(column: str, value: Any, interval: tuple[Any, Any] | None = None) -> s
 def format_table(table: pd.DataFrame, *, drop_empty: bool = True) -> pd.DataFrame:
     """Strings for display: percentages with their 95% interval (``76.9% [72.2, 81.1]``), '–'
     for missing, headers with the paper's symbols. Columns that are empty for every row are
-    dropped (``drop_empty``)."""
-    columns = [c for c in table.columns if not _bounds(c)
+    dropped (``drop_empty``), and so is ``norm``, one for the whole table
+    (:func:`norm_line`)."""
+    columns = [c for c in table.columns if not _bounds(c) and c != "norm"  # said above it
                and not (drop_empty and table[c].isna().all())]
     return pd.DataFrame({_header(c): _cells(table, c) for c in columns})
 
@@ -282,6 +295,31 @@ def _markdown(shown: pd.DataFrame) -> str:
              + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in escape]
     return "\n".join(lines) + "\n"
+
+
+def table_norm(table: pd.DataFrame) -> Norm:
+    """The one norm of a comparison table, from its ``norm`` column (ℓ∞ without one, as
+    tables of older runs); a table holding two norms is a one-line ``EpslError``."""
+    if "norm" not in table.columns:
+        return Norm.LINF
+    norms = sorted({parse_norm(str(v)).value for v in table["norm"].dropna()})
+    if len(norms) > 1:
+        first: dict[str, str] = {}
+        for model, value in zip(table["model"], table["norm"], strict=True):
+            if pd.notna(value):
+                first.setdefault(parse_norm(str(value)).value, str(model))
+        named = ", ".join(f"{model} is {norm}" for norm, model in first.items())
+        raise EpslError(f"one table holds results of {len(norms)} norms ({named}); "
+                        "tabulate each norm separately")
+    return parse_norm(norms[0]) if norms else Norm.LINF
+
+
+def norm_line(norm: str | Norm) -> str:
+    """The threat model of a table in one sentence, for the top of the written tables."""
+    p = parse_norm(norm)
+    return (f"Threat model: {p.label} ({p.value}). Every ε, ε_L and ε* is an {p.label} distance "
+            f"in pixel units ([0,1] scale); Eq. 4 divides the logit gap by the gradient gap in "
+            f"the dual norm {dual(p).label}.")
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -339,6 +377,9 @@ def headline(table: pd.DataFrame, *, source_run: str | None = None,
                                                 strict=True)]
         for column, header in columns})
     text = _markdown(shown)
+    norm = table_norm(table)
+    if norm is not Norm.LINF:  # the paper's threat model goes without saying
+        text = f"{norm_line(norm)}\n\n{text}"
     card = card_markdown(table)
     if card:
         eps = table["eps"].dropna()
@@ -387,12 +428,16 @@ def write_comparison(out_dir: Path | str, table: pd.DataFrame, *,
     """Write ``name.csv`` (raw fractions and interval bounds), ``name.md`` (formatted) and,
     with ``paired`` (:func:`epsl.analysis.paired.paired_tests`), ``paired.csv``, atomically."""
     out_dir = Path(out_dir)
+    norm = table_norm(table)
     written = {"csv": write_table(table, out_dir / f"{name}.csv")}
     md = out_dir / f"{name}.md"
     eps = table["eps"].dropna()
     title = f"Comparison at ε = {float(eps.iloc[0]):g}" if len(eps) else "Comparison"
-    text = (f"# {title}\n\nAccuracies are shares of the evaluated examples with their 95% "
-            "Clopper–Pearson interval; Eq. 4 is the share with ε < ε_L.\n\n" + to_markdown(table))
+    if norm is not Norm.LINF:
+        title += f" ({norm.label})"
+    text = (f"# {title}\n\n{norm_line(norm)}\n\nAccuracies are shares of the evaluated "
+            "examples with their 95% Clopper–Pearson interval; Eq. 4 is the share with "
+            "ε < ε_L.\n\n" + to_markdown(table))
     if paired is not None and not paired.empty:
         written["paired"] = write_table(paired, out_dir / "paired.csv")
         text += ("\n## Paired tests\n\nWorst-case robust accuracy of each model against a "

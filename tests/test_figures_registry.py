@@ -83,7 +83,9 @@ def test_a_planner_sees_only_the_runs_holding_its_tables(root: Path,
 
     specs = F.figure_specs(_runs(root, "natural", "noise", "ls", "pgd"))
     assert seen == [["noise", "pgd"]]
-    assert [(s.name, s.caption, s.runs) for s in specs] == [("probe", "Probe.", ("noise σ=0.5",))]
+    # a figure that is not norm-free says the runs' threat model after its caption
+    assert [(s.name, s.caption, s.runs) for s in specs] == [
+        ("probe", "Probe. Threat model: ℓ∞ (gradient gap in the dual ℓ1).", ("noise σ=0.5",))]
     assert F.figure_specs(_runs(root, "natural", "ls")) == [] and len(seen) == 1
 
 

@@ -16,6 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
 
 from epsl.errors import EpslError
+from epsl.norms import Norm
 
 from ..calibration import accuracy_curves
 from ..metrics import (
@@ -26,7 +27,7 @@ from ..metrics import (
     with_intervals,
 )
 from ..runs import Run
-from .base import EPS_UNIT, _axes, _eps_star, _fig_legend, _figure, palette
+from .base import _axes, _eps_star, _fig_legend, _figure, _norm, eps_axis, eps_symbol, palette
 from .registry import Plan, figure
 
 Style = tuple[str, Any]  # (marker, matplotlib line style)
@@ -54,10 +55,12 @@ def _setting_name(attack: str, loss: str, transfer: bool, steps: int | None = No
 
 
 def _eps_axis_end(tables: Iterable[pd.DataFrame], diagnostics: Iterable[pd.DataFrame | None],
-                  eps: float | None, eps_star: Iterable[np.ndarray] = ()) -> float:
+                  eps: float | None, eps_star: Iterable[np.ndarray] = (),
+                  norm: Norm = Norm.LINF) -> float:
     """Where the ε axis can end: the first ε at which every empirical curve has reached 0 and
     nearly every ε_L and finite ε* (99.5 %), so that a sanity check at unbounded ε (1.0) does
-    not squash the curves."""
+    not squash the curves. Without attack tables it ends by 1 in ℓ∞ (the whole box) and
+    nowhere in ℓ2 and ℓ1, whose radii reach √D and D."""
     ends, largest = [eps or 0.0, 1e-3], [1.0]
     for values in eps_star:
         finite = values[np.isfinite(values) & (values > 0)]
@@ -73,7 +76,7 @@ def _eps_axis_end(tables: Iterable[pd.DataFrame], diagnostics: Iterable[pd.DataF
     for frame in diagnostics:
         if frame is not None and len(frame):
             ends.append(float(frame["eps_l"].quantile(0.995)))  # one outlier can be huge
-    return min(max(ends), max(largest[1:], default=1.0))
+    return min(max(ends), max(largest[1:], default=1.0 if norm is Norm.LINF else math.inf))
 
 
 def _yerr(group: pd.DataFrame) -> np.ndarray:
@@ -119,8 +122,9 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
     fig = _figure(3.4 * cols + 0.8, 3.0 * rows + 1.2)
     axes = _axes(fig, rows, cols, sharex=True, sharey=True)
     with_star = [r for r in chosen if r.minimal is not None and len(r.minimal)]
+    norm = _norm(chosen)
     eps_max = _eps_axis_end(tables.values(), [r.diagnostics for r in chosen], eps,
-                            [_eps_star(r) for r in with_star])
+                            [_eps_star(r) for r in with_star], norm)
     grid = np.linspace(0, eps_max * 1.1, 200)
     names: dict[tuple[str, str, bool], str] = {}
     for k, ax in enumerate(axes.ravel()):
@@ -154,7 +158,7 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
             ax.axvline(eps, color="grey", linestyle="--", linewidth=1)
         ax.set_title(run.label, fontsize=10)
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-        ax.set_xlabel(f"ε ({EPS_UNIT})" if k // cols == rows - 1 or k + cols >= len(chosen)
+        ax.set_xlabel(eps_axis("ε", norm, sep=" ") if k // cols == rows - 1 or k + cols >= len(chosen)
                       else "", fontsize=9)
         ax.set_ylabel("accuracy" if k % cols == 0 else "")
     axes[0, 0].set(ylim=(-0.02, 1.02), xlim=(0, grid[-1]))
@@ -169,7 +173,8 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
         handles.append(Line2D([], [], color=colors[key], marker=marker, linestyle=line))
         labels.append(names.get(key, _setting_name(*key)))
     _fig_legend(fig, handles, labels, where="lower")
-    fig.suptitle(f"Accuracy against ε: {'attacks, ε*' if with_star else 'empirical attacks'} "
+    shown = "attacks, ε*" if with_star else "empirical attacks"
+    fig.suptitle(f"Accuracy against {eps_symbol('ε', norm)}: {shown} "
                  "and the Eq. 4 prediction (bars and band: 95% Clopper–Pearson intervals)",
                  fontsize=11, fontweight="bold")
     return fig

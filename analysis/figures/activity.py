@@ -91,7 +91,7 @@ def _has_layer(runs: Sequence[Run], layer: str) -> bool:
 
 @figure("fig10_penultimate_activity", "Figure 10: per-neuron activation magnitude in the "
         "penultimate layer (sorted) and the number of inactive neurons.",
-        needs=("activations",))
+        needs=("activations",), norm_free=True)
 def _plan_penultimate(runs: list[Run], eps: float | None) -> Plan | None:
     if not _has_layer(runs, "penultimate"):
         return None
@@ -99,6 +99,6 @@ def _plan_penultimate(runs: list[Run], eps: float | None) -> Plan | None:
 
 
 @figure("fig11_logit_activity", "Figure 11: activation magnitude per logit.",
-        needs=("activations",))
+        needs=("activations",), norm_free=True)
 def _plan_logit_activity(runs: list[Run], eps: float | None) -> Plan | None:
     return Plan(partial(fig_logit_activity, runs), runs) if _has_layer(runs, "logit") else None

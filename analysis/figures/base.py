@@ -1,6 +1,13 @@
 """What every figure module shares: the look (pyplot-free figures, seaborn style, palettes,
-legends), histogram bins and log axes, picking runs and columns, the attack ε to mark, and
-:func:`save_figure`. Names with a leading underscore are private to :mod:`epsl.analysis.figures`.
+legends), histogram bins and log axes, picking runs and columns, the attack ε to mark, how ε,
+ε_L, ε* and the gradient gap are labelled in each norm, and :func:`save_figure`. Names with a
+leading underscore are private to :mod:`epsl.analysis.figures`.
+
+Labels in each norm (:func:`eps_symbol`, :func:`eps_axis`, :func:`grad_gap_symbol`): the
+paper's ℓ∞ keeps its labels unchanged (``ε``, ``ε_L  (pixel units, [0,1] scale)``,
+``‖∇z_y − ∇z_ȳ‖₁``); any other norm is named beside every ε (``ε (ℓ2)``, ``ε_L (ℓ2; pixel
+units, [0,1] scale)``) and the gradient gap carries its dual norm's subscript (``‖·‖₂`` for
+ℓ2, ``‖·‖_∞`` for ℓ1).
 """
 
 from __future__ import annotations
@@ -18,15 +25,47 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from epsl.errors import EpslError
 from epsl.io import atomic_path
+from epsl.norms import Norm, dual, parse_norm
 
 from ..metrics import main_eps
-from ..runs import Run
+from ..runs import Run, common_norm
 
 EPS_UNIT = "pixel units, [0,1] scale"
 DPI = 110
 _STYLE = {"axes.grid": True, "grid.alpha": 0.35, "axes.spines.top": False,
           "axes.spines.right": False}
 
+
+_DUAL_SUBSCRIPT = {Norm.L1: "1", Norm.L2: "2", Norm.LINF: "\\infty"}
+
+
+def eps_symbol(symbol: str, norm: str | Norm) -> str:
+    """``symbol`` (``ε``, ``ε_L``, ``ε*``...) named with its norm: unchanged for the
+    paper's ℓ∞, ``ε (ℓ2)`` for any other."""
+    p = parse_norm(norm)
+    return symbol if p is Norm.LINF else f"{symbol} ({p.label})"
+
+
+def eps_axis(symbol: str, norm: str | Norm, *, sep: str = "  ") -> str:
+    """An ε axis label with its units: ``ε  (pixel units, [0,1] scale)`` for ℓ∞ (as before;
+    ``sep`` between symbol and units), ``ε (ℓ2; pixel units, [0,1] scale)`` for another
+    norm."""
+    p = parse_norm(norm)
+    if p is Norm.LINF:
+        return f"{symbol}{sep}({EPS_UNIT})"
+    return f"{symbol} ({p.label}; {EPS_UNIT})"
+
+
+def grad_gap_symbol(norm: str | Norm) -> str:
+    """Eq. 4's denominator in the dual norm of ``norm``, as mathtext:
+    ``‖∇ₓz_y − ∇ₓz_ȳ‖₁`` for ℓ∞, ``‖·‖₂`` for ℓ2, ``‖·‖_∞`` for ℓ1."""
+    q = _DUAL_SUBSCRIPT[dual(norm)]
+    return "$\\|\\nabla_x z_y - \\nabla_x z_{\\bar y}\\|_" + (q if len(q) == 1 else f"{{{q}}}") + "$"
+
+
+def _norm(runs: Sequence[Run]) -> Norm:
+    """The one norm of the runs a figure draws (runs of two norms are refused in one line)."""
+    return common_norm(runs)
 
 
 def _figure(width: float, height: float) -> Figure:

@@ -18,7 +18,7 @@ from epsl.errors import EpslError
 
 from ..calibration import report_card
 from ..runs import Run
-from .base import EPS_UNIT, _axes, _eps_star, _figure, _plain_log_ticks
+from .base import EPS_UNIT, _axes, _eps_star, _figure, _norm, _plain_log_ticks, eps_symbol
 from .registry import Plan, figure
 
 _CONSERVATIVE_COLOR, _OPTIMISTIC_COLOR = (sns.color_palette("colorblind")[i] for i in (0, 3))
@@ -39,7 +39,7 @@ def minimal_card(run: Run) -> dict[str, Any]:
     if isinstance(card, dict) and {"spearman", "optimistic_share"} <= card.keys():
         return card
     assert run.minimal is not None
-    return report_card(run.minimal["eps_l"], run.minimal["eps_star"])
+    return report_card(run.minimal["eps_l"], run.minimal["eps_star"], norm=run.norm)
 
 
 def _number(card: dict[str, Any], key: str) -> float:
@@ -73,6 +73,8 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
     counted in the panel.
     """
     chosen = _minimal_runs(runs)
+    norm = _norm(chosen)
+    star_symbol, eps_l_symbol = (eps_symbol(s, norm) for s in ("$\\epsilon^*$", "$\\epsilon_L$"))
     cols = min(3, len(chosen))
     rows = math.ceil(len(chosen) / cols)
     fig = _figure(3.5 * cols + 0.6, 3.8 * rows + 0.9)  # near-square panels: ε_L = ε* at 45°
@@ -111,9 +113,9 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
         ax.set_title(f"{run.label}\n{_card_title(minimal_card(run))}", fontsize=9)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel(f"$\\epsilon^*$, min-norm ensemble ({EPS_UNIT}, log)"
+        ax.set_xlabel(f"{star_symbol}, min-norm ensemble ({EPS_UNIT}, log)"
                       if k // cols == rows - 1 or k + cols >= len(chosen) else "", fontsize=9)
-        ax.set_ylabel("$\\epsilon_L$, Eq. 4 (log)" if k % cols == 0 else "", fontsize=9)
+        ax.set_ylabel(f"{eps_l_symbol}, Eq. 4 (log)" if k % cols == 0 else "", fontsize=9)
     every = np.concatenate(drawn) if drawn else np.array([])
     lo, hi = (float(every.min()), float(every.max())) if every.size else (1e-3, 1.0)
     lo, hi = lo / 1.3, hi * 1.3
@@ -130,7 +132,8 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
     labels = ["ε_L ≤ ε*: Eq. 4 conservative", "ε_L > ε*: Eq. 4 optimistic", "ε_L = ε*"]
     fig.legend(handles, labels, loc="outside lower center",  # type: ignore[call-overload]
                ncols=3 if cols > 1 else 1, frameon=False, fontsize=9)
-    fig.suptitle("ε_L (Eq. 4) against ε*, per example", fontsize=11, fontweight="bold")
+    fig.suptitle(eps_symbol("ε_L (Eq. 4) against ε*, per example", norm), fontsize=11,
+                 fontweight="bold")
     return fig
 
 

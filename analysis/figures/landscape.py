@@ -61,14 +61,16 @@ def _plan_landscape(run: Run, direction: str) -> Plan | None:
 
 
 @figure("fig5_landscape", "Figure 5: cross-entropy over two random directions, first eight "
-        "images.", needs=("landscape",), per_run=True)
+        "images.", needs=("landscape",), per_run=True,
+        norm_free=True)
 def _plan_random(runs: list[Run], eps: float | None) -> Plan | None:
     (run,) = runs
     return _plan_landscape(run, "random")
 
 
 @figure("fig9_landscape", "Figure 9: cross-entropy over a random and the adversarial direction, "
-        "first eight images.", needs=("landscape",), per_run=True)
+        "first eight images.", needs=("landscape",), per_run=True,
+        norm_free=True)
 def _plan_adversarial(runs: list[Run], eps: float | None) -> Plan | None:
     (run,) = runs
     return _plan_landscape(run, "adversarial")

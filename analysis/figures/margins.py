@@ -15,11 +15,11 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
 
 from epsl.errors import EpslError
+from epsl.norms import Norm
 
 from ..metrics import predicted_accuracy
 from ..runs import Run, defense_kind, defense_params, logit_columns
 from .base import (
-    EPS_UNIT,
     _axes,
     _diag_runs,
     _fig_legend,
@@ -27,9 +27,13 @@ from .base import (
     _lin_bins,
     _log_bins,
     _log_x,
+    _norm,
     _run_handles,
     _step_hist,
     _values,
+    eps_axis,
+    eps_symbol,
+    grad_gap_symbol,
     palette,
 )
 from .registry import Plan, figure
@@ -40,16 +44,20 @@ def fig_eps_l_panels(runs: Sequence[Run], *, eps: float | None = None,
     """Figures 1/6 layout: the two factors of Eq. 4 and their ratio, overlaid per run.
 
     Top-left the numerator (logit gap z_y − z_ȳ, log-count axis: the paper chopped it at 30k),
-    bottom-left the denominator (gradient gap ‖∇ₓz_y − ∇ₓz_ȳ‖₁ on a log axis), top-right ε_L
-    with the attack ε as a vertical line, bottom-right cos(∇ₓz_y, ∇ₓz_ȳ). Columns read from
-    each run's diagnostics: ``logit_gap, grad_gap_l1, eps_l, grad_cosine`` at the rival class.
+    bottom-left the denominator (gradient gap ‖∇ₓz_y − ∇ₓz_ȳ‖_q in the dual norm q of the
+    runs' threat model, ‖·‖₁ for ℓ∞, on a log axis), top-right ε_L with the attack ε as a
+    vertical line, bottom-right cos(∇ₓz_y, ∇ₓz_ȳ). Columns read from each run's diagnostics:
+    ``logit_gap, grad_gap_<q>, eps_l, grad_cosine`` at the rival class (``grad_gap_l1`` for
+    ℓ∞, ``grad_gap_l2`` for ℓ2, ``grad_gap_linf`` for ℓ1). Runs of two norms are refused.
     """
     runs = _diag_runs(runs)
+    norm = _norm(runs)
+    gap = runs[0].grad_gap_column
     colors = palette(len(runs))
     fig = _figure(10, 7.4)
     axes = _axes(fig, 2, 2)
     data = {c: [_values(r, c) for r in runs]
-            for c in ("logit_gap", "grad_gap_l1", "eps_l", "grad_cosine")}
+            for c in ("logit_gap", gap, "eps_l", "grad_cosine")}
 
     bins, _ = _lin_bins(data["logit_gap"])
     for values, color, run in zip(data["logit_gap"], colors, runs, strict=True):
@@ -58,28 +66,32 @@ def fig_eps_l_panels(runs: Sequence[Run], *, eps: float | None = None,
     axes[0, 0].set(xlabel="logit gap  $z_y - z_{\\bar y}$  (logit units)",
                    ylabel="examples (log scale)", title="Numerator of Eq. 4: logit gap")
 
-    bins = _log_bins(data["grad_gap_l1"])
-    for values, color, run in zip(data["grad_gap_l1"], colors, runs, strict=True):
+    bins = _log_bins(data[gap])
+    for values, color, run in zip(data[gap], colors, runs, strict=True):
         _step_hist(axes[1, 0], values[values > 0], bins, color, run.label)
     _log_x(axes[1, 0])
-    axes[1, 0].set(xlabel="gradient gap  $\\|\\nabla_x z_y - \\nabla_x z_{\\bar y}\\|_1$  "
+    axes[1, 0].set(xlabel=f"gradient gap  {grad_gap_symbol(norm)}  "
                           "(logit units per pixel, log scale)",
-                   ylabel="examples", title="Denominator of Eq. 4: gradient gap")
+                   ylabel="examples", title=eps_symbol("Denominator of Eq. 4", norm)
+                   + ": gradient gap")
 
     bins, clipped = _lin_bins(data["eps_l"], quantiles=(0.005, 0.99))
     if eps is not None and eps > bins[-1]:
         bins = np.linspace(bins[0], eps * 1.1, len(bins))
     for values, color, run in zip(data["eps_l"], colors, runs, strict=True):
         _step_hist(axes[0, 1], values, bins, color, run.label, clip=True)
-    xlabel = f"$\\epsilon_L$  ({EPS_UNIT})"
+    xlabel = eps_axis("$\\epsilon_L$", norm)
     if clipped:
         xlabel += "\ntails beyond the 0.5% / 99% quantiles are piled into the edge bins"
-    axes[0, 1].set(xlabel=xlabel, ylabel="examples", title="$\\epsilon_L$ (Eq. 4)")
+    axes[0, 1].set(xlabel=xlabel, ylabel="examples",
+                   title="$\\epsilon_L$ (Eq. 4)" if norm is Norm.LINF
+                   else f"$\\epsilon_L$ (Eq. 4, {norm.label})")
     extra: list[str] = [f"clean {_clean_acc(r):.1%}" for r in runs]
     if eps is not None:
         axes[0, 1].axvline(eps, color="black", linestyle="--", linewidth=1.3)
         axes[0, 1].legend([Line2D([], [], color="black", linestyle="--")],
-                          [f"attack ε = {eps:g}"], loc="upper right", fontsize=8)
+                          [f"attack {eps_symbol('ε', norm)} = {eps:g}"], loc="upper right",
+                          fontsize=8)
         extra = [f"{e}, Eq. 4 at ε={eps:g}: {predicted_accuracy(r.diagnostics, eps):.1%}"
                  for e, r in zip(extra, runs, strict=True)]
     axes[0, 1].axvline(0, color="grey", linewidth=0.8)
@@ -191,7 +203,8 @@ def sweep_runs(runs: Sequence[Run], parameter: str) -> list[Run]:
 def fig_gradient_norms(runs: Sequence[Run], *, parameter: str = "label_smoothing") -> Figure:
     """Figures 4 and 7: ‖∇ₓz_y‖₁ (``grad_l1_label``), ‖∇ₓz_ȳ‖₁ (``grad_l1_rival``) on log axes
     and cos(∇ₓz_y, ∇ₓz_ȳ), for runs sorted by smoothing α or squeezing β (sequential colours,
-    darker = larger). Runs without that parameter are left out unless none has it."""
+    darker = larger). Runs without that parameter are left out unless none has it. These are
+    ℓ1 norms and a cosine in every threat model, so the figure names none."""
     if parameter not in _PARAMETERS:
         raise EpslError(f"parameter must be one of {', '.join(_PARAMETERS)}")
     symbol, name = _PARAMETERS[parameter]
@@ -232,7 +245,7 @@ def _plan_eps_l_panels(runs: list[Run], eps: float | None) -> Plan:
 
 
 @figure("fig2_logits", "Figure 2: distribution of logit values and of the true-class logit.",
-        needs=("diagnostics",))
+        needs=("diagnostics",), norm_free=True)
 def _plan_logits(runs: list[Run], eps: float | None) -> Plan:
     return Plan(lambda: fig_logits(runs), runs)
 
@@ -262,12 +275,12 @@ def _plan_gradients(runs: list[Run], parameter: str) -> Plan | None:
 
 
 @figure("fig4_ls_gradients", "Figures 4/7: gradient magnitudes and cosine across smoothing α.",
-        needs=("diagnostics",))
+        needs=("diagnostics",), norm_free=True)
 def _plan_ls_gradients(runs: list[Run], eps: float | None) -> Plan | None:
     return _plan_gradients(runs, "label_smoothing")
 
 
 @figure("fig4_lsq_gradients", "Figures 4/7: gradient magnitudes and cosine across squeezing β.",
-        needs=("diagnostics",))
+        needs=("diagnostics",), norm_free=True)
 def _plan_lsq_gradients(runs: list[Run], eps: float | None) -> Plan | None:
     return _plan_gradients(runs, "logit_squeeze")

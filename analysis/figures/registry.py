@@ -10,6 +10,12 @@ which is paper order (:mod:`epsl.analysis.figures` imports the modules in that o
 A figure registered with ``per_run=True`` is drawn once per run holding its tables: the file
 name gets the run's slug when more than one run holds them, the caption names the model, and
 consecutive per-run figures are listed run by run (Figure 5 then Figure 9 of each model).
+
+Every figure that shows ε, ε_L, ε* or the gradient gap has its caption end with the runs' threat
+model (``Threat model: ℓ2 (gradient gap in the dual ℓ2).``, :func:`caption_norm`); one
+registered ``norm_free=True`` (the logits, the ℓ1 gradient magnitudes, the activations and the
+landscapes, which no threat model measures) keeps its caption as registered. The runs of one
+:func:`figure_specs` call must share a norm (one line otherwise).
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from typing import Any, NamedTuple
 
 from matplotlib.figure import Figure
 
-from ..runs import RUN_KINDS, Run
+from epsl.norms import Norm, dual
+
+from ..runs import RUN_KINDS, Run, common_norm
 from .base import resolve_eps, save_figure
 
 
@@ -49,13 +57,19 @@ Planner = Callable[[list[Run], float | None], Plan | None]
 @dataclass(frozen=True)
 class RegisteredFigure:
     """One entry of :data:`FIGURES`: the file stem, caption, the tables of which a run must
-    hold one to take part (``needs``), whether it is drawn per run, and its planner."""
+    hold one to take part (``needs``), whether it is drawn per run, its planner, and whether
+    it shows nothing measured in a norm (``norm_free``: its caption names no threat model)."""
 
     name: str
     caption: str
     needs: tuple[str, ...]
     per_run: bool
     plan: Planner
+    norm_free: bool = False
+
+    def caption_in(self, norm: Norm) -> str:
+        """The caption for runs in ``norm``: with :func:`caption_norm` unless norm-free."""
+        return self.caption if self.norm_free else f"{self.caption} {caption_norm(norm)}"
 
     def holders(self, runs: Sequence[Run]) -> list[Run]:
         """The runs holding at least one of the tables this figure needs."""
@@ -65,10 +79,17 @@ class RegisteredFigure:
 FIGURES: dict[str, RegisteredFigure] = {}
 
 
-def figure(name: str, caption: str, *, needs: Sequence[str],
-           per_run: bool = False) -> Callable[[Planner], Planner]:
+def caption_norm(norm: Norm) -> str:
+    """The sentence a caption ends with: ``Threat model: ℓ2 (gradient gap in the dual ℓ2).``"""
+    return f"Threat model: {norm.label} (gradient gap in the dual {dual(norm).label})."
+
+
+def figure(name: str, caption: str, *, needs: Sequence[str], per_run: bool = False,
+           norm_free: bool = False) -> Callable[[Planner], Planner]:
     """Register the decorated planner as figure ``name`` (the file stem) with its caption;
-    refuses a name already registered, an empty caption and a table no run can hold."""
+    refuses a name already registered, an empty caption and a table no run can hold.
+    ``norm_free``: the figure shows no ε, ε_L, ε* or gradient gap, so its caption names no
+    threat model."""
     unknown = sorted(set(needs) - set(RUN_KINDS))
     if not needs or unknown:
         raise ValueError(f"figure {name!r}: needs must name tables of {', '.join(RUN_KINDS)}"
@@ -79,7 +100,7 @@ def figure(name: str, caption: str, *, needs: Sequence[str],
     def decorator(plan: Planner) -> Planner:
         if name in FIGURES:
             raise ValueError(f"figure {name!r} is already registered")
-        FIGURES[name] = RegisteredFigure(name, caption, tuple(needs), per_run, plan)
+        FIGURES[name] = RegisteredFigure(name, caption, tuple(needs), per_run, plan, norm_free)
         return plan
 
     return decorator
@@ -97,7 +118,7 @@ def _spec(plan: Plan | None, name: str, caption: str) -> list[FigureSpec]:
 
 
 def _per_run_specs(entries: Sequence[RegisteredFigure], runs: Sequence[Run],
-                   eps: float | None) -> list[FigureSpec]:
+                   eps: float | None, norm: Norm) -> list[FigureSpec]:
     specs: list[FigureSpec] = []
     for run in runs:
         for entry in entries:
@@ -106,23 +127,25 @@ def _per_run_specs(entries: Sequence[RegisteredFigure], runs: Sequence[Run],
             several = len(entry.holders(runs)) > 1
             name = entry.name + (f"_{_slug(run.name)}" if several else "")
             specs += _spec(entry.plan([run], eps), name,
-                           entry.caption + f" Model: {run.label}.")
+                           entry.caption_in(norm) + f" Model: {run.label}.")
     return specs
 
 
 def figure_specs(runs: Sequence[Run], *, eps: float | None = None) -> list[FigureSpec]:
-    """Every figure the runs' tables allow, in paper order (nothing is rendered yet)."""
+    """Every figure the runs' tables allow, in paper order (nothing is rendered yet); runs of
+    two norms are refused in one line."""
+    norm = common_norm(runs)
     eps = resolve_eps(runs, eps)
     specs: list[FigureSpec] = []
     for per_run, group in groupby(FIGURES.values(), key=lambda entry: entry.per_run):
         entries = list(group)
         if per_run:
-            specs += _per_run_specs(entries, runs, eps)
+            specs += _per_run_specs(entries, runs, eps, norm)
             continue
         for entry in entries:
             holders = entry.holders(runs)
             if holders:
-                specs += _spec(entry.plan(holders, eps), entry.name, entry.caption)
+                specs += _spec(entry.plan(holders, eps), entry.name, entry.caption_in(norm))
     return specs
 
 

@@ -17,7 +17,7 @@ from epsl.errors import EpslError
 from ..metrics import attack_accuracies, pick_eps, with_intervals
 from ..runs import Run
 from .accuracy import _attack_runs, _style, _yerr
-from .base import _axes, _fig_legend, _figure, _run_handles, palette
+from .base import _axes, _fig_legend, _figure, _norm, _run_handles, eps_symbol, palette
 from .registry import Plan, figure
 
 
@@ -49,6 +49,7 @@ def _fig_sweep(runs: Sequence[Run], key: str, eps: float | None) -> Figure:
     found = _sweep(runs, key, eps)
     if not found:
         raise EpslError(f"no run has PGD results at more than one value of {key}")
+    norm = _norm([r for r, _ in found])
     colors = palette(len(found))
     fig = _figure(8, 4.8)
     ax = _axes(fig, 1, 1)[0, 0]
@@ -79,7 +80,7 @@ def _fig_sweep(runs: Sequence[Run], key: str, eps: float | None) -> Figure:
     eps_used = sorted({float(t["eps_used"].iloc[0]) for _, t in found})
     ax.set(xlabel=f"PGD {key} (log scale)", ylabel="robust accuracy (95% interval)",
            title=f"White-box PGD accuracy against {key} "
-                 f"(ε = {', '.join(f'{e:g}' for e in eps_used)}, "
+                 f"({eps_symbol('ε', norm)} = {', '.join(f'{e:g}' for e in eps_used)}, "
                  f"{other} = {', '.join(map(str, fixed))})")
     handles, labels = _run_handles([r for r, _ in found], colors)
     for loss in sorted(losses):
