@@ -42,13 +42,20 @@ from epsl.analysis.report import audit_notes, write_report
 from epsl.analysis.runs import Run, load_runs
 from epsl.analysis.tables import comparison_table, write_comparison
 from epsl.attacks import default_step_size, sweep
-from epsl.audit import AuditConfig, AuditRunConfig, check_dependencies, ensure_audit
+from epsl.audit import (
+    AuditConfig,
+    AuditRunConfig,
+    check_dependencies,
+    ensemble_in,
+    ensure_audit,
+)
 from epsl.calibrate import ensure_calibration
 from epsl.context import DataConfig, Evaluation, load_source, provenance
 from epsl.diagnostics.runs import ensure_diagnostics
 from epsl.errors import EpslError
 from epsl.io import check_out_dir
 from epsl.minimal import MinimalConfig, MinimalResult, check_minimal_dependencies
+from epsl.norms import check_radius, parse_norm
 from epsl.records import Result, file_sha256, invalidate, kind, load, record_path, reusable
 
 PRODUCTS = kind("comparison").files()
@@ -57,12 +64,15 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """What ``epsl compare`` evaluates; ε and step sizes in pixel units on the [0,1] scale.
+    """What ``epsl compare`` evaluates; ε and step sizes in pixel units on the [0,1] scale,
+    in the threat model ``norm``.
 
     Attributes:
         checkpoints: the models to compare (epsl ``.safetensors``, a model source, or foreign
             with ``data.arch``).
-        eps: the ℓ∞ radius of every table column.
+        eps: the radius of every table column, in ``norm``.
+        norm: ``"linf"`` (the paper's), ``"l2"`` or ``"l1"``: ε_L, ε*, every attack and the
+            audit are in it (FGSM is FGM outside ℓ∞).
         data: the examples every checkpoint is evaluated on and how they are loaded (its
             ``checkpoint`` is left unset: each of ``checkpoints`` fills it).
         eps_grid: extra radii for the accuracy-against-ε figure (FGSM and PGD, xent only).
@@ -71,7 +81,8 @@ class CompareConfig:
         audit: also run :func:`epsl.audit.audit` (quick settings) for the worst case.
         minimal: the minimum-norm ensemble that finds ε* per example
             (:func:`epsl.minimal.minimal_perturbation`) for the report card of Eq. 4; the
-            audit counts it as one more attack. None: no ε*.
+            audit counts it as one more attack. None: no ε*. The default ℓ∞ ensemble follows
+            ``norm`` (:func:`epsl.audit.ensemble_in`); another must run in ``norm``.
         figures: render the figures into ``out/figures`` and embed them in the report.
         seed, batch_size: the attacks' random starts and examples per pass.
     """
@@ -91,20 +102,22 @@ class CompareConfig:
     seed: int = 0
     batch_size: int | None = 256
     title: str | None = None  # of the report (default: what is compared, at which eps)
+    norm: str = "linf"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", parse_norm(self.norm).value)
         if not self.checkpoints:
             raise EpslError("give at least one checkpoint to compare")
         if not isinstance(self.data, DataConfig):
             raise EpslError(f"data must be a DataConfig (got {self.data!r})")
         if self.minimal is not None and not isinstance(self.minimal, MinimalConfig):
             raise EpslError(f"minimal must be a MinimalConfig or None (got {self.minimal!r})")
+        object.__setattr__(self, "minimal", ensemble_in(self.minimal, self.norm))
         if self.data.checkpoint is not None:
             raise EpslError("CompareConfig.data names no checkpoint: the checkpoints are "
                             "CompareConfig.checkpoints")
-        for e in (self.eps, *self.eps_grid):
-            if not 0 < e <= 1:
-                raise EpslError(f"eps must lie in (0, 1] in pixel units (got {e})")
+        check_radius(self.norm, self.eps)
+        check_radius(self.norm, self.eps_grid, name="eps_grid")
         if self.pgd_steps < 1 or self.restarts < 1:
             raise EpslError("pgd_steps and restarts must be at least 1")
 
@@ -116,8 +129,9 @@ class CompareConfig:
         """What decides whether an attack table on disk can be extended: the random starts'
         seed, the CW κ and the PGD step size (each row carries its attack, loss, ε, steps,
         restarts)."""
+        norm = {} if self.norm == "linf" else {"norm": self.norm}
         return {"seed": self.seed, "cw_confidence": self.cw_confidence,
-                "step_size": self.step_size}
+                "step_size": self.step_size, **norm}
 
     def audit_config(self) -> AuditConfig:
         """The audit ``compare --audit`` runs: the quick settings, seeded like the attacks,
@@ -127,7 +141,7 @@ class CompareConfig:
     def audit_run(self, checkpoint: str) -> AuditRunConfig:
         """:meth:`audit_config` on ``checkpoint`` at ε, with the comparison's source."""
         return AuditRunConfig(data=self.data.for_checkpoint(checkpoint), eps=self.eps,
-                              audit=self.audit_config(), source=self.source)
+                              audit=self.audit_config(), source=self.source, norm=self.norm)
 
 
 @dataclass(frozen=True)
@@ -175,6 +189,8 @@ def _covered(attack: pd.DataFrame, setting: dict[str, Any], config: CompareConfi
                   & (attack["loss_name"] == setting["loss"])]
     source = rows["source"].astype(object).fillna("").astype(str) != ""
     rows = rows[source == bool(setting.get("transfer"))]
+    if "norm" in rows:  # tables written before other norms have no norm column: l_inf
+        rows = rows[rows["norm"].astype(object).fillna("linf") == config.norm]
     if setting["attack"] == "pgd":
         rows = rows[(rows["steps"] == config.pgd_steps) & (rows["restarts"] == config.restarts)]
     return all(bool((rows["eps"] - e).abs().lt(1e-9).any()) for e in setting["eps"])
@@ -186,6 +202,8 @@ def _attack_frame(ev: Evaluation, config: CompareConfig, source_model: torch.nn.
     for setting in settings:
         extra: dict[str, Any] = {"loss": setting["loss"], "batch_size": config.batch_size,
                                  "cw_confidence": config.cw_confidence}
+        if config.norm != "linf":
+            extra["norm"] = config.norm
         if setting["attack"] == "pgd":
             extra.update(steps=[config.pgd_steps], restarts=[config.restarts],
                          seed=config.seed, random_start=True)
@@ -213,7 +231,8 @@ def _attacks(ev: Evaluation, folder: Path, config: CompareConfig,
     log(f"{folder.parent.name}: {len(missing)} attack settings at eps={config.eps:g}")
     frame = pd.concat([existing, _attack_frame(ev, config, source_model, missing)],
                       ignore_index=True)
-    summary = {"n": len(ev.data), "eps": config.eps, "pgd_steps": config.pgd_steps,
+    summary = {"n": len(ev.data), "eps": config.eps, "norm": config.norm,
+               "pgd_steps": config.pgd_steps,
                "restarts": config.restarts,
                "step_size": config.step_size or default_step_size(config.eps, config.pgd_steps),
                "source": config.source}
@@ -243,7 +262,7 @@ def evaluate_model(ev: Evaluation, folder: Path, config: CompareConfig, *,
     return what was reused. ``ev`` is the checkpoint prepared on ``config.data``."""
     say = log or (lambda _msg: None)
     reused = []
-    eq4, computed = ensure_diagnostics(ev, folder, config.grid(), say)
+    eq4, computed = ensure_diagnostics(ev, folder, config.grid(), say, norm=config.norm)
     if not computed:
         reused.append("diagnostics")
     points: MinimalResult | None = None  # eps* computed in this call, for the audit
@@ -276,6 +295,8 @@ def _check_inputs(config: CompareConfig) -> tuple[list[Evaluation], torch.nn.Mod
     """Load every checkpoint and the source and check each against the data, so that a bad
     input fails before anything is computed or written."""
     evaluations = [config.data.for_checkpoint(c).prepare() for c in config.checkpoints]
+    dim = evaluations[0].data.x[0].numel()
+    check_radius(config.norm, [config.eps, *config.eps_grid], dim)
     datasets = {ev.data.info.name for ev in evaluations}
     if len(datasets) > 1:
         each = ", ".join(f"{ev.checkpoint}: {ev.data.info.name}" for ev in evaluations)
@@ -321,6 +342,8 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
     report = write_report(out, table, entries, notes=audit_notes(runs), paired=paired,
                           config=record["config"],
                           title=config.title or f"Comparison of {len(names)} models at "
-                                                f"ε = {config.eps:g}")
+                                                f"ε = {config.eps:g}"
+                                                + ("" if config.norm == "linf"
+                                                   else f" ({config.norm})"))
     Result("comparison", record).save(out, overwrite=True)
     return CompareResult(table, tuple(runs), out, report, reused, paired)
