@@ -282,20 +282,29 @@ def test_every_attack_in_every_norm_respects_the_threat_model(attack, norm, digi
     assert result.accuracy < clean.float().mean().item()
 
 
-def test_l2_pgd_is_as_strong_as_torchattacks_pgdl2(digits_model, digits_test):
+@pytest.mark.parametrize("random_start, slack", [(False, 0.01), (True, 0.03)],
+                         ids=["no-random-start", "random-start"])
+def test_l2_pgd_is_as_strong_as_torchattacks_pgdl2(digits_model, digits_test, random_start,
+                                                   slack):
     """Same model, the whole digits test split, eps, steps and step size as torchattacks.PGDL2
-    (normalised-gradient steps, scale onto the ball, clip): epsl's robust accuracy is at most
-    one point higher."""
+    (normalised-gradient steps, scale onto the ball, clip). From x the two are the same
+    attack (robust accuracy within one point; measured: equal). From a random start, epsl's
+    start is uniform in the ball, so in D = 64 dimensions nearly on its sphere
+    (radius eps * U^(1/D)), while PGDL2's radius is eps * U: a farther start costs epsl up to
+    a few points at this small eps (measured: 1-2.5 points over seeds 0-2)."""
     x, y = digits_test.x, digits_test.y
-    eps, steps, alpha = 1.0, 20, 0.125
+    eps, steps = 0.5, 20
+    alpha = 2.5 * eps / steps
     torch.manual_seed(0)
-    x_ref = torchattacks.PGDL2(digits_model, eps=eps, alpha=alpha, steps=steps)(x, y)
+    x_ref = torchattacks.PGDL2(digits_model, eps=eps, alpha=alpha, steps=steps,
+                               random_start=random_start)(x, y)
     assert float(distance(x_ref, x, "l2").max()) <= eps * (1 + 1e-5)
     with torch.no_grad():
         ref_accuracy = (digits_model(x_ref).argmax(1) == y).float().mean().item()
-    ours = pgd(digits_model, x, y, eps=eps, step_size=alpha, steps=steps, seed=0, norm="l2")
+    ours = pgd(digits_model, x, y, eps=eps, step_size=alpha, steps=steps, seed=0, norm="l2",
+               random_start=random_start)
     assert ref_accuracy < 0.9  # the attack does something on this natural model
-    assert ours.accuracy <= ref_accuracy + 0.01
+    assert ours.accuracy <= ref_accuracy + slack
 
 
 def test_l1_pgd_breaks_more_with_a_larger_radius(digits_model, digits_batch):
