@@ -10,7 +10,7 @@ from typing import Any
 
 import epsl
 from epsl.io import check_out_dir, write_json, write_text
-from epsl.norms import Norm
+from epsl.norms import Norm, check_radius
 
 from .figures import figure_specs, render_all, resolve_eps
 from .paired import paired_tests
@@ -24,13 +24,15 @@ PRODUCTS = ["figures.json", "config.json", "index.md", "comparison.csv", "compar
 
 @dataclass(frozen=True)
 class FiguresResult:
-    """What :func:`render_runs` wrote: the index entries and the paths of the summaries."""
+    """What :func:`render_runs` wrote: the index entries, the paths of the summaries and the
+    runs' one threat model."""
 
     out: Path
     runs: tuple[Run, ...]
     figures: tuple[dict[str, Any], ...]
     report: Path
     eps: float | None
+    norm: Norm = Norm.LINF
 
 
 def _index_markdown(entries: Sequence[dict[str, Any]], runs: Sequence[Run], norm: Norm) -> str:
@@ -50,6 +52,8 @@ def render_runs(run_dirs: Sequence[Path | str], out: Path | str, *, eps: float |
     one norm (refused in one line otherwise); ``config.json`` and ``index.md`` name it."""
     runs = load_runs(run_dirs)
     norm = common_norm(runs)
+    if eps is not None:
+        check_radius(norm, eps)
     out = check_out_dir(out, PRODUCTS + [f"{s.name}.png" for s in figure_specs(runs, eps=eps)],
                         overwrite)
     eps = resolve_eps(runs, eps)
@@ -67,4 +71,4 @@ def render_runs(run_dirs: Sequence[Path | str], out: Path | str, *, eps: float |
     write_json(out / "figures.json", entries)
     write_json(out / "config.json", config)
     write_text(out / "index.md", _index_markdown(entries, runs, norm))
-    return FiguresResult(out, tuple(runs), tuple(entries), report, eps)
+    return FiguresResult(out, tuple(runs), tuple(entries), report, eps, norm)

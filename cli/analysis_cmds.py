@@ -9,6 +9,7 @@ import click
 
 from epsl.cli.common import (
     EPS,
+    RADIUS,
     FractionType,
     checkpoint_options,
     data_config,
@@ -29,9 +30,10 @@ from epsl.compare import CompareConfig
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the figures (PNG + SVG), figures.json, config.json, index.md, "
                    "comparison.csv/.md and report.html.")
-@click.option("--eps", type=EPS, default=None,
-              help="Attack ε to mark and tabulate, in [0,1] pixel units ('0.3' or '8/255'; "
-                   "default: the largest ε in the saved attack tables).")
+@click.option("--eps", type=RADIUS, default=None,
+              help="Attack ε to mark and tabulate, in [0,1] pixel units of the runs' norm "
+                   "('0.3' or '8/255'; at most 1 in linf; default: the largest ε in the saved "
+                   "attack tables).")
 @overwrite_option
 @handle_errors
 def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite: bool) -> None:
@@ -39,6 +41,8 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
 
     Each RUN_DIR holds what `epsl diagnose`, `activations`, `landscape`, `attack` and `audit`
     wrote (directly or in subfolders); each run is labelled from its checkpoint metadata.
+    The runs' threat model (linf, l2, l1) is read from their records: all RUN_DIRs must share
+    one, and the figures and tables name it.
     """
     from epsl.analysis import render_runs
 
@@ -46,6 +50,8 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
     for run in result.runs:
         click.echo(f"{run.label:<28} {run.path}  [{', '.join(run.tables())}]")
     eps_text = f" at eps={result.eps:g}" if result.eps is not None else ""
+    if result.norm != "linf":  # the paper's threat model goes without saying
+        eps_text += f" ({result.norm.value})"
     click.echo(f"wrote {len(result.figures)} figures{eps_text} to {result.out}; "
                f"report: {result.report}")
 

@@ -381,3 +381,191 @@ def test_cli_figures_one_line_errors(setup: str, tmp_path: Path) -> None:
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
     assert ("no such folder" if setup == "missing" else "no recognised tables") in lines[0]
+
+
+# --------------------------------------------------------------------------- threat models
+
+L2_KINDS = ["natural", "noise", "ls", "ls+noise", "lsq+noise", "pgd"]
+
+
+@pytest.fixture(scope="module")
+def l2_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("l2runs")
+    for seed, kind in enumerate(L2_KINDS):
+        tables = ("diagnostics", "activations", "attack", "audit", "minimal") + (
+            ("landscape",) if kind == "pgd" else ())
+        write_synthetic_run(root / kind, kind, n=40, seed=seed, tables=tables, norm="l2")
+    return root
+
+
+def _texts(fig: object) -> list[str]:
+    """Every axis label, title, suptitle and legend text of a figure."""
+    texts = [fig._suptitle.get_text()] if fig._suptitle is not None else []  # type: ignore[attr-defined]
+    for ax in fig.axes:  # type: ignore[attr-defined]
+        texts += [ax.get_xlabel(), ax.get_ylabel(), ax.get_title()]
+        if ax.get_legend() is not None:
+            texts += [t.get_text() for t in ax.get_legend().get_texts()]
+    texts += [t.get_text() for legend in fig.legends for t in legend.get_texts()]  # type: ignore[attr-defined]
+    return [t for t in texts if t]
+
+
+def _registered(spec_name: str) -> F.RegisteredFigure:
+    return next(entry for name, entry in F.FIGURES.items() if spec_name.startswith(name))
+
+
+def test_runs_know_their_norm(run_root: Path, l2_root: Path) -> None:
+    from epsl.norms import Norm
+
+    assert load_run(run_root / "natural").norm is Norm.LINF
+    run = load_run(l2_root / "noise")
+    assert run.norm is Norm.L2 and run.grad_gap_column == "grad_gap_l2"
+    assert "grad_gap_l1" not in run.diagnostics.columns
+    assert set(run.attack["norm"]) == {"l2"}
+
+
+def test_a_record_without_a_norm_is_linf(tmp_path: Path) -> None:
+    folder = write_synthetic_run(tmp_path / "old", "natural", n=20, tables=("diagnostics",
+                                                                            "attack"))
+    for record in (folder / "diagnostics.json", folder / "attacks" / "attack.json"):
+        raw = json.loads(record.read_text())
+        raw.pop("norm")
+        record.write_text(json.dumps(raw))
+    table = folder / "attacks" / "attack.csv"
+    pd.read_csv(table).drop(columns=["norm"]).to_csv(table, index=False)
+    assert load_run(folder).norm == "linf"
+
+
+def test_a_folder_of_two_norms_is_refused_in_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    write_synthetic_run(folder, "natural", n=20, tables=("diagnostics",), norm="l2")
+    write_synthetic_run(folder, "natural", n=20, tables=("minimal",))  # an l-inf eps*
+    with pytest.raises(EpslError) as error:
+        load_run(folder)
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"{folder / 'diagnostics.json'} is l2" in message
+    assert f"{folder / 'minimal' / 'minimal.json'} is linf" in message
+
+
+def test_runs_of_two_norms_never_share_a_table_or_figure(run_root: Path, l2_root: Path,
+                                                          tmp_path: Path) -> None:
+    from epsl.analysis.tables import comparison_table
+
+    with pytest.raises(EpslError, match=r"natural .* is linf, noise σ=0\.5 .* is l2") as error:
+        load_runs([run_root / "natural", l2_root / "noise"])
+    assert "\n" not in str(error.value)
+    # runs loaded one by one are refused by every builder that would mix them
+    mixed = [load_run(run_root / "natural"), load_run(l2_root / "noise")]
+    for build in (lambda: comparison_table(mixed), lambda: F.figure_specs(mixed),
+                  lambda: F.fig_eps_l_panels(mixed), lambda: F.fig_accuracy_vs_eps(mixed),
+                  lambda: F.fig_eps_l_vs_eps_star([load_run(run_root / "noise"), mixed[1]])):
+        with pytest.raises(EpslError, match="runs of two norms cannot share"):
+            build()
+    result = CliRunner().invoke(main, ["figures", str(run_root / "natural"),
+                                       str(l2_root / "noise"), "--out", str(tmp_path / "f")])
+    assert result.exit_code == 1
+    assert "runs of two norms cannot share a table or figure" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_an_l2_run_renders_every_figure_with_the_norm_in_its_labels(l2_root: Path,
+                                                                   tmp_path: Path) -> None:
+    import warnings
+
+    runs = load_runs([l2_root / k for k in L2_KINDS])
+    specs = F.figure_specs(runs)
+    # every figure whose inputs exist, as for an l-inf study of the same tables
+    assert {_registered(s.name).name for s in specs} == set(F.FIGURES)
+    for spec in specs:
+        entry = _registered(spec.name)
+        fig = spec.build()
+        texts = _texts(fig)
+        if entry.norm_free:  # logits, l1 gradient magnitudes, activations, landscapes
+            assert not any("ℓ" in t for t in texts), (spec.name, texts)
+            assert "Threat model" not in spec.caption
+        else:
+            assert any("ℓ2" in ax.get_xlabel() or "ℓ2" in ax.get_ylabel()
+                       or "ℓ2" in ax.get_title() for ax in fig.axes), (spec.name, texts)
+            assert spec.caption.endswith("Threat model: ℓ2 (gradient gap in the dual ℓ2).")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            paths = F.save_figure(fig, tmp_path, spec.name)
+        assert not [w for w in caught if "missing from" in str(w.message)], spec.name
+        assert paths["png"].stat().st_size > 10_000
+    fig = F.fig_eps_l_panels(runs, eps=1.5)
+    logit_gap, eps_l, grad_gap, _ = fig.axes[:4]
+    assert eps_l.get_xlabel().startswith("$\\epsilon_L$ (ℓ2; pixel units, [0,1] scale)")
+    assert eps_l.get_title() == "$\\epsilon_L$ (Eq. 4, ℓ2)"
+    assert grad_gap.get_xlabel() == ("gradient gap  $\\|\\nabla_x z_y - \\nabla_x z_{\\bar y}"
+                                     "\\|_2$  (logit units per pixel, log scale)")
+    assert grad_gap.get_title() == "Denominator of Eq. 4 (ℓ2): gradient gap"
+    assert logit_gap.get_xlabel() == "logit gap  $z_y - z_{\\bar y}$  (logit units)"
+    legend = [t.get_text() for t in eps_l.get_legend().get_texts()]
+    assert legend == ["attack ε (ℓ2) = 1.5"]
+    # the gradient-gap histogram draws grad_gap_l2 (its log bins span exactly those values)
+    values = np.concatenate([r.diagnostics["grad_gap_l2"].to_numpy() for r in runs])
+    edges = [p.get_xy()[:, 0] for p in grad_gap.patches]
+    assert np.isclose(min(e.min() for e in edges), values[values > 0].min())
+    accuracy = F.fig_accuracy_vs_eps(runs, eps=1.5)
+    assert "ε (ℓ2; pixel units, [0,1] scale)" in [ax.get_xlabel() for ax in accuracy.axes]
+    assert accuracy._suptitle.get_text().startswith("Accuracy against ε (ℓ2): attacks, ε*")
+    # ℓ2 radii exceed 1: the axis follows ε* and ε_L, not the l-inf box
+    assert accuracy.axes[0].get_xlim()[1] > 1
+    star = F.fig_eps_l_vs_eps_star(runs)
+    assert "$\\epsilon^*$ (ℓ2), min-norm ensemble (pixel units, [0,1] scale, log)" in [
+        ax.get_xlabel() for ax in star.axes]
+    assert star.axes[0].get_ylabel() == "$\\epsilon_L$ (ℓ2), Eq. 4 (log)"
+    steps = F.fig_accuracy_vs_steps(runs)
+    assert "(ε (ℓ2) = 1.5, restarts = 1)" in steps.axes[0].get_title()
+
+
+def test_an_l1_run_reads_the_linf_gradient_gap(tmp_path: Path) -> None:
+    folder = write_synthetic_run(tmp_path / "l1", "natural", n=30, tables=("diagnostics",),
+                                 norm="l1")
+    run = load_run(folder)
+    assert run.grad_gap_column == "grad_gap_linf"
+    fig = F.fig_eps_l_panels([run])
+    assert "\\|_{\\infty}$" in fig.axes[2].get_xlabel()
+    assert fig.axes[1].get_xlabel().startswith("$\\epsilon_L$ (ℓ1; pixel units")
+
+
+def test_linf_labels_are_unchanged(runs: list[Run]) -> None:
+    """The paper's threat model keeps today's labels (its PNGs are byte-identical)."""
+    fig = F.fig_eps_l_panels(runs[:2], eps=EPS)
+    _, eps_l, grad_gap, _ = fig.axes[:4]
+    assert eps_l.get_xlabel().startswith("$\\epsilon_L$  (pixel units, [0,1] scale)")
+    assert eps_l.get_title() == "$\\epsilon_L$ (Eq. 4)"
+    assert grad_gap.get_xlabel() == ("gradient gap  $\\|\\nabla_x z_y - \\nabla_x z_{\\bar y}"
+                                     "\\|_1$  (logit units per pixel, log scale)")
+    assert grad_gap.get_title() == "Denominator of Eq. 4: gradient gap"
+    assert [t.get_text() for t in eps_l.get_legend().get_texts()] == ["attack ε = 0.3"]
+    accuracy = F.fig_accuracy_vs_eps(runs, eps=EPS)
+    assert "ε (pixel units, [0,1] scale)" in [ax.get_xlabel() for ax in accuracy.axes]
+    star = F.fig_eps_l_vs_eps_star(runs)
+    assert star.axes[0].get_ylabel() == "$\\epsilon_L$, Eq. 4 (log)"
+    for figure in (fig, accuracy, star, F.fig_accuracy_vs_steps(runs, eps=EPS)):
+        assert not any("ℓ" in t for t in _texts(figure))
+
+
+def test_epsl_figures_renders_an_l2_folder(l2_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "figs"
+    result = CliRunner().invoke(main, ["figures", str(l2_root / "noise"), str(l2_root / "pgd"),
+                                       "--out", str(out), "--eps", "1.5"])
+    assert result.exit_code == 0, result.output
+    assert "at eps=1.5 (l2)" in result.output
+    assert json.loads((out / "config.json").read_text())["norm"] == "l2"
+    entries = json.loads((out / "figures.json").read_text())
+    assert any(e["caption"].endswith("Threat model: ℓ2 (gradient gap in the dual ℓ2).")
+               for e in entries)
+    assert "Threat model: ℓ2 (l2)." in (out / "index.md").read_text()
+    assert pd.read_csv(out / "comparison.csv")["norm"].tolist() == ["l2", "l2"]
+
+
+
+def test_epsl_figures_refuses_an_linf_radius_beyond_the_box(run_root: Path,
+                                                            tmp_path: Path) -> None:
+    bad = CliRunner().invoke(main, ["figures", str(run_root / "natural"), "--out",
+                                    str(tmp_path / "x"), "--eps", "1.5"])
+    assert bad.exit_code == 1
+    assert "eps must lie in (0, 1] for the linf norm" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
