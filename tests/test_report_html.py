@@ -125,3 +125,23 @@ document.getElementById("r").addEventListener("load", () => {{
     assert found, result.stdout[-2000:] + result.stderr[-2000:]
     box = json.loads(found.group(1))
     assert box["width"] <= 1400 and box["right"] <= 1400 and box["bottom"] <= 900, box
+
+
+def test_the_report_names_its_threat_model(tmp_path: Path) -> None:
+    from epsl.analysis.report import render_report
+
+    l2 = load_runs([write_synthetic_run(tmp_path / k, k, n=40, seed=i, norm="l2",
+                                        tables=("diagnostics", "attack", "minimal"))
+                    for i, k in enumerate(["natural", "pgd"])])
+    text = render_report(comparison_table(l2), [], title="The digits study")
+    assert "<title>The digits study (ℓ2)</title>" in text and "<h1>The digits study (ℓ2)</h1>" in text
+    assert "Threat model: ℓ2 (l2). Every ε, ε_L and ε* is an ℓ2 distance" in text
+    assert "gradient gap in the dual norm ℓ2" in text
+    # a title that names the norm already is left alone; ℓ∞ keeps its title, the notes say ℓ∞
+    assert "<title>An ℓ2 study</title>" in render_report(comparison_table(l2), [],
+                                                          title="An ℓ2 study")
+    linf = load_runs([write_synthetic_run(tmp_path / "linf", "natural", n=40,
+                                          tables=("diagnostics",))])
+    text = render_report(comparison_table(linf), [], title="The digits study")
+    assert "<title>The digits study</title>" in text
+    assert "Threat model: ℓ∞ (linf)." in text and "dual norm ℓ1" in text

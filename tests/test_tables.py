@@ -330,3 +330,87 @@ def test_report_card_columns_come_from_the_eps_star_tables(tmp_path: Path) -> No
     assert "Can ε_L be trusted?" in html and f"{card['spearman']:.3f}" in html
     assert card_markdown(comparison_table([runs[1]], eps=0.3)) == ""
     assert "Can ε_L be trusted?" not in render_report(comparison_table([runs[1]], eps=0.3), [])
+
+
+# --------------------------------------------------------------------------- threat models
+
+#: a small hand table in ℓ2: radii beyond 1 (the ℓ∞ box) on purpose
+HAND_EPS_L = [0.5, 1.2, 2.0, 3.1, -0.2]
+HAND_EPS_STAR = [0.4, 1.9, 1.5, 2.5, 0.0]
+
+
+def _hand_run(norm: str) -> Run:
+    from epsl.norms import parse_norm
+
+    minimal = pd.DataFrame({"index": range(5), "eps_l": HAND_EPS_L, "eps_star": HAND_EPS_STAR})
+    return Run(name=f"hand-{norm}", path=Path(f"hand-{norm}"), minimal=minimal,
+               label=f"hand {norm}", norm=parse_norm(norm))
+
+
+def test_the_report_card_of_an_l2_hand_table() -> None:
+    """Numbers worked out by hand on 4 correctly classified examples (the fifth has
+    ε_L < 0, ε* = 0): ranks of ε_L 1 2 3 4 and of ε* 1 3 2 4, so ρ = 1 - 6·2 / (4·15) = 0.8;
+    ratios 1.25, 0.632, 1.333, 1.24, so 3 of 4 optimistic and the median (1.24 + 1.25) / 2."""
+    from scipy.stats import spearmanr
+
+    from epsl.analysis.calibration import accuracy_curves, report_card
+    from epsl.stats import clopper_pearson
+
+    card = report_card(HAND_EPS_L, HAND_EPS_STAR, norm="l2")
+    assert card["n"] == 5 and card["n_correct"] == 4 and card["n_unbroken"] == 0
+    assert card["spearman"] == pytest.approx(0.8)
+    assert card["spearman"] == pytest.approx(spearmanr(HAND_EPS_L[:4], HAND_EPS_STAR[:4])[0])
+    assert card["ratio_median"] == pytest.approx((1.24 + 1.25) / 2)
+    assert card["optimistic"] == 3 and card["optimistic_share"] == pytest.approx(0.75)
+    assert (card["optimistic_lo"], card["optimistic_hi"]) == pytest.approx(clopper_pearson(3, 4))
+    # the curves by hand: Eq. 4 above the ε* curve by one example (0.2) first at ε = 0.4
+    assert card["max_gap"] == pytest.approx(0.2) and card["max_gap_eps"] == pytest.approx(0.4)
+    assert card["optimistic_from_eps"] == pytest.approx(0.4)
+    # in ℓ2 the curves go on past 1 (ε = 2.5: Eq. 4 keeps 1 of 5, ε* none); in ℓ∞ they stop at 1
+    l2 = accuracy_curves(HAND_EPS_L, HAND_EPS_STAR, norm="l2").set_index("eps")
+    assert l2.loc[2.5, "gap"] == pytest.approx(0.2) and l2.index.max() == pytest.approx(3.1)
+    assert accuracy_curves(HAND_EPS_L, HAND_EPS_STAR).eps.max() <= 1
+    # every number but the curves' is the same in every norm
+    linf = report_card(HAND_EPS_L, HAND_EPS_STAR)
+    assert {k: v for k, v in linf.items() if "gap" not in k and "from" not in k} == pytest.approx(
+        {k: v for k, v in card.items() if "gap" not in k and "from" not in k}, nan_ok=True)
+
+
+def test_an_l2_comparison_carries_its_norm(tmp_path: Path) -> None:
+    from epsl.analysis.tables import headline
+
+    table = comparison_table([_hand_run("l2")], eps=1.0)
+    row = table.iloc[0]
+    assert row["norm"] == "l2"
+    assert row["eps_star_accuracy"] == pytest.approx(3 / 5)  # ε* > 1: 1.9, 1.5, 2.5
+    assert row["eq4_spearman"] == pytest.approx(0.8)
+    assert row["eq4_optimistic"] == pytest.approx(0.75)
+    assert row["eq4_ratio_median"] == pytest.approx(1.245)
+    assert row["eq4_optimistic_from"] == pytest.approx(0.4)
+    assert "norm" not in format_table(table).columns  # said once, above the table
+    text = write_comparison(tmp_path, table)["md"].read_text()
+    assert text.startswith("# Comparison at ε = 1 (ℓ2)\n\nThreat model: ℓ2 (l2). Every ε, ε_L "
+                           "and ε* is an ℓ2 distance")
+    assert pd.read_csv(tmp_path / "comparison.csv")["norm"].tolist() == ["l2"]
+    assert headline(table).startswith("Threat model: ℓ2 (l2).")
+    # an ℓ∞ table says its norm too, and keeps its title
+    linf = comparison_table([_hand_run("linf")], eps=0.3)
+    text = write_comparison(tmp_path / "linf", linf)["md"].read_text()
+    assert text.startswith("# Comparison at ε = 0.3\n\nThreat model: ℓ∞ (linf).")
+    assert "dual norm ℓ1" in text
+    assert not headline(linf).startswith("Threat model")
+
+
+def test_a_table_of_two_norms_is_refused_in_one_line(tmp_path: Path) -> None:
+    from epsl.errors import EpslError
+
+    with pytest.raises(EpslError, match="runs of two norms cannot share a table") as error:
+        comparison_table([_hand_run("linf"), _hand_run("l2")])
+    assert "hand linf (hand-linf) is linf, hand l2 (hand-l2) is l2" in str(error.value)
+    # nor are two tables glued together afterwards
+    glued = pd.concat([comparison_table([_hand_run("linf")], eps=0.3),
+                       comparison_table([_hand_run("l2")], eps=0.3)], ignore_index=True)
+    with pytest.raises(EpslError, match="hand linf is linf, hand l2 is l2") as error:
+        write_comparison(tmp_path, glued)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "comparison.csv").exists()
