@@ -24,7 +24,7 @@ import pandas as pd
 from epsl.analysis.calibration import report_card
 from epsl.context import DataConfig, Evaluation, provenance
 from epsl.diagnostics import diagnose
-from epsl.diagnostics.runs import DEFAULT_EPS, check_eps
+from epsl.diagnostics.runs import DEFAULT_EPS
 from epsl.errors import EpslError
 from epsl.minimal import (
     MinimalConfig,
@@ -32,14 +32,16 @@ from epsl.minimal import (
     check_minimal_dependencies,
     minimal_perturbation,
 )
+from epsl.norms import check_radius, dual
 from epsl.records import Result, reusable
 from epsl.stats import accuracy_interval
 
 
 @dataclass(frozen=True)
 class CalibrateConfig:
-    """``epsl calibrate``: which checkpoint and examples, the minimum-norm ensemble, and the
-    radii at which the ε* accuracy is reported (the curves cover every ε anyway)."""
+    """``epsl calibrate``: which checkpoint and examples, the minimum-norm ensemble (with its
+    norm, ``minimal.norm``: ε* and ε_L are both measured in it), and the radii at which the ε*
+    accuracy is reported (the curves cover every ε anyway), radii of that norm."""
 
     data: DataConfig
     minimal: MinimalConfig = dataclasses.field(default_factory=MinimalConfig)
@@ -47,7 +49,9 @@ class CalibrateConfig:
     table_format: str = "csv"
 
     def __post_init__(self) -> None:
-        check_eps(self.eps)
+        if not isinstance(self.minimal, MinimalConfig):
+            raise EpslError(f"minimal must be a MinimalConfig (got {self.minimal!r})")
+        check_radius(self.minimal.norm, self.eps)
 
     def reuse_settings(self) -> dict[str, Any]:
         """The ensemble's (the radii only pick the summary's columns)."""
@@ -72,13 +76,16 @@ def minimal_table(found: MinimalResult, eps_l: Any, rival: Any) -> pd.DataFrame:
 def calibration_result(ev: Evaluation, found: MinimalResult, eps_l: Any, rival: Any,
                        config: MinimalConfig, eps: Sequence[float],
                        extra: dict[str, Any] | None = None) -> Result:
-    """The ``minimal`` result of ``found`` (its points as tensors) beside ``eps_l`` on all of
-    ``ev.data``, made with ``config``."""
+    """The ``minimal`` result of ``found`` (its points as tensors) beside ``eps_l`` (ε_L of the
+    same norm) on all of ``ev.data``, made with ``config``."""
+    if found.norm != config.norm:
+        raise EpslError(f"eps* was found in {found.norm}, not in the config's {config.norm}")
     table = minimal_table(found, eps_l, rival)
     n = len(table)
     accuracy = {repr(e): found.accuracy(e) for e in eps}
     summary = {
         "n": n,
+        "norm": config.norm,
         "eps": list(eps),
         "eps_star_accuracy": accuracy,
         "eps_star_accuracy_interval": {k: list(accuracy_interval(a, n))
@@ -98,12 +105,17 @@ def _calibrate(ev: Evaluation, config: MinimalConfig, eps: Sequence[float],
                diagnostics: pd.DataFrame | None, progress: Callable[[int], None] | None,
                extra: dict[str, Any] | None = None) -> Result:
     if diagnostics is None:
-        result = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device)
+        result = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device, norm=config.norm)
         eps_l, rival = result.eps_l.double().numpy(), result.rival.numpy()
     else:
         if len(diagnostics) != len(ev.data):
             raise EpslError(f"the diagnostics hold {len(diagnostics)} examples, not "
                             f"{len(ev.data)}")
+        # Diagnostics.to_frame names its gradient gap by the dual norm (grad_gap_l1 in linf)
+        gaps = {c for c in diagnostics.columns if str(c).startswith("grad_gap_")}
+        if gaps and f"grad_gap_{dual(config.norm).value}" not in gaps:
+            raise EpslError(f"the diagnostics hold eps_L of another norm ({', '.join(gaps)}), "
+                            f"not of {config.norm}: diagnose with norm={config.norm!r}")
         eps_l, rival = diagnostics["eps_l"].to_numpy(), diagnostics["rival"].to_numpy()
     found = minimal_perturbation(ev.model, ev.data.x, ev.data.y, config=config,
                                  progress=progress)
@@ -129,7 +141,9 @@ def ensure_calibration(ev: Evaluation, folder: Path, config: MinimalConfig,
     """The ``minimal`` result in ``folder`` when made from this checkpoint, these examples and
     ``config`` (with its points), else computed and saved: ``(result, computed)``. The
     comparison and the study share it, so ε* is found once; ``result.tensors`` holds the
-    points only when computed here (:meth:`MinimalResult.load` reads them back)."""
+    points only when computed here (:meth:`MinimalResult.load` reads them back). The norm is
+    part of ``config.reuse_settings()`` (named whenever it is not ℓ∞), so an ℓ∞ result is never
+    served for an ℓ2 request. ``diagnostics`` must hold ε_L of ``config.norm``."""
     found = reusable(folder, "minimal", provenance(ev, config.reuse_settings()))
     if found is not None:
         return found, False

@@ -1,21 +1,35 @@
-"""ε*: the smallest ℓ∞ perturbation that really flips each example, found by an ensemble of
-minimum-norm attacks, to check Eq. 4's ε_L example by example.
+"""ε*: the smallest ℓp perturbation (ℓ∞, ℓ2 or ℓ1) that really flips each example, found by an
+ensemble of minimum-norm attacks, to check Eq. 4's ε_L example by example.
 
-Eq. 4 predicts, per example, the smallest ℓ∞ perturbation that flips it *if the logits were
+Eq. 4 predicts, per example, the smallest perturbation that flips it *if the logits were
 linear*. The truth is the smallest perturbation that flips it in the network; no attack finds it
 exactly, so epsl takes, per example, the smallest verified perturbation found by several
-minimum-norm attacks:
+minimum-norm attacks, each in the norm of :attr:`MinimalConfig.norm`:
 
-- ``fmn``: Foolbox 3's ``LInfFMNAttack``, fast minimum-norm (Pintor et al. 2021,
-  https://arxiv.org/abs/2102.12827);
-- ``fab``: torchattacks' ``FAB`` in ℓ∞ (Croce & Hein 2020, https://arxiv.org/abs/1907.02044), run
-  with ``eps=1`` so that it returns its best point;
-- ``pgd-bisect`` (optional): epsl's own per-example bisection over ε with PGD on the CW loss,
-  started below the ensemble's best ε.
+============== =================================== ================================ ===========
+name           ℓ∞                                  ℓ2                               ℓ1
+============== =================================== ================================ ===========
+``fmn``        Foolbox ``LInfFMNAttack``           Foolbox ``L2FMNAttack``          ``L1FMNAttack``
+``fab``        torchattacks ``FAB(norm="Linf")``   ``FAB(norm="L2")``               (refused¹)
+``ddn``        --                                  Foolbox ``DDNAttack``            --
+``pgd-bisect`` epsl's PGD bisection (optional)     the same, ℓ2 steps               ℓ1 steps
+============== =================================== ================================ ===========
+
+- ``fmn``: fast minimum-norm (Pintor et al. 2021, https://arxiv.org/abs/2102.12827);
+- ``fab``: FAB (Croce & Hein 2020, https://arxiv.org/abs/1907.02044), run with ``eps`` = the
+  whole box (:func:`epsl.norms.max_radius`) so that it returns its best point;
+- ``ddn``: decoupled direction and norm (Rony et al. 2019, https://arxiv.org/abs/1811.09600),
+  Foolbox's defaults (``init_epsilon=1``, ``gamma=0.05``);
+- ``pgd-bisect`` (optional): epsl's own per-example bisection over ε with PGD on the CW loss
+  in the norm (:func:`epsl.attacks.sign_steps`), started below the ensemble's best ε.
+
+¹ torchattacks 3.5.1's ``FAB(norm="L1")`` fails on every call (``perturb`` measures its result
+only for ℓ∞ and ℓ2: ``UnboundLocalError: res``), so ``fab`` is refused for ℓ1.
 
 Every returned point is re-scored here, never taken from an attack's report: it is clipped to
-[0, 1]^d (which never moves it further from x), the model is run on it, and it counts only if
-the model misclassifies it; ε* is then ``||x_adv - x||_inf`` of that point. An example that is
+[0, 1]^d (which never moves it further from x in any ℓp norm), the model is run on it, and it
+counts only if the model misclassifies it; ε* is then ``||x_adv - x||_p`` of that point
+(:func:`epsl.norms.distance`). An example that is
 already misclassified has ε* = 0 (attack ``clean``); one that no attack flips within the box has
 ε* = +inf (attack ``""``). ε* is therefore an upper bound of the true minimal perturbation,
 and the robust accuracy ``acc(ε) = share(ε* > ε)`` it gives at every ε at once is an upper
@@ -26,6 +40,7 @@ Example::
     >>> from epsl.minimal import minimal_perturbation
     >>> found = minimal_perturbation(model, x, y)          # x: N x C x H x W in [0, 1]
     >>> found.eps_star, found.accuracy(0.1), found.to_frame().head()
+    >>> in_l2 = minimal_perturbation(model, x, y, config=MinimalConfig(norm="l2"))
 """
 
 from __future__ import annotations
@@ -47,39 +62,55 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from epsl.attacks import _check_inputs, _chunks, require_torchattacks, sign_steps
+from epsl.attacks import _check_inputs, _chunks, project, require_torchattacks, sign_steps
 from epsl.distributed import agree, shard_map
 from epsl.errors import EpslError
 from epsl.io import atomic_path
 from epsl.modes import eval_mode
+from epsl.norms import Norm, distance, max_radius, parse_norm
 from epsl.registry import Registry
 
-__all__ = ["MINIMAL_ATTACKS", "MinimalConfig", "MinimalResult", "minimal_perturbation",
-           "check_minimal_dependencies", "require_foolbox", "verify"]
+__all__ = ["DEFAULT_ATTACKS", "MINIMAL_ATTACKS", "MinimalAttackSpec", "MinimalConfig",
+           "MinimalResult", "minimal_perturbation", "check_minimal_dependencies",
+           "require_foolbox", "verify"]
 
 Progress = Callable[[int], None]
 TENSORS_FILE = "minimal.safetensors"
 
 
+#: The ensemble run when ``MinimalConfig.attacks`` is not given, per norm (docs/calibration.md).
+DEFAULT_ATTACKS: dict[Norm, tuple[str, ...]] = {
+    Norm.LINF: ("fmn", "fab"),
+    Norm.L2: ("fmn", "ddn", "fab"),
+    Norm.L1: ("fmn", "pgd-bisect"),  # FMN alone leaves ~20% unbroken in l1 (calibration.md)
+}
+
+
 @dataclass(frozen=True)
 class MinimalConfig:
-    """Which minimum-norm attacks make the ensemble, and their budgets.
+    """Which minimum-norm attacks make the ensemble, in which norm, and their budgets.
 
-    The defaults were chosen by measurement on the digits study (docs/calibration.md): FMN at
-    100 steps and FAB at 50 steps each find the ensemble's best point on about 75-85% of the
-    examples, so neither alone suffices; more steps changed the ensemble's ε* by less than 1%.
+    The defaults were chosen by measurement on the digits study (docs/calibration.md): in ℓ∞,
+    FMN at 100 steps and FAB at 50 steps each find the ensemble's best point on about 75-85% of
+    the examples, so neither alone suffices; more steps changed the ensemble's ε* by less than
+    1%. The ℓ2 and ℓ1 ensembles were calibrated the same way.
 
     Attributes:
-        attacks: names in :data:`MINIMAL_ATTACKS`, run in this order.
-        fmn_steps: steps of Foolbox's LInfFMNAttack.
+        attacks: names in :data:`MINIMAL_ATTACKS`, run in this order; None (the default) is
+            :data:`DEFAULT_ATTACKS` of ``norm``, resolved here, so ``config.attacks`` is always
+            the tuple that runs. (``dataclasses.replace(config, norm=...)`` keeps the attacks
+            already resolved: pass ``attacks=None`` too for the other norm's default.)
+        norm: ``linf``, ``l2`` or ``l1`` (:func:`epsl.norms.parse_norm`; stored canonical).
+        fmn_steps: steps of Foolbox's FMN attack of the norm.
         fab_steps, fab_restarts: FAB's steps and restarts (torchattacks).
+        ddn_steps: steps of Foolbox's DDNAttack (ℓ2 only).
         bisect_steps: halvings of the interval of ``pgd-bisect``.
         bisect_pgd_steps: PGD steps (CW loss, random start) at each ε of the bisection.
-        seed: seeds FAB's and PGD's random draws (FMN is deterministic).
+        seed: seeds FAB's and PGD's random draws (FMN and DDN are deterministic).
         batch_size: examples per attack call (None: all at once).
     """
 
-    attacks: tuple[str, ...] = ("fmn", "fab")
+    attacks: tuple[str, ...] | None = None
     fmn_steps: int = 100
     fab_steps: int = 50
     fab_restarts: int = 1
@@ -87,15 +118,28 @@ class MinimalConfig:
     bisect_pgd_steps: int = 20
     seed: int = 0
     batch_size: int | None = 256
+    norm: str = "linf"
+    ddn_steps: int = 100
 
     def __post_init__(self) -> None:
+        norm = parse_norm(self.norm)
+        object.__setattr__(self, "norm", norm.value)
+        if self.attacks is None:
+            object.__setattr__(self, "attacks", DEFAULT_ATTACKS[norm])
+        assert self.attacks is not None
+        object.__setattr__(self, "attacks", tuple(self.attacks))
         if not self.attacks:
             raise EpslError("the minimum-norm ensemble needs at least one attack")
         for name in self.attacks:
-            MINIMAL_ATTACKS[name]  # an unknown name fails here, with the known ones
+            spec = MINIMAL_ATTACKS[name]  # an unknown name fails here, with the known ones
+            if norm not in spec.norms:
+                able = ", ".join(n for n in MINIMAL_ATTACKS if norm in MINIMAL_ATTACKS[n].norms)
+                raise EpslError(f"the minimum-norm attack {name} does not run in {norm.value} "
+                                f"({spec.why_not or 'not implemented'}); in {norm.value} "
+                                f"choose from {able}")
         if len(set(self.attacks)) != len(self.attacks):
             raise EpslError(f"an attack is named twice in {', '.join(self.attacks)}")
-        for name in ("fmn_steps", "fab_steps", "fab_restarts", "bisect_steps",
+        for name in ("fmn_steps", "fab_steps", "fab_restarts", "ddn_steps", "bisect_steps",
                      "bisect_pgd_steps"):
             if getattr(self, name) < 1:
                 raise EpslError(f"{name} must be at least 1 (got {getattr(self, name)})")
@@ -106,11 +150,17 @@ class MinimalConfig:
         """What decides whether a saved ε* can be reused: not the batch size, which changes the
         numbers by floating-point order only (the bisection's random starts are drawn per
         example, not per chunk), unless FAB runs restarts, whose random starts are drawn per
-        batch."""
-        keep_batch = self.fab_restarts > 1 and "fab" in self.attacks  # FAB's restarts draw
-        return {k: (list(v) if isinstance(v, tuple) else v)           # per batch
-                for k, v in dataclasses.asdict(self).items()
-                if k != "batch_size" or keep_batch}
+        batch. ``norm`` is named only when it is not ``linf`` and ``ddn_steps`` only when DDN
+        runs, so that ℓ∞ settings, and the records made before other norms existed (all
+        ℓ∞), hash exactly as they did; an ℓ2 or ℓ1 setting always differs from every ℓ∞ one."""
+        keep_batch = self.fab_restarts > 1 and "fab" in (self.attacks or ())  # FAB's restarts
+        drop = {"batch_size"} - ({"batch_size"} if keep_batch else set())      # draw per batch
+        if self.norm == Norm.LINF.value:
+            drop.add("norm")
+        if "ddn" not in (self.attacks or ()):
+            drop.add("ddn_steps")
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items() if k not in drop}
 
 
 @dataclass(frozen=True)
@@ -120,13 +170,14 @@ class MinimalResult:
     Attributes:
         x_adv: N x C x H x W, the smallest verified adversarial point (x where none was found,
             and for examples misclassified at x).
-        eps_star: (N,) float64, ``||x_adv - x||_inf``; 0 if misclassified at x, +inf if no attack
-            flips it inside [0, 1]^d.
+        eps_star: (N,) float64, ``||x_adv - x||_p`` in ``norm``; 0 if misclassified at x, +inf
+            if no attack flips it inside [0, 1]^d.
         attack: the attack that found ``eps_star`` per example (``clean``, ``""`` for none).
         pred: (N,) the model's prediction at ``x_adv`` (verified: != label where ε* is finite).
         label: (N,) true class.
         per_attack: each attack's own verified ε per example (+inf where it failed), N each.
         seconds: wall time per attack.
+        norm: the norm ε* is measured in (``linf``, ``l2``, ``l1``).
     """
 
     x_adv: torch.Tensor
@@ -136,6 +187,10 @@ class MinimalResult:
     label: torch.Tensor
     per_attack: dict[str, torch.Tensor] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    norm: str = "linf"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", parse_norm(self.norm).value)
 
     def __len__(self) -> int:
         return int(self.eps_star.shape[0])
@@ -162,14 +217,16 @@ class MinimalResult:
     def save_tensors(self, folder: Path | str) -> Path:
         """Write ``minimal.safetensors`` (the verified points and ε* per example, exact) into
         ``folder`` atomically, so that a later audit can re-score the points; the table and
-        record are :mod:`epsl.records`'s."""
+        record are :mod:`epsl.records`'s. The metadata names the norm (files written before
+        other norms existed have none and are ℓ∞)."""
         tensors = {"x_adv": self.x_adv, "eps_star": self.eps_star, "pred": self.pred,
                    "label": self.label,
                    **{f"per_attack.{k}": v for k, v in self.per_attack.items()}}
         path = Path(folder) / TENSORS_FILE
         with atomic_path(path) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                      metadata={"format": "epsl.minimal/1", "attack": json.dumps(self.attack)})
+                      metadata={"format": "epsl.minimal/1", "attack": json.dumps(self.attack),
+                                "norm": self.norm})
         return path
 
     @classmethod
@@ -183,11 +240,12 @@ class MinimalResult:
             tensors = load_file(str(path))
             with safe_open_metadata(path) as metadata:
                 attack = tuple(json.loads(metadata["attack"]))
+                norm = metadata.get("norm", Norm.LINF.value)
             per_attack = {k.removeprefix("per_attack."): v for k, v in tensors.items()
                           if k.startswith("per_attack.")}
             return cls(tensors["x_adv"], tensors["eps_star"], attack, tensors["pred"],
-                       tensors["label"], per_attack)
-        except (KeyError, ValueError, OSError, RuntimeError) as exc:
+                       tensors["label"], per_attack, norm=norm)
+        except (KeyError, ValueError, OSError, RuntimeError, EpslError) as exc:
             raise EpslError(f"{path}: unreadable eps* tensors ({str(exc).splitlines()[0]}); "
                             "recompute eps*") from None
 
@@ -205,7 +263,7 @@ class MinimalResult:
             if len(names) else ()
         return MinimalResult(where(self.x_adv), where(self.eps_star), attack,
                              where(self.pred), where(self.label),
-                             {k: where(v) for k, v in self.per_attack.items()})
+                             {k: where(v) for k, v in self.per_attack.items()}, norm=self.norm)
 
 
 @contextlib.contextmanager
@@ -221,9 +279,11 @@ def safe_open_metadata(path: Path) -> Iterator[dict[str, str]]:
 
 
 def verify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, *,
-           batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           batch_size: int | None = None, norm: str | Norm = "linf"
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Re-score points an attack returned: clip them to [0, 1] (never further from x, which is
-    in the box), run the model, and measure ``||x_adv - x||_inf`` from the point.
+    in the box, in any ℓp norm), run the model, and measure ``||x_adv - x||_p`` in ``norm``
+    from the point (:func:`epsl.norms.distance`, float64).
 
     Returns ``(x_adv, eps, pred)``: the clipped points, their distance per example (+inf where
     the model still classifies the point right) and the prediction there.
@@ -234,50 +294,96 @@ def verify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tens
         for part in _chunks(len(y), batch_size):
             preds.append(model(x_adv[part]).argmax(1))
     pred = torch.cat(preds) if preds else y.clone()
-    dist = (x_adv - x).abs().flatten(1).amax(1).double() if len(y) else x.new_zeros(0).double()
+    dist = distance(x_adv, x, norm)
     eps = torch.where(pred != y, dist, torch.full_like(dist, math.inf))
     return x_adv, eps, pred
 
 
 # --------------------------------------------------------------------------- the attacks
 
-#: ``fn(model, x, y, config, best, index) -> x_adv`` on examples the model classifies right;
-#: ``best`` is the ensemble's verified ε so far (+inf where nothing was found yet) and
-#: ``index`` the examples' positions in the whole batch (for per-example random draws).
+#: ``fn(model, x, y, config, best, index) -> x_adv`` on examples the model classifies right,
+#: in ``config.norm``; ``best`` is the ensemble's verified ε so far (+inf where nothing was
+#: found yet) and ``index`` the examples' positions in the whole batch (for per-example random
+#: draws).
 MinimalAttack = Callable[[nn.Module, torch.Tensor, torch.Tensor, MinimalConfig, torch.Tensor,
                           torch.Tensor], torch.Tensor]
-MINIMAL_ATTACKS: Registry[MinimalAttack] = Registry("minimum-norm attack")
 
 
-def require_foolbox() -> Any:
+@dataclass(frozen=True)
+class MinimalAttackSpec:
+    """A member of the ensemble: how it runs, the norms it runs in, why not in the others (for
+    the one-line error) and the library it needs (``foolbox``, ``torchattacks`` or None)."""
+
+    run: MinimalAttack
+    norms: tuple[Norm, ...]
+    library: str | None = None
+    why_not: str = ""
+
+
+MINIMAL_ATTACKS: Registry[MinimalAttackSpec] = Registry("minimum-norm attack")
+
+
+def _member(name: str, *, norms: tuple[Norm, ...], library: str | None = None,
+            why_not: str = "") -> Callable[[MinimalAttack], MinimalAttack]:
+    """Register ``fn`` in :data:`MINIMAL_ATTACKS` as ``name``, running in ``norms``."""
+    def decorator(fn: MinimalAttack) -> MinimalAttack:
+        MINIMAL_ATTACKS.register(name)(MinimalAttackSpec(fn, norms, library, why_not))
+        return fn
+    return decorator
+
+
+def require_foolbox(what: str = "the minimum-norm attack FMN needs") -> Any:
     """The foolbox module, or a one-line :class:`EpslError` naming the install command."""
     try:
         with warnings.catch_warnings():  # foolbox 3.3 imports a deprecated scipy namespace
             warnings.simplefilter("ignore", DeprecationWarning)
             import foolbox
     except ImportError:
-        raise EpslError("the minimum-norm attack FMN needs foolbox, which is missing from this "
-                        "environment: pip install foolbox (or reinstall epsl)") from None
+        raise EpslError(f"{what} foolbox, which is missing from this environment: "
+                        "pip install foolbox (or reinstall epsl)") from None
     return foolbox
 
 
-@MINIMAL_ATTACKS.register("fmn")
+#: Foolbox's FMN class per norm
+_FMN_CLASS = {Norm.LINF: "LInfFMNAttack", Norm.L2: "L2FMNAttack", Norm.L1: "L1FMNAttack"}
+
+
+@_member("fmn", norms=(Norm.LINF, Norm.L2, Norm.L1), library="foolbox")
 def _fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConfig,
          best: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     fb = require_foolbox()
     fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
-    attack = fb.attacks.LInfFMNAttack(steps=config.fmn_steps)
+    attack = getattr(fb.attacks, _FMN_CLASS[parse_norm(config.norm)])(steps=config.fmn_steps)
     _raw, clipped, _success = attack(fmodel, x, y, epsilons=None)
     return clipped
 
 
-@MINIMAL_ATTACKS.register("fab")
+@_member("ddn", norms=(Norm.L2,), library="foolbox",
+         why_not="DDN is an l2 attack")
+def _ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConfig,
+         best: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    fb = require_foolbox("the minimum-norm attack DDN needs")
+    fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
+    attack = fb.attacks.DDNAttack(init_epsilon=1.0, steps=config.ddn_steps)
+    _raw, clipped, _success = attack(fmodel, x, y, epsilons=None)
+    return clipped
+
+
+#: torchattacks' name of each norm FAB runs in (its L1 fails in 3.5.1: module docstring)
+_FAB_NORM = {Norm.LINF: "Linf", Norm.L2: "L2"}
+
+
+@_member("fab", norms=(Norm.LINF, Norm.L2), library="torchattacks",
+         why_not="torchattacks 3.5.1's FAB fails in l1")
 def _fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConfig,
          best: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     ta = require_torchattacks("the minimum-norm attack FAB needs")
+    norm = parse_norm(config.norm)
     with torch.no_grad():
         classes = int(model(x[:1]).shape[1])
-    attack = ta.FAB(model, norm="Linf", eps=1.0, steps=config.fab_steps,
+    # eps is the whole box (1 in linf, as before), so that FAB returns its best point
+    eps = max_radius(norm, int(x[0].numel()))
+    attack = ta.FAB(model, norm=_FAB_NORM[norm], eps=eps, steps=config.fab_steps,
                     n_restarts=config.fab_restarts, seed=config.seed, n_classes=classes)
     return attack(x, y)
 
@@ -294,25 +400,29 @@ def _example_noise(index: torch.Tensor, shape: tuple[int, ...], draws: int, seed
     return noise * 2 - 1
 
 
-@MINIMAL_ATTACKS.register("pgd-bisect")
+@_member("pgd-bisect", norms=(Norm.LINF, Norm.L2, Norm.L1))
 def _pgd_bisect(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConfig,
                 best: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Per-example bisection of ε in [0, min(best, 1)] with PGD (CW loss, random start keyed by
-    seed and example): the interval halves ``bisect_steps`` times, moving down where PGD
-    breaks the example."""
+    """Per-example bisection of ε in [0, min(best, the whole box)] with PGD in ``config.norm``
+    (CW loss, random start keyed by seed and example, projected onto the ε-ball): the interval
+    halves ``bisect_steps`` times, moving down where PGD breaks the example."""
+    norm = parse_norm(config.norm)
     n = len(y)
     shape = (n,) + (1,) * (x.ndim - 1)
     low = torch.zeros(n, device=x.device, dtype=x.dtype)
-    high = best.to(x.device, x.dtype).clamp(max=1.0)
+    high = best.to(x.device, x.dtype).clamp(max=max_radius(norm, int(x[0].numel())))
     found = x.clone()
     draws = _example_noise(index, tuple(x.shape[1:]), config.bisect_steps, config.seed)
     k = config.bisect_pgd_steps
     for step in range(config.bisect_steps):
         mid = ((low + high) / 2).view(shape)
         noise = draws[:, step].to(x.device, x.dtype)
-        start = torch.minimum(torch.maximum(x + noise * mid, x - mid), x + mid).clamp(0, 1)
+        if norm is Norm.LINF:  # as it always was, bit for bit
+            start = torch.minimum(torch.maximum(x + noise * mid, x - mid), x + mid).clamp(0, 1)
+        else:  # the cube's noise projected onto the ball (then the box)
+            start = project(x + noise * mid, x, mid, norm)
         x_adv = sign_steps(model, x, y, start=start, eps=mid, step_size=2.5 * mid / k, steps=k,
-                           loss="cw")
+                           loss="cw", norm=norm)
         with torch.no_grad():
             broken = model(x_adv).argmax(1) != y
         found = torch.where(broken.view(shape), x_adv, found)
@@ -326,24 +436,27 @@ def _pgd_bisect(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Mini
 
 def check_minimal_dependencies(config: MinimalConfig) -> None:
     """Fail in one line, before any work, when a library an attack of ``config`` needs is
-    missing (FMN: foolbox; FAB: torchattacks)."""
-    if "fmn" in config.attacks:
-        require_foolbox()
-    if "fab" in config.attacks:
-        require_torchattacks("the minimum-norm attack FAB needs")
+    missing (FMN, DDN: foolbox; FAB: torchattacks)."""
+    assert config.attacks is not None
+    for name in config.attacks:
+        library = MINIMAL_ATTACKS[name].library
+        if library == "foolbox":
+            require_foolbox(f"the minimum-norm attack {name.upper()} needs")
+        elif library == "torchattacks":
+            require_torchattacks(f"the minimum-norm attack {name.upper()} needs")
 
 
 def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                          config: MinimalConfig | None = None,
                          progress: Progress | None = None) -> MinimalResult:
-    """ε* per example: the smallest verified ℓ∞ perturbation within [0, 1]^d that any attack of
-    ``config.attacks`` finds (module docstring).
+    """ε* per example: the smallest verified perturbation in ``config.norm`` (ℓ∞ by default)
+    within [0, 1]^d that any attack of ``config.attacks`` finds (module docstring).
 
     Args:
         model: classifier on N x C x H x W pixels in [0, 1] returning logits (run in eval mode
             with its parameters frozen).
         x: N x C x H x W inputs in [0, 1]; y: (N,) labels.
-        config: the ensemble and its budgets (default :class:`MinimalConfig`).
+        config: the ensemble, its norm and its budgets (default :class:`MinimalConfig`: ℓ∞).
         progress: called with the number of examples finished after each chunk of each attack.
 
     Returns:
@@ -354,7 +467,7 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     x, y = _check_inputs(model, x, y, 1.0)
     n = len(y)
     with eval_mode(model):
-        x_best, _, pred = verify(model, x, y, x, batch_size=config.batch_size)
+        x_best, _, pred = verify(model, x, y, x, batch_size=config.batch_size, norm=config.norm)
         correct = pred == y
         eps_star = torch.where(correct, torch.full((n,), math.inf, dtype=torch.float64,
                                                    device=x.device),
@@ -365,7 +478,7 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         seconds: dict[str, float] = {}
         devices = [x.device] if x.device.type == "cuda" else []
         for name in config.attacks:
-            run = MINIMAL_ATTACKS[name]
+            run = MINIMAL_ATTACKS[name].run
             own = torch.where(correct, torch.full_like(eps_star, math.inf),
                               torch.zeros_like(eps_star))
             start = time.perf_counter()
@@ -378,7 +491,8 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 with torch.random.fork_rng(devices=devices):
                     torch.manual_seed(config.seed)
                     made = run(model, x[idx], y[idx], config, eps_star[idx], idx)
-                return verify(model, x[idx], y[idx], made, batch_size=config.batch_size)
+                return verify(model, x[idx], y[idx], made, batch_size=config.batch_size,
+                              norm=config.norm)
 
             chunks = _chunks(todo.numel(), config.batch_size)
             results = shard_map(one_chunk, chunks, progress=progress,
@@ -396,4 +510,5 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                     attack[i] = name
             seconds[name] = round(time.perf_counter() - start, 3)
             per_attack[name] = own
-    return MinimalResult(x_best, eps_star, tuple(attack), pred, y, per_attack, seconds)
+    return MinimalResult(x_best, eps_star, tuple(attack), pred, y, per_attack, seconds,
+                         norm=config.norm)
