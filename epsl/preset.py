@@ -25,6 +25,7 @@ from epsl.defenses import DefenseConfig
 from epsl.errors import EpslError
 from epsl.io import read_json, to_json, write_json
 from epsl.minimal import MinimalConfig
+from epsl.norms import check_radius, parse_norm
 from epsl.train import TrainConfig
 
 PRESETS = ("digits", "fashion-mnist", "mnist-paper", "cifar10-paper", "cifar100-paper")
@@ -114,6 +115,37 @@ class LandscapeSettings:
 
 
 @dataclass(frozen=True)
+class ThreatModel:
+    """``[[threat_models]]``: one more section of the study in another ℓp norm, on the same
+    models and examples: ε_L, ε* (``minimal``, in ``norm``; None: no ε*) and the paper's
+    attacks in ``norm`` at ``eps``, the report card and the figures, into ``out/<norm>/`` (no
+    audit: the study's audit is in its main norm). In the TOML, ``[threat_models.minimal]``
+    sets the ensemble's budgets like ``[minimal]`` does; without it the section runs the norm's
+    default ensemble, and ``enabled = false`` (or ``--no-min-norm``) switches it off."""
+
+    SECTION: ClassVar[str] = "[[threat_models]] "
+    norm: str
+    eps: float
+    eps_grid: tuple[float, ...] = ()
+    minimal: MinimalConfig | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "norm", parse_norm(self.norm).value)
+            check_radius(self.norm, self.eps)
+            check_radius(self.norm, self.eps_grid, name="eps_grid")
+        except EpslError as exc:
+            raise EpslError(f"{self.SECTION}{exc}") from None
+        if self.minimal is not None and self.minimal.norm != self.norm:
+            raise EpslError(f"{self.SECTION}minimal runs in {self.minimal.norm}, the section "
+                            f"in {self.norm}")
+
+    def grid(self) -> list[float]:
+        """ε and ``eps_grid``, sorted."""
+        return sorted({self.eps, *self.eps_grid})
+
+
+@dataclass(frozen=True)
 class Preset:
     """A whole study: data, architecture, the grid of defenses and the evaluation settings."""
 
@@ -142,8 +174,14 @@ class Preset:
     #: :class:`epsl.minimal.MinimalConfig`) and the report card of Eq. 4 for every model of the
     #: main seed; the audit counts it as an attack. ``enabled = false`` in the TOML: None.
     minimal: MinimalConfig | None = field(default_factory=MinimalConfig)
+    #: the threat model of ``eps``, ``eps_grid``, ε*, the attacks and the audit: ``linf`` (the
+    #: paper's), ``l2`` or ``l1``
+    norm: str = "linf"
+    #: ``[[threat_models]]``: sections of the study in other norms (:class:`ThreatModel`)
+    threat_models: tuple[ThreatModel, ...] = ()
 
     def __post_init__(self) -> None:
+        from epsl.audit import ensemble_in
         from epsl.data import DATASETS
         from epsl.device import DEVICES
         from epsl.models import MODELS
@@ -151,11 +189,14 @@ class Preset:
         _choice("dataset", self.dataset, DATASETS.names())
         _choice("arch", self.arch, MODELS.names())
         _choice("device", self.device, list(DEVICES))
-        if not 0 < self.eps <= 1:
-            raise EpslError(f"eps must be in (0, 1] (got {self.eps})")
-        for e in self.eps_grid:
-            if not 0 < e <= 1:
-                raise EpslError(f"eps_grid values must be in (0, 1] (got {e})")
+        object.__setattr__(self, "norm", parse_norm(self.norm).value)
+        check_radius(self.norm, self.eps)
+        check_radius(self.norm, self.eps_grid, name="eps_grid")
+        object.__setattr__(self, "minimal", ensemble_in(self.minimal, self.norm))
+        norms = [self.norm, *(t.norm for t in self.threat_models)]
+        if len(set(norms)) != len(norms):
+            raise EpslError(f"each norm once: norm = {self.norm!r} and [[threat_models]] "
+                            f"norms {[t.norm for t in self.threat_models]}")
         _at_least_one("", limit=self.limit)
         seeds = [self.train.seed, *self.extra_seeds]
         if len(set(seeds)) != len(seeds):
@@ -282,6 +323,25 @@ def _minimal(raw: Any, where: str, seed: int = 0) -> MinimalConfig | None:
     return section if enabled else None
 
 
+def _threat_models(raw: Any, where: str, seed: int = 0) -> tuple[ThreatModel, ...]:
+    """``[[threat_models]]`` tables, each with an optional ``[threat_models.minimal]`` table
+    read like ``[minimal]`` in the section's norm (default: the norm's default ensemble)."""
+    if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
+        raise EpslError(f"{where}: threat_models must be a list of [[threat_models]] tables")
+    sections = []
+    for entry in raw:
+        entry = dict(entry)
+        norm = entry.get("norm")
+        if not isinstance(norm, str):
+            raise EpslError(f"{where} [[threat_models]]: each needs norm = \"l2\" or \"l1\"")
+        minimal = entry.pop("minimal", {})
+        if isinstance(minimal, dict):
+            minimal = {"norm": norm, **minimal}
+        entry["minimal"] = _minimal(minimal, f"{where} [[threat_models]] {norm}", seed=seed)
+        sections.append(_section(ThreatModel, entry, f"{where} [[threat_models]]"))
+    return tuple(sections)
+
+
 def preset_from_dict(raw: dict[str, Any], where: str = "preset") -> Preset:
     """A :class:`Preset` from the TOML form (``[[models]]`` tables with the defense terms
     inline) or the JSON form :func:`preset_to_dict` writes."""
@@ -302,7 +362,12 @@ def preset_from_dict(raw: dict[str, Any], where: str = "preset") -> Preset:
                 "landscape": LandscapeSettings}
     parsed_train, extra_seeds = _train(raw.pop("train", {}), where)
     parsed = {key: _section(cls, raw.pop(key, {}), f"{where}") for key, cls in sections.items()}
-    parsed["minimal"] = _minimal(raw.pop("minimal", {}), where, seed=parsed["attacks"].seed)
+    minimal = raw.pop("minimal", {})
+    if isinstance(minimal, dict) and isinstance(raw.get("norm"), str):
+        minimal = {"norm": raw["norm"], **minimal}  # the ensemble runs in the study's norm
+    parsed["minimal"] = _minimal(minimal, where, seed=parsed["attacks"].seed)
+    parsed["threat_models"] = _threat_models(raw.pop("threat_models", []), where,
+                                             seed=parsed["attacks"].seed)
     parsed["train"] = parsed_train
     parsed["extra_seeds"] = raw.pop("extra_seeds", extra_seeds)
     return _section(Preset, {**raw, **parsed, "models": tuple(models)}, where)
@@ -355,6 +420,9 @@ def override(preset: Preset, **changes: Any) -> Preset:
             top["extra_seeds"] = tuple(values.pop("extra_seeds"))
         if section == "minimal":
             top[section] = _override_minimal(preset.minimal, values)
+            if values.get("enabled", True) is False:  # eps* off in every norm's section
+                top["threat_models"] = tuple(replace(t, minimal=None)
+                                             for t in preset.threat_models)
             continue
         current = getattr(preset, section, None)
         if not dataclasses.is_dataclass(current):
@@ -406,10 +474,10 @@ def preset_to_dict(preset: Preset) -> dict[str, Any]:
 
 def _results_key(preset: Preset) -> dict[str, Any]:
     """The settings that determine results already on disk: everything but which models and
-    stages a call runs, and ε*'s ensemble (its results are keyed on their own provenance, and
-    the comparison's stage record names the ensemble it read)."""
+    stages a call runs, ε*'s ensemble and the other norms' sections (their results are keyed
+    on their own provenance, and the comparison's stage record names what it read)."""
     d = preset_to_dict(preset)
-    for key in ("models", "description", "minimal"):
+    for key in ("models", "description", "minimal", "threat_models"):
         d.pop(key, None)
     d["audit"].pop("enabled", None)
     d["attacks"].pop("transfer_from", None)

@@ -14,6 +14,8 @@ Layout of ``out``::
                                        landscape
     out/comparison.{csv,md}, out/report.html, out/figures/   tables and figures
     out/headline.md                    the headline columns and the audit verdicts
+    out/<norm>/...                     each [[threat_models]] section: its comparison, report
+                                       card, report and figures, and runs/<name>/ per model
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ from epsl.io import (
     write_text,
 )
 from epsl.minimal import MinimalResult, check_minimal_dependencies
-from epsl.preset import ModelSpec, Preset, check_same_preset
+from epsl.norms import max_radius
+from epsl.preset import ModelSpec, Preset, ThreatModel, check_same_preset
 from epsl.records import Result, file_sha256, reusable
 from epsl.train import TrainConfig, train
 
@@ -146,7 +149,7 @@ def stage_minimal(preset: Preset, ev: Evaluation, folder: Path, say: Log) -> boo
     written there as the comparison writes them, and both are found by the functions the
     comparison calls, so it reuses both."""
     assert preset.minimal is not None
-    eq4, _ = ensure_diagnostics(ev, folder.parent, preset.grid())
+    eq4, _ = ensure_diagnostics(ev, folder.parent, preset.grid(), norm=preset.norm)
     return ensure_calibration(ev, folder, preset.minimal, preset.grid(), eq4, say)[1]
 
 
@@ -170,7 +173,7 @@ def stage_audit(preset: Preset, spec: ModelSpec, data: DataConfig, ev: Evaluatio
     transfer = preset.attacks.transfer_from
     source = str(checkpoints[transfer]) if transfer and transfer != spec.name else None
     config = AuditRunConfig(data=data, eps=preset.eps, audit=audit_config(preset),
-                            source=source)
+                            source=source, norm=preset.norm)
 
     def points() -> MinimalResult | None:
         if preset.minimal is None:
@@ -185,11 +188,14 @@ def stage_sweeps(preset: Preset, spec: ModelSpec, ev: Evaluation, folder: Path,
     """PGD steps (Table 11) and restarts (Table 10) sweeps and the unbounded-ε check
     (Table 9) on the sweep model, as one attack table."""
     a, seed = preset.attacks, preset.attacks.seed
+    whole = max_radius(preset.norm, ev.data.x[0].numel())  # the unbounded radius: the box
     plan: dict[str, dict[str, Any]] = {
         "steps": {"eps": [preset.eps], "steps": list(a.sweep_steps), "restarts": [1]},
         "restarts": {"eps": [preset.eps], "steps": [a.pgd_steps],
                      "restarts": list(a.sweep_restarts), "step_size": a.pgd_step_size},
-        "unbounded": {"eps": [1.0], "steps": [100], "restarts": [1]}}
+        "unbounded": {"eps": [whole], "steps": [100], "restarts": [1]}}
+    if preset.norm != "linf":
+        plan = {name: {**setting, "norm": preset.norm} for name, setting in plan.items()}
     origin = provenance(ev, {"sweeps": plan, "seed": seed})
     if reusable(folder, "attack", origin):
         return False
@@ -197,8 +203,8 @@ def stage_sweeps(preset: Preset, spec: ModelSpec, ev: Evaluation, folder: Path,
     x, y = ev.data.x.to(ev.device), ev.data.y.to(ev.device)
     frame = pd.concat([sweep(ev.model, x, y, attack="pgd", seed=seed, **setting)
                        for setting in plan.values()], ignore_index=True)
-    Result("attack", {"eps": preset.eps, "steps": list(a.sweep_steps),
-                      "restarts": list(a.sweep_restarts), "unbounded_eps": 1.0},
+    Result("attack", {"eps": preset.eps, "norm": preset.norm, "steps": list(a.sweep_steps),
+                      "restarts": list(a.sweep_restarts), "unbounded_eps": whole},
            origin, frame).save(folder, overwrite=True)
     return True
 
@@ -209,11 +215,12 @@ def _grid_config(preset: Preset, checkpoints: dict[str, Path], **settings: Any) 
     transfer = preset.attacks.transfer_from
     return CompareConfig(
         checkpoints=tuple(str(checkpoints[m.name]) for m in preset.models),
-        eps=preset.eps, data=replace(preset.data(), checkpoint=None),
+        data=replace(preset.data(), checkpoint=None),
         source=str(checkpoints[transfer]) if transfer else None,
         pgd_steps=preset.attacks.pgd_steps, restarts=preset.attacks.restarts,
-        step_size=preset.attacks.pgd_step_size, audit=False, seed=preset.attacks.seed,
-        **{"minimal": preset.minimal, **settings})
+        audit=False, seed=preset.attacks.seed,
+        **{"eps": preset.eps, "norm": preset.norm, "step_size": preset.attacks.pgd_step_size,
+           "minimal": preset.minimal, **settings})
 
 
 def _compare_grid(preset: Preset, checkpoints: dict[str, Path], folder: Path, say: Log,
@@ -247,16 +254,48 @@ def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: 
     _compare_grid(preset, checkpoints, runs, say, eps_grid=preset.eps_grid, figures=True,
                   title=f"The {preset.name} study: {preset.description}"
                   if preset.description else f"The {preset.name} study")
+    _copy_products(runs, out)
+    _mark(out, "compare", made_from)
+    return True
+
+
+def stage_threat_model(preset: Preset, section: ThreatModel, checkpoints: dict[str, Path],
+                       out: Path, say: Log) -> bool:
+    """A ``[[threat_models]]`` section: :func:`epsl.compare.compare` of the grid in
+    ``section.norm`` at ``section.eps`` (ε_L, ε* with the section's ensemble, the paper's
+    attacks with the default step size of the norm, no audit) into ``out/<norm>/runs``, its
+    tables, report and figures copied to ``out/<norm>``. Reused only for these weights and
+    this section."""
+    folder = out / section.norm
+    minimal = section.minimal
+    made_from = {**_made_from(checkpoints),
+                 "~section": {"norm": section.norm, "eps": section.eps,
+                              "eps_grid": list(section.eps_grid),
+                              "minimal": None if minimal is None else minimal.reuse_settings(),
+                              "transfer_from": preset.attacks.transfer_from}}
+    stage = f"compare {section.norm}"
+    if _stage_record(out).get(stage) == made_from and (folder / "report.html").exists():
+        return False
+    say(f"the {section.norm} section: eps_L, eps*, attacks, report card and figures")
+    _compare_grid(preset, checkpoints, folder / "runs", say, eps=section.eps,
+                  eps_grid=section.eps_grid, norm=section.norm, step_size=None,
+                  minimal=minimal, figures=True,
+                  title=f"The {preset.name} study in {section.norm} (eps = {section.eps:g})")
+    _copy_products(folder / "runs", folder)
+    _mark(out, stage, made_from)
+    return True
+
+
+def _copy_products(runs: Path, folder: Path) -> None:
+    """The comparison's tables, report and figures from ``runs`` to ``folder``."""
     with on_disk() as writer:
         if writer:
             for name in PRODUCTS:
                 if (runs / name).is_file():  # paired.csv only when there is a pair to test
-                    shutil.copyfile(runs / name, out / name)
-            if (out / "figures").exists():
-                shutil.rmtree(out / "figures")
-            shutil.copytree(runs / "figures", out / "figures")
-    _mark(out, "compare", made_from)
-    return True
+                    shutil.copyfile(runs / name, folder / name)
+            if (folder / "figures").exists():
+                shutil.rmtree(folder / "figures")
+            shutil.copytree(runs / "figures", folder / "figures")
 
 
 def seed_folder(out: Path, seed: int) -> Path:
@@ -333,6 +372,9 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
         check_dependencies(audit_config(preset))
     if preset.minimal is not None:
         check_minimal_dependencies(preset.minimal)
+    for section in preset.threat_models:
+        if section.minimal is not None:
+            check_minimal_dependencies(section.minimal)
     with on_disk() as writer:
         for child in ("models", "runs", "figures", STAGE_FILE) if force and writer else ():
             target = out / child
@@ -371,6 +413,9 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
         if preset.attacks.sweep_model == spec.name:
             note(f"sweeps {spec.name}", stage_sweeps(preset, spec, ev, folder / "sweeps", say))
     note("compare", stage_compare(preset, checkpoints, out, say))
+    for section in preset.threat_models:
+        note(f"compare {section.norm}",
+             stage_threat_model(preset, section, checkpoints, out, say))
     for seed in preset.extra_seeds:
         seeded = {spec.name: out / "models" / f"seed{seed}" / f"{spec.name}.safetensors"
                   for spec in preset.models}

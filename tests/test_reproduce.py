@@ -50,6 +50,15 @@ steps = 5
 fmn_steps = 10
 fab_steps = 5
 
+[[threat_models]]
+norm = "l2"
+eps = 0.5
+eps_grid = [1.0]
+[threat_models.minimal]
+fmn_steps = 10
+ddn_steps = 10
+fab_steps = 5
+
 [[models]]
 name = "natural"
 
@@ -331,3 +340,72 @@ def test_train_section_is_the_library_config(tmp_path: Path) -> None:
     changed = override(preset, **{"train.epochs": 3, "train.extra_seeds": [5, 6]})
     assert changed.train.epochs == 3 and changed.extra_seeds == (5, 6)
     assert override(preset, dataset="fashion-mnist").train.dataset == "fashion-mnist"
+
+
+def test_the_l2_section_is_l2_throughout(study: tuple[Path, Path, str]) -> None:
+    """``[[threat_models]]`` norm l2: its own folder, ε_L, ε* and attacks all in ℓ2 (the ε*
+    points re-measured here in ℓ2), never mixed with the main ℓ∞ results."""
+    import json
+
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from epsl.data import load_split
+
+    _, out, output = study
+    section = out / "l2"
+    for name in ("comparison.csv", "report.html", "compare.json"):
+        assert (section / name).is_file(), name
+    assert "the l2 section" in output
+    for model in ("natural", "lsq"):
+        runs = section / "runs" / model
+        assert json.loads((runs / "diagnostics.json").read_text())["norm"] == "l2"
+        assert json.loads((runs / "minimal" / "minimal.json").read_text())["norm"] == "l2"
+        assert "grad_gap_l2" in pd.read_csv(runs / "diagnostics.csv").columns
+        attacks = pd.read_csv(runs / "attacks" / "attack.csv")
+        assert set(attacks["norm"]) == {"l2"} and set(attacks["eps"]) == {0.5, 1.0}
+        table = pd.read_csv(runs / "minimal" / "minimal.csv")
+        points = load_file(str(runs / "minimal" / "minimal.safetensors"))
+        x = load_split("digits", "test").x[:40]
+        found = np.isfinite(table["eps_star"]) & (table["eps_star"] > 0)
+        dist = (points["x_adv"] - x).flatten(1).double().norm(dim=1).numpy()
+        assert np.allclose(dist[found], table["eps_star"][found], rtol=1e-6)
+        main = json.loads((out / "runs" / model / "diagnostics.json").read_text())
+        assert main["norm"] == "linf"
+    assert json.loads((section / "compare.json").read_text())["config"]["norm"] == "l2"
+
+
+@pytest.mark.parametrize("section, message", [
+    ("[[threat_models]]\nnorm='l3'\neps=0.5\n", "norm must be one of"),
+    ("[[threat_models]]\nnorm='l2'\neps=0.5\n[[threat_models]]\nnorm='l2'\neps=1.0\n",
+     "each norm once"),
+    ("[[threat_models]]\nnorm='linf'\neps=0.5\n", "each norm once"),
+    ("[[threat_models]]\nnorm='l2'\neps=-1\n", "positive radius"),
+    ("[[threat_models]]\nnorm='l2'\neps=0.5\n[threat_models.minimal]\nfmn_step=3\n",
+     "unknown keys ['fmn_step']"),
+    ("[[threat_models]]\neps=0.5\n", "each needs norm"),
+])
+def test_bad_threat_models(tmp_path: Path, section: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\n" + section
+                    + "[[models]]\nname='a'\n")
+    with pytest.raises(EpslError, match=re.escape(message)):
+        load_preset(str(path))
+
+
+def test_threat_models_round_trip_and_a_study_in_l2(tmp_path: Path) -> None:
+    from epsl.minimal import MinimalConfig
+    from epsl.preset import preset_from_dict, preset_to_dict
+
+    path = tmp_path / "l2.toml"
+    path.write_text("name='x'\ndataset='digits'\narch='small-cnn'\nnorm='l2'\neps=0.5\n"
+                    "eps_grid=[1.0, 2.0]\n[minimal]\nfmn_steps=7\n[[threat_models]]\n"
+                    "norm='linf'\neps=0.1\n[[models]]\nname='natural'\n")
+    preset = load_preset(str(path))
+    assert preset.norm == "l2" and preset.minimal == MinimalConfig(norm="l2", fmn_steps=7)
+    assert preset.threat_models[0].norm == "linf"
+    assert preset_from_dict(preset_to_dict(preset)) == preset
+    path.write_text("name='x'\ndataset='digits'\narch='small-cnn'\neps=0.5\n"
+                    "[[models]]\nname='natural'\n")
+    with pytest.raises(EpslError, match="linf norm"):
+        override(load_preset(str(path)), eps=2.0)
