@@ -8,9 +8,7 @@ from typing import Any
 import click
 
 from epsl.cli.common import (
-    EPS,
     RADIUS,
-    FractionType,
     checkpoint_options,
     data_config,
     default,
@@ -19,6 +17,7 @@ from epsl.cli.common import (
     handle_errors,
     minimal_budget_options,
     minimal_config,
+    norm_option,
     overwrite_option,
 )
 from epsl.compare import CompareConfig
@@ -60,8 +59,10 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
 @click.argument("checkpoints", nargs=-1, required=True, metavar="CKPT...")
 @eval_data_options
 @checkpoint_options
-@click.option("--eps", type=EPS, required=True,
-              help="l_inf radius of every column, pixel units in (0,1] ('0.3' or '8/255').")
+@norm_option
+@click.option("--eps", type=RADIUS, required=True,
+              help="Radius of every column in the --norm, pixel units: (0, 1] for linf, up to "
+                   "sqrt(D) for l2 ('0.3', '8/255').")
 @click.option("--source", type=click.Path(dir_okay=False), default=None, metavar="NATURAL",
               help="Checkpoint whose adversarial examples are transferred (black-box columns; "
                    "the paper uses a naturally trained model).")
@@ -71,14 +72,14 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
 @click.option("--restarts", type=click.IntRange(min=1),
               default=default(CompareConfig, "restarts"), show_default=True,
               help="Random restarts of PGD.")
-@click.option("--step-size", type=FractionType(0.0, 1.0, low_open=True), default=None,
-              help="PGD step size (default 2.5 * eps / steps).")
-@click.option("--eps-grid", type=EPS, multiple=True,
+@click.option("--step-size", type=RADIUS, default=None,
+              help="PGD step size in the --norm (default 2.5 * eps / steps).")
+@click.option("--eps-grid", type=RADIUS, multiple=True,
               help="Extra eps for the accuracy-vs-eps figure (FGSM and PGD, xent); repeat.")
 @click.option("--audit", "run_audit", is_flag=True,
               help="Also run the robustness audit (quick settings) for the worst case.")
 @click.option("--min-norm/--no-min-norm", "minimal", default=True, show_default=True,
-              help="Find eps* per example with the minimum-norm attacks (FMN + FAB) and show "
+              help="Find eps* per example with the minimum-norm attacks of the --norm and show "
                    "the report card of Eq. 4; the audit counts it as one more attack.")
 @minimal_budget_options
 @click.option("--no-figures", is_flag=True, help="Skip the figures (table and report only).")
@@ -89,9 +90,10 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
               help="Folder for per-model tables, comparison.csv/.md, report.html, figures/.")
 @overwrite_option
 @handle_errors
-def compare(checkpoints: tuple[str, ...], eps: float, source: str | None, pgd_steps: int,
-            restarts: int, step_size: float | None, eps_grid: tuple[float, ...],
-            run_audit: bool, minimal: bool, fmn_steps: int, fab_steps: int, no_figures: bool,
+def compare(checkpoints: tuple[str, ...], norm: str, eps: float, source: str | None,
+            pgd_steps: int, restarts: int, step_size: float | None, eps_grid: tuple[float, ...],
+            run_audit: bool, minimal: bool, fmn_steps: int, fab_steps: int, ddn_steps: int,
+            no_figures: bool,
             seed: int, out: Path, overwrite: bool, **options: Any) -> None:
     """Compare CKPT... as Tables 1-4 do: Eq. 4 prediction, FGSM and PGD (xent, CW), transfer;
     with eps*, the smallest perturbation that flips each example, and Eq. 4's report card.
@@ -106,9 +108,9 @@ def compare(checkpoints: tuple[str, ...], eps: float, source: str | None, pgd_st
         checkpoints=tuple(checkpoints), eps=eps, data=data_config(None, options),
         source=source, pgd_steps=pgd_steps, restarts=restarts, step_size=step_size,
         eps_grid=tuple(eps_grid), audit=run_audit,
-        minimal=minimal_config(fmn_steps=fmn_steps, fab_steps=fab_steps, seed=seed,
-                               batch_size=batch_size) if minimal else None,
-        figures=not no_figures, seed=seed, batch_size=batch_size)
+        minimal=minimal_config(fmn_steps=fmn_steps, fab_steps=fab_steps, ddn_steps=ddn_steps,
+                               seed=seed, batch_size=batch_size, norm=norm) if minimal else None,
+        figures=not no_figures, seed=seed, batch_size=batch_size, norm=norm)
     result = run_compare(config, out, overwrite=overwrite,
                          log=lambda msg: click.echo(msg, err=True))
     from epsl.analysis.paired import paired_markdown

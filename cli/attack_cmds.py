@@ -13,7 +13,7 @@ from tqdm import tqdm
 from epsl.attacks import ATTACKS, LOSSES, AttackRunConfig, run_attack
 from epsl.audit import AuditConfig, AuditRunConfig, run_audit
 from epsl.cli.common import (
-    EPS,
+    RADIUS,
     FractionType,
     checkpoint_options,
     data_config,
@@ -21,6 +21,7 @@ from epsl.cli.common import (
     eval_data_options,
     minimal_budget_options,
     minimal_config,
+    norm_option,
     result_options,
 )
 from epsl.io import check_out_dir
@@ -29,8 +30,6 @@ from epsl.records import kind
 from epsl.stats import with_interval
 
 STEP = click.IntRange(min=1)
-#: a radius or step in any norm: positive here, bounded per norm by the library (l2: sqrt(D))
-RADIUS = FractionType(0.0, None, low_open=True)
 
 seed_option = click.option("--seed", type=int, default=0, show_default=True,
                            help="Seeds random starts and torchattacks' attacks.")
@@ -121,16 +120,18 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, norm: str,
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @eval_data_options
 @checkpoint_options
-@click.option("--eps", type=EPS, required=True,
-              help="l_inf radius in (0, 1] pixel units ('8/255' accepted).")
+@norm_option
+@click.option("--eps", type=RADIUS, required=True,
+              help="Radius in the --norm, pixel units: (0, 1] for linf, up to sqrt(D) for l2, "
+                   "D for l1 ('8/255' accepted).")
 @source_option
 @click.option("--quick", is_flag=True,
               help="Fewer steps, restarts and queries (AuditConfig.quick()) for a first look.")
 @click.option("--skip-expensive", is_flag=True,
               help="Skip APGD, the minimum-norm ensemble and Square.")
 @click.option("--min-norm/--no-min-norm", "minimal_norm", default=True, show_default=True,
-              help="Run the minimum-norm ensemble (FMN + FAB): an example with eps* <= EPS is "
-                   "broken.")
+              help="Run the minimum-norm ensemble of the --norm (linf: FMN + FAB; l2: FMN + DDN "
+                   "+ FAB): an example with eps* <= EPS is broken.")
 @minimal_budget_options
 @click.option("--pgd-steps", type=STEP, default=None,
               help=f"Steps of PGD-k (default {default(AuditConfig, 'pgd_steps')}).")
@@ -146,8 +147,9 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, norm: str,
 @seed_option
 @batch_option
 @result_options
-def audit_command(checkpoint: str, eps: float, source: str | None, quick: bool,
+def audit_command(checkpoint: str, norm: str, eps: float, source: str | None, quick: bool,
                   skip_expensive: bool, minimal_norm: bool, fmn_steps: int, fab_steps: int,
+                  ddn_steps: int,
                   pgd_steps: int | None, strong_steps: int | None,
                   strong_restarts: int | None, square_queries: int | None,
                   unbounded_steps: int | None, seed: int,
@@ -168,13 +170,14 @@ def audit_command(checkpoint: str, eps: float, source: str | None, quick: bool,
              "strong_restarts": strong_restarts, "square_queries": square_queries,
              "unbounded_steps": unbounded_steps}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    minimal = (minimal_config(fmn_steps=fmn_steps, fab_steps=fab_steps, seed=seed,
-                              batch_size=batch_size) if minimal_norm else None)
+    minimal = (minimal_config(fmn_steps=fmn_steps, fab_steps=fab_steps, ddn_steps=ddn_steps,
+                              seed=seed, batch_size=batch_size, norm=norm)
+               if minimal_norm else None)
     overrides |= {"skip_expensive": skip_expensive, "minimal": minimal, "seed": seed,
                   "batch_size": batch_size}
     budgets = AuditConfig.quick(**overrides) if quick else AuditConfig(**overrides)
     config = AuditRunConfig(data=data_config(checkpoint, options), eps=eps, audit=budgets,
-                            source=source)
+                            source=source, norm=norm)
     _precheck(out, kind("audit").files(), overwrite)
     with _progress_bar() as bar:
         record = run_audit(config, progress=bar.update)
@@ -185,7 +188,8 @@ def audit_command(checkpoint: str, eps: float, source: str | None, quick: bool,
 
 def _print_audit(checkpoint: str, summary: dict[str, Any]) -> None:
     n = int(summary["examples"])
-    click.echo(f"audit of {checkpoint} at eps={summary['eps']:g} on {n} examples")
+    norm = summary.get("norm", "linf")
+    click.echo(f"audit of {checkpoint} at eps={summary['eps']:g} ({norm}) on {n} examples")
     click.echo(f"{'attack':<26} {'ran on':>6} {'accuracy [95% CI]':>20} "
                f"{'robust after [95% CI]':>22} {'new breaks':>10}")
     for row in summary["attacks"]:

@@ -192,19 +192,24 @@ def data_config(checkpoint: str | None, options: dict[str, Any]) -> DataConfig:
 minimal_budget_options = _compose(
     click.option("--fmn-steps", type=click.IntRange(min=1),
                  default=default(MinimalConfig, "fmn_steps"), show_default=True,
-                 help="Steps of Foolbox's LInfFMNAttack (eps*)."),
+                 help="Steps of Foolbox's FMN attack in the --norm (eps*)."),
     click.option("--fab-steps", type=click.IntRange(min=1),
                  default=default(MinimalConfig, "fab_steps"), show_default=True,
-                 help="Steps of torchattacks' FAB (l_inf; eps*)."),
+                 help="Steps of torchattacks' FAB in the --norm (eps*)."),
+    click.option("--ddn-steps", type=click.IntRange(min=1),
+                 default=default(MinimalConfig, "ddn_steps"), show_default=True,
+                 help="Steps of Foolbox's DDN attack (l2 only; eps*)."),
 )
 
 
 def minimal_config(*, fmn_steps: int, fab_steps: int, seed: int, batch_size: int | None,
-                   attacks: tuple[str, ...] = (), fab_restarts: int | None = None
-                   ) -> MinimalConfig:
-    """The one place the CLI builds the minimum-norm ensemble (calibrate, compare, audit): the
-    budgets given, seeded and batched like the command's attacks."""
-    return MinimalConfig(attacks=attacks or default(MinimalConfig, "attacks"),
+                   attacks: tuple[str, ...] = (), fab_restarts: int | None = None,
+                   ddn_steps: int | None = None, norm: str = "linf") -> MinimalConfig:
+    """The one place the CLI builds the minimum-norm ensemble (calibrate, compare, audit): in
+    the command's ``--norm`` (its default attacks unless ``attacks``), the budgets given,
+    seeded and batched like the command's attacks."""
+    return MinimalConfig(attacks=attacks or None, norm=norm,
                          fmn_steps=fmn_steps, fab_steps=fab_steps,
+                         ddn_steps=ddn_steps or default(MinimalConfig, "ddn_steps"),
                          fab_restarts=fab_restarts or default(MinimalConfig, "fab_restarts"),
                          seed=seed, batch_size=batch_size)

@@ -14,7 +14,6 @@ from tqdm import tqdm
 from epsl.analysis.calibration import card_lines
 from epsl.calibrate import CalibrateConfig, run_calibrate
 from epsl.cli.common import (
-    EPS,
     RADIUS,
     FractionType,
     checkpoint_options,
@@ -30,10 +29,10 @@ from epsl.cli.common import (
 from epsl.data import SPLITS
 from epsl.diagnostics import DIRECTIONS, METHODS
 from epsl.diagnostics.runs import (
-    DEFAULT_EPS,
     ActivationsConfig,
     DiagnoseConfig,
     LandscapeConfig,
+    default_eps,
     run_activations,
     run_diagnose,
     run_landscape,
@@ -203,11 +202,13 @@ def landscape(checkpoint: str, images: int, direction: str, span: float, steps: 
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @eval_data_options
 @checkpoint_options
-@click.option("--eps", "eps", type=EPS, multiple=True,
-              help="Radii at which to report the eps* accuracy, in (0, 1]; '8/255' accepted; "
-                   "repeatable. Default: 2/255 4/255 8/255 0.1 0.2 0.3.")
+@norm_option
+@click.option("--eps", "eps", type=RADIUS, multiple=True,
+              help="Radii in the --norm at which to report the eps* accuracy; '8/255' "
+                   "accepted; repeatable. Default: the norm's, as for epsl diagnose.")
 @click.option("--attack", "attacks", type=click.Choice(list(MINIMAL_ATTACKS)), multiple=True,
-              help="Minimum-norm attacks of the ensemble; repeatable. Default: fmn and fab.")
+              help="Minimum-norm attacks of the ensemble; repeatable. Default: the norm's "
+                   "(linf: fmn fab; l2: fmn ddn fab; l1: fmn pgd-bisect).")
 @minimal_budget_options
 @click.option("--fab-restarts", type=click.IntRange(min=1),
               default=default(MinimalConfig, "fab_restarts"), show_default=True,
@@ -219,13 +220,14 @@ def landscape(checkpoint: str, images: int, direction: str, span: float, steps: 
               help="Examples per attack call.")
 @format_option
 @result_options
-def calibrate(checkpoint: str, eps: tuple[float, ...], attacks: tuple[str, ...],
-              fmn_steps: int, fab_steps: int, fab_restarts: int, seed: int, batch_size: int,
+def calibrate(checkpoint: str, norm: str, eps: tuple[float, ...], attacks: tuple[str, ...],
+              fmn_steps: int, fab_steps: int, ddn_steps: int, fab_restarts: int, seed: int,
+              batch_size: int,
               table_format: str, out: str, overwrite: bool, **options: Any) -> None:
     """How far Eq. 4's eps_L can be trusted on CHECKPOINT, example by example.
 
-    Finds eps*, the smallest l_inf perturbation that really flips each example (the best
-    verified point of Foolbox's FMN and torchattacks' FAB), beside eps_L, and prints the report
+    Finds eps*, the smallest perturbation in the --norm that really flips each example (the
+    best verified point of the minimum-norm attacks), beside eps_L, and prints the report
     card of Eq. 4: Spearman's rho with a bootstrap 95% interval, the ratio eps_L / eps*, the
     share of examples where Eq. 4 is optimistic, and where its accuracy curve overstates the
     empirical one. Writes OUT/minimal.csv (one row per example), OUT/minimal.safetensors (the
@@ -234,9 +236,10 @@ def calibrate(checkpoint: str, eps: tuple[float, ...], attacks: tuple[str, ...],
     Example: epsl calibrate model.safetensors --eps 0.1 --out calib
     """
     minimal = minimal_config(attacks=tuple(attacks), fmn_steps=fmn_steps, fab_steps=fab_steps,
-                             fab_restarts=fab_restarts, seed=seed, batch_size=batch_size)
+                             ddn_steps=ddn_steps, fab_restarts=fab_restarts, seed=seed,
+                             batch_size=batch_size, norm=norm)
     config = CalibrateConfig(data=data_config(checkpoint, options), minimal=minimal,
-                             eps=tuple(eps) or DEFAULT_EPS, table_format=table_format)
+                             eps=tuple(eps) or default_eps(norm), table_format=table_format)
     _precheck(out, kind("minimal").files(table_format), overwrite)
     evaluation = config.data.prepare()
     n = len(evaluation.data)
@@ -246,7 +249,7 @@ def calibrate(checkpoint: str, eps: tuple[float, ...], attacks: tuple[str, ...],
     summary = record.summary
     click.echo(f"n={n}  eps* found by: "
                + ", ".join(f"{k} {v}" for k, v in summary["found_by"].items()))
-    click.echo(f"{'eps':>10}  {'accuracy by eps* [95% CI]':>30}")
+    click.echo(f"{'eps (' + norm + ')':>10}  {'accuracy by eps* [95% CI]':>30}")
     for e in config.eps:
         click.echo(f"{e:>10.4f}  {with_interval(summary['eps_star_accuracy'][repr(e)], n):>30}")
     for line in card_lines(summary["report_card"]):

@@ -8,7 +8,8 @@ import time
 import click
 from tqdm import tqdm
 
-from epsl.cli.common import EPS, device_option, handle_errors
+from epsl.cli.common import RADIUS, device_option, handle_errors
+from epsl.norms import NORMS
 from epsl.preset import PRESETS, load_preset, override
 from epsl.reproduce import reproduce
 
@@ -19,8 +20,11 @@ from epsl.reproduce import reproduce
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Study folder; stages whose outputs exist there are skipped.")
 @click.option("--force", is_flag=True, help="Recompute every stage.")
-@click.option("--eps", type=EPS, default=None,
-              help="Override the preset's attack epsilon, in (0, 1] ('0.1' or '8/255').")
+@click.option("--norm", type=click.Choice(NORMS), default=None,
+              help="Override the preset's threat model (give --eps in it too); the eps grid "
+                   "becomes the norm's default.")
+@click.option("--eps", type=RADIUS, default=None,
+              help="Override the preset's attack epsilon, in its norm ('0.1' or '8/255').")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Override the training length in epochs.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
@@ -37,7 +41,7 @@ from epsl.reproduce import reproduce
               help="Folder holding MNIST/CIFAR for the paper presets.")
 @device_option
 @handle_errors
-def reproduce_command(preset: str, out: str, force: bool, eps: float | None,
+def reproduce_command(preset: str, out: str, force: bool, norm: str | None, eps: float | None,
                       epochs: int | None, steps: int | None, limit: int | None,
                       models: str | None, no_audit: bool, no_min_norm: bool, seed: int | None,
                       data_root: str | None, device: str) -> None:
@@ -52,7 +56,7 @@ def reproduce_command(preset: str, out: str, force: bool, eps: float | None,
     """
     study = load_preset(preset)
     study = override(study, **{
-        "eps": eps, "limit": limit, "data_root": data_root, "train.epochs": epochs,
+        "norm": norm, "eps": eps, "limit": limit, "data_root": data_root, "train.epochs": epochs,
         "train.steps": steps, "train.seed": seed,
         "models": models.split(",") if models else None,
         "audit.enabled": False if no_audit else None,

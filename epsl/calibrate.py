@@ -131,6 +131,7 @@ def run_calibrate(config: CalibrateConfig, *, evaluation: Evaluation | None = No
     (a table with ``eps_l`` and ``rival``); ``progress`` is advanced by examples done."""
     check_minimal_dependencies(config.minimal)
     ev = evaluation or config.data.prepare()
+    check_radius(config.minimal.norm, config.eps, dim=ev.data.x[0].numel())
     return _calibrate(ev, config.minimal, config.eps, diagnostics, progress,
                       {"config": dataclasses.asdict(config)})
 

@@ -431,6 +431,8 @@ def override(preset: Preset, **changes: Any) -> Preset:
             top[section] = replace(current, **values)  # type: ignore[type-var]
         except TypeError as exc:
             raise EpslError(f"preset [{section}]: {exc}") from None
+    if "norm" in top and parse_norm(top["norm"]).value != preset.norm:
+        top.update(_change_norm(preset, parse_norm(top["norm"]).value, top))
     if "models" in top and isinstance(top["models"], (list, tuple)):
         wanted = list(top.pop("models"))
         missing = [m for m in wanted if m not in {s.name for s in preset.models}]
@@ -447,6 +449,20 @@ def override(preset: Preset, **changes: Any) -> Preset:
         return replace(preset, **top)
     except TypeError as exc:
         raise EpslError(str(exc)) from None
+
+
+def _change_norm(preset: Preset, norm: str, top: dict[str, Any]) -> dict[str, Any]:
+    """What moving the study to ``norm`` changes: the radius must be given in it (an ℓ∞ ε means
+    nothing in ℓ2), the ε grid becomes the norm's default unless given, a section of that norm
+    is dropped (it is the study now), and the default ensemble follows (:class:`Preset`)."""
+    from epsl.diagnostics.runs import default_eps
+
+    if "eps" not in top:
+        raise EpslError(f"norm={norm}: give eps in {norm} too (the preset's eps = "
+                        f"{preset.eps:g} is a {preset.norm} radius)")
+    return {"norm": norm, "eps_grid": top.get("eps_grid", default_eps(norm)),
+            "threat_models": tuple(t for t in top.get("threat_models", preset.threat_models)
+                                   if t.norm != norm)}
 
 
 def _override_minimal(current: MinimalConfig | None,

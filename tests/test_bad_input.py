@@ -147,7 +147,12 @@ def test_reproduce_out_under_proc() -> None:
 
 
 def test_reproduce_eps_range_matches_the_preset(tmp_path: Path) -> None:
-    assert_usage_error(run("reproduce", "--eps", "1.5", "--out", tmp_path / "o"), "must be <= 1")
+    """The radius is checked in the preset's norm (l_inf: at most 1), before any work."""
+    assert_one_line_error(run("reproduce", "--eps", "1.5", "--out", tmp_path / "o"),
+                          "in (0, 1] for the linf norm")
+    assert not (tmp_path / "o").exists()
+    assert_one_line_error(run("reproduce", "--norm", "l2", "--out", tmp_path / "o"),
+                          "--norm l2: give eps in l2 too")
     assert not (tmp_path / "o").exists()
 
 
@@ -274,7 +279,7 @@ def _cases(tmp: Path, ckpt: Path) -> dict[str, tuple[list[object], int, str]]:
         "info": (["info", tmp / "junk.pt"], 1, "refused to load"),
         "diagnose": (["diagnose", ckpt, "--data", tmp / "nan.npz", "--out", out], 1,
                      "NaN or infinite pixels"),
-        "diagnose-usage": (["diagnose", ckpt, "--eps", "1.5", "--out", out], 2, "must be <= 1"),
+        "diagnose-usage": (["diagnose", ckpt, "--eps", "0", "--out", out], 2, "must be > 0"),
         "activations": (["activations", tmp / "none.safetensors", "--out", out], 1,
                         "no such checkpoint"),
         "landscape": (["landscape", ckpt, "--data", afile, "--out", out], 1,
@@ -318,13 +323,20 @@ def test_installed_command_fails_in_one_line(digits_checkpoint: Path, tmp_path: 
 
 
 def test_every_eps_option_has_one_range() -> None:
-    """Every ε a command takes (attack radii, Eq. 4's ε, adversarial training's ε) is one
-    type: (0, 1] in pixel units, fractions accepted."""
-    from epsl.cli.common import EPS
+    """Every ε a command takes is one of two types, fractions accepted: a radius in the
+    command's --norm (positive here, checked per norm by the library) wherever the command has
+    --norm (or, for ``epsl figures``, the runs' norm), and (0, 1] for adversarial training's
+    ℓ∞ ε."""
+    from epsl.cli.common import EPS, RADIUS
 
-    found = {f"{name} {param.name}": param.type for name, command in main.commands.items()
+    found = {f"{name} {param.name}": (param.type, any(p.name == "norm" for p in command.params))
+             for name, command in main.commands.items()
              for param in command.params if param.name in ("eps", "adv_eps", "eps_grid")}
     assert set(found) >= {"attack eps", "audit eps", "compare eps", "compare eps_grid",
                           "diagnose eps", "reproduce eps", "train adv_eps", "calibrate eps"}
-    assert all(kind is EPS for kind in found.values()), found
+    # figures read the norm from the runs' records and check --eps in it
+    assert all((kind is RADIUS) == (has_norm or key == "figures eps")
+               for key, (kind, has_norm) in found.items()), found
+    assert found["train adv_eps"][0] is EPS
     assert EPS.convert("1", None, None) == 1.0 and EPS.convert("8/255", None, None) == 8 / 255
+    assert RADIUS.convert("8/255", None, None) == 8 / 255 and RADIUS.convert("2", None, None) == 2

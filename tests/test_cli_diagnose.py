@@ -80,7 +80,7 @@ def test_diagnose_parquet_and_overwrite(digits_checkpoint: Path, tmp_path: Path)
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "imagenet"], "imagenet"),
     (["--eps", "0"], "must be >"),
-    (["--eps", "1.5"], "must be <= 1"),
+    (["--eps", "1.5"], "in (0, 1] for the linf norm"),
     (["--eps", "-0.1"], "must be >"),
     (["--eps", "abc"], "not a number"),
     (["--limit", "0"], "--limit"),
