@@ -90,7 +90,8 @@ def calibration_result(ev: Evaluation, found: MinimalResult, eps_l: Any, rival: 
         "eps_star_accuracy": accuracy,
         "eps_star_accuracy_interval": {k: list(accuracy_interval(a, n))
                                        for k, a in accuracy.items()},
-        "report_card": report_card(table["eps_l"], table["eps_star"], seed=config.seed),
+        "report_card": report_card(table["eps_l"], table["eps_star"], seed=config.seed,
+                                   norm=config.norm),
         "found_by": {str(k): int(v) for k, v in
                      table["eps_star_attack"].replace("", "none").value_counts().items()},
         "seconds": found.seconds,
