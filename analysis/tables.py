@@ -81,12 +81,14 @@ def attack_column(attack: str, loss: str, transfer: bool) -> str:
 _TEXT_HEADERS = {"model", "run", "data", "arch", "norm", "adv", "audit verdict"}
 
 
-def _header(column: str) -> str:
+def _header(column: str, norm: Norm = Norm.LINF) -> str:
     if column in HEADERS:
         return HEADERS[column]
     transfer = column.startswith("transfer_")
     name = column.removeprefix("transfer_")
     attack, _, loss = name.rpartition("_")
+    # the one-step attack is FGSM (the sign of the gradient) only in l_inf; FGM elsewhere
+    attack = "fgm" if attack == "fgsm" and norm is not Norm.LINF else attack
     text = f"{attack.upper()} {loss.upper() if loss == 'cw' else loss}"
     return f"black-box {text}" if transfer else text
 
@@ -275,7 +277,8 @@ def format_table(table: pd.DataFrame, *, drop_empty: bool = True) -> pd.DataFram
     (:func:`norm_line`)."""
     columns = [c for c in table.columns if not _bounds(c) and c != "norm"  # said above it
                and not (drop_empty and table[c].isna().all())]
-    return pd.DataFrame({_header(c): _cells(table, c) for c in columns})
+    norm = table_norm(table)
+    return pd.DataFrame({_header(c, norm): _cells(table, c) for c in columns})
 
 
 def _cells(table: pd.DataFrame, column: str) -> list[str]:
@@ -357,14 +360,16 @@ def card_markdown(table: pd.DataFrame) -> str:
 
 
 def headline(table: pd.DataFrame, *, source_run: str | None = None,
-             paired: pd.DataFrame | None = None, seeds: pd.DataFrame | None = None) -> str:
+             paired: pd.DataFrame | None = None, seeds: pd.DataFrame | None = None,
+             sections: dict[str, pd.DataFrame] | None = None) -> str:
     """The few columns a terminal can show, as Markdown with 95% intervals, then one line per
     model with the audit's verdict and, with ``paired`` (:func:`~epsl.analysis.paired.
     paired_tests`), each model's worst case against adversarial training and against Eq. 4:
     what ``epsl reproduce`` ends with (the full table stays in ``comparison.csv``/``.md``).
     ``source_run`` (the ``run`` whose adversarial examples the transfer columns use) shows
     ``(source)`` in its own transfer cell; ``seeds`` (:func:`seed_summary`) adds the mean and
-    sd over training seeds."""
+    sd over training seeds; ``sections`` (folder name → comparison table of another norm, as
+    a study's ``[[threat_models]]``) adds each one's report card of Eq. 4."""
     steps = table["pgd_steps"].dropna() if "pgd_steps" in table else pd.Series(dtype=float)
     # the paper's PGD-k of the study: the k most models were attacked with (a model with a
     # steps sweep reports its longest PGD in the full table)
@@ -387,6 +392,13 @@ def headline(table: pd.DataFrame, *, source_run: str | None = None,
         text += ("\nEq. 4 against ε*, the smallest perturbation that really flips each example "
                  f"(accuracy by ε*{at}; the rest on the correctly classified examples, 95% "
                  "intervals):\n\n" + card)
+    for folder, other in (sections or {}).items():
+        other_card = card_markdown(other)
+        if other_card:
+            eps = other["eps"].dropna()
+            at = f" at ε = {float(eps.iloc[0]):g}" if len(eps) else ""
+            text += (f"\nIn {table_norm(other).label} ({folder}/comparison.md), Eq. 4 against "
+                     f"ε* in the same norm (accuracy by ε*{at}):\n\n" + other_card)
     if seeds is not None and not seeds.empty:
         count = int(seeds["seeds"].max())
         text += (f"\nAcross {count} training seeds (mean ± sd in points; each seed's numbers in "

@@ -343,8 +343,12 @@ def stage_headline(preset: Preset, out: Path, recompute: bool, seeds: Any = None
     if not recompute and path.exists():
         return path.read_text()
     paired = read_table(out / "paired.csv") if (out / "paired.csv").is_file() else None
-    text = headline_table(read_table(out / "comparison.csv"), source_run=preset.attacks.transfer_from,
-                    paired=paired, seeds=seeds)
+    sections = {section.norm: read_table(out / section.norm / "comparison.csv")
+                for section in preset.threat_models
+                if (out / section.norm / "comparison.csv").is_file()}
+    text = headline_table(read_table(out / "comparison.csv"),
+                          source_run=preset.attacks.transfer_from, paired=paired, seeds=seeds,
+                          sections=sections)
     write_text(path, text)
     return text
 

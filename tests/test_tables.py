@@ -414,3 +414,24 @@ def test_a_table_of_two_norms_is_refused_in_one_line(tmp_path: Path) -> None:
         write_comparison(tmp_path, glued)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "comparison.csv").exists()
+
+
+def test_the_one_step_attack_is_fgm_outside_linf_and_a_section_joins_the_headline() -> None:
+    from epsl.analysis.tables import headline
+
+    def table(norm: str) -> pd.DataFrame:
+        return pd.DataFrame({"model": ["m"], "run": ["m"], "norm": [norm],
+                             "fgsm_xent": [0.5], "transfer_fgsm_cw": [0.25]})
+
+    assert list(format_table(table("linf")).columns) == ["model", "run", "FGSM xent",
+                                                         "black-box FGSM CW"]
+    assert list(format_table(table("l2")).columns) == ["model", "run", "FGM xent",
+                                                       "black-box FGM CW"]
+    # a study's section in another norm: its report card under the main one, named by norm
+    main = comparison_table([_hand_run("linf")], eps=0.3)
+    l2 = comparison_table([_hand_run("l2")], eps=1.0)
+    text = headline(main, sections={"l2": l2})
+    assert "In ℓ2 (l2/comparison.md), Eq. 4 against ε* in the same norm (accuracy by ε* at " \
+           "ε = 1):" in text
+    assert text.count("| hand l2 | 60.0% [") == 1  # 3 / 5 by ε* at 1, with its interval
+    assert "In ℓ2" not in headline(main)
