@@ -338,28 +338,15 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         random_start: step from a uniform random point of the ball (R+FGSM-like) instead of x.
         norm: ``"linf"``, ``"l2"`` or ``"l1"`` (:mod:`epsl.norms`).
 
-    Equal to :func:`pgd` with one step of size ``eps`` and no random start, in every norm.
-    Examples misclassified at x keep ``x_adv = x`` unless ``attack_misclassified`` (see
+    It is :func:`pgd` with one step of size ``eps`` (no random start unless asked), in every
+    norm. Examples misclassified at x keep ``x_adv = x`` unless ``attack_misclassified`` (see
     :func:`pgd`).
     """
-    p = parse_norm(norm)
-    x, y = _check_inputs(model, x, y, eps, p)
-    _loss_fn(loss, cw_confidence)  # a bad loss fails before any work
-    with eval_mode(model):
-        clean = score(model, x, y, loss=loss, cw_confidence=cw_confidence,
-                      batch_size=batch_size)
-        start = x
-        if random_start:
-            start = project(x + _restart_noise(x, eps, seed, 0, p), x, eps, p)
-        pieces = shard_map(lambda part: lp_steps(
-            model, x[part], y[part], start=start[part], eps=eps, step_size=eps, steps=1,
-            norm=p, loss=loss, cw_confidence=cw_confidence), _chunks(len(y), batch_size))
-        pieces = [piece.to(x.device) for piece in pieces]
-        x_adv = torch.cat(pieces) if pieces else x.clone()
-        if not attack_misclassified:  # already broken at x (x lies in the ball)
-            x_adv = torch.where(clean.correct[:, None, None, None], x_adv, x)
-        return score(model, x_adv, y, loss=loss, cw_confidence=cw_confidence,
-                     batch_size=batch_size)
+    # one PGD step of size eps: the same code path (and the same batches: only examples right
+    # at x are attacked), so the two agree bit for bit in every norm
+    return pgd(model, x, y, eps=eps, step_size=eps, steps=1, loss=loss,
+               random_start=random_start, restarts=1, cw_confidence=cw_confidence, seed=seed,
+               batch_size=batch_size, attack_misclassified=attack_misclassified, norm=norm)
 
 
 def uniform_noise(x: torch.Tensor, eps: float, *, generator: torch.Generator | None = None
