@@ -103,6 +103,29 @@ class SmallCNN(Classifier):
         return F.relu(self.fc1(x.flatten(1)))
 
 
+class MLP(Classifier):
+    """A small ReLU network (flatten, ``depth`` hidden layers of ``hidden`` units, fc): small
+    enough for the exact minimal perturbation as a mixed-integer program (``epsl certify
+    --exact``)."""
+
+    def __init__(self, *, in_channels: int, num_classes: int, input_size: int,
+                 mean: Sequence[float], std: Sequence[float], hidden: int = 32,
+                 depth: int = 2) -> None:
+        super().__init__(mean, std)
+        if depth < 1 or hidden < 1:
+            raise EpslError(f"mlp needs depth >= 1 and hidden >= 1 (got {depth}, {hidden})")
+        sizes = [in_channels * input_size * input_size] + [hidden] * depth
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:],
+                                                                    strict=False))
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for layer in self.layers:
+            x = F.relu(layer(x))
+        return x
+
+
 class MadryCNN(Classifier):
     """The MNIST CNN of Madry et al. (2017): conv 32 5x5, pool, conv 64 5x5, pool, fc 1024."""
 
@@ -212,6 +235,7 @@ class PreActResNet18(Classifier):
 
 
 MODELS.register("small-cnn")(SmallCNN)
+MODELS.register("mlp")(MLP)
 MODELS.register("madry-mnist")(MadryCNN)
 MODELS.register("wrn")(WideResNet)
 MODELS.register("preact-resnet18")(PreActResNet18)
