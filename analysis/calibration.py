@@ -189,3 +189,85 @@ def card_lines(card: dict[str, Any]) -> list[str]:
     if card["n_unbroken"]:
         lines.append(f"  never flipped inside the box   {card['n_unbroken']} examples")
     return lines
+
+
+# --------------------------------------------------------------------------- with proofs
+
+#: the groups of the three-way card, in the order figures and tables show them
+PROOF_GROUPS = ("conservative", "optimistic", "undecided")
+
+
+def proof_groups(eps_l: Any, eps_cert: Any, eps_star: Any) -> np.ndarray:
+    """Per example: ``conservative`` where ε_L ≤ ε_cert (Eq. 4 is provably a lower bound: the
+    certified floor lies at or above it), ``optimistic`` where ε_L > ε* (provably an
+    overstatement: a verified adversarial point lies closer), ``undecided`` in between, and
+    ``misclassified`` where the model is wrong at x (ε* = 0 or ε_L ≤ 0)."""
+    el, cert, star = _as_array(eps_l), _as_array(eps_cert), _as_array(eps_star)
+    if not (len(el) == len(cert) == len(star)):
+        raise ValueError("eps_l, eps_cert and eps_star must have one value per example")
+    groups = np.full(len(el), "undecided", dtype=object)
+    groups[el <= cert] = "conservative"
+    groups[el > star] = "optimistic"
+    groups[(star <= 0) | (el <= 0)] = "misclassified"
+    return groups
+
+
+def proof_card(eps_l: Any, eps_cert: Any, eps_star: Any, eps_exact: Any = None, *,
+               grid: Any = None) -> dict[str, Any]:
+    """The three-way report card on the correctly classified examples: the share (with its
+    Clopper–Pearson 95% interval) where Eq. 4 is provably conservative, provably optimistic
+    or undecided; with ``eps_exact`` (NaN where unsolved) the true optimistic share
+    share(ε_L > ε_exact) on the solved examples; and the certified accuracy share(ε_cert > ε)
+    beside Eq. 4's share(ε_L > ε) and the empirical share(ε* > ε) at the ``grid`` radii.
+    The three accuracies are ordered by construction (ε_cert ≤ ε*), Eq. 4's is not."""
+    el, cert, star = _as_array(eps_l), _as_array(eps_cert), _as_array(eps_star)
+    groups = proof_groups(el, cert, star)
+    correct = groups != "misclassified"
+    n = int(correct.sum())
+    card: dict[str, Any] = {"n": int(len(el)), "n_correct": n}
+    for group in PROOF_GROUPS:
+        k = int((groups == group).sum())
+        lo, hi = clopper_pearson(k, n) if n else (math.nan, math.nan)
+        card[group] = {"count": k, "share": k / n if n else math.nan, "interval": [lo, hi]}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(correct & (star > 0), cert / star, np.nan)
+    card["cert_over_star_median"] = float(np.nanmedian(ratio)) if correct.any() else math.nan
+    if eps_exact is not None:
+        exact = _as_array(eps_exact)
+        solved = correct & np.isfinite(exact)
+        k = int((el[solved] > exact[solved]).sum())
+        m = int(solved.sum())
+        lo, hi = clopper_pearson(k, m) if m else (math.nan, math.nan)
+        card["exact"] = {"solved": m, "optimistic": k, "share": k / m if m else math.nan,
+                         "interval": [lo, hi],
+                         "optimistic_vs_eps_star_same_examples":
+                             int((el[solved] > star[solved]).sum())}
+    if grid is not None:
+        radii = [float(e) for e in np.atleast_1d(np.asarray(grid, dtype=np.float64))]
+        card["accuracy"] = {repr(e): {"certified": float(np.mean(cert > e)),
+                                      "eq4": float(np.mean(el > e)),
+                                      "empirical": float(np.mean(star > e))} for e in radii}
+    return card
+
+
+def proof_lines(card: dict[str, Any]) -> list[str]:
+    """The three-way card as a few lines for a terminal."""
+    def share(part: dict[str, Any]) -> str:
+        lo, hi = part["interval"]
+        return f"{100 * part['share']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({part['count']})"
+
+    lines = [f"Eq. 4 provably conservative (eps_L <= eps_cert): {share(card['conservative'])}",
+             f"Eq. 4 provably optimistic (eps_L > eps*): {share(card['optimistic'])}",
+             f"undecided: {share(card['undecided'])}  "
+             f"(of {card['n_correct']} correctly classified; median eps_cert / eps* "
+             f"{card['cert_over_star_median']:.3f})"]
+    exact = card.get("exact")
+    if exact:
+        lo, hi = exact["interval"]
+        lines.append(f"with the exact minimum: optimistic (eps_L > eps_exact) "
+                     f"{100 * exact['share']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] of "
+                     f"{exact['solved']} solved")
+    for eps, acc in (card.get("accuracy") or {}).items():
+        lines.append(f"at eps = {float(eps):g}: certified {100 * acc['certified']:.1f}%, "
+                     f"Eq. 4 {100 * acc['eq4']:.1f}%, by eps* {100 * acc['empirical']:.1f}%")
+    return lines

@@ -88,6 +88,7 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     Kind("landscape", "landscape.json", "landscape"),
     Kind("minimal", "minimal.json", "minimal", extra=("minimal.safetensors",),
          tensors="minimal.safetensors"),
+    Kind("certify", "certify.json", "certify"),
     Kind("comparison", "compare.json", None,
          extra=("comparison.csv", "comparison.md", "report.html"), optional=("paired.csv",)),
 )}

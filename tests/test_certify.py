@@ -20,7 +20,7 @@ from epsl.bounds import (
     margin_threshold,
     trace_network,
 )
-from epsl.certify import CertifyOptions, certify
+from epsl.certification import CertifyOptions, certify
 from epsl.errors import EpslError
 from epsl.minimal import MinimalConfig, minimal_perturbation
 from epsl.models import Normalize, create_model
