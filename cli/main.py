@@ -93,8 +93,15 @@ class _ErrorsOnly(io.TextIOBase):
 
 
 def _register() -> None:
-    from epsl.cli import (analysis_cmds, attack_cmds, certify_cmds, diagnose_cmds, explain_cmds,
-                          reproduce_cmds, train_cmds)
+    from epsl.cli import (
+        analysis_cmds,
+        attack_cmds,
+        certify_cmds,
+        diagnose_cmds,
+        explain_cmds,
+        reproduce_cmds,
+        train_cmds,
+    )
 
     for module in (train_cmds, diagnose_cmds, certify_cmds, attack_cmds, analysis_cmds,
                    reproduce_cmds, explain_cmds):
