@@ -27,11 +27,10 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
-from epsl.errors import EpslError
-
 from epsl.attacks import pgd
 from epsl.checkpoint import model_kwargs_for
 from epsl.data import load_split
+from epsl.errors import EpslError
 from epsl.models import Classifier, create_model
 
 
