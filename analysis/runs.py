@@ -47,7 +47,7 @@ from epsl.errors import EpslError
 from epsl.norms import Norm, dual, parse_norm
 from epsl.records import KINDS, TABLE_FORMATS, Result, load
 
-RUN_KINDS = ("diagnostics", "activations", "landscape", "attack", "audit", "minimal")
+RUN_KINDS = ("diagnostics", "activations", "landscape", "attack", "audit", "minimal", "certify")
 _CONCATENATED = ("activations", "landscape", "attack")
 #: the kinds whose records name the norm they were measured in (activations and landscapes
 #: are not measured in one)
@@ -79,6 +79,9 @@ class Run:
     audit_summary: dict[str, Any] = field(default_factory=dict)
     minimal: pd.DataFrame | None = None
     minimal_summary: dict[str, Any] = field(default_factory=dict)
+    #: ``certify.csv`` (ε_cert beside ε_L and ε*, ``epsl certify``) and its record's summary
+    certify: pd.DataFrame | None = None
+    certify_summary: dict[str, Any] = field(default_factory=dict)
     label: str = ""
     norm: Norm = Norm.LINF
 
@@ -216,7 +219,7 @@ def load_run(path: Path | str, *, label: str | None = None) -> Run:
                    for r in results[name] if r.provenance is not None), None)
     meta = dict(origin.model) if origin is not None else {}
     diagnostics, attack, audited = first("diagnostics"), first("attack"), first("audit")
-    minimal = first("minimal")
+    minimal, certified = first("minimal"), first("certify")
     summary = dict(diagnostics.summary) if diagnostics is not None else {}
     if origin is not None:
         summary.setdefault("checkpoint", origin.checkpoint)
@@ -225,6 +228,8 @@ def load_run(path: Path | str, *, label: str | None = None) -> Run:
               audit_summary=dict(audited.summary) if audited is not None else {},
               minimal_summary=dict(minimal.summary) if minimal is not None else {},
               minimal=tables["minimal"],
+              certify_summary=dict(certified.summary) if certified is not None else {},
+              certify=tables["certify"],
               diagnostics=tables["diagnostics"], activations=tables["activations"],
               landscape=tables["landscape"], attack=tables["attack"], audit=tables["audit"],
               norm=_run_norm(results, root))

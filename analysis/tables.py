@@ -58,9 +58,11 @@ _CARD_STATS = {"eq4_spearman", "eq4_ratio_median"}
 #: Columns after the attacks, in order.
 _TAIL = ("pgd_steps", "eps_star_accuracy", "attacks_worst", "audit_worst", "audit_n",
          "audit_verdict", "eq4_spearman", "eq4_ratio_median", "eq4_optimistic",
-         "eq4_optimistic_from")
+         "eq4_optimistic_from", "certified_accuracy", "eq4_conservative", "eq4_proven_optimistic",
+         "eq4_undecided", "certify_n")
 _NOT_FRACTIONS = (set(BASE_COLUMNS) - _FRACTIONS) | {"pgd_steps", "audit_n", "audit_verdict",
-                                                     "eq4_optimistic_from"} | _CARD_STATS
+                                                     "eq4_optimistic_from", "certify_n"} \
+    | _CARD_STATS
 HEADERS = {"model": "model", "run": "run", "dataset": "data", "arch": "arch", "norm": "norm",
            "alpha": "α",
            "beta": "β", "sigma": "σ", "adv": "adv", "adv_eps": "adv ε", "kappa": "κ",
@@ -70,7 +72,11 @@ HEADERS = {"model": "model", "run": "run", "dataset": "data", "arch": "arch", "n
            "audit_worst": "audit worst case", "audit_n": "audit n",
            "audit_verdict": "audit verdict", "eps_star_accuracy": "ε* (min-norm)",
            "eq4_spearman": "ρ(ε_L, ε*)", "eq4_ratio_median": "median ε_L/ε*",
-           "eq4_optimistic": "Eq. 4 optimistic", "eq4_optimistic_from": "Eq. 4 overstates from ε"}
+           "eq4_optimistic": "Eq. 4 optimistic", "eq4_optimistic_from": "Eq. 4 overstates from ε",
+           "certified_accuracy": "certified (CROWN)",
+           "eq4_conservative": "Eq. 4 provably conservative",
+           "eq4_proven_optimistic": "Eq. 4 provably optimistic",
+           "eq4_undecided": "undecided", "certify_n": "certify n"}
 
 
 def attack_column(attack: str, loss: str, transfer: bool) -> str:
@@ -197,7 +203,25 @@ def comparison_row(run: Run, eps: float | None) -> dict[str, Any]:
                 row["audit_verdict"] = str(run.audit_summary["verdict"])
     if run.minimal is not None:
         _card_row(row, run, eps)
+    if run.certify is not None:
+        _proof_row(row, run, eps)
     return row
+
+
+def _proof_row(row: dict[str, Any], run: Run, eps: float | None) -> None:
+    """The certified accuracy at ``eps`` and the three-way card of Eq. 4 on the certified
+    examples (the first ``certify_n`` of the run's; their own share of the correct ones)."""
+    assert run.certify is not None
+    table = run.certify
+    row["certify_n"] = len(table)
+    if eps is not None:
+        _with_interval(row, "certified_accuracy", int((table["eps_cert"] > eps).sum()),
+                       len(table))
+    correct = int((table["group"] != "misclassified").sum())
+    for column, group in (("eq4_conservative", "conservative"),
+                          ("eq4_proven_optimistic", "optimistic"),
+                          ("eq4_undecided", "undecided")):
+        _with_interval(row, column, int((table["group"] == group).sum()), correct)
 
 
 def _card_row(row: dict[str, Any], run: Run, eps: float | None) -> None:
@@ -345,6 +369,22 @@ CARD_HEADLINE = [("model", "model"), ("eps_star_accuracy", "accuracy by ε*"),
                  ("eq4_optimistic_from", "Eq. 4 overstates accuracy from ε")]
 
 
+#: The three-way card of Eq. 4 in the headline: (comparison column, header).
+PROOF_HEADLINE = [("model", "model"), ("certified_accuracy", "certified accuracy"),
+                  ("eq4_conservative", "provably conservative (ε_L ≤ ε_cert)"),
+                  ("eq4_proven_optimistic", "provably optimistic (ε_L > ε*)"),
+                  ("eq4_undecided", "undecided")]
+
+
+def proof_markdown(table: pd.DataFrame) -> str:
+    """The three-way card per model as Markdown ('' without certify tables)."""
+    if "eq4_conservative" not in table.columns or table["eq4_conservative"].isna().all():
+        return ""
+    return _markdown(pd.DataFrame({header: _cells(table, column)
+                                   for column, header in PROOF_HEADLINE
+                                   if column in table.columns}))
+
+
 def card_frame(table: pd.DataFrame) -> pd.DataFrame | None:
     """The report card of Eq. 4 per model as display strings (None without ε* tables)."""
     if "eq4_spearman" not in table.columns or table["eq4_spearman"].isna().all():
@@ -392,6 +432,15 @@ def headline(table: pd.DataFrame, *, source_run: str | None = None,
         text += ("\nEq. 4 against ε*, the smallest perturbation that really flips each example "
                  f"(accuracy by ε*{at}; the rest on the correctly classified examples, 95% "
                  "intervals):\n\n" + card)
+    proofs = proof_markdown(table)
+    if proofs:
+        eps = table["eps"].dropna()
+        at = f" at ε = {float(eps.iloc[0]):g}" if len(eps) else ""
+        count = table["certify_n"].dropna()
+        images = f"the first {int(count.max())} test images" if len(count) else "some images"
+        text += (f"\nWith proofs, on {images} (CROWN's ε_cert ≤ the true minimum ≤ ε*; "
+                 f"certified accuracy{at}; the shares of the correctly classified, 95% "
+                 "intervals):\n\n" + proofs)
     for folder, other in (sections or {}).items():
         other_card = card_markdown(other)
         if other_card:

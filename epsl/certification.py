@@ -138,9 +138,18 @@ def _certified(network: Network, x: torch.Tensor, y: torch.Tensor, eps: torch.Te
 
 
 def _bisect(network: Network, x: torch.Tensor, y: torch.Tensor, hi: torch.Tensor,
-            threshold: torch.Tensor, method: str, steps: int, budget: int) -> torch.Tensor:
-    lo = torch.zeros_like(hi)
-    done = _certified(network, x, y, hi, threshold, method, budget)  # the whole bracket
+            threshold: torch.Tensor, method: str, steps: int, budget: int, *,
+            lo: torch.Tensor | None = None, broken: torch.Tensor | None = None
+            ) -> torch.Tensor:
+    """The largest certified radius found by bisection on [lo, hi] (``lo`` already certified,
+    0 by default). ``hi`` itself is tried first unless ``broken`` says a verified adversarial
+    point lies at distance ``hi`` (then it cannot be certified)."""
+    lo = torch.zeros_like(hi) if lo is None else lo.clone()
+    done = torch.zeros_like(hi, dtype=torch.bool)
+    unknown = torch.ones_like(done) if broken is None else ~broken
+    if bool(unknown.any()):  # the whole bracket, where it might hold
+        done[unknown] = _certified(network, x[unknown], y[unknown], hi[unknown],
+                                   threshold[unknown], method, budget)
     lo = torch.where(done, hi, lo)
     upper = hi.clone()
     for _ in range(steps):
@@ -158,11 +167,14 @@ def _bisect(network: Network, x: torch.Tensor, y: torch.Tensor, hi: torch.Tensor
 
 def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             hi: torch.Tensor | np.ndarray | None = None,
+            hi_unbroken: np.ndarray | None = None,
             options: CertifyOptions | None = None,
             progress: Progress | None = None) -> CertifyOutput:
     """ε_cert (and with ``options.exact`` ε_exact) per example of ``model`` on (x, y), pixels
     in [0, 1]. ``hi``: per-example upper ends of the bisection (ε* where known; +inf or None
-    means the whole box, radius 1). ``progress`` is advanced by examples done.
+    means the whole box, radius 1). A finite ``hi`` is taken to be the distance of a verified
+    adversarial point, so it is not tried itself, unless ``hi_unbroken`` marks it (a cap, not
+    a point). ``progress`` is advanced by examples done.
 
     Raises :class:`EpslError` (one line) for a layer the bounds do not support."""
     options = options or CertifyOptions()
@@ -178,11 +190,14 @@ def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     n = len(x)
     upper = torch.ones(n, dtype=torch.float64)
+    broken = torch.zeros(n, dtype=torch.bool)  # a verified adversarial point lies at `upper`
     if hi is not None:
         given = torch.as_tensor(np.asarray(hi, dtype=np.float64))
         if given.shape != (n,):
             raise EpslError(f"hi must hold one radius per example ({n}), not {tuple(given.shape)}")
         upper = torch.where(torch.isfinite(given), given.clamp(0.0, 1.0), upper)
+        broken = torch.isfinite(given) & (given <= 1.0) & ~torch.as_tensor(
+            np.asarray(hi_unbroken if hi_unbroken is not None else np.zeros(n, dtype=bool)))
     with torch.no_grad():
         logits32 = torch.cat([model(x[i:i + 256].to(device)).cpu() for i in range(0, n, 256)]) \
             if n else torch.zeros(0, 1)
@@ -198,12 +213,14 @@ def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         if len(idx):
             t0 = time.perf_counter()
             eps_ibp[idx] = _bisect(network, x[idx], y[idx], upper[idx], threshold[idx], "ibp",
-                                   options.steps, options.budget)
+                                   options.steps, options.budget, broken=broken[idx])
             seconds["ibp"] += time.perf_counter() - t0
             if options.method == "crown":
                 t0 = time.perf_counter()
+                # CROWN is at least as tight (intersected with IBP): start above IBP's radius
                 found = _bisect(network, x[idx], y[idx], upper[idx], threshold[idx], "crown",
-                                options.steps, options.budget)
+                                options.steps, options.budget, lo=eps_ibp[idx],
+                                broken=broken[idx])
                 eps_cert[idx] = torch.maximum(found, eps_ibp[idx])  # both sound
                 seconds["crown"] += time.perf_counter() - t0
             else:

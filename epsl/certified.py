@@ -79,10 +79,12 @@ def certify_result(ev: Evaluation, config: CertifyConfig, *,
     """ε_cert on ``ev``'s examples with ε_L and ε* given (one per example), as a ``certify``
     :class:`~epsl.records.Result`."""
     hi = np.where(np.isfinite(eps_star), eps_star, 1.0)
+    capped = np.zeros(len(hi), dtype=bool)
     if config.eps_max is not None:
+        capped = config.eps_max < hi
         hi = np.minimum(hi, config.eps_max)
-    out = certify(ev.model, ev.data.x, ev.data.y, hi=hi, options=config.options,
-                  progress=progress)
+    out = certify(ev.model, ev.data.x, ev.data.y, hi=hi, hi_unbroken=capped | ~np.isfinite(
+        eps_star), options=config.options, progress=progress)
     frame = out.to_frame()
     frame.insert(1, "label", ev.data.y.numpy())
     frame["eps_l"] = np.where(out.correct, np.asarray(eps_l, dtype=np.float64), 0.0)

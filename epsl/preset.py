@@ -115,6 +115,24 @@ class LandscapeSettings:
 
 
 @dataclass(frozen=True)
+class CertifySettings:
+    """``[certify]``: ε_cert (CROWN, :mod:`epsl.certification`) on the first ``images`` test
+    images of every model of the main seed, bisected on [0, ε*] ``steps`` times, and the
+    three-way card of Eq. 4 (provably conservative, provably optimistic, undecided). Off unless
+    ``enabled``; ℓ∞ studies only."""
+
+    SECTION: ClassVar[str] = "[certify] "
+    enabled: bool = False
+    images: int = 32
+    steps: int = 8
+    method: str = "crown"
+
+    def __post_init__(self) -> None:
+        _at_least_one(self.SECTION, images=self.images, steps=self.steps)
+        _choice(f"{self.SECTION}method", self.method, ["crown", "ibp"])
+
+
+@dataclass(frozen=True)
 class ThreatModel:
     """``[[threat_models]]``: one more section of the study in another ℓp norm, on the same
     models and examples: ε_L, ε* (``minimal``, in ``norm``; None: no ε*) and the paper's
@@ -179,6 +197,8 @@ class Preset:
     norm: str = "linf"
     #: ``[[threat_models]]``: sections of the study in other norms (:class:`ThreatModel`)
     threat_models: tuple[ThreatModel, ...] = ()
+    #: ``[certify]``: the certified floor and the three-way card (:class:`CertifySettings`)
+    certify: CertifySettings = field(default_factory=CertifySettings)
 
     def __post_init__(self) -> None:
         from epsl.audit import ensemble_in
@@ -198,6 +218,9 @@ class Preset:
             raise EpslError(f"each norm once: norm = {self.norm!r} and [[threat_models]] "
                             f"norms {[t.norm for t in self.threat_models]}")
         _at_least_one("", limit=self.limit)
+        if self.certify.enabled and self.norm != "linf":
+            raise EpslError(f"[certify] bounds the l_inf ball only; this study's norm is "
+                            f"{self.norm} (set [certify] enabled = false)")
         seeds = [self.train.seed, *self.extra_seeds]
         if len(set(seeds)) != len(seeds):
             raise EpslError(f"[train] seed and extra_seeds must all differ (got {seeds})")
@@ -359,7 +382,7 @@ def preset_from_dict(raw: dict[str, Any], where: str = "preset") -> Preset:
             raise EpslError(f"{where}: models[{i}] has no name")
         models.append(ModelSpec(name, _section(DefenseConfig, entry, f"{where} model {name}")))
     sections = {"attacks": AttackSettings, "audit": AuditSettings,
-                "landscape": LandscapeSettings}
+                "landscape": LandscapeSettings, "certify": CertifySettings}
     parsed_train, extra_seeds = _train(raw.pop("train", {}), where)
     parsed = {key: _section(cls, raw.pop(key, {}), f"{where}") for key, cls in sections.items()}
     minimal = raw.pop("minimal", {})
@@ -460,9 +483,12 @@ def _change_norm(preset: Preset, norm: str, top: dict[str, Any]) -> dict[str, An
     if "eps" not in top:
         raise EpslError(f"norm={norm}: give eps in {norm} too (the preset's eps = "
                         f"{preset.eps:g} is a {preset.norm} radius)")
+    certify = top.get("certify", preset.certify)
     return {"norm": norm, "eps_grid": top.get("eps_grid", default_eps(norm)),
             "threat_models": tuple(t for t in top.get("threat_models", preset.threat_models)
-                                   if t.norm != norm)}
+                                   if t.norm != norm),
+            # the certified floor is l_inf's: another norm's study goes without it
+            "certify": certify if norm == "linf" else replace(certify, enabled=False)}
 
 
 def _override_minimal(current: MinimalConfig | None,
@@ -493,7 +519,7 @@ def _results_key(preset: Preset) -> dict[str, Any]:
     stages a call runs, ε*'s ensemble and the other norms' sections (their results are keyed
     on their own provenance, and the comparison's stage record names what it read)."""
     d = preset_to_dict(preset)
-    for key in ("models", "description", "minimal", "threat_models"):
+    for key in ("models", "description", "minimal", "threat_models", "certify"):
         d.pop(key, None)
     d["audit"].pop("enabled", None)
     d["attacks"].pop("transfer_from", None)

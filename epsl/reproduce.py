@@ -23,7 +23,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ from epsl.analysis.tables import seed_summary, seed_table
 from epsl.attacks import sweep
 from epsl.audit import AuditConfig, AuditRunConfig, check_dependencies, ensure_audit
 from epsl.calibrate import ensure_calibration
+from epsl.certification import CertifyOptions
+from epsl.certified import CertifyConfig, ensure_certify
 from epsl.checkpoint import read_metadata
 from epsl.compare import PRODUCTS, CompareConfig, compare
 from epsl.context import DataConfig, Evaluation, provenance
@@ -153,6 +155,27 @@ def stage_minimal(preset: Preset, ev: Evaluation, folder: Path, say: Log) -> boo
     return ensure_calibration(ev, folder, preset.minimal, preset.grid(), eq4, say)[1]
 
 
+def stage_certify(preset: Preset, data: DataConfig, ev: Evaluation, folder: Path,
+                  say: Log) -> bool:
+    """ε_cert (CROWN) on the first ``[certify] images`` examples beside ε_L and ε* from the
+    run folder (:func:`stage_minimal`'s), and the three-way card, into ``folder``."""
+    settings = preset.certify
+    assert preset.minimal is not None
+    part = replace(ev, data=ev.data.subset(settings.images))
+    eq4, _ = ensure_diagnostics(ev, folder.parent, preset.grid(), norm=preset.norm)
+    minimal = read_table(folder.parent / "minimal" / "minimal.csv")
+    record = read_json(folder.parent / "minimal" / "minimal.json")
+    n = len(part.data)
+    seconds = float(sum(record.get("seconds", {}).values())) * n / max(len(minimal), 1)
+    config = CertifyConfig(data=data, minimal=preset.minimal, eps=preset.grid(),
+                           options=CertifyOptions(method=settings.method, steps=settings.steps))
+    _, computed = ensure_certify(part, folder, config,
+                                 eps_l=eq4["eps_l"].to_numpy()[:n],
+                                 eps_star=minimal["eps_star"].to_numpy()[:n],
+                                 eps_star_seconds=seconds, log=say)
+    return computed
+
+
 def audit_config(preset: Preset) -> AuditConfig:
     """The study's audit: ``[audit]``'s mode and Square budget, ``[attacks]``'s seed, PGD-k
     and step size, and ``[minimal]``'s ensemble (whose points it re-scores)."""
@@ -247,7 +270,9 @@ def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: 
     minimal = None if preset.minimal is None else preset.minimal.reuse_settings()
     made_from = {**_made_from(checkpoints),
                  "~stages": {"audit": preset.audit.enabled, "minimal": minimal,
-                             "transfer_from": preset.attacks.transfer_from}}
+                             "transfer_from": preset.attacks.transfer_from,
+                             **({"certify": asdict(preset.certify)}
+                                if preset.certify.enabled and minimal is not None else {})}}
     if _stage_record(out).get("compare") == made_from and (out / "report.html").exists():
         return False
     say("diagnostics, attacks, comparison, figures and report")
@@ -411,6 +436,9 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
                                  folder / f"landscape-{direction}", say))
         if preset.minimal is not None:
             note(f"minimal {spec.name}", stage_minimal(preset, ev, folder / "minimal", say))
+            if preset.certify.enabled:
+                note(f"certify {spec.name}",
+                     stage_certify(preset, data, ev, folder / "certify", say))
         if preset.audit.enabled:
             note(f"audit {spec.name}", stage_audit(preset, spec, data, ev, checkpoints,
                                                    folder / "audit", say))

@@ -435,3 +435,44 @@ def test_the_one_step_attack_is_fgm_outside_linf_and_a_section_joins_the_headlin
            "ε = 1):" in text
     assert text.count("| hand l2 | 60.0% [") == 1  # 3 / 5 by ε* at 1, with its interval
     assert "In ℓ2" not in headline(main)
+
+
+def test_the_three_way_card_by_hand() -> None:
+    from dataclasses import replace
+
+    from epsl.analysis.calibration import proof_card, proof_groups
+    from epsl.analysis.tables import headline
+    from epsl.stats import clopper_pearson
+
+    eps_l = [0.05, 0.20, 0.12, 0.30, 0.0, 0.08]
+    cert = [0.06, 0.10, 0.05, 0.10, 0.0, 0.08]
+    star = [0.09, 0.15, 0.13, 0.35, 0.0, 0.10]
+    exact = [0.08, 0.14, np.nan, 0.31, np.nan, 0.07]
+    # ε_L ≤ ε_cert: 0 and 5 (equal counts); ε_L > ε*: 1; undecided: 2, 3; 4 misclassified
+    assert list(proof_groups(eps_l, cert, star)) == [
+        "conservative", "optimistic", "undecided", "undecided", "misclassified", "conservative"]
+    card = proof_card(eps_l, cert, star, exact, grid=[0.07])
+    assert card["n_correct"] == 5
+    assert card["conservative"]["count"] == 2 and card["optimistic"]["count"] == 1
+    assert card["undecided"]["share"] == pytest.approx(2 / 5)
+    assert card["conservative"]["interval"] == pytest.approx(list(clopper_pearson(2, 5)))
+    # solved: 0, 1, 3, 5 (the card only counts; ε_cert ≤ ε_exact is certify's to hold); ε_L
+    # exceeds ε_exact at 1 (0.20 > 0.14) and 5 (0.08 > 0.07)
+    assert card["exact"]["solved"] == 4 and card["exact"]["optimistic"] == 2
+    assert card["accuracy"]["0.07"] == {"certified": pytest.approx(3 / 6),
+                                        "eq4": pytest.approx(4 / 6),
+                                        "empirical": pytest.approx(5 / 6)}
+    # into the comparison table and the headline
+    certify = pd.DataFrame({"index": range(6), "eps_cert": cert, "eps_l": eps_l,
+                            "eps_star": star, "group": proof_groups(eps_l, cert, star)})
+    run = replace(_hand_run("linf"), certify=certify)
+    table = comparison_table([run], eps=0.07)
+    row = table.iloc[0]
+    assert row["certify_n"] == 6
+    assert row["certified_accuracy"] == pytest.approx(3 / 6)
+    assert row["eq4_conservative"] == pytest.approx(2 / 5)
+    assert row["eq4_proven_optimistic"] == pytest.approx(1 / 5)
+    assert row["eq4_undecided_hi"] == pytest.approx(clopper_pearson(2, 5)[1])
+    text = headline(table)
+    assert "With proofs, on the first 6 test images" in text
+    assert "| hand linf | 50.0% [" in text and "| 40.0% [" in text
