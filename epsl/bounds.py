@@ -409,7 +409,7 @@ class Network:
         return total, back.view(n, s, c, h, w)
 
     def bounds(self, lower: torch.Tensor, upper: torch.Tensor, *, method: str = "crown",
-               budget: int = 2 ** 26) -> list[tuple[torch.Tensor, torch.Tensor]]:
+               budget: int = 2 ** 20) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Sound bounds of every op for inputs in [lower, upper]: IBP everywhere, refined by
         CROWN (``method="crown"``) for every op whose output a ReLU or a max pool reads and
         whose interval is not exact. ``budget``: floats per chunk of the backward pass."""
@@ -569,7 +569,7 @@ def ball(x: torch.Tensor, eps: torch.Tensor | float) -> tuple[torch.Tensor, torc
 
 
 def crown_margins(network: Network, x: torch.Tensor, y: torch.Tensor,
-                  eps: torch.Tensor | float, *, budget: int = 2 ** 26) -> torch.Tensor:
+                  eps: torch.Tensor | float, *, budget: int = 2 ** 20) -> torch.Tensor:
     """N x (K-1): CROWN lower bounds of ``z_y - z_c`` (c != y, in class order) over the ball
     of radius ``eps`` around each ``x`` in the box."""
     lower, upper = ball(x, eps)
