@@ -7,7 +7,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Normalize", "__version__", "eps_l", "load"]
+__all__ = ["Normalize", "__version__", "certify", "eps_l", "load"]
 
 
 def eps_l(model: Any, x: Any, y: Any, *, mean: Any = None, std: Any = None, **options: Any) -> Any:
@@ -34,6 +34,26 @@ def eps_l(model: Any, x: Any, y: Any, *, mean: Any = None, std: Any = None, **op
         device = next(model.parameters()).device
         model = nn.Sequential(Normalize(mean, std), model).to(device).train(model.training)
     return diagnose(model, x, y, **options).eps_l
+
+
+def certify(model: Any, x: Any, y: Any, *, eps_star: Any = None, **options: Any) -> Any:
+    """ε_cert per example: the largest ℓ∞ radius (in the [0, 1] box) at which CROWN bounds
+    prove the prediction cannot change, by bisection on [0, ``eps_star``] (ε* from
+    :func:`epsl.minimal.minimal_perturbation`, or the whole box). ``options`` are
+    :class:`epsl.certification.CertifyOptions` fields (``steps``, ``method``, ``exact`` ...).
+    Returns a :class:`epsl.certification.CertifyOutput` (``eps_cert``, ``eps_exact`` ...).
+
+    >>> out = epsl.certify(model, x, y, eps_star=found.eps_star, steps=8)
+    """
+    import numpy as np
+
+    from epsl.certification import CertifyOptions
+    from epsl.certification import certify as run
+
+    hi = None if eps_star is None else np.asarray(
+        eps_star.detach().cpu() if hasattr(eps_star, "detach") else eps_star, dtype=np.float64)
+    unbroken = None if hi is None else ~np.isfinite(hi)
+    return run(model, x, y, hi=hi, hi_unbroken=unbroken, options=CertifyOptions(**options))
 
 
 def __getattr__(name: str) -> Any:

@@ -278,3 +278,32 @@ def test_exact_refuses_a_max_pool_network_in_one_line(narrow_cnn, digits_test) -
 def test_bad_options_are_one_line_errors(bad) -> None:
     with pytest.raises(EpslError):
         CertifyOptions(**bad)
+
+
+def test_the_certify_command_writes_its_table_and_record(tmp_path, digits_checkpoint) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from epsl.cli.main import main
+
+    out = tmp_path / "cert"
+    args = ["certify", str(digits_checkpoint), "--limit", "5", "--steps", "3", "--fmn-steps",
+            "10", "--fab-steps", "5", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "Eq. 4 provably conservative (eps_L <= eps_cert)" in result.output
+    table = __import__("pandas").read_csv(out / "certify.csv")
+    assert list(table.columns) == ["index", "label", "eps_cert", "eps_cert_ibp", "bisect_hi",
+                                   "eps_l", "eps_star", "group"]
+    assert (table["eps_cert"] <= table["eps_star"]).all()
+    assert (table["eps_cert"] >= table["eps_cert_ibp"]).all()
+    record = json.loads((out / "certify.json").read_text())
+    assert record["schema"] == "epsl.certify" and record["n"] == 5
+    assert record["provenance"]["settings"]["certify"] == {"method": "crown", "steps": 3}
+    # a second call does not overwrite; bad input is one line and writes nothing
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "pass --overwrite" in again.output
+    bad = CliRunner().invoke(main, ["certify", str(digits_checkpoint), "--eps-max", "1.5",
+                                    "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and not (tmp_path / "bad").exists()

@@ -50,6 +50,11 @@ steps = 5
 fmn_steps = 10
 fab_steps = 5
 
+[certify]
+enabled = true
+images = 4
+steps = 3
+
 [[threat_models]]
 norm = "l2"
 eps = 0.5
@@ -409,3 +414,25 @@ def test_threat_models_round_trip_and_a_study_in_l2(tmp_path: Path) -> None:
                     "[[models]]\nname='natural'\n")
     with pytest.raises(EpslError, match="linf norm"):
         override(load_preset(str(path)), eps=2.0)
+
+
+def test_the_certified_floor_joins_the_study(study: tuple[Path, Path, str]) -> None:
+    """[certify]: ε_cert on the first images of every main-seed model, under ε* and beside
+    ε_L, and the three-way card in the comparison table and the headline."""
+    _, out, output = study
+    comparison = pd.read_csv(out / "comparison.csv")
+    for name in ("natural", "lsq"):
+        table = pd.read_csv(out / "runs" / name / "certify" / "certify.csv")
+        assert len(table) == 4
+        minimal = pd.read_csv(out / "runs" / name / "minimal" / "minimal.csv").head(4)
+        assert (table["eps_star"].to_numpy() == minimal["eps_star"].to_numpy()).all()
+        assert (table["eps_cert"] <= table["eps_star"]).all()
+        assert set(table["group"]) <= {"conservative", "optimistic", "undecided",
+                                       "misclassified"}
+        row = comparison.set_index("run").loc[name]
+        correct = (table["group"] != "misclassified").sum()
+        assert row["certify_n"] == 4
+        assert row["eq4_proven_optimistic"] == pytest.approx(
+            (table["group"] == "optimistic").sum() / correct)
+    assert "With proofs, on the first 4 test images" in output
+    assert not (out / "l2" / "runs" / "natural" / "certify").exists()  # l_inf only
