@@ -24,6 +24,19 @@ from .registry import Plan, figure
 _CONSERVATIVE_COLOR, _OPTIMISTIC_COLOR = (sns.color_palette("colorblind")[i] for i in (0, 3))
 
 
+_PROVEN_COLOR = sns.color_palette("colorblind")[2]
+
+
+def _proven_conservative(run: Run, n: int) -> np.ndarray:
+    """Per example of the minimal table: whether ``certify.csv`` proves ε_L ≤ ε_cert."""
+    mask = np.zeros(n, dtype=bool)
+    if run.certify is not None and len(run.certify):
+        index = run.certify["index"].to_numpy(dtype=int)
+        keep = index < n
+        mask[index[keep]] = (run.certify["group"].to_numpy() == "conservative")[keep]
+    return mask
+
+
 def _minimal_runs(runs: Sequence[Run]) -> list[Run]:
     chosen = [r for r in runs if r.minimal is not None and len(r.minimal)]
     if not chosen:
@@ -99,6 +112,11 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
             ax.scatter(star[picked], eps_l[picked], s=size, color=color, marker=marker,
                        alpha=0.6, linewidths=0, zorder=3, gid=gid)
         drawn += [star[shown], eps_l[shown]]
+        proven = _proven_conservative(run, len(eps_l)) & shown
+        if proven.any():  # ε_L ≤ ε_cert: Eq. 4 is provably a lower bound there
+            ax.scatter(star[proven], eps_l[proven], s=30, facecolors="none",
+                       edgecolors=_PROVEN_COLOR, marker="s", linewidths=1.2, zorder=4,
+                       gid="proven-conservative")
         notes = []
         unbroken = int(np.isinf(star).sum())
         if unbroken:
@@ -130,8 +148,16 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
                Line2D([], [], color=_OPTIMISTIC_COLOR, marker="^", linestyle=""),
                Line2D([], [], color="black", linestyle="--")]
     labels = ["ε_L ≤ ε*: Eq. 4 conservative", "ε_L > ε*: Eq. 4 optimistic", "ε_L = ε*"]
+    certified = [r for r in chosen if r.certify is not None and len(r.certify)]
+    if certified:  # the three groups: proven conservative, proven optimistic, the rest
+        n_cert = max(len(r.certify) for r in certified)  # type: ignore[arg-type]
+        labels[0] = "ε_L ≤ ε*: undecided unless boxed"
+        handles.append(Line2D([], [], color=_PROVEN_COLOR, marker="s", markerfacecolor="none",
+                              linestyle=""))
+        labels.append(f"ε_L ≤ ε_cert (CROWN, first {n_cert}): provably conservative")
     fig.legend(handles, labels, loc="outside lower center",  # type: ignore[call-overload]
-               ncols=3 if cols > 1 else 1, frameon=False, fontsize=9)
+               ncols=(3 if len(labels) == 3 else 2) if cols > 1 else 1, frameon=False,
+               fontsize=9)
     fig.suptitle(eps_symbol("ε_L (Eq. 4) against ε*, per example", norm), fontsize=11,
                  fontweight="bold")
     return fig
