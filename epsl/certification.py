@@ -46,6 +46,7 @@ from epsl.bounds import (
     margin_threshold,
     trace_network,
 )
+from epsl.distributed import shard_map
 from epsl.errors import EpslError
 
 __all__ = ["CertifyOptions", "CertifyOutput", "certify", "exact_minimum"]
@@ -208,44 +209,63 @@ def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     eps_cert = torch.zeros(n, dtype=torch.float64)
     eps_ibp = torch.zeros(n, dtype=torch.float64)
     seconds = {"crown": 0.0, "ibp": 0.0}
-    for start in range(0, n, options.batch_size):
-        part = slice(start, start + options.batch_size)
+
+    def chunk(part: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ε_cert, ε_ibp) of one batch of examples (0 where misclassified)."""
+        cert_part = torch.zeros(part.stop - part.start, dtype=torch.float64)
+        ibp_part = torch.zeros_like(cert_part)
         ok = correct[part] & (upper[part] > 0)
-        idx = torch.arange(start, min(n, start + options.batch_size))[ok]
+        idx = torch.arange(part.start, part.stop)[ok]
         if len(idx):
             t0 = time.perf_counter()
-            eps_ibp[idx] = _bisect(network, x[idx], y[idx], upper[idx], threshold[idx], "ibp",
-                                   options.steps, options.budget, broken=broken[idx])
+            ibp = _bisect(network, x[idx], y[idx], upper[idx], threshold[idx], "ibp",
+                          options.steps, options.budget, broken=broken[idx])
             seconds["ibp"] += time.perf_counter() - t0
+            ibp_part[ok] = ibp
+            cert_part[ok] = ibp
             if options.method == "crown":
                 t0 = time.perf_counter()
                 # CROWN is at least as tight (intersected with IBP): start above IBP's radius
                 found = _bisect(network, x[idx], y[idx], upper[idx], threshold[idx], "crown",
-                                options.steps, options.budget, lo=eps_ibp[idx],
-                                broken=broken[idx])
-                eps_cert[idx] = torch.maximum(found, eps_ibp[idx])  # both sound
+                                options.steps, options.budget, lo=ibp, broken=broken[idx])
+                cert_part[ok] = torch.maximum(found, ibp)  # both sound
                 seconds["crown"] += time.perf_counter() - t0
-            else:
-                eps_cert[idx] = eps_ibp[idx]
-        if progress is not None:
-            progress(min(n, start + options.batch_size) - start)
+        return cert_part, ibp_part
+
+    # under torchrun each process bounds every N-th batch (epsl.distributed)
+    batches = [slice(i, min(n, i + options.batch_size)) for i in range(0, n, options.batch_size)]
+    pieces = shard_map(chunk, batches, progress=progress,
+                       sizes=[b.stop - b.start for b in batches])
+    if pieces:
+        eps_cert = torch.cat([p[0] for p in pieces])
+        eps_ibp = torch.cat([p[1] for p in pieces])
     out = CertifyOutput(eps_cert.numpy(), eps_ibp.numpy(), upper.numpy(), correct.numpy(),
                         seconds={k: round(v, 3) for k, v in seconds.items()})
     if options.exact:
         t0 = time.perf_counter()
-        rows = [exact_minimum(network, model, x[i], int(y[i]), float(upper[i]),
-                              time_limit=options.exact_time, floor=float(eps_cert[i]))
-                if bool(correct[i]) else _EXACT_CLEAN for i in range(n)]
-        out.eps_exact = np.array([r[0] for r in rows], dtype=np.float64)
-        out.eps_exact_lo = np.array([r[1] for r in rows], dtype=np.float64)
-        out.eps_exact_hi = np.array([r[2] for r in rows], dtype=np.float64)
-        out.eps_exact_point = np.array([r[3] for r in rows], dtype=np.float64)
-        out.exact_status = [r[4] for r in rows]
+
+        def solve(i: int) -> torch.Tensor:
+            row = exact_minimum(network, model, x[i], int(y[i]), float(upper[i]),
+                                time_limit=options.exact_time, floor=float(eps_cert[i])) \
+                if bool(correct[i]) else _EXACT_CLEAN
+            return torch.tensor([[*row[:4], float(EXACT_STATUS.index(row[4]))]],
+                                dtype=torch.float64)
+
+        # one example per chunk, shared among the ranks under torchrun
+        solved = shard_map(solve, list(range(n)))
+        rows = torch.cat(solved).numpy() if solved else np.zeros((0, 5))
+        out.eps_exact, out.eps_exact_lo, out.eps_exact_hi, out.eps_exact_point = \
+            (rows[:, k].copy() for k in range(4))
+        out.exact_status = [EXACT_STATUS[int(c)] for c in rows[:, 4]]
         out.seconds["exact"] = round(time.perf_counter() - t0, 3)
     return out
 
 
 _EXACT_CLEAN = (0.0, 0.0, 0.0, 0.0, "clean")
+#: what ``exact_status`` may say: solved, cut off by the time limit (the interval reached is
+#: reported), no class reachable inside ``hi``, a point the model does not misclassify, or
+#: misclassified at x
+EXACT_STATUS = ("optimal", "time limit", "beyond upper", "unverified point", "clean")
 
 # --------------------------------------------------------------------------- the exact MILP
 

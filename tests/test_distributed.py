@@ -244,7 +244,9 @@ def _worker(agent: int, rank: int) -> int | None:
     (["attack", "--attack", "square", "--eps", "0.1", "--steps", "50", "--batch-size", "32"],
      "attack.csv"),
     (["calibrate", "--fmn-steps", "10", "--fab-steps", "5", "--limit", "96"], "minimal.csv"),
-], ids=["diagnose", "pgd", "square", "eps-star"])
+    (["certify", "--fmn-steps", "10", "--fab-steps", "5", "--limit", "6", "--steps", "3",
+      "--batch-size", "2"], "certify.csv"),
+], ids=["diagnose", "pgd", "square", "eps-star", "certify"])
 def test_sharded_tables_equal_one_process(command: list[str], table: str,
                                           digits_checkpoint: Path, tmp_path: Path) -> None:
     """Rank 0 writes the table one process writes (every row, in order, no padding), and the
