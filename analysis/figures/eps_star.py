@@ -72,6 +72,25 @@ def _card_title(card: dict[str, Any]) -> str:
     return f"{first}\n{second}"
 
 
+def _legend(fig: Figure, chosen: Sequence[Run], cols: int) -> None:
+    """The groups' legend under the panels: optimistic, the rest, the identity and, where
+    ``certify.csv`` exists, the examples proven conservative."""
+    handles = [Line2D([], [], color=_CONSERVATIVE_COLOR, marker="o", linestyle=""),
+               Line2D([], [], color=_OPTIMISTIC_COLOR, marker="^", linestyle=""),
+               Line2D([], [], color="black", linestyle="--")]
+    labels = ["ε_L ≤ ε*: Eq. 4 conservative", "ε_L > ε*: Eq. 4 optimistic", "ε_L = ε*"]
+    certified = [r for r in chosen if r.certify is not None and len(r.certify)]
+    if certified:  # the three groups: proven conservative, proven optimistic, the rest
+        n_cert = max(len(r.certify) for r in certified)  # type: ignore[arg-type]
+        labels[0] = "ε_L ≤ ε*: undecided unless boxed"
+        handles.append(Line2D([], [], color=_PROVEN_COLOR, marker="s", markerfacecolor="none",
+                              linestyle=""))
+        labels.append(f"ε_L ≤ ε_cert (CROWN, first {n_cert}): provably conservative")
+    fig.legend(handles, labels, loc="outside lower center",  # type: ignore[call-overload]
+               ncols=(3 if len(labels) == 3 else 2) if cols > 1 else 1, frameon=False,
+               fontsize=9)
+
+
 def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
     """Eq. 4 example by example: ε_L (y) against ε* (x), the smallest perturbation a
     minimum-norm attack ensemble found (``minimal.csv`` of ``epsl calibrate``), one panel per
@@ -144,20 +163,7 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
         _plain_log_ticks(ax.xaxis, subs)
         _plain_log_ticks(ax.yaxis, subs)
     axes[0, 0].set(xlim=(lo, hi), ylim=(lo, hi))
-    handles = [Line2D([], [], color=_CONSERVATIVE_COLOR, marker="o", linestyle=""),
-               Line2D([], [], color=_OPTIMISTIC_COLOR, marker="^", linestyle=""),
-               Line2D([], [], color="black", linestyle="--")]
-    labels = ["ε_L ≤ ε*: Eq. 4 conservative", "ε_L > ε*: Eq. 4 optimistic", "ε_L = ε*"]
-    certified = [r for r in chosen if r.certify is not None and len(r.certify)]
-    if certified:  # the three groups: proven conservative, proven optimistic, the rest
-        n_cert = max(len(r.certify) for r in certified)  # type: ignore[arg-type]
-        labels[0] = "ε_L ≤ ε*: undecided unless boxed"
-        handles.append(Line2D([], [], color=_PROVEN_COLOR, marker="s", markerfacecolor="none",
-                              linestyle=""))
-        labels.append(f"ε_L ≤ ε_cert (CROWN, first {n_cert}): provably conservative")
-    fig.legend(handles, labels, loc="outside lower center",  # type: ignore[call-overload]
-               ncols=(3 if len(labels) == 3 else 2) if cols > 1 else 1, frameon=False,
-               fontsize=9)
+    _legend(fig, chosen, cols)
     fig.suptitle(eps_symbol("ε_L (Eq. 4) against ε*, per example", norm), fontsize=11,
                  fontweight="bold")
     return fig
