@@ -19,7 +19,7 @@ PAPER_ORDER = ["fig1_eps_l_panels", "fig2_logits", "fig3_ls_noise_ablation",
                "fig8_lsq_noise_ablation", "fig4_ls_gradients", "fig4_lsq_gradients",
                "fig5_landscape", "fig9_landscape", "fig10_penultimate_activity",
                "fig11_logit_activity", "accuracy_vs_eps", "eps_l_vs_eps_star",
-               "accuracy_vs_steps", "accuracy_vs_restarts"]
+               "certified_accuracy", "accuracy_vs_steps", "accuracy_vs_restarts"]
 FIGURES_DIR = Path(F.__file__).parent
 
 

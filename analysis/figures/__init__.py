@@ -28,6 +28,8 @@ fig_accuracy_vs_eps        ``accuracy``      Table 1 as curves: attacks and ε* 
                                              Eq. 4 prediction
 fig_eps_l_vs_eps_star      ``eps_star``      beyond the paper: ε_L against ε* (minimum-norm
                                              ensemble) per example
+fig_certified_accuracy     ``eps_star``      beyond the paper: certified accuracy (CROWN),
+                                             Eq. 4 and the accuracy by ε* against ε
 fig_accuracy_vs_steps      ``sweeps``        Table 11: PGD accuracy against the number of steps
 fig_accuracy_vs_restarts   ``sweeps``        Table 10: PGD accuracy against the number of
                                              restarts
@@ -46,7 +48,7 @@ from . import margins, landscape, activity, accuracy, eps_star, sweeps  # noqa: 
 from .accuracy import EPS_STAR_COLOR, EPS_STAR_LABEL, Style, eps_star_curve, fig_accuracy_vs_eps
 from .activity import fig_logit_activity, fig_penultimate_activity
 from .base import DPI, EPS_UNIT, palette, resolve_eps, save_figure
-from .eps_star import fig_eps_l_vs_eps_star, minimal_card
+from .eps_star import fig_certified_accuracy, fig_eps_l_vs_eps_star, minimal_card
 from .landscape import fig_landscape
 from .margins import (
     ABLATION_ROLES,
@@ -63,7 +65,8 @@ from .sweeps import fig_accuracy_vs_restarts, fig_accuracy_vs_steps
 __all__ = [
     "ABLATION_ROLES", "DPI", "EPS_STAR_COLOR", "EPS_STAR_LABEL", "EPS_UNIT", "FIGURES", "FigureSpec",
     "Plan", "RegisteredFigure", "Style", "ablation_runs", "eps_star_curve", "fig_accuracy_vs_eps",
-    "fig_accuracy_vs_restarts", "fig_accuracy_vs_steps", "fig_eps_l_panels", "fig_eps_l_vs_eps_star",
+    "fig_accuracy_vs_restarts", "fig_accuracy_vs_steps", "fig_certified_accuracy", "fig_eps_l_panels",
+    "fig_eps_l_vs_eps_star",
     "fig_gradient_norms", "fig_landscape", "fig_logit_activity", "fig_logits", "fig_noise_ablation",
     "fig_penultimate_activity", "figure", "figure_specs", "minimal_card", "palette", "render_all",
     "resolve_eps", "save_figure", "sweep_runs",

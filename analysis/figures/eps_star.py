@@ -13,6 +13,7 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import PercentFormatter
 
 from epsl.errors import EpslError
 
@@ -175,3 +176,66 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
 def _plan_eps_l_vs_eps_star(runs: list[Run], eps: float | None) -> Plan | None:
     calibrated = [r for r in runs if r.minimal is not None and len(r.minimal)]
     return Plan(partial(fig_eps_l_vs_eps_star, calibrated), calibrated) if calibrated else None
+
+
+def _share_above(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """share(values > ε) at every ε of ``grid``."""
+    return (values[None, :] > grid[:, None]).mean(axis=1)
+
+
+def fig_certified_accuracy(runs: Sequence[Run]) -> Figure:
+    """With proofs, one panel per run with a ``certify.csv`` (``epsl certify``): on its
+    certified images, the certified accuracy share(ε_cert > ε) (green), Eq. 4's share(ε_L > ε)
+    (black) and the accuracy by ε*, share(ε* > ε) (purple), as step curves over ε. The true
+    robust accuracy lies between the green and the purple curve at every ε. Where Eq. 4's
+    curve lies above the purple one it provably overstates the accuracy; below the green one
+    it is provably conservative."""
+    from .accuracy import EPS_STAR_COLOR
+
+    chosen = [r for r in runs if r.certify is not None and len(r.certify)]
+    if not chosen:
+        raise EpslError("no run has a certify table (certify.csv, from epsl certify)")
+    cols = min(3, len(chosen))
+    rows = math.ceil(len(chosen) / cols)
+    fig = _figure(3.4 * cols + 0.6, 2.9 * rows + 1.1)
+    axes = _axes(fig, rows, cols, sharex=True, sharey=True)
+    tables = [r.certify for r in chosen]
+    finite = np.concatenate([t[c].to_numpy(dtype=float) for t in tables  # type: ignore[index]
+                             for c in ("eps_cert", "eps_l", "eps_star")])
+    finite = finite[np.isfinite(finite)]
+    end = float(finite.max()) * 1.05 if finite.size else 1.0
+    lines = ((_PROVEN_COLOR, "eps_cert", "certified (CROWN): share with ε_cert > ε"),
+             ("black", "eps_l", "Eq. 4: share with ε_L > ε"),
+             (EPS_STAR_COLOR, "eps_star", "by ε* (min-norm ensemble): share with ε* > ε"))
+    for k, ax in enumerate(axes.ravel()):
+        if k >= len(chosen):
+            ax.set_visible(False)
+            continue
+        table = tables[k]
+        assert table is not None
+        columns = {c: table[c].to_numpy(dtype=float) for _, c, _ in lines}
+        points = np.concatenate([v[np.isfinite(v)] for v in columns.values()])
+        grid = np.unique(np.concatenate([[0.0], points[points <= end], [end]]))
+        for color, column, _ in lines:
+            ax.plot(grid, _share_above(columns[column], grid), color=color, linewidth=2.0,
+                    drawstyle="steps-post", gid=column)
+        ax.set_title(f"{chosen[k].label} ({len(table)} images)", fontsize=10)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.set_xlabel(f"ε ({EPS_UNIT})" if k // cols == rows - 1 or k + cols >= len(chosen)
+                      else "", fontsize=9)
+        ax.set_ylabel("accuracy" if k % cols == 0 else "")
+    axes[0, 0].set(ylim=(-0.02, 1.02), xlim=(0, end))
+    fig.legend([Line2D([], [], color=c, linewidth=2.0) for c, _, _ in lines],
+               [label for _, _, label in lines], loc="outside lower center",  # type: ignore[call-overload]
+               ncols=3 if cols > 1 else 1, frameon=False, fontsize=9)
+    fig.suptitle("With proofs: certified accuracy ≤ true accuracy ≤ accuracy by ε*, beside "
+                 "Eq. 4 (ℓ∞)", fontsize=11, fontweight="bold")
+    return fig
+
+
+@figure("certified_accuracy", "The certified accuracy (CROWN's ε_cert), Eq. 4's prediction and "
+        "the accuracy by ε* against ε on the certified images; the true accuracy lies between "
+        "the certified and the ε* curve.", needs=("certify",))
+def _plan_certified_accuracy(runs: list[Run], eps: float | None) -> Plan | None:
+    certified = [r for r in runs if r.certify is not None and len(r.certify)]
+    return Plan(partial(fig_certified_accuracy, certified), certified) if certified else None
