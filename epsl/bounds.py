@@ -258,40 +258,21 @@ class Network:
     _jacobians: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def set_shapes(self, example: torch.Tensor) -> None:
+        """Each op's per-example output shape, and each affine op's ``constant`` fn(0)."""
         values: list[torch.Tensor] = []
         with torch.no_grad():
             for op in self.ops:
-                if op.kind == "input":
-                    value = example[:1]
-                elif op.kind == "affine":
+                if op.kind == "affine":
                     assert op.fn is not None
-                    value = op.fn(values[op.inputs[0]])
-                    zero = torch.zeros_like(values[op.inputs[0]])
-                    op.constant = op.fn(zero)[0]
-                elif op.kind == "add":
-                    value = values[op.inputs[0]] + values[op.inputs[1]]
-                elif op.kind == "relu":
-                    value = values[op.inputs[0]].clamp_min(0)
-                else:
-                    k, s = op.pool
-                    value = F.max_pool2d(values[op.inputs[0]], k, s)
-                op.shape = tuple(value.shape[1:])
-                values.append(value)
+                    op.constant = op.fn(torch.zeros_like(values[op.inputs[0]]))[0]
+                values.append(example[:1] if op.kind == "input" else _value(op, values))
+                op.shape = tuple(values[-1].shape[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The logits of the float64 network on ``x`` (for checks)."""
         values: list[torch.Tensor] = []
         for op in self.ops:
-            if op.kind == "input":
-                values.append(x.double())
-            elif op.kind == "affine":
-                values.append(op.fn(values[op.inputs[0]]))  # type: ignore[misc]
-            elif op.kind == "add":
-                values.append(values[op.inputs[0]] + values[op.inputs[1]])
-            elif op.kind == "relu":
-                values.append(values[op.inputs[0]].clamp_min(0))
-            else:
-                values.append(F.max_pool2d(values[op.inputs[0]], *op.pool))
+            values.append(x.double() if op.kind == "input" else _value(op, values))
         return values[-1]
 
     # ------------------------------------------------------------------ interval bounds
@@ -301,20 +282,7 @@ class Network:
         """IBP bounds of every op's output for inputs in the box [lower, upper] (N x ...)."""
         bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
         for op in self.ops:
-            if op.kind == "input":
-                bounds.append((lower, upper))
-                continue
-            lo, hi = bounds[op.inputs[0]]
-            if op.kind == "affine":
-                centre, radius = op.fn((lo + hi) / 2), op.abs_linear((hi - lo) / 2)  # type: ignore[misc]
-                bounds.append((centre - radius, centre + radius))
-            elif op.kind == "add":
-                lo2, hi2 = bounds[op.inputs[1]]
-                bounds.append((lo + lo2, hi + hi2))
-            elif op.kind == "relu":
-                bounds.append((lo.clamp_min(0), hi.clamp_min(0)))
-            else:
-                bounds.append((F.max_pool2d(lo, *op.pool), F.max_pool2d(hi, *op.pool)))
+            bounds.append((lower, upper) if op.kind == "input" else _interval(op, bounds))
         return bounds
 
     def exact_interval(self) -> list[bool]:
@@ -385,11 +353,7 @@ class Network:
         lo, hi = bound  # N x C x H x W
         n, s = coef.shape[:2]
         c, h, w = lo.shape[1:]
-        windows_lo = F.unfold(lo, k, stride=stride).view(n, c, k * k, -1)
-        windows_hi = F.unfold(hi, k, stride=stride).view(n, c, k * k, -1)
-        best = windows_lo.argmax(dim=2, keepdim=True)  # j*: the largest lower bound
-        best_lo = windows_lo.gather(2, best)
-        others = windows_hi.scatter(2, best, float("-inf")).amax(dim=2, keepdim=True)
+        windows_hi, best, best_lo, others = _windows(op, lo, hi)
         decided = best_lo >= others  # z_j* is the max everywhere in the ball
         top = windows_hi.amax(dim=2)  # N x C x L: the constant upper bound
         flat = coef.reshape(n, s, c, -1)  # N x S x C x L
@@ -453,18 +417,7 @@ class Network:
         """Recompute the interval bounds of ops from ``start`` on from the ones before,
         intersected with the ones already known (both sound)."""
         for i in range(start, len(self.ops)):
-            op = self.ops[i]
-            lo, hi = bounds[op.inputs[0]]
-            if op.kind == "affine":
-                centre, radius = op.fn((lo + hi) / 2), op.abs_linear((hi - lo) / 2)  # type: ignore[misc]
-                new = (centre - radius, centre + radius)
-            elif op.kind == "add":
-                lo2, hi2 = bounds[op.inputs[1]]
-                new = (lo + lo2, hi + hi2)
-            elif op.kind == "relu":
-                new = (lo.clamp_min(0), hi.clamp_min(0))
-            else:
-                new = (F.max_pool2d(lo, *op.pool), F.max_pool2d(hi, *op.pool))
+            new = _interval(self.ops[i], bounds)
             bounds[i] = (torch.maximum(new[0], bounds[i][0]), torch.minimum(new[1], bounds[i][1]))
         return bounds
 
@@ -531,16 +484,54 @@ class Network:
         return self._jacobians[i]
 
 
+def _value(op: Op, values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The output of a non-input op from the outputs of the ops before it."""
+    first = values[op.inputs[0]]
+    if op.kind == "affine":
+        return op.fn(first)  # type: ignore[misc]
+    if op.kind == "add":
+        return first + values[op.inputs[1]]
+    if op.kind == "relu":
+        return first.clamp_min(0)
+    return F.max_pool2d(first, *op.pool)
+
+
+def _interval(op: Op, bounds: Sequence[tuple[torch.Tensor, torch.Tensor]]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The interval bound of a non-input op from the bounds of the ops before it."""
+    lo, hi = bounds[op.inputs[0]]
+    if op.kind == "affine":
+        centre, radius = op.fn((lo + hi) / 2), op.abs_linear((hi - lo) / 2)  # type: ignore[misc]
+        return centre - radius, centre + radius
+    if op.kind == "add":
+        lo2, hi2 = bounds[op.inputs[1]]
+        return lo + lo2, hi + hi2
+    if op.kind == "relu":
+        return lo.clamp_min(0), hi.clamp_min(0)
+    return F.max_pool2d(lo, *op.pool), F.max_pool2d(hi, *op.pool)
+
+
+def _windows(pool: Op, lo: torch.Tensor, hi: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A max pool's windows of the bounds of its input (N x C x H x W): the upper bounds
+    (N x C x k² x L), j* (the index of the largest lower bound in each window), that lower
+    bound, and the largest upper bound of the window's other inputs (each N x C x 1 x L)."""
+    k, stride = pool.pool
+    n, c = lo.shape[:2]
+    windows_lo = F.unfold(lo, k, stride=stride).view(n, c, k * k, -1)
+    windows_hi = F.unfold(hi, k, stride=stride).view(n, c, k * k, -1)
+    best_lo, best = windows_lo.max(dim=2, keepdim=True)
+    others = windows_hi.scatter(2, best, float("-inf")).amax(dim=2, keepdim=True)
+    return windows_hi, best, best_lo, others
+
+
 def _pool_candidates(pool: Op, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """N x C x H x W: the inputs that may be the max of a window that the bounds leave
     undecided (their upper bound reaches the window's largest lower bound). Tighter bounds of
     the others change nothing: they can never be the max."""
     k, stride = pool.pool
     n, c, h, w = lo.shape
-    windows_lo = F.unfold(lo, k, stride=stride).view(n, c, k * k, -1)
-    windows_hi = F.unfold(hi, k, stride=stride).view(n, c, k * k, -1)
-    best_lo, best = windows_lo.max(dim=2, keepdim=True)
-    others = windows_hi.scatter(2, best, float("-inf")).amax(dim=2, keepdim=True)
+    windows_hi, _, best_lo, others = _windows(pool, lo, hi)
     undecided = best_lo < others
     candidate = (windows_hi >= best_lo) & undecided
     mask = F.fold(candidate.to(lo.dtype).view(n, c * k * k, -1), (h, w), k, stride=stride)
@@ -569,24 +560,17 @@ def ball(x: torch.Tensor, eps: torch.Tensor | float) -> tuple[torch.Tensor, torc
 
 
 def crown_margins(network: Network, x: torch.Tensor, y: torch.Tensor,
-                  eps: torch.Tensor | float, *, budget: int = 2 ** 20) -> torch.Tensor:
+                  eps: torch.Tensor | float, *, budget: int = 2 ** 20,
+                  with_intervals: bool = True) -> torch.Tensor:
     """N x (K-1): CROWN lower bounds of ``z_y - z_c`` (c != y, in class order) over the ball
-    of radius ``eps`` around each ``x`` in the box."""
+    of radius ``eps`` around each ``x`` in the box, intersected with the interval bounds of the
+    logits unless ``with_intervals`` is False (CROWN's own, to compare the two)."""
     lower, upper = ball(x, eps)
     bounds = network.bounds(lower, upper, method="crown", budget=budget)
     last = len(network.ops) - 1
     spec = _margin_spec(y, network.ops[-1].shape[0])
     crown = network.backward(last, spec, bounds, lower, upper)
-    return torch.maximum(crown, _interval_margins(bounds[last], y))
-
-
-def crown_margins_raw(network: Network, x: torch.Tensor, y: torch.Tensor,
-                      eps: torch.Tensor | float) -> torch.Tensor:
-    """CROWN's margin bounds alone (not intersected with IBP at the output), for tests."""
-    lower, upper = ball(x, eps)
-    bounds = network.bounds(lower, upper, method="crown")
-    spec = _margin_spec(y, network.ops[-1].shape[0])
-    return network.backward(len(network.ops) - 1, spec, bounds, lower, upper)
+    return torch.maximum(crown, _interval_margins(bounds[last], y)) if with_intervals else crown
 
 
 def ibp_margins(network: Network, x: torch.Tensor, y: torch.Tensor,

@@ -27,7 +27,6 @@ threshold so large that it costs more than float64's time.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -442,21 +441,12 @@ def _verify(model: nn.Module, x: torch.Tensor, label: int, point: np.ndarray) ->
     up to 1e-5 in relative size until the model misclassifies it; +inf if it never does."""
     x0 = x.double().flatten()
     delta = torch.as_tensor(point, dtype=torch.float64) - x0
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.no_grad():
         for scale in (1.0, 1 + 1e-7, 1 + 1e-6, 1 + 1e-5):
             candidate = (x0 + delta * scale).clamp(0.0, 1.0)
-            device = next((p.device for p in model.parameters()), torch.device("cpu"))
             logits = model(candidate.to(x.dtype).view(1, *x.shape).to(device))
             if int(logits.argmax(1)) != label:
                 return float((candidate.to(x.dtype).double() - x0).abs().max())
     return math.inf
 
-
-def options_from(raw: dict[str, Any]) -> CertifyOptions:
-    """A :class:`CertifyOptions` from a mapping of its fields (presets, records)."""
-    names = {f.name for f in dataclasses.fields(CertifyOptions)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise EpslError(f"unknown certify settings: {', '.join(unknown)}; known: "
-                        f"{', '.join(sorted(names))}")
-    return CertifyOptions(**raw)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from epsl.analysis.calibration import proof_card, proof_groups
 from epsl.certification import CertifyOptions, certify
@@ -149,9 +148,3 @@ def ensure_certify(ev: Evaluation, folder: Path, config: CertifyConfig, *,
     result.save(folder, table_format=config.table_format)
     return result, True
 
-
-def certify_frame(result: Result) -> pd.DataFrame:
-    """The per-example table of a ``certify`` result (loaded or computed)."""
-    if result.table is None:
-        raise EpslError("the certify result has no table")
-    return result.table
