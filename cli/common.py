@@ -141,7 +141,7 @@ data_options = _compose(
     click.option("--data", "data", type=click.Path(dir_okay=False), default=None,
                  help="Your own .npz with x (NxCxHxW in [0,1] or uint8) and y; overrides --dataset."),
     click.option("--data-root", type=click.Path(file_okay=False), default=None,
-                 help="Folder holding MNIST/CIFAR/Fashion-MNIST files."),
+                 help="Folder holding MNIST/CIFAR/Fashion-MNIST files, or ImageNet's val/<wnid>/*.JPEG."),
     click.option("--download", is_flag=True, help="Download torchvision datasets into --data-root."),
 )
 
@@ -151,6 +151,11 @@ eval_data_options = _compose(
                  help="Which split to evaluate."),
     click.option("--limit", type=click.IntRange(min=1), default=None,
                  help="Evaluate only the first N examples of the split."),
+    click.option("--sample", type=click.IntRange(min=1), default=None,
+                 help="Evaluate a fixed random N examples of the split, in index order "
+                      "(drawn with --sample-seed; not with --limit)."),
+    click.option("--sample-seed", type=int, default=default(DataConfig, "sample_seed"),
+                 show_default=True, help="Seed of the --sample draw."),
 )
 
 checkpoint_options = _compose(
@@ -184,6 +189,8 @@ def data_config(checkpoint: str | None, options: dict[str, Any]) -> DataConfig:
                       data=options.get("data"), data_root=options.get("data_root"),
                       download=bool(options.get("download")),
                       split=options.get("split", "test"), limit=options.get("limit"),
+                      sample=options.get("sample"),
+                      sample_seed=options.get("sample_seed", default(DataConfig, "sample_seed")),
                       arch=options.get("arch"), model=options.get("model_factory"),
                       model_dir=options.get("model_dir"), device=options.get("device", "auto"))
 

@@ -14,7 +14,7 @@ from torch import nn
 
 import epsl
 from epsl.checkpoint import check_dataset, load, weights_file
-from epsl.data import Split, load_split
+from epsl.data import Split, check_selection, load_split, preprocessing_for
 from epsl.device import resolve_device
 from epsl.errors import EpslError
 from epsl.records import COMMAND, Provenance, file_sha256
@@ -53,6 +53,9 @@ class DataConfig:
     download: bool = False
     split: str = "test"
     limit: int | None = None
+    #: a fixed random subset of this many examples, drawn with ``sample_seed`` (not with limit)
+    sample: int | None = None
+    sample_seed: int = 0
     arch: str | None = None
     model: str | None = None
     device: str = "auto"
@@ -60,8 +63,7 @@ class DataConfig:
     model_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise EpslError(f"limit must be at least 1 (got {self.limit})")
+        check_selection(self.limit, self.sample)
 
     def for_checkpoint(self, checkpoint: Path | str) -> DataConfig:
         return replace(self, checkpoint=str(checkpoint))
@@ -70,7 +72,8 @@ class DataConfig:
         if self.checkpoint is None:
             raise EpslError("DataConfig.checkpoint is not set: which checkpoint to evaluate?")
         return prepare(self.checkpoint, dataset=self.dataset, data=self.data, split=self.split,
-                       limit=self.limit, arch=self.arch, model=self.model,
+                       limit=self.limit, sample=self.sample, sample_seed=self.sample_seed,
+                       arch=self.arch, model=self.model,
                        data_root=self.data_root, download=self.download,
                        model_dir=self.model_dir, device=self.device)
 
@@ -86,17 +89,20 @@ def load_model(checkpoint: Path | str, *, arch: str | None = None, model: str | 
 
 
 def prepare(checkpoint: Path | str, *, dataset: str | None = None, data: Path | str | None = None,
-            split: str = "test", limit: int | None = None, arch: str | None = None,
+            split: str = "test", limit: int | None = None, sample: int | None = None,
+            sample_seed: int = 0, arch: str | None = None,
             model: str | None = None, data_root: Path | str | None = None,
             download: bool = False, model_dir: Path | str | None = None,
             device: str | torch.device = "auto") -> Evaluation:
-    """Load ``checkpoint`` and the first ``limit`` examples of ``split``.
+    """Load ``checkpoint`` and the first ``limit`` examples of ``split`` (or a seeded
+    ``sample`` of them: :func:`epsl.data.load_split`).
 
-    ``dataset`` defaults to the checkpoint's own. The input shape and class count are checked
-    against the checkpoint, and one forward pass proves the model accepts the data.
+    ``dataset`` defaults to the checkpoint's own. Image files are decoded as the model's
+    metadata asks (:func:`epsl.data.preprocessing_for`), which is why the model loads first.
+    The input shape and class count are checked against the checkpoint, and one forward pass
+    proves the model accepts the data.
     """
-    if limit is not None and limit < 1:
-        raise EpslError(f"limit must be at least 1 (got {limit})")
+    check_selection(limit, sample)
     net, meta, dev = load_model(checkpoint, arch=arch, model=model, dataset=dataset,
                                 model_dir=model_dir, device=device)
     name = dataset or meta.get("dataset") or "digits"
@@ -105,8 +111,9 @@ def prepare(checkpoint: Path | str, *, dataset: str | None = None, data: Path | 
         warnings.warn(f"{checkpoint} was trained on {trained_on}, not {dataset}: its numbers on "
                       f"{dataset} say little about its robustness; pass dataset={trained_on} "
                       "unless this is what you want", stacklevel=2)
-    examples = load_split(name, split, data=data, data_root=data_root,
-                          download=download).subset(limit)
+    examples = load_split(name, split, data=data, data_root=data_root, download=download,
+                          limit=limit, sample=sample, sample_seed=sample_seed,
+                          preprocessing=preprocessing_for(meta))
     if len(examples) == 0:
         raise EpslError("the data set is empty")
     check_fits(net, meta, examples, checkpoint, dev)
@@ -159,10 +166,16 @@ def provenance(ev: Evaluation, settings: Mapping[str, Any], *, examples: Split |
     """The provenance of a result made from ``ev``'s checkpoint on ``examples`` (default: all
     of ``ev.data``) with ``settings``, and ``source`` for a transfer attack. Built here only."""
     data = examples if examples is not None else ev.data
+    record: dict[str, Any] = {"dataset": data.info.name, "split": data.split,
+                              "source": data.source, "n": len(data), "sha256": data_sha256(data)}
+    if data.transform is not None:  # decoded from image files
+        record["transform"] = data.transform
+    if data.sample is not None:  # a seeded sample: which rows of the split these are
+        record |= {"sample": data.sample, "sample_seed": data.sample_seed,
+                   "indices": [] if data.indices is None else data.indices.tolist()}
     return Provenance(
         checkpoint=ev.checkpoint, checkpoint_sha256=file_sha256(ev.weights),
-        data={"dataset": data.info.name, "split": data.split, "source": data.source,
-              "n": len(data), "sha256": data_sha256(data)},
+        data=record,
         settings=dict(settings), model=ev.meta,
         source=None if source is None else {"checkpoint": str(source),
                                             "checkpoint_sha256": file_sha256(

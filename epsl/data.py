@@ -7,6 +7,12 @@ and integer labels (N,). Row order is the example index in every per-example out
   (``/usr/share/datasets/fashion-mnist``) or from ``--data-root``.
 - ``mnist``, ``cifar10``, ``cifar100``: torchvision, from ``--data-root`` (``download`` only
   when asked).
+- ``imagenet``: the ILSVRC2012 validation images from ``--data-root``, as
+  ``ROOT/val/<wnid>/*.JPEG`` (or ``ROOT/<wnid>/*.JPEG``; ``train`` reads ``ROOT/train``), in
+  torchvision's ``ImageFolder`` order: the 1000 sorted WordNet ids are the class indices 0..999
+  (RobustBench's and timm's order). Only the selected images are decoded (:func:`load_split`'s
+  ``limit``/``sample``), by :class:`Preprocessing`: ``Resize(256) + CenterCrop(224) +
+  ToTensor()`` unless the model's metadata names its own (:func:`preprocessing_for`).
 - bring your own: an ``.npz`` with ``x`` (N x C x H x W, float in [0, 1] or uint8) and ``y``;
   optional ``x_train``/``y_train``/``x_test``/``y_test`` give per-split arrays.
 """
@@ -14,10 +20,14 @@ and integer labels (N,). Row order is the example index in every per-example out
 from __future__ import annotations
 
 import gzip
+import math
+import os
+import re
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +62,13 @@ class Split:
     info: DatasetInfo
     split: str
     source: str  # provenance, e.g. the path read
+    #: how image files became ``x`` (:class:`Preprocessing`); None for data held as arrays
+    transform: str | None = None
+    #: a seeded sample (:func:`sample_indices`): its size, its seed and each row's index in
+    #: the whole split; None where the rows are the split's first ones
+    sample: int | None = None
+    sample_seed: int | None = None
+    indices: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -60,10 +77,25 @@ class Split:
         """The first ``limit`` examples (all of them for ``None``)."""
         if limit is None or limit >= len(self):
             return self
-        return Split(self.x[:limit], self.y[:limit], self.info, self.split, self.source)
+        return replace(self, x=self.x[:limit], y=self.y[:limit],
+                       indices=None if self.indices is None else self.indices[:limit])
 
 
-Loader = Callable[[str, "Path | None", bool], Split]
+@dataclass(frozen=True)
+class ImageFiles:
+    """A split held as image files, decoded only once selected (:func:`load_split`):
+    ``samples`` are (path, class index) in ``ImageFolder`` order."""
+
+    samples: tuple[tuple[str, int], ...]
+    info: DatasetInfo
+    split: str
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+Loader = Callable[[str, "Path | None", bool], "Split | ImageFiles"]
 DATASETS: Registry[Loader] = Registry("dataset")
 
 INFOS = {
@@ -74,6 +106,8 @@ INFOS = {
                            (0.2470, 0.2435, 0.2616), augment=True),
     "cifar100": DatasetInfo("cifar100", (3, 32, 32), 100, (0.5071, 0.4865, 0.4409),
                             (0.2673, 0.2564, 0.2762), augment=True),
+    "imagenet": DatasetInfo("imagenet", (3, 224, 224), 1000, (0.485, 0.456, 0.406),
+                            (0.229, 0.224, 0.225)),
 }
 
 
@@ -183,6 +217,260 @@ for _name in ("mnist", "cifar10", "cifar100"):
     DATASETS.register(_name)(_torchvision_loader(_name))
 
 
+# --------------------------------------------------------------------------- image folders
+
+#: timm's ``DEFAULT_CROP_PCT``: 224 / 0.875 = 256, the classic Resize(256) + CenterCrop(224)
+DEFAULT_CROP_PCT = 0.875
+WNID = re.compile(r"n\d{8}")
+IMAGENET_CLASSES = 1000
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image file becomes a C x H x W tensor in [0, 1], with torchvision's transforms:
+    resize (``mode="center"``: the shorter side to ``resize``, keeping the aspect ratio;
+    ``"squash"``: both sides to ``resize``; ``resize=None``: no resize), ``CenterCrop(size)``,
+    ``ToTensor()``. No normalisation: that is inside the model."""
+
+    size: int = 224
+    resize: int | None = 256
+    interpolation: str = "bilinear"
+    mode: str = "center"
+
+    def __str__(self) -> str:
+        crop = f"CenterCrop({self.size}) + ToTensor()"
+        if self.resize is None:
+            return crop
+        side = self.resize if self.mode == "center" else (self.resize, self.resize)
+        return f"Resize({side}, {self.interpolation}) + {crop}"
+
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        from torchvision import transforms
+
+        if self.mode not in ("center", "squash"):
+            raise EpslError(f"preprocessing crop mode {self.mode!r} is not supported (only "
+                            "'center' and 'squash', as timm names them)")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise EpslError(f"preprocessing interpolation {self.interpolation!r} is not one of "
+                            f"{', '.join(_INTERPOLATIONS)}")
+        steps: list[Any] = []
+        if self.resize is not None:
+            side = self.resize if self.mode == "center" else (self.resize, self.resize)
+            steps.append(transforms.Resize(
+                side, interpolation=transforms.InterpolationMode(self.interpolation)))
+        steps += [transforms.CenterCrop(self.size), transforms.ToTensor()]
+        return transforms.Compose(steps)  # type: ignore[no-any-return]
+
+
+def _interpolation(value: Any) -> str:
+    # torchvision records "InterpolationMode.BILINEAR", timm "bicubic"
+    return str(value or "bilinear").rsplit(".", 1)[-1].lower()
+
+
+def preprocessing_for(meta: Mapping[str, Any] | None) -> Preprocessing:
+    """The preprocessing a model's metadata asks for, first match wins:
+
+    - timm's ``pretrained_cfg`` (``input_size``, ``crop_pct``, ``interpolation``, ``crop_mode``):
+      as ``timm.data.transforms_imagenet_eval`` computes it, ``resize = floor(size / crop_pct)``;
+    - torchvision's ``preprocessing`` (``resize_size``, ``crop_size``, ``interpolation``);
+    - RobustBench's ``preprocessing`` name (``Res256Crop224``, ``BicubicRes256Crop224``,
+      ``Crop288``, ``Res224``: squash to 224 x 224);
+    - the model's ``input_shape`` (C, S, S): ``CenterCrop(S)`` after ``Resize(floor(S / 0.875))``;
+    - otherwise ``Resize(256) + CenterCrop(224)``, bilinear.
+    """
+    meta = meta or {}
+    cfg = meta.get("pretrained_cfg")
+    if isinstance(cfg, Mapping) and cfg.get("input_size"):
+        size = int(cfg["input_size"][-1])
+        crop_pct = float(cfg.get("crop_pct") or DEFAULT_CROP_PCT)
+        return Preprocessing(size=size, resize=math.floor(size / crop_pct),
+                             interpolation=_interpolation(cfg.get("interpolation")),
+                             mode=str(cfg.get("crop_mode") or "center"))
+    given = meta.get("preprocessing")
+    if isinstance(given, Mapping) and given.get("crop_size"):
+        sizes = list(given.get("resize_size") or [])
+        return Preprocessing(size=int(given["crop_size"]), resize=int(sizes[0]) if sizes else None,
+                             interpolation=_interpolation(given.get("interpolation")))
+    if isinstance(given, str):
+        named = re.fullmatch(r"(Bicubic)?(?:Res(\d+))?(?:Crop(\d+))?", given)
+        if named and (named.group(2) or named.group(3)):
+            resize = int(named.group(2)) if named.group(2) else None
+            crop = int(named.group(3)) if named.group(3) else None
+            return Preprocessing(size=crop or int(resize or 224), resize=resize,
+                                 interpolation="bicubic" if named.group(1) else "bilinear",
+                                 mode="center" if crop else "squash")
+    shape = meta.get("input_shape")
+    if isinstance(shape, Sequence) and len(shape) == 3 and shape[1] == shape[2]:
+        size = int(shape[-1])
+        return Preprocessing(size=size, resize=math.floor(size / DEFAULT_CROP_PCT))
+    return Preprocessing()
+
+
+def _image_folder(data_root: Path, split: str) -> Path:
+    """``ROOT/val`` (``ROOT/train``), or ROOT itself where it holds the wnid folders."""
+    if not data_root.is_dir():
+        raise EpslError(f"data_root={data_root}: no such folder")
+    folder = data_root / ("val" if split == "test" else "train")
+    if folder.is_dir():
+        return folder
+    if split == "test" and any(p.is_dir() and WNID.fullmatch(p.name) for p in data_root.iterdir()):
+        return data_root
+    raise EpslError(f"{data_root}: not an ImageNet folder (expected {folder}/<wnid>/*.JPEG, one "
+                    "folder per WordNet id such as n01440764, as torchvision's ImageFolder reads)")
+
+
+@DATASETS.register("imagenet")
+def _imagenet(split: str, data_root: Path | None, download: bool) -> ImageFiles:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    if download:
+        raise EpslError("imagenet cannot be downloaded (image-net.org asks for a sign-up); drop "
+                        "download=True and pass data_root=DIR holding val/<wnid>/*.JPEG")
+    if data_root is None:
+        raise EpslError("imagenet needs data_root=DIR holding val/<wnid>/*.JPEG (the ILSVRC2012 "
+                        "validation images in one folder per WordNet id)")
+    folder = _image_folder(data_root, split)
+    try:
+        classes, class_to_idx = find_classes(str(folder))
+    except FileNotFoundError:  # torchvision: "Couldn't find any class folder in ..."
+        classes, class_to_idx = [], {}
+    strange = [name for name in classes if not WNID.fullmatch(name)]
+    if strange:
+        raise EpslError(f"{folder / strange[0]}: not a WordNet id (n and 8 digits, such as "
+                        f"n01440764); {folder} may hold only the {IMAGENET_CLASSES} class folders")
+    if len(classes) != IMAGENET_CLASSES:
+        raise EpslError(f"{folder}: {len(classes)} class folders, ImageNet has "
+                        f"{IMAGENET_CLASSES} (a class index is its wnid's place in sorted order, "
+                        "so every wnid folder must be there; it may be empty)")
+    samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    if not samples:
+        raise EpslError(f"{folder}: the {IMAGENET_CLASSES} class folders hold no images "
+                        f"({', '.join(IMG_EXTENSIONS)})")
+    return ImageFiles(tuple(samples), INFOS["imagenet"], split, str(folder))
+
+
+class _Images(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """The selected files through the transform; a file that does not decode comes back as
+    its one-line message, raised by the main process (a worker's exception would carry its
+    traceback)."""
+
+    def __init__(self, paths: list[str], transform: Callable[[Any], torch.Tensor]) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor | str:
+        from torchvision.datasets.folder import default_loader
+
+        try:
+            return self.transform(default_loader(self.paths[i]))
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL: UnidentifiedImageError, truncated
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            return f"{self.paths[i]}: cannot decode the image ({reason})"
+
+
+def _as_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def _memory_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes; None where there is none (not Linux)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _workers(n: int, batch_size: int) -> int:
+    if n <= batch_size:  # starting workers costs more than a batch decoded here
+        return 0
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
+               (os.cpu_count() or 1))
+
+
+def decode_images(files: ImageFiles, indices: Sequence[int] | np.ndarray, preprocessing: Preprocessing, *,
+                  workers: int | None = None, batch_size: int = 64) -> Split:
+    """The images ``files.samples[indices]`` decoded by ``preprocessing`` with a torch
+    ``DataLoader`` (``workers`` processes, default: one per CPU up to 8), into one float tensor
+    len(indices) x 3 x size x size in [0, 1].
+
+    Refused when that tensor would take more than half the memory available: the selection
+    (``limit``/``sample``) decides how much is decoded, never the folder's size.
+    """
+    transform = preprocessing.transform()
+    shape = (3, preprocessing.size, preprocessing.size)
+    need = len(indices) * math.prod(shape) * 4
+    available = _memory_available()
+    if available is not None and need > available / 2:
+        raise EpslError(f"{files.source}: {len(indices)} images of {shape[1]}x{shape[2]} take "
+                        f"{need / 2**30:.1f} GiB as float32, more than half the memory available "
+                        f"({available / 2**30:.1f} GiB); pass limit=N or sample=N for fewer")
+    paths = [files.samples[i][0] for i in indices]
+    loader = torch.utils.data.DataLoader(
+        _Images(paths, transform), batch_size=batch_size, shuffle=False,
+        num_workers=_workers(len(paths), batch_size) if workers is None else workers,
+        collate_fn=_as_list)
+    x = torch.empty((len(paths), *shape), dtype=torch.float32)
+    done = 0
+    for batch in loader:
+        for image in batch:
+            if isinstance(image, str):
+                raise EpslError(image)
+            x[done] = image
+            done += 1
+    y = torch.tensor([files.samples[i][1] for i in indices], dtype=torch.long)
+    info = files.info if files.info.shape == shape else replace(files.info, shape=shape)
+    return Split(x, y, info, files.split, files.source, transform=str(preprocessing))
+
+
+def sample_indices(n: int, sample: int, seed: int = 0) -> np.ndarray:
+    """``sample`` distinct indices of 0..n-1, sorted: ``numpy.random.default_rng(seed).choice(n,
+    sample, replace=False)``, the same on every machine for the same ``n``."""
+    if sample > n:
+        raise EpslError(f"sample={sample} is more than the {n} examples of the split")
+    return np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+
+
+def check_selection(limit: int | None, sample: int | None) -> None:
+    """``limit`` (the first N) and ``sample`` (a seeded N from the whole split) are each at
+    least 1 and never both: which of the two a pair would mean is not obvious."""
+    if limit is not None and limit < 1:
+        raise EpslError(f"limit must be at least 1 (got {limit})")
+    if sample is not None and sample < 1:
+        raise EpslError(f"sample must be at least 1 (got {sample})")
+    if limit is not None and sample is not None:
+        raise EpslError("limit takes the first N examples, sample a seeded N from the whole "
+                        "split: pass limit=N or sample=N, not both")
+
+
+def select(found: Split | ImageFiles, *, limit: int | None = None, sample: int | None = None,
+           sample_seed: int = 0, preprocessing: Preprocessing | None = None,
+           workers: int | None = None) -> Split:
+    """The examples of ``found`` that ``limit`` or ``sample`` pick (all without either); image
+    files are decoded here, only the picked ones."""
+    check_selection(limit, sample)
+    n = len(found)
+    picked = (sample_indices(n, sample, sample_seed) if sample is not None
+              else np.arange(min(limit, n)) if limit is not None else None)
+    if isinstance(found, ImageFiles):
+        decoded = decode_images(found, np.arange(n) if picked is None else picked,
+                                preprocessing or Preprocessing(), workers=workers)
+        if sample is None:
+            return decoded
+        return replace(decoded, sample=sample, sample_seed=sample_seed,
+                       indices=torch.from_numpy(picked))
+    if sample is None:
+        return found.subset(limit)
+    rows = torch.from_numpy(picked)
+    return replace(found, x=found.x[rows].contiguous(), y=found.y[rows], sample=sample,
+                   sample_seed=sample_seed, indices=rows)
+
+
 def load_npz(path: Path, split: str) -> Split:
     """A user's own data: ``x`` (N x C x H x W, float in [0, 1] or uint8) and ``y``."""
     path = Path(path)
@@ -229,16 +517,27 @@ def load_npz(path: Path, split: str) -> Split:
 
 def load_split(dataset: str | None = "digits", split: str = "test", *,
                data: Path | str | None = None, data_root: Path | str | None = None,
-               download: bool = False) -> Split:
-    """Load one split of a registered dataset, or of a user's ``.npz`` when ``data`` is given."""
+               download: bool = False, limit: int | None = None, sample: int | None = None,
+               sample_seed: int = 0, preprocessing: Preprocessing | None = None) -> Split:
+    """Load one split of a registered dataset, or of a user's ``.npz`` when ``data`` is given.
+
+    ``limit`` keeps the first N examples; ``sample`` a fixed random N of the whole split
+    (:func:`sample_indices` with ``sample_seed``, in index order), never both. An image folder
+    (``imagenet``) decodes only those, by ``preprocessing`` (default: ``Resize(256) +
+    CenterCrop(224) + ToTensor()``; :func:`preprocessing_for` reads a model's own).
+    """
+    check_selection(limit, sample)
     if split not in SPLITS:
         raise EpslError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if data is not None:
-        return load_npz(Path(data), split)
-    if dataset is None or dataset not in DATASETS:
+        found: Split | ImageFiles = load_npz(Path(data), split)
+    elif dataset is None or dataset not in DATASETS:
         raise EpslError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS.names())}")
-    root = Path(data_root) if data_root is not None else None
-    return DATASETS[dataset](split, root, download)
+    else:
+        root = Path(data_root) if data_root is not None else None
+        found = DATASETS[dataset](split, root, download)
+    return select(found, limit=limit, sample=sample, sample_seed=sample_seed,
+                  preprocessing=preprocessing)
 
 
 def dataset_info(dataset: str) -> DatasetInfo:
