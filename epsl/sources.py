@@ -331,7 +331,7 @@ def _timm_load(name: str, model_dir: Path | None) -> tuple[nn.Module, dict[str, 
     classes = int(getattr(net, "num_classes", cfg.get("num_classes", 0)) or 0)
     meta = {"source": "timm", "name": name, "dataset": "imagenet" if classes == 1000 else None,
             "num_classes": classes, "threat_model": None, "weights": str(path.resolve()),
-            "pretrained_cfg": {k: cfg.get(k) for k in ("input_size", "crop_pct", "interpolation",
+            "pretrained_cfg": {k: cfg.get(k) for k in ("input_size", "crop_pct", "interpolation", "crop_mode",
                                                        "mean", "std", "hf_hub_id", "tag")},
             "library_versions": {"timm": _version("timm")}}
     return _finish(net, state, mean=cfg.get("mean", (0.485, 0.456, 0.406)),
