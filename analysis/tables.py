@@ -59,9 +59,12 @@ _CARD_STATS = {"eq4_spearman", "eq4_ratio_median"}
 _TAIL = ("pgd_steps", "eps_star_accuracy", "attacks_worst", "audit_worst", "audit_n",
          "audit_verdict", "eq4_spearman", "eq4_ratio_median", "eq4_optimistic",
          "eq4_optimistic_from", "certified_accuracy", "eq4_conservative", "eq4_proven_optimistic",
-         "eq4_undecided", "certify_n")
+         "eq4_undecided", "certify_n", "reported_clean", "reported_robust", "reported_attack",
+         "reported_against", "reported_verdict", "reported_source")
 _NOT_FRACTIONS = (set(BASE_COLUMNS) - _FRACTIONS) | {"pgd_steps", "audit_n", "audit_verdict",
-                                                     "eq4_optimistic_from", "certify_n"} \
+                                                     "eq4_optimistic_from", "certify_n",
+                                                     "reported_attack", "reported_against",
+                                                     "reported_verdict", "reported_source"} \
     | _CARD_STATS
 HEADERS = {"model": "model", "run": "run", "dataset": "data", "arch": "arch", "norm": "norm",
            "alpha": "α",
@@ -76,7 +79,10 @@ HEADERS = {"model": "model", "run": "run", "dataset": "data", "arch": "arch", "n
            "certified_accuracy": "certified (CROWN)",
            "eq4_conservative": "Eq. 4 provably conservative",
            "eq4_proven_optimistic": "Eq. 4 provably optimistic",
-           "eq4_undecided": "undecided", "certify_n": "certify n"}
+           "eq4_undecided": "undecided", "certify_n": "certify n",
+           "reported_clean": "reported clean", "reported_robust": "reported robust",
+           "reported_attack": "reported attack", "reported_against": "epsl's column",
+           "reported_verdict": "against reported", "reported_source": "reported by"}
 
 
 def attack_column(attack: str, loss: str, transfer: bool) -> str:
@@ -84,7 +90,9 @@ def attack_column(attack: str, loss: str, transfer: bool) -> str:
     return f"{'transfer_' if transfer else ''}{attack}_{loss}".replace("-", "_")
 
 
-_TEXT_HEADERS = {"model", "run", "data", "arch", "norm", "adv", "audit verdict"}
+_TEXT_HEADERS = {"model", "run", "data", "arch", "norm", "adv", "audit verdict",
+                 "reported attack", "epsl's column", "against reported", "reported by",
+                 "verdict"}
 
 
 def _header(column: str, norm: Norm = Norm.LINF) -> str:
@@ -272,6 +280,86 @@ def comparison_table(runs: Sequence[Run], *, eps: float | None = None) -> pd.Dat
     return frame.reindex(columns=order)
 
 
+def _outside(value: float, lo: Any, hi: Any) -> bool:
+    """Whether ``value`` lies outside the interval [lo, hi] (missing bounds: never)."""
+    return bool(pd.notna(lo) and pd.notna(hi) and not lo - 1e-12 <= value <= hi + 1e-12)
+
+
+def with_reported(table: pd.DataFrame, reported: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """``table`` with a leaderboard's accuracies beside epsl's own, for the runs in
+    ``reported`` ({run: {"clean": 0.8334, "robust": 0.4321, "attack": "AutoAttack",
+    "source": ...}}, fractions in [0, 1]): ``reported_clean``, ``reported_robust``,
+    ``reported_attack``, ``reported_source``; ``reported_against``, epsl's worst case the
+    robust accuracy is set against (``audit_worst``, else ``attacks_worst``); and
+    ``reported_verdict``: ``agrees`` when each reported accuracy lies inside the 95%
+    Clopper–Pearson interval of epsl's (``clean_accuracy``, the worst case), else which
+    ones fall outside it. The leaderboard evaluates other examples (all 10,000 test images)
+    with other attacks, so a disagreement says the numbers differ by more than epsl's sample
+    explains: other weights, a stronger or weaker attack, or another test set."""
+    table = table.copy()
+    for column in ("reported_clean", "reported_robust"):
+        table[column] = math.nan
+    for column in ("reported_attack", "reported_against", "reported_verdict",
+                   "reported_source"):
+        table[column] = pd.Series([None] * len(table), index=table.index, dtype=object)
+    for i, run in zip(table.index, table["run"], strict=True):
+        if run not in reported:
+            continue
+        given = reported[run]
+        against = next((c for c in ("audit_worst", "attacks_worst")
+                        if c in table.columns and pd.notna(table.at[i, c])), None)
+        table.at[i, "reported_clean"] = float(given["clean"])
+        table.at[i, "reported_robust"] = float(given["robust"])
+        table.at[i, "reported_attack"] = str(given.get("attack", "AutoAttack"))
+        table.at[i, "reported_source"] = str(given.get("source", ""))
+        table.at[i, "reported_against"] = against
+        apart = []
+        checks: list[tuple[str, str | None, float]] = [
+            ("clean", "clean_accuracy", given["clean"]), ("robust", against, given["robust"])]
+        for what, epsl_column, value in checks:
+            if epsl_column is None or pd.isna(table.at[i, epsl_column]):
+                continue
+            lo, hi = table.at[i, f"{epsl_column}_lo"], table.at[i, f"{epsl_column}_hi"]
+            if _outside(float(value), lo, hi):
+                apart.append(f"{what} {float(value):.1%} outside [{100 * float(lo):.1f}, "
+                             f"{100 * float(hi):.1f}]")
+        table.at[i, "reported_verdict"] = "disagrees: " + "; ".join(apart) if apart \
+            else "agrees"
+    return table
+
+
+def reported_markdown(table: pd.DataFrame) -> str:
+    """epsl's clean accuracy and worst case beside a leaderboard's, per model with reported
+    numbers, as Markdown, then one plain sentence on how many disagree ('' without
+    :func:`with_reported` columns)."""
+    if "reported_robust" not in table.columns or table["reported_robust"].isna().all():
+        return ""
+    rows = table[table["reported_robust"].notna()]
+    worst = [c if isinstance(c, str) else None for c in rows["reported_against"]]
+    attack = str(rows["reported_attack"].dropna().iloc[0]) if \
+        rows["reported_attack"].notna().any() else "reported"
+    shown = pd.DataFrame({
+        "model": list(rows["model"]),
+        "clean (epsl)": _cells(rows, "clean_accuracy"),
+        "clean (reported)": _cells(rows, "reported_clean"),
+        "worst case (epsl)": [_cell(c, rows.at[i, c], (rows.at[i, f"{c}_lo"],
+                                                       rows.at[i, f"{c}_hi"]))
+                              if c is not None else "–" for i, c in zip(rows.index, worst,
+                                                                        strict=True)],
+        f"{attack} (reported)": _cells(rows, "reported_robust"),
+        "verdict": [str(v) for v in rows["reported_verdict"]]})
+    apart = int(rows["reported_verdict"].astype(str).str.startswith("disagrees").sum())
+    if apart:
+        text = (f"{apart} of {len(rows)} models disagree with the reported accuracies by more "
+                "than epsl's 95% interval: these numbers are not the leaderboard's. Random or "
+                "other weights, another sample of the test set, or a weaker or stronger attack "
+                "make them differ; with real weights on many examples they should agree.\n")
+    else:
+        text = (f"All {len(rows)} models agree with the reported accuracies within epsl's 95% "
+                "interval.\n")
+    return _markdown(shown) + "\n" + text
+
+
 def _cell(column: str, value: Any, interval: tuple[Any, Any] | None = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -350,8 +438,11 @@ def norm_line(norm: str | Norm) -> str:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of :func:`format_table`."""
-    return _markdown(format_table(table.drop(columns=["audit_verdict"], errors="ignore")))
+    """A GitHub-flavoured Markdown table of :func:`format_table` (the audit's verdicts and
+    the reported accuracies' sources and verdicts are said below it, in the headline)."""
+    return _markdown(format_table(table.drop(
+        columns=["audit_verdict", "reported_source", "reported_verdict", "reported_against"],
+        errors="ignore")))
 
 
 #: The README's headline columns of a study: (comparison column, header); ``{pgd}`` is the
@@ -441,6 +532,14 @@ def headline(table: pd.DataFrame, *, source_run: str | None = None,
         text += (f"\nWith proofs, on {images} (CROWN's ε_cert ≤ the true minimum ≤ ε*; "
                  f"certified accuracy{at}; the shares of the correctly classified, 95% "
                  "intervals):\n\n" + proofs)
+    against = reported_markdown(table)
+    if against:
+        eps = table["eps"].dropna()
+        at = f" at ε = {float(eps.iloc[0]):g}" if len(eps) else ""
+        sources = sorted({str(s) for s in table["reported_source"].dropna()})
+        text += (f"\nAgainst the reported accuracies{at} (epsl's worst case over every attack "
+                 f"it ran, 95% intervals, on its own examples; reported: "
+                 f"{'; '.join(sources)}):\n\n" + against)
     for folder, other in (sections or {}).items():
         other_card = card_markdown(other)
         if other_card:

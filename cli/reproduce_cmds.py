@@ -1,4 +1,5 @@
-"""``epsl reproduce``: the paper's whole study from a preset."""
+"""``epsl reproduce``: the paper's whole study from a preset, or an evaluation of checkpoints
+made elsewhere (``--preset zoo-cifar10-linf --model-dir DIR``)."""
 
 from __future__ import annotations
 
@@ -36,28 +37,43 @@ from epsl.reproduce import reproduce
 @click.option("--no-audit", is_flag=True, help="Skip the robustness audit.")
 @click.option("--no-min-norm", is_flag=True,
               help="Skip eps* (the minimum-norm attacks) and the report card of Eq. 4.")
-@click.option("--seed", type=int, default=None, help="Override the preset's seed.")
+@click.option("--seed", type=int, default=None,
+              help="Override the preset's seed (an evaluate preset's: the attacks').")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
-              help="Folder holding MNIST/CIFAR for the paper presets.")
+              help="Folder holding MNIST/CIFAR for the paper and zoo presets.")
+@click.option("--data", "data_file", type=click.Path(dir_okay=False), default=None,
+              metavar="FILE.npz",
+              help="Your own .npz of test examples (x in [0,1], y) instead of the dataset's.")
+@click.option("--model-dir", type=click.Path(file_okay=False), default=None,
+              help="Weights folder of the preset's model sources: robustbench:DATASET/THREAT/"
+                   "NAME reads DIR/DATASET/THREAT/NAME.pt (default ./models).")
 @device_option
 @handle_errors
 def reproduce_command(preset: str, out: str, force: bool, norm: str | None, eps: float | None,
                       epochs: int | None, steps: int | None, limit: int | None,
                       models: str | None, no_audit: bool, no_min_norm: bool, seed: int | None,
-                      data_root: str | None, device: str) -> None:
+                      data_root: str | None, data_file: str | None, model_dir: str | None,
+                      device: str) -> None:
     """Train the paper's grid of defenses, diagnose (Eq. 4), find eps* (the smallest
     perturbation that flips each example) for Eq. 4's report card, attack, audit, and render
-    the figures and the comparison report into OUT.
+    the figures and the comparison report into OUT. An evaluate preset (zoo-cifar10-linf)
+    trains nothing: it evaluates the checkpoints it names, found under --model-dir, and sets
+    the leaderboard's reported accuracies beside epsl's worst case.
 
     \b
     epsl reproduce --out runs/digits                    # the default preset, ~10 min on CPU
     epsl reproduce --preset fashion-mnist --out runs/fmnist
     epsl reproduce --preset cifar10-paper --data-root ~/data --device cuda --out runs/c10
+    epsl reproduce --preset zoo-cifar10-linf --model-dir models --data-root ~/data \\
+        --limit 1000 --device cuda --out runs/zoo
     """
     study = load_preset(preset)
     study = override(study, **{
-        "norm": norm, "eps": eps, "limit": limit, "data_root": data_root, "train.epochs": epochs,
-        "train.steps": steps, "train.seed": seed,
+        "norm": norm, "eps": eps, "limit": limit, "data_root": data_root,
+        "data_file": data_file, "model_dir": model_dir, "train.epochs": epochs,
+        "train.steps": steps,
+        # an evaluate preset trains nothing: its one seed is the attacks'
+        ("train.seed" if study.kind == "train" else "attacks.seed"): seed,
         "models": models.split(",") if models else None,
         "audit.enabled": False if no_audit else None,
         "minimal.enabled": False if no_min_norm else None,

@@ -40,7 +40,7 @@ from epsl.analysis.figures import render_all
 from epsl.analysis.paired import paired_tests
 from epsl.analysis.report import audit_notes, write_report
 from epsl.analysis.runs import Run, load_runs
-from epsl.analysis.tables import comparison_table, write_comparison
+from epsl.analysis.tables import comparison_table, with_reported, write_comparison
 from epsl.attacks import default_step_size, sweep
 from epsl.audit import (
     AuditConfig,
@@ -60,6 +60,29 @@ from epsl.records import Result, file_sha256, invalidate, kind, load, record_pat
 
 PRODUCTS = kind("comparison").files()
 Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ReportedAccuracy:
+    """What a leaderboard reports for one model, to set beside epsl's own numbers
+    (:func:`epsl.analysis.tables.with_reported`): the clean accuracy and the robust accuracy
+    under ``attack``, as fractions in [0, 1] on the leaderboard's own test examples, and
+    where they come from (``source``: a page or file a reader can check)."""
+
+    clean: float
+    robust: float
+    source: str
+    attack: str = "AutoAttack"
+
+    def __post_init__(self) -> None:
+        for name in ("clean", "robust"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not 0 <= value <= 1:
+                raise EpslError(f"reported {name} accuracy must be a fraction in [0, 1] "
+                                f"(got {value!r}; 43.21% is 0.4321)")
+        if not self.source.strip():
+            raise EpslError("say where the reported accuracies come from (source)")
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,10 @@ class CompareConfig:
             ``norm`` (:func:`epsl.audit.ensemble_in`); another must run in ``norm``.
         figures: render the figures into ``out/figures`` and embed them in the report.
         seed, batch_size: the attacks' random starts and examples per pass.
+        names: the folder (and ``run``) name of each checkpoint; empty: from the file names
+            (:func:`model_names`).
+        reported: a leaderboard's accuracies for each checkpoint (None: none reported), set
+            beside epsl's clean accuracy and worst case in the table; empty: none.
     """
 
     checkpoints: tuple[str, ...]
@@ -103,6 +130,8 @@ class CompareConfig:
     batch_size: int | None = 256
     title: str | None = None  # of the report (default: what is compared, at which eps)
     norm: str = "linf"
+    names: tuple[str, ...] = ()
+    reported: tuple[ReportedAccuracy | None, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", parse_norm(self.norm).value)
@@ -120,6 +149,13 @@ class CompareConfig:
         check_radius(self.norm, self.eps_grid, name="eps_grid")
         if self.pgd_steps < 1 or self.restarts < 1:
             raise EpslError("pgd_steps and restarts must be at least 1")
+        for key in ("names", "reported"):
+            given = getattr(self, key)
+            if given and len(given) != len(self.checkpoints):
+                raise EpslError(f"{key}: one per checkpoint ({len(given)} for "
+                                f"{len(self.checkpoints)} checkpoints)")
+        if len(set(self.names)) != len(self.names):
+            raise EpslError(f"names must be unique (got {list(self.names)})")
 
     def grid(self) -> list[float]:
         """ε and the extra radii, sorted: the columns of the diagnostics and ε* summaries."""
@@ -323,11 +359,14 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
         check_minimal_dependencies(config.minimal)
     evaluations, source_model = _check_inputs(config)
     out = check_out_dir(out, PRODUCTS, overwrite)
-    names = model_names(config.checkpoints)
+    names = list(config.names) or model_names(config.checkpoints)
     reused = {name: evaluate_model(ev, out / name, config, source_model=source_model, log=log)
               for ev, name in zip(evaluations, names, strict=True)}
     runs = load_runs([out / name for name in names])
     table = comparison_table(runs, eps=config.eps)
+    if any(r is not None for r in config.reported):
+        table = with_reported(table, {name: dataclasses.asdict(r) for name, r in
+                                      zip(names, config.reported, strict=True) if r is not None})
     paired = paired_tests(runs, eps=config.eps)
     write_comparison(out, table, paired=paired)
     entries: list[dict[str, Any]] = []

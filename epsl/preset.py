@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
+from epsl.compare import ReportedAccuracy
 from epsl.context import DataConfig
 from epsl.defenses import DefenseConfig
 from epsl.errors import EpslError
@@ -28,7 +29,11 @@ from epsl.minimal import MinimalConfig
 from epsl.norms import check_radius, parse_norm
 from epsl.train import TrainConfig
 
-PRESETS = ("digits", "fashion-mnist", "mnist-paper", "cifar10-paper", "cifar100-paper")
+PRESETS = ("digits", "fashion-mnist", "mnist-paper", "cifar10-paper", "cifar100-paper",
+           "zoo-cifar10-linf")
+#: what a preset's study does with its models: ``train`` the grid of defenses, or ``evaluate``
+#: checkpoints made elsewhere (each ``[[models]]`` entry names one), with no training stage
+KINDS = ("train", "evaluate")
 PRESET_FILE = "preset.json"  # in a study folder: the resolved preset
 
 
@@ -54,10 +59,16 @@ def _choice(key: str, value: str, names: list[str]) -> None:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One defense of the grid: a name and the defense terms (see :class:`DefenseConfig`)."""
+    """One model of the study: a name and, in a ``train`` preset, the defense terms it is
+    trained with (see :class:`DefenseConfig`); in an ``evaluate`` preset, the ``checkpoint``
+    it is (a model source such as ``robustbench:cifar10/Linf/Wong2020Fast``, or a checkpoint
+    file) and, where a leaderboard reports its accuracies, ``reported``
+    (:class:`epsl.compare.ReportedAccuracy`), set beside epsl's worst case."""
 
     name: str
     defense: DefenseConfig = field(default_factory=DefenseConfig)
+    checkpoint: str | None = None
+    reported: ReportedAccuracy | None = None
 
 
 @dataclass(frozen=True)
@@ -93,9 +104,22 @@ class AuditSettings:
     limit: int | None = 200
     quick: bool = False
     square_queries: int | None = None
+    #: the strong PGD's, APGD's and the unbounded check's budgets (None: those of the mode)
+    strong_steps: int | None = None
+    strong_restarts: int | None = None
+    apgd_steps: int | None = None
+    unbounded_steps: int | None = None
 
     def __post_init__(self) -> None:
-        _at_least_one(self.SECTION, limit=self.limit, square_queries=self.square_queries)
+        _at_least_one(self.SECTION, limit=self.limit, square_queries=self.square_queries,
+                      strong_steps=self.strong_steps, strong_restarts=self.strong_restarts,
+                      apgd_steps=self.apgd_steps, unbounded_steps=self.unbounded_steps)
+
+    def budgets(self) -> dict[str, int]:
+        """The budgets set here, as :class:`epsl.audit.AuditConfig` fields."""
+        return {key: value for key in ("square_queries", "strong_steps", "strong_restarts",
+                                       "apgd_steps", "unbounded_steps")
+                if (value := getattr(self, key)) is not None}
 
 
 @dataclass(frozen=True)
@@ -163,25 +187,34 @@ class ThreatModel:
         return sorted({self.eps, *self.eps_grid})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Preset:
-    """A whole study: data, architecture, the grid of defenses and the evaluation settings."""
+    """A whole study: data, architecture, the grid of defenses and the evaluation settings;
+    or, with ``kind = "evaluate"``, checkpoints made elsewhere (no architecture, no
+    ``[train]``: each model names its ``checkpoint``) and the same evaluation settings."""
 
     name: str
     dataset: str
-    arch: str
     models: tuple[ModelSpec, ...]
     eps: float
+    kind: str = "train"
+    #: the architecture every model of a ``train`` preset is trained as (None in ``evaluate``)
+    arch: str | None = None
     description: str = ""
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     eps_grid: tuple[float, ...] = ()
     limit: int | None = None
     device: str = "auto"
     data_root: str | None = None
+    #: a ``.npz`` of test examples (``x`` in [0, 1], ``y``) instead of the dataset's test split
+    data_file: str | None = None
+    #: the folder of model sources' weights (RobustBench's ``MODEL_DIR/DATASET/THREAT/NAME.pt``)
+    model_dir: str | None = None
     #: ``[train]``: how every model of the grid is trained, read straight into the library's
     #: :class:`epsl.train.TrainConfig`; its dataset, architecture, data root and device are the
-    #: preset's own and each model's defense is its ``[[models]]`` entry's
-    train: TrainConfig = field(default_factory=TrainConfig)
+    #: preset's own and each model's defense is its ``[[models]]`` entry's. None in an
+    #: ``evaluate`` preset, which trains nothing.
+    train: TrainConfig | None = field(default_factory=TrainConfig)
     #: ``[train] extra_seeds``: every model trained again under each seed and evaluated with
     #: Eq. 4 and the paper's attacks at eps (mean and sd over the seeds)
     extra_seeds: tuple[int, ...] = ()
@@ -206,8 +239,12 @@ class Preset:
         from epsl.device import DEVICES
         from epsl.models import MODELS
 
+        _choice("kind", self.kind, list(KINDS))
         _choice("dataset", self.dataset, DATASETS.names())
-        _choice("arch", self.arch, MODELS.names())
+        if self.kind == "train":
+            if self.arch is None:
+                raise EpslError("a train preset needs arch, the architecture of its grid")
+            _choice("arch", self.arch, MODELS.names())
         _choice("device", self.device, list(DEVICES))
         object.__setattr__(self, "norm", parse_norm(self.norm).value)
         check_radius(self.norm, self.eps)
@@ -221,15 +258,10 @@ class Preset:
         if self.certify.enabled and self.norm != "linf":
             raise EpslError(f"[certify] bounds the l_inf ball only; this study's norm is "
                             f"{self.norm} (set [certify] enabled = false)")
-        seeds = [self.train.seed, *self.extra_seeds]
-        if len(set(seeds)) != len(seeds):
-            raise EpslError(f"[train] seed and extra_seeds must all differ (got {seeds})")
-        if self.train.weight_decay is not None:
-            _number("[train] ", "weight_decay", self.train.weight_decay, zero=True)
-        # the training config follows the preset's data, architecture and device
-        object.__setattr__(self, "train", replace(
-            self.train, dataset=self.dataset, arch=self.arch,
-            arch_kwargs=dict(self.arch_kwargs), data_root=self.data_root, device=self.device))
+        if self.kind == "evaluate":
+            self._check_evaluate()
+        else:
+            self._check_train()
         if not self.models:
             raise EpslError("no [[models]]")
         names = [m.name for m in self.models]
@@ -238,6 +270,51 @@ class Preset:
         for ref in (self.attacks.transfer_from, self.attacks.sweep_model):
             if ref is not None and ref not in names:
                 raise EpslError(f"{ref!r} names no model of the grid")
+
+    def _check_train(self) -> None:
+        if self.train is None:
+            raise EpslError("a train preset needs its [train] settings")
+        given = [m.name for m in self.models if m.checkpoint is not None or m.reported]
+        if given:
+            raise EpslError(f"models {given} name a checkpoint or reported accuracies: a train "
+                            "preset trains its models; set kind = \"evaluate\" to evaluate "
+                            "checkpoints")
+        seeds = [self.train.seed, *self.extra_seeds]
+        if len(set(seeds)) != len(seeds):
+            raise EpslError(f"[train] seed and extra_seeds must all differ (got {seeds})")
+        if self.train.weight_decay is not None:
+            _number("[train] ", "weight_decay", self.train.weight_decay, zero=True)
+        assert self.arch is not None
+        # the training config follows the preset's data, architecture and device
+        object.__setattr__(self, "train", replace(
+            self.train, dataset=self.dataset, arch=self.arch,
+            arch_kwargs=dict(self.arch_kwargs), data_root=self.data_root, device=self.device))
+
+    def _check_evaluate(self) -> None:
+        """An ``evaluate`` preset trains nothing: no architecture, ``[train]`` or extra seeds,
+        and every model names the checkpoint it is, without a defense."""
+        trained = {"arch": self.arch is not None, "arch_kwargs": bool(self.arch_kwargs),
+                   "[train]": self.train is not None, "extra_seeds": bool(self.extra_seeds)}
+        if any(trained.values()):
+            keys = ", ".join(k for k, v in trained.items() if v)
+            raise EpslError(f"an evaluate preset trains nothing: remove {keys} (each model's "
+                            "architecture comes with its checkpoint)")
+        missing = [m.name for m in self.models if not m.checkpoint]
+        if missing:
+            raise EpslError(f"models {missing} name no checkpoint: each model of an evaluate "
+                            "preset gives one (checkpoint = \"robustbench:cifar10/Linf/"
+                            "Wong2020Fast\" or a file)")
+        defended = [m.name for m in self.models if m.defense != DefenseConfig()]
+        if defended:
+            raise EpslError(f"models {defended} give defense terms: an evaluate preset trains "
+                            "nothing, its models are their checkpoints")
+
+    def checkpoint(self, spec: ModelSpec, out: Path) -> str:
+        """The checkpoint ``spec`` is evaluated from: its own (``evaluate``), else where
+        ``epsl reproduce`` trains it into ``out``."""
+        if spec.checkpoint is not None:
+            return spec.checkpoint
+        return str(out / "models" / f"{spec.name}.safetensors")
 
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
@@ -248,8 +325,9 @@ class Preset:
 
     def data(self) -> DataConfig:
         """The study's examples (every model of the grid is evaluated on them)."""
-        return DataConfig(dataset=self.dataset, data_root=self.data_root, limit=self.limit,
-                          device=self.device)
+        return DataConfig(dataset=self.dataset, data=self.data_file,
+                          data_root=self.data_root, limit=self.limit, device=self.device,
+                          model_dir=self.model_dir)
 
 
 # --------------------------------------------------------------------------- reading
@@ -380,10 +458,31 @@ def preset_from_dict(raw: dict[str, Any], where: str = "preset") -> Preset:
         name = entry.pop("name", None)
         if not name:
             raise EpslError(f"{where}: models[{i}] has no name")
-        models.append(ModelSpec(name, _section(DefenseConfig, entry, f"{where} model {name}")))
+        checkpoint = entry.pop("checkpoint", None)
+        if checkpoint is not None and (not isinstance(checkpoint, str) or not checkpoint):
+            raise EpslError(f"{where} model {name}: checkpoint must be a model source or a "
+                            f"file (got {checkpoint!r})")
+        reported = entry.pop("reported", None)
+        models.append(ModelSpec(
+            name, _section(DefenseConfig, entry, f"{where} model {name}"), checkpoint=checkpoint,
+            reported=None if reported is None else _section(
+                ReportedAccuracy, reported, f"{where} model {name} reported")))
     sections = {"attacks": AttackSettings, "audit": AuditSettings,
                 "landscape": LandscapeSettings, "certify": CertifySettings}
-    parsed_train, extra_seeds = _train(raw.pop("train", {}), where)
+    evaluate = raw.get("kind") == "evaluate"
+    if evaluate:
+        # nothing is trained, so no model is the natural transfer source unless one is named
+        attacks = raw.get("attacks")
+        if isinstance(attacks, dict):
+            raw["attacks"] = {"transfer_from": None, **attacks}
+        elif "attacks" not in raw:
+            raw["attacks"] = {"transfer_from": None}
+    train_section = raw.pop("train", None if evaluate else {})
+    if evaluate and train_section is not None:
+        raise EpslError(f"{where}: an evaluate preset trains nothing: remove its [train] "
+                        "section")
+    parsed_train, extra_seeds = (None, ()) if train_section is None else _train(train_section,
+                                                                                 where)
     parsed = {key: _section(cls, raw.pop(key, {}), f"{where}") for key, cls in sections.items()}
     minimal = raw.pop("minimal", {})
     if isinstance(minimal, dict) and isinstance(raw.get("norm"), str):
@@ -448,6 +547,9 @@ def override(preset: Preset, **changes: Any) -> Preset:
                                              for t in preset.threat_models)
             continue
         current = getattr(preset, section, None)
+        if section == "train" and current is None:
+            raise EpslError(f"train.{', train.'.join(values)}: the {preset.name} preset "
+                            "evaluates checkpoints and trains nothing")
         if not dataclasses.is_dataclass(current):
             raise EpslError(f"unknown preset section {section!r}")
         try:
@@ -509,7 +611,7 @@ def preset_to_dict(preset: Preset) -> dict[str, Any]:
     import json
 
     d = json.loads(to_json(asdict(preset)))
-    for key in TRAIN_FROM_PRESET:  # the preset's own, not [train]'s
+    for key in TRAIN_FROM_PRESET if d["train"] is not None else ():  # the preset's own
         d["train"].pop(key, None)
     return d  # type: ignore[no-any-return]
 
@@ -519,7 +621,8 @@ def _results_key(preset: Preset) -> dict[str, Any]:
     stages a call runs, ε*'s ensemble and the other norms' sections (their results are keyed
     on their own provenance, and the comparison's stage record names what it read)."""
     d = preset_to_dict(preset)
-    for key in ("models", "description", "minimal", "threat_models", "certify"):
+    # the weights' folder neither: every result is keyed on the weights' own content hash
+    for key in ("models", "description", "minimal", "threat_models", "certify", "model_dir"):
         d.pop(key, None)
     d["audit"].pop("enabled", None)
     d["attacks"].pop("transfer_from", None)
@@ -538,8 +641,9 @@ def check_same_preset(out: Path, preset: Preset, force: bool) -> None:
         except EpslError:
             before = None
         same_models = before is not None and all(
-            m.defense == before.model(m.name).defense for m in preset.models
-            if m.name in {b.name for b in before.models})
+            (m.defense, m.checkpoint) == (before.model(m.name).defense,
+                                          before.model(m.name).checkpoint)
+            for m in preset.models if m.name in {b.name for b in before.models})
         if before is None or not same_models or _results_key(before) != _results_key(preset):
             raise EpslError(f"{out} holds a study made with other settings (see {saved}); "
                             "use another out folder or pass force=True to recompute")

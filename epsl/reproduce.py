@@ -9,13 +9,20 @@ interrupted run resumes where it stopped; ``force=True`` recomputes everything.
 Layout of ``out``::
 
     out/preset.json                    the resolved preset (with overrides)
-    out/models/<name>.safetensors      one checkpoint per defense
+    out/models/<name>.safetensors      one checkpoint per defense (a train preset's)
     out/runs/<name>/...                diagnostics, eps* (minimal), attacks, audit, activations,
                                        landscape
     out/comparison.{csv,md}, out/report.html, out/figures/   tables and figures
     out/headline.md                    the headline columns and the audit verdicts
     out/<norm>/...                     each [[threat_models]] section: its comparison, report
                                        card, report and figures, and runs/<name>/ per model
+
+An ``evaluate`` preset (``kind = "evaluate"``, e.g. ``zoo-cifar10-linf``) trains nothing: each
+model is the checkpoint its ``[[models]]`` entry names (a RobustBench model under
+``model_dir``, a file), evaluated by the same stages (ε_L, the paper's attacks, ε*, the audit,
+the comparison, report and headline) but for the training, the activations and landscapes of
+the trained defenses and the extra seeds; the headline says so, and sets each model's
+reported (leaderboard) accuracies beside epsl's worst case.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from epsl.audit import AuditConfig, AuditRunConfig, check_dependencies, ensure_a
 from epsl.calibrate import ensure_calibration
 from epsl.certification import CertifyOptions
 from epsl.certified import CertifyConfig, ensure_certify
-from epsl.checkpoint import read_metadata
+from epsl.checkpoint import read_metadata, weights_file
 from epsl.compare import PRODUCTS, CompareConfig, compare
 from epsl.context import DataConfig, Evaluation, provenance
 from epsl.diagnostics.runs import (
@@ -69,7 +76,7 @@ Log = Callable[[str], None]
 @dataclass(frozen=True)
 class ReproduceResult:
     out: Path
-    checkpoints: dict[str, Path]
+    checkpoints: dict[str, Path]  # a model source's spec (robustbench:...) as a Path
     ran: list[str]  # stages computed in this call
     skipped: list[str]  # stages whose outputs already existed
     report: Path | None
@@ -94,6 +101,8 @@ def _mark(out: Path, stage: str, made_from: Any) -> None:
 def train_config(preset: Preset, spec: ModelSpec, seed: int | None = None) -> TrainConfig:
     """The :class:`epsl.train.TrainConfig` of one model of the grid: ``[train]`` with the
     model's defense, under ``seed`` (default the preset's main training seed)."""
+    if preset.train is None:
+        raise EpslError(f"the {preset.name} preset evaluates checkpoints and trains nothing")
     config = replace(preset.train, defense=spec.defense)
     return config if seed is None else replace(config, seed=seed)
 
@@ -182,8 +191,7 @@ def audit_config(preset: Preset) -> AuditConfig:
     a = preset.attacks
     settings: dict[str, Any] = {"seed": a.seed, "pgd_steps": a.pgd_steps,
                                 "step_size": a.pgd_step_size, "minimal": preset.minimal}
-    if preset.audit.square_queries is not None:
-        settings["square_queries"] = preset.audit.square_queries
+    settings.update(preset.audit.budgets())
     return AuditConfig.quick(**settings) if preset.audit.quick else AuditConfig(**settings)
 
 
@@ -236,12 +244,15 @@ def _grid_config(preset: Preset, checkpoints: dict[str, Path], **settings: Any) 
     """The :class:`~epsl.compare.CompareConfig` of the grid ``checkpoints`` with the preset's
     ε, data, paper's attacks and ε* ensemble (no audit); ``settings`` set the other fields."""
     transfer = preset.attacks.transfer_from
+    reported = tuple(m.reported for m in preset.models)
     return CompareConfig(
         checkpoints=tuple(str(checkpoints[m.name]) for m in preset.models),
         data=replace(preset.data(), checkpoint=None),
         source=str(checkpoints[transfer]) if transfer else None,
         pgd_steps=preset.attacks.pgd_steps, restarts=preset.attacks.restarts,
         audit=False, seed=preset.attacks.seed,
+        names=tuple(m.name for m in preset.models),
+        reported=reported if any(r is not None for r in reported) else (),
         **{"eps": preset.eps, "norm": preset.norm, "step_size": preset.attacks.pgd_step_size,
            "minimal": preset.minimal, **settings})
 
@@ -255,9 +266,11 @@ def _compare_grid(preset: Preset, checkpoints: dict[str, Path], folder: Path, sa
             log=lambda m: say(f"  {m}"))
 
 
-def _made_from(checkpoints: dict[str, Path]) -> dict[str, str]:
-    """What a comparison stage was made from: every checkpoint's content hash."""
-    return {name: file_sha256(path) for name, path in checkpoints.items()}
+def _made_from(checkpoints: dict[str, Path], model_dir: str | None = None) -> dict[str, str]:
+    """What a comparison stage was made from: every checkpoint's content hash (a model
+    source's: its weights file's under ``model_dir``)."""
+    return {name: file_sha256(weights_file(path, model_dir))
+            for name, path in checkpoints.items()}
 
 
 def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: Log) -> bool:
@@ -268,9 +281,11 @@ def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: 
     # the comparison reads the audit and eps* tables: switching either on or off, or another
     # ensemble, rebuilds it
     minimal = None if preset.minimal is None else preset.minimal.reuse_settings()
-    made_from = {**_made_from(checkpoints),
+    reported = {m.name: asdict(m.reported) for m in preset.models if m.reported is not None}
+    made_from = {**_made_from(checkpoints, preset.model_dir),
                  "~stages": {"audit": preset.audit.enabled, "minimal": minimal,
                              "transfer_from": preset.attacks.transfer_from,
+                             **({"reported": reported} if reported else {}),
                              **({"certify": asdict(preset.certify)}
                                 if preset.certify.enabled and minimal is not None else {})}}
     if _stage_record(out).get("compare") == made_from and (out / "report.html").exists():
@@ -293,7 +308,7 @@ def stage_threat_model(preset: Preset, section: ThreatModel, checkpoints: dict[s
     this section."""
     folder = out / section.norm
     minimal = section.minimal
-    made_from = {**_made_from(checkpoints),
+    made_from = {**_made_from(checkpoints, preset.model_dir),
                  "~section": {"norm": section.norm, "eps": section.eps,
                               "eps_grid": list(section.eps_grid),
                               "minimal": None if minimal is None else minimal.reuse_settings(),
@@ -351,6 +366,7 @@ def stage_seeds(preset: Preset, out: Path) -> Any:
     with a single seed."""
     if not preset.extra_seeds:
         return None
+    assert preset.train is not None  # extra seeds are a train preset's
     tables = {preset.train.seed: read_table(out / "comparison.csv")}
     tables |= {seed: read_table(seed_folder(out, seed) / "comparison.csv")
                for seed in preset.extra_seeds}
@@ -374,8 +390,49 @@ def stage_headline(preset: Preset, out: Path, recompute: bool, seeds: Any = None
     text = headline_table(read_table(out / "comparison.csv"),
                           source_run=preset.attacks.transfer_from, paired=paired, seeds=seeds,
                           sections=sections)
+    if preset.kind == "evaluate":
+        text = evaluated_note(preset) + "\n" + text
     write_text(path, text)
     return text
+
+
+def evaluated_note(preset: Preset) -> str:
+    """What an ``evaluate`` study ran and did not, for the top of its headline."""
+    ran = ["ε_L (Eq. 4)", "the paper's white-box attacks"]
+    if preset.attacks.transfer_from:
+        ran.append(f"transfer attacks from {preset.attacks.transfer_from}")
+    if preset.minimal is not None:
+        ran.append("ε* and the report card of Eq. 4")
+    if preset.certify.enabled and preset.minimal is not None:
+        ran.append("the certified floor")
+    if preset.audit.enabled:
+        ran.append(f"the audit (first {preset.audit.limit or 'all'} examples)"
+                   if preset.audit.limit else "the audit")
+    if preset.attacks.sweep_model:
+        ran.append(f"the PGD sweeps on {preset.attacks.sweep_model}")
+    skipped = ["training (the models are their checkpoints)", "the activations and loss "
+               "landscapes of trained defenses", "extra training seeds"]
+    if not preset.attacks.transfer_from:
+        skipped.append("transfer attacks (no transfer_from)")
+    if not preset.attacks.sweep_model:
+        skipped.append("the PGD sweeps (no sweep_model)")
+    return (f"Evaluated {len(preset.models)} checkpoints ({', '.join(m.name for m in preset.models)}); "
+            f"ran {', '.join(ran)}; not run: {', '.join(skipped)}.\n")
+
+
+def _check_checkpoints(preset: Preset, checkpoints: dict[str, Path]) -> None:
+    """Every weights file of an ``evaluate`` preset and its examples are there, before
+    anything is written (a missing one is a one-line error, not a half-made study)."""
+    from epsl.data import load_split
+
+    for spec in preset.models:
+        path = weights_file(checkpoints[spec.name], preset.model_dir)
+        if not path.is_file():
+            raise EpslError(f"model {spec.name} ({spec.checkpoint}): no weights file at "
+                            f"{path.resolve()}"
+                            + ("" if preset.model_dir else "; pass model_dir, the folder "
+                               "holding RobustBench's DATASET/THREAT/NAME.pt files"))
+    load_split(preset.dataset, "test", data=preset.data_file, data_root=preset.data_root)
 
 
 # --------------------------------------------------------------------------- the study
@@ -411,6 +468,10 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
+    evaluate = preset.kind == "evaluate"
+    checkpoints = {spec.name: Path(preset.checkpoint(spec, out)) for spec in preset.models}
+    if evaluate:
+        _check_checkpoints(preset, checkpoints)
     check_out_dir(out, [], overwrite=True)
     check_same_preset(out, preset, force)
     ran: list[str] = []
@@ -419,21 +480,20 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
     def note(stage: str, computed: bool) -> None:
         (ran if computed else skipped).append(stage)
 
-    checkpoints = {spec.name: out / "models" / f"{spec.name}.safetensors"
-                   for spec in preset.models}
-    for spec in preset.models:
+    for spec in preset.models if not evaluate else ():
         note(f"train {spec.name}", stage_train(preset, spec, checkpoints[spec.name], say,
                                                progress))
     for spec in preset.models:
         folder = out / "runs" / spec.name
         data = preset.data().for_checkpoint(checkpoints[spec.name])
         ev = data.prepare()
-        note(f"activations {spec.name}",
-             stage_activations(spec, data, ev, folder / "activations", say))
-        for direction in ("random", "adversarial"):
-            note(f"landscape-{direction} {spec.name}",
-                 stage_landscape(preset, spec, data, ev, direction,
-                                 folder / f"landscape-{direction}", say))
+        if not evaluate:  # the figures of the trained defenses
+            note(f"activations {spec.name}",
+                 stage_activations(spec, data, ev, folder / "activations", say))
+            for direction in ("random", "adversarial"):
+                note(f"landscape-{direction} {spec.name}",
+                     stage_landscape(preset, spec, data, ev, direction,
+                                     folder / f"landscape-{direction}", say))
         if preset.minimal is not None:
             note(f"minimal {spec.name}", stage_minimal(preset, ev, folder / "minimal", say))
             if preset.certify.enabled:
