@@ -154,7 +154,7 @@ eval_data_options = _compose(
     click.option("--sample", type=click.IntRange(min=1), default=None,
                  help="Evaluate a fixed random N examples of the split, in index order "
                       "(drawn with --sample-seed; not with --limit)."),
-    click.option("--sample-seed", type=int, default=default(DataConfig, "sample_seed"),
+    click.option("--sample-seed", type=click.IntRange(min=0), default=default(DataConfig, "sample_seed"),
                  show_default=True, help="Seed of the --sample draw."),
 )
 

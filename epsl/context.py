@@ -63,7 +63,7 @@ class DataConfig:
     model_dir: str | None = None
 
     def __post_init__(self) -> None:
-        check_selection(self.limit, self.sample)
+        check_selection(self.limit, self.sample, self.sample_seed)
 
     def for_checkpoint(self, checkpoint: Path | str) -> DataConfig:
         return replace(self, checkpoint=str(checkpoint))
@@ -102,7 +102,7 @@ def prepare(checkpoint: Path | str, *, dataset: str | None = None, data: Path | 
     The input shape and class count are checked against the checkpoint, and one forward pass
     proves the model accepts the data.
     """
-    check_selection(limit, sample)
+    check_selection(limit, sample, sample_seed)
     net, meta, dev = load_model(checkpoint, arch=arch, model=model, dataset=dataset,
                                 model_dir=model_dir, device=device)
     name = dataset or meta.get("dataset") or "digits"

@@ -436,9 +436,11 @@ def sample_indices(n: int, sample: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
 
 
-def check_selection(limit: int | None, sample: int | None) -> None:
+def check_selection(limit: int | None, sample: int | None, sample_seed: int = 0) -> None:
     """``limit`` (the first N) and ``sample`` (a seeded N from the whole split) are each at
     least 1 and never both: which of the two a pair would mean is not obvious."""
+    if sample_seed < 0:
+        raise EpslError(f"sample_seed must be a non-negative integer (got {sample_seed})")
     if limit is not None and limit < 1:
         raise EpslError(f"limit must be at least 1 (got {limit})")
     if sample is not None and sample < 1:
@@ -453,7 +455,7 @@ def select(found: Split | ImageFiles, *, limit: int | None = None, sample: int |
            workers: int | None = None) -> Split:
     """The examples of ``found`` that ``limit`` or ``sample`` pick (all without either); image
     files are decoded here, only the picked ones."""
-    check_selection(limit, sample)
+    check_selection(limit, sample, sample_seed)
     n = len(found)
     picked = (sample_indices(n, sample, sample_seed) if sample is not None
               else np.arange(min(limit, n)) if limit is not None else None)
@@ -526,7 +528,7 @@ def load_split(dataset: str | None = "digits", split: str = "test", *,
     (``imagenet``) decodes only those, by ``preprocessing`` (default: ``Resize(256) +
     CenterCrop(224) + ToTensor()``; :func:`preprocessing_for` reads a model's own).
     """
-    check_selection(limit, sample)
+    check_selection(limit, sample, sample_seed)
     if split not in SPLITS:
         raise EpslError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if data is not None:

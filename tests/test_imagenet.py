@@ -271,8 +271,9 @@ def test_a_bad_image_in_a_worker_is_one_line(tmp_path: Path) -> None:
     ({"sample": 7}, "sample=7 is more than the 6 examples"),
     ({"sample": 2, "limit": 2}, "not both"),
     ({"sample": 0}, "sample must be at least 1"),
+    ({"sample": 2, "sample_seed": -1}, "sample_seed must be a non-negative integer"),
     ({"download": True}, "cannot be downloaded"),
-], ids=["sample-too-large", "limit-and-sample", "sample-zero", "download"])
+], ids=["sample-too-large", "limit-and-sample", "sample-zero", "negative-seed", "download"])
 def test_bad_selections_are_one_line_errors(imagenet_root: Path, options: dict,
                                             message: str) -> None:
     with pytest.raises(EpslError, match=message) as info:
