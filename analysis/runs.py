@@ -11,7 +11,7 @@ table:
 
 - ``diagnostics.csv`` / ``.parquet``: one row per example, ``index, label, pred, correct,
   logit_gap, grad_gap_l1, grad_cosine, eps_l, rival, grad_l1_label, grad_l1_rival,
-  logit_0 .. logit_{K-1}``.
+  logit_label, logit_rival, top_1 .. top_T, logit_top_1 .. logit_top_T`` (T = min(K, 10)).
 - ``activations.csv``: ``layer, unit, activation_sum, activation_abs_sum, active_count``.
 - ``landscape.csv``: ``image, index, label, direction, eps1, eps2, loss``.
 - ``attack.csv``: one row per example per setting, ``index, label, attack, loss_name, eps,
@@ -96,7 +96,10 @@ class Run:
 
     @property
     def num_classes(self) -> int:
-        """K, from the ``logit_*`` columns of the diagnostics (0 without diagnostics)."""
+        """K: the checkpoint's ``num_classes``, else the diagnostics' logit columns (0 without
+        either)."""
+        if self.meta.get("num_classes"):
+            return int(self.meta["num_classes"])
         return len(logit_columns(self.diagnostics)) if self.diagnostics is not None else 0
 
     @property
@@ -162,7 +165,12 @@ def common_norm(runs: Sequence[Run]) -> Norm:
 
 
 def logit_columns(frame: pd.DataFrame) -> list[str]:
-    """The ``logit_0 .. logit_{K-1}`` columns, in class order."""
+    """The logits a diagnostics table keeps, highest first: ``logit_top_1 .. logit_top_T``
+    (every logit when K <= 10, the T highest at more classes), or an older table's
+    ``logit_0 .. logit_{K-1}``."""
+    top = [c for c in frame.columns if c.startswith("logit_top_") and c[10:].isdigit()]
+    if top:
+        return sorted(top, key=lambda c: int(c[10:]))
     cols = [c for c in frame.columns if c.startswith("logit_") and c[6:].isdigit()]
     return sorted(cols, key=lambda c: int(c[6:]))
 

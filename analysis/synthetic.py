@@ -114,8 +114,13 @@ def diagnostics_frame(defense: Mapping[str, Any], *, n: int = 200, classes: int 
         "eps_l": logit_gap / grad_gap, "rival": rival,
         "grad_l1_label": grad_l1_label, "grad_l1_rival": grad_l1_rival,
     })
-    for k in range(classes):
-        frame[f"logit_{k}"] = logits[:, k]
+    frame["logit_label"] = logits[np.arange(n), label]
+    frame["logit_rival"] = logits[np.arange(n), rival]
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :10]
+    for rank in range(order.shape[1]):
+        frame[f"top_{rank + 1}"] = order[:, rank]
+    for rank in range(order.shape[1]):
+        frame[f"logit_top_{rank + 1}"] = np.take_along_axis(logits, order[:, rank:rank + 1], 1)[:, 0]
     return frame
 
 

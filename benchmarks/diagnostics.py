@@ -39,15 +39,21 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 ZOO_STANDARD = "robustbench:cifar10/Linf/Standard"
+IMAGENET_SMALL = "conv-1000"
 MODELS = {  # name -> (arch or zoo spec, channels, size, extra kwargs)
     "madry-mnist": ("madry-mnist", 1, 28, {}),
     "preact-resnet18": ("preact-resnet18", 3, 32, {}),
     ZOO_STANDARD: (ZOO_STANDARD, 3, 32, {}),  # WRN-28-10, loaded through epsl's zoo path
+    IMAGENET_SMALL: (IMAGENET_SMALL, 3, 224, {}),  # a small 1000-class net on 224x224
 }
-DEFAULT_MODELS = ["madry-mnist", "preact-resnet18"]
-BATCH = {"madry-mnist": 256, "preact-resnet18": 16, ZOO_STANDARD: 8}
-NAIVE_SUBSET = {"madry-mnist": 8, "preact-resnet18": 2, ZOO_STANDARD: 1}
+CLASSES = {IMAGENET_SMALL: 1000}  # 10 for the others
+DEFAULT_MODELS = ["madry-mnist", "preact-resnet18", IMAGENET_SMALL]
+BATCH = {"madry-mnist": 256, "preact-resnet18": 16, ZOO_STANDARD: 8, IMAGENET_SMALL: 3}
+NAIVE_SUBSET = {"madry-mnist": 8, "preact-resnet18": 2, ZOO_STANDARD: 1, IMAGENET_SMALL: 1}
 METHODS = ("backward", "vjp", "jacrev")
+#: at many classes: the rival among the top-k logits only, and the Jacobian held whole (what
+#: diagnose did before it reduced class block by class block; 5.9 GiB on conv-1000)
+MANY_CLASS_COMPUTATIONS = ("diagnose[backward,top10]", "full-jacobian")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,29 @@ class Task:
 COMPUTATIONS = ("floor", *(f"diagnose[{m}]" for m in METHODS), "naive")
 
 
+def computations(model: str) -> tuple[str, ...]:
+    """The rows measured for ``model``: at 1000 classes the vmapped methods (their batched
+    backward passes hold 16 class columns of activations at once) give way to the top-k
+    search and the whole-Jacobian path it replaces."""
+    if CLASSES.get(model, 10) > 100:
+        return ("floor", "diagnose[backward]", *MANY_CLASS_COMPUTATIONS, "naive")
+    return COMPUTATIONS
+
+
+def small_imagenet_net(classes: int = 1000) -> Any:
+    """A small 1000-class conv net on 3 x 224 x 224 pixels in [0, 1] (normalisation inside):
+    two strided convolutions, a 4 x 4 average pool and a linear head, 0.5 M parameters. Its
+    Jacobian is 1000 x 150528 floats, 602 MB, per example."""
+    from torch import nn
+
+    from epsl.models import Normalize
+
+    return nn.Sequential(Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+                         nn.Conv2d(3, 16, 7, stride=4, padding=3), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(512, classes))
+
+
 def _setup(task: Task) -> tuple[Any, Any, Any]:
     import torch
 
@@ -72,17 +101,20 @@ def _setup(task: Task) -> tuple[Any, Any, Any]:
         torch.set_num_threads(task.threads)
     arch, channels, size, extra = MODELS[task.model]
     torch.manual_seed(0)
+    classes = CLASSES.get(task.model, 10)
     if arch.startswith("robustbench:"):
         from zoo import zoo_model
 
         model = zoo_model(arch)[0]
+    elif arch == IMAGENET_SMALL:
+        model = small_imagenet_net(classes)
     else:
         model = create_model(arch, in_channels=channels, num_classes=10, input_size=size,
                              mean=[0.5] * channels, std=[0.25] * channels, **extra)
     model = model.to(task.device).eval()
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(task.n, channels, size, size, generator=gen).to(task.device)
-    y = torch.randint(0, 10, (task.n,), generator=gen).to(task.device)
+    y = torch.randint(0, classes, (task.n,), generator=gen).to(task.device)
     return model, x, y
 
 
@@ -99,7 +131,7 @@ def _naive(model: Any, x: Any) -> None:
     import torch
 
     for example in x:
-        for k in range(10):
+        for k in range(int(model(example[None]).shape[1])):
             xi = example.unsqueeze(0).detach().requires_grad_(True)
             torch.autograd.grad(model(xi)[0, k], xi)
 
@@ -121,17 +153,29 @@ def _runner(task: Task, computation: str) -> tuple[Callable[[], None], int]:
         return (lambda: (_floor(model, x), sync())[1]), task.n
     if computation == "naive":
         return (lambda: (_naive(model, x[:task.naive_n]), sync())[1]), task.naive_n
-    method = computation.removeprefix("diagnose[").removesuffix("]")
-    return (lambda: (diagnose(model, x, y, method=method, batch_size=len(x)), sync())[1]), task.n
+    if computation == "full-jacobian":
+        from epsl.diagnostics import jacobian_and_logits
+        from epsl.diagnostics.margins import margins_from_jacobian
+
+        def whole() -> None:
+            jac, logits = jacobian_and_logits(model, x, chunk_size=len(x))
+            margins_from_jacobian(jac, logits, y, torch.arange(len(x)))
+            sync()
+
+        return whole, task.n
+    method, _, top = computation.removeprefix("diagnose[").removesuffix("]").partition(",")
+    top_k = int(top.removeprefix("top")) if top else None
+    return (lambda: (diagnose(model, x, y, method=method, batch_size=len(x), top_k=top_k),
+                     sync())[1]), task.n
 
 
 def _time_all(task: Task) -> dict[str, float]:
     """Seconds per example of every computation, best of ``repeats`` rounds; the rounds
     interleave the computations so that load from other processes hits them alike."""
-    runners = {c: _runner(task, c) for c in COMPUTATIONS}
+    runners = {c: _runner(task, c) for c in computations(task.model)}
     for run, _ in runners.values():
         run()  # warm-up
-    best = {c: float("inf") for c in COMPUTATIONS}
+    best = {c: float("inf") for c in runners}
     for _ in range(task.repeats):
         for name, (run, n) in runners.items():
             start = time.perf_counter()
@@ -263,12 +307,12 @@ def main() -> None:
         task = Task(name, n, min(n, NAIVE_SUBSET[name]), args.repeats, args.device,
                     args.threads)
         seconds = _spawn(_time_all, task)
-        peaks = {c: _spawn(_peak_mib, task, c) for c in COMPUTATIONS}
+        peaks = {c: _spawn(_peak_mib, task, c) for c in computations(name)}
         floor, naive = seconds["floor"], seconds["naive"]
         print(f"\n{name}: batch {n} (naive loop on {task.naive_n}, extrapolated per example)")
         print(f"{'computation':<22}{'ex/s':>10}{'x floor time':>14}{'x faster than naive':>21}"
               f"{'peak MiB':>10}{'process MiB':>13}")
-        for label in COMPUTATIONS:
+        for label in computations(name):
             spe = seconds[label]
             rows.append({"model": name, "computation": label, "batch": n,
                          "examples_per_second": 1 / spe, "time_vs_floor": spe / floor,

@@ -80,8 +80,9 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {kind.name: kind for kind in (
-    Kind("diagnostics", "diagnostics.json", "diagnostics", extra=("diagnostics.safetensors",),
-         tensors="diagnostics.safetensors"),
+    # version 2: the table keeps the true, rival and top logits instead of all K
+    Kind("diagnostics", "diagnostics.json", "diagnostics", version=2,
+         extra=("diagnostics.safetensors",), tensors="diagnostics.safetensors"),
     Kind("attack", "attack.json", "attack"),
     Kind("audit", "audit.json", "audit"),
     Kind("activations", "activations.json", "activations"),

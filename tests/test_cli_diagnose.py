@@ -36,7 +36,7 @@ def test_diagnose_writes_table_summary_and_tensors(digits_checkpoint: Path, tmp_
     assert len(frame) == 40 and frame["index"].tolist() == list(range(40))
     summary = json.loads((out / "diagnostics.json").read_text())
     origin = summary["provenance"]
-    assert summary["schema"] == "epsl.diagnostics" and summary["schema_version"] == 1
+    assert summary["schema"] == "epsl.diagnostics" and summary["schema_version"] == 2
     assert summary["n"] == 40 and summary["eps"] == [0.1, 8 / 255]
     k = round(summary["predicted_accuracy"][repr(0.1)] * 40)
     exact = binomtest(k, 40).proportion_ci(method="exact")

@@ -6,6 +6,7 @@ import functools
 import math
 import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -249,8 +250,14 @@ def test_frame_columns_and_save_load_round_trip(trained: tuple[Classifier, Diagn
     frame = d.to_frame()
     assert list(frame.columns) == [
         "index", "label", "pred", "correct", "logit_gap", "grad_gap_l1", "grad_cosine",
-        "eps_l", "rival", "grad_l1_label", "grad_l1_rival", *[f"logit_{k}" for k in range(10)]]
+        "eps_l", "rival", "grad_l1_label", "grad_l1_rival", "logit_label", "logit_rival",
+        *[f"top_{r}" for r in range(1, 11)], *[f"logit_top_{r}" for r in range(1, 11)]]
     assert len(frame) == 48
+    # at 10 classes the top 10 are every logit, highest first
+    top = frame[[f"logit_top_{r}" for r in range(1, 11)]].to_numpy()
+    assert np.array_equal(top, np.sort(d.logits.numpy(), axis=1)[:, ::-1])
+    assert frame["top_1"].tolist() == d.pred.tolist()
+    assert frame["logit_label"].tolist() == [float(d.logits[i, d.label[i]]) for i in range(48)]
     assert frame["grad_l1_rival"].tolist() == [float(d.grad_l1[i, d.rival[i]]) for i in range(48)]
     Result("diagnostics", {"n": 48}, None, frame,  # the tensors are written with it
            tensors=d).save(tmp_path)  # type: ignore[arg-type]

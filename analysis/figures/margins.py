@@ -155,8 +155,9 @@ def fig_noise_ablation(runs: Sequence[Run], *, regulariser: str = "ls",
 
 
 def fig_logits(runs: Sequence[Run]) -> Figure:
-    """Figure 2: the distribution of all logit values ``logit_0 .. logit_{K-1}`` per run, and of
-    the true-class logit z_y alone (adversarial training and squeezing shrink both)."""
+    """Figure 2: the distribution of all logit values per run (``logit_top_1 ..`` of the
+    table: every logit at 10 classes, the 10 highest at more), and of the true-class logit
+    z_y alone (adversarial training and squeezing shrink both)."""
     runs = _diag_runs(runs)
     colors = palette(len(runs))
     fig = _figure(10, 4.4)
@@ -166,13 +167,17 @@ def fig_logits(runs: Sequence[Run]) -> Figure:
         assert run.diagnostics is not None
         cols = logit_columns(run.diagnostics)
         if not cols:
-            raise EpslError(f"{run.path}: diagnostics table has no logit_0.. columns")
+            raise EpslError(f"{run.path}: diagnostics table has no logit_top_.. columns")
         logits = run.diagnostics[cols].to_numpy(dtype=float)
         every.append(logits.ravel())
-        labels = run.diagnostics["label"].to_numpy(dtype=int)
-        true_class.append(logits[np.arange(len(labels)), labels])
+        if "logit_label" in run.diagnostics:
+            true_class.append(run.diagnostics["logit_label"].to_numpy(dtype=float))
+        else:  # a table older than logit_label: logit_0 .. logit_{K-1} in class order
+            labels = run.diagnostics["label"].to_numpy(dtype=int)
+            true_class.append(logits[np.arange(len(labels)), labels])
     for ax, arrays, title, xlabel in (
-            (axes[0, 0], every, "All logits", "logit value $z_i$ (logit units)"),
+            (axes[0, 0], every, "All logits" if all(r.num_classes <= len(cols) for r in runs)
+             else f"Top {len(cols)} logits per example", "logit value $z_i$ (logit units)"),
             (axes[0, 1], true_class, "True-class logit", "$z_y$ (logit units)")):
         bins, _ = _lin_bins(arrays, bins=60)
         for values, color in zip(arrays, colors, strict=True):

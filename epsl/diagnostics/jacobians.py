@@ -42,7 +42,7 @@ DEFAULT_METHOD = "auto"
 #: What ``method="auto"`` picks per device type: the fastest method measured there
 #: (``benchmarks/diagnostics.py`` on the CPU; ``benchmarks/gpu_check.py`` on CUDA).
 AUTO_METHOD = {"cpu": "backward", "cuda": "backward"}
-CPU_BUDGET_BYTES = 2 * 1024**3  # upper bound of the automatic chunk budget on the CPU
+CPU_BUDGET_BYTES = 1024**3  # upper bound of the automatic chunk budget on the CPU
 Progress = Callable[[int], None]
 
 
@@ -121,15 +121,85 @@ def auto_chunk_size(model: nn.Module, x: torch.Tensor, num_classes: int | None =
     return int(max(1, min(len(x), budget // max(per_example, 1))))
 
 
-def _jacobian_backward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def format_bytes(count: float) -> str:
+    """``1.5 GiB``, ``300 MiB``: a byte count as people write it."""
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if count >= size:
+            return f"{count / size:.3g} {unit}"
+    return f"{int(count)} B"
+
+
+def parse_memory(text: str | int | None) -> int | None:
+    """``"2GiB"``, ``"512MB"``, ``"1.5G"``, ``1073741824`` -> bytes (None stays None: the
+    default budget, :func:`memory_budget`). Binary and decimal prefixes both mean powers of
+    1024, as free memory is reported."""
+    if text is None or isinstance(text, int):
+        if isinstance(text, int) and text < 1:
+            raise EpslError(f"memory must be a positive number of bytes (got {text})")
+        return text
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", str(text), re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise EpslError(f"memory={text!r}: expected a size such as 2GiB, 512MB or 1.5G")
+    scale = 1024 ** " kmgt".index(match.group(2).lower() or " ")
+    return max(1, int(float(match.group(1)) * scale))
+
+
+def plan_chunks(model: nn.Module, x: torch.Tensor, *, top_k: int | None = None,
+                method: str = DEFAULT_METHOD, budget: int | None = None,
+                chunk_size: int | None = None) -> tuple[int, int]:
+    """``(examples, columns)``: how many examples one chunk of :func:`linearise` takes and how
+    many class columns each of its Jacobian blocks holds, so that both fit ``budget`` bytes
+    (default :func:`memory_budget`) when every class (``top_k`` None) or the true class and
+    ``top_k`` rivals are searched.
+
+    Per example the estimate counts the autograd graph (twice the leaf-module activations),
+    the input, its gradient and the true class's gradient; per example and column the block
+    itself and the temporaries of its reduction (four copies of the pixels), plus for the
+    vmapped methods the activations of the batched backward passes. Every column in one
+    block (no extra pass for the true class) when that fits; else as many examples as leave
+    room for 16 columns (the vmapped methods' batch), at least one. ``chunk_size`` fixes the
+    examples; a budget too small for one example and one column is refused in one line.
+    """
+    method = resolve_method(method, x.device)
+    budget = memory_budget(x.device) if budget is None else budget
+    leaf_bytes, classes = _activation_bytes(model, x[:1])
+    candidates = classes if top_k is None or top_k >= classes - 1 else top_k + 1
+    pixels = x[0].numel() * x.element_size()
+    fixed = 2 * leaf_bytes + 3 * pixels
+    column = 4 * pixels + (0 if method == "backward" else 2 * leaf_bytes)
+    if budget < fixed + column:
+        raise EpslError(f"memory budget {format_bytes(budget)} is too small for one example "
+                        f"of this model (it needs about {format_bytes(fixed + column)}); "
+                        "raise memory")
+    if chunk_size is not None:
+        examples = int(chunk_size)
+    elif fixed + column * candidates <= budget:
+        examples = budget // (fixed + column * candidates)
+    else:
+        examples = max(1, budget // (fixed + column * min(candidates, 16)))
+    examples = int(max(1, min(len(x), examples)))
+    columns = (budget - examples * fixed) // max(examples * column, 1)
+    return examples, int(max(1, min(candidates, columns)))
+
+
+Block = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _linearise_backward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Block]:
     x = x.detach().requires_grad_(True)
     logits = model(x)
-    num_classes = logits.shape[1]
-    rows = []
-    for k in range(num_classes):
-        (grad,) = torch.autograd.grad(logits[:, k].sum(), x, retain_graph=k < num_classes - 1)
-        rows.append(grad)
-    return torch.stack(rows, dim=1), logits.detach()
+
+    def block(classes: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for j in range(classes.shape[1]):  # one reverse pass per column: sum_i z_{c_ij}(x_i)
+            picked = logits.gather(1, classes[:, j:j + 1]).sum()
+            (grad,) = torch.autograd.grad(picked, x, retain_graph=True)
+            rows.append(grad)
+        return torch.stack(rows, dim=1)
+
+    return logits.detach(), block
 
 
 def _params(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -138,33 +208,50 @@ def _params(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.
     return params, buffers
 
 
-def _jacobian_vjp(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _linearise_vjp(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Block]:
     params, buffers = _params(model)
 
     def logits_of(inputs: torch.Tensor) -> torch.Tensor:
         return functional_call(model, (params, buffers), (inputs,))  # type: ignore[no-any-return]
 
     logits, pullback = vjp(logits_of, x.detach())[:2]
-    num_classes = logits.shape[1]
-    cotangents = torch.eye(num_classes, dtype=logits.dtype, device=logits.device)
-    cotangents = cotangents[:, None, :].expand(num_classes, *logits.shape)
-    (grads,) = vmap(pullback)(cotangents)  # K x N x C x H x W
-    return grads.transpose(0, 1), logits.detach()
+
+    def block(classes: torch.Tensor) -> torch.Tensor:
+        # the columns' one-hot cotangents, m x N x K, pulled back at once
+        cotangents = torch.nn.functional.one_hot(classes.T, logits.shape[1]).to(logits.dtype)
+        (grads,) = vmap(pullback)(cotangents)  # m x N x C x H x W
+        return grads.transpose(0, 1)
+
+    return logits.detach(), block
 
 
-def _jacobian_jacrev(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _linearise_jacrev(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Block]:
     params, buffers = _params(model)
+    with torch.no_grad():
+        logits = model(x)
 
-    def logits_one(example: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def picked_logits(example: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         z = functional_call(model, (params, buffers), (example.unsqueeze(0),)).squeeze(0)
-        return z, z
+        return z.gather(0, classes)  # type: ignore[no-any-return]
 
-    grads, logits = vmap(jacrev(logits_one, has_aux=True), in_dims=(0,))(x.detach())
-    return grads, logits.detach()
+    def block(classes: torch.Tensor) -> torch.Tensor:
+        return vmap(jacrev(picked_logits), in_dims=(0, 0))(x.detach(), classes)
+
+    return logits.detach(), block
 
 
-_METHOD_FUNCTIONS = {"backward": _jacobian_backward, "vjp": _jacobian_vjp,
-                     "jacrev": _jacobian_jacrev}
+_METHOD_FUNCTIONS = {"backward": _linearise_backward, "vjp": _linearise_vjp,
+                     "jacrev": _linearise_jacrev}
+
+
+def linearise(model: nn.Module, x: torch.Tensor, *, method: str = DEFAULT_METHOD
+              ) -> tuple[torch.Tensor, Block]:
+    """``(logits, block)`` of a chunk x (n x C x H x W): the logits (n x K) and a function that
+    maps class indices (n x m, one class per example and column) to the rows of the Jacobian
+    they pick, ``block(c)[i, j] = d z_{c[i, j]}(x_i) / d x_i`` (n x m x C x H x W). Columns are
+    computed only when asked for, so a caller that reduces each block at once never holds the
+    n x K x C x H x W Jacobian (:func:`epsl.diagnostics.diagnose` at 1000 classes)."""
+    return _METHOD_FUNCTIONS[resolve_method(method, x.device)](model, x)
 
 
 def jacobian_and_logits(model: nn.Module, x: torch.Tensor, *, chunk_size: int | None = None,
@@ -176,14 +263,14 @@ def jacobian_and_logits(model: nn.Module, x: torch.Tensor, *, chunk_size: int | 
         raise EpslError(f"expected a non-empty batch N x C x H x W, got shape {tuple(x.shape)}")
     if chunk_size is not None and chunk_size < 1:
         raise EpslError(f"chunk_size must be at least 1 (got {chunk_size})")
-    compute = _METHOD_FUNCTIONS[method]
     with eval_mode(model):
         if chunk_size is None:
             chunk_size = auto_chunk_size(model, x, method=method)
         grads, logits = [], []
         for chunk in x.split(chunk_size):
-            grad, logit = compute(model, chunk)
-            grads.append(grad)
+            logit, block = linearise(model, chunk, method=method)
+            every = torch.arange(logit.shape[1], device=chunk.device).expand(len(chunk), -1)
+            grads.append(block(every))
             logits.append(logit)
             if progress is not None:
                 progress(len(chunk))

@@ -29,7 +29,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from epsl.device import model_device
-from epsl.diagnostics.jacobians import DEFAULT_METHOD, Progress, jacobian_and_logits
+from epsl.diagnostics.jacobians import (
+    DEFAULT_METHOD,
+    Progress,
+    linearise,
+    parse_memory,
+    plan_chunks,
+)
 from epsl.distributed import shard_map, world
 from epsl.errors import EpslError
 from epsl.io import atomic_path
@@ -60,6 +66,10 @@ class Diagnostics:
         eps_l_all: (N, K) gap / grad gap per wrong class, +inf at the true class. A zero
             gradient gap gives +inf for a positive gap, -inf for a negative one, 0 for a tie.
         norm: the threat model p (``"linf"``, ``"l2"``, ``"l1"``) of every eps above.
+        top_k: ``None`` when the rival was searched over every wrong class (exact); else the
+            number of wrong classes searched, those with the highest logits. The per-class
+            matrices are NaN at the classes not searched, and eps_L over fewer classes can
+            only be larger (optimistic).
     """
 
     index: torch.Tensor
@@ -78,6 +88,7 @@ class Diagnostics:
     grad_cosine_all: torch.Tensor
     eps_l_all: torch.Tensor
     norm: str = "linf"
+    top_k: int | None = None
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -101,10 +112,14 @@ class Diagnostics:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per example: ``index, label, pred, correct, logit_gap, grad_gap_<q>,
-        grad_cosine, eps_l, rival, grad_l1_label, grad_l1_rival, logit_0 .. logit_{K-1}``
-        (q: the dual norm; ``grad_l1_*`` are ℓ1 norms in every norm, Figure 7's)."""
+        grad_cosine, eps_l, rival, grad_l1_label, grad_l1_rival, logit_label, logit_rival``,
+        then the T = min(K, :data:`TOP_LOGITS`) highest logits, ``top_1 .. top_T`` (their
+        classes) and ``logit_top_1 .. logit_top_T``: at 10 classes every logit (Figure 2), at
+        1000 never 1000 columns. Every logit stays in the tensors file
+        (:meth:`save_tensors`). q: the dual norm; ``grad_l1_*`` are ℓ1 norms in every norm,
+        Figure 7's."""
         rows = torch.arange(len(self))
-        frame = pd.DataFrame({
+        columns: dict[str, Any] = {
             "index": self.index.numpy(),
             "label": self.label.numpy(),
             "pred": self.pred.numpy(),
@@ -116,10 +131,15 @@ class Diagnostics:
             "rival": self.rival.numpy(),
             "grad_l1_label": self.grad_l1[rows, self.label].numpy(),
             "grad_l1_rival": self.grad_l1[rows, self.rival].numpy(),
-        })
-        logits = pd.DataFrame(self.logits.numpy(),
-                              columns=[f"logit_{k}" for k in range(self.num_classes)])
-        return pd.concat([frame, logits], axis=1)
+            "logit_label": self.logits[rows, self.label].numpy(),
+            "logit_rival": self.logits[rows, self.rival].numpy(),
+        }
+        top = self.logits.topk(min(self.num_classes, TOP_LOGITS), dim=1)
+        for rank in range(top.indices.shape[1]):
+            columns[f"top_{rank + 1}"] = top.indices[:, rank].numpy()
+        for rank in range(top.indices.shape[1]):
+            columns[f"logit_top_{rank + 1}"] = top.values[:, rank].numpy()
+        return pd.DataFrame(columns)
 
     def save_tensors(self, path_dir: Path | str) -> Path:
         """Write ``diagnostics.safetensors`` (every tensor, exact) into ``path_dir``,
@@ -128,8 +148,9 @@ class Diagnostics:
         out = Path(path_dir)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}
         with atomic_path(out / TENSORS_FILE) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "epsl.diagnostics/2",
-                                                   "norm": self.norm})
+            save_file(tensors, str(tmp), metadata={
+                "format": "epsl.diagnostics/2", "norm": self.norm,
+                "top_k": "all" if self.top_k is None else str(self.top_k)})
         return out / TENSORS_FILE
 
     @classmethod
@@ -147,12 +168,16 @@ class Diagnostics:
         if missing or metadata.get("format") != "epsl.diagnostics/2":
             raise EpslError(f"{path}: missing tensors {', '.join(missing) or '(old format)'}; "
                             "recompute the diagnostics")
+        top_k = metadata.get("top_k", "all")
         return cls(**{name: tensors[name] for name in TENSOR_FIELDS},
-                   norm=parse_norm(metadata.get("norm", "linf")).value)
+                   norm=parse_norm(metadata.get("norm", "linf")).value,
+                   top_k=None if top_k == "all" else int(top_k))
 
 
-#: the tensors of :class:`Diagnostics` (every field but ``norm``)
-TENSOR_FIELDS = tuple(f.name for f in fields(Diagnostics) if f.name != "norm")
+#: the tensors of :class:`Diagnostics` (every field but ``norm`` and ``top_k``)
+TENSOR_FIELDS = tuple(f.name for f in fields(Diagnostics) if f.name not in ("norm", "top_k"))
+#: the highest logits a diagnostics table keeps per example (all of them at 10 classes)
+TOP_LOGITS = 10
 
 
 def grad_gap_column(norm: str | Norm) -> str:
@@ -171,26 +196,98 @@ def _ratio(gap: torch.Tensor, grad_gap: torch.Tensor) -> torch.Tensor:
 def margins_from_jacobian(jac: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
                           index: torch.Tensor, norm: str | Norm = "linf") -> Diagnostics:
     """Equation 4 quantities in ``norm`` from a Jacobian (N x K x ...), logits (N x K) and
-    labels (N,): the gradient gaps are measured in the dual norm."""
-    p = parse_norm(norm)
+    labels (N,): the gradient gaps are measured in the dual norm. :func:`diagnose` computes
+    the same without holding the Jacobian (:func:`reduce_blocks`)."""
+    rows = torch.arange(len(logits), device=logits.device)[:, None]
+    every = torch.arange(logits.shape[1], device=logits.device).expand(len(logits), -1)
+    return reduce_blocks(logits, y, index, lambda classes: jac[rows, classes], every, y,
+                         columns=logits.shape[1], norms=(norm,))[0]
+
+
+def candidate_classes(logits: torch.Tensor, y: torch.Tensor, top_k: int | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """``(classes, at, top_k)``: per example the classes whose gradients Eq. 4 needs (N x M)
+    and the column of the true class among them (N,). Every class (``top_k`` None, or at
+    least K - 1): ``classes[i] = 0..K-1``. Else the true class and the ``top_k`` wrong classes
+    with the highest logits, as DeepFool's ``candidates``. The third item is the ``top_k``
+    in effect (None when every wrong class is searched)."""
     n, num_classes = logits.shape
-    grads = jac.reshape(n, num_classes, -1)
+    if top_k is not None and top_k < 1:
+        raise EpslError(f"top_k must be at least 1 (got {top_k})")
+    if top_k is None or top_k >= num_classes - 1:
+        return torch.arange(num_classes, device=logits.device).expand(n, -1), y, None
+    true = torch.nn.functional.one_hot(y, num_classes).bool()
+    rivals = logits.masked_fill(true, -math.inf).topk(top_k, dim=1).indices
+    return torch.cat([y[:, None], rivals], dim=1), torch.zeros_like(y), top_k
+
+
+def reduce_blocks(logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
+                  block: Any, classes: torch.Tensor, at: torch.Tensor, *, columns: int,
+                  norms: Sequence[str | Norm], top_k: int | None = None
+                  ) -> list[Diagnostics]:
+    """Equation 4 in each of ``norms`` for one chunk, reducing the Jacobian block by block.
+
+    ``block(c)`` (c: n x m class indices) gives the gradients d z_{c[i, j]}(x_i) / d x_i
+    (n x m x ...) (:func:`epsl.diagnostics.jacobians.linearise`); ``classes`` (n x M, from
+    :func:`candidate_classes`) are asked for ``columns`` at a time, and each block is reduced
+    at once to the per-class gaps, norms and dot products (n x K numbers), so no more than
+    n x ``columns`` gradients are ever held. When the blocks do not cover every class at once,
+    the true class's gradients come first, from one extra pass.
+    """
+    n, num_classes = logits.shape
+    rows = torch.arange(n, device=logits.device)
+    if columns >= classes.shape[1]:
+        first = block(classes).flatten(2)
+        grad_y = first[rows, at]
+        pending = [(classes, first)]
+    else:
+        grad_y = block(y[:, None]).flatten(2)[:, 0]
+        pending = []
+    wanted = [parse_norm(norm) for norm in norms]
+    unknown = torch.full((n, num_classes), math.nan, dtype=logits.dtype, device=logits.device)
+    gaps = {p: unknown.clone() for p in wanted}
+    grad_l1, grad_l2, dots = unknown.clone(), unknown.clone(), unknown.clone()
+
+    def absorb(picked: torch.Tensor, grads: torch.Tensor) -> None:
+        diff = grad_y[:, None, :] - grads
+        for p in wanted:
+            gaps[p].scatter_(1, picked, lp(diff, dual(p)).to(logits.dtype))
+        del diff
+        grad_l1.scatter_(1, picked, grads.abs().sum(-1).to(logits.dtype))
+        grad_l2.scatter_(1, picked, grads.norm(dim=-1).to(logits.dtype))
+        dots.scatter_(1, picked, (grads * grad_y[:, None, :]).sum(-1).to(logits.dtype))
+
+    if pending:
+        absorb(*pending.pop())
+    else:
+        for start in range(0, classes.shape[1], columns):
+            picked = classes[:, start:start + columns]
+            absorb(picked, block(picked).flatten(2))
+    norm_y = grad_y.norm(dim=-1).to(logits.dtype)
+    return [_finish(logits, y, index, gaps[p], grad_l1, grad_l2, dots, norm_y, p, top_k)
+            for p in wanted]
+
+
+def _finish(logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
+            grad_gap_all: torch.Tensor, grad_l1: torch.Tensor, grad_l2: torch.Tensor,
+            dots: torch.Tensor, norm_y: torch.Tensor, norm: Norm, top_k: int | None
+            ) -> Diagnostics:
+    """:class:`Diagnostics` from the per-class reductions (n x K, NaN where not searched)."""
+    n, num_classes = logits.shape
     rows = torch.arange(n, device=logits.device)
     true = torch.nn.functional.one_hot(y, num_classes).bool()
-    grad_y = grads[rows, y]  # N x P
+    searched = ~torch.isnan(grad_gap_all)
     logit_gap_all = logits[rows, y][:, None] - logits
-    grad_gap_all = lp(grad_y[:, None, :] - grads, dual(p))
-    grad_l1 = grads.abs().sum(-1)
-    norms = grads.norm(dim=-1)
-    dots = (grads * grad_y[:, None, :]).sum(-1)
-    denom = norms * norms[rows, y][:, None]
+    denom = grad_l2 * norm_y[:, None]
     cosine_all = torch.where(denom > 0, dots / torch.where(denom > 0, denom, 1.0), 0.0)
-    eps_l_all = _ratio(logit_gap_all, grad_gap_all).masked_fill(true, math.inf)
-    # rival: the wrong class with the smallest eps_L; ties (e.g. all +inf) go to the wrong class
-    # with the highest logit, so the true class is never chosen.
+    cosine_all = cosine_all.masked_fill(~searched, math.nan)
+    eps_l_all = _ratio(logit_gap_all, torch.nan_to_num(grad_gap_all, nan=1.0))
+    eps_l_all = eps_l_all.masked_fill(~searched, math.nan).masked_fill(true, math.inf)
+    # rival: the searched wrong class with the smallest eps_L; ties (e.g. all +inf) go to the
+    # wrong class with the highest logit, so the true class is never chosen.
     order = logit_gap_all.masked_fill(true, math.inf)
     tie_break = torch.argsort(order, dim=1, stable=True)
-    sorted_eps = eps_l_all.gather(1, tie_break)
+    sorted_eps = torch.nan_to_num(eps_l_all, nan=math.inf).gather(1, tie_break)
     rival = tie_break[rows, torch.argmin(sorted_eps, dim=1)]
     nan = float("nan")
     pred = logits.argmax(1)
@@ -203,20 +300,21 @@ def margins_from_jacobian(jac: torch.Tensor, logits: torch.Tensor, y: torch.Tens
         logit_gap_all=logit_gap_all.masked_fill(true, nan).cpu(),
         grad_gap_all=grad_gap_all.masked_fill(true, nan).cpu(),
         grad_cosine_all=cosine_all.masked_fill(true, nan).cpu(),
-        eps_l_all=eps_l_all.cpu(), norm=p.value,
+        eps_l_all=eps_l_all.cpu(), norm=norm.value, top_k=top_k,
     )
 
 
 def _concat(parts: Sequence[Diagnostics]) -> Diagnostics:
     return Diagnostics(**{name: torch.cat([getattr(p, name) for p in parts])
-                          for name in TENSOR_FIELDS}, norm=parts[0].norm)
+                          for name in TENSOR_FIELDS}, norm=parts[0].norm, top_k=parts[0].top_k)
 
 
 def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
              chunk_size: int | None = None, device: torch.device | str | None = None,
              batch_size: int = 256, method: str = DEFAULT_METHOD,
              index: torch.Tensor | None = None, progress: Progress | None = None,
-             norm: str | Norm = "linf") -> Diagnostics:
+             norm: str | Norm = "linf", memory: int | str | None = None,
+             top_k: int | None = None) -> Diagnostics:
     """Per-example logit gaps, gradient gaps, cosines and eps_L (Eq. 4) for ``model`` on (x, y)
     in the ℓp threat model ``norm``.
 
@@ -224,17 +322,27 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         model: a classifier on pixels in [0, 1]; computed in eval mode (see
             :func:`~epsl.diagnostics.jacobian`).
         x: N x C x H x W pixels in [0, 1]; y: (N,) int labels.
-        chunk_size: examples per Jacobian chunk (``None``: from free memory).
+        chunk_size: examples per Jacobian chunk (``None``: from ``memory``).
         device: where to compute (default: the model's device). The model is not moved; pass
             a model already on ``device``.
-        batch_size: examples whose full Jacobian (batch x K x pixels) is held at once before
-            it is reduced to the per-example quantities.
+        batch_size: examples per unit of work (of progress, and of sharding under torchrun).
+            The Jacobian is never held whole: each chunk's is reduced class block by class
+            block (:func:`reduce_blocks`), sized by ``memory``.
         method: the Jacobian method (``"auto"``: the fastest measured on the device, or
             ``"backward"``, ``"vjp"``, ``"jacrev"``).
         index: (N,) example indices to report (default ``0..N-1``).
         progress: called with the number of examples finished after every chunk.
         norm: ``"linf"`` (the paper's Eq. 4), ``"l2"`` or ``"l1"``: eps_L is in this norm and
             the gradient gap in its dual (:mod:`epsl.norms`).
+        memory: bytes the Jacobian chunks may use (``"2GiB"``, ``"512MB"`` or an int;
+            default :func:`~epsl.diagnostics.jacobians.memory_budget`: half the free CUDA
+            memory, or on the CPU a quarter of the available memory, at most 1 GiB). A budget
+            too small for one example is refused.
+        top_k: search the rival among the ``top_k`` wrong classes with the highest logits
+            only (DeepFool's ``candidates``) instead of all of them (``None``, the default and
+            exact). A minimum over fewer classes can only raise eps_L: the result is
+            optimistic wherever the exact rival lies outside the top k (docs/diagnostics.md
+            measures how often).
 
     Returns:
         :class:`Diagnostics` with tensors on the CPU.
@@ -251,14 +359,16 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     """
     return diagnose_norms(model, x, y, norms=(norm,), chunk_size=chunk_size, device=device,
                           batch_size=batch_size, method=method, index=index,
-                          progress=progress)[parse_norm(norm).value]
+                          progress=progress, memory=memory,
+                          top_k=top_k)[parse_norm(norm).value]
 
 
 def diagnose_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                    norms: Sequence[str | Norm] = ("linf", "l2", "l1"),
                    chunk_size: int | None = None, device: torch.device | str | None = None,
                    batch_size: int = 256, method: str = DEFAULT_METHOD,
-                   index: torch.Tensor | None = None, progress: Progress | None = None
+                   index: torch.Tensor | None = None, progress: Progress | None = None,
+                   memory: int | str | None = None, top_k: int | None = None
                    ) -> dict[str, Diagnostics]:
     """:func:`diagnose` in several norms from one Jacobian per batch (no extra backward
     pass): ``{norm: Diagnostics}`` keyed by each norm's name, in the order given."""
@@ -276,17 +386,34 @@ def diagnose_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     if len(index) != len(x):
         raise EpslError(f"index has {len(index)} entries for {len(x)} examples")
     sharded = world().distributed
+    if chunk_size is not None and chunk_size < 1:
+        raise EpslError(f"chunk_size must be at least 1 (got {chunk_size})")
+    if top_k is not None and top_k < 1:
+        raise EpslError(f"top_k must be at least 1 (got {top_k})")
+    budget = parse_memory(memory)
+    with eval_mode(model):
+        examples, columns = plan_chunks(model, x[:1].to(dev), top_k=top_k, method=method,
+                                        budget=budget, chunk_size=chunk_size)
+
+    def one_chunk(xc: torch.Tensor, yc: torch.Tensor, rows: torch.Tensor) -> list[Diagnostics]:
+        logits, block = linearise(model, xc, method=method)
+        if int(yc.max()) >= logits.shape[1] or int(yc.min()) < 0:
+            raise EpslError(f"labels must lie in 0..{logits.shape[1] - 1}")
+        classes, at, searched = candidate_classes(logits, yc, top_k)
+        return reduce_blocks(logits, yc, rows, block, classes, at, columns=columns,
+                             norms=wanted, top_k=searched)
 
     def one_batch(start: int) -> tuple[torch.Tensor, ...]:
-        xb = x[start:start + batch_size].to(dev)
-        yb = y[start:start + batch_size].to(dev, torch.int64)
-        jac, logits = jacobian_and_logits(model, xb, chunk_size=chunk_size, method=method,
-                                          progress=None if sharded else progress)
-        if int(yb.max()) >= logits.shape[1] or int(yb.min()) < 0:
-            raise EpslError(f"labels must lie in 0..{logits.shape[1] - 1}")
-        rows = index[start:start + batch_size].to(dev)
-        parts = [margins_from_jacobian(jac, logits, yb, rows, norm) for norm in wanted]
-        return tuple(getattr(part, name) for part in parts for name in TENSOR_FIELDS)
+        stop = min(start + batch_size, len(x))
+        parts = []
+        for first in range(start, stop, examples):
+            last = min(first + examples, stop)
+            parts.append(one_chunk(x[first:last].to(dev), y[first:last].to(dev, torch.int64),
+                                   index[first:last].to(dev)))
+            if progress is not None and not sharded:
+                progress(last - first)
+        merged = [_concat([part[k] for part in parts]) for k in range(len(wanted))]
+        return tuple(getattr(part, name) for part in merged for name in TENSOR_FIELDS)
 
     starts = list(range(0, len(x), batch_size))
     with eval_mode(model):
@@ -294,11 +421,16 @@ def diagnose_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         batches = shard_map(one_batch, starts, progress=progress if sharded else None,
                             sizes=[min(batch_size, len(x) - s) for s in starts])
     width = len(TENSOR_FIELDS)
+    effective = None if top_k is None or top_k >= _num_classes(batches) - 1 else top_k
     return {norm: _concat([Diagnostics(**dict(zip(TENSOR_FIELDS,
                                                   batch[k * width:(k + 1) * width],
-                                                  strict=True)), norm=norm)
+                                                  strict=True)), norm=norm, top_k=effective)
                            for batch in batches])
             for k, norm in enumerate(wanted)}
+
+
+def _num_classes(batches: Sequence[tuple[torch.Tensor, ...]]) -> int:
+    return int(batches[0][TENSOR_FIELDS.index("logits")].shape[1])
 
 
 def predicted_accuracy(eps_l: torch.Tensor | Any, eps: float | Iterable[float]
