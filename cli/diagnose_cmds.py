@@ -76,10 +76,19 @@ def _written(paths: list[Path]) -> None:
                    "l2, D for l1; '8/255' accepted; repeatable. Default: 2/255 4/255 8/255 0.1 "
                    "0.2 0.3 (linf), 0.1 0.25 0.5 1 2 (l2), 0.5 1 2 5 12 (l1).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
-              help="Examples per Jacobian chunk (default: from free memory).")
+              help="Examples per Jacobian chunk (default: from --memory).")
 @click.option("--batch-size", type=click.IntRange(min=1),
               default=default(DiagnoseConfig, "batch_size"), show_default=True,
-              help="Examples whose full Jacobian is held at once.")
+              help="Examples per unit of work (progress; sharding under torchrun).")
+@click.option("--memory", default=None, metavar="SIZE",
+              help="Memory the Jacobian blocks may use, e.g. 2GiB or 512MB (default: half "
+                   "the free GPU memory; on the CPU a quarter of the available, at most 1 "
+                   "GiB). The N x K x D Jacobian is never held whole; a smaller budget is "
+                   "slower, not less exact.")
+@click.option("--top-k", type=click.IntRange(min=1), default=None,
+              help="Search the rival among the K wrong classes with the highest logits only "
+                   "(default: every class, exact). Fewer classes can only raise eps_L: "
+                   "optimistic where the exact rival lies outside them.")
 @click.option("--method", type=click.Choice(METHODS), default=default(DiagnoseConfig, "method"),
               show_default=True,
               help="How the logit Jacobian is computed (all give the same numbers); auto: "
@@ -87,8 +96,8 @@ def _written(paths: list[Path]) -> None:
 @format_option
 @result_options
 def diagnose(checkpoint: str, norm: str, eps: tuple[float, ...], chunk_size: int | None,
-             batch_size: int, method: str, table_format: str, out: str, overwrite: bool,
-             **options: Any) -> None:
+             batch_size: int, memory: str | None, top_k: int | None, method: str,
+             table_format: str, out: str, overwrite: bool, **options: Any) -> None:
     """Per-example logit gap, gradient gap, cosine and eps_L (Eq. 4) of CHECKPOINT, in the
     --norm threat model (the gradient gap in its dual norm).
 
@@ -100,7 +109,7 @@ def diagnose(checkpoint: str, norm: str, eps: tuple[float, ...], chunk_size: int
     """
     config = DiagnoseConfig(data=data_config(checkpoint, options), eps=tuple(eps),
                             chunk_size=chunk_size, batch_size=batch_size, method=method,
-                            table_format=table_format, norm=norm)
+                            table_format=table_format, norm=norm, memory=memory, top_k=top_k)
     _precheck(out, kind("diagnostics").files(table_format), overwrite)
     evaluation = config.data.prepare()
     with _progress_bar(len(evaluation.data)) as bar:
@@ -109,6 +118,9 @@ def diagnose(checkpoint: str, norm: str, eps: tuple[float, ...], chunk_size: int
     summary = record.summary
     n = int(summary["n"])
     click.echo(f"n={n}  clean accuracy {with_interval(summary['clean_accuracy'], n)}")
+    if summary["rivals"] != "all":
+        click.echo(f"rivals: {summary['rivals']} wrong classes by logit only; eps_L can only "
+                   "be larger than the exact one (optimistic)")
     click.echo(f"{'eps (' + config.norm + ')':>10}  {'predicted accuracy (Eq. 4) [95% CI]':>36}")
     for e in config.eps:
         click.echo(f"{e:>10.4f}  {with_interval(summary['predicted_accuracy'][repr(e)], n):>36}")

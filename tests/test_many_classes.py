@@ -122,3 +122,63 @@ def test_parse_memory(text: object, expected: int | None) -> None:
 def test_parse_memory_refuses(text: str) -> None:
     with pytest.raises(EpslError, match="memory"):
         parse_memory(text)
+
+
+@pytest.fixture(scope="module")
+def hundred_class_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    import numpy as np
+
+    from epsl import checkpoint
+    from epsl.models import create_model
+
+    folder = tmp_path_factory.mktemp("hundred")
+    torch.manual_seed(0)
+    kwargs = {"in_channels": 3, "num_classes": CLASSES, "input_size": 8, "mean": [0.5] * 3,
+              "std": [0.25] * 3, "width": 4, "hidden": 16}
+    net = create_model("small-cnn", **kwargs)
+    path = folder / "net.safetensors"
+    checkpoint.save(path, net, {"arch": "small-cnn", "arch_kwargs": kwargs,
+                                "dataset": "npz", "input_shape": [3, 8, 8],
+                                "num_classes": CLASSES,
+                                "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, CLASSES, 12)
+    y[0] = CLASSES - 1
+    np.savez(folder / "data.npz", x=rng.random((12, 3, 8, 8), dtype=np.float32), y=y)
+    return str(path), str(folder / "data.npz")
+
+
+def test_the_cli_runs_top_k_within_a_budget_and_reuse_keeps_them_apart(
+        hundred_class_files, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from epsl.cli.main import main
+
+    ckpt, data = hundred_class_files
+    runner = CliRunner()
+    exact = runner.invoke(main, ["diagnose", ckpt, "--data", data, "--memory", "4MiB",
+                                 "--out", str(tmp_path / "exact")])
+    assert exact.exit_code == 0, exact.output
+    top = runner.invoke(main, ["diagnose", ckpt, "--data", data, "--top-k", "5",
+                               "--out", str(tmp_path / "top")])
+    assert top.exit_code == 0, top.output
+    assert "top-5" in top.output and "optimistic" in top.output
+    record = json.loads((tmp_path / "top" / "diagnostics.json").read_text())
+    assert record["rivals"] == "top-5"
+    assert record["provenance"]["settings"] == {"norm": "linf", "top_k": 5}
+    assert json.loads((tmp_path / "exact" / "diagnostics.json").read_text())["rivals"] == "all"
+    a = pd.read_csv(tmp_path / "exact" / "diagnostics.csv")
+    b = pd.read_csv(tmp_path / "top" / "diagnostics.csv")
+    assert (b["eps_l"] >= a["eps_l"] - 1e-12).all()
+    assert len(a.columns) == 13 + 2 * 10  # never one column per class
+    bad = runner.invoke(main, ["diagnose", ckpt, "--data", data, "--memory", "2 parsecs",
+                               "--out", str(tmp_path / "bad")])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+    assert len(bad.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    small = runner.invoke(main, ["diagnose", ckpt, "--data", data, "--memory", "1k",
+                                 "--out", str(tmp_path / "small")])
+    assert small.exit_code != 0 and "too small for one example" in small.output
+    assert not (tmp_path / "small" / "diagnostics.json").exists()

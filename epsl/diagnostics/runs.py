@@ -15,9 +15,10 @@ import pandas as pd
 
 from epsl.context import DataConfig, Evaluation, provenance
 from epsl.diagnostics.features import activations
-from epsl.diagnostics.jacobians import DEFAULT_METHOD, Progress
+from epsl.diagnostics.jacobians import DEFAULT_METHOD, Progress, parse_memory
 from epsl.diagnostics.landscape import loss_landscape
 from epsl.diagnostics.margins import Diagnostics, diagnose, predicted_accuracy
+from epsl.errors import EpslError
 from epsl.norms import Norm, check_radius, parse_norm
 from epsl.records import Result, reusable
 from epsl.stats import accuracy_interval
@@ -56,24 +57,36 @@ class DiagnoseConfig:
     method: str = DEFAULT_METHOD
     table_format: str = "csv"
     norm: str = "linf"
+    #: bytes the Jacobian blocks may use (``"2GiB"``; None: half the free CUDA memory, or a
+    #: quarter of the available memory up to 1 GiB on the CPU)
+    memory: str | None = None
+    #: search the rival among the top-k wrong logits only (None: every class, exact)
+    top_k: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", parse_norm(self.norm).value)
         if not self.eps:
             object.__setattr__(self, "eps", default_eps(self.norm))
         check_eps(self.eps, self.norm)
+        parse_memory(self.memory)
+        if self.top_k is not None and self.top_k < 1:
+            raise EpslError(f"top_k must be at least 1 (got {self.top_k})")
 
     def reuse_settings(self) -> dict[str, Any]:
-        """The norm (:func:`diagnostics_settings`): every Jacobian method gives the same eps_L
-        (tests check it against an autograd loop), and the radii only pick the summary's
-        columns."""
-        return diagnostics_settings(self.norm)
+        """The norm and the rival search (:func:`diagnostics_settings`): every Jacobian method
+        and memory budget gives the same eps_L (tests check it against an autograd loop), and
+        the radii only pick the summary's columns."""
+        return diagnostics_settings(self.norm, self.top_k)
 
 
-def diagnostics_settings(norm: str | Norm) -> dict[str, Any]:
+def diagnostics_settings(norm: str | Norm, top_k: int | None = None) -> dict[str, Any]:
     """What decides whether saved diagnostics are reused: the norm, so that an ℓ∞ ε_L is never
-    served for an ℓ2 request."""
-    return {"norm": parse_norm(norm).value}
+    served for an ℓ2 request, and a top-k rival search (``top_k``), so that an eps_L over
+    some classes is never served for an exact one."""
+    settings: dict[str, Any] = {"norm": parse_norm(norm).value}
+    if top_k is not None:
+        settings["top_k"] = int(top_k)
+    return settings
 
 
 @dataclass(frozen=True)
@@ -120,6 +133,7 @@ def diagnostics_result(ev: Evaluation, result: Diagnostics, eps: Sequence[float]
     summary = {
         "n": len(result),
         "norm": result.norm,
+        "rivals": "all" if result.top_k is None else f"top-{result.top_k}",
         "clean_accuracy": result.clean_accuracy,
         "eps": list(eps),
         "predicted_accuracy": {repr(e): a for e, a in accuracy.items()},
@@ -131,7 +145,8 @@ def diagnostics_result(ev: Evaluation, result: Diagnostics, eps: Sequence[float]
                            "max": max(positive)} if positive else None),
         "config": config,
     }
-    return Result("diagnostics", summary, provenance(ev, diagnostics_settings(result.norm)),
+    return Result("diagnostics", summary,
+                  provenance(ev, diagnostics_settings(result.norm, result.top_k)),
                   result.to_frame(), tensors=result)
 
 
@@ -144,7 +159,8 @@ def run_diagnose(config: DiagnoseConfig, *, progress: Progress | None = None,
     check_eps(config.eps, config.norm, dim=ev.data.x[0].numel())
     result = diagnose(ev.model, ev.data.x, ev.data.y, chunk_size=config.chunk_size,
                       batch_size=config.batch_size, method=config.method, device=ev.device,
-                      progress=progress, norm=config.norm)
+                      progress=progress, norm=config.norm, memory=config.memory,
+                      top_k=config.top_k)
     return diagnostics_result(ev, result, config.eps, asdict(config))
 
 
