@@ -328,6 +328,10 @@ def with_reported(table: pd.DataFrame, reported: dict[str, dict[str, Any]]) -> p
     return table
 
 
+#: an interval wider than this (a fraction) makes agreement with a reported accuracy weak
+WIDE_INTERVAL = 0.1
+
+
 def reported_markdown(table: pd.DataFrame) -> str:
     """epsl's clean accuracy and worst case beside a leaderboard's, per model with reported
     numbers, as Markdown, then one plain sentence on how many disagree ('' without
@@ -349,15 +353,25 @@ def reported_markdown(table: pd.DataFrame) -> str:
         f"{attack} (reported)": _cells(rows, "reported_robust"),
         "verdict": [str(v) for v in rows["reported_verdict"]]})
     apart = int(rows["reported_verdict"].astype(str).str.startswith("disagrees").sum())
+    models = f"{len(rows)} model{'s' if len(rows) > 1 else ''}"
     if apart:
-        text = (f"{apart} of {len(rows)} models disagree with the reported accuracies by more "
-                "than epsl's 95% interval: these numbers are not the leaderboard's. Random or "
-                "other weights, another sample of the test set, or a weaker or stronger attack "
-                "make them differ; with real weights on many examples they should agree.\n")
+        text = (f"{apart} of {models} disagree{'s' if len(rows) == 1 else ''} with the "
+                "reported accuracies by more than epsl's 95% interval: these numbers are not "
+                "the leaderboard's. Random or other weights, another sample of the test set, "
+                "or a weaker or stronger attack make them differ; with the real weights on "
+                "many examples they should agree.")
     else:
-        text = (f"All {len(rows)} models agree with the reported accuracies within epsl's 95% "
-                "interval.\n")
-    return _markdown(shown) + "\n" + text
+        text = (f"{'All ' if len(rows) > 1 else 'The '}{models} agree{'' if len(rows) > 1 else 's'}"
+                " with the reported accuracies within epsl's 95% interval.")
+    widths = [float(rows.at[i, f"{c}_hi"] - rows.at[i, f"{c}_lo"]) for i in rows.index
+              for c in ("clean_accuracy", *[w for w in worst if w is not None])
+              if f"{c}_hi" in rows.columns and pd.notna(rows.at[i, f"{c}_hi"])]
+    if widths and max(widths) > WIDE_INTERVAL:
+        n = int(rows["n"].min()) if "n" in rows.columns and rows["n"].notna().any() else 0
+        text += (f" On {n:,} examples epsl's intervals are up to {100 * max(widths):.0f} "
+                 "points wide, so agreement within them says little; evaluate more examples "
+                 "(the leaderboard uses all 10,000 test images).")
+    return _markdown(shown) + "\n" + text + "\n"
 
 
 def _cell(column: str, value: Any, interval: tuple[Any, Any] | None = None) -> str:

@@ -406,8 +406,9 @@ def evaluated_note(preset: Preset) -> str:
     if preset.certify.enabled and preset.minimal is not None:
         ran.append("the certified floor")
     if preset.audit.enabled:
-        ran.append(f"the audit (first {preset.audit.limit or 'all'} examples)"
-                   if preset.audit.limit else "the audit")
+        limits = [n for n in (preset.audit.limit, preset.limit) if n is not None]
+        ran.append(f"the audit (on the first {min(limits):,} examples at most)" if limits
+                   else "the audit")
     if preset.attacks.sweep_model:
         ran.append(f"the PGD sweeps on {preset.attacks.sweep_model}")
     skipped = ["training (the models are their checkpoints)", "the activations and loss "
@@ -416,8 +417,10 @@ def evaluated_note(preset: Preset) -> str:
         skipped.append("transfer attacks (no transfer_from)")
     if not preset.attacks.sweep_model:
         skipped.append("the PGD sweeps (no sweep_model)")
-    return (f"Evaluated {len(preset.models)} checkpoints ({', '.join(m.name for m in preset.models)}); "
-            f"ran {', '.join(ran)}; not run: {', '.join(skipped)}.\n")
+    count = len(preset.models)
+    return (f"Evaluated {count} checkpoint{'s' if count > 1 else ''} "
+            f"({', '.join(m.name for m in preset.models)}); ran {', '.join(ran)}; not run: "
+            f"{', '.join(skipped)}.\n")
 
 
 def _check_checkpoints(preset: Preset, checkpoints: dict[str, Path]) -> None:
