@@ -148,7 +148,7 @@ def parse_memory(text: str | int | None) -> int | None:
 
 def plan_chunks(model: nn.Module, x: torch.Tensor, *, top_k: int | None = None,
                 method: str = DEFAULT_METHOD, budget: int | None = None,
-                chunk_size: int | None = None) -> tuple[int, int]:
+                chunk_size: int | None = None, n: int | None = None) -> tuple[int, int]:
     """``(examples, columns)``: how many examples one chunk of :func:`linearise` takes and how
     many class columns each of its Jacobian blocks holds, so that both fit ``budget`` bytes
     (default :func:`memory_budget`) when every class (``top_k`` None) or the true class and
@@ -161,6 +161,7 @@ def plan_chunks(model: nn.Module, x: torch.Tensor, *, top_k: int | None = None,
     block (no extra pass for the true class) when that fits; else as many examples as leave
     room for 16 columns (the vmapped methods' batch), at least one. ``chunk_size`` fixes the
     examples; a budget too small for one example and one column is refused in one line.
+    ``n``: the examples there are (default ``len(x)``; ``x`` may be the first of them only).
     """
     method = resolve_method(method, x.device)
     budget = memory_budget(x.device) if budget is None else budget
@@ -179,7 +180,7 @@ def plan_chunks(model: nn.Module, x: torch.Tensor, *, top_k: int | None = None,
         examples = budget // (fixed + column * candidates)
     else:
         examples = max(1, budget // (fixed + column * min(candidates, 16)))
-    examples = int(max(1, min(len(x), examples)))
+    examples = int(max(1, min(len(x) if n is None else n, examples)))
     columns = (budget - examples * fixed) // max(examples * column, 1)
     return examples, int(max(1, min(candidates, columns)))
 

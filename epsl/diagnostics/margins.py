@@ -393,7 +393,8 @@ def diagnose_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     budget = parse_memory(memory)
     with eval_mode(model):
         examples, columns = plan_chunks(model, x[:1].to(dev), top_k=top_k, method=method,
-                                        budget=budget, chunk_size=chunk_size)
+                                        budget=budget, chunk_size=chunk_size,
+                                        n=min(len(x), batch_size))
 
     def one_chunk(xc: torch.Tensor, yc: torch.Tensor, rows: torch.Tensor) -> list[Diagnostics]:
         logits, block = linearise(model, xc, method=method)
