@@ -4,6 +4,11 @@ field types decide what a value may be (``[train] epochs = "3"`` is refused) and
 checks its own ranges in ``__post_init__``, so a preset that would fail part-way through a study
 is refused before anything is trained or written.
 
+Two kinds (``kind``): ``train`` (the default) trains a grid of defenses of one ``arch`` with
+``[train]``; ``evaluate`` (``zoo-cifar10-linf``) trains nothing, and each ``[[models]]`` entry
+names a ``checkpoint`` (a model source or a file) and, optionally, the accuracies a leaderboard
+``reported`` for it. Both share every evaluation section.
+
     >>> preset = load_preset("digits")
     >>> quick = override(preset, **{"train.epochs": 1, "limit": 50})
 """

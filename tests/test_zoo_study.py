@@ -98,7 +98,7 @@ pgd_steps = 2
 transfer_from = "small"
 
 [audit]
-limit = {IMAGES}
+limit = 2
 quick = true
 square_queries = 5
 strong_steps = 3
