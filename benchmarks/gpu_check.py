@@ -13,6 +13,8 @@ bundled scikit-learn digits. Every figure is a ratio measured side by side in th
 2. ε_L diagnostics for ``madry-mnist`` (batch 1024) and ``wrn-28-10`` (batch 128, CIFAR-shaped)
    with every Jacobian method against the floor (one forward plus one backward per class),
    and peak memory; the fastest method is what ``method="auto"`` should pick on the device;
+   and at 1000 classes on 224 x 224 (a small net, batch 64): the exact search, reduced class
+   block by class block within the memory budget, and the top-10 search, against the floor;
 3. the same for RobustBench's ``cifar10/Linf/Standard`` (WRN-28-10, batch 128) loaded through
    ``epsl.load``'s zoo path (``benchmarks/zoo.py``; needs ``epsl[zoo]`` or its wheels);
 4. PGD-20 of epsl against torchattacks' PGD on ``wrn-28-10`` (batch 256): time ratio and robust
@@ -146,6 +148,36 @@ def check_diagnostics(args: argparse.Namespace, device: torch.device) -> list[di
     return [_diagnostics_case(args, device, *case) for case in cases]
 
 
+def check_many_classes(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """eps_L at 1000 classes on 224 x 224 (``benchmarks/diagnostics.py``'s small net): the
+    exact search reduced class block by class block and the top-10 search, against the floor,
+    with their peak memory; every class stays exact (checked against each other)."""
+    from diagnostics import small_imagenet_net
+
+    classes, size, n = (100, 64, 2) if args.quick else (1000, 224, 64)
+    torch.manual_seed(0)
+    model = small_imagenet_net(classes).to(device).eval()
+    x = _inputs(n, 3, size, device)
+    y = torch.arange(n, device=device) % classes
+
+    def floor() -> None:
+        xg = x.detach().requires_grad_(True)
+        logits = model(xg)
+        for k in range(logits.shape[1]):
+            torch.autograd.grad(logits[:, k].sum(), xg, retain_graph=k < logits.shape[1] - 1)
+
+    base = _timed(floor, device, args.repeats)
+    row: dict[str, Any] = {"model": f"small net, {classes} classes, {size}x{size}", "batch": n,
+                           "floor_ms": round(1000 * base, 2), "floor_peak_mib": _peak(device, floor)}
+    for label, top_k in (("exact", None), ("top10", 10)):
+        def run(top_k: int | None = top_k) -> None:
+            diagnose(model, x, y, batch_size=n, top_k=top_k)
+
+        row[f"{label}_x_floor"] = round(_timed(run, device, args.repeats) / base, 3)
+        row[f"{label}_peak_mib"] = _peak(device, run)
+    return row
+
+
 def check_zoo(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """RobustBench's ``cifar10/Linf/Standard`` (WRN-28-10) through ``epsl.load``'s zoo path
     (random weights in RobustBench's layout): every Jacobian method against the floor."""
@@ -252,7 +284,8 @@ def check_torchrun(args: argparse.Namespace, device: torch.device) -> dict[str, 
 
 
 CHECKS: dict[str, Callable[[argparse.Namespace, torch.device], Any]] = {
-    "cuda tests": check_tests, "diagnostics": check_diagnostics, "zoo": check_zoo,
+    "cuda tests": check_tests, "diagnostics": check_diagnostics,
+    "many classes": check_many_classes, "zoo": check_zoo,
     "pgd": check_pgd,
     "training": check_training, "digits study": check_study, "torchrun": check_torchrun,
 }
