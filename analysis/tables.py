@@ -293,7 +293,8 @@ def with_reported(table: pd.DataFrame, reported: dict[str, dict[str, Any]]) -> p
     robust accuracy is set against (``audit_worst``, else ``attacks_worst``); and
     ``reported_verdict``: ``agrees`` when each reported accuracy lies inside the 95%
     Clopper–Pearson interval of epsl's (``clean_accuracy``, the worst case), else which
-    ones fall outside it. The leaderboard evaluates other examples (all 10,000 test images)
+    ones fall outside it and on which side (``disagrees: clean 83.3% above epsl's [0.6,
+    80.6]``). The leaderboard evaluates other examples (all 10,000 test images)
     with other attacks, so a disagreement says the numbers differ by more than epsl's sample
     explains: other weights, a stronger or weaker attack, or another test set."""
     table = table.copy()
@@ -321,7 +322,8 @@ def with_reported(table: pd.DataFrame, reported: dict[str, dict[str, Any]]) -> p
                 continue
             lo, hi = table.at[i, f"{epsl_column}_lo"], table.at[i, f"{epsl_column}_hi"]
             if _outside(float(value), lo, hi):
-                apart.append(f"{what} {float(value):.1%} outside [{100 * float(lo):.1f}, "
+                side = "above" if float(value) > float(hi) else "below"
+                apart.append(f"{what} {float(value):.1%} {side} epsl's [{100 * float(lo):.1f}, "
                              f"{100 * float(hi):.1f}]")
         table.at[i, "reported_verdict"] = "disagrees: " + "; ".join(apart) if apart \
             else "agrees"
@@ -359,7 +361,8 @@ def reported_markdown(table: pd.DataFrame) -> str:
                 "reported accuracies by more than epsl's 95% interval: these numbers are not "
                 "the leaderboard's. Random or other weights, another sample of the test set, "
                 "or a weaker or stronger attack make them differ; with the real weights on "
-                "many examples they should agree.")
+                "many examples, a reported robust accuracy below epsl's interval says epsl's "
+                "attacks are weaker on that model, above it that they are stronger.")
     else:
         text = (f"{'All ' if len(rows) > 1 else 'The '}{models} agree{'' if len(rows) > 1 else 's'}"
                 " with the reported accuracies within epsl's 95% interval.")

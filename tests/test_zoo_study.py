@@ -6,6 +6,7 @@ the files' md5, so generated CIFAR pickles cannot stand in for the real ones).""
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from importlib import resources
@@ -187,7 +188,7 @@ def test_the_study_evaluates_without_training(study: tuple[Path, Path, str]) -> 
     # random weights on 8 generated images: far from the leaderboard, and the table says so
     lo, hi = wong["clean_accuracy_lo"], wong["clean_accuracy_hi"]
     assert not lo <= 0.8334 <= hi
-    assert wong["reported_verdict"].startswith("disagrees: clean 83.3% outside")
+    assert wong["reported_verdict"].startswith("disagrees: clean 83.3% above epsl's [")
     assert pd.isna(table.loc["small", "reported_robust"])
     assert (out / "report.html").stat().st_size > 10_000
     assert "reported" in (out / "report.html").read_text()
@@ -296,3 +297,31 @@ def test_a_sharded_zoo_study_writes_the_tables_of_one_process(
     for table in [*tables, Path("headline.md")]:
         assert (tmp_path / "one" / table).read_bytes() == \
             (tmp_path / "two" / table).read_bytes(), table
+
+
+def test_reported_accuracies_beside_the_interval() -> None:
+    """A reported accuracy inside epsl's 95% interval agrees; outside it, the verdict says
+    which and on which side; the worst case is the audit's where there is one."""
+    from epsl.analysis.tables import reported_markdown, with_reported
+
+    table = pd.DataFrame({
+        "model": ["a", "b", "c"], "run": ["a", "b", "c"], "n": [1000] * 3, "eps": [EPS] * 3,
+        "clean_accuracy": [0.83, 0.90, 0.5], "clean_accuracy_lo": [0.806, 0.88, 0.47],
+        "clean_accuracy_hi": [0.853, 0.918, 0.53],
+        "attacks_worst": [0.45, 0.60, 0.2], "attacks_worst_lo": [0.42, 0.57, 0.18],
+        "attacks_worst_hi": [0.48, 0.63, 0.23],
+        "audit_worst": [0.40, math.nan, math.nan], "audit_worst_lo": [0.37, math.nan, math.nan],
+        "audit_worst_hi": [0.43, math.nan, math.nan]})
+    reported = {"a": {"clean": 0.8334, "robust": 0.4321, "source": "x"},
+                "b": {"clean": 0.8969, "robust": 0.5, "source": "y"}}
+    out = with_reported(table, reported).set_index("run")
+    assert out.loc["a", "reported_against"] == "audit_worst"
+    assert out.loc["a", "reported_verdict"] == "disagrees: robust 43.2% above epsl's [37.0, 43.0]"
+    assert out.loc["b", "reported_against"] == "attacks_worst"
+    assert out.loc["b", "reported_verdict"] == "disagrees: robust 50.0% below epsl's [57.0, 63.0]"
+    assert pd.isna(out.loc["c", "reported_verdict"]) and pd.isna(out.loc["c", "reported_clean"])
+    text = reported_markdown(with_reported(table, reported))
+    assert "2 of 2 models disagree" in text and "says little" not in text
+    agreeing = with_reported(table, {"a": {"clean": 0.83, "robust": 0.41, "source": "x"}})
+    assert reported_markdown(agreeing).rstrip().endswith(
+        "The 1 model agrees with the reported accuracies within epsl's 95% interval.")
