@@ -357,9 +357,10 @@ def ensemble_in(minimal: MinimalConfig | None, norm: str | Norm) -> MinimalConfi
     p = parse_norm(norm)
     if minimal is None or minimal.norm == p.value:
         return minimal
-    plain = dataclasses.replace(minimal, attacks=None, seed=0, batch_size=None)
-    if plain == MinimalConfig(batch_size=None):
-        return MinimalConfig(norm=p.value, seed=minimal.seed, batch_size=minimal.batch_size)
+    plain = dataclasses.replace(minimal, attacks=None, seed=0, batch_size=None, fab_targets=None)
+    if plain == MinimalConfig(batch_size=None):  # the default, perhaps with FAB's targets
+        return MinimalConfig(norm=p.value, seed=minimal.seed, batch_size=minimal.batch_size,
+                             fab_targets=minimal.fab_targets)
     raise EpslError(f"minimal runs in {minimal.norm} but norm={p.value}: give "
                     f"MinimalConfig(norm={p.value!r}, ...)")
 

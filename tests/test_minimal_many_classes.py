@@ -136,3 +136,11 @@ def test_a_targeted_result_is_not_reused_for_an_untargeted_request(digits_checkp
         assert not computed
         _, computed = ensure_calibration(ev, tmp_path, untargeted, (0.1,), diag)
         assert computed
+
+
+def test_the_audit_keeps_fab_targets_in_another_norm():
+    from epsl.audit import ensemble_in
+
+    assert ensemble_in(MinimalConfig(fab_targets=9), "l2") == MinimalConfig(norm="l2",
+                                                                            fab_targets=9)
+    assert ensemble_in(MinimalConfig(), "l2") == MinimalConfig(norm="l2")
