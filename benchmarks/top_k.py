@@ -84,10 +84,12 @@ def measure(model: torch.nn.Module, digits: int, n_test: int, eps: float,
         top = diagnose(model, x_t, y_t, top_k=k)
         seconds[k] = time.perf_counter() - start
         inside = (wrong.topk(k, dim=1).indices == exact.rival[:, None]).any(1)
-        moved = top.eps_l != exact.eps_l
+        moved = top.eps_l > exact.eps_l + 1e-5 * exact.eps_l.abs()
         finite = moved & torch.isfinite(top.eps_l) & (exact.eps_l.abs() > 0)
         relative = ((top.eps_l - exact.eps_l) / exact.eps_l.abs())[finite]
-        assert bool((top.eps_l >= exact.eps_l).all())
+        # never below the exact eps_L but for float rounding (the gradients of one class come
+        # from passes with other cotangents beside them)
+        assert bool((top.eps_l >= exact.eps_l - 1e-5 * exact.eps_l.abs()).all())
         rows.append({
             "k": k, "n": len(y_t), "clean": exact.clean_accuracy,
             "rival_inside": float(inside.float().mean()),

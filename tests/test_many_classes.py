@@ -78,11 +78,13 @@ def test_top_k_is_never_below_the_exact_eps_l(data) -> None:  # type: ignore[no-
     for k in (1, 5, 20):
         top = diagnose(model, x, y, top_k=k, memory="8MiB")
         assert top.top_k == k and exact.top_k is None
-        assert (top.eps_l >= exact.eps_l).all()
+        # never below, but for float rounding: a class's gradient may come from a pass with
+        # other classes' cotangents beside it
+        assert (top.eps_l >= exact.eps_l - 1e-5 * exact.eps_l.abs()).all()
         searched = logits.topk(k, dim=1).indices
         inside = (searched == exact.rival[:, None]).any(1)
         # where the exact rival is among the k highest wrong logits, nothing moves
-        assert torch.equal(top.eps_l[inside], exact.eps_l[inside])
+        torch.testing.assert_close(top.eps_l[inside], exact.eps_l[inside], rtol=1e-5, atol=0)
         assert torch.equal(top.rival[inside], exact.rival[inside])
         # the classes not searched are unknown, not zero
         per_row = (~torch.isnan(top.grad_gap_all)).sum(1)

@@ -40,7 +40,7 @@ from epsl.distributed import shard_map, world
 from epsl.errors import EpslError
 from epsl.io import atomic_path
 from epsl.modes import eval_mode
-from epsl.norms import Norm, dual, lp, parse_norm
+from epsl.norms import Norm, dual, parse_norm
 
 TENSORS_FILE = "diagnostics.safetensors"
 
@@ -249,13 +249,12 @@ def reduce_blocks(logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
     grad_l1, grad_l2, dots = unknown.clone(), unknown.clone(), unknown.clone()
 
     def absorb(picked: torch.Tensor, grads: torch.Tensor) -> None:
-        diff = grad_y[:, None, :] - grads
+        # reductions that never write an n x m x D temporary (the block is the only one)
         for p in wanted:
-            gaps[p].scatter_(1, picked, lp(diff, dual(p)).to(logits.dtype))
-        del diff
-        grad_l1.scatter_(1, picked, grads.abs().sum(-1).to(logits.dtype))
-        grad_l2.scatter_(1, picked, grads.norm(dim=-1).to(logits.dtype))
-        dots.scatter_(1, picked, (grads * grad_y[:, None, :]).sum(-1).to(logits.dtype))
+            gaps[p].scatter_(1, picked, _gap_norms(grad_y, grads, dual(p)).to(logits.dtype))
+        grad_l1.scatter_(1, picked, torch.linalg.vector_norm(grads, 1, dim=-1).to(logits.dtype))
+        grad_l2.scatter_(1, picked, torch.linalg.vector_norm(grads, 2, dim=-1).to(logits.dtype))
+        dots.scatter_(1, picked, torch.bmm(grads, grad_y[:, :, None])[:, :, 0].to(logits.dtype))
 
     if pending:
         absorb(*pending.pop())
@@ -266,6 +265,15 @@ def reduce_blocks(logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
     norm_y = grad_y.norm(dim=-1).to(logits.dtype)
     return [_finish(logits, y, index, gaps[p], grad_l1, grad_l2, dots, norm_y, p, top_k)
             for p in wanted]
+
+
+def _gap_norms(grad_y: torch.Tensor, grads: torch.Tensor, q: Norm) -> torch.Tensor:
+    """``||grad_y[i] - grads[i, j]||_q`` (n x m) for grad_y n x D and grads n x m x D, without
+    the n x m x D difference (``torch.cdist``, its direct p-norm, never the matrix-product
+    shortcut for ℓ2, which loses digits to cancellation)."""
+    p = {Norm.L1: 1.0, Norm.L2: 2.0, Norm.LINF: math.inf}[q]
+    return torch.cdist(grad_y[:, None, :], grads, p=p,
+                       compute_mode="donot_use_mm_for_euclid_dist")[:, 0, :]
 
 
 def _finish(logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
