@@ -32,6 +32,11 @@ from epsl.reproduce import reproduce
               help="Override the training length in steps (the paper's k).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Evaluate only the first N test examples.")
+@click.option("--sample", type=click.IntRange(min=1), default=None,
+              help="Evaluate a seeded random sample of N test examples instead (it replaces "
+                   "the preset's limit; recorded in every result's provenance).")
+@click.option("--sample-seed", type=click.IntRange(min=0), default=None,
+              help="The seed of --sample (default 0).")
 @click.option("--models", default=None, metavar="A,B,...",
               help="Train and evaluate only these models of the preset's grid.")
 @click.option("--no-audit", is_flag=True, help="Skip the robustness audit.")
@@ -51,7 +56,7 @@ from epsl.reproduce import reproduce
 @handle_errors
 def reproduce_command(preset: str, out: str, force: bool, norm: str | None, eps: float | None,
                       epochs: int | None, steps: int | None, limit: int | None,
-                      models: str | None, no_audit: bool, no_min_norm: bool, seed: int | None,
+                      sample: int | None, sample_seed: int | None, models: str | None, no_audit: bool, no_min_norm: bool, seed: int | None,
                       data_root: str | None, data_file: str | None, model_dir: str | None,
                       device: str) -> None:
     """Train the paper's grid of defenses, diagnose (Eq. 4), find eps* (the smallest
@@ -69,7 +74,8 @@ def reproduce_command(preset: str, out: str, force: bool, norm: str | None, eps:
     """
     study = load_preset(preset)
     study = override(study, **{
-        "norm": norm, "eps": eps, "limit": limit, "data_root": data_root,
+        "norm": norm, "eps": eps, "limit": limit, "sample": sample,
+        "sample_seed": sample_seed, "data_root": data_root,
         "data_file": data_file, "model_dir": model_dir, "train.epochs": epochs,
         "train.steps": steps,
         # an evaluate preset trains nothing: its one seed is the attacks'

@@ -209,6 +209,10 @@ class Preset:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     eps_grid: tuple[float, ...] = ()
     limit: int | None = None
+    #: a seeded random sample of N test examples instead of the first ``limit`` (it replaces
+    #: ``limit``; drawn by :func:`epsl.data.sample_indices` with ``sample_seed``)
+    sample: int | None = None
+    sample_seed: int = 0
     device: str = "auto"
     data_root: str | None = None
     #: a ``.npz`` of test examples (``x`` in [0, 1], ``y``) instead of the dataset's test split
@@ -259,7 +263,9 @@ class Preset:
         if len(set(norms)) != len(norms):
             raise EpslError(f"each norm once: norm = {self.norm!r} and [[threat_models]] "
                             f"norms {[t.norm for t in self.threat_models]}")
-        _at_least_one("", limit=self.limit)
+        _at_least_one("", limit=self.limit, sample=self.sample)
+        if self.sample_seed < 0:
+            raise EpslError(f"sample_seed must be at least 0 (got {self.sample_seed})")
         if self.certify.enabled and self.norm != "linf":
             raise EpslError(f"[certify] bounds the l_inf ball only; this study's norm is "
                             f"{self.norm} (set [certify] enabled = false)")
@@ -331,8 +337,10 @@ class Preset:
     def data(self) -> DataConfig:
         """The study's examples (every model of the grid is evaluated on them)."""
         return DataConfig(dataset=self.dataset, data=self.data_file,
-                          data_root=self.data_root, limit=self.limit, device=self.device,
-                          model_dir=self.model_dir)
+                          data_root=self.data_root,
+                          limit=None if self.sample is not None else self.limit,
+                          sample=self.sample, sample_seed=self.sample_seed,
+                          device=self.device, model_dir=self.model_dir)
 
 
 # --------------------------------------------------------------------------- reading

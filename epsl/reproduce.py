@@ -435,7 +435,17 @@ def _check_checkpoints(preset: Preset, checkpoints: dict[str, Path]) -> None:
                             f"{path.resolve()}"
                             + ("" if preset.model_dir else "; pass model_dir, the folder "
                                "holding RobustBench's DATASET/THREAT/NAME.pt files"))
-    load_split(preset.dataset, "test", data=preset.data_file, data_root=preset.data_root)
+    _check_examples(preset)
+
+
+def _check_examples(preset: Preset) -> None:
+    """The study's examples can be read and selected (``limit`` / ``sample``), before any
+    training or writing: a sample larger than the split is one line, not a trained grid."""
+    from epsl.data import load_split
+
+    data = preset.data()
+    load_split(data.dataset, "test", data=data.data, data_root=data.data_root,
+               limit=data.limit, sample=data.sample, sample_seed=data.sample_seed)
 
 
 # --------------------------------------------------------------------------- the study
@@ -475,6 +485,8 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
     checkpoints = {spec.name: Path(preset.checkpoint(spec, out)) for spec in preset.models}
     if evaluate:
         _check_checkpoints(preset, checkpoints)
+    else:
+        _check_examples(preset)
     check_out_dir(out, [], overwrite=True)
     check_same_preset(out, preset, force)
     ran: list[str] = []

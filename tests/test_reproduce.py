@@ -436,3 +436,17 @@ def test_the_certified_floor_joins_the_study(study: tuple[Path, Path, str]) -> N
             (table["group"] == "optimistic").sum() / correct)
     assert "With proofs, on the first 4 test images" in output
     assert not (out / "l2" / "runs" / "natural" / "certify").exists()  # l_inf only
+
+
+def test_a_seeded_sample_replaces_the_presets_limit(tmp_path: Path) -> None:
+    preset = override(load_preset("digits"), sample=40, sample_seed=3)
+    data = preset.data()
+    assert (data.limit, data.sample, data.sample_seed) == (None, 40, 3)
+    picked = data.for_checkpoint("unused").sample
+    assert picked == 40
+    with pytest.raises(EpslError, match="sample must be at least 1"):
+        override(load_preset("digits"), sample=0)
+    result = CliRunner().invoke(main, ["reproduce", "--sample", "100000", "--models", "natural",
+                                       "--out", str(tmp_path / "big")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
