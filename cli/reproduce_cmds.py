@@ -56,7 +56,8 @@ from epsl.reproduce import reproduce
 @handle_errors
 def reproduce_command(preset: str, out: str, force: bool, norm: str | None, eps: float | None,
                       epochs: int | None, steps: int | None, limit: int | None,
-                      sample: int | None, sample_seed: int | None, models: str | None, no_audit: bool, no_min_norm: bool, seed: int | None,
+                      sample: int | None, sample_seed: int | None, models: str | None,
+                      no_audit: bool, no_min_norm: bool, seed: int | None,
                       data_root: str | None, data_file: str | None, model_dir: str | None,
                       device: str) -> None:
     """Train the paper's grid of defenses, diagnose (Eq. 4), find eps* (the smallest

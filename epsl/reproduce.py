@@ -426,7 +426,6 @@ def evaluated_note(preset: Preset) -> str:
 def _check_checkpoints(preset: Preset, checkpoints: dict[str, Path]) -> None:
     """Every weights file of an ``evaluate`` preset and its examples are there, before
     anything is written (a missing one is a one-line error, not a half-made study)."""
-    from epsl.data import load_split
 
     for spec in preset.models:
         path = weights_file(checkpoints[spec.name], preset.model_dir)
