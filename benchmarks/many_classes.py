@@ -108,19 +108,19 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
-def _peak_worker(case: str, n: int, name: str, queue: Any) -> None:
+def _peak_worker(case: str, n: int, name: str, targets: tuple[int, ...], queue: Any) -> None:
     torch.set_num_threads(2)
     model, x, y = build(case, n)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    _members(model, x, y, 50)[name]()
+    _members(model, x, y, 1 if name == "fab" else 50, targets)[name]()  # memory: one step
     queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 
 
-def peak_mib(case: str, n: int, name: str) -> float:
+def peak_mib(case: str, n: int, name: str, targets: tuple[int, ...] = ()) -> float:
     """Peak memory growth (MiB) of one attack on n examples, in a fresh spawned process."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_worker, args=(case, n, name, queue))
+    proc = ctx.Process(target=_peak_worker, args=(case, n, name, targets, queue))
     proc.start()
     proc.join()
     return float(queue.get()) if proc.exitcode == 0 else float("nan")
@@ -199,7 +199,7 @@ def run_case(case: str, *, n: int, repeats: int, targets: tuple[int, ...],
             "fab_within_1pct": float((own[:m] <= 1.01 * found["fab"].eps_star.double())
                                      .double().mean()),
         }
-    peaks = {name: peak_mib(case, min(n, 8), name) for name in ("fmn", "fab", *[
+    peaks = {name: peak_mib(case, min(n, 8), name, targets) for name in ("fmn", "fab", *[
         f"fab-top{k}" for k in targets[-1:]])} if memory else {}
     return {"case": case, "shape": [3, side, side], "classes": classes, "n": len(y),
             "fab_n": fab_n if slow_fab else len(y), "fab_steps": fab_steps if slow_fab else 50,
