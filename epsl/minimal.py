@@ -109,7 +109,7 @@ class MinimalConfig:
             :data:`FAB_JACOBIAN_FLOATS`). k: targeted FAB, run once toward each of the k
             wrong classes with the highest clean logits (fewer if the model has fewer), the
             per-example smallest verified point kept: k backward passes per step instead of
-            K, the remedy at 100 or 1000 classes (measured in docs/benchmarks.md#many-classes).
+            K, the remedy at 100 or 1000 classes (measured in docs/benchmarks.md, Many classes).
             Not with ``fab_restarts`` > 1 (torchattacks 3.5.1's targeted FAB gives the
             targets to the wrong examples after the first restart).
         ddn_steps: steps of Foolbox's DDNAttack (ℓ2 only).
