@@ -93,6 +93,7 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
 def compare(checkpoints: tuple[str, ...], norm: str, eps: float, source: str | None,
             pgd_steps: int, restarts: int, step_size: float | None, eps_grid: tuple[float, ...],
             run_audit: bool, minimal: bool, fmn_steps: int, fab_steps: int, ddn_steps: int,
+            fab_targets: int | None,
             no_figures: bool,
             seed: int, out: Path, overwrite: bool, **options: Any) -> None:
     """Compare CKPT... as Tables 1-4 do: Eq. 4 prediction, FGSM and PGD (xent, CW), transfer;
@@ -109,6 +110,7 @@ def compare(checkpoints: tuple[str, ...], norm: str, eps: float, source: str | N
         source=source, pgd_steps=pgd_steps, restarts=restarts, step_size=step_size,
         eps_grid=tuple(eps_grid), audit=run_audit,
         minimal=minimal_config(fmn_steps=fmn_steps, fab_steps=fab_steps, ddn_steps=ddn_steps,
+                               fab_targets=fab_targets,
                                seed=seed, batch_size=batch_size, norm=norm) if minimal else None,
         figures=not no_figures, seed=seed, batch_size=batch_size, norm=norm)
     result = run_compare(config, out, overwrite=overwrite,

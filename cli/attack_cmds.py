@@ -149,7 +149,7 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, norm: str,
 @result_options
 def audit_command(checkpoint: str, norm: str, eps: float, source: str | None, quick: bool,
                   skip_expensive: bool, minimal_norm: bool, fmn_steps: int, fab_steps: int,
-                  ddn_steps: int,
+                  ddn_steps: int, fab_targets: int | None,
                   pgd_steps: int | None, strong_steps: int | None,
                   strong_restarts: int | None, square_queries: int | None,
                   unbounded_steps: int | None, seed: int,
@@ -171,6 +171,7 @@ def audit_command(checkpoint: str, norm: str, eps: float, source: str | None, qu
              "unbounded_steps": unbounded_steps}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     minimal = (minimal_config(fmn_steps=fmn_steps, fab_steps=fab_steps, ddn_steps=ddn_steps,
+                              fab_targets=fab_targets,
                               seed=seed, batch_size=batch_size, norm=norm)
                if minimal_norm else None)
     overrides |= {"skip_expensive": skip_expensive, "minimal": minimal, "seed": seed,

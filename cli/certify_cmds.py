@@ -58,7 +58,8 @@ from epsl.stats import with_interval
 @result_options
 def certify(checkpoint: str, eps: tuple[float, ...], method: str, steps: int,
             eps_max: float | None, exact: bool, exact_time: float, fmn_steps: int,
-            fab_steps: int, ddn_steps: int, seed: int, batch_size: int, table_format: str,
+            fab_steps: int, ddn_steps: int,
+            fab_targets: int | None, seed: int, batch_size: int, table_format: str,
             out: str, overwrite: bool, **options: Any) -> None:
     """A certified lower bound eps_cert on each example's smallest l_inf perturbation (in the
     [0, 1] box), beside eps_L and eps*, so that Eq. 4 is judged with proofs.
@@ -72,7 +73,8 @@ def certify(checkpoint: str, eps: tuple[float, ...], method: str, steps: int,
     Example: epsl certify model.safetensors --limit 50 --out cert
     """
     minimal = minimal_config(attacks=(), fmn_steps=fmn_steps, fab_steps=fab_steps,
-                             ddn_steps=ddn_steps, fab_restarts=1, seed=seed, batch_size=None,
+                             ddn_steps=ddn_steps,
+                             fab_targets=fab_targets, fab_restarts=1, seed=seed, batch_size=None,
                              norm="linf")
     config = CertifyConfig(
         data=data_config(checkpoint, options), minimal=minimal,

@@ -206,12 +206,17 @@ minimal_budget_options = _compose(
     click.option("--ddn-steps", type=click.IntRange(min=1),
                  default=default(MinimalConfig, "ddn_steps"), show_default=True,
                  help="Steps of Foolbox's DDN attack (l2 only; eps*)."),
+    click.option("--fab-targets", type=click.IntRange(min=1), default=None,
+                 help="Run FAB targeted at the K wrong classes with the highest logits "
+                      "instead of untargeted: its cost grows with the classes, so use it at "
+                      "100+ classes (docs/calibration.md measures K=9 against untargeted)."),
 )
 
 
 def minimal_config(*, fmn_steps: int, fab_steps: int, seed: int, batch_size: int | None,
                    attacks: tuple[str, ...] = (), fab_restarts: int | None = None,
-                   ddn_steps: int | None = None, norm: str = "linf") -> MinimalConfig:
+                   ddn_steps: int | None = None, norm: str = "linf",
+                   fab_targets: int | None = None) -> MinimalConfig:
     """The one place the CLI builds the minimum-norm ensemble (calibrate, compare, audit): in
     the command's ``--norm`` (its default attacks unless ``attacks``), the budgets given,
     seeded and batched like the command's attacks."""
@@ -219,4 +224,4 @@ def minimal_config(*, fmn_steps: int, fab_steps: int, seed: int, batch_size: int
                          fmn_steps=fmn_steps, fab_steps=fab_steps,
                          ddn_steps=ddn_steps or default(MinimalConfig, "ddn_steps"),
                          fab_restarts=fab_restarts or default(MinimalConfig, "fab_restarts"),
-                         seed=seed, batch_size=batch_size)
+                         fab_targets=fab_targets, seed=seed, batch_size=batch_size)

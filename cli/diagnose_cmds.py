@@ -233,7 +233,8 @@ def landscape(checkpoint: str, images: int, direction: str, span: float, steps: 
 @format_option
 @result_options
 def calibrate(checkpoint: str, norm: str, eps: tuple[float, ...], attacks: tuple[str, ...],
-              fmn_steps: int, fab_steps: int, ddn_steps: int, fab_restarts: int, seed: int,
+              fmn_steps: int, fab_steps: int, ddn_steps: int,
+              fab_targets: int | None, fab_restarts: int, seed: int,
               batch_size: int,
               table_format: str, out: str, overwrite: bool, **options: Any) -> None:
     """How far Eq. 4's eps_L can be trusted on CHECKPOINT, example by example.
@@ -248,7 +249,8 @@ def calibrate(checkpoint: str, norm: str, eps: tuple[float, ...], attacks: tuple
     Example: epsl calibrate model.safetensors --eps 0.1 --out calib
     """
     minimal = minimal_config(attacks=tuple(attacks), fmn_steps=fmn_steps, fab_steps=fab_steps,
-                             ddn_steps=ddn_steps, fab_restarts=fab_restarts, seed=seed,
+                             ddn_steps=ddn_steps,
+                             fab_targets=fab_targets, fab_restarts=fab_restarts, seed=seed,
                              batch_size=batch_size, norm=norm)
     config = CalibrateConfig(data=data_config(checkpoint, options), minimal=minimal,
                              eps=tuple(eps) or default_eps(norm), table_format=table_format)

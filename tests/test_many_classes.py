@@ -184,3 +184,19 @@ def test_the_cli_runs_top_k_within_a_budget_and_reuse_keeps_them_apart(
                                  "--out", str(tmp_path / "small")])
     assert small.exit_code != 0 and "too small for one example" in small.output
     assert not (tmp_path / "small" / "diagnostics.json").exists()
+
+
+def test_the_cli_runs_targeted_fab_and_records_it(hundred_class_files, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from click.testing import CliRunner
+
+    from epsl.cli.main import main
+
+    ckpt, data = hundred_class_files
+    result = CliRunner().invoke(main, ["calibrate", ckpt, "--data", data, "--fab-targets", "3",
+                                       "--fmn-steps", "5", "--fab-steps", "5",
+                                       "--out", str(tmp_path / "cal")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "cal" / "minimal.json").read_text())
+    assert record["provenance"]["settings"]["fab_targets"] == 3
