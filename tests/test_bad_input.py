@@ -96,7 +96,7 @@ MINIMAL = 'name = "x"\ndataset = "digits"\narch = "small-cnn"\neps = 0.1\n'
 
 
 @pytest.mark.parametrize("text, message", [
-    ('name = "x"\n', "missing keys ['dataset', 'arch', 'eps']"),
+    ('name = "x"\n', "missing keys ['dataset', 'eps']"),
     (MINIMAL.replace("0.1", '"abc"') + '[[models]]\nname = "a"\n', "eps must be float (got 'abc')"),
     (MINIMAL.replace('"digits"', '"nope"') + '[[models]]\nname = "a"\n', "unknown dataset 'nope'"),
     (MINIMAL.replace('"small-cnn"', '"nope"') + '[[models]]\nname = "a"\n',
@@ -114,9 +114,12 @@ MINIMAL = 'name = "x"\ndataset = "digits"\narch = "small-cnn"\neps = 0.1\n'
     (MINIMAL + 'models = "abc"\n', "models must be a list"),
     (MINIMAL + 'train = 5\n[[models]]\nname = "a"\n', "expected a table"),
     (MINIMAL + '[[models]]\nname = "a"\nadv_steps = true\n', "adv_steps must be int"),
+    (MINIMAL.replace('arch = "small-cnn"\n', "") + '[[models]]\nname = "a"\n',
+     "a train preset needs arch"),
+    (MINIMAL + 'sample = 0\n[[models]]\nname = "a"\n', "sample must be at least 1"),
 ], ids=["missing-keys", "eps-type", "dataset", "arch", "epochs", "train-dataset",
           "train-precision", "pgd-steps", "limit", "span",
-        "models-type", "section-type", "defense-type"])
+        "models-type", "section-type", "defense-type", "no-arch", "sample"])
 def test_bad_preset_fails_before_anything_is_written(tmp_path: Path, text: str,
                                                      message: str) -> None:
     preset, out = tmp_path / "p.toml", tmp_path / "o"
