@@ -114,6 +114,14 @@ def check_tests(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     return {"summary": summary, "seconds": round(time.perf_counter() - start, 1)}
 
 
+def _floor(model: Any, x: torch.Tensor) -> None:
+    """The least an exact per-example Jacobian costs: one forward, one backward per class."""
+    xg = x.detach().requires_grad_(True)
+    logits = model(xg)
+    for k in range(logits.shape[1]):
+        torch.autograd.grad(logits[:, k].sum(), xg, retain_graph=k < logits.shape[1] - 1)
+
+
 def _diagnostics_case(args: argparse.Namespace, device: torch.device, arch: str,
                       channels: int, size: int, n: int, model: Any = None) -> dict[str, Any]:
     """Every Jacobian method against the floor on one model and batch."""
@@ -122,10 +130,7 @@ def _diagnostics_case(args: argparse.Namespace, device: torch.device, arch: str,
     y = torch.zeros(n, dtype=torch.long, device=device)
 
     def floor() -> None:
-        xg = x.detach().requires_grad_(True)
-        logits = model(xg)
-        for k in range(logits.shape[1]):
-            torch.autograd.grad(logits[:, k].sum(), xg, retain_graph=k < logits.shape[1] - 1)
+        _floor(model, x)
 
     base = _timed(floor, device, args.repeats)
     row: dict[str, Any] = {"model": arch, "batch": n, "floor_ms": round(1000 * base, 2),
@@ -161,10 +166,7 @@ def check_many_classes(args: argparse.Namespace, device: torch.device) -> dict[s
     y = torch.arange(n, device=device) % classes
 
     def floor() -> None:
-        xg = x.detach().requires_grad_(True)
-        logits = model(xg)
-        for k in range(logits.shape[1]):
-            torch.autograd.grad(logits[:, k].sum(), xg, retain_graph=k < logits.shape[1] - 1)
+        _floor(model, x)
 
     base = _timed(floor, device, args.repeats)
     row: dict[str, Any] = {"model": f"small net, {classes} classes, {size}x{size}", "batch": n,
