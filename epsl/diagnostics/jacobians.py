@@ -159,7 +159,8 @@ def plan_chunks(model: nn.Module, x: torch.Tensor, *, top_k: int | None = None,
     itself and the temporaries of its reduction (four copies of the pixels), plus for the
     vmapped methods the activations of the batched backward passes. Every column in one
     block (no extra pass for the true class) when that fits; else as many examples as leave
-    room for 16 columns (the vmapped methods' batch), at least one. ``chunk_size`` fixes the
+    room for 16 columns (the vmapped methods' batch), at least one; ``"backward"`` then reduces
+    one column at a time, as its passes run anyway. ``chunk_size`` fixes the
     examples; a budget too small for one example and one column is refused in one line.
     ``n``: the examples there are (default ``len(x)``; ``x`` may be the first of them only).
     """
@@ -181,8 +182,13 @@ def plan_chunks(model: nn.Module, x: torch.Tensor, *, top_k: int | None = None,
     else:
         examples = max(1, budget // (fixed + column * min(candidates, 16)))
     examples = int(max(1, min(len(x) if n is None else n, examples)))
-    columns = (budget - examples * fixed) // max(examples * column, 1)
-    return examples, int(max(1, min(candidates, columns)))
+    columns = int(max(1, min(candidates, (budget - examples * fixed) // max(examples * column, 1))))
+    if method == "backward" and columns < candidates:
+        # its passes run one class at a time anyway: reducing each gradient while it is in
+        # the cache beats stacking a block (1000 classes, 224 x 224: 1.7x the floor -> see
+        # docs/benchmarks.md), at the price of one extra pass for the true class
+        columns = 1
+    return examples, columns
 
 
 Block = Callable[[torch.Tensor], torch.Tensor]
