@@ -7,7 +7,9 @@ record per result, so do we)::
 
     {"schema": "epsl.attack", "schema_version": 1,
      "provenance": {"checkpoint": ..., "checkpoint_sha256": ..., "model": {...},
-                    "data": {"dataset", "split", "source", "n", "sha256"},
+                    "data": {"dataset", "split", "source", "n", "sha256"} (+ "transform"
+                             for decoded images, "sample", "sample_seed", "indices" for a
+                             seeded sample),
                     "settings": {...}, "source": null | {"checkpoint", "checkpoint_sha256"},
                     "device", "epsl_version", "torch_version", "command"},
      ...the result's own numbers (n, accuracies, verdict, ...)}
