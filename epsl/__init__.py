@@ -16,7 +16,7 @@ def eps_l(model: Any, x: Any, y: Any, *, mean: Any = None, std: Any = None, **op
     ``model`` takes pixels ``x`` (N x C x H x W) in [0, 1]; a model that expects normalised
     inputs gets ``mean``/``std`` (per channel, on the [0, 1] scale), applied in front of it by
     :class:`epsl.Normalize` so that every gradient stays in pixel space. ``options`` go to
-    :func:`epsl.diagnostics.diagnose` (``device``, ``batch_size``, ``chunk_size`` ...), which
+    :func:`epsl.diagnostics.diagnose` (``device``, ``batch_size``, ``memory``, ``top_k`` ...), which
     returns every per-example quantity, not only eps_L.
 
     >>> model, meta = epsl.load("timm:resnet18.a1_in1k")   # normalises inside already
