@@ -247,11 +247,13 @@ def reduce_blocks(logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
     unknown = torch.full((n, num_classes), math.nan, dtype=logits.dtype, device=logits.device)
     gaps = {p: unknown.clone() for p in wanted}
     grad_l1, grad_l2, dots = unknown.clone(), unknown.clone(), unknown.clone()
+    searched = torch.zeros((n, num_classes), dtype=torch.bool, device=logits.device)
 
     def absorb(picked: torch.Tensor, grads: torch.Tensor) -> None:
         # reductions that never write an n x m x D temporary (the block is the only one)
         for p in wanted:
             gaps[p].scatter_(1, picked, _gap_norms(grad_y, grads, dual(p)).to(logits.dtype))
+        searched.scatter_(1, picked, True)
         grad_l1.scatter_(1, picked, torch.linalg.vector_norm(grads, 1, dim=-1).to(logits.dtype))
         grad_l2.scatter_(1, picked, torch.linalg.vector_norm(grads, 2, dim=-1).to(logits.dtype))
         dots.scatter_(1, picked, torch.bmm(grads, grad_y[:, :, None])[:, :, 0].to(logits.dtype))
@@ -263,7 +265,8 @@ def reduce_blocks(logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
             picked = classes[:, start:start + columns]
             absorb(picked, block(picked).flatten(2))
     norm_y = grad_y.norm(dim=-1).to(logits.dtype)
-    return [_finish(logits, y, index, gaps[p], grad_l1, grad_l2, dots, norm_y, p, top_k)
+    return [_finish(logits, y, index, gaps[p], grad_l1, grad_l2, dots, norm_y, p, top_k,
+                    searched)
             for p in wanted]
 
 
@@ -278,18 +281,17 @@ def _gap_norms(grad_y: torch.Tensor, grads: torch.Tensor, q: Norm) -> torch.Tens
 
 def _finish(logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
             grad_gap_all: torch.Tensor, grad_l1: torch.Tensor, grad_l2: torch.Tensor,
-            dots: torch.Tensor, norm_y: torch.Tensor, norm: Norm, top_k: int | None
-            ) -> Diagnostics:
+            dots: torch.Tensor, norm_y: torch.Tensor, norm: Norm, top_k: int | None,
+            searched: torch.Tensor) -> Diagnostics:
     """:class:`Diagnostics` from the per-class reductions (n x K, NaN where not searched)."""
     n, num_classes = logits.shape
     rows = torch.arange(n, device=logits.device)
     true = torch.nn.functional.one_hot(y, num_classes).bool()
-    searched = ~torch.isnan(grad_gap_all)
     logit_gap_all = logits[rows, y][:, None] - logits
     denom = grad_l2 * norm_y[:, None]
     cosine_all = torch.where(denom > 0, dots / torch.where(denom > 0, denom, 1.0), 0.0)
     cosine_all = cosine_all.masked_fill(~searched, math.nan)
-    eps_l_all = _ratio(logit_gap_all, torch.nan_to_num(grad_gap_all, nan=1.0))
+    eps_l_all = _ratio(logit_gap_all, torch.where(searched, grad_gap_all, 1.0))
     eps_l_all = eps_l_all.masked_fill(~searched, math.nan).masked_fill(true, math.inf)
     # rival: the searched wrong class with the smallest eps_L; ties (e.g. all +inf) go to the
     # wrong class with the highest logit, so the true class is never chosen.
