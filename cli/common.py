@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -12,10 +13,12 @@ from typing import Any, TypeVar
 
 import click
 
+from epsl.cli.entry import stopped
 from epsl.context import DataConfig
 from epsl.data import DATASETS, SPLITS
 from epsl.device import DEVICES
-from epsl.errors import EpslError
+from epsl.errors import SEED_MAX, EpslError
+from epsl.io import folder_lock
 from epsl.minimal import MinimalConfig
 from epsl.models import MODELS
 from epsl.norms import NORMS
@@ -63,6 +66,9 @@ EPS = FractionType(0.0, 1.0, low_open=True)
 #: A radius in the command's ``--norm``: positive here, checked per norm by the library (ℓ∞ at
 #: most 1, ℓ2 at most √D, ℓ1 at most D: :func:`epsl.norms.check_radius`).
 RADIUS = FractionType(0.0, None, low_open=True)
+#: Every seed (``--seed``, ``--sample-seed``): a whole number in [0, 2**63), checked before any
+#: work (:func:`epsl.errors.check_seed` checks the same in the library's configs).
+SEED = click.IntRange(0, SEED_MAX)
 
 #: ``--norm``: the ℓp threat model of every ε, ε_L and ε* of a command.
 norm_option = click.option(
@@ -81,9 +87,10 @@ def default(cls: type, name: str) -> Any:
     raise KeyError(f"{cls.__name__}.{name} has no default")
 
 
-#: library parameters whose option is named otherwise (``--model`` fills ``model=``)
+#: library parameters whose option is named otherwise (``--model`` fills ``model=``,
+#: landscape's ``--images`` the data's ``limit=``)
 PARAMETER_ALIASES = {"model": "model_factory", "compile": "compile_model",
-                     "random_start": "no_random_start"}
+                     "random_start": "no_random_start", "limit": "images"}
 # a parameter starts the message or follows a space, "(" or ","; never inside a path
 # (runs/eps=0.1 stays as it is)
 _PARAMETER = re.compile(r"(?<![^\s(,])([a-z][a-z_]*)=(True\b)?")
@@ -110,18 +117,24 @@ def in_flags(message: str, command: click.Command | None) -> str:
 
 def handle_errors(func: F) -> F:
     """Turn library errors into ``Error: <one line>`` and exit code 1, never a traceback; the
-    parameters the message names are said as this command's flags (:func:`in_flags`)."""
+    parameters the message names are said as this command's flags (:func:`in_flags`). The
+    command's ``--out`` is held for the whole run (:func:`epsl.io.folder_lock`): a second run
+    into it is refused. Ctrl-C and SIGTERM end it with one line and exit status 130 or 143;
+    unfinished files are removed on the way out."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context(silent=True)
+        command = ctx.command if ctx is not None else None
         try:
-            return func(*args, **kwargs)
+            out = kwargs.get("out")
+            with folder_lock(out) if out else contextlib.nullcontext():
+                return func(*args, **kwargs)
         except EpslError as exc:
-            ctx = click.get_current_context(silent=True)
-            command = ctx.command if ctx is not None else None
             raise click.ClickException(in_flags(str(exc), command)) from None
-        except KeyboardInterrupt:
-            raise click.ClickException("interrupted; finished results were kept") from None
+        except KeyboardInterrupt as exc:
+            raise click.exceptions.Exit(stopped(exc, "results finished before it were kept, "
+                                                     "nothing half-written was")) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -154,7 +167,7 @@ eval_data_options = _compose(
     click.option("--sample", type=click.IntRange(min=1), default=None,
                  help="Evaluate a fixed random N examples of the split, in index order "
                       "(drawn with --sample-seed; not with --limit)."),
-    click.option("--sample-seed", type=click.IntRange(min=0), default=default(DataConfig, "sample_seed"),
+    click.option("--sample-seed", type=SEED, default=default(DataConfig, "sample_seed"),
                  show_default=True, help="Seed of the --sample draw."),
 )
 

@@ -1,5 +1,5 @@
 """``python -m epsl``, and ``torchrun --nproc-per-node N -m epsl ...``: the ``epsl`` command."""
 
-from epsl.cli.main import main
+from epsl.cli.entry import main
 
-main(prog_name="epsl")
+main()

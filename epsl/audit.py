@@ -52,7 +52,7 @@ from epsl.context import DataConfig, Evaluation, load_source, provenance
 from epsl.device import model_device
 from epsl.diagnostics import diagnose
 from epsl.distributed import agree
-from epsl.errors import EpslError, check_progress
+from epsl.errors import EpslError, check_progress, check_seed
 from epsl.io import to_json
 from epsl.minimal import (
     MinimalConfig,
@@ -62,7 +62,7 @@ from epsl.minimal import (
 )
 from epsl.modes import eval_mode
 from epsl.norms import Norm, check_radius, max_radius, parse_norm
-from epsl.records import Provenance, Result, reusable
+from epsl.records import Provenance, Result, check_replaceable, reusable
 from epsl.stats import accuracy_interval
 
 __all__ = ["WARNING_DOCS", "AuditConfig", "AuditResult", "AuditRunConfig", "AuditWarning",
@@ -168,6 +168,7 @@ class AuditConfig:
         if not 0 < self.unbounded_eps <= 1:
             raise EpslError(f"unbounded_eps must be in (0, 1], a fraction of the whole box "
                             f"(got {self.unbounded_eps})")
+        check_seed(self.seed)
 
     def reuse_settings(self) -> dict[str, Any]:
         """What decides whether an audit on disk can be reused: every budget and threshold
@@ -712,13 +713,15 @@ def _audit_result(config: AuditRunConfig, ev: Evaluation, origin: Provenance,
 def ensure_audit(config: AuditRunConfig, folder: Path, ev: Evaluation, *,
                  points: Callable[[], MinimalResult | None],
                  source_model: nn.Module | None = None,
-                 log: Callable[[str], None] | None = None) -> bool:
+                 log: Callable[[str], None] | None = None, overwrite: bool = True) -> bool:
     """The audit of ``ev``'s examples in ``folder``, reused when made from the same
     checkpoint, examples, source and settings, else run (with the ε* that ``points`` gives,
-    called only then) and saved. True when it ran."""
+    called only then) and saved; a result of another origin is replaced only with
+    ``overwrite``. True when it ran."""
     origin = provenance(ev, config.reuse_settings(), source=config.source)
     if reusable(folder, "audit", origin):
         return False
+    check_replaceable(folder, "audit", origin, overwrite)
     if log is not None:
         which = "" if config.norm == "linf" else f" ({config.norm})"
         log(f"{folder.parent.name}: audit at eps={config.eps:g}{which} on {len(ev.data)} "

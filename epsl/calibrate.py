@@ -33,7 +33,7 @@ from epsl.minimal import (
     minimal_perturbation,
 )
 from epsl.norms import check_radius, dual
-from epsl.records import Result, reusable
+from epsl.records import Result, check_replaceable, reusable
 from epsl.stats import accuracy_interval
 
 
@@ -139,16 +139,20 @@ def run_calibrate(config: CalibrateConfig, *, evaluation: Evaluation | None = No
 
 def ensure_calibration(ev: Evaluation, folder: Path, config: MinimalConfig,
                        eps: Sequence[float], diagnostics: pd.DataFrame,
-                       log: Callable[[str], None] | None = None) -> tuple[Result, bool]:
+                       log: Callable[[str], None] | None = None, *,
+                       overwrite: bool = True) -> tuple[Result, bool]:
     """The ``minimal`` result in ``folder`` when made from this checkpoint, these examples and
     ``config`` (with its points), else computed and saved: ``(result, computed)``. The
     comparison and the study share it, so ε* is found once; ``result.tensors`` holds the
     points only when computed here (:meth:`MinimalResult.load` reads them back). The norm is
     part of ``config.reuse_settings()`` (named whenever it is not ℓ∞), so an ℓ∞ result is never
-    served for an ℓ2 request. ``diagnostics`` must hold ε_L of ``config.norm``."""
-    found = reusable(folder, "minimal", provenance(ev, config.reuse_settings()))
+    served for an ℓ2 request. ``diagnostics`` must hold ε_L of ``config.norm``. A result of
+    another origin in ``folder`` is replaced only with ``overwrite``."""
+    origin = provenance(ev, config.reuse_settings())
+    found = reusable(folder, "minimal", origin)
     if found is not None:
         return found, False
+    check_replaceable(folder, "minimal", origin, overwrite)
     if log is not None:
         log(f"{folder.parent.name}: eps* (minimum-norm attacks) on {len(ev.data)} examples")
     result = _calibrate(ev, config, eps, diagnostics, None)

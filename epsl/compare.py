@@ -52,11 +52,21 @@ from epsl.audit import (
 from epsl.calibrate import ensure_calibration
 from epsl.context import DataConfig, Evaluation, load_source, provenance
 from epsl.diagnostics.runs import ensure_diagnostics
-from epsl.errors import EpslError
-from epsl.io import check_out_dir
+from epsl.errors import EpslError, check_seed
+from epsl.io import check_out_dir, safe_name
 from epsl.minimal import MinimalConfig, MinimalResult, check_minimal_dependencies
 from epsl.norms import check_radius, parse_norm
-from epsl.records import Result, file_sha256, invalidate, kind, load, record_path, reusable
+from epsl.records import (
+    Result,
+    check_replaceable,
+    clear,
+    file_sha256,
+    invalidate,
+    kind,
+    load,
+    record_path,
+    reusable,
+)
 
 PRODUCTS = kind("comparison").files()
 Log = Callable[[str], None]
@@ -147,6 +157,7 @@ class CompareConfig:
                             "CompareConfig.checkpoints")
         check_radius(self.norm, self.eps)
         check_radius(self.norm, self.eps_grid, name="eps_grid")
+        check_seed(self.seed)
         if self.pgd_steps < 1 or self.restarts < 1:
             raise EpslError("pgd_steps and restarts must be at least 1")
         for key in ("names", "reported"):
@@ -156,6 +167,8 @@ class CompareConfig:
                                 f"{len(self.checkpoints)} checkpoints)")
         if len(set(self.names)) != len(self.names):
             raise EpslError(f"names must be unique (got {list(self.names)})")
+        for name in self.names:  # each is a folder of out: refused here, before any work
+            safe_name(name, "model name")
 
     def grid(self) -> list[float]:
         """ε and the extra radii, sorted: the columns of the diagnostics and ε* summaries."""
@@ -200,7 +213,7 @@ def model_names(checkpoints: Sequence[str]) -> list[str]:
     names = []
     for path, stem in zip(checkpoints, stems, strict=True):
         name = stem if stems.count(stem) == 1 else f"{Path(path).parent.name}-{stem}"
-        name = re.sub(r"[^A-Za-z0-9._+=-]+", "-", name).strip("-") or "model"
+        name = re.sub(r"[^A-Za-z0-9._+=-]+", "-", name).strip("-.") or "model"
         while name in names:
             name += "-2"
         names.append(name)
@@ -254,11 +267,14 @@ def _attack_frame(ev: Evaluation, config: CompareConfig, source_model: torch.nn.
 
 
 def _attacks(ev: Evaluation, folder: Path, config: CompareConfig,
-             source_model: torch.nn.Module | None, log: Log) -> bool:
+             source_model: torch.nn.Module | None, log: Log, overwrite: bool) -> bool:
     """The paper's attack table of ``ev`` in ``folder``, extended by the settings it lacks;
-    True when any ran."""
+    True when any ran. An attack table of another origin is replaced only with
+    ``overwrite``."""
     origin = provenance(ev, config.attack_reuse_settings(), source=config.source)
     found = reusable(folder, "attack", origin)
+    if found is None:
+        check_replaceable(folder, "attack", origin, overwrite)
     existing = found.table if found is not None and found.table is not None else pd.DataFrame()
     missing = [s for s in _settings(config)
                if existing.empty or not _covered(existing, s, config)]
@@ -276,45 +292,55 @@ def _attacks(ev: Evaluation, folder: Path, config: CompareConfig,
     return True
 
 
-def _drop_other_origin(folder: Path, name: str, ev: Evaluation) -> None:
-    """Remove the record of a result this call does not compute (an audit without
-    ``audit=True``, ε* without ``minimal``) when an earlier run left it in ``folder`` for other
-    weights, so the comparison never shows it as this model's. (Its examples may be a part of
-    these: the study audits the first ``[audit] limit`` of them.)"""
+def _drop_other_origin(folder: Path, name: str, ev: Evaluation, overwrite: bool) -> None:
+    """Remove (only with ``overwrite``; else refuse) the record of a result this call does not
+    compute (an audit without ``audit=True``, ε* without ``minimal``) when an earlier run left
+    it in ``folder`` for another model, so the comparison never shows it as this model's.
+    (Its examples may be a part of these: the study audits the first ``[audit] limit`` of
+    them.)"""
     if not record_path(folder, name).is_file():
         return
     try:
         found = load(folder, name, table=False).provenance
     except EpslError:
         found = None
-    if found is None or found.checkpoint_sha256 != file_sha256(ev.weights):
-        invalidate(folder, name)
+    mine = provenance(ev, {})
+    if found is not None and mine.same_origin(dataclasses.replace(
+            found, data=mine.data, settings={}, source=None)):
+        return  # this model's (on these examples or a part of them)
+    if not overwrite:
+        raise EpslError(f"{folder} holds a {name} result of another model, which this "
+                        f"comparison would show as {folder.parent.name}'s; pass overwrite=True "
+                        "to remove it, or choose another out folder")
+    invalidate(folder, name)
 
 
 def evaluate_model(ev: Evaluation, folder: Path, config: CompareConfig, *,
                    source_model: torch.nn.Module | None = None,
-                   log: Log | None = None) -> list[str]:
+                   log: Log | None = None, overwrite: bool = False) -> list[str]:
     """Write (or reuse) one model's diagnostics, ε*, attacks and audit under ``folder``;
-    return what was reused. ``ev`` is the checkpoint prepared on ``config.data``."""
+    return what was reused. ``ev`` is the checkpoint prepared on ``config.data``. A result of
+    another origin already in ``folder`` is replaced only with ``overwrite``."""
     say = log or (lambda _msg: None)
     reused = []
-    eq4, computed = ensure_diagnostics(ev, folder, config.grid(), say, norm=config.norm)
+    eq4, computed = ensure_diagnostics(ev, folder, config.grid(), say, norm=config.norm,
+                                       overwrite=overwrite)
     if not computed:
         reused.append("diagnostics")
     points: MinimalResult | None = None  # eps* computed in this call, for the audit
     if config.minimal is None:
-        _drop_other_origin(folder / "minimal", "minimal", ev)
+        _drop_other_origin(folder / "minimal", "minimal", ev, overwrite)
     else:
         result, computed = ensure_calibration(ev, folder / "minimal", config.minimal,
-                                              config.grid(), eq4, say)
+                                              config.grid(), eq4, say, overwrite=overwrite)
         if computed:
             points = result.tensors  # type: ignore[assignment]
         else:
             reused.append("minimal")
-    if not _attacks(ev, folder / "attacks", config, source_model, say):
+    if not _attacks(ev, folder / "attacks", config, source_model, say, overwrite):
         reused.append("attacks")
     if not config.audit:
-        _drop_other_origin(folder / "audit", "audit", ev)
+        _drop_other_origin(folder / "audit", "audit", ev, overwrite)
     else:
         def eps_star() -> MinimalResult | None:
             if points is None and config.minimal is not None:  # reused: re-score its points
@@ -322,7 +348,8 @@ def evaluate_model(ev: Evaluation, folder: Path, config: CompareConfig, *,
             return points
 
         if not ensure_audit(config.audit_run(ev.checkpoint), folder / "audit", ev,
-                            points=eps_star, source_model=source_model, log=say):
+                            points=eps_star, source_model=source_model, log=say,
+                            overwrite=overwrite):
             reused.append("audit")
     return reused
 
@@ -349,8 +376,11 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
             log: Log | None = None) -> CompareResult:
     """Evaluate every checkpoint of ``config`` and write the comparison and report to ``out``.
 
-    Per-model tables already under ``out/<name>/`` for the same checkpoint and number of
-    examples are reused, and only missing attack settings are run. ``log`` is told what runs.
+    Per-model results already under ``out/<name>/`` made from the same model, examples and
+    settings are reused, and only missing attack settings are run; results of another origin
+    there are replaced only with ``overwrite``. With ``overwrite``, the comparison's own files
+    are removed before anything runs, so a run cut short never leaves the previous report.
+    ``log`` is told what runs.
     """
     check_out_dir(out, PRODUCTS, overwrite, create=False)
     if config.audit:
@@ -359,8 +389,11 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
         check_minimal_dependencies(config.minimal)
     evaluations, source_model = _check_inputs(config)
     out = check_out_dir(out, PRODUCTS, overwrite)
-    names = list(config.names) or model_names(config.checkpoints)
-    reused = {name: evaluate_model(ev, out / name, config, source_model=source_model, log=log)
+    clear(out, "comparison")
+    names = [safe_name(name, "model name")
+             for name in list(config.names) or model_names(config.checkpoints)]
+    reused = {name: evaluate_model(ev, out / name, config, source_model=source_model, log=log,
+                                   overwrite=overwrite)
               for ev, name in zip(evaluations, names, strict=True)}
     runs = load_runs([out / name for name in names])
     table = comparison_table(runs, eps=config.eps)

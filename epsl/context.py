@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import epsl
-from epsl.checkpoint import check_dataset, load, weights_file
+from epsl.checkpoint import check_dataset, check_finished, load, weights_file
 from epsl.data import Split, check_selection, load_split, preprocessing_for
 from epsl.device import resolve_device
 from epsl.errors import EpslError
@@ -31,6 +31,9 @@ class Evaluation:
     checkpoint: str
     #: where a model source's weights live (``robustbench:...``, ``timm:...``); None otherwise
     model_dir: str | None = None
+    #: what the model computes on a fixed probe (:func:`behaviour`), pinned by every result's
+    #: provenance
+    behaviour: list[list[float]] | None = None
 
     @property
     def weights(self) -> Path:
@@ -85,6 +88,7 @@ def load_model(checkpoint: Path | str, *, arch: str | None = None, model: str | 
     dev = resolve_device(device)
     net, meta = load(checkpoint, arch=arch, model=model, dataset=dataset, model_dir=model_dir,
                      device=dev)
+    check_finished(meta, checkpoint)  # every evaluation loads its models here
     return net, meta, dev
 
 
@@ -116,9 +120,9 @@ def prepare(checkpoint: Path | str, *, dataset: str | None = None, data: Path | 
                           preprocessing=preprocessing_for(meta))
     if len(examples) == 0:
         raise EpslError("the data set is empty")
-    check_fits(net, meta, examples, checkpoint, dev)
+    probe = check_fits(net, meta, examples, checkpoint, dev)
     return Evaluation(net, meta, examples, dev, str(checkpoint),
-                      None if model_dir is None else str(model_dir))
+                      None if model_dir is None else str(model_dir), probe)
 
 
 def load_source(source: Path | str | None, ev: Evaluation, *, arch: str | None = None,
@@ -134,19 +138,72 @@ def load_source(source: Path | str | None, ev: Evaluation, *, arch: str | None =
 
 
 def check_fits(net: nn.Module, meta: dict[str, Any], examples: Split,
-               checkpoint: Path | str, device: torch.device) -> None:
+               checkpoint: Path | str, device: torch.device) -> list[list[float]]:
     """Raise :class:`EpslError` unless ``net`` (loaded from ``checkpoint``) takes ``examples``:
-    the input shape and classes in its metadata, then one forward pass on two examples."""
+    finite weights, the input shape and classes in its metadata, then one forward pass on the
+    probe (:func:`behaviour`) that must give finite N x K logits. Return the probe's
+    behaviour."""
+    check_finite(net, checkpoint)
     check_dataset(meta, tuple(examples.x.shape[1:]), int(examples.y.max()) + 1, str(checkpoint))
+    return behaviour(net, examples, device, checkpoint=checkpoint)
+
+
+def check_finite(net: nn.Module, checkpoint: Path | str) -> None:
+    """Refuse a model with a NaN or infinite weight or buffer: its logits, gradients and ε_L
+    would be meaningless, and an audit would blame gradient masking."""
+    for name, tensor in [*net.named_parameters(), *net.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise EpslError(f"{checkpoint}: {name} holds {bad} non-finite value"
+                            f"{'s' if bad > 1 else ''} (NaN or inf); a diverged or corrupted "
+                            "model cannot be evaluated: use a checkpoint from before it diverged")
+
+
+#: The probe of :func:`behaviour`: this many examples spread over the evaluated ones, and this
+#: many seeded uniform-noise images of their shape.
+PROBE_EXAMPLES, PROBE_NOISE = 32, 4
+
+
+def behaviour(net: nn.Module, examples: Split, device: torch.device, *,
+              checkpoint: Path | str = "the model") -> list[list[float]]:
+    """What the model computes, as a result's provenance pins it: on a fixed probe (up to
+    :data:`PROBE_EXAMPLES` examples spread evenly over ``examples``, then
+    :data:`PROBE_NOISE` seeded noise images), each row's largest and mean logit and two fixed
+    random projections of its logits (6 significant digits). Any change of code, weights or
+    preprocessing that changes the outputs changes it, so a result made by another model is
+    never reused (:meth:`epsl.records.Provenance.same_origin` compares it with a tolerance
+    that last-bit differences between CPUs or GPUs stay within).
+
+    Raises :class:`EpslError` unless the model returns finite N x K logits."""
+    n = len(examples)
+    rows = torch.linspace(0, n - 1, min(n, PROBE_EXAMPLES)).round().long().unique()
+    noise = torch.rand((PROBE_NOISE, *examples.x.shape[1:]),
+                       generator=torch.Generator().manual_seed(0))
+    probe = torch.cat([examples.x[rows].to("cpu", torch.float32), noise])
     try:
         with torch.no_grad():
-            logits = net(examples.x[:2].to(device))
+            logits = net(probe.to(device))
     except RuntimeError as exc:
         raise EpslError(f"{checkpoint} does not accept inputs of shape "
                         f"{tuple(examples.x.shape[1:])} ({str(exc).splitlines()[0]})") from None
-    if logits.ndim != 2 or logits.shape[1] <= int(examples.y.max()):
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 \
+            or logits.shape[0] != len(probe):
+        what = (f"a {type(logits).__name__}" if not isinstance(logits, torch.Tensor)
+                else f"a tensor of shape {tuple(logits.shape)}")
+        raise EpslError(f"{checkpoint}: the model returns {what}, not N x K logits; wrap it so "
+                        "that forward returns the logits tensor alone")
+    if logits.shape[1] <= int(examples.y.max()):
         raise EpslError(f"{checkpoint} gives {logits.shape[-1]} logits but the labels go up to "
                         f"{int(examples.y.max())}")
+    if not bool(torch.isfinite(logits).all()):
+        raise EpslError(f"{checkpoint}: the model gives non-finite logits (NaN or inf) on the "
+                        "examples; check its weights and its forward")
+    z = logits.detach().to("cpu", torch.float64)
+    weights = torch.randn((2, z.shape[1]), generator=torch.Generator().manual_seed(1),
+                          dtype=torch.float64) / z.shape[1] ** 0.5
+    signature = torch.cat([z.max(1, keepdim=True).values, z.mean(1, keepdim=True), z @ weights.T],
+                          dim=1)
+    return [[float(f"{v:.6g}") for v in row] for row in signature.tolist()]
 
 
 def data_sha256(examples: Split) -> str:
@@ -175,6 +232,8 @@ def provenance(ev: Evaluation, settings: Mapping[str, Any], *, examples: Split |
                    "indices": [] if data.indices is None else data.indices.tolist()}
     return Provenance(
         checkpoint=ev.checkpoint, checkpoint_sha256=file_sha256(ev.weights),
+        behaviour=ev.behaviour if ev.behaviour is not None
+        else behaviour(ev.model, ev.data, ev.device, checkpoint=ev.checkpoint),
         data=record,
         settings=dict(settings), model=ev.meta,
         source=None if source is None else {"checkpoint": str(source),

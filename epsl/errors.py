@@ -1,5 +1,13 @@
 """Exceptions that the CLI turns into one clear line and a non-zero exit."""
 
+import errno
+import numbers
+import os
+
+#: the largest seed: numpy's, torch's and Python's generators all take every integer in
+#: [0, 2**63), and a seed is recorded in JSON beside every result
+SEED_MAX = 2**63 - 1
+
 
 class EpslError(Exception):
     """A user-facing error: bad input, missing data, an unsafe or mismatched checkpoint."""
@@ -11,6 +19,39 @@ def check_progress(progress: object) -> None:
     if progress is not None and not callable(progress):
         raise EpslError(f"progress is a callable given the examples done (e.g. tqdm().update) "
                         f"or None, not {progress!r}")
+
+
+def check_seed(value: object, name: str = "seed") -> None:
+    """One meaning of a seed everywhere: an integer in [0, 2**63) (:data:`SEED_MAX`), checked
+    before any work, so that no generator refuses it after a long computation; ``name`` is the
+    parameter the one-line :class:`EpslError` names (``seed``, ``sample_seed``, ...)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or not 0 <= int(value) <= SEED_MAX:
+        raise EpslError(f"{name} must be a non-negative integer below 2**63 (got {value!r})")
+
+
+#: what to do about the errors a path meets most often (the rest say the system's reason)
+_PATH_ADVICE = {
+    errno.ENAMETOOLONG: "choose a shorter path",
+    errno.EACCES: "choose a folder you may write to, or change its permissions",
+    errno.EPERM: "choose a folder you may write to, or change its permissions",
+    errno.EROFS: "choose a folder on a writable file system",
+    errno.ENOSPC: "free some space or choose another disk",
+    errno.EDQUOT: "free some space or choose another disk",
+    errno.ELOOP: "the path runs in a loop of symbolic links; fix or avoid the links",
+}
+
+
+def path_error(exc: OSError, path: object = None) -> EpslError:
+    """One line for an :class:`OSError` met while using a path: the path (``path``, else the
+    one the error names), the system's reason and, for the common ones, what to do."""
+    where = path if path is not None else (exc.filename if exc.filename is not None else "")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENAMETOOLONG:
+        longest = max((len(part) for part in str(where).split(os.sep)), default=0)
+        reason += f" (its longest name has {longest} characters, the whole path {len(str(where))})"
+    advice = _PATH_ADVICE.get(exc.errno or 0)
+    return EpslError(f"{where}: {reason}" + (f"; {advice}" if advice else ""))
 
 
 class UnknownNameError(EpslError, KeyError):

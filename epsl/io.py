@@ -4,8 +4,10 @@ killed run never leaves a half-written or clobbered result."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -116,6 +118,97 @@ def _atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+#: the temporary files of :func:`atomic_path` (mkstemp's ``.NAME.XXXXXXXX.tmp``)
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+#: folders held by this process (:func:`folder_lock` is re-entrant within a process)
+_HELD: dict[str, int] = {}
+
+
+def _lock_file(folder: Path) -> Path:
+    """Where the lock of ``folder`` lives: outside it, so that taking the lock writes nothing
+    into a user's folder (and a refused command leaves it as it was)."""
+    where = Path(tempfile.gettempdir()) / f"epsl-locks-{os.getuid()}"
+    where.mkdir(mode=0o700, exist_ok=True)
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:32]
+    return where / f"{digest}.lock"
+
+
+@contextmanager
+def folder_lock(folder: Path | str) -> Iterator[None]:
+    """Hold ``folder`` for this process while results are written into it: a second epsl
+    process asking for it gets a one-line :class:`EpslError` at once (never two runs mixing
+    their files in one folder). Once held, stale temporary files of an earlier run that was
+    killed are removed (:func:`sweep_temporaries`). Re-entrant within a process; under
+    torchrun only rank 0, the one that writes, holds it. Where no lock can be made (a
+    read-only temporary folder), the folder is not locked."""
+    import fcntl
+
+    folder = Path(os.path.abspath(folder))
+    key = str(folder)
+    dist = _group()
+    if key in _HELD or (dist is not None and dist.get_rank() != 0):
+        _HELD[key] = _HELD.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+            if not _HELD[key]:
+                del _HELD[key]
+        return
+    try:
+        handle = _lock_file(folder).open("a+")
+    except OSError:
+        handle = None
+    try:
+        if handle is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                raise EpslError(f"another epsl run (process {holder}) is writing into {folder}; "
+                                "wait for it to finish or choose another folder") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+        _HELD[key] = 1
+        if folder.is_dir():
+            sweep_temporaries(folder)
+        else:  # a file (a checkpoint): its own temporaries beside it
+            sweep_temporaries(folder.parent, depth=0, name=folder.name)
+        try:
+            yield
+        finally:
+            del _HELD[key]
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
+
+
+def sweep_temporaries(folder: Path | str, depth: int = 3, name: str | None = None) -> list[Path]:
+    """Remove the temporary files that a killed run left in ``folder`` and its subfolders down
+    to ``depth`` levels (only :func:`atomic_path`'s own ``.NAME.XXXXXXXX.tmp``, of the file
+    ``name`` alone when given); call it only while holding the folder (:func:`folder_lock`).
+    Return what was removed."""
+    removed: list[Path] = []
+    folder = Path(folder)
+    if depth < 0 or not folder.is_dir():
+        return removed
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.is_file(follow_symlinks=False) and _TEMPORARY.match(entry.name) \
+                and (name is None or entry.name.startswith(f".{name}.")):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+        elif entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+            removed += sweep_temporaries(entry.path, depth - 1, name)
+    return removed
+
+
 def write_text(path: Path | str, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -211,3 +304,35 @@ def check_out_dir(out: Path | str, products: list[str], overwrite: bool,
     except OSError as exc:
         raise _os_error("create folder", out, exc) from None
     return out
+
+
+#: the longest name :func:`safe_name` lets become a file or folder name (file systems allow 255
+#: bytes, and a suffix such as ``.safetensors`` is added to it)
+NAME_BYTES = 200
+
+
+def safe_name(name: str, what: str) -> str:
+    """``name`` (a model's, from a preset or a user) as the name of one file or folder inside
+    an output folder: every such name goes through here. Raises a one-line
+    :class:`EpslError` naming it unless it stays in its folder: no ``/`` or ``\\``, no ``..``,
+    no absolute path or drive, not empty, no NUL, not starting with ``.`` (hidden, or ``..``),
+    at most :data:`NAME_BYTES` bytes. ``what`` says what the name is (``model name``)."""
+    if not isinstance(name, str):
+        raise EpslError(f"{what} must be a string (got {name!r})")
+    posix = name.replace("\\", "/")
+    reasons = [
+        (not name, "is empty"),
+        ("\0" in name, "holds a NUL character"),
+        (posix.startswith("/") or (name[:1].isascii() and name[:1].isalpha()
+                                     and name[1:2] == ":"), "is an absolute path"),
+        (".." in posix.split("/"), "leads out of its folder (..)"),
+        ("/" in posix, "holds a path separator (/ or \\)"),
+        (name.startswith("."), "starts with '.' (a hidden file)"),
+        (len(name.encode("utf-8", "surrogateescape")) > NAME_BYTES,
+         f"is longer than {NAME_BYTES} bytes"),
+    ]
+    reason = next((why for bad, why in reasons if bad), None)
+    if reason is not None:
+        raise EpslError(f"{what} {name!r} {reason}: it becomes a file name inside the output "
+                        "folder; use letters, digits and - + _ . (not first)")
+    return name

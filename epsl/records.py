@@ -39,6 +39,7 @@ import pandas as pd
 from epsl.errors import EpslError
 from epsl.io import (
     check_out_dir,
+    folder_lock,
     on_disk,
     read_json,
     read_table,
@@ -120,6 +121,9 @@ class Provenance:
     checkpoint_sha256: str
     data: dict[str, Any]
     settings: dict[str, Any] = field(default_factory=dict)
+    #: what the model computes on a fixed probe (:func:`epsl.context.behaviour`): a change of
+    #: code, weights or preprocessing that changes the outputs changes it
+    behaviour: list[list[float]] | None = None
     model: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] | None = None
     device: str = ""
@@ -139,7 +143,20 @@ class Provenance:
 
     def same_origin(self, other: Provenance) -> bool:
         """Whether a result made under ``other`` is the result this provenance asks for."""
-        return self.key() == other.key()
+        return self.difference(other) is None
+
+    def difference(self, other: Provenance) -> str | None:
+        """The first thing in which ``other``'s origin differs from this one (``"settings.norm"``,
+        ``"the model's outputs"``), or None when a result made under ``other`` is this one's.
+        The model's behaviour is compared with a tolerance (relative 1e-4 of its scale) that
+        floating-point differences between CPUs or GPUs stay within."""
+        mine, theirs = self.key(), other.key()
+        for name in mine.keys() | theirs.keys():
+            if mine.get(name) != theirs.get(name):
+                return _first_difference(name, mine.get(name), theirs.get(name))
+        if not _behaves_alike(self.behaviour, other.behaviour):
+            return "the model's outputs (its code, weights or preprocessing changed)"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -150,6 +167,29 @@ class Provenance:
             return cls(**{k: raw[k] for k in raw if k in cls.__dataclass_fields__})
         except TypeError as exc:
             raise EpslError(f"{where}: provenance is incomplete ({exc})") from None
+
+
+def _first_difference(name: str, mine: Any, theirs: Any) -> str:
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        for key in sorted(mine.keys() | theirs.keys()):
+            if mine.get(key) != theirs.get(key):
+                return _first_difference(f"{name}.{key}", mine.get(key), theirs.get(key))
+    return name
+
+
+def _behaves_alike(mine: Any, theirs: Any) -> bool:
+    """Two behaviour signatures agree (both present, same shape, each value within 1e-4 of
+    the signature's scale): last-bit differences pass, a changed model does not."""
+    if mine is None and theirs is None:  # neither pins a model (provenances made by hand)
+        return True
+    if not mine or not theirs or len(mine) != len(theirs) \
+            or any(len(a) != len(b) for a, b in zip(mine, theirs, strict=True)):
+        return False
+    values = [abs(float(v)) for row in mine for v in row]
+    tolerance = 1e-4 * max(1.0, max(values))
+    return all(abs(float(a) - float(b)) <= tolerance
+               for row_a, row_b in zip(mine, theirs, strict=True)
+               for a, b in zip(row_a, row_b, strict=True))
 
 
 class Tensors(Protocol):
@@ -188,8 +228,11 @@ class Result:
              overwrite: bool = True) -> list[Path]:
         """Remove the old record, write the tensors and the table, then the record (atomically
         each; the record last, so that its presence means the folder is complete: an
-        interrupted rewrite leaves no record, never an old record beside new files). Results
-        are replaced only with ``overwrite``. Return the paths written."""
+        interrupted rewrite leaves no record, never an old record beside new files; a write that
+        fails removes the result's files). The record keeps the SHA-256 of every file it
+        describes (:func:`digests`). The folder is held while it is written
+        (:func:`epsl.io.folder_lock`). Results are replaced only with ``overwrite``. Return the
+        paths written."""
         spec = kind(self.kind)
         if table_format not in TABLE_FORMATS:
             raise EpslError(f"tables are written as {' or '.join(TABLE_FORMATS)}")
@@ -198,6 +241,15 @@ class Result:
         except (TypeError, ValueError) as exc:
             raise EpslError(f"the {spec.name} record does not serialise ({exc})") from None
         folder = check_out_dir(folder, spec.files(table_format), overwrite)
+        with folder_lock(folder):
+            try:
+                return self._write(folder, spec, table_format, record)
+            except BaseException:  # never part of a result: no tensors without their table
+                clear(folder, self.kind)
+                raise
+
+    def _write(self, folder: Path, spec: Kind, table_format: str,
+               record: dict[str, Any]) -> list[Path]:
         invalidate(folder, self.kind)
         if self.tensors is None and spec.tensors is not None:
             with on_disk() as writer:  # no other run's tensors may sit beside this record
@@ -210,8 +262,36 @@ class Result:
                     if other != table_format:
                         (folder / f"{spec.table}.{other}").unlink(missing_ok=True)
             written.append(write_table(self.table, folder / f"{spec.table}.{table_format}"))
+        record["files"] = digests(folder, spec)
         write_json(folder / spec.record, record)
         return [*written, folder / spec.record]
+
+
+def digests(folder: Path | str, spec: Kind) -> dict[str, str]:
+    """SHA-256 of every file of ``spec`` present in ``folder`` but its record: the record
+    keeps them, so that a table or tensors file replaced after it was written (by hand, or by
+    another run) is never read as this record's."""
+    folder = Path(folder)
+    names = [*(f"{spec.table}.{fmt}" for fmt in TABLE_FORMATS if spec.table), *spec.extra,
+             *spec.optional]
+    return {name: file_sha256(folder / name) for name in names if (folder / name).is_file()}
+
+
+def clear(folder: Path | str, name: str) -> None:
+    """Remove every file of a result of kind ``name`` in ``folder``, its record first: what an
+    ``overwrite`` run does before it starts, so that a run cut short never leaves the previous
+    result beside the new one."""
+    spec = kind(name)
+    with on_disk() as writer:
+        if writer:
+            for file in [spec.record, *(f"{spec.table}.{fmt}" for fmt in TABLE_FORMATS
+                                        if spec.table), *spec.extra, *spec.optional]:
+                path = Path(folder) / file
+                if path.is_file() or path.is_symlink():
+                    try:
+                        path.unlink()
+                    except OSError:  # removed meanwhile, or not ours to remove: no result
+                        pass
 
 
 def invalidate(folder: Path | str, name: str) -> None:
@@ -240,8 +320,9 @@ def load(folder: Path | str, name: str, *, table: bool = True) -> Result:
         raise EpslError(f"{path}: unknown schema {raw.get('schema')!r} version "
                         f"{raw.get('schema_version')!r}; this epsl reads epsl.{spec.name} "
                         f"version {spec.version}")
+    check_digests(folder, spec, raw.get("files"), path)
     summary = {k: v for k, v in raw.items()
-               if k not in ("schema", "schema_version", "provenance")}
+               if k not in ("schema", "schema_version", "provenance", "files")}
     prov = raw.get("provenance")
     provenance = Provenance.from_dict(prov, str(path)) if isinstance(prov, dict) else None
     frame = None
@@ -254,6 +335,23 @@ def load(folder: Path | str, name: str, *, table: bool = True) -> Result:
     return Result(spec.name, summary, provenance, frame, folder)
 
 
+def check_digests(folder: Path, spec: Kind, files: Any, path: Path) -> None:
+    """Raise :class:`EpslError` unless every file that the record at ``path`` lists is in
+    ``folder`` with the content it was written with (a record with no list is an older
+    epsl's: it is read, and never reused)."""
+    if files is None:
+        return
+    if not isinstance(files, dict):
+        raise EpslError(f"{path}: its list of files is malformed; recompute the result")
+    for name, digest in files.items():
+        file = folder / str(name)
+        if not file.is_file():
+            raise EpslError(f"{path}: its {name} is missing; recompute the result")
+        if file_sha256(file) != digest:
+            raise EpslError(f"{path}: {name} is not the file this record was written with "
+                            "(changed or replaced since); recompute the result")
+
+
 def reusable(folder: Path | str, name: str, provenance: Provenance) -> Result | None:
     """The result of kind ``name`` in ``folder`` if it was made from the same checkpoint
     content, examples, source and settings as ``provenance`` and every file of its kind is
@@ -262,22 +360,43 @@ def reusable(folder: Path | str, name: str, provenance: Provenance) -> Result | 
     if not kind(name).complete(folder):
         return None
     try:
+        if not isinstance(read_json(record_path(folder, name)).get("files"), dict):
+            return None  # an older epsl's record, whose files no digest pins
         found = load(folder, name)
-    except EpslError:
+    except (EpslError, AttributeError):
         return None
     if found.provenance is None or not found.provenance.same_origin(provenance):
         return None
     return found
 
 
-_HASHES: dict[tuple[str, int, int], str] = {}
+def check_replaceable(folder: Path | str, name: str, provenance: Provenance,
+                      overwrite: bool) -> None:
+    """Before a result of kind ``name`` made under ``provenance`` is written into ``folder``:
+    a finished result of another origin already there is replaced only with ``overwrite``
+    (else a one-line :class:`EpslError` that says in what it differs). A result without a
+    record (a run cut short) is not one."""
+    path = record_path(folder, name)
+    if overwrite or not path.is_file():
+        return
+    try:
+        found = load(folder, name, table=False).provenance
+        why = ("it has no provenance" if found is None
+               else f"it differs in {provenance.difference(found) or 'its files'}")
+    except EpslError as exc:
+        why = str(exc)
+    raise EpslError(f"{folder} already holds a {name} result of another origin ({why}); pass "
+                    "overwrite=True to replace it, or choose another out folder")
+
+
+_HASHES: dict[tuple[str, int, int, int], str] = {}
 
 
 def file_sha256(path: Path | str) -> str:
     """SHA-256 of a file's bytes (remembered per path, size and modification time)."""
     path = Path(path)
     stat = path.stat()
-    cache_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    cache_key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
     if cache_key not in _HASHES:
         digest = hashlib.sha256()
         with path.open("rb") as f:
@@ -287,5 +406,5 @@ def file_sha256(path: Path | str) -> str:
     return _HASHES[cache_key]
 
 
-__all__ = ["COMMAND", "KINDS", "Kind", "Provenance", "Result", "Tensors", "file_sha256", "kind",
-           "load", "record_path", "reusable"]
+__all__ = ["COMMAND", "KINDS", "Kind", "Provenance", "Result", "Tensors", "check_digests",
+           "check_replaceable", "clear", "digests", "file_sha256", "kind", "load", "record_path", "reusable"]

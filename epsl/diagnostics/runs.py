@@ -18,9 +18,9 @@ from epsl.diagnostics.features import activations
 from epsl.diagnostics.jacobians import DEFAULT_METHOD, Progress, parse_memory
 from epsl.diagnostics.landscape import loss_landscape
 from epsl.diagnostics.margins import Diagnostics, diagnose, predicted_accuracy
-from epsl.errors import EpslError
+from epsl.errors import EpslError, check_seed
 from epsl.norms import Norm, check_radius, parse_norm
-from epsl.records import Result, reusable
+from epsl.records import Result, check_replaceable, reusable
 from epsl.stats import accuracy_interval
 
 #: the radii reported by default in each norm (pixel units on the [0, 1] scale): ℓ∞'s are the
@@ -113,9 +113,16 @@ class LandscapeConfig:
     seed: int = 0
     batch_size: int = 512
     table_format: str = "csv"
+    #: bytes the forward passes over the grid may use, the table of every point too (``"2GiB"``;
+    #: None: as for diagnose, :func:`~epsl.diagnostics.jacobians.memory_budget`)
+    memory: str | None = None
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
+        parse_memory(self.memory)
 
     def reuse_settings(self) -> dict[str, Any]:
-        """The grid and its directions (not the batch size)."""
+        """The grid and its directions (not the batch size or the memory budget)."""
         return {"direction": self.direction, "span": self.span, "steps": self.steps,
                 "seed": self.seed}
 
@@ -186,7 +193,7 @@ def run_landscape(config: LandscapeConfig, *, evaluation: Evaluation | None = No
     ev = evaluation or config.data.prepare()
     frame = loss_landscape(ev.model, ev.data.x, ev.data.y, direction=config.direction,
                            span=config.span, steps=config.steps, seed=config.seed,
-                           batch_size=config.batch_size)
+                           batch_size=config.batch_size, memory=config.memory)
     center = frame[(frame.eps1 == 0) & (frame.eps2 == 0)] if config.steps % 2 else frame[:0]
     summary = {
         "images": len(ev.data),
@@ -200,14 +207,18 @@ def run_landscape(config: LandscapeConfig, *, evaluation: Evaluation | None = No
 
 def ensure_diagnostics(ev: Evaluation, folder: Path, eps: Sequence[float],
                        log: Callable[[str], None] | None = None, *,
-                       norm: str | Norm = "linf") -> tuple[pd.DataFrame, bool]:
+                       norm: str | Norm = "linf", overwrite: bool = True
+                       ) -> tuple[pd.DataFrame, bool]:
     """The ε_L diagnostics of ``ev`` in ``norm`` in ``folder``: reused when made from this
     checkpoint, these examples and this norm (with their tensors), else computed and saved.
     Returns ``(table, computed)``; the comparison and the study's ε* stage share it, so ε_L is
-    computed once."""
-    found = reusable(folder, "diagnostics", provenance(ev, diagnostics_settings(norm)))
+    computed once. A result of another origin in ``folder`` is replaced only with
+    ``overwrite``."""
+    origin = provenance(ev, diagnostics_settings(norm))
+    found = reusable(folder, "diagnostics", origin)
     if found is not None and found.table is not None:
         return found.table, False
+    check_replaceable(folder, "diagnostics", origin, overwrite)
     if log is not None:
         which = "" if parse_norm(norm) is Norm.LINF else f" ({parse_norm(norm).value})"
         log(f"{folder.name}: eps_L diagnostics{which} on {len(ev.data)} examples")
