@@ -204,13 +204,22 @@ def test_read_table_refuses_empty_truncated_and_garbage_files(tmp_path: Path) ->
         assert name in str(info.value)
 
 
-@pytest.mark.parametrize("content, message", [
-    ("", "the file is empty"),
-    ("index,label,eps\n0,1,0.1\n1,", "is it truncated"),
-], ids=["empty", "truncated"])
-def test_figures_name_an_unreadable_table(tmp_path: Path, content: str, message: str) -> None:
+@pytest.mark.parametrize("content, message, pinned", [
+    ("", "the file is empty", False),
+    ("index,label,eps\n0,1,0.1\n1,", "is it truncated", False),
+    ("", "diagnostics.csv is not the file this record was written with", True),
+    ("index,label,eps\n0,1,0.1\n1,", "is not the file this record was written with", True),
+], ids=["empty", "truncated", "empty-pinned", "truncated-pinned"])
+def test_figures_name_an_unreadable_table(tmp_path: Path, content: str, message: str,
+                                          pinned: bool) -> None:
+    """A table damaged after its record: the record's digest names it; a record without
+    digests (an older epsl's) still gets the reader's own one line."""
     run_dir = tmp_path / "run"
     Record("diagnostics", {"n": 2}, None, pd.DataFrame({"index": [0, 1]})).save(run_dir)
+    if not pinned:
+        record = json.loads((run_dir / "diagnostics.json").read_text())
+        del record["files"]
+        (run_dir / "diagnostics.json").write_text(json.dumps(record))
     (run_dir / "diagnostics.csv").write_text(content)  # the table, damaged after its record
     out = tmp_path / "o"
     result = run("figures", run_dir, "--out", out)
