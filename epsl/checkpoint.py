@@ -26,7 +26,7 @@ from epsl import sources
 from epsl.data import DatasetInfo, dataset_info
 from epsl.errors import EpslError
 from epsl.io import atomic_path
-from epsl.models import create_model
+from epsl.models import MODELS, create_model
 from epsl.safeload import read_weights, state_dict_of
 
 METADATA_KEY = "epsl"
@@ -140,6 +140,7 @@ def load(path: Path | str, *, arch: str | None = None, model: str | None = None,
         return sources.load(str(path), model_dir=model_dir, device=device)
     path = _existing(path)
     meta = read_metadata(path) if path.suffix == ".safetensors" else {}
+    recorded = meta.get("arch")  # what the file says it is, before arch overrides it
     state = _read_state(path)
     if model is not None:
         net = _build_from_factory(model, arch_kwargs or {})
@@ -163,12 +164,66 @@ def load(path: Path | str, *, arch: str | None = None, model: str | None = None,
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
+        detail = misfit(state, net) or _short(exc)
+        hint = "" if model is not None else _arch_hint(path, state, meta, recorded)
         raise EpslError(f"{path}: weights do not fit architecture {meta.get('arch')!r} "
-                        f"({_short(exc)})") from None
+                        f"({detail}){hint}") from None
     if model is not None or "normalization" not in meta:
         meta = _with_loaded_normalization(meta, net)
     net.to(device).eval()
     return net, meta
+
+
+def _names(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+def misfit(state: dict[str, torch.Tensor], net: nn.Module) -> str:
+    """Why ``state`` does not load into ``net``, in one line: how many tensors are missing
+    and unexpected (the first few named), and the first whose shape differs ("" when they
+    fit)."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    parts = [f"{len(names)} {label}: {_names(names)}"
+             for label, names in (("missing", missing), ("unexpected", unexpected)) if names]
+    for key, tensor in expected.items():
+        if key in state and state[key].shape != tensor.shape:
+            parts.append(f"{key} is {'x'.join(map(str, state[key].shape)) or 'a scalar'} in the "
+                         f"file, {'x'.join(map(str, tensor.shape)) or 'a scalar'} in the model")
+            break
+    return "; ".join(parts)
+
+
+def fitting_architectures(state: dict[str, torch.Tensor], dataset: str) -> list[str]:
+    """The registered architectures whose tensors bear the names of ``state``'s, those whose
+    shapes match too first (each built for ``dataset`` on the meta device: nothing is
+    allocated; another width or depth changes the shapes, not the names)."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    same, named = [], []
+    for name in MODELS.names():
+        try:
+            with torch.device("meta"):
+                built = create_model(name, **model_kwargs_for(dataset)).state_dict()
+        except Exception:  # noqa: BLE001 - an architecture that cannot be built here fits nothing
+            continue
+        if set(built) == set(shapes):
+            fits = all(tuple(v.shape) == shapes[k] for k, v in built.items())
+            (same if fits else named).append(name)
+    return same + named
+
+
+def _arch_hint(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any],
+               recorded: str | None) -> str:
+    """What to pass instead: the architecture the file's metadata names, else those whose
+    tensor names match (``"; ..."``, or "" when none is known)."""
+    if recorded is not None and recorded != meta.get("arch"):
+        return f"; its metadata says it is {recorded!r}, which loads without arch=NAME"
+    names = fitting_architectures(state, meta.get("dataset") or "digits")
+    if names:
+        return f"; its tensor names are those of {' or '.join(names)}: pass arch={names[0]}"
+    return (f"; no registered architecture has its tensor names: pass model=module:factory "
+            f"for your own (see `epsl info {path}`)")
 
 
 def _with_loaded_normalization(meta: dict[str, Any], net: nn.Module) -> dict[str, Any]:
@@ -184,6 +239,24 @@ def _with_loaded_normalization(meta: dict[str, Any], net: nn.Module) -> dict[str
     if isinstance(kwargs, dict) and "mean" in kwargs and "std" in kwargs:
         meta = {**meta, "arch_kwargs": {**kwargs, **loaded}}
     return {**meta, "normalization": loaded}
+
+
+def check_finished(meta: dict[str, Any], path: Path | str = "checkpoint") -> None:
+    """Refuse, for evaluation, a checkpoint whose training did not finish (``complete: false``
+    in its metadata: an interrupted or diverged ``epsl train``): its numbers would be taken
+    for the trained model's. A checkpoint without the key (foreign, a model source, hand-made)
+    passes."""
+    if meta.get("complete", True) is not False:
+        return
+    config = meta.get("train_config")
+    config = config if isinstance(config, dict) else {}
+    if config.get("steps") is not None:
+        done = f"step {meta.get('steps_done', '?')} of {config['steps']}"
+    else:
+        done = f"epoch {meta.get('epochs_done', '?')} of {config.get('epochs', '?')}"
+    raise EpslError(f"{path} is an unfinished training checkpoint ({done}): finish it with "
+                    f"`epsl train` and the options it was started with plus `--out {path} "
+                    "--resume`, then evaluate it")
 
 
 def check_dataset(meta: dict[str, Any], shape: tuple[int, ...], num_classes: int,

@@ -17,14 +17,14 @@ from typing import Any
 
 import pandas as pd
 
-from epsl.errors import EpslError
+from epsl.errors import EpslError, os_reason
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
 def _os_error(action: str, path: Path | str, exc: OSError) -> EpslError:
-    return EpslError(f"cannot {action} {path}: {exc.strerror or exc}")
+    return EpslError(f"cannot {action} {path}: {os_reason(exc, path)}")
 
 
 def check_writable(folder: Path | str) -> None:

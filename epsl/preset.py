@@ -28,8 +28,8 @@ from typing import Any, ClassVar
 from epsl.compare import ReportedAccuracy
 from epsl.context import DataConfig
 from epsl.defenses import DefenseConfig
-from epsl.errors import EpslError
-from epsl.io import read_json, to_json, write_json
+from epsl.errors import EpslError, check_seed
+from epsl.io import read_json, safe_name, to_json, write_json
 from epsl.minimal import MinimalConfig
 from epsl.norms import check_radius, parse_norm
 from epsl.train import TrainConfig
@@ -97,6 +97,7 @@ class AttackSettings:
             for value in values:
                 _at_least_one(self.SECTION, **{key: value})
         _number(self.SECTION, "pgd_step_size", self.pgd_step_size, zero=False)
+        check_seed(self.seed, f"{self.SECTION}seed")
 
 
 @dataclass(frozen=True)
@@ -264,8 +265,9 @@ class Preset:
             raise EpslError(f"each norm once: norm = {self.norm!r} and [[threat_models]] "
                             f"norms {[t.norm for t in self.threat_models]}")
         _at_least_one("", limit=self.limit, sample=self.sample)
-        if self.sample_seed < 0:
-            raise EpslError(f"sample_seed must be at least 0 (got {self.sample_seed})")
+        check_seed(self.sample_seed, "sample_seed")
+        for seed in self.extra_seeds:
+            check_seed(seed, "[train] extra_seeds")
         if self.certify.enabled and self.norm != "linf":
             raise EpslError(f"[certify] bounds the l_inf ball only; this study's norm is "
                             f"{self.norm} (set [certify] enabled = false)")
@@ -275,7 +277,7 @@ class Preset:
             self._check_train()
         if not self.models:
             raise EpslError("no [[models]]")
-        names = [m.name for m in self.models]
+        names = [safe_name(m.name, "model name") for m in self.models]  # file names in out
         if len(set(names)) != len(names):
             raise EpslError(f"model names must be unique ({names})")
         for ref in (self.attacks.transfer_from, self.attacks.sweep_model):
@@ -325,7 +327,7 @@ class Preset:
         ``epsl reproduce`` trains it into ``out``."""
         if spec.checkpoint is not None:
             return spec.checkpoint
-        return str(out / "models" / f"{spec.name}.safetensors")
+        return str(out / "models" / f"{safe_name(spec.name, 'model name')}.safetensors")
 
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)

@@ -9,7 +9,8 @@ interrupted run resumes where it stopped; ``force=True`` recomputes everything.
 Layout of ``out``::
 
     out/preset.json                    the resolved preset (with overrides)
-    out/models/<name>.safetensors      one checkpoint per defense (a train preset's)
+    out/models/<name>.safetensors      one checkpoint per defense (a train preset's), reused only
+                                       when trained with the preset's config (check_trained)
     out/runs/<name>/...                diagnostics, eps* (minimal), attacks, audit, activations,
                                        landscape
     out/comparison.{csv,md}, out/report.html, out/figures/   tables and figures
@@ -60,6 +61,7 @@ from epsl.io import (
     on_disk,
     read_json,
     read_table,
+    safe_name,
     write_json,
     write_table,
     write_text,
@@ -68,6 +70,7 @@ from epsl.minimal import MinimalResult, check_minimal_dependencies
 from epsl.norms import max_radius
 from epsl.preset import ModelSpec, Preset, ThreatModel, check_same_preset
 from epsl.records import Result, file_sha256, reusable
+from epsl.resume import config_difference
 from epsl.train import TrainConfig, train
 
 Log = Callable[[str], None]
@@ -107,6 +110,31 @@ def train_config(preset: Preset, spec: ModelSpec, seed: int | None = None) -> Tr
     return config if seed is None else replace(config, seed=seed)
 
 
+def check_trained(preset: Preset, spec: ModelSpec, path: Path, seed: int | None = None
+                  ) -> None:
+    """Refuse a checkpoint at ``path``, where the study trains ``spec`` (under ``seed``), that
+    was trained with another config than :func:`train_config`'s: it is never taken for the
+    model, nor replaced, without ``force``. Nothing there: nothing to check."""
+    if not path.exists():
+        return
+    found = config_difference(read_metadata(path).get("train_config"),
+                              train_config(preset, spec, seed))
+    if found is None:
+        return
+    field, there, wanted = found
+    detail = ("it records no training config epsl can read" if field == "train_config"
+              else f"{field} is {there!r} there, {wanted!r} in the preset")
+    raise EpslError(f"{path} was not trained as the {preset.name} preset's {spec.name} "
+                    f"({detail}); pass force=True to retrain it, or choose another out=PATH")
+
+
+def seed_checkpoints(preset: Preset, out: Path, seed: int) -> dict[str, Path]:
+    """Where the models of an extra training seed are trained:
+    ``out/models/seed<k>/<name>.safetensors``."""
+    return {spec.name: out / "models" / f"seed{seed}"
+            / f"{safe_name(spec.name, 'model name')}.safetensors" for spec in preset.models}
+
+
 # --------------------------------------------------------------------------- stages
 
 
@@ -114,7 +142,9 @@ def stage_train(preset: Preset, spec: ModelSpec, path: Path, say: Log,
                 progress: Callable[[int], None] | None,
                 seed: int | None = None) -> bool:
     """Train one model of the grid into ``path`` (resuming a partial run) under ``seed``;
-    False when a complete checkpoint is there."""
+    False when a complete checkpoint is there. A checkpoint there of another training config
+    is refused (:func:`check_trained`)."""
+    check_trained(preset, spec, path, seed)
     if path.exists() and read_metadata(path).get("complete"):
         return False
     say(f"train {spec.name} ({spec.defense.name})"
@@ -486,6 +516,10 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
         _check_checkpoints(preset, checkpoints)
     else:
         _check_examples(preset)
+        for seed in (None, *preset.extra_seeds):  # before any training or writing
+            where = checkpoints if seed is None else seed_checkpoints(preset, out, seed)
+            for spec in preset.models:
+                check_trained(preset, spec, where[spec.name], seed)
     check_out_dir(out, [], overwrite=True)
     check_same_preset(out, preset, force)
     ran: list[str] = []
@@ -498,7 +532,7 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
         note(f"train {spec.name}", stage_train(preset, spec, checkpoints[spec.name], say,
                                                progress))
     for spec in preset.models:
-        folder = out / "runs" / spec.name
+        folder = out / "runs" / safe_name(spec.name, "model name")
         data = preset.data().for_checkpoint(checkpoints[spec.name])
         ev = data.prepare()
         if not evaluate:  # the figures of the trained defenses
@@ -523,8 +557,7 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
         note(f"compare {section.norm}",
              stage_threat_model(preset, section, checkpoints, out, say))
     for seed in preset.extra_seeds:
-        seeded = {spec.name: out / "models" / f"seed{seed}" / f"{spec.name}.safetensors"
-                  for spec in preset.models}
+        seeded = seed_checkpoints(preset, out, seed)
         for spec in preset.models:
             note(f"train {spec.name} seed{seed}",
                  stage_train(preset, spec, seeded[spec.name], say, progress, seed=seed))

@@ -111,14 +111,36 @@ def state_info(path: Path) -> dict[str, Any]:
 def same_config(saved: Any, config: _Config) -> bool:
     """Whether a checkpoint's train_config is ``config`` (fields added since it was written
     take their defaults)."""
+    return config_difference(saved, config) is None
+
+
+def config_difference(saved: Any, config: _Config) -> tuple[str, Any, Any] | None:
+    """The first field in which a checkpoint's train_config ``saved`` differs from ``config``,
+    as ``(field, saved value, config's value)`` with nested fields dotted (``defense.adv``);
+    None when they are the same (fields added since it was written take their defaults).
+    A train_config that is missing or cannot be read differs in ``train_config`` itself."""
     if not isinstance(saved, dict):
-        return False
+        return ("train_config", saved, None)
     kind = type(config)
     try:
-        return kind.from_dict(saved).to_dict() == \
-            kind.from_dict(json.loads(json.dumps(config.to_dict()))).to_dict()
-    except (TypeError, EpslError):
-        return False
+        before = kind.from_dict(saved).to_dict()
+        wanted = kind.from_dict(json.loads(json.dumps(config.to_dict()))).to_dict()
+    except (TypeError, ValueError, EpslError):
+        return ("train_config", saved, None)
+    return _first_difference(before, wanted)
+
+
+def _first_difference(before: dict[str, Any], wanted: dict[str, Any],
+                      prefix: str = "") -> tuple[str, Any, Any] | None:
+    for key in [*before, *(k for k in wanted if k not in before)]:
+        old, new = before.get(key), wanted.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            inner = _first_difference(old, new, f"{prefix}{key}.")
+            if inner is not None:
+                return inner
+        elif old != new:
+            return (f"{prefix}{key}", old, new)
+    return None
 
 
 def restarted(out: Path) -> bool:
