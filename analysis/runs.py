@@ -48,6 +48,19 @@ from epsl.norms import Norm, dual, parse_norm
 from epsl.records import KINDS, TABLE_FORMATS, Result, load
 
 RUN_KINDS = ("diagnostics", "activations", "landscape", "attack", "audit", "minimal", "certify")
+#: the text columns of each kind's table; every other column holds numbers, or true/false in
+#: :data:`BOOLEAN_COLUMNS` and the audit's per-attack columns (:func:`column_type`)
+TEXT_COLUMNS: dict[str, frozenset[str]] = {
+    "activations": frozenset({"layer"}), "landscape": frozenset({"direction"}),
+    "attack": frozenset({"attack", "loss_name", "norm", "source"}),
+    "audit": frozenset({"broken_by"}), "minimal": frozenset({"eps_star_attack"}),
+    "certify": frozenset({"group", "exact_status"}),
+}
+BOOLEAN_COLUMNS = frozenset({"correct", "clean_correct", "robust", "optimistic", "random_start",
+                             "unbounded", "eq4_robust"})
+#: the audit's columns that are not one attack's survivors (true/false, empty where it did not run)
+_AUDIT_NUMBERS = frozenset({"index", "label", "grad_l1", "eps_l"})
+_TRUE, _FALSE = frozenset({"true", "1", "1.0"}), frozenset({"false", "0", "0.0"})
 _CONCATENATED = ("activations", "landscape", "attack")
 #: the kinds whose records name the norm they were measured in (activations and landscapes
 #: are not measured in one)
@@ -175,6 +188,77 @@ def logit_columns(frame: pd.DataFrame) -> list[str]:
     return sorted(cols, key=lambda c: int(c[6:]))
 
 
+def column_type(kind: str, column: str) -> str:
+    """What a column of a ``kind`` table holds: ``"text"``, ``"bool"`` (true/false, 0/1),
+    ``"flag"`` (an audit attack's: true/false, empty where the attack did not run) or
+    ``"number"`` (empty cells allowed: NaN)."""
+    if column in TEXT_COLUMNS.get(kind, ()):
+        return "text"
+    if column in BOOLEAN_COLUMNS:
+        return "bool"
+    if kind == "audit" and column not in _AUDIT_NUMBERS:
+        return "flag"
+    return "number"
+
+
+def _truth(value: Any) -> bool | None:
+    """True or False for a cell that says so (a bool, true/false in any case, 0 or 1); None
+    for anything else."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    return True if text in _TRUE else False if text in _FALSE else None
+
+
+def _bad_cell(frame: pd.DataFrame, column: str, bad: pd.Series, path: Path, wanted: str
+              ) -> EpslError:
+    row = int(bad.to_numpy().nonzero()[0][0])
+    where = f"line {row + 2}" if path.suffix == ".csv" else f"row {row + 1}"
+    return EpslError(f"{path}: column {column!r} holds {frame[column].iloc[row]!r} on {where} "
+                     f"({int(bad.sum())} such cell{'s' if bad.sum() > 1 else ''}), where it "
+                     f"holds {wanted} only; recompute the result")
+
+
+def check_table(frame: pd.DataFrame, kind: str, path: Path) -> pd.DataFrame:
+    """``frame`` (the ``kind`` table read from ``path``) with every column of the type
+    :func:`column_type` gives it: numbers as numbers, true/false as bools. A cell that is
+    neither (``xyz`` among numbers, ``maybe`` among true/false) is a one-line
+    :class:`EpslError` naming the file, the column, the line and the value: never a figure
+    drawn from it, never a ``maybe`` counted as true."""
+    frame = frame.copy(deep=False)  # columns are replaced, never written into
+    for column in frame.columns:
+        wanted = column_type(kind, str(column))
+        values = frame[column]
+        if wanted == "text" or pd.api.types.is_bool_dtype(values):
+            continue
+        empty = values.isna()
+        if wanted == "number":
+            if pd.api.types.is_numeric_dtype(values):
+                continue
+            numbers = pd.to_numeric(values, errors="coerce")
+            bad = numbers.isna() & ~empty
+            if bad.any():
+                raise _bad_cell(frame, column, bad, path, "numbers")
+            frame[column] = numbers
+            continue
+        truth = values.map(_truth)
+        bad = truth.isna() & (~empty if wanted == "flag" else True)
+        if bad.any():
+            allowed = "true or false (or 0 and 1)" + (", or nothing," if wanted == "flag" else "")
+            raise _bad_cell(frame, column, bad, path, allowed)
+        frame[column] = truth.where(~empty) if empty.any() else truth.astype(bool)
+    return frame
+
+
+def _table_path(result: Result) -> Path:
+    """The file ``result``'s table was read from (the first format there, as
+    :func:`epsl.records.load` reads it)."""
+    folder, name = result.folder or Path("."), KINDS[result.kind].table
+    found = [folder / f"{name}.{fmt}" for fmt in TABLE_FORMATS
+             if (folder / f"{name}.{fmt}").is_file()]
+    return found[0] if found else folder / f"{name}.csv"
+
+
 def _folders(root: Path) -> list[Path]:
     """``root`` and its sub-folders down to depth 2, shallowest first (hidden ones skipped)."""
     found, level = [], [root]
@@ -210,7 +294,8 @@ def load_run(path: Path | str, *, label: str | None = None) -> Run:
     results = _results(root)
     tables: dict[str, pd.DataFrame | None] = {}
     for name, found in results.items():
-        frames = [r.table for r in found if r.table is not None]
+        frames = [check_table(r.table, name, _table_path(r)) for r in found
+                  if r.table is not None]
         if not frames:
             tables[name] = None
         elif name in _CONCATENATED:

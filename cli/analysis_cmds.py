@@ -9,6 +9,7 @@ import click
 
 from epsl.cli.common import (
     RADIUS,
+    SEED,
     checkpoint_options,
     data_config,
     default,
@@ -83,7 +84,7 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
                    "the report card of Eq. 4; the audit counts it as one more attack.")
 @minimal_budget_options
 @click.option("--no-figures", is_flag=True, help="Skip the figures (table and report only).")
-@click.option("--seed", type=int, default=default(CompareConfig, "seed"), show_default=True,
+@click.option("--seed", type=SEED, default=default(CompareConfig, "seed"), show_default=True,
               help="Seeds random starts.")
 @device_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),

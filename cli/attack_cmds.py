@@ -14,6 +14,7 @@ from epsl.attacks import ATTACKS, LOSSES, AttackRunConfig, run_attack
 from epsl.audit import AuditConfig, AuditRunConfig, run_audit
 from epsl.cli.common import (
     RADIUS,
+    SEED,
     FractionType,
     checkpoint_options,
     data_config,
@@ -31,7 +32,7 @@ from epsl.stats import with_interval
 
 STEP = click.IntRange(min=1)
 
-seed_option = click.option("--seed", type=int, default=0, show_default=True,
+seed_option = click.option("--seed", type=SEED, default=0, show_default=True,
                            help="Seeds random starts and torchattacks' attacks.")
 batch_option = click.option("--batch-size", type=STEP, default=None,
                             help="Examples per forward/backward pass (default: all at once).")

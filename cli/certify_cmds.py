@@ -12,6 +12,7 @@ from epsl.certification import CertifyOptions
 from epsl.certified import CertifyConfig, run_certify
 from epsl.cli.common import (
     EPS,
+    SEED,
     checkpoint_options,
     data_config,
     default,
@@ -49,7 +50,7 @@ from epsl.stats import with_interval
               default=default(CertifyOptions, "exact_time"), show_default=True,
               help="Seconds of solver time per example for --exact.")
 @minimal_budget_options
-@click.option("--seed", type=int, default=default(MinimalConfig, "seed"), show_default=True,
+@click.option("--seed", type=SEED, default=default(MinimalConfig, "seed"), show_default=True,
               help="Seed of FAB's random draws (eps*).")
 @click.option("--batch-size", type=click.IntRange(min=1),
               default=default(CertifyOptions, "batch_size"), show_default=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import math
 import re
@@ -17,7 +18,7 @@ from epsl.cli.entry import stopped
 from epsl.context import DataConfig
 from epsl.data import DATASETS, SPLITS
 from epsl.device import DEVICES
-from epsl.errors import SEED_MAX, EpslError
+from epsl.errors import SEED_MAX, EpslError, path_error
 from epsl.io import folder_lock
 from epsl.minimal import MinimalConfig
 from epsl.models import MODELS
@@ -132,6 +133,10 @@ def handle_errors(func: F) -> F:
                 return func(*args, **kwargs)
         except EpslError as exc:
             raise click.ClickException(in_flags(str(exc), command)) from None
+        except OSError as exc:  # a path the system refuses: too long, not allowed, disk full
+            if exc.errno == errno.EPIPE:
+                raise  # a closed pipe: click ends quietly
+            raise click.ClickException(in_flags(str(path_error(exc)), command)) from None
         except KeyboardInterrupt as exc:
             raise click.exceptions.Exit(stopped(exc, "results finished before it were kept, "
                                                      "nothing half-written was")) from None

@@ -15,6 +15,7 @@ from epsl.analysis.calibration import card_lines
 from epsl.calibrate import CalibrateConfig, run_calibrate
 from epsl.cli.common import (
     RADIUS,
+    SEED,
     FractionType,
     checkpoint_options,
     data_config,
@@ -180,15 +181,19 @@ def _span(value: float) -> float:
                    "(the paper's +-10 is 10/255). Points are not clipped to [0, 1].")
 @click.option("--steps", type=click.IntRange(min=2), default=default(LandscapeConfig, "steps"),
               show_default=True, help="Grid points per axis.")
-@click.option("--seed", type=int, default=default(LandscapeConfig, "seed"), show_default=True,
+@click.option("--seed", type=SEED, default=default(LandscapeConfig, "seed"), show_default=True,
               help="Seed of the Rademacher directions.")
 @click.option("--batch-size", type=click.IntRange(min=1),
               default=default(LandscapeConfig, "batch_size"), show_default=True,
-              help="Grid points per forward pass.")
+              help="Grid points per forward pass, at most (fewer where --memory needs).")
+@click.option("--memory", default=None, metavar="SIZE",
+              help="Memory the forward passes and the table may use, e.g. 2GiB or 512MB "
+                   "(default: as for diagnose, on the CPU a quarter of the available, at most "
+                   "1 GiB). A grid whose table does not fit is refused before any work.")
 @format_option
 @result_options
 def landscape(checkpoint: str, images: int, direction: str, span: float, steps: int, seed: int,
-              batch_size: int, table_format: str, out: str, overwrite: bool,
+              batch_size: int, memory: str | None, table_format: str, out: str, overwrite: bool,
               **options: Any) -> None:
     """Cross-entropy of CHECKPOINT on a grid x + e1*r1 + e2*d2 around its first images.
 
@@ -200,7 +205,7 @@ def landscape(checkpoint: str, images: int, direction: str, span: float, steps: 
     """
     config = LandscapeConfig(data=data_config(checkpoint, {**options, "limit": images}),
                              direction=direction, span=_span(span), steps=steps, seed=seed,
-                             batch_size=batch_size, table_format=table_format)
+                             batch_size=batch_size, table_format=table_format, memory=memory)
     _precheck(out, kind("landscape").files(table_format), overwrite)
     record = run_landscape(config)
     paths = record.save(out, table_format=table_format, overwrite=overwrite)
@@ -225,7 +230,7 @@ def landscape(checkpoint: str, images: int, direction: str, span: float, steps: 
 @click.option("--fab-restarts", type=click.IntRange(min=1),
               default=default(MinimalConfig, "fab_restarts"), show_default=True,
               help="Restarts of FAB.")
-@click.option("--seed", type=int, default=default(MinimalConfig, "seed"), show_default=True,
+@click.option("--seed", type=SEED, default=default(MinimalConfig, "seed"), show_default=True,
               help="Seed of FAB's and PGD's random draws and of the bootstrap.")
 @click.option("--batch-size", type=click.IntRange(min=1),
               default=default(MinimalConfig, "batch_size"), show_default=True,

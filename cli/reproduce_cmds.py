@@ -9,7 +9,7 @@ import time
 import click
 from tqdm import tqdm
 
-from epsl.cli.common import RADIUS, device_option, handle_errors
+from epsl.cli.common import RADIUS, SEED, device_option, handle_errors
 from epsl.norms import NORMS
 from epsl.preset import PRESETS, load_preset, override
 from epsl.reproduce import reproduce
@@ -35,14 +35,14 @@ from epsl.reproduce import reproduce
 @click.option("--sample", type=click.IntRange(min=1), default=None,
               help="Evaluate a seeded random sample of N test examples instead (it replaces "
                    "the preset's limit; recorded in every result's provenance).")
-@click.option("--sample-seed", type=click.IntRange(min=0), default=None,
+@click.option("--sample-seed", type=SEED, default=None,
               help="The seed of --sample (default 0).")
 @click.option("--models", default=None, metavar="A,B,...",
               help="Train and evaluate only these models of the preset's grid.")
 @click.option("--no-audit", is_flag=True, help="Skip the robustness audit.")
 @click.option("--no-min-norm", is_flag=True,
               help="Skip eps* (the minimum-norm attacks) and the report card of Eq. 4.")
-@click.option("--seed", type=int, default=None,
+@click.option("--seed", type=SEED, default=None,
               help="Override the preset's seed (an evaluate preset's: the attacks').")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Folder holding MNIST/CIFAR for the paper and zoo presets.")

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from epsl.checkpoint import load, read_metadata
 from epsl.cli.common import (
     EPS,
+    SEED,
     FractionType,
     checkpoint_options,
     data_options,
@@ -87,7 +88,7 @@ def _arch_kwargs(pairs: tuple[str, ...]) -> dict[str, Any]:
               help="Learning rate (Adam 1e-3, SGD 0.1).")
 @click.option("--weight-decay", type=FractionType(0.0), default=None,
               help="Weight decay (SGD 5e-4, Adam 0).")
-@click.option("--seed", type=int, default=default(TrainConfig, "seed"), show_default=True,
+@click.option("--seed", type=SEED, default=default(TrainConfig, "seed"), show_default=True,
               help="Makes a run repeatable.")
 @device_option
 @click.option("--precision", type=click.Choice(PRECISIONS),

@@ -119,10 +119,18 @@ def run_certify(config: CertifyConfig, *, evaluation: Evaluation | None = None,
                 eps_star: MinimalResult | None = None,
                 progress: Callable[[int], None] | None = None) -> Result:
     """ε_cert, ε_L and ε* for a checkpoint on its examples, and the three-way card. ``eps_star``:
-    ε* already found for exactly these examples with ``config.minimal`` (else found here)."""
+    ε* already found for exactly these examples with ``config.minimal`` (else found here).
+    Examples of which none is correctly classified are refused in one line before ε* is
+    searched: there is nothing to certify (a study's stage, :func:`ensure_certify`, records
+    them as they are)."""
     check_minimal_dependencies(config.minimal)
     ev = evaluation or config.data.prepare()
     diag = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device)
+    if not bool(diag.correct.any()):
+        raise EpslError(f"none of the {len(ev.data)} examples is correctly classified (clean "
+                        "accuracy 0%), so there is nothing to certify: check that the "
+                        "examples and their labels are the checkpoint's (dataset=, data=), "
+                        "or certify more of them")
     found = eps_star or minimal_perturbation(ev.model, ev.data.x, ev.data.y,
                                              config=config.minimal)
     if len(found.eps_star) != len(ev.data):

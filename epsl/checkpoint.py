@@ -200,7 +200,8 @@ def fitting_architectures(state: dict[str, torch.Tensor], dataset: str) -> list[
     shapes match too first (each built for ``dataset`` on the meta device: nothing is
     allocated; another width or depth changes the shapes, not the names)."""
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    same, named = [], []
+    same: list[str] = []
+    named: list[str] = []
     for name in MODELS.names():
         try:
             with torch.device("meta"):

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from epsl.distributed import world
-from epsl.errors import EpslError
+from epsl.errors import EpslError, check_seed
 from epsl.io import on_disk
 from epsl.registry import Registry
 
@@ -432,15 +432,15 @@ def sample_indices(n: int, sample: int, seed: int = 0) -> np.ndarray:
     """``sample`` distinct indices of 0..n-1, sorted: ``numpy.random.default_rng(seed).choice(n,
     sample, replace=False)``, the same on every machine for the same ``n``."""
     if sample > n:
-        raise EpslError(f"sample={sample} is more than the {n} examples of the split")
+        raise EpslError(f"sample={sample} is more than the {n} examples of the split; pass "
+                        f"at most {n}")
     return np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
 
 
 def check_selection(limit: int | None, sample: int | None, sample_seed: int = 0) -> None:
     """``limit`` (the first N) and ``sample`` (a seeded N from the whole split) are each at
     least 1 and never both: which of the two a pair would mean is not obvious."""
-    if sample_seed < 0:
-        raise EpslError(f"sample_seed must be a non-negative integer (got {sample_seed})")
+    check_seed(sample_seed, "sample_seed")
     if limit is not None and limit < 1:
         raise EpslError(f"limit must be at least 1 (got {limit})")
     if sample is not None and sample < 1:
@@ -454,9 +454,13 @@ def select(found: Split | ImageFiles, *, limit: int | None = None, sample: int |
            sample_seed: int = 0, preprocessing: Preprocessing | None = None,
            workers: int | None = None) -> Split:
     """The examples of ``found`` that ``limit`` or ``sample`` pick (all without either); image
-    files are decoded here, only the picked ones."""
+    files are decoded here, only the picked ones. Either one larger than the split is refused
+    in one line, never quietly cut to the split."""
     check_selection(limit, sample, sample_seed)
     n = len(found)
+    if limit is not None and limit > n:
+        raise EpslError(f"limit={limit} is more than the {n} examples of the split; pass "
+                        f"at most {n}")
     picked = (sample_indices(n, sample, sample_seed) if sample is not None
               else np.arange(min(limit, n)) if limit is not None else None)
     if isinstance(found, ImageFiles):

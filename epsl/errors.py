@@ -42,16 +42,23 @@ _PATH_ADVICE = {
 }
 
 
-def path_error(exc: OSError, path: object = None) -> EpslError:
-    """One line for an :class:`OSError` met while using a path: the path (``path``, else the
-    one the error names), the system's reason and, for the common ones, what to do."""
-    where = path if path is not None else (exc.filename if exc.filename is not None else "")
+def os_reason(exc: OSError, path: object = None) -> str:
+    """The system's reason for ``exc``, met while using ``path`` (default: the one it names),
+    and, for the common ones, what to do."""
+    where = str(path if path is not None else exc.filename if exc.filename is not None else "")
     reason = exc.strerror or str(exc) or type(exc).__name__
     if exc.errno == errno.ENAMETOOLONG:
-        longest = max((len(part) for part in str(where).split(os.sep)), default=0)
-        reason += f" (its longest name has {longest} characters, the whole path {len(str(where))})"
+        longest = max((len(part) for part in where.split(os.sep)), default=0)
+        reason += f" (its longest name has {longest} characters, the whole path {len(where)})"
     advice = _PATH_ADVICE.get(exc.errno or 0)
-    return EpslError(f"{where}: {reason}" + (f"; {advice}" if advice else ""))
+    return reason + (f"; {advice}" if advice else "")
+
+
+def path_error(exc: OSError, path: object = None) -> EpslError:
+    """One line for an :class:`OSError` met while using a path: the path (``path``, else the
+    one the error names) and :func:`os_reason`."""
+    where = path if path is not None else exc.filename if exc.filename is not None else ""
+    return EpslError(f"{where}: {os_reason(exc, path)}" if where != "" else os_reason(exc))
 
 
 class UnknownNameError(EpslError, KeyError):

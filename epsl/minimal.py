@@ -64,7 +64,7 @@ from torch import nn
 
 from epsl.attacks import _check_inputs, _chunks, project, require_torchattacks, sign_steps
 from epsl.distributed import agree, shard_map
-from epsl.errors import EpslError
+from epsl.errors import EpslError, check_seed
 from epsl.io import atomic_path
 from epsl.modes import eval_mode
 from epsl.norms import Norm, distance, max_radius, parse_norm
@@ -155,6 +155,7 @@ class MinimalConfig:
                 raise EpslError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.batch_size is not None and self.batch_size < 1:
             raise EpslError(f"batch_size must be at least 1 (got {self.batch_size})")
+        check_seed(self.seed)
         if self.fab_targets is not None:
             if self.fab_targets < 1:
                 raise EpslError(f"fab_targets must be at least 1, or None for untargeted FAB "

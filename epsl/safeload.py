@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import socket
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,8 +38,25 @@ class NetworkRefused(OSError):
     """Raised by any socket connection attempted while :func:`offline` is held."""
 
 
+#: what epsl says instead of torch's advice: how to make a file that loads safely
+SAFE_FORMATS = ("re-save the weights with the code that made them, as .safetensors "
+                "(safetensors.torch.save_file(model.state_dict(), PATH)) or as a plain state_dict "
+                "of tensors (torch.save(model.state_dict(), PATH))")
+# torch's messages offer weights_only=False or allow-listing a class "if you trust" it, the
+# unpickling epsl never does: the reason is the part after this marker, the advice is cut off
+_UNPICKLER = "WeightsUnpickler error:"
+_ADVICE = re.compile(r"\s*(Please use `torch\.serialization|Check the documentation).*", re.S)
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+
+
 def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    """The first line of ``exc``, with none of torch's advice to load unsafely."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch bolds its warning on terminals
+    if _UNPICKLER in text:
+        text = text.split(_UNPICKLER, 1)[1]
+    lines = [line.strip() for line in _ADVICE.sub("", text).splitlines() if line.strip()]
+    reason = lines[0][:200] if lines else ""
+    return type(exc).__name__ if not reason or "weights_only" in reason else reason
 
 
 def unsafe_globals(path: Path | str) -> list[str]:
@@ -76,17 +95,21 @@ def read_weights(path: Path | str) -> Any:
         except (SafetensorError, OSError, ValueError) as exc:
             raise EpslError(f"{path}: not a readable safetensors file ({_short(exc)})") from None
     try:
-        with torch.serialization.safe_globals(_numpy_numbers()):
+        with torch.serialization.safe_globals(_numpy_numbers()), warnings.catch_warnings():
+            # its note on pickle protocols would be a second line before the one that matters
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, zip errors
         names = unsafe_globals(path) if isinstance(exc, pickle.UnpicklingError) else []
+        names = names or _REFUSED_GLOBAL.findall(str(exc))
         if names:
             raise EpslError(f"{path}: refused to load: it would build "
                             + ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
-                            + "; epsl never unpickles code (save the state_dict alone, or as "
-                            ".safetensors)") from None
+                            + f"; epsl never unpickles code: {SAFE_FORMATS}") from None
+        # torch's legacy reader meets a file it did not write as a KeyError of its first bytes
+        reason = "not written by torch.save" if isinstance(exc, KeyError) else _short(exc)
         raise EpslError(f"{path}: refused to load: not a plain tensor state_dict "
-                        f"({_short(exc)})") from None
+                        f"({reason}); {SAFE_FORMATS}") from None
 
 
 def state_dict_of(obj: Any, path: Path | str) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ from epsl import checkpoint, distributed
 from epsl.data import Split, augment_batch, load_split
 from epsl.defenses import DefenseConfig, StepOutput, batch_loss, objective, soft_cross_entropy
 from epsl.device import PRECISIONS, resolve_device
-from epsl.errors import EpslError, check_progress
+from epsl.errors import EpslError, check_progress, check_seed
 from epsl.io import check_writable
 from epsl.models import MODELS, create_model
 from epsl.resume import launch_metadata, previous_state_path, save_epoch, start_point, state_path
@@ -82,6 +82,7 @@ class TrainConfig:
             raise EpslError(f"train_limit must be >= 1 (got {self.train_limit})")
         if self.batch_size < 1:
             raise EpslError(f"batch_size must be >= 1 (got {self.batch_size})")
+        check_seed(self.seed)
         if self.optimizer not in OPTIMIZERS:
             raise EpslError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
         if self.lr is not None and self.lr <= 0:
@@ -340,8 +341,9 @@ def _train_epoch(run: _Run, epoch: int, step: int, progress: Progress | None
                  ) -> tuple[int, float, float]:
     """One epoch from ``step``: the step after it, the mean loss and the training accuracy."""
     config, world = run.config, run.world
-    gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    torch.manual_seed(config.seed * 100_003 + epoch)
+    epoch_seed = (config.seed * 100_003 + epoch) % 2**64  # torch's seeds are 64-bit
+    gen = torch.Generator().manual_seed(epoch_seed)
+    torch.manual_seed(epoch_seed)
     run.model.train()
     # every process draws the same permutation, noise and starts for the whole global
     # batch and computes its own rows of it (epsl.distributed)

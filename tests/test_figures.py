@@ -429,6 +429,7 @@ def test_a_record_without_a_norm_is_linf(tmp_path: Path) -> None:
     for record in (folder / "diagnostics.json", folder / "attacks" / "attack.json"):
         raw = json.loads(record.read_text())
         raw.pop("norm")
+        raw.pop("files")  # as an older epsl wrote it: no norm, no digests
         record.write_text(json.dumps(raw))
     table = folder / "attacks" / "attack.csv"
     pd.read_csv(table).drop(columns=["norm"]).to_csv(table, index=False)

@@ -77,7 +77,7 @@ _PER_EXAMPLE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], tupl
 _PER_EXAMPLE = weakref.WeakKeyDictionary()
 
 
-def _activation_bytes(model: nn.Module, x1: torch.Tensor) -> tuple[int, int]:
+def activation_bytes(model: nn.Module, x1: torch.Tensor) -> tuple[int, int]:
     """``(bytes output by every leaf module for one example, number of classes)``: a proxy for
     what backward keeps, memoised per model and input shape (one extra forward, once)."""
     key = (tuple(x1.shape[1:]), x1.dtype, x1.device)
@@ -113,7 +113,7 @@ def auto_chunk_size(model: nn.Module, x: torch.Tensor, num_classes: int | None =
     """
     method = resolve_method(method, x.device)
     budget = memory_budget(x.device) if budget is None else budget
-    leaf_bytes, classes = _activation_bytes(model, x[:1])
+    leaf_bytes, classes = activation_bytes(model, x[:1])
     num_classes = classes if num_classes is None else num_classes
     activations = 2 * leaf_bytes
     copies = 2 if method == "backward" else num_classes + 1
@@ -123,7 +123,7 @@ def auto_chunk_size(model: nn.Module, x: torch.Tensor, num_classes: int | None =
 
 def format_bytes(count: float) -> str:
     """``1.5 GiB``, ``300 MiB``: a byte count as people write it."""
-    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if count >= size:
             return f"{count / size:.3g} {unit}"
     return f"{int(count)} B"
@@ -166,7 +166,7 @@ def plan_chunks(model: nn.Module, x: torch.Tensor, *, top_k: int | None = None,
     """
     method = resolve_method(method, x.device)
     budget = memory_budget(x.device) if budget is None else budget
-    leaf_bytes, classes = _activation_bytes(model, x[:1])
+    leaf_bytes, classes = activation_bytes(model, x[:1])
     candidates = classes if top_k is None or top_k >= classes - 1 else top_k + 1
     pixels = x[0].numel() * x.element_size()
     fixed = 2 * leaf_bytes + 3 * pixels
