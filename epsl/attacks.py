@@ -48,7 +48,7 @@ from torch import nn
 from epsl.context import DataConfig, Evaluation, load_source, provenance
 from epsl.device import model_device
 from epsl.distributed import agree, shard_map
-from epsl.errors import EpslError
+from epsl.errors import EpslError, check_seed
 from epsl.modes import eval_mode
 from epsl.norms import NORMS, Norm, check_radius, parse_norm
 from epsl.records import Result
@@ -248,7 +248,7 @@ def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
 
 
 def _chunks(n: int, batch_size: int | None) -> list[slice]:
-    size = n if not batch_size else batch_size
+    size = batch_size or max(n, 1)  # None: all at once; no examples: no chunk, whatever the size
     if size < 1:
         raise EpslError(f"batch_size must be at least 1 (got {batch_size})")
     return [slice(i, min(i + size, n)) for i in range(0, max(n, 1), size)] if n else []
@@ -335,7 +335,8 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         x: N x C x H x W clean inputs in [0, 1]; y: (N,) labels.
         eps: radius in ``norm`` in pixel units (l_inf: (0, 1]; l2: up to sqrt(D); l1: up to D).
         loss: ``"xent"`` (cross-entropy) or ``"cw"`` (Madry et al.'s CW margin loss).
-        random_start: step from a uniform random point of the ball (R+FGSM-like) instead of x.
+        random_start: also step from a random point of the ball (R+FGSM-like) and keep, per
+            example, the stronger of that step and the step from x (see :func:`pgd`).
         norm: ``"linf"``, ``"l2"`` or ``"l1"`` (:mod:`epsl.norms`).
 
     It is :func:`pgd` with one step of size ``eps`` (no random start unless asked), in every
@@ -363,17 +364,23 @@ def uniform_noise(x: torch.Tensor, eps: float, *, generator: torch.Generator | N
 
 def ball_noise(x: torch.Tensor, eps: float | torch.Tensor, norm: str | Norm = "linf", *,
                generator: torch.Generator | None = None) -> torch.Tensor:
-    """A uniform random point of the l_p ``eps``-ball around 0, one per example, shaped like
-    ``x`` (N x C x H x W) and on its device; drawn on the CPU from ``generator`` (torch's
-    global CPU generator when None), so the draws do not depend on the device.
+    """A random point of the l_p ``eps``-ball around 0 (a PGD random start), one per example,
+    shaped like ``x`` (N x C x H x W) and on its device; drawn on the CPU from ``generator``
+    (torch's global CPU generator when None), so the draws do not depend on the device.
 
-    - ``linf``: :func:`uniform_noise`, uniform in [-eps, eps] per pixel.
-    - ``l2``: a Gaussian direction scaled to l2 size ``eps * U^(1/D)``.
-    - ``l1``: a Laplace direction scaled to l1 size ``eps * U^(1/D)``.
+    - ``linf``: :func:`uniform_noise`, uniform in [-eps, eps] per pixel (Madry et al. 2017;
+      torchattacks 3.5.1 ``PGD``; Foolbox 3.3.4 ``LinfPGD``).
+    - ``l2``: a Gaussian direction normalised in l2, times the radius ``eps * U`` with U
+      uniform on [0, 1]: torchattacks 3.5.1 ``PGDL2`` (``delta = r / ||z||_2 * eps * z``).
+    - ``l1``: a Laplace direction normalised in l1, times the radius ``eps * U``, the same
+      rule in l1.
 
     A generalised-Gaussian vector ``exp(-|z_i|^p)`` normalised in l_p is distributed by the
-    cone measure of the l_p sphere, and the radius ``U^(1/D)`` makes the point uniform in the
-    ball (Barthe et al. 2005). A random start is ``project(x + noise, x, eps, norm)``.
+    cone measure of the l_p sphere (Barthe et al. 2005), so the direction has no preferred
+    axis. The radius is uniform, not the volume-uniform ``eps * U^(1/D)`` of Foolbox 3.3.4's
+    ``L2PGD``: in D dimensions a volume-uniform point lies almost on the sphere (D = 64:
+    half of them beyond 0.989 eps), and PGD started there ends weaker than PGDL2 on the
+    digits (``docs/attacks.md``). A random start is ``project(x + noise, x, eps, norm)``.
     """
     p = parse_norm(norm)
     if p is Norm.LINF:
@@ -388,7 +395,7 @@ def ball_noise(x: torch.Tensor, eps: float | torch.Tensor, norm: str | Norm = "l
         direction = uniform.sign() * -torch.log1p(-uniform.abs())
     size = direction.abs().sum(1, keepdim=True) if p is Norm.L1 else \
         torch.linalg.vector_norm(direction, ord=2, dim=1, keepdim=True)
-    fraction = torch.rand((n, 1), generator=generator, dtype=torch.float64) ** (1.0 / dim)
+    fraction = torch.rand((n, 1), generator=generator, dtype=torch.float64)
     radius = _radii(eps, n, torch.device("cpu")).cpu() * fraction
     noise = direction / size.clamp_min(torch.finfo(torch.float64).tiny) * radius
     return noise.view(x.shape).to(device=x.device, dtype=x.dtype)
@@ -404,7 +411,8 @@ def _restart_noise(x: torch.Tensor, eps: float, seed: int | None, restart: int,
         if p is Norm.LINF:
             return torch.empty_like(x).uniform_(-eps, eps)
         return ball_noise(x, eps, p)
-    generator = torch.Generator(device="cpu").manual_seed(int(seed) * 1_000_003 + restart)
+    key = (int(seed) * 1_000_003 + restart) % 2**64  # torch's seeds are 64-bit
+    generator = torch.Generator(device="cpu").manual_seed(key)
     return ball_noise(x, eps, p, generator=generator)
 
 
@@ -522,8 +530,16 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
     gradient steps) or l1 (sparse steps).
 
     ``x_{t+1} = proj_p(x_t + step_size * d_p(grad_x L(x_t, y)))`` for ``steps`` steps from
-    ``x_0 = x`` or a uniform random point of the eps-ball (:func:`ball_noise`), with ``d_p``
+    ``x_0 = x`` or a random point of the eps-ball (:func:`ball_noise`), with ``d_p``
     = :func:`steepest_direction` and ``proj_p`` = :func:`project`.
+
+    A random start never makes the attack weaker. One run from a random point can end farther
+    from the decision boundary than the run from x, so with ``random_start`` the first run
+    still starts at x and ``restarts`` runs from random points follow; each example keeps the
+    strongest of its runs. Per example, an example robust to PGD with a random start is robust
+    to PGD from x with the same settings (the first run is the same computation), and more
+    restarts never raise robust accuracy. The price is one extra run on the examples the run
+    from x leaves correct.
 
     Args:
         model: classifier on N x C x H x W pixels in [0, 1] returning logits (attacked in eval
@@ -532,11 +548,12 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
         eps: radius in ``norm``, pixel units (l_inf: (0, 1]; l2: up to sqrt(D); l1: up to D,
             for D = C * H * W). step_size: size of each step in ``norm``. steps: >= 1.
         loss: ``"xent"`` or ``"cw"`` (``-relu(z_y - max_{ybar!=y} z_ybar + cw_confidence)``).
-        random_start: start from a uniform random point of the ball (needed for restarts).
-        restarts: runs per example; an example is broken if any run breaks it, and the result
-            keeps a breaking adversarial example, else the one with the highest loss. Restarts
-            after the first only attack examples not yet broken. Examples misclassified at x
-            are not attacked (``x_adv = x``), as in AutoAttack.
+        random_start: after the run from x, run from ``restarts`` random points of the ball.
+        restarts: random starts per example (with ``random_start``; without it, runs from x,
+            which repeat one another). An example is robust only if it survives every run;
+            the result keeps a breaking adversarial example, else the one with the highest
+            loss. Runs after the first only attack examples not yet broken. Examples
+            misclassified at x are not attacked (``x_adv = x``), as in AutoAttack.
         seed: seeds the random starts so that restart ``r`` draws the same noise whatever the
             batching and the number of restarts (so more restarts never help the model); None
             uses torch's global generator.
@@ -565,13 +582,17 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
         # Examples misclassified at x are broken there (x lies in the ball) and never attacked,
         # so accuracy under attack can never exceed clean accuracy, example by example.
         best = score(model, x, y, loss=loss, cw_confidence=cw_confidence, batch_size=batch_size)
-        for restart in range(restarts):
+        # None starts at x: the first run always does, so a random start only adds breaks
+        starts: list[int | None] = [None] * restarts
+        if random_start:
+            starts = [None, *range(restarts)]
+        for run_index, restart in enumerate(starts):
             todo = agree(best.correct.nonzero().squeeze(1))  # one decision for every process
-            if attack_misclassified and restart == 0:
+            if attack_misclassified and run_index == 0:
                 todo = torch.arange(len(y), device=y.device)
             if todo.numel() == 0:
                 break
-            noise = _restart_noise(x, eps, seed, restart, p) if random_start else None
+            noise = None if restart is None else _restart_noise(x, eps, seed, restart, p)
 
             def attack(part: slice, todo: torch.Tensor = todo,
                        noise: torch.Tensor | None = noise) -> torch.Tensor:
@@ -585,7 +606,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
             pieces = shard_map(attack, _chunks(todo.numel(), batch_size))
             run = score(model, torch.cat(pieces).to(x.device), y[todo], loss=loss,
                         cw_confidence=cw_confidence, batch_size=batch_size)
-            best = _merge(best, run, todo, replace=restart == 0)
+            best = _merge(best, run, todo, replace=run_index == 0)
     return best
 
 
@@ -890,6 +911,7 @@ class AttackRunConfig:
         check_settings(self.attack, [*given, *self.settings()])
         if min([*self.steps, *self.restarts], default=1) < 1:
             raise EpslError("steps and restarts must be at least 1")
+        check_seed(self.seed)
 
     def settings(self) -> dict[str, Any]:
         """The keyword settings :func:`sweep` gets (only those given, the attack's defaults

@@ -1,5 +1,5 @@
-"""Attacks: threat-model properties (hypothesis), references for the losses, torchattacks as an
-independent PGD, and the registry."""
+"""Attacks: threat-model properties (hypothesis), references for the losses, torchattacks and
+Foolbox as independent PGDs, and the registry."""
 
 from __future__ import annotations
 
@@ -30,7 +30,19 @@ from epsl.attacks import (
 )
 from epsl.errors import EpslError
 
+with warnings.catch_warnings():  # foolbox 3.3 imports a deprecated scipy namespace
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import foolbox as fb
+
 PROPERTY = settings(max_examples=25, deadline=None)
+#: How much a reference library's robust accuracy on one seed may lie below epsl's without
+#: epsl being the weaker attack. Over seeds 0-4, the robust accuracy of PGD-20 from a random
+#: start has a standard deviation of at most 0.9 points for torchattacks and Foolbox on two
+#: digits models, l_inf and l2 (``python benchmarks/attack_strength.py``, docs/attacks.md);
+#: rounded up to one point. From x both attacks are deterministic and measured equal; the same
+#: point absorbs the few examples whose margin lies within float rounding of 0, which differs
+#: from one CPU to another.
+SEED_SPREAD = 0.01
 
 
 def tiny_model(seed: int = 0, classes: int = 4) -> nn.Module:
@@ -239,23 +251,37 @@ def test_every_registered_attack_respects_the_threat_model(name, digits_model, d
     assert result.accuracy < clean_correct(digits_model, x, y).float().mean().item()
 
 
+def reference_pgd(library: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                  eps: float, step_size: float, steps: int, random_start: bool) -> torch.Tensor:
+    """torchattacks' PGD or Foolbox's LinfPGD, each with its own random start."""
+    if library == "torchattacks":
+        return torchattacks.PGD(model, eps=eps, alpha=step_size, steps=steps,
+                                random_start=random_start)(x, y)
+    attack = fb.attacks.LinfPGD(abs_stepsize=step_size, steps=steps, random_start=random_start)
+    return attack(fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=eps)[1]
+
+
+@pytest.mark.parametrize("library", ["torchattacks", "foolbox"])
 @pytest.mark.parametrize("random_start", [False, True], ids=["no-random-start", "random-start"])
-def test_pgd_is_as_strong_as_torchattacks(digits_model, digits_test, random_start):
+def test_pgd_is_as_strong_as_the_reference_libraries(digits_model, digits_test, library,
+                                                     random_start):
     """Same model, data (the whole digits test split), eps, steps and step size as
-    torchattacks.PGD (Madry et al.'s PGD): epsl's robust accuracy is at most one point higher.
-    Speed is compared side by side in ``benchmarks/attacks.py``, not in a timed test."""
+    torchattacks' PGD and Foolbox's LinfPGD (Madry et al.'s PGD): epsl's robust accuracy is at
+    most :data:`SEED_SPREAD` above the reference's (measured over seeds 0-4: never above it on
+    any seed). Speed is compared side by side in ``benchmarks/attacks.py``, not in a timed
+    test."""
     x, y = digits_test.x, digits_test.y
     eps, steps, alpha = 0.1, 20, 0.01
     torch.manual_seed(0)
-    reference = torchattacks.PGD(digits_model, eps=eps, alpha=alpha, steps=steps,
-                                 random_start=random_start)
-    x_ref = reference(x, y)
+    x_ref = reference_pgd(library, digits_model, x, y, eps=eps, step_size=alpha, steps=steps,
+                          random_start=random_start)
+    assert_in_threat_model(x_ref, x, eps)
     with torch.no_grad():
         ref_accuracy = (digits_model(x_ref).argmax(1) == y).float().mean().item()
     ours = pgd(digits_model, x, y, eps=eps, step_size=alpha, steps=steps,
                random_start=random_start, seed=0).accuracy
     assert ref_accuracy < 0.9  # the attack does something on this natural model
-    assert ours <= ref_accuracy + 0.01
+    assert ours <= ref_accuracy + SEED_SPREAD
 
 
 def test_transfer_from_the_model_itself_equals_the_white_box_attack(digits_model, digits_batch):

@@ -1,11 +1,12 @@
 """Attacks in every l_p norm: the projections against scipy and closed forms, the threat model
 of every attack in every norm, FGM on an affine model against its closed-form flip point,
-l2 PGD against torchattacks' PGDL2, the random starts, and one-line refusals (library and
-CLI)."""
+l2 PGD against torchattacks' PGDL2 and Foolbox's L2PGD, the random starts (which never make
+PGD weaker), and one-line refusals (library and CLI)."""
 
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -38,9 +39,21 @@ from epsl.context import DataConfig
 from epsl.errors import EpslError
 from epsl.norms import NORMS, distance, dual, lp
 
+with warnings.catch_warnings():  # foolbox 3.3 imports a deprecated scipy namespace
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import foolbox as fb
+
 PROPERTY = settings(max_examples=20, deadline=None)
 #: a radius per norm that moves a digit (D = 64 pixels) about as far in each
 RADII = {"linf": 0.2, "l2": 1.0, "l1": 4.0}
+#: How much a reference library's robust accuracy on one seed may lie below epsl's without
+#: epsl being the weaker attack. Over seeds 0-4, the robust accuracy of PGD-20 from a random
+#: start has a standard deviation of at most 0.9 points for torchattacks (PGD, PGDL2) and
+#: Foolbox (LinfPGD, L2PGD) on two digits models, l_inf and l2
+#: (``python benchmarks/attack_strength.py``, docs/attacks.md); rounded up to one point. From x
+#: both attacks are deterministic and measured equal; the same point absorbs the few examples
+#: whose margin lies within float rounding of 0, which differs from one CPU to another.
+SEED_SPREAD = 0.01
 
 
 def tiny_model(seed: int = 0, classes: int = 4) -> nn.Module:
@@ -181,14 +194,14 @@ def test_l1_step_skips_pixels_that_cannot_move() -> None:
 
 
 @pytest.mark.parametrize("norm", ["l2", "l1"])
-def test_random_start_is_uniform_in_the_ball(norm: str) -> None:
-    """For a uniform point of a D-dimensional ball, (||delta|| / eps)^D is uniform on [0, 1];
-    the directions of l2 starts are isotropic (mean ~ 0)."""
-    x = torch.zeros(4000, 1, 2, 2)
+def test_random_start_has_a_uniform_radius_and_a_symmetric_direction(norm: str) -> None:
+    """As torchattacks' PGDL2: the size ||delta|| / eps is uniform on [0, 1] (not the
+    volume-uniform U^(1/D), which crowds the sphere), and the direction has mean ~ 0."""
+    x = torch.zeros(4000, 1, 4, 4)
     noise = ball_noise(x, 0.7, norm, generator=torch.Generator().manual_seed(0))
     sizes = lp(noise.double().flatten(1), norm, 1)
     assert float(sizes.max()) <= 0.7 * (1 + 1e-9)
-    assert stats.kstest(((sizes / 0.7) ** 4).numpy(), "uniform").pvalue > 0.01
+    assert stats.kstest((sizes / 0.7).numpy(), "uniform").pvalue > 0.01
     assert noise.flatten(1).mean(0).abs().max() < 0.03
     again = ball_noise(x[:10], 0.7, norm, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again, ball_noise(x[:10], 0.7, norm,
@@ -282,29 +295,79 @@ def test_every_attack_in_every_norm_respects_the_threat_model(attack, norm, digi
     assert result.accuracy < clean.float().mean().item()
 
 
-@pytest.mark.parametrize("random_start, slack", [(False, 0.01), (True, 0.03)],
-                         ids=["no-random-start", "random-start"])
-def test_l2_pgd_is_as_strong_as_torchattacks_pgdl2(digits_model, digits_test, random_start,
-                                                   slack):
-    """Same model, the whole digits test split, eps, steps and step size as torchattacks.PGDL2
-    (normalised-gradient steps, scale onto the ball, clip). From x the two are the same
-    attack (robust accuracy within one point; measured: equal). From a random start, epsl's
-    start is uniform in the ball, so in D = 64 dimensions nearly on its sphere
-    (radius eps * U^(1/D)), while PGDL2's radius is eps * U: a farther start costs epsl up to
-    a few points at this small eps (measured: 1-2.5 points over seeds 0-2)."""
+def reference_l2_pgd(library: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                     eps: float, step_size: float, steps: int,
+                     random_start: bool) -> torch.Tensor:
+    """torchattacks' PGDL2 or Foolbox's L2PGD, each with its own random start."""
+    if library == "torchattacks":
+        return torchattacks.PGDL2(model, eps=eps, alpha=step_size, steps=steps,
+                                  random_start=random_start)(x, y)
+    attack = fb.attacks.L2PGD(abs_stepsize=step_size, steps=steps, random_start=random_start)
+    return attack(fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=eps)[1]
+
+
+@pytest.mark.parametrize("library", ["torchattacks", "foolbox"])
+@pytest.mark.parametrize("random_start", [False, True], ids=["no-random-start", "random-start"])
+def test_l2_pgd_is_as_strong_as_the_reference_libraries(digits_model, digits_test, library,
+                                                        random_start):
+    """Same model, the whole digits test split, eps, steps and step size as torchattacks'
+    PGDL2 and Foolbox's L2PGD (normalised-gradient steps, scale onto the ball, clip). epsl's
+    robust accuracy is at most :data:`SEED_SPREAD` above the reference's (measured over seeds
+    0-4: never above it on any seed)."""
     x, y = digits_test.x, digits_test.y
     eps, steps = 0.5, 20
     alpha = 2.5 * eps / steps
     torch.manual_seed(0)
-    x_ref = torchattacks.PGDL2(digits_model, eps=eps, alpha=alpha, steps=steps,
-                               random_start=random_start)(x, y)
+    x_ref = reference_l2_pgd(library, digits_model, x, y, eps=eps, step_size=alpha, steps=steps,
+                             random_start=random_start)
     assert float(distance(x_ref, x, "l2").max()) <= eps * (1 + 1e-5)
     with torch.no_grad():
         ref_accuracy = (digits_model(x_ref).argmax(1) == y).float().mean().item()
     ours = pgd(digits_model, x, y, eps=eps, step_size=alpha, steps=steps, seed=0, norm="l2",
                random_start=random_start)
     assert ref_accuracy < 0.9  # the attack does something on this natural model
-    assert ours.accuracy <= ref_accuracy + slack
+    assert ours.accuracy <= ref_accuracy + SEED_SPREAD
+
+
+#: a radius per norm at which PGD-20 from x leaves 60-75% of the digits correct (clean 99%)
+HALF_RADII = {"linf": 0.1, "l2": 0.5, "l1": 1.0}
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_a_random_start_never_makes_pgd_weaker_on_any_digit(digits_model, digits_test, norm):
+    """Per example: robust to PGD with random starts implies robust to PGD from x. A single
+    run from a random point can end farther from the boundary than the run from x (the
+    reference libraries' randomly started PGD leaves more digits correct than from x); epsl
+    keeps the run from x among its starts."""
+    x, y = digits_test.x, digits_test.y
+    eps = HALF_RADII[norm]
+    kwargs = dict(eps=eps, step_size=2.5 * eps / 20, steps=20, norm=norm)
+    from_x = pgd(digits_model, x, y, random_start=False, **kwargs)
+    assert 0.1 < from_x.accuracy < 0.9  # random starts matter at this radius
+    for seed, restarts in [(0, 1), (1, 1), (2, 3)]:
+        randomly = pgd(digits_model, x, y, random_start=True, seed=seed, restarts=restarts,
+                       **kwargs)
+        assert not (randomly.correct & ~from_x.correct).any()
+        assert_in_threat_model(randomly.x_adv, x, eps, norm)
+
+
+@PROPERTY
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 8), eps=st.floats(0.01, 3.0),
+       steps=st.integers(1, 4), restarts=st.integers(1, 3), loss=st.sampled_from(["xent", "cw"]),
+       norm=st.sampled_from(NORMS), attack=st.sampled_from(["fgsm", "pgd"]))
+def test_a_random_start_never_makes_an_attack_weaker(seed, n, eps, steps, restarts, loss, norm,
+                                                     attack) -> None:
+    if norm == "linf":
+        eps = min(eps, 1.0)
+    model, (x, y) = tiny_model(seed % 4), tiny_data(seed, n)
+    if attack == "fgsm":
+        from_x = fgsm(model, x, y, eps=eps, loss=loss, norm=norm)
+        randomly = fgsm(model, x, y, eps=eps, loss=loss, norm=norm, random_start=True, seed=seed)
+    else:
+        kwargs = dict(eps=eps, step_size=eps / steps, steps=steps, loss=loss, norm=norm)
+        from_x = pgd(model, x, y, random_start=False, **kwargs)
+        randomly = pgd(model, x, y, restarts=restarts, seed=seed, **kwargs)
+    assert not (randomly.correct & ~from_x.correct).any()
 
 
 def test_l1_pgd_breaks_more_with_a_larger_radius(digits_model, digits_batch):
