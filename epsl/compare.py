@@ -58,6 +58,7 @@ from epsl.minimal import MinimalConfig, MinimalResult, check_minimal_dependencie
 from epsl.norms import check_radius, parse_norm
 from epsl.records import (
     Result,
+    article,
     check_replaceable,
     clear,
     file_sha256,
@@ -309,7 +310,7 @@ def _drop_other_origin(folder: Path, name: str, ev: Evaluation, overwrite: bool)
             found, data=mine.data, settings={}, source=None)):
         return  # this model's (on these examples or a part of them)
     if not overwrite:
-        raise EpslError(f"{folder} holds a {name} result of another model, which this "
+        raise EpslError(f"{folder} holds {article(name)} {name} result of another model, which this "
                         f"comparison would show as {folder.parent.name}'s; pass overwrite=True "
                         "to remove it, or choose another out folder")
     invalidate(folder, name)

@@ -15,10 +15,12 @@ record per result, so do we)::
      ...the result's own numbers (n, accuracies, verdict, ...)}
 
 The record is written last, after every table, so a folder with a record is complete. Reuse is
-decided by :meth:`Provenance.key`: the checkpoint's content hash (not its path), the dataset,
-split, number and content hash of the examples, the transfer source's hash and the settings
-that made the result; never by ε alone. The device, versions and command line are kept for the
-reader but do not decide reuse.
+decided by :meth:`Provenance.difference`: the checkpoint's content hash (not its path), what the
+model computes on a probe (``behaviour``), the dataset, split, number and content hash of the
+examples, the transfer source's hash, the settings that made the result and epsl's version;
+never by ε alone. The device, torch's version and the command line are kept for the reader but
+do not decide reuse. The record keeps the SHA-256 of its other files (``files``), checked by
+every reader.
 
 This module is torch-free (``epsl.analysis`` reads through it); the torch side builds a
 provenance in one place, :func:`epsl.context.provenance`.
@@ -132,11 +134,13 @@ class Provenance:
     command: str | None = None
 
     def key(self) -> dict[str, Any]:
-        """What decides reuse: content hashes, the examples and the settings, not paths."""
+        """What decides reuse: content hashes, the examples, the settings and the epsl release
+        that made it; not paths."""
         data = {k: self.data.get(k) for k in ("dataset", "split", "n", "sha256")}
         source = None if self.source is None else self.source.get("checkpoint_sha256")
         key = {"checkpoint_sha256": self.checkpoint_sha256, "data": data,
-               "source_sha256": source, "settings": self.settings}
+               "source_sha256": source, "settings": self.settings,
+               "epsl_version": self.epsl_version}  # another release may compute otherwise
         if self.model.get("source"):  # a zoo model: its architecture is the library's code
             key["model_source"] = {k: self.model.get(k) for k in ("arch", "library_versions")}
         return _plain(key)
@@ -370,6 +374,11 @@ def reusable(folder: Path | str, name: str, provenance: Provenance) -> Result | 
     return found
 
 
+def article(word: str) -> str:
+    """'a' or 'an' before ``word`` (by its first letter)."""
+    return "an" if word[:1].lower() in "aeio" else "a"
+
+
 def check_replaceable(folder: Path | str, name: str, provenance: Provenance,
                       overwrite: bool) -> None:
     """Before a result of kind ``name`` made under ``provenance`` is written into ``folder``:
@@ -385,7 +394,8 @@ def check_replaceable(folder: Path | str, name: str, provenance: Provenance,
                else f"it differs in {provenance.difference(found) or 'its files'}")
     except EpslError as exc:
         why = str(exc)
-    raise EpslError(f"{folder} already holds a {name} result of another origin ({why}); pass "
+    raise EpslError(f"{folder} already holds {article(name)} {name} result of another origin "
+                    f"({why}); pass "
                     "overwrite=True to replace it, or choose another out folder")
 
 
@@ -406,5 +416,6 @@ def file_sha256(path: Path | str) -> str:
     return _HASHES[cache_key]
 
 
-__all__ = ["COMMAND", "KINDS", "Kind", "Provenance", "Result", "Tensors", "check_digests",
-           "check_replaceable", "clear", "digests", "file_sha256", "kind", "load", "record_path", "reusable"]
+__all__ = ["COMMAND", "KINDS", "Kind", "Provenance", "Result", "Tensors", "article",
+           "check_digests", "check_replaceable", "clear", "digests", "file_sha256", "kind", "load",
+           "record_path", "reusable"]

@@ -220,7 +220,11 @@ def test_compare_drops_a_switched_off_result_of_other_weights(digits_checkpoint,
     for origin, kept in ((ours, True), (other, False)):
         folder = tmp_path / str(kept)
         Result("audit", {"eps": 0.1}, origin, table).save(folder)
-        _drop_other_origin(folder, "audit", ev)
+        if not kept:  # another model's result is removed only with overwrite
+            with pytest.raises(EpslError, match="holds an audit result of another model"):
+                _drop_other_origin(folder, "audit", ev, False)
+            assert record_path(folder, "audit").is_file()
+        _drop_other_origin(folder, "audit", ev, True)
         assert record_path(folder, "audit").is_file() == kept
 
 

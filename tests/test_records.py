@@ -59,7 +59,10 @@ def test_every_result_type_round_trips(tmp_path: Path, name: str) -> None:
     {"settings": {**ORIGIN.settings, "seed": 1}},
     {"source": None},
     {"source": {"checkpoint": "runs/natural.safetensors", "checkpoint_sha256": "f" * 64}},
-], ids=["weights", "count", "examples", "split", "eps", "seed", "no-source", "other-source"])
+    {"epsl_version": "9"},
+    {"behaviour": [[1.0, 0.5, 0.25, -0.25]]},
+], ids=["weights", "count", "examples", "split", "eps", "seed", "no-source", "other-source",
+        "release", "behaviour"])
 def test_any_change_of_origin_prevents_reuse(tmp_path: Path, change: dict) -> None:
     Result("audit", {"n": 3}, ORIGIN, pd.DataFrame({"index": [0]})).save(tmp_path)
     asked = replace(ORIGIN, **change)
@@ -68,10 +71,11 @@ def test_any_change_of_origin_prevents_reuse(tmp_path: Path, change: dict) -> No
 
 
 def test_what_does_not_decide_reuse(tmp_path: Path) -> None:
-    """A moved checkpoint with the same content, another device, version or command line."""
+    """A moved checkpoint with the same content, another device, torch version or command
+    line."""
     Result("audit", {"n": 3}, ORIGIN, pd.DataFrame({"index": [0]})).save(tmp_path)
     moved = replace(ORIGIN, checkpoint="elsewhere/m.safetensors", device="cuda:0",
-                    epsl_version="9", torch_version="9", command=None,
+                    torch_version="9", command=None,
                     data={**ORIGIN.data, "source": "/other/path"},
                     settings={**ORIGIN.settings, "steps": [1, 5]})  # a list equals a tuple
     assert reusable(tmp_path, "audit", moved) is not None
