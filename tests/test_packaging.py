@@ -41,4 +41,4 @@ def test_wheel_declares_the_console_script(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         (entry,) = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
         text = archive.read(entry).decode()
-    assert "epsl = epsl.cli.main:main" in text
+    assert "epsl = epsl.cli.entry:main" in text
