@@ -5,12 +5,13 @@ accuracy on the same model, the same batch and the same settings, in one run, wi
     python benchmarks/attacks.py                 # madry-mnist on Fashion-MNIST + digits small-cnn
     python benchmarks/attacks.py --repeats 5 --json runs/bench-attacks.json
 
-The l_inf attacks use eps, step size and steps of Madry et al.'s MNIST PGD-40 (step 0.01), cross-
-entropy and a uniform random start; the l2 ones eps 1.0 (digits) or 1.5 (Fashion-MNIST) with
-step 2.5 * eps / 40 (epsl's start is uniform in the l2 ball, PGDL2's radius is eps * U). The
-timing of torchattacks includes the forward pass that
-scores its adversarial examples, as epsl's does. Runs are interleaved and the minimum over
-repeats is reported, because the machine may be shared. Each model is trained briefly here
+The l_inf attacks use eps, step size and steps of Madry et al.'s MNIST PGD-40 (step 0.01) and
+cross-entropy; the l2 ones eps 1.0 (digits) or 1.5 (Fashion-MNIST) with step 2.5 * eps / 40.
+Both libraries start at random (l_inf: uniform per pixel; l2: radius eps * U), but epsl first
+runs from x and then from one random start, and each example keeps its strongest result, while
+torchattacks runs once from its random start. The timing of torchattacks includes the forward
+pass that scores its adversarial examples, as epsl's does. Runs are interleaved and the minimum
+over repeats is reported, because the machine may be shared. Each model is trained briefly here
 (seeded) so that the robust accuracies mean something.
 """
 

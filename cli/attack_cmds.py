@@ -73,9 +73,12 @@ def _progress_bar() -> tqdm:
               help="PGD step size in the --norm (default: 2.5 * eps / steps for every eps and "
                    "steps).")
 @click.option("--restarts", type=STEP, multiple=True,
-              help="Random restarts per example (default 1); repeatable.")
+              help="PGD: random starts per example after the run from x; APGD, Square: "
+                   "restarts (default 1); repeatable.")
 @click.option("--no-random-start", is_flag=True,
-              help="Start FGSM/PGD at x instead of a uniform random point of the ball.")
+              help="Run PGD from x only (by default a run from x is followed by random starts "
+                   "in the ball, and each example keeps its strongest result). FGSM starts at "
+                   "x by default.")
 @click.option("--cw-confidence", type=FractionType(0.0), default=50.0, show_default=True,
               help="kappa >= 0 of the CW loss.")
 @source_option
