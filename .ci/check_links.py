@@ -11,7 +11,6 @@ sites are not fetched (CI has no internet); links inside code blocks are not lin
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -42,3 +42,57 @@ def test_ci_runs_the_readme_commands_before_installing_anything_else() -> None:
 def test_the_helper_refuses_a_readme_it_cannot_read(text: str) -> None:
     with pytest.raises(SystemExit, match="README.md"):
         helper["commands"](text)
+
+
+def test_the_python_quickstart_runs(digits_checkpoint: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's Python block, verbatim, on a checkpoint where the main job leaves one; it
+    opens the README (within its first 80 lines)."""
+    import re
+    import shutil
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert text[:text.index("```python")].count("\n") < 80
+    models = tmp_path / "runs" / "digits" / "models"
+    models.mkdir(parents=True)
+    shutil.copyfile(digits_checkpoint, models / "natural.safetensors")
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, object] = {}
+    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102
+    predicted, attacked = re.fullmatch(
+        r"Eq\. 4 predicts (\d+\.\d)% robust at ε = 0\.1; attacks leave (\d+\.\d)%\n",
+        capsys.readouterr().out).groups()
+    # ε* is a real flip: no image the attacks break can be robust; Eq. 4 is no attack
+    eps_l, eps_star = scope["eps_l"], scope["eps_star"]
+    assert eps_l.shape == eps_star.shape == (64,)
+    assert float(attacked) == round(100 * float((eps_star > 0.1).double().mean()), 1)
+    assert 0 < float(predicted) < 100 and 0 < float(attacked) < 100
+
+
+def test_the_table_check_fails_on_a_changed_cell(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI's check of the docs' tables against the main job's headline.md: a moved number
+    fails it, a last-digit difference between CPUs (within 2 of 359 images) does not."""
+    check = runpy.run_path(str(ROOT / ".ci" / "check_readme_tables.py"))
+    table = ("| model | clean | Eq. 4 predicted |\n|---|--:|--:|\n"
+             "| natural | 99.2% [97.6, 99.8] | 38.4% [33.4, 43.7] |\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "headline.md").write_text(table + "\nmore text\n")
+    for name in check["DOCS"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("intro\n\n<!-- from: headline.md -->\n" + table)
+    monkeypatch.setitem(check["main"].__globals__, "ROOT", tmp_path)
+    check["main"](tmp_path / "out")  # identical
+    (tmp_path / "README.md").write_text("<!-- from: headline.md -->\n"
+                                        + table.replace("38.4% [33.4", "38.7% [33.6"))
+    check["main"](tmp_path / "out")  # within the CPUs' tolerance
+    (tmp_path / "README.md").write_text("<!-- from: headline.md -->\n"
+                                        + table.replace("38.4%", "39.4%"))
+    with pytest.raises(SystemExit, match="natural: '39.4% .*printed '38.4%"):
+        check["main"](tmp_path / "out")
+    (tmp_path / "README.md").write_text("<!-- from: headline.md -->\n"
+                                        + table.replace("natural", "natural!"))
+    with pytest.raises(SystemExit, match="natural!"):
+        check["main"](tmp_path / "out")
