@@ -5,9 +5,9 @@ The Jacobian of the logits with respect to the pixels, ``J[i, k] = d z_k(x_i) / 
 Three interchangeable methods compute it; all are checked against a per-example, per-class
 autograd loop in ``tests/test_diagnostics.py``:
 
-- ``"backward"`` (the default): one forward pass on the whole chunk, then K reverse passes,
-  pass k differentiating ``sum_i z_k(x_i)``. Because a model in eval mode treats every example
-  independently (BatchNorm uses its running statistics), ``d/dx_i sum_j z_k(x_j) =
+- ``"backward"`` (what ``"auto"``, the default, picks): one forward pass on the whole chunk,
+  then K reverse passes, pass k differentiating ``sum_i z_k(x_i)``. Because a model in eval
+  mode treats every example independently (BatchNorm uses its running statistics), ``d/dx_i sum_j z_k(x_j) =
   d z_k(x_i)/dx_i``, so this *is* the per-example Jacobian, at the cost of the floor: one
   forward plus one backward per class.
 - ``"vjp"``: ``torch.func.vjp`` of the batched model, then ``vmap`` of the pullback over the K
