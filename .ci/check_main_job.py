@@ -14,7 +14,7 @@ from pathlib import Path
 
 def main(out: Path) -> None:
     problems = []
-    preset = tomllib.loads((Path(__file__).resolve().parent.parent / "epsl" / "presets"
+    preset = tomllib.loads((Path(__file__).resolve().parent.parent / "epsl" / "study" / "presets"
                             / "digits.toml").read_text())
     models = [m["name"] for m in preset["models"]]
     report = out / "report.html"

@@ -25,11 +25,11 @@ names = [m.name for m in pkgutil.walk_packages(epsl.__path__, "epsl.") if m.name
 for name in names:
     importlib.import_module(name)
 assert {"epsl.diagnostics.margins", "epsl.cli.main", "epsl.analysis.figures",
-        "epsl.sources"} <= set(names), names
+        "epsl.models.sources"} <= set(names), names
 print(f"wheel: {len(names)} modules import from {epsl.__file__}")
 # a RobustBench model in RobustBench's layout (random weights) and CIFAR-shaped inputs
 import numpy as np, torch
-from epsl.sources import robustbench_zoo
+from epsl.models.sources import robustbench_zoo
 zoo = robustbench_zoo()
 (d,) = [d for d in zoo if d.value == "cifar10"]
 (t,) = [t for t in zoo[d] if t.value == "Linf"]

@@ -8,7 +8,7 @@ re-rendered anywhere. Entry points: :func:`load_runs`, the ``fig_*`` functions a
 
 from __future__ import annotations
 
-from .calibration import accuracy_curves, report_card
+from .cards import accuracy_curves, report_card
 from .figures import (
     fig_accuracy_vs_eps,
     fig_accuracy_vs_restarts,
@@ -24,9 +24,9 @@ from .figures import (
     render_all,
     save_figure,
 )
+from .folders import Run, defense_label, load_run, load_runs
 from .render import FiguresResult, render_runs
 from .report import render_report, write_report
-from .runs import Run, defense_label, load_run, load_runs
 from .tables import comparison_table, to_markdown, write_comparison
 
 __all__ = [

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .folders import Run, defense_kind
 from .metrics import mcnemar
-from .runs import Run, defense_kind
 
 PAIRED_COLUMNS = ["model", "run", "against", "reference", "n", "accuracy",
                   "reference_accuracy", "difference", "difference_lo", "difference_hi",

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import epsl
-from epsl.io import check_out_dir, write_json, write_text
 from epsl.norms import Norm, check_radius
+from epsl.results.files import check_out_dir, write_json, write_text
+from epsl.version import __version__
 
 from .figures import figure_specs, render_all, resolve_eps
+from .folders import Run, common_norm, load_runs
 from .paired import paired_tests
 from .report import audit_notes, write_report
-from .runs import Run, common_norm, load_runs
 from .tables import comparison_table, norm_line, write_comparison
 
 PRODUCTS = ["figures.json", "config.json", "index.md", "comparison.csv", "comparison.md",
@@ -61,7 +61,7 @@ def render_runs(run_dirs: Sequence[Path | str], out: Path | str, *, eps: float |
     table = comparison_table(runs, eps=eps)
     paired = paired_tests(runs, eps) if eps is not None else None
     write_comparison(out, table, paired=paired)
-    config = {"epsl_version": epsl.__version__, "eps": eps, "norm": norm.value,
+    config = {"epsl_version": __version__, "eps": eps, "norm": norm.value,
               "runs": [{"path": str(r.path), "label": r.label, "tables": r.tables(),
                         "checkpoint": r.summary.get("checkpoint")} for r in runs]}
     report = write_report(out, table, entries, notes=audit_notes(runs), config=config,

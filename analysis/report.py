@@ -14,9 +14,9 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-import epsl
 from epsl.errors import EpslError
-from epsl.io import write_text
+from epsl.results.files import write_text
+from epsl.version import __version__
 
 from .paired import paired_html
 from .tables import card_frame, norm_line, table_norm, to_html
@@ -198,7 +198,7 @@ def render_report(table: pd.DataFrame, figures: Sequence[Mapping[str, Any]], *,
     sections = [f"<h1>{html.escape(title)}</h1>"]
     if len(table):
         sections.append(_lead(table, paired, question))
-    sections += [f'<p class="note">epsl {html.escape(epsl.__version__)}. '
+    sections += [f'<p class="note">epsl {html.escape(__version__)}. '
                  f"{html.escape(norm_line(norm))} Accuracies are shares of "
                 "the evaluated examples; <b>Eq. 4</b> is the share of examples with ε &lt; ε_L "
                 "(the prediction of Shafahi et al., Table 1); attack columns use the strongest "

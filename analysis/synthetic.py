@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 
 from epsl.norms import Norm, max_radius, parse_norm
-from epsl.records import Provenance, Result
+from epsl.results.records import Provenance, Result
 from epsl.stats import accuracy_interval
 
-from .calibration import report_card
-from .runs import grad_gap_column
+from .cards import report_card
+from .folders import grad_gap_column
 
 PRESETS: dict[str, dict[str, Any]] = {
     "natural": {},
@@ -81,7 +81,7 @@ def _strength(defense: Mapping[str, Any]) -> tuple[float, float]:
 
 def model_meta(defense: Mapping[str, Any], *, steps: int = 2000, dataset: str = "digits",
                train_accuracy: float = 0.99, test_accuracy: float = 0.97) -> dict[str, Any]:
-    """Checkpoint metadata in the shape ``epsl.checkpoint`` stores it."""
+    """Checkpoint metadata in the shape ``epsl.models.checkpoint`` stores it."""
     return {"arch": "small-cnn", "dataset": dataset, "num_classes": 10,
             "train_config": {"defense": defense_config(**defense), "steps": steps},
             "metrics": {"train_accuracy": train_accuracy, "test_accuracy": test_accuracy}}
@@ -275,7 +275,7 @@ def minimal_frame(diagnostics: pd.DataFrame, *, seed: int = 0,
         frame[f"eps_{name}"] = np.where(correct, own, 0.0)
     frame["eps_l"] = eps_l
     frame["rival"] = diagnostics["rival"].to_numpy()
-    # the ratio and the flag exactly as epsl.calibrate.minimal_table makes them
+    # the ratio and the flag exactly as epsl.runs.eps_star.minimal_table makes them
     keep = (eps_star > 0) & (eps_l > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(np.isinf(eps_star), 0.0, eps_l / eps_star)
@@ -312,7 +312,7 @@ def write_synthetic_run(out: Path | str, defense: Mapping[str, Any] | str = "nat
                         tables: Sequence[str] = ("diagnostics", "activations", "landscape",
                                                  "attack", "audit"),
                         norm: str | Norm = "linf") -> Path:
-    """Write a run folder through :mod:`epsl.records`: ``diagnostics.csv`` + ``.json``,
+    """Write a run folder through :mod:`epsl.results.records`: ``diagnostics.csv`` + ``.json``,
     ``activations.csv``, ``landscape.csv``, ``attacks/attack.csv``, ``audit/audit.csv`` and,
     when ``tables`` names ``"minimal"`` (not by default), ``minimal/minimal.csv``, each with its
     record. ``defense`` is a ``defense`` dict or a key of :data:`PRESETS`. Adding ``"minimal"``

@@ -13,7 +13,7 @@ Clopper–Pearson interval in ``<column>_lo`` and ``<column>_hi`` (shown as
 the rows an interval needs.
 
 Every table is in one threat model (:mod:`epsl.norms`): runs of two norms are refused
-(:func:`~epsl.analysis.runs.common_norm`); the ``norm`` column (``linf``, ``l2``, ``l1``) says
+(:func:`~epsl.analysis.folders.common_norm`); the ``norm`` column (``linf``, ``l2``, ``l1``) says
 which, and the written Markdown and HTML say it once above the table (:func:`norm_line`) rather
 than in every row.
 """
@@ -30,10 +30,11 @@ import numpy as np
 import pandas as pd
 
 from epsl.errors import EpslError
-from epsl.io import write_table, write_text
 from epsl.norms import Norm, dual, parse_norm
+from epsl.results.files import write_table, write_text
 
-from .calibration import report_card
+from .cards import report_card
+from .folders import Run, common_norm, defense_params
 from .metrics import (
     attack_accuracies,
     clopper_pearson,
@@ -44,7 +45,6 @@ from .metrics import (
     strongest_setting,
 )
 from .paired import paired_lines, paired_markdown
-from .runs import Run, common_norm, defense_params
 
 #: Columns always present, in order; attack columns follow (see :func:`attack_column`).
 BASE_COLUMNS = ["model", "run", "dataset", "arch", "norm", "alpha", "beta", "sigma", "adv", "adv_eps",

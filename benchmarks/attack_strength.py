@@ -31,9 +31,9 @@ import torch.nn.functional as F
 import torchattacks
 
 from epsl.attacks import pgd
-from epsl.checkpoint import model_kwargs_for
 from epsl.data import Split, load_split
 from epsl.models import Classifier, create_model
+from epsl.models.checkpoint import model_kwargs_for
 
 #: eps and step size per norm (None: 2.5 * eps / steps), as in the tests that compare with
 #: the reference libraries

@@ -29,10 +29,10 @@ import torch.nn.functional as F
 import torchattacks
 
 from epsl.attacks import pgd
-from epsl.checkpoint import model_kwargs_for
 from epsl.data import load_split
 from epsl.errors import EpslError
 from epsl.models import Classifier, create_model
+from epsl.models.checkpoint import model_kwargs_for
 
 
 def train(arch: str, dataset: str, *, examples: int, epochs: int, seed: int = 0) -> Classifier:

@@ -7,7 +7,7 @@ time per model (docs/calibration.md).
     python benchmarks/calibrate_budgets.py --norm l2 --limit 60       # a smoke run
 
 Each member (an attack at one budget) runs once per model through
-:func:`epsl.minimal.minimal_perturbation` with that attack alone, so that its ε per example is
+:func:`epsl.attacks.eps_star.minimal_perturbation` with that attack alone, so that its ε per example is
 verified and measured in the norm exactly as in the ensemble; an ensemble's ε* is then the
 per-example minimum of its members' (which is what the ensemble computes: FMN, DDN and FAB do
 not read the best ε so far) and its time the sum of theirs. The reference is the minimum over
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from epsl.context import DataConfig
-from epsl.minimal import DEFAULT_ATTACKS, MinimalConfig, minimal_perturbation
+from epsl.attacks.eps_star import DEFAULT_ATTACKS, MinimalConfig, minimal_perturbation
 from epsl.norms import parse_norm
+from epsl.runs.context import DataConfig
 
 #: a member: (attack, settings of MinimalConfig); named "<attack> <steps>[x<restarts>]"
 Member = tuple[str, dict[str, int]]

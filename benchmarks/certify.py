@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from epsl.analysis.calibration import proof_card, proof_lines
-from epsl.certification import CertifyOptions, certify
-from epsl.checkpoint import load
+from epsl.analysis.cards import proof_card, proof_lines
+from epsl.attacks.eps_star import MinimalConfig, minimal_perturbation
+from epsl.bounds.radius import CertifyOptions, certify
 from epsl.data import load_split
 from epsl.defenses import DefenseConfig
+from epsl.defenses.train import TrainConfig, train
 from epsl.diagnostics import diagnose
-from epsl.minimal import MinimalConfig, minimal_perturbation
+from epsl.models.checkpoint import load
 from epsl.stats import clopper_pearson, mcnemar
-from epsl.train import TrainConfig, train
 
 
 def run(label_smoothing: float, images: int, exact_time: float, hidden: int,

@@ -232,8 +232,8 @@ def table1(checkpoints: list[str], eps: list[float]) -> list[dict[str, Any]]:
     """Eq. 4 predicted accuracy vs empirical FGSM accuracy (xent and CW) at each eps, and the
     accuracy after the Eq. 3 step itself, without and with clipping to the [0, 1] box."""
     from epsl.attacks import fgsm
-    from epsl.context import prepare
     from epsl.diagnostics import diagnose, predicted_accuracy
+    from epsl.runs.context import prepare
 
     rows = []
     for path in checkpoints:

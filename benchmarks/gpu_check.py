@@ -186,7 +186,7 @@ def check_zoo(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     from zoo import zoo_model
 
     from epsl.errors import EpslError
-    from epsl.sources import robustbench_zoo
+    from epsl.models.sources import robustbench_zoo
 
     try:
         robustbench_zoo()

@@ -20,7 +20,7 @@ What runs, each timed alone on the same images (interleaved after a warm-up, med
 repeats, because the machine may be shared):
 
 - each member of the default ℓ∞ ensemble (FMN 100, FAB 50) and, for ℓ2, DDN 100, through
-  :func:`epsl.minimal.minimal_perturbation` with that member alone (``attacks=(name,)``);
+  :func:`epsl.attacks.eps_star.minimal_perturbation` with that member alone (``attacks=(name,)``);
 - targeted FAB 50 over the top-k classes (``MinimalConfig(fab_targets=k)``) for each k of
   ``--targets``, against untargeted FAB on the same images: time, and ε* as the median ratio
   targeted / untargeted and the share of examples within 1% of the untargeted ensemble
@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from epsl.attacks import apgd, pgd, square
-from epsl.minimal import MinimalConfig, minimal_perturbation
+from epsl.attacks.eps_star import MinimalConfig, minimal_perturbation
 from epsl.models import Classifier, create_model
 
 warnings.simplefilter("ignore", DeprecationWarning)  # foolbox 3.3 imports a deprecated scipy

@@ -1,11 +1,11 @@
-"""ε* (the minimum-norm ensemble of epsl.minimal) against one PGD-40 run: wall time on the same
+"""ε* (the minimum-norm ensemble of epsl.attacks.eps_star) against one PGD-40 run: wall time on the same
 model and the same batch, in one run, with the ratio ε* / PGD-40 and the time per example.
 
     python benchmarks/minimal.py                          # digits small-cnn trained here
     python benchmarks/minimal.py --checkpoint runs/natural.safetensors --repeats 5
     python benchmarks/minimal.py --quick                  # 24 examples, 1 repeat, 2 epochs
 
-ε* runs :func:`epsl.minimal.minimal_perturbation` with the default :class:`MinimalConfig`
+ε* runs :func:`epsl.attacks.eps_star.minimal_perturbation` with the default :class:`MinimalConfig`
 (FMN 100 steps, FAB 50 steps, one chunk of 256) and gives ε* at every ε at once; PGD-40 is
 :func:`epsl.attacks.pgd` at ε = 0.1 (step 2.5 ε / 40, cross-entropy, a seeded random start)
 and gives the robust accuracy at one ε. The per-attack times come from
@@ -26,10 +26,10 @@ import torch
 from attacks import train  # benchmarks/attacks.py: the seeded training loop of the benchmarks
 from torch import nn
 
-from epsl import checkpoint
 from epsl.attacks import default_step_size, pgd
+from epsl.attacks.eps_star import MinimalConfig, minimal_perturbation
 from epsl.data import load_split
-from epsl.minimal import MinimalConfig, minimal_perturbation
+from epsl.models import checkpoint
 
 EPS, STEPS = 0.1, 40
 

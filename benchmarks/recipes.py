@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from epsl.defenses import RECIPES
-from epsl.train import TrainConfig, train
+from epsl.defenses.train import TrainConfig, train
 
 
 def main() -> None:

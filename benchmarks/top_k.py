@@ -7,7 +7,7 @@ There is no many-class data set on this machine (CIFAR-100 and ImageNet come fro
 image holding two digits (top left, bottom right: 100 classes, the number they spell) or three
 (and the top right quadrant: 1000 classes), drawn with a seed from digits' own train and test
 splits (test composites use test digits only). Each model is a small CNN trained with
-epsl.train, naturally and with label smoothing (alpha 0.5, which flattens the wrong logits and
+epsl.defenses.train, naturally and with label smoothing (alpha 0.5, which flattens the wrong logits and
 so could change which of them is the rival).
 
 For k in {5, 10, 20} it prints, over the test composites: the share whose exact rival is among
@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from epsl.checkpoint import load
 from epsl.data import load_split
 from epsl.defenses import DefenseConfig
+from epsl.defenses.train import TrainConfig, train
 from epsl.diagnostics import diagnose
+from epsl.models.checkpoint import load
 from epsl.stats import accuracy_interval
-from epsl.train import TrainConfig, train
 
 CORNERS = ((0, 0), (8, 8), (0, 8))  # the quadrants the 1st, 2nd and 3rd digit go into
 

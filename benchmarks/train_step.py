@@ -14,9 +14,8 @@ import time
 
 import torch
 
-from epsl import checkpoint
 from epsl.defenses import DefenseConfig, objective
-from epsl.models import create_model
+from epsl.models import checkpoint, create_model
 
 DEFENSES = {
     "natural": DefenseConfig(),

@@ -17,7 +17,7 @@ def zoo_model(spec: str, folder: Path | None = None) -> tuple[Any, dict[str, Any
     import torch
 
     import epsl
-    from epsl.sources import robustbench_zoo
+    from epsl.models.sources import robustbench_zoo
 
     dataset, threat, name = spec.removeprefix("robustbench:").split("/")
     zoo = robustbench_zoo()

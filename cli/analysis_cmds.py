@@ -21,7 +21,7 @@ from epsl.cli.common import (
     norm_option,
     overwrite_option,
 )
-from epsl.compare import CompareConfig
+from epsl.runs.compare import CompareConfig
 
 
 @click.command("figures", short_help="Re-render the figures from saved tables alone.")
@@ -103,7 +103,7 @@ def compare(checkpoints: tuple[str, ...], norm: str, eps: float, source: str | N
     Diagnostics, eps* and attack tables already in OUT/<model>/ made from the same checkpoint,
     examples and settings are reused.
     """
-    from epsl.compare import compare as run_compare
+    from epsl.runs.compare import compare as run_compare
 
     batch_size = default(CompareConfig, "batch_size")
     config = CompareConfig(

@@ -10,8 +10,8 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from epsl.attacks import ATTACKS, LOSSES, AttackRunConfig, run_attack
-from epsl.audit import AuditConfig, AuditRunConfig, run_audit
+from epsl.attacks import ATTACKS, LOSSES
+from epsl.attacks.audit import AuditConfig
 from epsl.cli.common import (
     RADIUS,
     SEED,
@@ -25,9 +25,11 @@ from epsl.cli.common import (
     norm_option,
     result_options,
 )
-from epsl.io import check_out_dir
 from epsl.norms import NORMS
-from epsl.records import kind
+from epsl.results.files import check_out_dir
+from epsl.results.records import kind
+from epsl.runs.attack import AttackRunConfig, run_attack
+from epsl.runs.audit import AuditRunConfig, run_audit
 from epsl.stats import with_interval
 
 STEP = click.IntRange(min=1)

@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from epsl.analysis.calibration import proof_lines
-from epsl.certification import CertifyOptions
-from epsl.certified import CertifyConfig, run_certify
+from epsl.analysis.cards import proof_lines
+from epsl.attacks.eps_star import MinimalConfig
+from epsl.bounds.radius import CertifyOptions
 from epsl.cli.common import (
     EPS,
     SEED,
@@ -19,12 +19,15 @@ from epsl.cli.common import (
     eval_data_options,
     minimal_budget_options,
     minimal_config,
+    precheck,
+    progress_bar,
     result_options,
+    say_written,
 )
-from epsl.cli.diagnose_cmds import _precheck, _progress_bar, _written, format_option
-from epsl.diagnostics.runs import DEFAULT_EPS
-from epsl.minimal import MinimalConfig
-from epsl.records import kind
+from epsl.cli.diagnose_cmds import format_option
+from epsl.results.records import kind
+from epsl.runs.certify import CertifyConfig, run_certify
+from epsl.runs.diagnose import DEFAULT_EPS
 from epsl.stats import with_interval
 
 
@@ -82,10 +85,10 @@ def certify(checkpoint: str, eps: tuple[float, ...], method: str, steps: int,
         options=CertifyOptions(method=method, steps=steps, batch_size=batch_size, exact=exact,
                                exact_time=exact_time),
         eps=tuple(eps) or DEFAULT_EPS, eps_max=eps_max, table_format=table_format)
-    _precheck(out, kind("certify").files(table_format), overwrite)
+    precheck(out, kind("certify").files(table_format), overwrite)
     evaluation = config.data.prepare()
     n = len(evaluation.data)
-    with _progress_bar(n) as bar:
+    with progress_bar(n) as bar:
         record = run_certify(config, evaluation=evaluation, progress=bar.update)
     paths = record.save(out, table_format=table_format, overwrite=overwrite)
     summary = record.summary
@@ -98,7 +101,7 @@ def certify(checkpoint: str, eps: tuple[float, ...], method: str, steps: int,
     cost = summary["seconds_per_example"]
     click.echo(f"time per example: bounds {cost['bounds']:.3f} s, eps* {cost['eps_star']:.3f} s"
                + (f", exact {cost['exact']:.3f} s" if "exact" in cost else ""))
-    _written(paths)
+    say_written(paths)
 
 
 COMMANDS: list[click.Command] = [certify]

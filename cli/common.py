@@ -8,21 +8,24 @@ import errno
 import functools
 import math
 import re
+import sys
 from collections.abc import Callable
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from tqdm import tqdm
 
+from epsl.attacks.eps_star import MinimalConfig
 from epsl.cli.entry import stopped
-from epsl.context import DataConfig
 from epsl.data import DATASETS, SPLITS
 from epsl.device import DEVICES
 from epsl.errors import SEED_MAX, EpslError, path_error
-from epsl.io import folder_lock
-from epsl.minimal import MinimalConfig
 from epsl.models import MODELS
 from epsl.norms import NORMS
+from epsl.results.files import check_out_dir, folder_lock
+from epsl.runs.context import DataConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -119,7 +122,7 @@ def in_flags(message: str, command: click.Command | None) -> str:
 def handle_errors(func: F) -> F:
     """Turn library errors into ``Error: <one line>`` and exit code 1, never a traceback; the
     parameters the message names are said as this command's flags (:func:`in_flags`). The
-    command's ``--out`` is held for the whole run (:func:`epsl.io.folder_lock`): a second run
+    command's ``--out`` is held for the whole run (:func:`epsl.results.files.folder_lock`): a second run
     into it is refused. Ctrl-C and SIGTERM end it with one line and exit status 130 or 143;
     unfinished files are removed on the way out."""
 
@@ -201,7 +204,7 @@ result_options = _compose(device_option, out_option, overwrite_option, handle_er
 
 
 def data_config(checkpoint: str | None, options: dict[str, Any]) -> DataConfig:
-    """The :class:`~epsl.context.DataConfig` of the data and checkpoint options
+    """The :class:`~epsl.runs.context.DataConfig` of the data and checkpoint options
     (:data:`eval_data_options`, :data:`checkpoint_options`, ``--device``)."""
     return DataConfig(checkpoint=checkpoint, dataset=options.get("dataset"),
                       data=options.get("data"), data_root=options.get("data_root"),
@@ -243,3 +246,21 @@ def minimal_config(*, fmn_steps: int, fab_steps: int, seed: int, batch_size: int
                          ddn_steps=ddn_steps or default(MinimalConfig, "ddn_steps"),
                          fab_restarts=fab_restarts or default(MinimalConfig, "fab_restarts"),
                          fab_targets=fab_targets, seed=seed, batch_size=batch_size)
+
+
+def precheck(out: str, products: list[str], overwrite: bool) -> None:
+    """Fail before any computation when results are in the way or ``out`` cannot be written
+    (without creating ``out``)."""
+    check_out_dir(out, products, overwrite, create=False)
+
+
+def progress_bar(total: int) -> tqdm:
+    """A progress bar on stderr, shown only on a terminal."""
+    return tqdm(total=total, unit="ex", file=sys.stderr, disable=not sys.stderr.isatty(),
+                leave=False)
+
+
+def say_written(paths: list[Path]) -> None:
+    """Say which files a command wrote, one line each."""
+    for path in paths:
+        click.echo(f"wrote {path}")

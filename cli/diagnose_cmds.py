@@ -4,15 +4,12 @@ the config) into ``--out``, atomically and only once everything is computed."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import click
-from tqdm import tqdm
 
-from epsl.analysis.calibration import card_lines
-from epsl.calibrate import CalibrateConfig, run_calibrate
+from epsl.analysis.cards import card_lines
+from epsl.attacks.eps_star import MINIMAL_ATTACKS, MinimalConfig
 from epsl.cli.common import (
     RADIUS,
     SEED,
@@ -25,11 +22,16 @@ from epsl.cli.common import (
     minimal_budget_options,
     minimal_config,
     norm_option,
+    precheck,
+    progress_bar,
     result_options,
+    say_written,
 )
 from epsl.data import SPLITS
 from epsl.diagnostics import DIRECTIONS, METHODS
-from epsl.diagnostics.runs import (
+from epsl.errors import EpslError
+from epsl.results.records import kind
+from epsl.runs.diagnose import (
     ActivationsConfig,
     DiagnoseConfig,
     LandscapeConfig,
@@ -38,10 +40,7 @@ from epsl.diagnostics.runs import (
     run_diagnose,
     run_landscape,
 )
-from epsl.errors import EpslError
-from epsl.io import check_out_dir
-from epsl.minimal import MINIMAL_ATTACKS, MinimalConfig
-from epsl.records import kind
+from epsl.runs.eps_star import CalibrateConfig, run_calibrate
 from epsl.stats import with_interval
 
 SPAN = FractionType(0.0, None, low_open=True)
@@ -49,22 +48,6 @@ FORMATS = ("csv", "parquet")
 
 format_option = click.option("--format", "table_format", type=click.Choice(FORMATS),
                              default="csv", show_default=True, help="Table file format.")
-
-
-def _precheck(out: str, products: list[str], overwrite: bool) -> None:
-    """Fail before any computation when results are in the way or ``out`` cannot be written
-    (without creating ``out``)."""
-    check_out_dir(out, products, overwrite, create=False)
-
-
-def _progress_bar(total: int) -> tqdm:
-    return tqdm(total=total, unit="ex", file=sys.stderr, disable=not sys.stderr.isatty(),
-                leave=False)
-
-
-def _written(paths: list[Path]) -> None:
-    for path in paths:
-        click.echo(f"wrote {path}")
 
 
 @click.command("diagnose", short_help="Per-example logit gaps, gradient gaps, cosines and eps_L.")
@@ -111,9 +94,9 @@ def diagnose(checkpoint: str, norm: str, eps: tuple[float, ...], chunk_size: int
     config = DiagnoseConfig(data=data_config(checkpoint, options), eps=tuple(eps),
                             chunk_size=chunk_size, batch_size=batch_size, method=method,
                             table_format=table_format, norm=norm, memory=memory, top_k=top_k)
-    _precheck(out, kind("diagnostics").files(table_format), overwrite)
+    precheck(out, kind("diagnostics").files(table_format), overwrite)
     evaluation = config.data.prepare()
-    with _progress_bar(len(evaluation.data)) as bar:
+    with progress_bar(len(evaluation.data)) as bar:
         record = run_diagnose(config, progress=bar.update, evaluation=evaluation)
     paths = record.save(out, table_format=table_format, overwrite=overwrite)
     summary = record.summary
@@ -125,7 +108,7 @@ def diagnose(checkpoint: str, norm: str, eps: tuple[float, ...], chunk_size: int
     click.echo(f"{'eps (' + config.norm + ')':>10}  {'predicted accuracy (Eq. 4) [95% CI]':>36}")
     for e in config.eps:
         click.echo(f"{e:>10.4f}  {with_interval(summary['predicted_accuracy'][repr(e)], n):>36}")
-    _written(paths)
+    say_written(paths)
 
 
 @click.command("activations", short_help="Penultimate and logit activations summed per unit.")
@@ -147,13 +130,13 @@ def activations(checkpoint: str, batch_size: int, table_format: str, out: str, o
     """
     config = ActivationsConfig(data=data_config(checkpoint, options), batch_size=batch_size,
                                table_format=table_format)
-    _precheck(out, kind("activations").files(table_format), overwrite)
+    precheck(out, kind("activations").files(table_format), overwrite)
     record = run_activations(config)
     paths = record.save(out, table_format=table_format, overwrite=overwrite)
     summary = record.summary
     click.echo(f"n={summary['n']}  penultimate neurons {summary['n_features']}, "
                f"never active {summary['n_inactive']}")
-    _written(paths)
+    say_written(paths)
 
 
 def _span(value: float) -> float:
@@ -206,13 +189,13 @@ def landscape(checkpoint: str, images: int, direction: str, span: float, steps: 
     config = LandscapeConfig(data=data_config(checkpoint, {**options, "limit": images}),
                              direction=direction, span=_span(span), steps=steps, seed=seed,
                              batch_size=batch_size, table_format=table_format, memory=memory)
-    _precheck(out, kind("landscape").files(table_format), overwrite)
+    precheck(out, kind("landscape").files(table_format), overwrite)
     record = run_landscape(config)
     paths = record.save(out, table_format=table_format, overwrite=overwrite)
     summary = record.summary
     click.echo(f"{summary['images']} images x {summary['grid_points']} grid points, "
                f"direction {direction}, range +-{span:.4f}")
-    _written(paths)
+    say_written(paths)
 
 
 @click.command("calibrate", short_help="How far eps_L can be trusted, against eps* per example.")
@@ -259,10 +242,10 @@ def calibrate(checkpoint: str, norm: str, eps: tuple[float, ...], attacks: tuple
                              batch_size=batch_size, norm=norm)
     config = CalibrateConfig(data=data_config(checkpoint, options), minimal=minimal,
                              eps=tuple(eps) or default_eps(norm), table_format=table_format)
-    _precheck(out, kind("minimal").files(table_format), overwrite)
+    precheck(out, kind("minimal").files(table_format), overwrite)
     evaluation = config.data.prepare()
     n = len(evaluation.data)
-    with _progress_bar(n * len(minimal.attacks)) as bar:
+    with progress_bar(n * len(minimal.attacks)) as bar:
         record = run_calibrate(config, evaluation=evaluation, progress=bar.update)
     paths = record.save(out, table_format=table_format, overwrite=overwrite)
     summary = record.summary
@@ -273,7 +256,7 @@ def calibrate(checkpoint: str, norm: str, eps: tuple[float, ...], attacks: tuple
         click.echo(f"{e:>10.4f}  {with_interval(summary['eps_star_accuracy'][repr(e)], n):>30}")
     for line in card_lines(summary["report_card"]):
         click.echo(line)
-    _written(paths)
+    say_written(paths)
 
 
 COMMANDS: list[click.Command] = [diagnose, activations, landscape, calibrate]

@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
-import epsl
 from epsl.errors import EpslError
-from epsl.records import COMMAND
+from epsl.results.records import COMMAND
+from epsl.version import __version__
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -47,7 +47,7 @@ class _Epsl(click.Group):
 
 @click.group(cls=_Epsl,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(epsl.__version__, prog_name="epsl")
+@click.version_option(__version__, prog_name="epsl")
 def main() -> None:
     """Robustness analysis for PyTorch classifiers around eps_L (Eq. 4 of Shafahi et al.):
     train defenses, compute eps_L diagnostics, attack, audit and render the paper's figures."""

@@ -11,8 +11,8 @@ from tqdm import tqdm
 
 from epsl.cli.common import RADIUS, SEED, device_option, handle_errors
 from epsl.norms import NORMS
-from epsl.preset import PRESETS, load_preset, override
-from epsl.reproduce import reproduce
+from epsl.study.config import PRESETS, load_preset, override
+from epsl.study.run import reproduce
 
 
 @click.command("reproduce", short_help="Run the whole study: train, diagnose, attack, audit, report.")

@@ -10,7 +10,6 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from epsl.checkpoint import load, read_metadata
 from epsl.cli.common import (
     EPS,
     SEED,
@@ -24,10 +23,11 @@ from epsl.cli.common import (
 )
 from epsl.data import DATASETS
 from epsl.defenses import ADV_METHODS, DefenseConfig
+from epsl.defenses.train import OPTIMIZERS, EpochReport, TrainConfig, train
 from epsl.device import PRECISIONS
 from epsl.errors import EpslError
 from epsl.models import MODELS
-from epsl.train import OPTIMIZERS, EpochReport, TrainConfig, train
+from epsl.models.checkpoint import load, read_metadata
 
 
 def _arch_kwargs(pairs: tuple[str, ...]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.2.0"
+from epsl.version import __version__
 
 __all__ = ["Normalize", "__version__", "certify", "eps_l", "load"]
 
@@ -39,16 +39,16 @@ def eps_l(model: Any, x: Any, y: Any, *, mean: Any = None, std: Any = None, **op
 def certify(model: Any, x: Any, y: Any, *, eps_star: Any = None, **options: Any) -> Any:
     """ε_cert per example: the largest ℓ∞ radius (in the [0, 1] box) at which CROWN bounds
     prove the prediction cannot change, by bisection on [0, ``eps_star``] (ε* from
-    :func:`epsl.minimal.minimal_perturbation`, or the whole box). ``options`` are
-    :class:`epsl.certification.CertifyOptions` fields (``steps``, ``method``, ``exact`` ...).
-    Returns a :class:`epsl.certification.CertifyOutput` (``eps_cert``, ``eps_exact`` ...).
+    :func:`epsl.attacks.eps_star.minimal_perturbation`, or the whole box). ``options`` are
+    :class:`epsl.bounds.radius.CertifyOptions` fields (``steps``, ``method``, ``exact`` ...).
+    Returns a :class:`epsl.bounds.radius.CertifyOutput` (``eps_cert``, ``eps_exact`` ...).
 
     >>> out = epsl.certify(model, x, y, eps_star=found.eps_star, steps=8)
     """
     import numpy as np
 
-    from epsl.certification import CertifyOptions
-    from epsl.certification import certify as run
+    from epsl.bounds.radius import CertifyOptions
+    from epsl.bounds.radius import certify as run
 
     hi = None if eps_star is None else np.asarray(
         eps_star.detach().cpu() if hasattr(eps_star, "detach") else eps_star, dtype=np.float64)
@@ -60,7 +60,7 @@ def __getattr__(name: str) -> Any:
     # ``epsl.load`` is imported lazily so that torch-free subpackages (``epsl.analysis``,
     # which renders saved tables only) can be imported without pulling in torch.
     if name == "load":
-        from epsl.checkpoint import load
+        from epsl.models.checkpoint import load
 
         return load
     if name == "Normalize":

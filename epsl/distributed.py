@@ -4,14 +4,14 @@ epsl runs on PyTorch's own engine (``torch.distributed``, DistributedDataParalle
 elastic agent), not on anything of its own. Every rank runs the same command on the same data
 (SPMD); three things differ from a single process:
 
-- **Training** (:func:`epsl.train.train`) wraps the model in DistributedDataParallel and gives
+- **Training** (:func:`epsl.defenses.train.train`) wraps the model in DistributedDataParallel and gives
   each rank a slice of every global batch (see :func:`batch_rows`).
 - **Evaluation** shards the existing chunk loops: chunk ``k`` of a loop (the same chunks a single
   process makes) is computed by rank ``k mod N`` and every rank receives every chunk's result
   (:func:`shard_map`). Randomness is keyed by seed and example (or by chunk, for the libraries
   that reseed per call), so sharding changes nothing, and padding never reaches a result.
 - **Files**: only rank 0 touches the disk, and every write is a meeting point of all ranks
-  (:func:`epsl.io.atomic_path`), so a rank never reads a file that another is still writing.
+  (:func:`epsl.results.files.atomic_path`), so a rank never reads a file that another is still writing.
 
 Without the torchrun environment every function here is the identity of a single process.
 """

@@ -11,9 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from epsl import checkpoint
 from epsl.data import Split, load_split
-from epsl.models import Classifier, create_model
+from epsl.models import Classifier, checkpoint, create_model
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -54,7 +53,7 @@ def digits_train() -> Split:
 
 
 def quick_train(data: Split, *, epochs: int = 8, seed: int = 0) -> Classifier:
-    """A plain Adam loop (independent of epsl.train) giving a ~95% digits model in seconds."""
+    """A plain Adam loop (independent of epsl.defenses.train) giving a ~95% digits model in seconds."""
     torch.manual_seed(seed)
     model = create_model("small-cnn", **checkpoint.model_kwargs_for("digits"))
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)

@@ -1,7 +1,6 @@
 """A user's own model factory, loaded by tests with ``--model tests.factories:digits_cnn``."""
 
-from epsl import checkpoint
-from epsl.models import Classifier, create_model
+from epsl.models import Classifier, checkpoint, create_model
 
 
 def digits_cnn() -> Classifier:

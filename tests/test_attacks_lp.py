@@ -22,8 +22,6 @@ from torch import nn
 from epsl.attacks import (
     ATTACK_NORMS,
     ATTACKS,
-    AttackRunConfig,
-    accuracy_table,
     apgd,
     ball_noise,
     fgsm,
@@ -35,9 +33,10 @@ from epsl.attacks import (
     sweep,
 )
 from epsl.cli.main import main
-from epsl.context import DataConfig
 from epsl.errors import EpslError
 from epsl.norms import NORMS, distance, dual, lp
+from epsl.runs.attack import AttackRunConfig, accuracy_table
+from epsl.runs.context import DataConfig
 
 with warnings.catch_warnings():  # foolbox 3.3 imports a deprecated scipy namespace
     warnings.simplefilter("ignore", DeprecationWarning)

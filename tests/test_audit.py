@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-import epsl.audit
-from epsl.audit import WARNING_DOCS, AuditConfig, _checks, audit
+import epsl.attacks.audit
+from epsl.attacks.audit import WARNING_DOCS, AuditConfig, _checks, audit
 from epsl.errors import EpslError
 from tests.conftest import quick_train
 
@@ -167,7 +167,7 @@ def test_missing_diagnostics_is_a_note(monkeypatch, digits_model, batch):
     def fail(*_args, **_kwargs):
         raise EpslError("diagnostics failed on purpose")
 
-    monkeypatch.setattr(epsl.audit, "diagnose", fail)
+    monkeypatch.setattr(epsl.attacks.audit, "diagnose", fail)
     x, y = batch
     result = audit(digits_model, x[:6], y[:6], eps=0.1, config=TINY)
     assert "eps_l" not in result.table and result.summary["eq4_accuracy"] is None
@@ -194,8 +194,8 @@ def test_strong_pgd_must_have_more_steps_than_the_papers():
 def test_progress_is_a_callable_or_none(progress: object) -> None:
     """``progress`` means one thing everywhere (a callable given the work done); a bool from
     older code is refused before any work, in one line."""
-    from epsl.reproduce import reproduce
-    from epsl.train import TrainConfig, train
+    from epsl.defenses.train import TrainConfig, train
+    from epsl.study.run import reproduce
 
     x, y = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
     calls = [lambda: audit(nn.Flatten(), x, y, eps=0.1, progress=progress),
@@ -209,9 +209,9 @@ def test_progress_is_a_callable_or_none(progress: object) -> None:
 def test_compare_drops_a_switched_off_result_of_other_weights(digits_checkpoint, tmp_path):
     """A comparison that does not audit (or find ε*) must not show an audit an earlier run left
     for other weights at the same path; one made from these weights stays."""
-    from epsl.compare import _drop_other_origin
-    from epsl.context import DataConfig, provenance
-    from epsl.records import Result, record_path
+    from epsl.results.records import Result, record_path
+    from epsl.runs.compare import _drop_other_origin
+    from epsl.runs.context import DataConfig, provenance
 
     ev = DataConfig(str(digits_checkpoint), limit=10, device="cpu").prepare()
     table = pd.DataFrame({"index": [0], "robust": [True]})
@@ -264,9 +264,10 @@ def test_audit_in_other_norms(digits_model, batch, norm, eps):
 
 
 def test_audit_norm_checks(digits_model, batch):
-    from epsl.audit import AuditRunConfig, ensemble_in
-    from epsl.context import DataConfig
-    from epsl.minimal import MinimalConfig
+    from epsl.attacks.audit import ensemble_in
+    from epsl.attacks.eps_star import MinimalConfig
+    from epsl.runs.audit import AuditRunConfig
+    from epsl.runs.context import DataConfig
 
     x, y = batch
     with pytest.raises(EpslError, match="linf norm"):

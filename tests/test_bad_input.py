@@ -14,13 +14,12 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from epsl import checkpoint
 from epsl.attacks import pgd
 from epsl.cli.main import main
 from epsl.errors import EpslError
-from epsl.io import read_table, write_table
-from epsl.models import create_model
-from epsl.records import Result as Record
+from epsl.models import checkpoint, create_model
+from epsl.results.files import read_table, write_table
+from epsl.results.records import Result as Record
 
 
 def run(*args: object) -> Result:

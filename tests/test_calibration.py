@@ -1,4 +1,4 @@
-"""The report card of Eq. 4 (epsl.analysis.calibration, torch-free) against scipy, numpy, a
+"""The report card of Eq. 4 (epsl.analysis.cards, torch-free) against scipy, numpy, a
 hand-built example and a brute-force evaluation of the accuracy curves on a dense grid."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from epsl.analysis.calibration import CARD_KEYS, accuracy_curves, card_columns, report_card
+from epsl.analysis.cards import CARD_KEYS, accuracy_curves, card_columns, report_card
 
 # A hand-built study of 8 examples. Kept (eps_l > 0 and eps_star > 0): rows 0, 1, 2, 5, 6 with
 # ratios 2, 0.8, 1, 0 (never broken: eps_star = inf) and 1.5. Row 3 is misclassified (eps_l < 0,

@@ -11,18 +11,17 @@ import torch.nn.functional as F
 from scipy.optimize import linprog
 from torch import nn
 
-from epsl import checkpoint
-from epsl.bounds import (
+from epsl.attacks.eps_star import MinimalConfig, minimal_perturbation
+from epsl.bounds.crown import (
     ball,
     crown_margins,
     ibp_margins,
     margin_threshold,
     trace_network,
 )
-from epsl.certification import CertifyOptions, certify
+from epsl.bounds.radius import CertifyOptions, certify
 from epsl.errors import EpslError
-from epsl.minimal import MinimalConfig, minimal_perturbation
-from epsl.models import Normalize, create_model
+from epsl.models import Normalize, checkpoint, create_model
 
 
 def _margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

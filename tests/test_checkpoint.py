@@ -11,9 +11,8 @@ import torch
 from torch import nn
 
 import epsl
-from epsl import checkpoint
 from epsl.errors import EpslError
-from epsl.models import MODELS, create_model
+from epsl.models import MODELS, checkpoint, create_model
 
 MARKER = Path("/tmp/epsl-pickle-marker")
 

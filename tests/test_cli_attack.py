@@ -11,10 +11,9 @@ import torch
 from click.testing import CliRunner
 from scipy.stats import binomtest
 
-from epsl import checkpoint
 from epsl.attacks import pgd
 from epsl.cli.main import main
-from epsl.models import create_model
+from epsl.models import checkpoint, create_model
 from tests.files import snapshot
 
 

@@ -160,8 +160,8 @@ def test_calibrate_writes_eps_star_and_the_report_card(digits_checkpoint: Path,
                                                        tmp_path: Path) -> None:
     """epsl calibrate: eps* per example beside eps_L, the report card printed and saved, the
     verified points kept; a rerun without --overwrite changes nothing."""
-    from epsl.minimal import MinimalResult
-    from epsl.records import load
+    from epsl.attacks.eps_star import MinimalResult
+    from epsl.results.records import load
 
     out = tmp_path / "calib"
     args = ["calibrate", str(digits_checkpoint), "--limit", "30", "--eps", "0.1",

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from epsl import checkpoint
 from epsl.cli.main import main
+from epsl.models import checkpoint
 from tests.files import snapshot
 
 

@@ -18,11 +18,11 @@ import torch
 from click.testing import CliRunner
 
 from epsl.attacks import apgd, fgsm, pgd, square, transfer
-from epsl.audit import AuditConfig, audit
+from epsl.attacks.audit import AuditConfig, audit
+from epsl.attacks.eps_star import MinimalConfig, minimal_perturbation
 from epsl.cli.main import main
+from epsl.defenses.train import TrainConfig, train
 from epsl.diagnostics import METHODS, diagnose
-from epsl.minimal import MinimalConfig, minimal_perturbation
-from epsl.train import TrainConfig, train
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -136,7 +136,7 @@ def test_commands_run_on_cuda(tmp_path: Path, digits_checkpoint: Path) -> None:
 def test_sync_bn_trains_and_saves_plain_batchnorm(tmp_path: Path) -> None:
     """--sync-bn on one GPU: SyncBatchNorm falls back to BatchNorm in one process, so the model
     equals the one trained without it, and the checkpoint loads into the plain architecture."""
-    from epsl.checkpoint import load
+    from epsl.models.checkpoint import load
 
     paths = {}
     for sync_bn in (False, True):

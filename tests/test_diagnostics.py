@@ -25,7 +25,7 @@ from epsl.diagnostics import (
 )
 from epsl.errors import EpslError
 from epsl.models import Classifier, create_model
-from epsl.records import Result
+from epsl.results.records import Result
 
 
 def _model(name: str, channels: int, size: int, **kwargs: object) -> Classifier:

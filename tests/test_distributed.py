@@ -24,12 +24,12 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from epsl import distributed
-from epsl.checkpoint import read_metadata
 from epsl.cli.main import main
 from epsl.defenses import DefenseConfig, objective
+from epsl.defenses.train import BatchShard
 from epsl.distributed import batch_rows, shard_map
 from epsl.models import create_model
-from epsl.train import BatchShard
+from epsl.models.checkpoint import read_metadata
 
 needs_gloo = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")
@@ -271,8 +271,8 @@ def test_without_torchrun_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_what_n_processes_cannot_train_is_refused_in_one_line(tmp_path: Path) -> None:
+    from epsl.defenses.train import TrainConfig, _check_world
     from epsl.errors import EpslError
-    from epsl.train import TrainConfig, _check_world
 
     cpu = torch.device("cpu")
     two = distributed.World(rank=0, size=2)
@@ -359,8 +359,8 @@ def test_a_restart_resumes_only_its_own_launch(digits_checkpoint: Path, tmp_path
     launch (even a launch with the same --rdzv-id), and nothing on a first attempt."""
     import shutil
 
-    from epsl import checkpoint
-    from epsl.resume import restarted as _restarted
+    from epsl.defenses.resume import restarted as _restarted
+    from epsl.models import checkpoint
 
     model, meta = checkpoint.load(digits_checkpoint)
     ours, theirs = tmp_path / "ours.safetensors", tmp_path / "theirs.safetensors"

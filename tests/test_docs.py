@@ -42,7 +42,7 @@ def _zoo_weights(folder: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from epsl.sources import robustbench_zoo
+    from epsl.models.sources import robustbench_zoo
 
     zoo = robustbench_zoo()
     (cifar,) = [d for d in zoo if d.value == "cifar10"]

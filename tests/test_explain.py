@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from epsl.audit import WARNING_DOCS
+from epsl.attacks.audit import WARNING_DOCS
 from epsl.cli.main import main
 from epsl.errors import EpslError
 from epsl.explain import PAGES, explain, titles, warning_codes

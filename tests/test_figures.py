@@ -19,8 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from epsl.analysis import figures as F
+from epsl.analysis.folders import Run, defense_kind, defense_label, load_run, load_runs
 from epsl.analysis.metrics import predicted_accuracy
-from epsl.analysis.runs import Run, defense_kind, defense_label, load_run, load_runs
 from epsl.analysis.synthetic import model_meta, write_synthetic_run
 from epsl.cli.main import main
 from epsl.errors import EpslError
@@ -340,7 +340,7 @@ def test_run_tables_found_in_subfolders(run_root: Path) -> None:
 def test_analysis_does_not_import_torch() -> None:
     code = ("import sys, epsl.analysis, epsl.analysis.synthetic; "
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.') "
-            "or m in ('epsl.models', 'epsl.checkpoint', 'epsl.diagnostics', 'epsl.attacks')]; "
+            "or m in ('epsl.models', 'epsl.models.checkpoint', 'epsl.diagnostics', 'epsl.attacks')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)

@@ -12,7 +12,7 @@ import pytest
 
 from epsl.analysis import figures as F
 from epsl.analysis.figures import registry
-from epsl.analysis.runs import RUN_KINDS, Run, load_run
+from epsl.analysis.folders import RUN_KINDS, Run, load_run
 from epsl.analysis.synthetic import write_synthetic_run
 
 PAPER_ORDER = ["fig1_eps_l_panels", "fig2_logits", "fig3_ls_noise_ablation",

@@ -14,22 +14,21 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from epsl import checkpoint
 from epsl.analysis.synthetic import PRESETS, diagnostics_frame
-from epsl.attacks import AttackRunConfig
-from epsl.audit import AuditConfig
+from epsl.attacks.audit import AuditConfig
+from epsl.attacks.eps_star import MinimalConfig
 from epsl.cli.main import main
-from epsl.compare import CompareConfig
-from epsl.context import DataConfig
 from epsl.data import load_split
+from epsl.defenses.train import TrainConfig
 from epsl.diagnostics import loss_landscape
-from epsl.diagnostics.runs import LandscapeConfig
 from epsl.errors import SEED_MAX, EpslError
-from epsl.minimal import MinimalConfig
-from epsl.models import create_model
-from epsl.preset import AttackSettings, load_preset
-from epsl.records import Result as Record
-from epsl.train import TrainConfig
+from epsl.models import checkpoint, create_model
+from epsl.results.records import Result as Record
+from epsl.runs.attack import AttackRunConfig
+from epsl.runs.compare import CompareConfig
+from epsl.runs.context import DataConfig
+from epsl.runs.diagnose import LandscapeConfig
+from epsl.study.config import AttackSettings, load_preset
 
 
 def run(*args: object) -> Result:
@@ -144,7 +143,7 @@ def test_figures_refuse_a_malformed_cell(tmp_path: Path, column: str, cell: obje
 
 
 def test_true_false_cells_are_read_as_bools(tmp_path: Path) -> None:
-    from epsl.analysis.runs import check_table
+    from epsl.analysis.folders import check_table
 
     frame = pd.DataFrame({"index": [0, 1, 2], "correct": ["true", "False", "0"],
                           "eps_l": ["0.1", "inf", None]})

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from epsl.checkpoint import read_metadata
 from epsl.cli.main import main
 from epsl.defenses import DefenseConfig
+from epsl.defenses.train import TrainConfig, train
 from epsl.errors import EpslError
-from epsl.io import safe_name
-from epsl.train import TrainConfig, train
+from epsl.models.checkpoint import read_metadata
+from epsl.results.files import safe_name
 from tests.files import snapshot
 
 #: one natural model, a few steps, no eps*, audit or certificate: seconds on a CPU

@@ -22,10 +22,10 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from epsl import checkpoint
 from epsl.cli.main import main
-from epsl.io import folder_lock, sweep_temporaries
-from epsl.records import Provenance
+from epsl.models import checkpoint
+from epsl.results.files import folder_lock, sweep_temporaries
+from epsl.results.records import Provenance
 from tests.files import snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def factory_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 SMALL_CNN = """
-    from epsl import checkpoint
+    from epsl.models import checkpoint
     from epsl.models import create_model
 
     def f():
@@ -122,7 +122,7 @@ def test_behaviour_tolerates_last_bits_but_not_a_change() -> None:
 def test_a_folder_held_by_another_run_is_refused(digits_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "diag"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom epsl.io import folder_lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom epsl.results.files import folder_lock\n"
          "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)",
          str(out)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
@@ -190,7 +190,7 @@ def test_an_interrupted_overwrite_leaves_no_previous_report(digits_checkpoint: P
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("epsl.compare.evaluate_model", interrupted)
+    monkeypatch.setattr("epsl.runs.compare.evaluate_model", interrupted)
     result = run("compare", digits_checkpoint, *FAST, "--eps", "0.2", "--out", out, "--overwrite")
     assert result.exit_code == 130, result.output
     assert result.output.strip().splitlines()[-1].startswith("Error: interrupted")

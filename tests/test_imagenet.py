@@ -13,9 +13,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from epsl import checkpoint
 from epsl.cli.main import main
-from epsl.context import DataConfig
 from epsl.data import (
     ImageFiles,
     Preprocessing,
@@ -25,7 +23,8 @@ from epsl.data import (
     sample_indices,
 )
 from epsl.errors import EpslError
-from epsl.models import create_model
+from epsl.models import checkpoint, create_model
+from epsl.runs.context import DataConfig
 
 #: (class index, file stem, width, height, PIL mode): sizes above and below 256, both ratios
 IMAGES = [(0, "a", 300, 260, "RGB"), (0, "b", 500, 375, "RGB"), (1, "c", 240, 320, "RGB"),
@@ -97,7 +96,7 @@ def test_classes_and_pixels_are_torchvision_imagefolders(imagenet_root: Path) ->
 
 
 @pytest.mark.parametrize("cfg", [
-    None,  # the real timm:test_vit.r160_in1k through epsl.sources: 160, bicubic, 0.875
+    None,  # the real timm:test_vit.r160_in1k through epsl.models.sources: 160, bicubic, 0.875
     {"input_size": (3, 192, 192), "crop_pct": 0.95, "interpolation": "bilinear"},
     {"input_size": (3, 200, 200), "crop_pct": 1.0, "interpolation": "bicubic",
      "crop_mode": "squash"},
@@ -148,7 +147,7 @@ def test_torchvision_weights_preprocessing_is_their_transforms(imagenet_root: Pa
 def test_robustbench_preprocessing_names_are_robustbenchs(imagenet_root: Path, name: str) -> None:
     import importlib
 
-    from epsl.sources import robustbench_zoo
+    from epsl.models.sources import robustbench_zoo
 
     robustbench_zoo()  # RobustBench imports under epsl's alias of its autoattack dependency
     robustbench_data = importlib.import_module("robustbench.data")

@@ -95,7 +95,7 @@ def test_top_k_is_never_below_the_exact_eps_l(data) -> None:  # type: ignore[no-
 
 def test_the_record_and_tensors_say_which_search(data, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from epsl.diagnostics import Diagnostics
-    from epsl.records import Result
+    from epsl.results.records import Result
 
     model, x, y = data
     top = diagnose(model, x, y, top_k=5)
@@ -130,8 +130,7 @@ def test_parse_memory_refuses(text: str) -> None:
 def hundred_class_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     import numpy as np
 
-    from epsl import checkpoint
-    from epsl.models import create_model
+    from epsl.models import checkpoint, create_model
 
     folder = tmp_path_factory.mktemp("hundred")
     torch.manual_seed(0)

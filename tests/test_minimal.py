@@ -1,4 +1,4 @@
-"""ε* (epsl.minimal): the ensemble against the libraries it wraps called directly, verification
+"""ε* (epsl.attacks.eps_star): the ensemble against the libraries it wraps called directly, verification
 of every point, an affine model where Eq. 4 is exact, Foolbox's DeepFool as an outside reference
 for ε_L, PGD at the study ε, bad configs, batching, and the ``minimal`` record's round trip."""
 
@@ -15,14 +15,14 @@ import torch
 import torchattacks
 from torch import nn
 
-from epsl.analysis.calibration import report_card
+from epsl.analysis.cards import report_card
 from epsl.attacks import pgd
-from epsl.calibrate import CalibrateConfig, run_calibrate
-from epsl.context import DataConfig, provenance
+from epsl.attacks.eps_star import MinimalConfig, MinimalResult, minimal_perturbation
 from epsl.diagnostics import diagnose
 from epsl.errors import EpslError
-from epsl.minimal import MinimalConfig, MinimalResult, minimal_perturbation
-from epsl.records import load, reusable
+from epsl.results.records import load, reusable
+from epsl.runs.context import DataConfig, provenance
+from epsl.runs.eps_star import CalibrateConfig, run_calibrate
 
 with warnings.catch_warnings():  # foolbox 3.3 imports a deprecated scipy namespace
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -40,7 +40,7 @@ def linf(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def verified_distance(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       x_adv: torch.Tensor) -> torch.Tensor:
     """||x_adv - x||_inf where the model misclassifies x_adv, +inf elsewhere (written here,
-    independently of epsl.minimal.verify)."""
+    independently of epsl.attacks.eps_star.verify)."""
     with torch.no_grad():
         wrong = model(x_adv).argmax(1) != y
     return torch.where(wrong, linf(x_adv, x), torch.full((len(y),), math.inf, dtype=torch.float64))
@@ -504,7 +504,7 @@ def test_lp_result_round_trip_keeps_the_norm(found_l2, tmp_path):
     from safetensors.torch import load_file, save_file
     tensors = load_file(str(tmp_path / "minimal.safetensors"))
     save_file(tensors, str(tmp_path / "minimal.safetensors"),
-              metadata={"format": "epsl.minimal/1", "attack": '["fmn"]'})
+              metadata={"format": "epsl.attacks.eps_star/1", "attack": '["fmn"]'})
     assert MinimalResult.load(tmp_path).norm == "linf"
 
 
@@ -538,7 +538,7 @@ def test_an_linf_result_is_not_reused_for_an_l2_request(digits_checkpoint, tmp_p
     """ensure_calibration decides reuse by the provenance's settings, which name the norm: an
     ℓ∞ result in the folder is recomputed for ℓ2 (and then reused for ℓ2), and ε_L beside ε*
     is that of the same norm (epsl.diagnostics.diagnose(norm=...))."""
-    from epsl.calibrate import ensure_calibration
+    from epsl.runs.eps_star import ensure_calibration
 
     ev = DataConfig(str(digits_checkpoint), limit=30, device="cpu").prepare()
     linf_config = MinimalConfig(fmn_steps=10, fab_steps=5)

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torchattacks
 
-import epsl.minimal
-from epsl.context import DataConfig
+import epsl.attacks.eps_star
+from epsl.attacks.eps_star import MinimalConfig, minimal_perturbation
 from epsl.diagnostics import diagnose
 from epsl.errors import EpslError
-from epsl.minimal import MinimalConfig, minimal_perturbation
 from epsl.models import create_model
+from epsl.runs.context import DataConfig
 
 CLASSES = 100
 
@@ -36,7 +36,7 @@ def hundred():
 
 def linf_if_wrong(model, x, y, x_adv):
     """||x_adv - x||_inf where the model misclassifies x_adv, +inf elsewhere (independent of
-    epsl.minimal.verify)."""
+    epsl.attacks.eps_star.verify)."""
     x_adv = x_adv.clamp(0, 1)
     with torch.no_grad():
         wrong = model(x_adv).argmax(1) != y
@@ -90,7 +90,7 @@ def test_untargeted_fab_in_memory_chunks_equals_one_call(hundred, monkeypatch):
     model, x, y = hundred
     x, y = x[:2], y[:2]
     config = MinimalConfig(attacks=("fab",), fab_steps=3, batch_size=None)
-    monkeypatch.setattr(epsl.minimal, "FAB_JACOBIAN_FLOATS", 1)
+    monkeypatch.setattr(epsl.attacks.eps_star, "FAB_JACOBIAN_FLOATS", 1)
     chunked = minimal_perturbation(model, x, y, config=config)
     attack = torchattacks.FAB(model, norm="Linf", eps=1.0, steps=3, n_restarts=1, seed=0,
                               n_classes=CLASSES)
@@ -120,7 +120,7 @@ def test_bad_fab_targets_is_a_one_line_error(bad, says):
 def test_a_targeted_result_is_not_reused_for_an_untargeted_request(digits_checkpoint, tmp_path):
     """ensure_calibration decides reuse by the provenance's settings: an untargeted ε* in the
     folder is recomputed for fab_targets=2, which is then reused for fab_targets=2 only."""
-    from epsl.calibrate import ensure_calibration
+    from epsl.runs.eps_star import ensure_calibration
 
     ev = DataConfig(str(digits_checkpoint), limit=20, device="cpu").prepare()
     diag = diagnose(ev.model, ev.data.x, ev.data.y).to_frame()
@@ -139,7 +139,7 @@ def test_a_targeted_result_is_not_reused_for_an_untargeted_request(digits_checkp
 
 
 def test_the_audit_keeps_fab_targets_in_another_norm():
-    from epsl.audit import ensemble_in
+    from epsl.attacks.audit import ensemble_in
 
     assert ensemble_in(MinimalConfig(fab_targets=9), "l2") == MinimalConfig(norm="l2",
                                                                             fab_targets=9)

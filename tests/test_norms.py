@@ -11,9 +11,9 @@ from scipy.optimize import linprog, minimize
 from torch import nn
 
 from epsl.diagnostics import diagnose, diagnose_norms, grad_gap_column
-from epsl.diagnostics.runs import DiagnoseConfig
 from epsl.errors import EpslError
 from epsl.norms import NORMS, Norm, check_radius, distance, dual, lp, max_radius, parse_norm
+from epsl.runs.diagnose import DiagnoseConfig
 
 DUAL_ORD = {"linf": 1, "l2": 2, "l1": math.inf}
 
@@ -145,7 +145,7 @@ def test_one_jacobian_gives_every_norm() -> None:
 
 
 def test_config_validates_eps_per_norm() -> None:
-    from epsl.context import DataConfig
+    from epsl.runs.context import DataConfig
 
     data = DataConfig(checkpoint="unused.safetensors")
     assert DiagnoseConfig(data=data, norm="l2").eps == (0.1, 0.25, 0.5, 1.0, 2.0)

@@ -32,7 +32,7 @@ def test_wheel_holds_every_file_of_the_package_folders(wheel: Path) -> None:
         names = {n for n in archive.namelist() if ".dist-info/" not in n}
     expected = _tree_files()
     assert "epsl/diagnostics/margins.py" in expected  # the subpackage once left out
-    assert "epsl/presets/digits.toml" in expected and "epsl/py.typed" in expected
+    assert "epsl/study/presets/digits.toml" in expected and "epsl/py.typed" in expected
     assert sorted(expected - names) == [], "files of the tree missing from the wheel"
     assert sorted(names - expected) == [], "files in the wheel that are not in the tree"
 

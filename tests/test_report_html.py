@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from epsl.analysis.figures import fig_eps_l_panels, fig_logits, save_figure
+from epsl.analysis.folders import load_runs
 from epsl.analysis.paired import paired_tests
 from epsl.analysis.report import audit_notes, write_report
-from epsl.analysis.runs import load_runs
 from epsl.analysis.synthetic import write_synthetic_run
 from epsl.analysis.tables import comparison_table
 from tests.system import CHROMIUM, needs_chromium

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from epsl.checkpoint import read_metadata
 from epsl.cli.main import main
 from epsl.errors import EpslError
-from epsl.preset import PRESETS, load_preset, override
+from epsl.models.checkpoint import read_metadata
+from epsl.study.config import PRESETS, load_preset, override
 from tests.files import snapshot
 
 TINY = """
@@ -116,7 +116,7 @@ def test_eps_star_is_found_once_and_feeds_the_audit_and_the_table(
     """stage_minimal finds eps* (and eps_L, in the run folder) before the audit; the audit
     re-scores its points as the min-norm attack; the comparison reuses both (same
     provenance) and shows the report card."""
-    from epsl.records import load
+    from epsl.results.records import load
 
     _, out, output = study
     compare_record = load(out / "runs", "comparison", table=False).summary
@@ -255,7 +255,7 @@ def test_missing_torchattacks_fails_before_any_work(monkeypatch: pytest.MonkeyPa
             "Error: the minimum-norm attack FAB needs torchattacks, which is missing from this "
             "environment: pip install torchattacks (or reinstall epsl)"]
         assert not out.exists()
-        monkeypatch.setattr("epsl.reproduce.train", _no_training)
+        monkeypatch.setattr("epsl.study.run.train", _no_training)
         with pytest.raises(_Trained):
             CliRunner().invoke(main, [str(a) for a in args[command]]
                                + ["--no-audit", "--no-min-norm"], catch_exceptions=False)
@@ -305,8 +305,8 @@ def test_seeds_must_differ(tmp_path: Path) -> None:
 def test_minimal_section_is_the_library_config(tmp_path: Path) -> None:
     """``[minimal]`` fills :class:`MinimalConfig` itself; ``enabled = false`` is no ensemble,
     and the JSON form written to preset.json reads back to the same preset."""
-    from epsl.minimal import MinimalConfig
-    from epsl.preset import preset_from_dict, preset_to_dict
+    from epsl.attacks.eps_star import MinimalConfig
+    from epsl.study.config import preset_from_dict, preset_to_dict
 
     head = "name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\n"
     path = tmp_path / "m.toml"
@@ -326,9 +326,9 @@ def test_train_section_is_the_library_config(tmp_path: Path) -> None:
     """``[train]`` fills :class:`TrainConfig` itself (any field, e.g. precision); dataset,
     architecture and device are the preset's, the defense each model's; ``extra_seeds`` stays
     a preset setting and overrides reach both."""
-    from epsl.preset import preset_from_dict, preset_to_dict
-    from epsl.reproduce import train_config
-    from epsl.train import TrainConfig
+    from epsl.defenses.train import TrainConfig
+    from epsl.study.config import preset_from_dict, preset_to_dict
+    from epsl.study.run import train_config
 
     path = tmp_path / "t.toml"
     path.write_text("name='x'\ndataset='digits'\narch='small-cnn'\narch_kwargs={width=8}\n"
@@ -399,8 +399,8 @@ def test_bad_threat_models(tmp_path: Path, section: str, message: str) -> None:
 
 
 def test_threat_models_round_trip_and_a_study_in_l2(tmp_path: Path) -> None:
-    from epsl.minimal import MinimalConfig
-    from epsl.preset import preset_from_dict, preset_to_dict
+    from epsl.attacks.eps_star import MinimalConfig
+    from epsl.study.config import preset_from_dict, preset_to_dict
 
     path = tmp_path / "l2.toml"
     path.write_text("name='x'\ndataset='digits'\narch='small-cnn'\nnorm='l2'\neps=0.5\n"

@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 import epsl
 from epsl.cli.main import main
 from epsl.errors import EpslError
-from epsl.safeload import NetworkRefused, _numpy_numbers, offline
-from epsl.sources import robustbench_zoo
+from epsl.models.safeload import NetworkRefused, _numpy_numbers, offline
+from epsl.models.sources import robustbench_zoo
 from tests.system import REQUIRED
 
 pytest.importorskip("timm")
@@ -109,10 +109,10 @@ def test_robustbench_diagnose_from_the_cli(zoo_dir: Path, tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     table = (out / "diagnostics.csv").read_text().splitlines()
     assert len(table) == 7
-    record = epsl.records.load(out, "diagnostics")
+    record = epsl.results.records.load(out, "diagnostics")
     assert record.provenance.model["threat_model"] == "Linf"
     # the reuse key is the weights' bytes: another file at the same spec is another model
-    assert record.provenance.checkpoint_sha256 == epsl.records.file_sha256(
+    assert record.provenance.checkpoint_sha256 == epsl.results.records.file_sha256(
         zoo_dir / "cifar10" / "Linf" / "Wong2020Fast.pt")
     eps = epsl.eps_l(epsl.load("robustbench:cifar10/Linf/Wong2020Fast", model_dir=zoo_dir)[0],
                      torch.from_numpy(x), torch.arange(6) % 10)

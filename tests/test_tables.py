@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
+from epsl.analysis.folders import Run, load_runs
 from epsl.analysis.metrics import mcnemar
 from epsl.analysis.paired import paired_tests
-from epsl.analysis.runs import Run, load_runs
 from epsl.analysis.synthetic import write_synthetic_run
 from epsl.analysis.tables import comparison_table, format_table, to_markdown, write_comparison
 from tests.files import snapshot
@@ -298,7 +298,7 @@ def test_report_card_columns_come_from_the_eps_star_tables(tmp_path: Path) -> No
     """With a minimal (eps*) table, the comparison gains the accuracy by eps* (the share with
     eps* > eps, with its interval) and the report card (from the record, equal to one computed
     from the table's columns); the headline and the HTML report show it; without, none of it."""
-    from epsl.analysis.calibration import report_card
+    from epsl.analysis.cards import report_card
     from epsl.analysis.report import render_report
     from epsl.analysis.tables import card_markdown, headline
 
@@ -353,7 +353,7 @@ def test_the_report_card_of_an_l2_hand_table() -> None:
     ratios 1.25, 0.632, 1.333, 1.24, so 3 of 4 optimistic and the median (1.24 + 1.25) / 2."""
     from scipy.stats import spearmanr
 
-    from epsl.analysis.calibration import accuracy_curves, report_card
+    from epsl.analysis.cards import accuracy_curves, report_card
     from epsl.stats import clopper_pearson
 
     card = report_card(HAND_EPS_L, HAND_EPS_STAR, norm="l2")
@@ -440,7 +440,7 @@ def test_the_one_step_attack_is_fgm_outside_linf_and_a_section_joins_the_headlin
 def test_the_three_way_card_by_hand() -> None:
     from dataclasses import replace
 
-    from epsl.analysis.calibration import proof_card, proof_groups
+    from epsl.analysis.cards import proof_card, proof_groups
     from epsl.analysis.tables import headline
     from epsl.stats import clopper_pearson
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from epsl import checkpoint
 from epsl.defenses import RECIPES, DefenseConfig
+from epsl.defenses.train import TrainConfig, state_path, train
 from epsl.errors import EpslError
-from epsl.train import TrainConfig, state_path, train
+from epsl.models import checkpoint
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -52,7 +52,7 @@ def test_a_run_killed_between_state_and_checkpoint_resumes(tmp_path: Path) -> No
     an uninterrupted one. A finished run keeps no previous state."""
     import shutil
 
-    from epsl.train import previous_state_path, state_path
+    from epsl.defenses.train import previous_state_path, state_path
 
     config = TrainConfig(epochs=3, batch_size=128, device="cpu", seed=7,
                          defense=DefenseConfig(label_smoothing=0.5, noise_sigma=0.2))

@@ -19,11 +19,10 @@ import torch
 from click.testing import CliRunner
 
 import epsl
-from epsl import checkpoint
 from epsl.cli.main import main
 from epsl.errors import EpslError
-from epsl.models import create_model
-from epsl.preset import load_preset, override, preset_from_dict, preset_to_dict
+from epsl.models import checkpoint, create_model
+from epsl.study.config import load_preset, override, preset_from_dict, preset_to_dict
 from tests.files import snapshot
 
 pytest.importorskip("timm")  # RobustBench's zoo imports it
@@ -38,7 +37,7 @@ LEADERBOARD = {"Standard": (94.78, 0.0), "Wong2020Fast": (83.34, 43.21),
 
 
 def _zoo_models() -> dict[str, dict]:
-    from epsl.sources import robustbench_zoo
+    from epsl.models.sources import robustbench_zoo
 
     zoo = robustbench_zoo()
     (dataset,) = [d for d in zoo if d.value == "cifar10"]
@@ -47,7 +46,7 @@ def _zoo_models() -> dict[str, dict]:
 
 
 def _bundled() -> dict:
-    text = resources.files("epsl.presets").joinpath("zoo-cifar10-linf.toml").read_text()
+    text = resources.files("epsl.study.presets").joinpath("zoo-cifar10-linf.toml").read_text()
     return tomllib.loads(text)
 
 

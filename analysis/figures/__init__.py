@@ -1,6 +1,6 @@
 """The paper's figures, rendered from saved per-example tables (never from a model).
 
-Every ``fig_*`` function takes :class:`~epsl.analysis.runs.Run` objects and returns a
+Every ``fig_*`` function takes :class:`~epsl.analysis.folders.Run` objects and returns a
 ``matplotlib.figure.Figure`` built without pyplot (so no global state, Agg rendering);
 :func:`save_figure` writes it as PNG and SVG atomically and :func:`render_all` renders every
 figure the runs' tables allow. ε is always in pixel units on the [0,1] scale.

@@ -18,7 +18,8 @@ from matplotlib.ticker import PercentFormatter
 from epsl.errors import EpslError
 from epsl.norms import Norm
 
-from ..calibration import accuracy_curves
+from ..cards import accuracy_curves
+from ..folders import Run
 from ..metrics import (
     attack_accuracies,
     clopper_pearson,
@@ -26,8 +27,16 @@ from ..metrics import (
     strongest_setting,
     with_intervals,
 )
-from ..runs import Run
-from .base import _axes, _eps_star, _fig_legend, _figure, _norm, eps_axis, eps_symbol, palette
+from .base import (
+    axes_grid,
+    eps_axis,
+    eps_star_values,
+    eps_symbol,
+    figure_legend,
+    new_figure,
+    palette,
+    runs_norm,
+)
 from .registry import Plan, figure
 
 Style = tuple[str, Any]  # (marker, matplotlib line style)
@@ -36,14 +45,14 @@ _ATTACK_STYLE: dict[tuple[str, str], Style] = {
     ("pgd", "xent"): ("^", "-."), ("pgd", "cw"): ("v", "-.")}
 
 
-def _attack_runs(runs: Sequence[Run]) -> list[Run]:
+def attack_runs(runs: Sequence[Run]) -> list[Run]:
     chosen = [r for r in runs if r.attack is not None and len(r.attack)]
     if not chosen:
         raise EpslError("no run has an attack table (attack.csv)")
     return chosen
 
 
-def _style(attack: str, loss: str, transfer: bool) -> Style:
+def attack_style(attack: str, loss: str, transfer: bool) -> Style:
     if transfer:
         return "X", ":"
     return _ATTACK_STYLE.get((attack, loss), ("D", (0, (1, 1))))
@@ -79,7 +88,7 @@ def _eps_axis_end(tables: Iterable[pd.DataFrame], diagnostics: Iterable[pd.DataF
     return min(max(ends), max(largest[1:], default=1.0 if norm is Norm.LINF else math.inf))
 
 
-def _yerr(group: pd.DataFrame) -> np.ndarray:
+def interval_yerr(group: pd.DataFrame) -> np.ndarray:
     """Error bar lengths below and above each accuracy, from its ``lo``/``hi`` bounds."""
     return np.vstack([group["accuracy"] - group["lo"], group["hi"] - group["accuracy"]])
 
@@ -92,7 +101,7 @@ def eps_star_curve(minimal: pd.DataFrame, end: float) -> pd.DataFrame:
     """The empirical accuracy ``acc(ε) = share(ε* > ε)`` of a minimal (ε*) table on [0, end],
     at 0, at every finite ε* up to ``end`` and at ``end`` (it changes only at the ε*, so a
     step line through these points, continuous from the right, is the whole curve); the frame
-    of :func:`~epsl.analysis.calibration.accuracy_curves`, ``empirical`` the column to draw."""
+    of :func:`~epsl.analysis.cards.accuracy_curves`, ``empirical`` the column to draw."""
     star = minimal["eps_star"].to_numpy(dtype=float)
     inside = star[np.isfinite(star) & (star > 0) & (star <= end)]
     grid = np.unique(np.concatenate([[0.0], inside, [end]]))
@@ -119,12 +128,12 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
     colors = dict(zip(settings, palette(len(settings)), strict=True))
     cols = min(4, len(chosen))
     rows = math.ceil(len(chosen) / cols)
-    fig = _figure(3.4 * cols + 0.8, 3.0 * rows + 1.2)
-    axes = _axes(fig, rows, cols, sharex=True, sharey=True)
+    fig = new_figure(3.4 * cols + 0.8, 3.0 * rows + 1.2)
+    axes = axes_grid(fig, rows, cols, sharex=True, sharey=True)
     with_star = [r for r in chosen if r.minimal is not None and len(r.minimal)]
-    norm = _norm(chosen)
+    norm = runs_norm(chosen)
     eps_max = _eps_axis_end(tables.values(), [r.diagnostics for r in chosen], eps,
-                            [_eps_star(r) for r in with_star], norm)
+                            [eps_star_values(r) for r in with_star], norm)
     grid = np.linspace(0, eps_max * 1.1, 200)
     names: dict[tuple[str, str, bool], str] = {}
     for k, ax in enumerate(axes.ravel()):
@@ -149,9 +158,9 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
                 ["attack", "loss_name", "transfer"]):
             key = (str(attack), str(loss), bool(transfer))
             group = group.sort_values("eps")
-            marker, line = _style(*key)
+            marker, line = attack_style(*key)
             names.setdefault(key, _setting_name(*key, int(group["steps"].max())))
-            ax.errorbar(group["eps"], group["accuracy"], yerr=_yerr(group), color=colors[key],
+            ax.errorbar(group["eps"], group["accuracy"], yerr=interval_yerr(group), color=colors[key],
                         marker=marker, linestyle=line, linewidth=1.3, markersize=5,
                         elinewidth=0.8, capsize=2)
         if eps is not None:
@@ -169,10 +178,10 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
                               drawstyle="steps-post"))
         labels.append(EPS_STAR_LABEL)
     for key in settings:
-        marker, line = _style(*key)
+        marker, line = attack_style(*key)
         handles.append(Line2D([], [], color=colors[key], marker=marker, linestyle=line))
         labels.append(names.get(key, _setting_name(*key)))
-    _fig_legend(fig, handles, labels, where="lower")
+    figure_legend(fig, handles, labels, where="lower")
     shown = "attacks, ε*" if with_star else "empirical attacks"
     fig.suptitle(f"Accuracy against {eps_symbol('ε', norm)}: {shown} "
                  "and the Eq. 4 prediction (bars and band: 95% Clopper–Pearson intervals)",

@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 
 from epsl.errors import EpslError
 
-from ..runs import Run
-from .base import _axes, _fig_legend, _figure, palette
+from ..folders import Run
+from .base import axes_grid, figure_legend, new_figure, palette
 from .registry import Plan, figure
 
 
@@ -39,8 +39,8 @@ def fig_penultimate_activity(runs: Sequence[Run]) -> Figure:
     (``active_count == 0``) are counted in the legend and mark where each curve ends."""
     runs = _activation_runs(runs)
     colors = palette(len(runs))
-    fig = _figure(8, 4.8)
-    ax = _axes(fig, 1, 1)[0, 0]
+    fig = new_figure(8, 4.8)
+    ax = axes_grid(fig, 1, 1)[0, 0]
     handles, labels = [], []
     for run, color in zip(runs, colors, strict=True):
         table = _activations(run, "penultimate")
@@ -58,7 +58,7 @@ def fig_penultimate_activity(runs: Sequence[Run]) -> Figure:
     ax.set(xlabel="penultimate neuron, sorted by activation magnitude (rank)",
            ylabel="Σ |activation| over the data set (log scale)",
            title="Penultimate-layer activity (dotted: where inactive neurons begin)")
-    _fig_legend(fig, handles, labels, where="lower")
+    figure_legend(fig, handles, labels, where="lower")
     return fig
 
 
@@ -69,8 +69,8 @@ def fig_logit_activity(runs: Sequence[Run]) -> Figure:
     colors = palette(len(runs))
     tables = [_activations(r, "logit").sort_values("unit") for r in runs]
     units = sorted({int(u) for t in tables for u in t["unit"]})
-    fig = _figure(min(12.0, max(7.0, 2.5 + 0.12 * len(units) * len(runs))), 5.0)
-    ax = _axes(fig, 1, 1)[0, 0]
+    fig = new_figure(min(12.0, max(7.0, 2.5 + 0.12 * len(units) * len(runs))), 5.0)
+    ax = axes_grid(fig, 1, 1)[0, 0]
     width = 0.8 / len(runs)
     for k, (run, table, color) in enumerate(zip(runs, tables, colors, strict=True)):
         positions = table["unit"].to_numpy(dtype=float) - 0.4 + width * (k + 0.5)
@@ -80,7 +80,7 @@ def fig_logit_activity(runs: Sequence[Run]) -> Figure:
     ax.set_xticks(units)
     ax.set(xlabel="logit (class index)", ylabel="Σ |logit| over the data set (logit units)",
            title="Logit-layer activity")
-    _fig_legend(fig, *ax.get_legend_handles_labels(), where="lower")
+    figure_legend(fig, *ax.get_legend_handles_labels(), where="lower")
     return fig
 
 

@@ -24,11 +24,11 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from epsl.errors import EpslError
-from epsl.io import atomic_path
 from epsl.norms import Norm, dual, parse_norm
+from epsl.results.files import atomic_path
 
+from ..folders import Run, common_norm
 from ..metrics import main_eps
-from ..runs import Run, common_norm
 
 EPS_UNIT = "pixel units, [0,1] scale"
 DPI = 110
@@ -63,18 +63,18 @@ def grad_gap_symbol(norm: str | Norm) -> str:
     return "$\\|\\nabla_x z_y - \\nabla_x z_{\\bar y}\\|_" + (q if len(q) == 1 else f"{{{q}}}") + "$"
 
 
-def _norm(runs: Sequence[Run]) -> Norm:
+def runs_norm(runs: Sequence[Run]) -> Norm:
     """The one norm of the runs a figure draws (runs of two norms are refused in one line)."""
     return common_norm(runs)
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     """A pyplot-free figure (rendered with Agg on save) with the seaborn look."""
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     return fig
 
 
-def _axes(fig: Figure, rows: int, cols: int, **kwargs: Any) -> np.ndarray:
+def axes_grid(fig: Figure, rows: int, cols: int, **kwargs: Any) -> np.ndarray:
     with sns.axes_style("whitegrid", _STYLE):
         axes = fig.subplots(rows, cols, squeeze=False, **kwargs)
     return axes
@@ -85,14 +85,14 @@ def palette(n: int) -> list[tuple[float, float, float]]:
     return list(sns.color_palette("colorblind" if n <= 10 else "husl", n))
 
 
-def _diag_runs(runs: Sequence[Run]) -> list[Run]:
+def diagnosed_runs(runs: Sequence[Run]) -> list[Run]:
     selected = [r for r in runs if r.diagnostics is not None and len(r.diagnostics)]
     if not selected:
         raise EpslError("no run has a diagnostics table (diagnostics.csv)")
     return selected
 
 
-def _values(run: Run, column: str) -> np.ndarray:
+def column_values(run: Run, column: str) -> np.ndarray:
     assert run.diagnostics is not None
     if column not in run.diagnostics.columns:
         raise EpslError(f"{run.path}: diagnostics table has no column {column!r}")
@@ -100,7 +100,7 @@ def _values(run: Run, column: str) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def _log_bins(arrays: Sequence[np.ndarray], bins: int = 40) -> np.ndarray:
+def log_bins(arrays: Sequence[np.ndarray], bins: int = 40) -> np.ndarray:
     positive = np.concatenate([a[a > 0] for a in arrays]) if arrays else np.array([])
     if positive.size == 0:
         return np.linspace(0, 1, bins + 1)
@@ -110,7 +110,7 @@ def _log_bins(arrays: Sequence[np.ndarray], bins: int = 40) -> np.ndarray:
     return np.geomspace(lo, hi * 1.0001, bins + 1)
 
 
-def _lin_bins(arrays: Sequence[np.ndarray], bins: int = 40,
+def lin_bins(arrays: Sequence[np.ndarray], bins: int = 40,
               quantiles: tuple[float, float] | None = None) -> tuple[np.ndarray, bool]:
     """Shared linear bins; with ``quantiles`` the range is cut there and the tails are clipped
     into the edge bins (returned flag True when that happened)."""
@@ -124,19 +124,19 @@ def _lin_bins(arrays: Sequence[np.ndarray], bins: int = 40,
     return np.linspace(lo, hi, bins + 1), clipped
 
 
-def _log_x(ax: Axes) -> None:
+def log_x(ax: Axes) -> None:
     """Log x-axis labelled 1, 2, 5, 10, 20, 50... in plain numbers (no crowded minor labels)."""
     ax.set_xscale("log")
-    _plain_log_ticks(ax.xaxis)
+    plain_log_ticks(ax.xaxis)
 
 
-def _plain_log_ticks(axis: Any, subs: tuple[float, ...] = (1.0, 2.0, 5.0)) -> None:
+def plain_log_ticks(axis: Any, subs: tuple[float, ...] = (1.0, 2.0, 5.0)) -> None:
     axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
     axis.set_minor_formatter(NullFormatter())
 
 
-def _step_hist(ax: Axes, values: np.ndarray, bins: np.ndarray, color: Any, label: str,
+def step_hist(ax: Axes, values: np.ndarray, bins: np.ndarray, color: Any, label: str,
                clip: bool = False) -> None:
     if clip:
         values = np.clip(values, bins[0], bins[-1])
@@ -145,7 +145,7 @@ def _step_hist(ax: Axes, values: np.ndarray, bins: np.ndarray, color: Any, label
     ax.hist(values, bins=edges, histtype="step", color=color, linewidth=1.6, label=label)
 
 
-def _run_handles(runs: Sequence[Run], colors: Sequence[Any],
+def run_handles(runs: Sequence[Run], colors: Sequence[Any],
                  extra: Sequence[str] | None = None) -> tuple[list[Line2D], list[str]]:
     handles = [Line2D([], [], color=c, linewidth=2.5) for c in colors]
     labels = [r.label + (f"  ({e})" if extra and e else "") for r, e in
@@ -153,7 +153,7 @@ def _run_handles(runs: Sequence[Run], colors: Sequence[Any],
     return handles, labels
 
 
-def _fig_legend(fig: Figure, handles: Sequence[Any], labels: Sequence[str], *,
+def figure_legend(fig: Figure, handles: Sequence[Any], labels: Sequence[str], *,
                 where: str = "upper", title: str | None = None) -> None:
     """One legend for the whole figure, outside the axes (``where``: 'upper' or 'lower')."""
     longest = max((len(s) for s in labels), default=0)
@@ -162,7 +162,7 @@ def _fig_legend(fig: Figure, handles: Sequence[Any], labels: Sequence[str], *,
                ncols=ncols, frameon=False, fontsize=9, title=title, title_fontsize=9)
 
 
-def _eps_star(run: Run) -> np.ndarray:
+def eps_star_values(run: Run) -> np.ndarray:
     assert run.minimal is not None
     return run.minimal["eps_star"].to_numpy(dtype=float)
 

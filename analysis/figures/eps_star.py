@@ -17,9 +17,9 @@ from matplotlib.ticker import PercentFormatter
 
 from epsl.errors import EpslError
 
-from ..calibration import report_card
-from ..runs import Run
-from .base import EPS_UNIT, _axes, _eps_star, _figure, _norm, _plain_log_ticks, eps_symbol
+from ..cards import report_card
+from ..folders import Run
+from .base import EPS_UNIT, axes_grid, eps_star_values, eps_symbol, new_figure, plain_log_ticks, runs_norm
 from .registry import Plan, figure
 
 _CONSERVATIVE_COLOR, _OPTIMISTIC_COLOR = (sns.color_palette("colorblind")[i] for i in (0, 3))
@@ -47,7 +47,7 @@ def _minimal_runs(runs: Sequence[Run]) -> list[Run]:
 
 def minimal_card(run: Run) -> dict[str, Any]:
     """The report card of Eq. 4 of a run with a minimal table: from its record
-    (``minimal.json``), recomputed with :func:`~epsl.analysis.calibration.report_card` when
+    (``minimal.json``), recomputed with :func:`~epsl.analysis.cards.report_card` when
     the record lacks it."""
     card = run.minimal_summary.get("report_card")
     if isinstance(card, dict) and {"spearman", "optimistic_share"} <= card.keys():
@@ -106,12 +106,12 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
     counted in the panel.
     """
     chosen = _minimal_runs(runs)
-    norm = _norm(chosen)
+    norm = runs_norm(chosen)
     star_symbol, eps_l_symbol = (eps_symbol(s, norm) for s in ("$\\epsilon^*$", "$\\epsilon_L$"))
     cols = min(3, len(chosen))
     rows = math.ceil(len(chosen) / cols)
-    fig = _figure(3.5 * cols + 0.6, 3.8 * rows + 0.9)  # near-square panels: ε_L = ε* at 45°
-    axes = _axes(fig, rows, cols, sharex=True, sharey=True)
+    fig = new_figure(3.5 * cols + 0.6, 3.8 * rows + 0.9)  # near-square panels: ε_L = ε* at 45°
+    axes = axes_grid(fig, rows, cols, sharex=True, sharey=True)
     drawn: list[np.ndarray] = []
     for k, ax in enumerate(axes.ravel()):
         if k >= len(chosen):
@@ -120,7 +120,7 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
         run = chosen[k]
         assert run.minimal is not None
         eps_l = run.minimal["eps_l"].to_numpy(dtype=float)
-        star = _eps_star(run)
+        star = eps_star_values(run)
         shown = np.isfinite(eps_l) & np.isfinite(star) & (eps_l > 0) & (star > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = (run.minimal["ratio"].to_numpy(dtype=float) if "ratio" in run.minimal
@@ -161,8 +161,8 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
     for ax in axes.ravel()[:len(chosen)]:
         ax.plot([lo, hi], [lo, hi], color="black", linestyle="--", linewidth=1.1, zorder=2,
                 gid="identity")
-        _plain_log_ticks(ax.xaxis, subs)
-        _plain_log_ticks(ax.yaxis, subs)
+        plain_log_ticks(ax.xaxis, subs)
+        plain_log_ticks(ax.yaxis, subs)
     axes[0, 0].set(xlim=(lo, hi), ylim=(lo, hi))
     _legend(fig, chosen, cols)
     fig.suptitle(eps_symbol("ε_L (Eq. 4) against ε*, per example", norm), fontsize=11,
@@ -197,8 +197,8 @@ def fig_certified_accuracy(runs: Sequence[Run]) -> Figure:
         raise EpslError("no run has a certify table (certify.csv, from epsl certify)")
     cols = min(3, len(chosen))
     rows = math.ceil(len(chosen) / cols)
-    fig = _figure(3.4 * cols + 0.6, 2.9 * rows + 1.1)
-    axes = _axes(fig, rows, cols, sharex=True, sharey=True)
+    fig = new_figure(3.4 * cols + 0.6, 2.9 * rows + 1.1)
+    axes = axes_grid(fig, rows, cols, sharex=True, sharey=True)
     tables = [r.certify for r in chosen]
     finite = np.concatenate([t[c].to_numpy(dtype=float) for t in tables  # type: ignore[index]
                              for c in ("eps_cert", "eps_l", "eps_star")])

@@ -10,8 +10,8 @@ from matplotlib.figure import Figure
 
 from epsl.errors import EpslError
 
-from ..runs import Run
-from .base import EPS_UNIT, _axes, _figure
+from ..folders import Run
+from .base import EPS_UNIT, axes_grid, new_figure
 from .registry import Plan, figure
 
 
@@ -28,8 +28,8 @@ def fig_landscape(run: Run, *, direction: str = "random", images: int = 8) -> Fi
     ids = sorted(table["image"].unique())[:images]
     cols = min(4, len(ids))
     rows = math.ceil(len(ids) / cols)
-    fig = _figure(3.2 * cols + 0.6, 2.9 * rows + 0.7)
-    axes = _axes(fig, rows, cols)
+    fig = new_figure(3.2 * cols + 0.6, 2.9 * rows + 0.7)
+    axes = axes_grid(fig, rows, cols)
     second = "adversarial sign$(\\nabla_x$xent$)$" if direction == "adversarial" \
         else "random $r_2$"
     for k, ax in enumerate(axes.ravel()):

@@ -17,24 +17,24 @@ from matplotlib.ticker import PercentFormatter
 from epsl.errors import EpslError
 from epsl.norms import Norm
 
+from ..folders import Run, defense_kind, defense_params, logit_columns
 from ..metrics import predicted_accuracy
-from ..runs import Run, defense_kind, defense_params, logit_columns
 from .base import (
-    _axes,
-    _diag_runs,
-    _fig_legend,
-    _figure,
-    _lin_bins,
-    _log_bins,
-    _log_x,
-    _norm,
-    _run_handles,
-    _step_hist,
-    _values,
+    axes_grid,
+    column_values,
+    diagnosed_runs,
     eps_axis,
     eps_symbol,
+    figure_legend,
     grad_gap_symbol,
+    lin_bins,
+    log_bins,
+    log_x,
+    new_figure,
     palette,
+    run_handles,
+    runs_norm,
+    step_hist,
 )
 from .registry import Plan, figure
 
@@ -50,36 +50,36 @@ def fig_eps_l_panels(runs: Sequence[Run], *, eps: float | None = None,
     ``logit_gap, grad_gap_<q>, eps_l, grad_cosine`` at the rival class (``grad_gap_l1`` for
     ℓ∞, ``grad_gap_l2`` for ℓ2, ``grad_gap_linf`` for ℓ1). Runs of two norms are refused.
     """
-    runs = _diag_runs(runs)
-    norm = _norm(runs)
+    runs = diagnosed_runs(runs)
+    norm = runs_norm(runs)
     gap = runs[0].grad_gap_column
     colors = palette(len(runs))
-    fig = _figure(10, 7.4)
-    axes = _axes(fig, 2, 2)
-    data = {c: [_values(r, c) for r in runs]
+    fig = new_figure(10, 7.4)
+    axes = axes_grid(fig, 2, 2)
+    data = {c: [column_values(r, c) for r in runs]
             for c in ("logit_gap", gap, "eps_l", "grad_cosine")}
 
-    bins, _ = _lin_bins(data["logit_gap"])
+    bins, _ = lin_bins(data["logit_gap"])
     for values, color, run in zip(data["logit_gap"], colors, runs, strict=True):
-        _step_hist(axes[0, 0], values, bins, color, run.label)
+        step_hist(axes[0, 0], values, bins, color, run.label)
     axes[0, 0].set_yscale("log")
     axes[0, 0].set(xlabel="logit gap  $z_y - z_{\\bar y}$  (logit units)",
                    ylabel="examples (log scale)", title="Numerator of Eq. 4: logit gap")
 
-    bins = _log_bins(data[gap])
+    bins = log_bins(data[gap])
     for values, color, run in zip(data[gap], colors, runs, strict=True):
-        _step_hist(axes[1, 0], values[values > 0], bins, color, run.label)
-    _log_x(axes[1, 0])
+        step_hist(axes[1, 0], values[values > 0], bins, color, run.label)
+    log_x(axes[1, 0])
     axes[1, 0].set(xlabel=f"gradient gap  {grad_gap_symbol(norm)}  "
                           "(logit units per pixel, log scale)",
                    ylabel="examples", title=eps_symbol("Denominator of Eq. 4", norm)
                    + ": gradient gap")
 
-    bins, clipped = _lin_bins(data["eps_l"], quantiles=(0.005, 0.99))
+    bins, clipped = lin_bins(data["eps_l"], quantiles=(0.005, 0.99))
     if eps is not None and eps > bins[-1]:
         bins = np.linspace(bins[0], eps * 1.1, len(bins))
     for values, color, run in zip(data["eps_l"], colors, runs, strict=True):
-        _step_hist(axes[0, 1], values, bins, color, run.label, clip=True)
+        step_hist(axes[0, 1], values, bins, color, run.label, clip=True)
     xlabel = eps_axis("$\\epsilon_L$", norm)
     if clipped:
         xlabel += "\ntails beyond the 0.5% / 99% quantiles are piled into the edge bins"
@@ -98,13 +98,13 @@ def fig_eps_l_panels(runs: Sequence[Run], *, eps: float | None = None,
 
     bins = np.linspace(-1, 1, 41)
     for values, color, run in zip(data["grad_cosine"], colors, runs, strict=True):
-        _step_hist(axes[1, 1], values, bins, color, run.label)
+        step_hist(axes[1, 1], values, bins, color, run.label)
     axes[1, 1].set(xlabel="$\\cos(\\nabla_x z_y, \\nabla_x z_{\\bar y})$  (unitless)",
                    ylabel="examples", title="Gradient coherence", xlim=(-1, 1))
 
     for ax in (axes[1, 1],):
         ax.set_xticks([-1, -0.5, 0, 0.5, 1])
-    _fig_legend(fig, *_run_handles(runs, colors, extra), where="lower" if title else "upper")
+    figure_legend(fig, *run_handles(runs, colors, extra), where="lower" if title else "upper")
     if title:
         fig.suptitle(title, fontsize=12, fontweight="bold")
     return fig
@@ -158,10 +158,10 @@ def fig_logits(runs: Sequence[Run]) -> Figure:
     """Figure 2: the distribution of all logit values per run (``logit_top_1 ..`` of the
     table: every logit at 10 classes, the 10 highest at more), and of the true-class logit
     z_y alone (adversarial training and squeezing shrink both)."""
-    runs = _diag_runs(runs)
+    runs = diagnosed_runs(runs)
     colors = palette(len(runs))
-    fig = _figure(10, 4.4)
-    axes = _axes(fig, 1, 2)
+    fig = new_figure(10, 4.4)
+    axes = axes_grid(fig, 1, 2)
     every, true_class = [], []
     for run in runs:
         assert run.diagnostics is not None
@@ -179,7 +179,7 @@ def fig_logits(runs: Sequence[Run]) -> Figure:
             (axes[0, 0], every, "All logits" if all(r.num_classes <= len(cols) for r in runs)
              else f"Top {len(cols)} logits per example", "logit value $z_i$ (logit units)"),
             (axes[0, 1], true_class, "True-class logit", "$z_y$ (logit units)")):
-        bins, _ = _lin_bins(arrays, bins=60)
+        bins, _ = lin_bins(arrays, bins=60)
         for values, color in zip(arrays, colors, strict=True):
             weights = np.full(values.shape, 1.0 / max(len(values), 1))
             ax.hist(values, bins=bins, weights=weights, histtype="step", color=color,
@@ -189,7 +189,7 @@ def fig_logits(runs: Sequence[Run]) -> Figure:
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set(xlabel=xlabel, ylabel="share of values", title=title)
     extra = [f"mean |z| = {np.abs(e).mean():.2f}" for e in every]
-    _fig_legend(fig, *_run_handles(runs, colors, extra))
+    figure_legend(fig, *run_handles(runs, colors, extra))
     return fig
 
 
@@ -213,28 +213,28 @@ def fig_gradient_norms(runs: Sequence[Run], *, parameter: str = "label_smoothing
     if parameter not in _PARAMETERS:
         raise EpslError(f"parameter must be one of {', '.join(_PARAMETERS)}")
     symbol, name = _PARAMETERS[parameter]
-    chosen = sweep_runs(runs, parameter) or _diag_runs(runs)
+    chosen = sweep_runs(runs, parameter) or diagnosed_runs(runs)
     colors = list(sns.color_palette("crest", len(chosen))) if len(chosen) > 1 \
         else palette(1)
-    fig = _figure(12, 4.3)
-    axes = _axes(fig, 1, 3)
+    fig = new_figure(12, 4.3)
+    axes = axes_grid(fig, 1, 3)
     for ax, column, title, xlabel in (
             (axes[0, 0], "grad_l1_label", "True class", "$\\|\\nabla_x z_y\\|_1$"),
             (axes[0, 1], "grad_l1_rival", "Rival class", "$\\|\\nabla_x z_{\\bar y}\\|_1$")):
-        arrays = [_values(r, column) for r in chosen]
-        bins = _log_bins(arrays)
+        arrays = [column_values(r, column) for r in chosen]
+        bins = log_bins(arrays)
         for values, color, run in zip(arrays, colors, chosen, strict=True):
-            _step_hist(ax, values[values > 0], bins, color, run.label)
-        _log_x(ax)
+            step_hist(ax, values[values > 0], bins, color, run.label)
+        log_x(ax)
         ax.set(xlabel=f"{xlabel}  (logit units per pixel, log scale)", ylabel="examples",
                title=f"Gradient magnitude, {title.lower()}")
     bins = np.linspace(-1, 1, 41)
     for run, color in zip(chosen, colors, strict=True):
-        _step_hist(axes[0, 2], _values(run, "grad_cosine"), bins, color, run.label)
+        step_hist(axes[0, 2], column_values(run, "grad_cosine"), bins, color, run.label)
     axes[0, 2].set(xlabel="$\\cos(\\nabla_x z_y, \\nabla_x z_{\\bar y})$  (unitless)",
                    ylabel="examples", title="Gradient coherence", xlim=(-1, 1))
     axes[0, 2].set_xticks([-1, -0.5, 0, 0.5, 1])
-    _fig_legend(fig, *_run_handles(chosen, colors), where="lower")
+    figure_legend(fig, *run_handles(chosen, colors), where="lower")
     fig.suptitle(f"Gradients across {name} {symbol}", fontsize=12, fontweight="bold")
     return fig
 

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 
 from epsl.norms import Norm, dual
 
-from ..runs import RUN_KINDS, Run, common_norm
+from ..folders import RUN_KINDS, Run, common_norm
 from .base import resolve_eps, save_figure
 
 

@@ -14,10 +14,10 @@ from matplotlib.ticker import PercentFormatter
 
 from epsl.errors import EpslError
 
+from ..folders import Run
 from ..metrics import attack_accuracies, pick_eps, with_intervals
-from ..runs import Run
-from .accuracy import _attack_runs, _style, _yerr
-from .base import _axes, _fig_legend, _figure, _norm, _run_handles, eps_symbol, palette
+from .accuracy import attack_runs, attack_style, interval_yerr
+from .base import axes_grid, eps_symbol, figure_legend, new_figure, palette, run_handles, runs_norm
 from .registry import Plan, figure
 
 
@@ -26,7 +26,7 @@ def _sweep(runs: Sequence[Run], key: str, eps: float | None) -> list[tuple[Run, 
     at its most common value for that ε."""
     other = "restarts" if key == "steps" else "steps"
     found = []
-    for run in _attack_runs(runs):
+    for run in attack_runs(runs):
         table = with_intervals(attack_accuracies(run.attack))  # type: ignore[arg-type]
         table = table[(table["attack"] == "pgd") & ~table["transfer"]]
         at = pick_eps(table["eps"], eps)
@@ -49,19 +49,19 @@ def _fig_sweep(runs: Sequence[Run], key: str, eps: float | None) -> Figure:
     found = _sweep(runs, key, eps)
     if not found:
         raise EpslError(f"no run has PGD results at more than one value of {key}")
-    norm = _norm([r for r, _ in found])
+    norm = runs_norm([r for r, _ in found])
     colors = palette(len(found))
-    fig = _figure(8, 4.8)
-    ax = _axes(fig, 1, 1)[0, 0]
+    fig = new_figure(8, 4.8)
+    ax = axes_grid(fig, 1, 1)[0, 0]
     losses: set[str] = set()
     for (_run, table), color in zip(found, colors, strict=True):
         for loss, group in table.groupby("loss_name"):
             if group[key].nunique() < 2:
                 continue  # a single point is no curve
             group = group.sort_values(key)
-            marker, line = _style("pgd", str(loss), False)
+            marker, line = attack_style("pgd", str(loss), False)
             losses.add(str(loss))
-            ax.errorbar(group[key], group["accuracy"], yerr=_yerr(group), color=color,
+            ax.errorbar(group[key], group["accuracy"], yerr=interval_yerr(group), color=color,
                         marker=marker, linestyle=line, linewidth=1.5, elinewidth=0.8,
                         capsize=2)
     ax.set_xscale("log")
@@ -82,12 +82,12 @@ def _fig_sweep(runs: Sequence[Run], key: str, eps: float | None) -> Figure:
            title=f"White-box PGD accuracy against {key} "
                  f"({eps_symbol('ε', norm)} = {', '.join(f'{e:g}' for e in eps_used)}, "
                  f"{other} = {', '.join(map(str, fixed))})")
-    handles, labels = _run_handles([r for r, _ in found], colors)
+    handles, labels = run_handles([r for r, _ in found], colors)
     for loss in sorted(losses):
-        marker, line = _style("pgd", loss, False)
+        marker, line = attack_style("pgd", loss, False)
         handles.append(Line2D([], [], color="dimgray", marker=marker, linestyle=line))
         labels.append(f"loss: {loss}")
-    _fig_legend(fig, handles, labels, where="lower")
+    figure_legend(fig, handles, labels, where="lower")
     return fig
 
 

@@ -25,8 +25,8 @@ def compute() -> None:
     import torch
 
     from epsl.attacks import sweep
-    from epsl.context import prepare, provenance
-    from epsl.records import Result
+    from epsl.runs.context import prepare, provenance
+    from epsl.results.records import Result
 
     for name in ACTIVATION_MODELS:
         folder, ckpt = CMP / name, ROOT / f"{name}.safetensors"
@@ -59,7 +59,7 @@ def compute() -> None:
 
 def render() -> None:
     from epsl.analysis import figures as F
-    from epsl.analysis.runs import load_runs
+    from epsl.analysis.folders import load_runs
 
     names = ["natural", "noise0.3", "ls0.5", "ls0.5+noise0.3", "ls0.9+noise0.3", "lsq2",
              "lsq2+noise0.3", "pgd"]

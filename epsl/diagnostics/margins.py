@@ -38,9 +38,9 @@ from epsl.diagnostics.jacobians import (
 )
 from epsl.distributed import shard_map, world
 from epsl.errors import EpslError
-from epsl.io import atomic_path
 from epsl.modes import eval_mode
 from epsl.norms import Norm, dual, parse_norm
+from epsl.results.files import atomic_path
 
 TENSORS_FILE = "diagnostics.safetensors"
 
@@ -143,8 +143,8 @@ class Diagnostics:
 
     def save_tensors(self, path_dir: Path | str) -> Path:
         """Write ``diagnostics.safetensors`` (every tensor, exact) into ``path_dir``,
-        atomically; the table and record are :mod:`epsl.records`'s (see
-        :meth:`epsl.records.Result.save` of :func:`epsl.diagnostics.runs.run_diagnose`)."""
+        atomically; the table and record are :mod:`epsl.results.records`'s (see
+        :meth:`epsl.results.records.Result.save` of :func:`epsl.runs.diagnose.run_diagnose`)."""
         out = Path(path_dir)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}
         with atomic_path(out / TENSORS_FILE) as tmp:

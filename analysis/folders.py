@@ -3,7 +3,7 @@
 A *run folder* holds any of the results that ``epsl diagnose``, ``epsl activations``,
 ``epsl landscape``, ``epsl attack``, ``epsl audit``, ``compare`` and ``reproduce`` write,
 either directly or in subfolders (up to two levels deep, e.g. ``run/attacks/attack.csv``).
-Every result is read through :mod:`epsl.records`: its JSON record (``diagnostics.json``,
+Every result is read through :mod:`epsl.results.records`: its JSON record (``diagnostics.json``,
 ``attack.json``, ``audit.json``, ``activations.json``, ``landscape.json``,
 ``minimal.json``) names its schema,
 holds its provenance (and so the model's metadata, which labels the run) and sits beside its
@@ -45,7 +45,7 @@ import pandas as pd
 
 from epsl.errors import EpslError
 from epsl.norms import Norm, dual, parse_norm
-from epsl.records import KINDS, TABLE_FORMATS, Result, load
+from epsl.results.records import KINDS, TABLE_FORMATS, Result, load
 
 RUN_KINDS = ("diagnostics", "activations", "landscape", "attack", "audit", "minimal", "certify")
 #: the text columns of each kind's table; every other column holds numbers, or true/false in
@@ -252,7 +252,7 @@ def check_table(frame: pd.DataFrame, kind: str, path: Path) -> pd.DataFrame:
 
 def _table_path(result: Result) -> Path:
     """The file ``result``'s table was read from (the first format there, as
-    :func:`epsl.records.load` reads it)."""
+    :func:`epsl.results.records.load` reads it)."""
     folder, name = result.folder or Path("."), KINDS[result.kind].table
     found = [folder / f"{name}.{fmt}" for fmt in TABLE_FORMATS
              if (folder / f"{name}.{fmt}").is_file()]
@@ -286,7 +286,7 @@ def _results(root: Path) -> dict[str, list[Result]]:
 
 
 def load_run(path: Path | str, *, label: str | None = None) -> Run:
-    """Read every result under ``path`` through :mod:`epsl.records`; raise ``EpslError`` when
+    """Read every result under ``path`` through :mod:`epsl.results.records`; raise ``EpslError`` when
     there is none, or when a record's schema is unknown or its table unreadable."""
     root = Path(path)
     if not root.is_dir():

@@ -4,7 +4,7 @@ worst case per example, and AutoAttack-style warnings for gradient masking.
 The paper's sanity checks (section 5.1, Appendix F-H: unbounded eps, more steps, more
 restarts) are what Mosbach et al. (2018) showed to be not enough for logit-squeezed models, so
 the audit adds APGD-CE/DLR (Croce & Hein 2020), the minimum-norm ensemble of
-:mod:`epsl.minimal` (an example with ε* ≤ ε is broken), the gradient-free Square attack and a
+:mod:`epsl.attacks.eps_star` (an example with ε* ≤ ε is broken), the gradient-free Square attack and a
 transfer attack, and reads them against each other:
 
 - an example is robust only if it survives every attack (``robust``); ``broken_by`` names the
@@ -16,10 +16,10 @@ transfer attack, and reads them against each other:
 
 Example::
 
-    >>> from epsl.audit import audit, AuditConfig
+    >>> from epsl.attacks.audit import audit, AuditConfig
     >>> result = audit(model, x, y, eps=0.1, config=AuditConfig.quick())
     >>> result.verdict, [w.code for w in result.warnings]
-    >>> result.save("runs/audit")   # audit.csv + audit.json (epsl.records)
+    >>> result.save("runs/audit")   # audit.csv + audit.json (epsl.results.records)
 """
 
 from __future__ import annotations
@@ -48,26 +48,24 @@ from epsl.attacks import (
     square,
     transfer,
 )
-from epsl.context import DataConfig, Evaluation, load_source, provenance
-from epsl.device import model_device
-from epsl.diagnostics import diagnose
-from epsl.distributed import agree
-from epsl.errors import EpslError, check_progress, check_seed
-from epsl.io import to_json
-from epsl.minimal import (
+from epsl.attacks.eps_star import (
     MinimalConfig,
     MinimalResult,
     check_minimal_dependencies,
     minimal_perturbation,
 )
+from epsl.device import model_device
+from epsl.diagnostics import diagnose
+from epsl.distributed import agree
+from epsl.errors import EpslError, check_progress, check_seed
 from epsl.modes import eval_mode
 from epsl.norms import Norm, check_radius, max_radius, parse_norm
-from epsl.records import Provenance, Result, check_replaceable, reusable
+from epsl.results.files import to_json
+from epsl.results.records import Provenance, Result
 from epsl.stats import accuracy_interval
 
-__all__ = ["WARNING_DOCS", "AuditConfig", "AuditResult", "AuditRunConfig", "AuditWarning",
-           "Step", "audit", "check_dependencies", "ensemble_in", "ensure_audit", "run_audit",
-           "run_ensemble"]
+__all__ = ["WARNING_DOCS", "AuditConfig", "AuditResult", "AuditWarning", "Step", "audit",
+           "check_dependencies", "ensemble_in", "run_ensemble"]
 
 # Where each warning's page is, as something a user can run wherever epsl is installed: the
 # pages ship as package data (epsl/warning_pages/<code>.md, read by epsl.explain).
@@ -98,7 +96,7 @@ class AuditConfig:
             is a fraction of the whole box in the audit's norm (1: the whole box, which is
             radius 1 in ℓ∞, √D in ℓ2 and D in ℓ1: :func:`epsl.norms.max_radius`).
         minimal: the minimum-norm ensemble (Foolbox FMN + torchattacks FAB,
-            :class:`epsl.minimal.MinimalConfig`, with its own seed and batch size) run as one
+            :class:`epsl.attacks.eps_star.MinimalConfig`, with its own seed and batch size) run as one
             more white-box attack: an example whose ε* is at most eps is broken. None: skip.
         skip_expensive: skip APGD, the minimum-norm ensemble and Square (they need
             torchattacks and Foolbox and take longest).
@@ -246,7 +244,7 @@ class AuditResult:
         }
 
     def record(self, provenance: Provenance | None = None) -> Result:
-        """This audit as a result of :mod:`epsl.records` (table ``audit.csv``, record
+        """This audit as a result of :mod:`epsl.results.records` (table ``audit.csv``, record
         ``audit.json``)."""
         return Result("audit", self.to_dict(), provenance, self.table)
 
@@ -510,7 +508,7 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         config: attack budgets and warning thresholds (default :class:`AuditConfig`).
         progress: advanced by one per attack of the plan.
         minimal: ε* already found on exactly these examples with ``config.minimal``
-            (:func:`epsl.minimal.minimal_perturbation`); None runs the ensemble on the
+            (:func:`epsl.attacks.eps_star.minimal_perturbation`); None runs the ensemble on the
             examples still robust when its turn comes.
         norm: ``"linf"`` (the paper's), ``"l2"`` or ``"l1"``: every attack, ε* and Eq. 4 in
             it. In ℓ2, FGSM is FGM and APGD and Square run in L2; in ℓ1 APGD and Square do not
@@ -659,73 +657,3 @@ def _checks(accuracies: pd.DataFrame, table: pd.DataFrame, n: int, white_robust:
             f"returns logits (not probabilities) and has no rounding or saturating layers; "
             f"rely on Square and transfer attacks."))
     return found
-
-
-@dataclass(frozen=True)
-class AuditRunConfig:
-    """``epsl audit``: :func:`audit` of a checkpoint's examples at ``eps`` with the budgets of
-    ``audit``, optionally with a transfer attack from ``source``."""
-
-    data: DataConfig
-    eps: float
-    audit: AuditConfig = field(default_factory=AuditConfig)
-    source: str | None = None
-    norm: str = "linf"
-
-    def __post_init__(self) -> None:
-        p = parse_norm(self.norm)
-        object.__setattr__(self, "norm", p.value)
-        check_radius(p, self.eps)
-        object.__setattr__(self, "audit", dataclasses.replace(
-            self.audit, minimal=ensemble_in(self.audit.minimal, p)))
-
-    def reuse_settings(self) -> dict[str, Any]:
-        """The radius, every budget and threshold, and the norm where it is not ℓ∞ (so ℓ∞
-        audits made before other norms existed are still reused, and never for ℓ2)."""
-        norm = {} if self.norm == "linf" else {"norm": self.norm}
-        return {"eps": self.eps, **norm, **self.audit.reuse_settings()}
-
-
-def run_audit(config: AuditRunConfig, *, evaluation: Evaluation | None = None,
-              source_model: nn.Module | None = None, minimal: MinimalResult | None = None,
-              progress: Callable[[int], None] | None = None) -> Result:
-    """The audit result of ``config`` (:meth:`AuditResult.record`) with its provenance.
-    ``evaluation``: ``config.data`` already prepared (its examples are the ones audited);
-    ``source_model``: ``config.source`` already loaded; ``minimal``: ε* already found on these
-    examples with ``config.audit.minimal``."""
-    check_dependencies(config.audit)
-    ev = evaluation or config.data.prepare()
-    return _audit_result(config, ev, provenance(ev, config.reuse_settings(), source=config.source),
-                         source_model, minimal, progress)
-
-
-def _audit_result(config: AuditRunConfig, ev: Evaluation, origin: Provenance,
-                  source_model: nn.Module | None, minimal: MinimalResult | None,
-                  progress: Callable[[int], None] | None) -> Result:
-    if source_model is None:
-        source_model = load_source(config.source, ev)
-    found = audit(ev.model, ev.data.x.to(ev.device), ev.data.y.to(ev.device), eps=config.eps,
-                  source=source_model, config=config.audit, progress=progress, minimal=minimal,
-                  norm=config.norm)
-    return found.record(origin)
-
-
-def ensure_audit(config: AuditRunConfig, folder: Path, ev: Evaluation, *,
-                 points: Callable[[], MinimalResult | None],
-                 source_model: nn.Module | None = None,
-                 log: Callable[[str], None] | None = None, overwrite: bool = True) -> bool:
-    """The audit of ``ev``'s examples in ``folder``, reused when made from the same
-    checkpoint, examples, source and settings, else run (with the ε* that ``points`` gives,
-    called only then) and saved; a result of another origin is replaced only with
-    ``overwrite``. True when it ran."""
-    origin = provenance(ev, config.reuse_settings(), source=config.source)
-    if reusable(folder, "audit", origin):
-        return False
-    check_replaceable(folder, "audit", origin, overwrite)
-    if log is not None:
-        which = "" if config.norm == "linf" else f" ({config.norm})"
-        log(f"{folder.parent.name}: audit at eps={config.eps:g}{which} on {len(ev.data)} "
-            "examples")
-    check_dependencies(config.audit)
-    _audit_result(config, ev, origin, source_model, points(), None).save(folder, overwrite=True)
-    return True

@@ -23,7 +23,7 @@ do not decide reuse. The record keeps the SHA-256 of its other files (``files``)
 every reader.
 
 This module is torch-free (``epsl.analysis`` reads through it); the torch side builds a
-provenance in one place, :func:`epsl.context.provenance`.
+provenance in one place, :func:`epsl.runs.context.provenance`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from epsl.errors import EpslError
-from epsl.io import (
+from epsl.results.files import (
     check_out_dir,
     folder_lock,
     on_disk,
@@ -123,7 +123,7 @@ class Provenance:
     checkpoint_sha256: str
     data: dict[str, Any]
     settings: dict[str, Any] = field(default_factory=dict)
-    #: what the model computes on a fixed probe (:func:`epsl.context.behaviour`): a change of
+    #: what the model computes on a fixed probe (:func:`epsl.runs.context.behaviour`): a change of
     #: code, weights or preprocessing that changes the outputs changes it
     behaviour: list[list[float]] | None = None
     model: dict[str, Any] = field(default_factory=dict)
@@ -198,7 +198,7 @@ def _behaves_alike(mine: Any, theirs: Any) -> bool:
 
 class Tensors(Protocol):
     """What a result's exact tensors are (:class:`epsl.diagnostics.Diagnostics`,
-    :class:`epsl.minimal.MinimalResult`): they write their kind's extra file themselves."""
+    :class:`epsl.attacks.eps_star.MinimalResult`): they write their kind's extra file themselves."""
 
     def save_tensors(self, folder: Path | str) -> Path: ...
 
@@ -235,7 +235,7 @@ class Result:
         interrupted rewrite leaves no record, never an old record beside new files; a write that
         fails removes the result's files). The record keeps the SHA-256 of every file it
         describes (:func:`digests`). The folder is held while it is written
-        (:func:`epsl.io.folder_lock`). Results are replaced only with ``overwrite``. Return the
+        (:func:`epsl.results.files.folder_lock`). Results are replaced only with ``overwrite``. Return the
         paths written."""
         spec = kind(self.kind)
         if table_format not in TABLE_FORMATS:
@@ -361,10 +361,15 @@ def reusable(folder: Path | str, name: str, provenance: Provenance) -> Result | 
     content, examples, source and settings as ``provenance`` and every file of its kind is
     there (:meth:`Kind.complete`); else ``None`` (no record, an unreadable one, an unknown
     schema, a missing file, or another origin)."""
-    if not kind(name).complete(folder):
+    spec = kind(name)
+    if not spec.complete(folder):
         return None
     try:
-        if not isinstance(read_json(record_path(folder, name)).get("files"), dict):
+        files = read_json(record_path(folder, name)).get("files")
+        pinned = [*(f"{spec.table}.{fmt}" for fmt in TABLE_FORMATS
+                    if spec.table and (Path(folder) / f"{spec.table}.{fmt}").is_file()),
+                  *spec.extra]
+        if not isinstance(files, dict) or any(file not in files for file in pinned):
             return None  # an older epsl's record, whose files no digest pins
         found = load(folder, name)
     except (EpslError, AttributeError):

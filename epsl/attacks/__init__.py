@@ -45,22 +45,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from epsl.context import DataConfig, Evaluation, load_source, provenance
 from epsl.device import model_device
 from epsl.distributed import agree, shard_map
-from epsl.errors import EpslError, check_seed
+from epsl.errors import EpslError
 from epsl.modes import eval_mode
 from epsl.norms import NORMS, Norm, check_radius, parse_norm
-from epsl.records import Result
 from epsl.registry import Registry
-from epsl.stats import accuracy_interval
 
 __all__ = [
     "ATTACKS", "ATTACK_NORMS", "DEFAULT_STEPS", "L1_STEP_QUANTILE", "LOSSES", "AttackResult",
-    "AttackRunConfig", "InputGradient", "accepted_settings", "accuracy_table", "apgd",
-    "ball_noise", "check_norm", "check_settings", "default_step_size", "fgsm",
-    "input_gradient", "logit_margin", "lp_steps", "pgd", "project", "run_attack", "score",
-    "sign_steps", "square", "steepest_direction", "sweep", "transfer", "uniform_noise",
+    "InputGradient", "accepted_settings", "apgd", "ball_noise", "batch_slices",
+    "check_attack_inputs", "check_norm", "check_settings", "default_step_size", "fgsm",
+    "input_gradient", "logit_margin", "lp_steps", "pgd", "project", "score", "sign_steps",
+    "square", "steepest_direction", "sweep", "transfer", "uniform_noise",
 ]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -229,7 +226,7 @@ class AttackResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+def check_attack_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                   norm: str | Norm = "linf") -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs on the model's device, after one-line checks: ``eps`` a radius of ``norm``
     within the whole box (:func:`~epsl.norms.check_radius`, D = C * H * W), x N x C x H x W in
@@ -247,7 +244,7 @@ def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     return x.detach().to(device).float(), y.to(device).long()
 
 
-def _chunks(n: int, batch_size: int | None) -> list[slice]:
+def batch_slices(n: int, batch_size: int | None) -> list[slice]:
     size = batch_size or max(n, 1)  # None: all at once; no examples: no chunk, whatever the size
     if size < 1:
         raise EpslError(f"batch_size must be at least 1 (got {batch_size})")
@@ -264,7 +261,7 @@ def score(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, *, loss: str =
     loss_fn = _loss_fn(loss, cw_confidence)
     parts: list[tuple[torch.Tensor, ...]] = []
     with torch.no_grad():
-        for part in _chunks(len(y), batch_size):
+        for part in batch_slices(len(y), batch_size):
             logits = model(x_adv[part]).float()
             pred = logits.argmax(1)
             parts.append((pred == y[part], loss_fn(logits, y[part]),
@@ -567,7 +564,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
         :class:`AttackResult` with the chosen adversarial examples.
     """
     p = parse_norm(norm)
-    x, y = _check_inputs(model, x, y, eps, p)
+    x, y = check_attack_inputs(model, x, y, eps, p)
     if steps < 1:
         raise EpslError(f"steps must be at least 1 (got {steps})")
     if restarts < 1:
@@ -603,7 +600,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
                                 steps=steps, norm=p, loss=loss, cw_confidence=cw_confidence)
 
             # under torchrun each process attacks every N-th chunk (epsl.distributed)
-            pieces = shard_map(attack, _chunks(todo.numel(), batch_size))
+            pieces = shard_map(attack, batch_slices(todo.numel(), batch_size))
             run = score(model, torch.cat(pieces).to(x.device), y[todo], loss=loss,
                         cw_confidence=cw_confidence, batch_size=batch_size)
             best = _merge(best, run, todo, replace=run_index == 0)
@@ -645,7 +642,7 @@ def transfer(source: nn.Module, target: nn.Module, x: torch.Tensor, y: torch.Ten
     if "attack_misclassified" in inspect.signature(make).parameters:
         settings = {**settings, "attack_misclassified": True}
     made = make(source, x, y, **settings)
-    x_t, y_t = _check_inputs(target, x, y, settings.get("eps", 1.0),
+    x_t, y_t = check_attack_inputs(target, x, y, settings.get("eps", 1.0),
                              settings.get("norm", "linf"))
     try:  # a shape check on one example, so that no other RuntimeError is mislabelled
         with eval_mode(target), torch.no_grad():
@@ -694,7 +691,7 @@ def _run_torchattack(make: Callable[[Any], Any], model: nn.Module, x: torch.Tens
         # torchattacks reseeds at every call, so a chunk's result does not depend on which
         # process runs it (epsl.distributed)
         pieces = [p.to(x.device) for p in shard_map(
-            lambda part: attack(x[part], y[part]).detach(), _chunks(len(y), batch_size))]
+            lambda part: attack(x[part], y[part]).detach(), batch_slices(len(y), batch_size))]
         x_adv = project(torch.cat(pieces), x, eps, norm) if pieces else x.clone()
         return score(model, x_adv, y, loss=loss_name, batch_size=batch_size)
 
@@ -732,7 +729,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step
     ``L2``); l1 is refused. x: N x C x H x W in [0, 1]; y: (N,).
     """
     p = check_norm("apgd", norm)
-    x, y = _check_inputs(model, x, y, eps, p)
+    x, y = check_attack_inputs(model, x, y, eps, p)
     if loss not in _APGD_LOSSES:
         raise EpslError(f"APGD supports loss 'xent' or 'dlr' (got {loss!r})")
     if steps < 1 or restarts < 1:
@@ -776,7 +773,7 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     ``norm``: ``"linf"`` or ``"l2"``; l1 is refused. x: N x C x H x W in [0, 1]; y: (N,).
     """
     p = check_norm("square", norm)
-    x, y = _check_inputs(model, x, y, eps, p)
+    x, y = check_attack_inputs(model, x, y, eps, p)
     if loss not in _SQUARE_LOSSES:
         raise EpslError(f"Square supports loss 'cw' (margin) or 'xent' (got {loss!r})")
     if steps < 1 or restarts < 1:
@@ -876,93 +873,3 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str,
 DEFAULT_STEPS = {"pgd": 40, "apgd": 100, "apgd-dlr": 100, "square": 1000}
 
 
-@dataclass(frozen=True)
-class AttackRunConfig:
-    """``epsl attack``: one attack of :data:`ATTACKS` at every (eps, steps, restarts) of the
-    product (:func:`sweep`), on a checkpoint's examples, optionally transferred from
-    ``source``, in the threat model ``norm`` (``"linf"``, ``"l2"`` or ``"l1"``; eps in that
-    norm's pixel units). ``steps`` and ``restarts`` default to :data:`DEFAULT_STEPS` and 1;
-    ``loss``, ``step_size`` and ``random_start`` to the attack's own. A setting the attack does
-    not take, or a norm it does not support, is refused here, before any work; radii beyond
-    the whole box (sqrt(D) in l2, D in l1) are refused by the attack once D is known."""
-
-    data: DataConfig
-    eps: tuple[float, ...]
-    attack: str = "pgd"
-    steps: tuple[int, ...] = ()
-    restarts: tuple[int, ...] = ()
-    loss: str | None = None
-    step_size: float | None = None
-    random_start: bool | None = None
-    cw_confidence: float = 50.0
-    seed: int = 0
-    batch_size: int | None = None
-    source: str | None = None
-    norm: str = "linf"
-
-    def __post_init__(self) -> None:
-        ATTACKS[self.attack]  # an unknown name fails here, with the known ones
-        object.__setattr__(self, "norm", check_norm(self.attack, self.norm).value)
-        if not self.eps:
-            raise EpslError("eps: give at least one radius")
-        check_radius(self.norm, self.eps)
-        given = [name for name, value in (("steps", self.steps), ("restarts", self.restarts))
-                 if value]
-        check_settings(self.attack, [*given, *self.settings()])
-        if min([*self.steps, *self.restarts], default=1) < 1:
-            raise EpslError("steps and restarts must be at least 1")
-        check_seed(self.seed)
-
-    def settings(self) -> dict[str, Any]:
-        """The keyword settings :func:`sweep` gets (only those given, the attack's defaults
-        otherwise; ``norm`` always)."""
-        settings: dict[str, Any] = {"norm": self.norm, "seed": self.seed,
-                                    "batch_size": self.batch_size}
-        if self.loss is not None:
-            settings["loss"] = self.loss
-        if self.loss == "cw":
-            settings["cw_confidence"] = self.cw_confidence
-        if self.random_start is not None:
-            settings["random_start"] = self.random_start
-        if self.step_size is not None:
-            settings["step_size"] = self.step_size
-        return settings
-
-    def grid(self) -> dict[str, list[Any]]:
-        """The radii, steps and restarts the sweep covers (defaults filled in)."""
-        return {"eps": list(self.eps),
-                "steps": list(self.steps or (DEFAULT_STEPS.get(self.attack, 1),)),
-                "restarts": list(self.restarts or (1,))}
-
-    def reuse_settings(self) -> dict[str, Any]:
-        """Everything but the batch size, which changes no number (the norm included)."""
-        return {"attack": self.attack, **self.grid(),
-                **{k: v for k, v in self.settings().items() if k != "batch_size"}}
-
-
-def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per setting of a :func:`sweep` table (``norm`` where the table has it, ``eps, steps,
-    restarts, step_size``): the accuracy, n and its 95% Clopper-Pearson interval (``lo``,
-    ``hi``)."""
-    keys = [*(["norm"] if "norm" in frame else []), "eps", "steps", "restarts", "step_size"]
-    table = (frame.groupby(keys, dropna=False, sort=False)["correct"]
-             .agg(accuracy="mean", n="size").reset_index())
-    bounds = [accuracy_interval(a, n) for a, n in zip(table["accuracy"], table["n"], strict=True)]
-    return table.assign(lo=[b[0] for b in bounds], hi=[b[1] for b in bounds])
-
-
-def run_attack(config: AttackRunConfig, *, evaluation: Evaluation | None = None) -> Result:
-    """The attack result of ``config``: one row per example per setting (:func:`sweep`), the
-    accuracy per setting with its interval (``summary["settings"]``), the threat model
-    (``summary["norm"]``), the config, and the provenance (the source's content hash with it)."""
-    ev = evaluation or config.data.prepare()
-    source_model = load_source(config.source, ev)
-    frame = sweep(ev.model, ev.data.x, ev.data.y, attack=config.attack, **config.grid(),
-                  source=source_model, source_name=config.source or "", **config.settings())
-    summary = {"n": len(ev.data), "attack": config.attack, "norm": config.norm,
-               "loss": str(frame["loss_name"].iloc[0]),
-               "transfer_from": config.source,
-               "settings": accuracy_table(frame).to_dict(orient="records"),
-               "config": {"attack": config.attack, **config.grid(), **config.settings()}}
-    return Result("attack", summary, provenance(ev, config.reuse_settings(),
-                                                source=config.source), frame)

@@ -1,4 +1,4 @@
-"""Presets: a whole study as data. A preset is a TOML file (``epsl/presets/*.toml`` or a
+"""Presets: a whole study as data. A preset is a TOML file (``epsl/study/presets/*.toml`` or a
 user's path) read into the frozen dataclasses below; the dataclasses are the schema. Their
 field types decide what a value may be (``[train] epochs = "3"`` is refused) and each class
 checks its own ranges in ``__post_init__``, so a preset that would fail part-way through a study
@@ -25,14 +25,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
-from epsl.compare import ReportedAccuracy
-from epsl.context import DataConfig
+from epsl.attacks.eps_star import MinimalConfig
 from epsl.defenses import DefenseConfig
+from epsl.defenses.train import TrainConfig
 from epsl.errors import EpslError, check_seed
-from epsl.io import read_json, safe_name, to_json, write_json
-from epsl.minimal import MinimalConfig
 from epsl.norms import check_radius, parse_norm
-from epsl.train import TrainConfig
+from epsl.results.files import read_json, safe_name, to_json, write_json
+from epsl.runs.compare import ReportedAccuracy
+from epsl.runs.context import DataConfig
 
 PRESETS = ("digits", "fashion-mnist", "mnist-paper", "cifar10-paper", "cifar100-paper",
            "zoo-cifar10-linf")
@@ -68,7 +68,7 @@ class ModelSpec:
     trained with (see :class:`DefenseConfig`); in an ``evaluate`` preset, the ``checkpoint``
     it is (a model source such as ``robustbench:cifar10/Linf/Wong2020Fast``, or a checkpoint
     file) and, where a leaderboard reports its accuracies, ``reported``
-    (:class:`epsl.compare.ReportedAccuracy`), set beside epsl's worst case."""
+    (:class:`epsl.runs.compare.ReportedAccuracy`), set beside epsl's worst case."""
 
     name: str
     defense: DefenseConfig = field(default_factory=DefenseConfig)
@@ -122,7 +122,7 @@ class AuditSettings:
                       apgd_steps=self.apgd_steps, unbounded_steps=self.unbounded_steps)
 
     def budgets(self) -> dict[str, int]:
-        """The budgets set here, as :class:`epsl.audit.AuditConfig` fields."""
+        """The budgets set here, as :class:`epsl.attacks.audit.AuditConfig` fields."""
         return {key: value for key in ("square_queries", "strong_steps", "strong_restarts",
                                        "apgd_steps", "unbounded_steps")
                 if (value := getattr(self, key)) is not None}
@@ -146,7 +146,7 @@ class LandscapeSettings:
 
 @dataclass(frozen=True)
 class CertifySettings:
-    """``[certify]``: ε_cert (CROWN, :mod:`epsl.certification`) on the first ``images`` test
+    """``[certify]``: ε_cert (CROWN, :mod:`epsl.bounds.radius`) on the first ``images`` test
     images of every model of the main seed, bisected on [0, ε*] ``steps`` times, and the
     three-way card of Eq. 4 (provably conservative, provably optimistic, undecided). Off unless
     ``enabled``; ℓ∞ studies only."""
@@ -221,7 +221,7 @@ class Preset:
     #: the folder of model sources' weights (RobustBench's ``MODEL_DIR/DATASET/THREAT/NAME.pt``)
     model_dir: str | None = None
     #: ``[train]``: how every model of the grid is trained, read straight into the library's
-    #: :class:`epsl.train.TrainConfig`; its dataset, architecture, data root and device are the
+    #: :class:`epsl.defenses.train.TrainConfig`; its dataset, architecture, data root and device are the
     #: preset's own and each model's defense is its ``[[models]]`` entry's. None in an
     #: ``evaluate`` preset, which trains nothing.
     train: TrainConfig | None = field(default_factory=TrainConfig)
@@ -232,7 +232,7 @@ class Preset:
     audit: AuditSettings = field(default_factory=AuditSettings)
     landscape: LandscapeSettings = field(default_factory=LandscapeSettings)
     #: ``[minimal]``: ε* per example (the minimum-norm ensemble, read straight into
-    #: :class:`epsl.minimal.MinimalConfig`) and the report card of Eq. 4 for every model of the
+    #: :class:`epsl.attacks.eps_star.MinimalConfig`) and the report card of Eq. 4 for every model of the
     #: main seed; the audit counts it as an attack. ``enabled = false`` in the TOML: None.
     minimal: MinimalConfig | None = field(default_factory=MinimalConfig)
     #: the threat model of ``eps``, ``eps_grid``, ε*, the attacks and the audit: ``linf`` (the
@@ -244,7 +244,7 @@ class Preset:
     certify: CertifySettings = field(default_factory=CertifySettings)
 
     def __post_init__(self) -> None:
-        from epsl.audit import ensemble_in
+        from epsl.attacks.audit import ensemble_in
         from epsl.data import DATASETS
         from epsl.device import DEVICES
         from epsl.models import MODELS
@@ -525,7 +525,7 @@ def load_preset(name_or_path: str) -> Preset:
         except OSError as exc:
             raise EpslError(f"{where}: cannot read ({exc.strerror or exc})") from None
     elif name_or_path in PRESETS:
-        text = resources.files("epsl.presets").joinpath(f"{name_or_path}.toml").read_text()
+        text = resources.files("epsl.study.presets").joinpath(f"{name_or_path}.toml").read_text()
         where = f"preset {name_or_path}"
     else:
         raise EpslError(f"unknown preset {name_or_path!r}; choose from {', '.join(PRESETS)} "
@@ -595,7 +595,7 @@ def _change_norm(preset: Preset, norm: str, top: dict[str, Any]) -> dict[str, An
     """What moving the study to ``norm`` changes: the radius must be given in it (an ℓ∞ ε means
     nothing in ℓ2), the ε grid becomes the norm's default unless given, a section of that norm
     is dropped (it is the study now), and the default ensemble follows (:class:`Preset`)."""
-    from epsl.diagnostics.runs import default_eps
+    from epsl.runs.diagnose import default_eps
 
     if "eps" not in top:
         raise EpslError(f"norm={norm}: give eps in {norm} too (the preset's eps = "

@@ -4,7 +4,7 @@ Optimisers and schedules follow Madry et al.: SGD with momentum, weight decay an
 schedule for CIFAR-like data (augmentation on), Adam for MNIST-like data. Length is given in
 epochs or in steps (the paper's k). A checkpoint is written at every epoch end together with a
 ``.state.safetensors`` file (optimiser state) so ``resume=True`` continues a killed run, losing
-at most one epoch (the files and how a run continues from them: :mod:`epsl.resume`). Every
+at most one epoch (the files and how a run continues from them: :mod:`epsl.defenses.resume`). Every
 epoch draws its randomness from ``(seed, epoch)``, so a resumed run equals an uninterrupted one
 on the same machine. Under torchrun each process computes its rows of every global batch,
 weighted so that DistributedDataParallel's average gradient is the single-process one
@@ -23,14 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from epsl import checkpoint, distributed
+from epsl import distributed
 from epsl.data import Split, augment_batch, load_split
 from epsl.defenses import DefenseConfig, StepOutput, batch_loss, objective, soft_cross_entropy
+from epsl.defenses.resume import launch_metadata, previous_state_path, save_epoch, start_point, state_path
 from epsl.device import PRECISIONS, resolve_device
 from epsl.errors import EpslError, check_progress, check_seed
-from epsl.io import check_writable
-from epsl.models import MODELS, create_model
-from epsl.resume import launch_metadata, previous_state_path, save_epoch, start_point, state_path
+from epsl.models import MODELS, checkpoint, create_model
+from epsl.results.files import check_writable
 
 __all__ = ["OPTIMIZERS", "BatchShard", "EpochReport", "Progress", "TrainConfig", "TrainResult",
            "accuracy", "previous_state_path", "state_path", "train"]
@@ -255,7 +255,7 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
     """Train ``config`` and write the checkpoint to ``out`` (at every epoch end).
 
     With ``resume=True`` an unfinished run at ``out`` continues from its last epoch; a finished
-    one is returned as it is (:mod:`epsl.resume`). A non-finite loss stops training with
+    one is returned as it is (:mod:`epsl.defenses.resume`). A non-finite loss stops training with
     :class:`EpslError`, keeping the last good checkpoint. ``progress`` is called on rank 0
     after every optimiser step with the number of examples it trained on (as everywhere in
     epsl: ``tqdm.update`` fits); ``on_epoch`` gets every epoch's report.

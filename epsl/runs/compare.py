@@ -2,7 +2,7 @@
 
 For each checkpoint, on the same examples, compute (or reuse from an earlier run) the ε_L
 diagnostics (Eq. 4) and ε*, the smallest perturbation that really flips each example
-(:mod:`epsl.minimal`, with the report card of Eq. 4), and the paper's attacks: white-box FGSM
+(:mod:`epsl.attacks.eps_star`, with the report card of Eq. 4), and the paper's attacks: white-box FGSM
 (no random start) and PGD-k (random start) on the cross-entropy and CW losses, and, with a
 ``source`` checkpoint (a naturally trained model in the paper), black-box transfer FGSM and
 PGD-k on the CW loss. Optionally run the robustness audit. Tables are written per model under
@@ -17,7 +17,7 @@ Layout::
     out/<name>/audit/audit.{csv,json}               (with audit=True)
     out/comparison.csv, comparison.md, report.html, compare.json, figures/...
 
-Every file is owned by :mod:`epsl.records`; a per-model result is reused only when its
+Every file is owned by :mod:`epsl.results.records`; a per-model result is reused only when its
 provenance (checkpoint content, examples, source, settings) is the one asked for.
 """
 
@@ -34,29 +34,24 @@ from typing import Any
 import pandas as pd
 import torch
 
-import epsl
-from epsl import sources
+from epsl.version import __version__
+from epsl.models import sources
 from epsl.analysis.figures import render_all
 from epsl.analysis.paired import paired_tests
 from epsl.analysis.report import audit_notes, write_report
-from epsl.analysis.runs import Run, load_runs
+from epsl.analysis.folders import Run, load_runs
 from epsl.analysis.tables import comparison_table, with_reported, write_comparison
 from epsl.attacks import default_step_size, sweep
-from epsl.audit import (
-    AuditConfig,
-    AuditRunConfig,
-    check_dependencies,
-    ensemble_in,
-    ensure_audit,
-)
-from epsl.calibrate import ensure_calibration
-from epsl.context import DataConfig, Evaluation, load_source, provenance
-from epsl.diagnostics.runs import ensure_diagnostics
+from epsl.attacks.audit import AuditConfig, check_dependencies, ensemble_in
+from epsl.runs.audit import AuditRunConfig, ensure_audit
+from epsl.runs.eps_star import ensure_calibration
+from epsl.runs.context import DataConfig, Evaluation, load_source, provenance
+from epsl.runs.diagnose import ensure_diagnostics
 from epsl.errors import EpslError, check_seed
-from epsl.io import check_out_dir, safe_name
-from epsl.minimal import MinimalConfig, MinimalResult, check_minimal_dependencies
+from epsl.results.files import check_out_dir, safe_name
+from epsl.attacks.eps_star import MinimalConfig, MinimalResult, check_minimal_dependencies
 from epsl.norms import check_radius, parse_norm
-from epsl.records import (
+from epsl.results.records import (
     Result,
     article,
     check_replaceable,
@@ -112,11 +107,11 @@ class CompareConfig:
         eps_grid: extra radii for the accuracy-against-ε figure (FGSM and PGD, xent only).
         source: checkpoint whose adversarial examples are transferred (black-box columns).
         pgd_steps, restarts, step_size: PGD-k (step size default ``2.5 * eps / steps``).
-        audit: also run :func:`epsl.audit.audit` (quick settings) for the worst case.
+        audit: also run :func:`epsl.attacks.audit.audit` (quick settings) for the worst case.
         minimal: the minimum-norm ensemble that finds ε* per example
-            (:func:`epsl.minimal.minimal_perturbation`) for the report card of Eq. 4; the
+            (:func:`epsl.attacks.eps_star.minimal_perturbation`) for the report card of Eq. 4; the
             audit counts it as one more attack. None: no ε*. The default ℓ∞ ensemble follows
-            ``norm`` (:func:`epsl.audit.ensemble_in`); another must run in ``norm``.
+            ``norm`` (:func:`epsl.attacks.audit.ensemble_in`); another must run in ``norm``.
         figures: render the figures into ``out/figures`` and embed them in the report.
         seed, batch_size: the attacks' random starts and examples per pass.
         names: the folder (and ``run``) name of each checkpoint; empty: from the file names
@@ -411,7 +406,7 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
                      "checkpoint_sha256": file_sha256(ev.weights)}
               for name, ev in zip(names, evaluations, strict=True)}
     record = {"config": dataclasses.asdict(config), "models": models, "reused": reused,
-              "figures": entries, "epsl_version": epsl.__version__}
+              "figures": entries, "epsl_version": __version__}
     report = write_report(out, table, entries, notes=audit_notes(runs), paired=paired,
                           config=record["config"],
                           title=config.title or f"Comparison of {len(names)} models at "

@@ -3,9 +3,9 @@
 
     ε_cert  ≤  true minimal ℓ∞ perturbation (in the [0, 1] box)  ≤  ε*
 
-- **ε_cert** is the largest radius at which CROWN (:mod:`epsl.bounds`) proves that no point of
+- **ε_cert** is the largest radius at which CROWN (:mod:`epsl.bounds.crown`) proves that no point of
   the ℓ∞ ball intersected with the box changes the prediction: every margin ``z_y - z_c`` has
-  a lower bound above :func:`epsl.bounds.margin_threshold`. It is found per example by
+  a lower bound above :func:`epsl.bounds.crown.margin_threshold`. It is found per example by
   bisection on ``[0, hi]``, ``hi`` being ε* where known (no radius at or above ε* can be
   certified, since a verified adversarial point lies there) and the whole box otherwise. The
   bisection's last certified radius is returned, so ε_cert is sound at the bisection's
@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from epsl.bounds import (
+from epsl.bounds.crown import (
     Network,
     crown_margins,
     ibp_margins,
@@ -316,7 +316,7 @@ def exact_minimum(network: Network, model: nn.Module, x: torch.Tensor, label: in
     x0 = x.double().flatten().numpy()
     dim = x0.size
     # pre-activation bounds of every ReLU on the ball of radius `upper` (which holds the optimum)
-    from epsl.bounds import ball
+    from epsl.bounds.crown import ball
     lower_box, upper_box = ball(x[None], upper)
     bounds = network.bounds(lower_box, upper_box, method="crown")
     pre = [(bounds[last][0].flatten().numpy(), bounds[last][1].flatten().numpy())

@@ -1,5 +1,5 @@
 """Checkpoint-level runs behind ``epsl diagnose``, ``epsl activations`` and ``epsl landscape``:
-a frozen config in, one :class:`epsl.records.Result` out (its table, tensors, summary with the
+a frozen config in, one :class:`epsl.results.records.Result` out (its table, tensors, summary with the
 config, and provenance). Each config says which of its settings decide reuse
 (``reuse_settings``); the Jacobian method, chunk and batch sizes never do."""
 
@@ -13,14 +13,14 @@ from typing import Any
 
 import pandas as pd
 
-from epsl.context import DataConfig, Evaluation, provenance
+from epsl.runs.context import DataConfig, Evaluation, provenance
 from epsl.diagnostics.features import activations
 from epsl.diagnostics.jacobians import DEFAULT_METHOD, Progress, parse_memory
 from epsl.diagnostics.landscape import loss_landscape
 from epsl.diagnostics.margins import Diagnostics, diagnose, predicted_accuracy
 from epsl.errors import EpslError, check_seed
 from epsl.norms import Norm, check_radius, parse_norm
-from epsl.records import Result, check_replaceable, reusable
+from epsl.results.records import Result, check_replaceable, reusable
 from epsl.stats import accuracy_interval
 
 #: the radii reported by default in each norm (pixel units on the [0, 1] scale): ℓ∞'s are the

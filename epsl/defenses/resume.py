@@ -1,5 +1,5 @@
 """The training resume protocol: which files a run leaves beside its checkpoint, and how a run
-continues from them (:func:`epsl.train.train` with ``resume=True``, or an elastic restart).
+continues from them (:func:`epsl.defenses.train.train` with ``resume=True``, or an elastic restart).
 
 At every epoch end a run writes, in this order:
 
@@ -8,7 +8,7 @@ At every epoch end a run writes, in this order:
    writes below still finds the state of the checkpoint it resumes;
 2. ``OUT.state.safetensors``: the optimiser state of the new epoch, with the epochs and steps
    done and the torchrun launch id in its JSON metadata (``epsl_state``);
-3. ``OUT``: the checkpoint (:func:`epsl.checkpoint.save`), whose metadata carries
+3. ``OUT``: the checkpoint (:func:`epsl.models.checkpoint.save`), whose metadata carries
    ``epochs_done``, ``steps_done``, ``complete`` and, under torchrun, ``launch``.
 
 A complete run keeps no previous state. A run resumes when asked (``resume=True``) or when
@@ -31,13 +31,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from epsl import checkpoint, distributed
+from epsl import distributed
 from epsl.errors import EpslError
-from epsl.io import atomic_path, on_disk
+from epsl.models import checkpoint
+from epsl.results.files import atomic_path, on_disk
 
 
 class _Config(Protocol):
-    """A training config that round-trips through a dict (:class:`epsl.train.TrainConfig`)."""
+    """A training config that round-trips through a dict (:class:`epsl.defenses.train.TrainConfig`)."""
 
     def to_dict(self) -> dict[str, Any]: ...
 

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-import epsl
-from epsl.checkpoint import check_dataset, check_finished, load, weights_file
+from epsl.version import __version__
+from epsl.models.checkpoint import check_dataset, check_finished, load, weights_file
 from epsl.data import Split, check_selection, load_split, preprocessing_for
 from epsl.device import resolve_device
 from epsl.errors import EpslError
-from epsl.records import COMMAND, Provenance, file_sha256
+from epsl.results.records import COMMAND, Provenance, file_sha256
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Evaluation:
 class DataConfig:
     """Which checkpoint and which examples (see :func:`prepare`): the part every run's config
     composes. ``checkpoint`` may be left unset where several checkpoints share the examples
-    (:class:`epsl.compare.CompareConfig`); :meth:`for_checkpoint` sets it."""
+    (:class:`epsl.runs.compare.CompareConfig`); :meth:`for_checkpoint` sets it."""
 
     checkpoint: str | None = None
     dataset: str | None = None
@@ -171,7 +171,7 @@ def behaviour(net: nn.Module, examples: Split, device: torch.device, *,
     :data:`PROBE_NOISE` seeded noise images), each row's largest and mean logit and two fixed
     random projections of its logits (6 significant digits). Any change of code, weights or
     preprocessing that changes the outputs changes it, so a result made by another model is
-    never reused (:meth:`epsl.records.Provenance.same_origin` compares it with a tolerance
+    never reused (:meth:`epsl.results.records.Provenance.same_origin` compares it with a tolerance
     that last-bit differences between CPUs or GPUs stay within).
 
     Raises :class:`EpslError` unless the model returns finite N x K logits."""
@@ -239,5 +239,5 @@ def provenance(ev: Evaluation, settings: Mapping[str, Any], *, examples: Split |
         source=None if source is None else {"checkpoint": str(source),
                                             "checkpoint_sha256": file_sha256(
                                                 weights_file(source, ev.model_dir))},
-        device=str(ev.device), epsl_version=epsl.__version__,
+        device=str(ev.device), epsl_version=__version__,
         torch_version=torch.__version__, command=COMMAND.get())

@@ -1,8 +1,8 @@
-"""The whole study of the paper from a preset (:mod:`epsl.preset`): train the grid of
+"""The whole study of the paper from a preset (:mod:`epsl.study.config`): train the grid of
 defenses, diagnose, attack, audit, and render the figures and the comparison report. Each stage
 is one function below.
 
-Every stage writes its outputs atomically through :mod:`epsl.records` and is skipped when a
+Every stage writes its outputs atomically through :mod:`epsl.results.records` and is skipped when a
 result made from the same checkpoint content, examples and settings is already there, so an
 interrupted run resumes where it stopped; ``force=True`` recomputes everything.
 
@@ -40,22 +40,15 @@ import pandas as pd
 from epsl.analysis.tables import headline as headline_table
 from epsl.analysis.tables import seed_summary, seed_table
 from epsl.attacks import sweep
-from epsl.audit import AuditConfig, AuditRunConfig, check_dependencies, ensure_audit
-from epsl.calibrate import ensure_calibration
-from epsl.certification import CertifyOptions
-from epsl.certified import CertifyConfig, ensure_certify
-from epsl.checkpoint import read_metadata, weights_file
-from epsl.compare import PRODUCTS, CompareConfig, compare
-from epsl.context import DataConfig, Evaluation, provenance
-from epsl.diagnostics.runs import (
-    ActivationsConfig,
-    LandscapeConfig,
-    ensure_diagnostics,
-    run_activations,
-    run_landscape,
-)
+from epsl.attacks.audit import AuditConfig, check_dependencies
+from epsl.attacks.eps_star import MinimalResult, check_minimal_dependencies
+from epsl.bounds.radius import CertifyOptions
+from epsl.defenses.resume import config_difference
+from epsl.defenses.train import TrainConfig, train
 from epsl.errors import EpslError, check_progress
-from epsl.io import (
+from epsl.models.checkpoint import read_metadata, weights_file
+from epsl.norms import max_radius
+from epsl.results.files import (
     check_out_dir,
     check_writable,
     on_disk,
@@ -66,12 +59,20 @@ from epsl.io import (
     write_table,
     write_text,
 )
-from epsl.minimal import MinimalResult, check_minimal_dependencies
-from epsl.norms import max_radius
-from epsl.preset import ModelSpec, Preset, ThreatModel, check_same_preset
-from epsl.records import Result, file_sha256, reusable
-from epsl.resume import config_difference
-from epsl.train import TrainConfig, train
+from epsl.results.records import Result, file_sha256, reusable
+from epsl.runs.audit import AuditRunConfig, ensure_audit
+from epsl.runs.certify import CertifyConfig, ensure_certify
+from epsl.runs.compare import PRODUCTS, CompareConfig, compare
+from epsl.runs.context import DataConfig, Evaluation, provenance
+from epsl.runs.diagnose import (
+    ActivationsConfig,
+    LandscapeConfig,
+    ensure_diagnostics,
+    run_activations,
+    run_landscape,
+)
+from epsl.runs.eps_star import ensure_calibration
+from epsl.study.config import ModelSpec, Preset, ThreatModel, check_same_preset
 
 Log = Callable[[str], None]
 
@@ -102,7 +103,7 @@ def _mark(out: Path, stage: str, made_from: Any) -> None:
 
 
 def train_config(preset: Preset, spec: ModelSpec, seed: int | None = None) -> TrainConfig:
-    """The :class:`epsl.train.TrainConfig` of one model of the grid: ``[train]`` with the
+    """The :class:`epsl.defenses.train.TrainConfig` of one model of the grid: ``[train]`` with the
     model's defense, under ``seed`` (default the preset's main training seed)."""
     if preset.train is None:
         raise EpslError(f"the {preset.name} preset evaluates checkpoints and trains nothing")
@@ -185,7 +186,7 @@ def stage_landscape(preset: Preset, spec: ModelSpec, data: DataConfig, ev: Evalu
 
 
 def stage_minimal(preset: Preset, ev: Evaluation, folder: Path, say: Log) -> bool:
-    """ε* per example and the report card of Eq. 4 (:mod:`epsl.calibrate`) into ``folder``,
+    """ε* per example and the report card of Eq. 4 (:mod:`epsl.runs.eps_star`) into ``folder``,
     before the audit, which re-scores its points. ε_L comes from the run folder's diagnostics,
     written there as the comparison writes them, and both are found by the functions the
     comparison calls, so it reuses both."""
@@ -271,7 +272,7 @@ def stage_sweeps(preset: Preset, spec: ModelSpec, ev: Evaluation, folder: Path,
 
 
 def _grid_config(preset: Preset, checkpoints: dict[str, Path], **settings: Any) -> CompareConfig:
-    """The :class:`~epsl.compare.CompareConfig` of the grid ``checkpoints`` with the preset's
+    """The :class:`~epsl.runs.compare.CompareConfig` of the grid ``checkpoints`` with the preset's
     ε, data, paper's attacks and ε* ensemble (no audit); ``settings`` set the other fields."""
     transfer = preset.attacks.transfer_from
     reported = tuple(m.reported for m in preset.models)
@@ -289,8 +290,8 @@ def _grid_config(preset: Preset, checkpoints: dict[str, Path], **settings: Any) 
 
 def _compare_grid(preset: Preset, checkpoints: dict[str, Path], folder: Path, say: Log,
                   **settings: Any) -> None:
-    """:func:`epsl.compare.compare` of the grid ``checkpoints`` into ``folder`` (see
-    :func:`_grid_config`); ``settings`` set the other :class:`~epsl.compare.CompareConfig`
+    """:func:`epsl.runs.compare.compare` of the grid ``checkpoints`` into ``folder`` (see
+    :func:`_grid_config`); ``settings`` set the other :class:`~epsl.runs.compare.CompareConfig`
     fields (ε grid, figures, title, minimal)."""
     compare(_grid_config(preset, checkpoints, **settings), folder, overwrite=True,
             log=lambda m: say(f"  {m}"))
@@ -304,7 +305,7 @@ def _made_from(checkpoints: dict[str, Path], model_dir: str | None = None) -> di
 
 
 def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: Log) -> bool:
-    """:func:`epsl.compare.compare` on the grid: the diagnostics (Eq. 4), the paper's
+    """:func:`epsl.runs.compare.compare` on the grid: the diagnostics (Eq. 4), the paper's
     white-box and transfer attacks, the comparison table, figures and the HTML report, copied
     to the top of ``out``. Reused only for exactly these models with exactly these weights."""
     runs = out / "runs"
@@ -331,7 +332,7 @@ def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: 
 
 def stage_threat_model(preset: Preset, section: ThreatModel, checkpoints: dict[str, Path],
                        out: Path, say: Log) -> bool:
-    """A ``[[threat_models]]`` section: :func:`epsl.compare.compare` of the grid in
+    """A ``[[threat_models]]`` section: :func:`epsl.runs.compare.compare` of the grid in
     ``section.norm`` at ``section.eps`` (ε_L, ε* with the section's ensemble, the paper's
     attacks with the default step size of the norm, no audit) into ``out/<norm>/runs``, its
     tables, report and figures copied to ``out/<norm>``. Reused only for these weights and
@@ -376,7 +377,7 @@ def seed_folder(out: Path, seed: int) -> Path:
 def stage_seed_compare(preset: Preset, seed: int, checkpoints: dict[str, Path], out: Path,
                        say: Log) -> bool:
     """The grid trained under an extra seed: Eq. 4 and the paper's white-box and transfer
-    attacks at the preset's ε (no ε grid, figures, ε* or audit), by :func:`epsl.compare.compare`
+    attacks at the preset's ε (no ε grid, figures, ε* or audit), by :func:`epsl.runs.compare.compare`
     into :func:`seed_folder`; the attacks keep the preset's attack seed."""
     made_from = _made_from(checkpoints)
     folder = seed_folder(out, seed)

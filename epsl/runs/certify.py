@@ -1,6 +1,6 @@
-"""``epsl certify``: ε_cert (the certified floor, :mod:`epsl.certification`) beside ε_L and ε*
+"""``epsl certify``: ε_cert (the certified floor, :mod:`epsl.bounds.radius`) beside ε_L and ε*
 per example, and the three-way report card of Eq. 4
-(:func:`epsl.analysis.calibration.proof_card`): where Eq. 4 is provably conservative
+(:func:`epsl.analysis.cards.proof_card`): where Eq. 4 is provably conservative
 (ε_L ≤ ε_cert), provably optimistic (ε_L > ε*) or undecided.
 
 One record (kind ``certify``: ``certify.csv`` and ``certify.json``) per checkpoint and
@@ -22,20 +22,20 @@ from typing import Any
 
 import numpy as np
 
-from epsl.analysis.calibration import proof_card, proof_groups
-from epsl.certification import CertifyOptions, certify
-from epsl.context import DataConfig, Evaluation, provenance
+from epsl.analysis.cards import proof_card, proof_groups
+from epsl.bounds.radius import CertifyOptions, certify
+from epsl.runs.context import DataConfig, Evaluation, provenance
 from epsl.diagnostics import diagnose
-from epsl.diagnostics.runs import DEFAULT_EPS
+from epsl.runs.diagnose import DEFAULT_EPS
 from epsl.errors import EpslError
-from epsl.minimal import (
+from epsl.attacks.eps_star import (
     MinimalConfig,
     MinimalResult,
     check_minimal_dependencies,
     minimal_perturbation,
 )
 from epsl.norms import Norm, check_radius, parse_norm
-from epsl.records import Result, reusable
+from epsl.results.records import Result, reusable
 from epsl.stats import accuracy_interval
 
 __all__ = ["CertifyConfig", "certify_result", "ensure_certify", "run_certify"]
@@ -76,7 +76,7 @@ def certify_result(ev: Evaluation, config: CertifyConfig, *,
                    progress: Callable[[int], None] | None = None,
                    extra: dict[str, Any] | None = None) -> Result:
     """ε_cert on ``ev``'s examples with ε_L and ε* given (one per example), as a ``certify``
-    :class:`~epsl.records.Result`."""
+    :class:`~epsl.results.records.Result`."""
     hi = np.where(np.isfinite(eps_star), eps_star, 1.0)
     capped = np.zeros(len(hi), dtype=bool)
     if config.eps_max is not None:

@@ -37,7 +37,7 @@ bound of the true robust accuracy.
 
 Example::
 
-    >>> from epsl.minimal import minimal_perturbation
+    >>> from epsl.attacks.eps_star import minimal_perturbation
     >>> found = minimal_perturbation(model, x, y)          # x: N x C x H x W in [0, 1]
     >>> found.eps_star, found.accuracy(0.1), found.to_frame().head()
     >>> in_l2 = minimal_perturbation(model, x, y, config=MinimalConfig(norm="l2"))
@@ -62,13 +62,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from epsl.attacks import _check_inputs, _chunks, project, require_torchattacks, sign_steps
+from epsl.attacks import batch_slices, check_attack_inputs, project, require_torchattacks, sign_steps
 from epsl.distributed import agree, shard_map
 from epsl.errors import EpslError, check_seed
-from epsl.io import atomic_path
 from epsl.modes import eval_mode
 from epsl.norms import Norm, distance, max_radius, parse_norm
 from epsl.registry import Registry
+from epsl.results.files import atomic_path
 
 __all__ = ["DEFAULT_ATTACKS", "MINIMAL_ATTACKS", "MinimalAttackSpec", "MinimalConfig",
            "MinimalResult", "minimal_perturbation", "check_minimal_dependencies",
@@ -241,7 +241,7 @@ class MinimalResult:
     def save_tensors(self, folder: Path | str) -> Path:
         """Write ``minimal.safetensors`` (the verified points and ε* per example, exact) into
         ``folder`` atomically, so that a later audit can re-score the points; the table and
-        record are :mod:`epsl.records`'s. The metadata names the norm (files written before
+        record are :mod:`epsl.results.records`'s. The metadata names the norm (files written before
         other norms existed have none and are ℓ∞)."""
         tensors = {"x_adv": self.x_adv, "eps_star": self.eps_star, "pred": self.pred,
                    "label": self.label,
@@ -249,7 +249,7 @@ class MinimalResult:
         path = Path(folder) / TENSORS_FILE
         with atomic_path(path) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                      metadata={"format": "epsl.minimal/1", "attack": json.dumps(self.attack),
+                      metadata={"format": "epsl.attacks.eps_star/1", "attack": json.dumps(self.attack),
                                 "norm": self.norm})
         return path
 
@@ -315,7 +315,7 @@ def verify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tens
     x_adv = x_adv.detach().to(x.device, x.dtype).clamp(0.0, 1.0)
     preds = []
     with eval_mode(model), torch.no_grad():
-        for part in _chunks(len(y), batch_size):
+        for part in batch_slices(len(y), batch_size):
             preds.append(model(x_adv[part]).argmax(1))
     pred = torch.cat(preds) if preds else y.clone()
     dist = distance(x_adv, x, norm)
@@ -420,7 +420,7 @@ def _fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConf
     if config.fab_targets is None:
         per_call = max(1, FAB_JACOBIAN_FLOATS // (classes * dim))
         attack = ta.FAB(model, **settings)
-        return torch.cat([attack(x[part], y[part]) for part in _chunks(len(y), per_call)])
+        return torch.cat([attack(x[part], y[part]) for part in batch_slices(len(y), per_call)])
     return _fab_targeted(ta, model, x, y, logits, settings, config)
 
 
@@ -536,7 +536,7 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     """
     config = config or MinimalConfig()
     check_minimal_dependencies(config)
-    x, y = _check_inputs(model, x, y, 1.0)
+    x, y = check_attack_inputs(model, x, y, 1.0)
     n = len(y)
     with eval_mode(model):
         x_best, _, pred = verify(model, x, y, x, batch_size=config.batch_size, norm=config.norm)
@@ -567,7 +567,7 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 return verify(model, x[idx], y[idx], made, batch_size=config.batch_size,
                               norm=config.norm)
 
-            chunks = _chunks(todo.numel(), config.batch_size)
+            chunks = batch_slices(todo.numel(), config.batch_size)
             results = shard_map(one_chunk, chunks, progress=progress,
                                 sizes=[len(range(n)[part]) for part in chunks])
             for part, (point, dist, at) in zip(chunks, results, strict=True):

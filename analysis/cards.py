@@ -1,5 +1,5 @@
 """The report card of Eq. 4: how well ε_L predicts, example by example, ε*, the smallest
-perturbation that really flips the example (found by :mod:`epsl.minimal`). Torch-free: it reads
+perturbation that really flips the example (found by :mod:`epsl.attacks.eps_star`). Torch-free: it reads
 two per-example columns.
 
 For the examples the model classifies right (ε_L > 0 and ε* > 0):

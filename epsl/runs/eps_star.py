@@ -1,5 +1,5 @@
 """``epsl calibrate``: Eq. 4's ε_L beside ε*, the smallest perturbation that really flips each
-example, and the report card of Eq. 4 (:func:`epsl.analysis.calibration.report_card`).
+example, and the report card of Eq. 4 (:func:`epsl.analysis.cards.report_card`).
 
 One record (kind ``minimal``: ``minimal.csv``, ``minimal.json`` and the verified points in
 ``minimal.safetensors``) per checkpoint and examples:
@@ -21,19 +21,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from epsl.analysis.calibration import report_card
-from epsl.context import DataConfig, Evaluation, provenance
+from epsl.analysis.cards import report_card
+from epsl.runs.context import DataConfig, Evaluation, provenance
 from epsl.diagnostics import diagnose
-from epsl.diagnostics.runs import DEFAULT_EPS
+from epsl.runs.diagnose import DEFAULT_EPS
 from epsl.errors import EpslError
-from epsl.minimal import (
+from epsl.attacks.eps_star import (
     MinimalConfig,
     MinimalResult,
     check_minimal_dependencies,
     minimal_perturbation,
 )
 from epsl.norms import check_radius, dual
-from epsl.records import Result, check_replaceable, reusable
+from epsl.results.records import Result, check_replaceable, reusable
 from epsl.stats import accuracy_interval
 
 
@@ -127,7 +127,7 @@ def run_calibrate(config: CalibrateConfig, *, evaluation: Evaluation | None = No
                   diagnostics: pd.DataFrame | None = None,
                   progress: Callable[[int], None] | None = None) -> Result:
     """ε* and the report card for a checkpoint on its examples; ``result.tensors`` is the
-    :class:`~epsl.minimal.MinimalResult` (the verified points, written to
+    :class:`~epsl.attacks.eps_star.MinimalResult` (the verified points, written to
     ``minimal.safetensors``). ``diagnostics``: ε_L already computed for exactly these examples
     (a table with ``eps_l`` and ``rival``); ``progress`` is advanced by examples done."""
     check_minimal_dependencies(config.minimal)

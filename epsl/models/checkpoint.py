@@ -4,7 +4,7 @@ Metadata (stored in the safetensors header under the key ``epsl``) holds the arc
 and its arguments, the dataset, input shape, classes, normalisation, the full training config,
 steps done, clean train/test accuracy and the epsl version. A foreign ``.pt``/``.pth``
 state_dict loads with ``torch.load(weights_only=True)`` and an ``arch``; a user's own model
-comes from ``module:factory``; a zoo model from a source (:mod:`epsl.sources`).
+comes from ``module:factory``; a zoo model from a source (:mod:`epsl.models.sources`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 from torch import nn
 
-import epsl
-from epsl import sources
 from epsl.data import DatasetInfo, dataset_info
 from epsl.errors import EpslError
-from epsl.io import atomic_path
-from epsl.models import MODELS, create_model
-from epsl.safeload import read_weights, state_dict_of
+from epsl.models import MODELS, create_model, sources
+from epsl.models.safeload import read_weights, state_dict_of
+from epsl.results.files import atomic_path
+from epsl.version import __version__
 
 METADATA_KEY = "epsl"
 
@@ -44,7 +43,7 @@ def model_kwargs_for(dataset: str | DatasetInfo, **extra: Any) -> dict[str, Any]
 def save(path: Path | str, model: nn.Module, metadata: dict[str, Any]) -> Path:
     """Write ``model``'s state_dict and ``metadata`` (JSON-able) atomically as safetensors."""
     path = Path(path)
-    meta = {"epsl_version": epsl.__version__, **metadata}
+    meta = {"epsl_version": __version__, **metadata}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
@@ -127,7 +126,7 @@ def load(path: Path | str, *, arch: str | None = None, model: str | None = None,
     An epsl ``.safetensors`` file rebuilds its own architecture from metadata. A foreign
     ``.pt``/``.pth``/``.safetensors`` state_dict needs ``arch`` (a registered architecture,
     built for ``dataset``, default ``digits``) or ``model`` (``package.module:factory``).
-    A model source (:mod:`epsl.sources`) names a zoo model instead of a path:
+    A model source (:mod:`epsl.models.sources`) names a zoo model instead of a path:
     ``"robustbench:cifar10/Linf/Carmon2019Unlabeled"``, ``"timm:resnet18.a1_in1k"`` or
     ``"torchvision:resnet50"``, with its weights under ``model_dir``.
 

@@ -34,8 +34,8 @@ import torch
 
 from epsl.distributed import world
 from epsl.errors import EpslError, check_seed
-from epsl.io import on_disk
 from epsl.registry import Registry
+from epsl.results.files import on_disk
 
 SPLITS = ("train", "test")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -15,10 +15,10 @@ with its normalisation inside, and its last linear layer is its ``head`` where t
 metadata names the source, the dataset, the classes, the input shape, the threat model where
 known, and the weights file, whose SHA-256 keys the reuse of every result made from it.
 
-Weights are read by epsl (:func:`epsl.safeload.read_weights`), never by the libraries' own
+Weights are read by epsl (:func:`epsl.models.safeload.read_weights`), never by the libraries' own
 loaders, which unpickle (torchvision's and timm's ``.pth`` paths call ``torch.load`` with
 ``weights_only=False``; RobustBench's falls back to it when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
-is set), and the libraries build architectures under :func:`epsl.safeload.offline`.
+is set), and the libraries build architectures under :func:`epsl.models.safeload.offline`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from torch import nn
 
 from epsl.errors import EpslError
 from epsl.models import Wrapped, split_head
+from epsl.models.safeload import offline, read_weights, state_dict_of
 from epsl.registry import Registry
-from epsl.safeload import offline, read_weights, state_dict_of
 
 ZOO_INSTALL = "pip install 'epsl[zoo]'"
 #: RobustBench's default model folder (``robustbench.utils.load_model(model_dir='./models')``)

@@ -173,7 +173,7 @@ def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, defense: Defen
     starts are drawn for all of ``x`` first, so an example's draws never depend on which rows
     are evaluated. ``loss_term`` replaces :func:`batch_loss` for every evaluation, given the
     logits, the smoothed targets of ``rows`` and beta: the training loop under torchrun
-    weights it for DistributedDataParallel (:class:`epsl.train.BatchShard`).
+    weights it for DistributedDataParallel (:class:`epsl.defenses.train.BatchShard`).
     ``attack_model`` (default ``model``) makes the adversarial examples.
     """
     targets = smooth_labels(y, num_classes, defense.label_smoothing)[rows]
