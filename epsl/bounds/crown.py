@@ -2,16 +2,9 @@
 interval bound propagation (IBP) and backward linear bound propagation (CROWN, Zhang et al.
 2018, https://arxiv.org/abs/1811.00866), on the layers epsl's models and the zoo's use.
 
-The network is traced once with ``torch.fx`` into a graph of four kinds of node:
-
-- **affine** ops: :class:`epsl.models.Normalize`, ``Linear``, ``Conv2d``, ``BatchNorm`` (eval),
-  ``Flatten``/``view``/``reshape``, average pooling, ``Identity``/``Dropout`` (eval) and the
-  addition of a constant;
-- **add** of two nodes (a residual connection);
-- **relu**;
-- **max pooling** (no padding, no dilation).
-
-Anything else is refused in one line that names the layer (:func:`trace_network`).
+:func:`trace_network` turns the network into a :class:`Network` of ops
+(:func:`epsl.bounds.trace.trace_ops`: affine ops, the add of two ops, ReLU and max pooling;
+anything else is refused in one line that names the layer).
 
 CROWN bounds every margin ``z_y - z_c`` from below by a linear function of the input, carried
 backwards from the output: through an affine op by its transpose (``torch.func.vjp``, since the
@@ -28,30 +21,18 @@ Everything runs in float64 on a float64 copy of the network. What is certified i
 float32 network it came from differs from it by rounding (up to ~1e-5 in a logit), so
 :func:`margin_threshold` demands that every margin bound clear a threshold that covers it.
 """
-
 from __future__ import annotations
 
-import copy
-import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import nn
 
-from epsl.errors import EpslError
-from epsl.models import Normalize
+from epsl.bounds.trace import Op, trace_ops
 
-__all__ = ["Network", "crown_margins", "ibp_margins", "margin_threshold", "trace_network"]
-
-#: the module types a network may consist of (their names are what a refusal lists)
-AFFINE_MODULES = (Normalize, nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten,
-                  nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity, nn.Dropout)
-SUPPORTED = ("Normalize", "Linear", "Conv2d", "BatchNorm (eval)", "Flatten/view/reshape",
-             "AvgPool2d", "AdaptiveAvgPool2d", "ReLU", "MaxPool2d (no padding)",
-             "residual add", "Identity", "Dropout (eval)")
+__all__ = ["Network", "ball", "crown_margins", "ibp_margins", "margin_threshold", "trace_network"]
 
 #: Relative rounding allowance: a margin counts as certified only above
 #: ``THRESHOLD_REL * (1 + max |logit|)`` (:func:`margin_threshold`).
@@ -60,192 +41,11 @@ THRESHOLD_REL = 1e-5
 JACOBIAN_FLOATS = 2 ** 24
 
 
-@dataclass
-class Op:
-    """One node of the traced network."""
-
-    name: str
-    kind: str  # "input", "affine", "add", "relu", "maxpool"
-    inputs: list[int]
-    #: affine: the op on a batch (with its bias); abs_linear: |linear part| on a batch (IBP)
-    fn: Callable[[torch.Tensor], torch.Tensor] | None = None
-    abs_linear: Callable[[torch.Tensor], torch.Tensor] | None = None
-    #: affine: whether its linear part mixes coordinates (Linear, Conv, pooling) or is diagonal
-    mixing: bool = True
-    pool: tuple[int, int] = (0, 0)  # maxpool: kernel, stride
-    shape: tuple[int, ...] = ()  # per-example output shape
-    constant: torch.Tensor | None = field(default=None, repr=False)  # affine: fn(0)
-
-
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, Normalize) or super().is_leaf_module(m, qualname)
-
-
-def _refuse(what: str) -> EpslError:
-    return EpslError(f"certify cannot bound {what}; supported layers: {', '.join(SUPPORTED)}")
-
-
-def _pair(value: Any) -> int:
-    if isinstance(value, tuple | list):
-        if len(set(value)) != 1:
-            raise _refuse(f"a max pool with a non-square window {tuple(value)}")
-        return int(value[0])
-    return int(value)
-
-
-def _affine_module(m: nn.Module, label: str) -> tuple[Callable, Callable, bool]:
-    """(fn, |linear part|, mixing) of an affine module in eval mode."""
-    if isinstance(m, Normalize):
-        return m, (lambda r, m=m: r / m.std), False
-    if isinstance(m, nn.Linear):
-        return m, (lambda r, m=m: F.linear(r, m.weight.abs())), True
-    if isinstance(m, nn.Conv2d):
-        if m.padding_mode != "zeros":
-            raise _refuse(f"{label} (Conv2d with padding_mode={m.padding_mode!r})")
-        return m, (lambda r, m=m: F.conv2d(r, m.weight.abs(), None, m.stride, m.padding,
-                                           m.dilation, m.groups)), True
-    if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-        if m.running_var is None:
-            raise _refuse(f"{label} (BatchNorm without running statistics)")
-        scale = (m.running_var + m.eps).rsqrt()
-        if m.weight is not None:
-            scale = scale * m.weight
-        view = (-1, 1, 1) if isinstance(m, nn.BatchNorm2d) else (-1,)
-        factor = scale.abs().view(*view)
-        return m, (lambda r: r * factor), False
-    if isinstance(m, nn.AvgPool2d | nn.AdaptiveAvgPool2d):
-        return m, m, True
-    return m, m, False  # Flatten, Identity, Dropout (eval): coordinate maps
-
-
 def trace_network(model: nn.Module, example: torch.Tensor) -> Network:
-    """The float64, eval-mode graph of ``model`` (:class:`Network`), checked op by op;
-    ``example`` (1 x C x H x W) fixes the shapes. An unsupported layer is a one-line
-    :class:`EpslError` naming it."""
-    net = copy.deepcopy(model).cpu().double().eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    try:
-        graph = _Tracer().trace(net)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure is one line
-        raise EpslError(f"certify cannot trace the model ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}); it needs a network "
-                        "without data-dependent control flow") from None
-    modules = dict(net.named_modules())
-    ops: list[Op] = []
-    index: dict[fx.Node, int] = {}
-    output: int | None = None
-
-    def node_inputs(node: fx.Node) -> list[fx.Node]:
-        return [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)]
-
-    def constant(value: Any) -> Any:
-        if isinstance(value, fx.Node):
-            if value.op != "get_attr":
-                raise _refuse(f"{value.name} used as a constant")
-            obj: Any = net
-            for part in str(value.target).split("."):
-                obj = getattr(obj, part)
-            return obj
-        return value
-
-    for node in graph.nodes:
-        label = f"{node.name} ({node.target})" if node.op != "placeholder" else node.name
-        if node.op == "placeholder":
-            if ops:
-                raise _refuse("a model with more than one input")
-            index[node] = len(ops)
-            ops.append(Op(node.name, "input", []))
-            continue
-        if node.op == "get_attr":
-            continue
-        if node.op == "output":
-            (result,) = node_inputs(node)
-            output = index[result]
-            continue
-        parents = [p for p in node_inputs(node) if p.op != "get_attr"]
-        try:
-            inputs = [index[p] for p in parents]
-        except KeyError:
-            raise _refuse(label) from None
-        op: Op
-        if node.op == "call_module":
-            m = modules[str(node.target)]
-            name = f"{node.target} ({type(m).__name__})"
-            if isinstance(m, nn.ReLU):
-                op = Op(name, "relu", inputs)
-            elif isinstance(m, nn.MaxPool2d):
-                if _pair(m.padding) != 0 or _pair(m.dilation) != 1 or m.ceil_mode:
-                    raise _refuse(f"{name} with padding, dilation or ceil_mode")
-                k = _pair(m.kernel_size)
-                op = Op(name, "maxpool", inputs, pool=(k, _pair(m.stride or k)))
-            elif isinstance(m, AFFINE_MODULES):
-                fn, abs_fn, mixing = _affine_module(m, name)
-                op = Op(name, "affine", inputs, fn=fn, abs_linear=abs_fn, mixing=mixing)
-            else:
-                raise _refuse(name)
-        elif node.op == "call_function":
-            target = node.target
-            is_add = target in (operator.add, torch.add)
-            rest = [] if is_add else [constant(a) for a in node.args[1:]]
-            kwargs = {} if is_add else {k: constant(v) for k, v in node.kwargs.items()}
-            if target in (F.relu, torch.relu):
-                op = Op(label, "relu", inputs)
-            elif target is F.max_pool2d:
-                names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
-                given = dict(zip(names, rest, strict=False)) | kwargs
-                k = _pair(given["kernel_size"])
-                stride = _pair(given.get("stride") or k)
-                if (_pair(given.get("padding", 0)) != 0 or _pair(given.get("dilation", 1)) != 1
-                        or given.get("ceil_mode", False) or given.get("return_indices", False)):
-                    raise _refuse(f"{label}: a max pool with padding, dilation or ceil_mode")
-                op = Op(label, "maxpool", inputs, pool=(k, stride))
-            elif is_add and len(inputs) == 2 and not node.kwargs:
-                op = Op(label, "add", inputs)
-            elif is_add and len(inputs) == 1 and not node.kwargs:
-                other = [constant(a) for a in node.args if not (isinstance(a, fx.Node)
-                                                                and a in parents)]
-                (c,) = other
-                op = Op(label, "affine", inputs, fn=lambda t, c=c: t + c,
-                        abs_linear=lambda r: r, mixing=False)
-            elif target in (torch.flatten, F.avg_pool2d, F.adaptive_avg_pool2d) \
-                    and len(inputs) == 1 and isinstance(node.args[0], fx.Node):
-                def fn(t: torch.Tensor, f: Any = target, a: list = rest,
-                       kw: dict = kwargs) -> torch.Tensor:
-                    return f(t, *a, **kw)
-                op = Op(label, "affine", inputs, fn=fn, abs_linear=fn,
-                        mixing=target is not torch.flatten)
-            else:
-                raise _refuse(label)
-        elif node.op == "call_method":
-            method = str(node.target)
-            rest = [constant(a) for a in node.args[1:]]
-            if method == "relu":
-                op = Op(label, "relu", inputs)
-            elif method in ("flatten", "view", "reshape", "contiguous") and len(inputs) == 1:
-                if method in ("view", "reshape"):
-                    shape = rest[0] if len(rest) == 1 and isinstance(rest[0], Sequence) else rest
-                    if not shape or int(shape[0]) not in (-1,) and len(shape) < 2:
-                        raise _refuse(f"{label}: a reshape that moves the batch dimension")
-
-                    def fn(t: torch.Tensor, s: Sequence = tuple(shape)) -> torch.Tensor:
-                        return t.reshape(len(t), *[int(d) for d in s[1:]])
-                else:
-                    def fn(t: torch.Tensor, m: str = method, a: list = rest) -> torch.Tensor:
-                        return getattr(t, m)(*a)
-                op = Op(label, "affine", inputs, fn=fn, abs_linear=fn, mixing=False)
-            else:
-                raise _refuse(label)
-        else:
-            raise _refuse(label)
-        if op.kind in ("affine", "relu", "maxpool") and len(op.inputs) != 1:
-            raise _refuse(f"{label} with {len(op.inputs)} tensor inputs")
-        index[node] = len(ops)
-        ops.append(op)
-    if output is None:
-        raise _refuse("a model without an output")
-    network = Network(ops[: output + 1])
+    """The float64, eval-mode graph of ``model`` (:class:`Network`), checked op by op
+    (:func:`epsl.bounds.trace.trace_ops`); ``example`` (1 x C x H x W) fixes the shapes. An
+    unsupported layer is a one-line :class:`EpslError` naming it."""
+    network = Network(trace_ops(model))
     network.set_shapes(example.detach().cpu().double())
     return network
 
@@ -440,7 +240,7 @@ class Network:
         valid = torch.arange(width, device=need.device)[None] < counts[:, None]
         new_lo = torch.full((n, size), float("-inf"), dtype=lower.dtype, device=lower.device)
         new_hi = torch.full((n, size), float("inf"), dtype=lower.dtype, device=lower.device)
-        jacobian = self._jacobian(i)
+        jacobian = self.jacobian(i)
         for start in range(0, width, rows):
             idx = order[:, start:start + rows]  # N x r
             r = idx.shape[1]
@@ -461,8 +261,7 @@ class Network:
             new_hi.scatter_(1, idx, torch.where(ok, -out[:, r:], new_hi.gather(1, idx)))
         return new_lo.view(n, *shape), new_hi.view(n, *shape)
 
-
-    def _jacobian(self, i: int) -> torch.Tensor | None:
+    def jacobian(self, i: int) -> torch.Tensor | None:
         """The dense Jacobian (out x in) of affine op ``i``, cached; None for other ops or
         where it would exceed :data:`JACOBIAN_FLOATS`."""
         op = self.ops[i]
