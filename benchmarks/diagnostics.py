@@ -233,11 +233,11 @@ def table1(checkpoints: list[str], eps: list[float]) -> list[dict[str, Any]]:
     accuracy after the Eq. 3 step itself, without and with clipping to the [0, 1] box."""
     from epsl.attacks import fgsm
     from epsl.diagnostics import diagnose, predicted_accuracy
-    from epsl.runs.context import prepare
+    from epsl.runs.context import DataConfig, prepare
 
     rows = []
     for path in checkpoints:
-        ev = prepare(path, device="cpu")
+        ev = prepare(DataConfig(str(path), device="cpu"))
         x, y = ev.data.x, ev.data.y
         diag = diagnose(ev.model, x, y)
         defense = (ev.meta.get("train_config") or {}).get("defense", {})

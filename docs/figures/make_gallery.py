@@ -25,8 +25,8 @@ def compute() -> None:
     import torch
 
     from epsl.attacks import sweep
-    from epsl.runs.context import prepare, provenance
     from epsl.results.records import Result
+    from epsl.runs.context import DataConfig, prepare, provenance
 
     for name in ACTIVATION_MODELS:
         folder, ckpt = CMP / name, ROOT / f"{name}.safetensors"
@@ -44,7 +44,7 @@ def compute() -> None:
         target = CMP / name / "sweep"
         if (target / "attack.csv").is_file():
             continue
-        ev = prepare(ROOT / f"{name}.safetensors", dataset="digits", device="cpu")
+        ev = prepare(DataConfig(str(ROOT / f"{name}.safetensors"), dataset="digits", device="cpu"))
         torch.manual_seed(0)
         plan = {"steps": [1, 5, 10, 20, 40, 100], "restarts": [2, 5, 10], "eps": EPS}
         steps = sweep(ev.model, ev.data.x, ev.data.y, attack="pgd", eps=[EPS],

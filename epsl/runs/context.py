@@ -72,13 +72,8 @@ class DataConfig:
         return replace(self, checkpoint=str(checkpoint))
 
     def prepare(self) -> Evaluation:
-        if self.checkpoint is None:
-            raise EpslError("DataConfig.checkpoint is not set: which checkpoint to evaluate?")
-        return prepare(self.checkpoint, dataset=self.dataset, data=self.data, split=self.split,
-                       limit=self.limit, sample=self.sample, sample_seed=self.sample_seed,
-                       arch=self.arch, model=self.model,
-                       data_root=self.data_root, download=self.download,
-                       model_dir=self.model_dir, device=self.device)
+        """:func:`prepare` of this config."""
+        return prepare(self)
 
 
 def load_model(checkpoint: Path | str, *, arch: str | None = None, model: str | None = None,
@@ -92,37 +87,34 @@ def load_model(checkpoint: Path | str, *, arch: str | None = None, model: str | 
     return net, meta, dev
 
 
-def prepare(checkpoint: Path | str, *, dataset: str | None = None, data: Path | str | None = None,
-            split: str = "test", limit: int | None = None, sample: int | None = None,
-            sample_seed: int = 0, arch: str | None = None,
-            model: str | None = None, data_root: Path | str | None = None,
-            download: bool = False, model_dir: Path | str | None = None,
-            device: str | torch.device = "auto") -> Evaluation:
-    """Load ``checkpoint`` and the first ``limit`` examples of ``split`` (or a seeded
-    ``sample`` of them: :func:`epsl.data.load_split`).
+def prepare(config: DataConfig) -> Evaluation:
+    """Load ``config.checkpoint`` and the first ``config.limit`` examples of ``config.split``
+    (or a seeded ``config.sample`` of them: :func:`epsl.data.load_split`).
 
-    ``dataset`` defaults to the checkpoint's own. Image files are decoded as the model's
+    The dataset defaults to the checkpoint's own. Image files are decoded as the model's
     metadata asks (:func:`epsl.data.preprocessing_for`), which is why the model loads first.
     The input shape and class count are checked against the checkpoint, and one forward pass
-    proves the model accepts the data.
+    on a probe proves the model accepts the data (:func:`check_fits`).
     """
-    check_selection(limit, sample, sample_seed)
-    net, meta, dev = load_model(checkpoint, arch=arch, model=model, dataset=dataset,
-                                model_dir=model_dir, device=device)
+    checkpoint, dataset, data = config.checkpoint, config.dataset, config.data
+    if checkpoint is None:
+        raise EpslError("DataConfig.checkpoint is not set: which checkpoint to evaluate?")
+    net, meta, dev = load_model(checkpoint, arch=config.arch, model=config.model,
+                                dataset=dataset, model_dir=config.model_dir,
+                                device=config.device)
     name = dataset or meta.get("dataset") or "digits"
     trained_on = meta.get("dataset")
     if data is None and dataset and trained_on and dataset != trained_on:
         warnings.warn(f"{checkpoint} was trained on {trained_on}, not {dataset}: its numbers on "
                       f"{dataset} say little about its robustness; pass dataset={trained_on} "
                       "unless this is what you want", stacklevel=2)
-    examples = load_split(name, split, data=data, data_root=data_root, download=download,
-                          limit=limit, sample=sample, sample_seed=sample_seed,
-                          preprocessing=preprocessing_for(meta))
+    examples = load_split(name, config.split, data=data, data_root=config.data_root,
+                          download=config.download, limit=config.limit, sample=config.sample,
+                          sample_seed=config.sample_seed, preprocessing=preprocessing_for(meta))
     if len(examples) == 0:
         raise EpslError("the data set is empty")
     probe = check_fits(net, meta, examples, checkpoint, dev)
-    return Evaluation(net, meta, examples, dev, str(checkpoint),
-                      None if model_dir is None else str(model_dir), probe)
+    return Evaluation(net, meta, examples, dev, str(checkpoint), config.model_dir, probe)
 
 
 def load_source(source: Path | str | None, ev: Evaluation, *, arch: str | None = None,
