@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import epsl.attacks.audit
-from epsl.attacks.audit import WARNING_DOCS, AuditConfig, _checks, audit
+from epsl.attacks.audit import WARNING_DOCS, AuditConfig, audit, masking_checks
 from epsl.errors import EpslError
 from tests.conftest import quick_train
 
@@ -152,7 +152,8 @@ def test_thresholds_follow_the_papers_tables():
     table = pd.DataFrame({"index": range(n)})
 
     def check(rows):
-        return {w.code for w in _checks(_accuracies(rows), table, n, quiet, 0.0, 0.0, config)}
+        return {w.code for w in masking_checks(_accuracies(rows), table, n, quiet, 0.0, 0.0,
+                                               config)}
 
     plateau = check([("clean", 0.9), ("pgd20-xent", 0.523), ("pgd1000-xent", 0.523),
                      ("pgd20-xent-restarts9", 0.4986)])

@@ -14,6 +14,10 @@ transfer attack, and reads them against each other:
   warnings read;
 - Eq. 4's prediction ``eps_L > eps`` (Table 1, "Equation 4") sits beside the attacks.
 
+The budgets (:class:`AuditConfig`) and the attacks in the order they run are
+:mod:`epsl.attacks.audit_plan`'s; here :func:`audit` runs them, adds the unbounded-eps check
+and Eq. 4, and :func:`masking_checks` reads the result for gradient masking.
+
 Example::
 
     >>> from epsl.attacks.audit import audit, AuditConfig
@@ -35,37 +39,30 @@ import pandas as pd
 import torch
 from torch import nn
 
-from epsl.attacks import (
-    ATTACK_NORMS,
-    AttackResult,
-    apgd,
-    default_step_size,
-    fgsm,
-    input_gradient,
-    pgd,
-    require_torchattacks,
-    score,
-    square,
-    transfer,
+from epsl.attacks.audit_plan import (
+    AuditConfig,
+    Step,
+    attack_plan,
+    check_dependencies,
+    ensemble_in,
+    fgsm_name,
+    run_ensemble,
+    settings_text,
 )
-from epsl.attacks.eps_star import (
-    MinimalConfig,
-    MinimalResult,
-    check_minimal_dependencies,
-    minimal_perturbation,
-)
+from epsl.attacks.library import ATTACK_NORMS
+from epsl.attacks.minimal_result import MinimalResult
+from epsl.attacks.projected_gradient import pgd
+from epsl.attacks.threat import AttackResult, default_step_size, input_gradient, score
 from epsl.device import model_device
 from epsl.diagnostics import diagnose
-from epsl.distributed import agree
-from epsl.errors import EpslError, check_progress, check_seed
+from epsl.errors import EpslError, check_progress
 from epsl.modes import eval_mode
 from epsl.norms import Norm, check_radius, max_radius, parse_norm
-from epsl.results.files import to_json
 from epsl.results.records import Provenance, Result
 from epsl.stats import accuracy_interval
 
 __all__ = ["WARNING_DOCS", "AuditConfig", "AuditResult", "AuditWarning", "Step", "audit",
-           "check_dependencies", "ensemble_in", "run_ensemble"]
+           "check_dependencies", "ensemble_in", "masking_checks", "run_ensemble"]
 
 # Where each warning's page is, as something a user can run wherever epsl is installed: the
 # pages ship as package data (epsl/warning_pages/<code>.md, read by epsl.explain).
@@ -77,104 +74,6 @@ WARNING_DOCS = {
     "unbounded": "epsl explain unbounded",
     "vanishing-gradients": "epsl explain vanishing-gradients",
 }
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    """How hard the audit attacks. eps is given to :func:`audit`; step sizes default to
-    ``2.5 * eps / steps``.
-
-    Attributes:
-        pgd_steps: steps of the paper-strength PGD (xent and CW), 40 as for Madry's MNIST.
-        step_size: step of that PGD (None: ``2.5 * eps / pgd_steps``).
-        cw_confidence: kappa of the CW loss (50 in Madry et al.'s code).
-        strong_steps: steps of the long PGD (Table 11 goes up to 1000).
-        strong_restarts: random restarts of PGD-k (Table 10 goes up to 9).
-        apgd_steps, apgd_restarts: APGD-CE and APGD-DLR budget.
-        square_queries, square_restarts, square_p_init: Square budget.
-        unbounded_eps, unbounded_steps: the Table 9 check (accuracy must reach 0); the radius
-            is a fraction of the whole box in the audit's norm (1: the whole box, which is
-            radius 1 in ℓ∞, √D in ℓ2 and D in ℓ1: :func:`epsl.norms.max_radius`).
-        minimal: the minimum-norm ensemble (Foolbox FMN + torchattacks FAB,
-            :class:`epsl.attacks.eps_star.MinimalConfig`, with its own seed and batch size) run as one
-            more white-box attack: an example whose ε* is at most eps is broken. None: skip.
-        skip_expensive: skip APGD, the minimum-norm ensemble and Square (they need
-            torchattacks and Foolbox and take longest).
-        survivors_only: run the expensive attacks only on examples still robust.
-        drop_tolerance, relative_drop_tolerance: warn when more steps / restarts / APGD break
-            more than ``drop_tolerance`` of all examples beyond the earlier attacks *and* more
-            than ``relative_drop_tolerance`` of the examples still robust before them (so Table
-            10's 52.3% -> 49.9% passes and Table 11's 49.7% -> 40.9% warns).
-        blackbox_tolerance: warn when Square or the transfer attack breaks more than this
-            fraction of examples that survived every white-box attack.
-        unbounded_tolerance: warn when the unbounded attack leaves more than this accuracy.
-        vanishing_tolerance: warn when more than this fraction of examples has an input
-            gradient of the cross-entropy that is exactly zero (l1 norm <= ``zero_grad_atol``).
-        seed: seeds every random start and torchattacks' APGD and Square (the ensemble's FAB
-            has its own ``minimal.seed``).
-        batch_size: examples per forward/backward pass (None: all at once).
-    """
-
-    pgd_steps: int = 40
-    step_size: float | None = None
-    cw_confidence: float = 50.0
-    strong_steps: int = 400
-    strong_restarts: int = 10
-    apgd_steps: int = 100
-    apgd_restarts: int = 1
-    square_queries: int = 1000
-    square_restarts: int = 1
-    square_p_init: float = 0.8
-    unbounded_eps: float = 1.0
-    unbounded_steps: int = 100
-    minimal: MinimalConfig | None = field(default_factory=MinimalConfig)
-    skip_expensive: bool = False
-    survivors_only: bool = True
-    drop_tolerance: float = 0.02
-    relative_drop_tolerance: float = 0.1
-    blackbox_tolerance: float = 0.01
-    unbounded_tolerance: float = 0.0
-    vanishing_tolerance: float = 0.0
-    zero_grad_atol: float = 0.0
-    seed: int = 0
-    batch_size: int | None = None
-
-    @classmethod
-    def quick(cls, **overrides: Any) -> AuditConfig:
-        """A cheaper audit (fewer steps, restarts and queries) for a first look and for tests."""
-        settings: dict[str, Any] = {"pgd_steps": 20, "strong_steps": 100, "strong_restarts": 3,
-                                    "apgd_steps": 50, "square_queries": 300,
-                                    "unbounded_steps": 50}
-        settings.update(overrides)
-        return cls(**settings)
-
-    def __post_init__(self) -> None:
-        counts = {"pgd_steps": self.pgd_steps, "strong_steps": self.strong_steps,
-                  "strong_restarts": self.strong_restarts, "apgd_steps": self.apgd_steps,
-                  "apgd_restarts": self.apgd_restarts, "square_queries": self.square_queries,
-                  "square_restarts": self.square_restarts,
-                  "unbounded_steps": self.unbounded_steps}
-        for name, value in counts.items():
-            if value < 1:
-                raise EpslError(f"{name} must be at least 1 (got {value})")
-        if self.strong_steps <= self.pgd_steps:
-            raise EpslError(f"strong_steps ({self.strong_steps}) must exceed pgd_steps "
-                            f"({self.pgd_steps}): the strong PGD is the paper's PGD with more "
-                            "steps and restarts")
-        if self.minimal is not None and not isinstance(self.minimal, MinimalConfig):
-            raise EpslError(f"minimal must be a MinimalConfig or None (got {self.minimal!r})")
-        if not 0 < self.unbounded_eps <= 1:
-            raise EpslError(f"unbounded_eps must be in (0, 1], a fraction of the whole box "
-                            f"(got {self.unbounded_eps})")
-        check_seed(self.seed)
-
-    def reuse_settings(self) -> dict[str, Any]:
-        """What decides whether an audit on disk can be reused: every budget and threshold
-        and the ensemble's own (not the batch size, which changes no number)."""
-        plain = {k: v for k, v in dataclasses.asdict(self).items()
-                 if k not in ("batch_size", "minimal")}
-        return {**plain, "minimal": None if self.minimal is None
-                else self.minimal.reuse_settings()}
 
 
 @dataclass(frozen=True)
@@ -255,202 +154,6 @@ class AuditResult:
         return self.record(provenance).save(out, overwrite=overwrite)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Step:
-    """One attack of the audit's plan: its name and kind, the settings it records, and how it
-    runs on the examples of given indices. ``expensive`` steps are dropped by
-    ``skip_expensive``; ``survivors`` steps run only on the examples still robust (with
-    ``survivors_only``), as in AutoAttack."""
-
-    name: str
-    kind: str  # "white-box" or "black-box"
-    settings: dict[str, Any]
-    run: Callable[[torch.Tensor], AttackResult]
-    expensive: bool = False
-    survivors: bool = False
-
-
-def _min_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-              config: MinimalConfig, found: MinimalResult | None,
-              batch_size: int | None) -> AttackResult:
-    """The minimum-norm ensemble as an attack at ``eps``: the verified point where ε* ≤ eps,
-    else x (``found``: ε* already computed on exactly these examples)."""
-    if found is None:
-        found = minimal_perturbation(model, x, y, config=config)
-    broken = (found.eps_star <= eps).to(x.device)[:, None, None, None]
-    x_adv = torch.where(broken, found.x_adv.to(x.device), x)
-    with eval_mode(model):
-        return score(model, x_adv, y, batch_size=batch_size)
-
-
-def _plan(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-          source: nn.Module | None, config: AuditConfig,
-          minimal: MinimalResult | None = None, norm: Norm = Norm.LINF) -> list[Step]:
-    """The audit's attacks in ``norm``, in the order they run (``broken_by`` names the first
-    that breaks an example). FGSM is FGM outside ℓ∞ (its name says so); the attacks that do
-    not run in ``norm`` (APGD and Square in ℓ1, :data:`epsl.attacks.ATTACK_NORMS`) are left
-    out, and :func:`audit` notes it."""
-    k = config.pgd_steps
-    step = config.step_size or default_step_size(eps, k)
-    in_norm = {} if norm is Norm.LINF else {"norm": norm.value}
-    common = {"seed": config.seed, "batch_size": config.batch_size, **in_norm}
-    pgd_k = {"eps": eps, "steps": k, "step_size": step, "restarts": 1, **common}
-    strong = {**pgd_k, "steps": config.strong_steps,
-              "step_size": default_step_size(eps, config.strong_steps)}
-    restarts = {**pgd_k, "restarts": config.strong_restarts}
-    apgd_set = {"eps": eps, "steps": config.apgd_steps, "restarts": config.apgd_restarts,
-                **common}
-    square_set = {"eps": eps, "steps": config.square_queries,
-                  "restarts": config.square_restarts, "p_init": config.square_p_init,
-                  **common}
-    cw = {"loss": "cw", "cw_confidence": config.cw_confidence}
-
-    def on(fn: Callable[..., AttackResult], **kw: Any) -> Callable[[torch.Tensor], AttackResult]:
-        return lambda idx: fn(model, x[idx], y[idx], **kw)
-
-    def white(name: str, settings: dict[str, Any], run: Callable[[torch.Tensor], AttackResult],
-              **flags: bool) -> Step:
-        return Step(name=name, kind="white-box", settings=settings, run=run, **flags)
-
-    plan = [
-        white(_fgsm_name(norm), {"eps": eps, **in_norm},
-              on(fgsm, eps=eps, batch_size=config.batch_size, **in_norm)),
-        white(f"pgd{k}-xent", pgd_k, on(pgd, **pgd_k)),
-        white(f"pgd{k}-cw", {**pgd_k, **cw}, on(pgd, **pgd_k, **cw)),
-        white(f"pgd{config.strong_steps}-xent", strong, on(pgd, **strong), survivors=True),
-        white(f"pgd{k}-xent-restarts{config.strong_restarts}", restarts, on(pgd, **restarts),
-              survivors=True),
-        white("apgd-ce", apgd_set, on(apgd, **apgd_set), expensive=True, survivors=True),
-        white("apgd-dlr", {**apgd_set, "loss": "dlr"}, on(apgd, **apgd_set, loss="dlr"),
-              expensive=True, survivors=True),
-    ]
-    ensemble = config.minimal
-    if ensemble is not None:
-        def min_norm(idx: torch.Tensor) -> AttackResult:
-            found = None if minimal is None else minimal.subset(idx.cpu())
-            return _min_norm(model, x[idx], y[idx], eps, ensemble, found, config.batch_size)
-
-        plan.append(white("min-norm", {"eps": eps, **ensemble.reuse_settings()}, min_norm,
-                          expensive=True, survivors=True))
-    if source is not None:
-        plan.append(Step(name="transfer", kind="black-box", settings=pgd_k,
-                         run=lambda idx: transfer(source, model, x[idx], y[idx], attack="pgd",
-                                                  **pgd_k)))
-    plan.append(Step(name="square", kind="black-box", settings=square_set,
-                     run=on(square, **square_set), expensive=True, survivors=True))
-    unsupported = {"apgd-ce": "apgd", "apgd-dlr": "apgd-dlr", "square": "square"}
-    return [a for a in plan if norm.value in ATTACK_NORMS.get(unsupported.get(a.name, ""),
-                                                               (norm.value,))]
-
-
-def _fgsm_name(norm: Norm) -> str:
-    """The one-step attack's row: FGSM in ℓ∞, FGM (the normalised-gradient step) otherwise."""
-    return "fgsm" if norm is Norm.LINF else "fgm"
-
-
-def ensemble_in(minimal: MinimalConfig | None, norm: str | Norm) -> MinimalConfig | None:
-    """The minimum-norm ensemble ``minimal`` in ``norm``: itself when it runs there already; the
-    default ensemble of ``norm`` (same seed and batch size) when ``minimal`` is the default ℓ∞
-    one; any other ensemble of another norm is a one-line :class:`EpslError`, so an ℓ∞ ε* never
-    stands in an ℓ2 audit."""
-    p = parse_norm(norm)
-    if minimal is None or minimal.norm == p.value:
-        return minimal
-    plain = dataclasses.replace(minimal, attacks=None, seed=0, batch_size=None, fab_targets=None)
-    if plain == MinimalConfig(batch_size=None):  # the default, perhaps with FAB's targets
-        return MinimalConfig(norm=p.value, seed=minimal.seed, batch_size=minimal.batch_size,
-                             fab_targets=minimal.fab_targets)
-    raise EpslError(f"minimal runs in {minimal.norm} but norm={p.value}: give "
-                    f"MinimalConfig(norm={p.value!r}, ...)")
-
-
-def check_dependencies(config: AuditConfig) -> None:
-    """Fail in one line, before any work, when an attack the audit will run cannot be imported
-    (APGD, FAB and Square come from torchattacks, FMN from Foolbox, unless
-    ``skip_expensive``)."""
-    if not config.skip_expensive:
-        require_torchattacks()
-        if config.minimal is not None:
-            check_minimal_dependencies(config.minimal)
-
-
-def _input_grad_l1(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                   batch_size: int | None) -> torch.Tensor:
-    """||grad_x xent(f(x), y)||_1 per example (N), at the clean inputs."""
-    size = batch_size or len(y)
-    with eval_mode(model):
-        norms = [input_gradient(model, x[start:start + size], y[start:start + size]).grad
-                 .abs().flatten(1).sum(1) for start in range(0, len(y), size)]
-    return torch.cat(norms)
-
-
-def _eq4(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-         norm: Norm = Norm.LINF) -> tuple[torch.Tensor | None, str]:
-    try:
-        return diagnose(model, x, y, norm=norm).eps_l.to(torch.float32), ""
-    except (EpslError, RuntimeError) as exc:
-        return None, f"Eq. 4 prediction skipped: {str(exc).splitlines()[0]}"
-
-
-def _settings_text(settings: dict[str, Any]) -> str:
-    return to_json({k: v for k, v in settings.items()
-                    if k != "batch_size"}).strip().replace("\n", "")
-
-
-@dataclass
-class _Ensemble:
-    """What the plan's attacks found: a column per attack (NA where it did not run), the
-    per-attack rows of :attr:`AuditResult.accuracies`, who broke each example first, and the
-    examples robust after all attacks and after the white-box ones."""
-
-    columns: dict[str, Any]
-    rows: list[dict[str, Any]]
-    broken_by: list[str]
-    robust: torch.Tensor
-    white_robust: torch.Tensor
-
-
-def run_ensemble(plan: list[Step], correct: torch.Tensor, *, survivors_only: bool = True,
-                 progress: Callable[[int], None] | None = None) -> _Ensemble:
-    """Run ``plan`` in order, AutoAttack-style: an example is robust only while it survives
-    every attack; a ``survivors`` step runs only on the examples still robust. ``correct``:
-    (N,) bool, the clean predictions; ``progress`` is advanced by one per attack."""
-    n = len(correct)
-    robust = correct.clone()
-    broken_by = ["" if ok else "clean" for ok in correct.tolist()]
-    columns: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
-    white_robust = robust.clone()
-    for attack in plan:
-        alive = agree(robust.nonzero().squeeze(1))  # one decision for every process
-        on_survivors = attack.survivors and survivors_only
-        idx = alive if on_survivors else torch.arange(n, device=correct.device)
-        column = pd.array([pd.NA] * n, dtype="boolean")
-        start = time.perf_counter()
-        if idx.numel():
-            result = attack.run(idx)
-            survived = result.correct.to(correct.device)
-            column[idx.cpu().numpy()] = survived.cpu().numpy()
-            newly = idx[robust[idx] & ~survived]
-            for i in newly.tolist():
-                broken_by[i] = attack.name
-            robust[newly] = False
-            accuracy = result.accuracy if idx.numel() == n else None
-        else:
-            newly, accuracy = idx, (None if on_survivors else 1.0)
-        columns[attack.name] = column
-        rows.append({"attack": attack.name, "kind": attack.kind, "examples": int(idx.numel()),
-                     "accuracy": accuracy, "robust_after": robust.float().mean().item(),
-                     "new_breaks": newly.numel() / n,
-                     "seconds": round(time.perf_counter() - start, 3),
-                     "settings": _settings_text(attack.settings)})
-        if attack.kind == "white-box":
-            white_robust = robust.clone()
-        if progress is not None:
-            progress(1)
-    return _Ensemble(columns, rows, broken_by, robust, white_robust)
-
-
 def _check_audit_inputs(x: torch.Tensor, y: torch.Tensor, eps: float, norm: Norm,
                         minimal: MinimalResult | None) -> None:
     check_radius(norm, eps, dim=x[0].numel() if len(x) else None)
@@ -481,7 +184,7 @@ def _unbounded(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     row = {"attack": f"unbounded-eps{radius:g}", "kind": "sanity",
            "examples": len(y), "accuracy": result.accuracy, "robust_after": None,
            "new_breaks": None, "seconds": round(time.perf_counter() - start, 3),
-           "settings": _settings_text(settings)}
+           "settings": settings_text(settings)}
     return result, row
 
 
@@ -495,10 +198,11 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     loss; PGD with many more steps (Table 11) and with restarts (Table 10); APGD-CE and
     APGD-DLR; the minimum-norm ensemble; a transfer attack from ``source`` (e.g. a naturally
     trained model, Tables 4 and 8); the gradient-free Square attack (:func:`run_ensemble` on
-    :func:`_plan`); the unbounded-eps check (Table 9) and Eq. 4's prediction ``eps_L > eps``.
-    Then checks, in AutoAttack's style: more steps or restarts (or APGD) break many more
-    examples; a black-box attack breaks examples every white-box attack missed; unbounded eps
-    leaves accuracy above 0; input gradients vanish.
+    :func:`~epsl.attacks.audit_plan.attack_plan`); the unbounded-eps check (Table 9) and Eq. 4's
+    prediction ``eps_L > eps``. Then checks (:func:`masking_checks`), in AutoAttack's style:
+    more steps or restarts (or APGD) break many more examples; a black-box attack breaks
+    examples every white-box attack missed; unbounded eps leaves accuracy above 0; input
+    gradients vanish.
 
     Args:
         model: classifier on N x C x H x W pixels in [0, 1] returning logits.
@@ -525,7 +229,7 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     n = len(y)
     with eval_mode(model):
         clean = score(model, x, y, batch_size=config.batch_size)
-    plan = [a for a in _plan(model, x, y, eps, source, config, minimal, p)
+    plan = [a for a in attack_plan(model, x, y, eps, source, config, minimal, p)
             if not (a.expensive and config.skip_expensive)]
     found = run_ensemble(plan, clean.correct, survivors_only=config.survivors_only,
                          progress=progress)
@@ -552,9 +256,9 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                  "robust_after": clean.accuracy, "new_breaks": 1 - clean.accuracy,
                  "seconds": 0.0, "settings": "{}"}
     accuracies = pd.DataFrame([clean_row, *found.rows, unbounded_row])
-    warnings = _checks(accuracies, table, n, found.white_robust, zero_grad, unbounded.accuracy,
-                       config)
-    paper = [f"pgd{config.pgd_steps}-xent", f"pgd{config.pgd_steps}-cw", _fgsm_name(p)]
+    warnings = masking_checks(accuracies, table, n, found.white_robust, zero_grad,
+                              unbounded.accuracy, config)
+    paper = [f"pgd{config.pgd_steps}-xent", f"pgd{config.pgd_steps}-cw", fgsm_name(p)]
     summary = {"clean_accuracy": clean.accuracy,
                "paper_attacks_accuracy": float(table[paper].all(axis=1).mean()),
                "unbounded_accuracy": unbounded.accuracy, "zero_gradient_fraction": zero_grad,
@@ -595,9 +299,25 @@ def _warning(code: str, message: str) -> AuditWarning:
     return AuditWarning(code, message, WARNING_DOCS[code])
 
 
-def _checks(accuracies: pd.DataFrame, table: pd.DataFrame, n: int, white_robust: torch.Tensor,
-            zero_grad: float, unbounded_accuracy: float,
-            config: AuditConfig) -> list[AuditWarning]:
+def masking_checks(accuracies: pd.DataFrame, table: pd.DataFrame, n: int,
+                   white_robust: torch.Tensor, zero_grad: float, unbounded_accuracy: float,
+                   config: AuditConfig) -> list[AuditWarning]:
+    """The checks for gradient masking, in AutoAttack's style; the warnings of those that fail.
+
+    Args:
+        accuracies: one row per attack in the order run (``attack``, ``new_breaks``,
+            ``robust_after``), as :attr:`AuditResult.accuracies`.
+        table: one row per example, with a column per attack (:attr:`AuditResult.table`).
+        n: the number of examples.
+        white_robust: (N,) bool, robust after every white-box attack.
+        zero_grad: the fraction of examples whose input gradient is zero.
+        unbounded_accuracy: the accuracy the unbounded-eps PGD leaves (Table 9).
+        config: the tolerances (:class:`AuditConfig`).
+
+    Warns when more steps, restarts, or APGD and the minimum-norm attacks break more examples
+    than both tolerances allow; when the transfer or Square attack breaks examples every
+    white-box attack missed; when the unbounded attack leaves accuracy; when gradients vanish.
+    """
     found: list[AuditWarning] = []
     new = dict(zip(accuracies["attack"], accuracies["new_breaks"], strict=True))
     before = dict(zip(accuracies["attack"],
@@ -657,3 +377,22 @@ def _checks(accuracies: pd.DataFrame, table: pd.DataFrame, n: int, white_robust:
             f"returns logits (not probabilities) and has no rounding or saturating layers; "
             f"rely on Square and transfer attacks."))
     return found
+
+
+def _input_grad_l1(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   batch_size: int | None) -> torch.Tensor:
+    """||grad_x xent(f(x), y)||_1 per example (N), at the clean inputs."""
+    size = batch_size or len(y)
+    with eval_mode(model):
+        norms = [input_gradient(model, x[start:start + size], y[start:start + size]).grad
+                 .abs().flatten(1).sum(1) for start in range(0, len(y), size)]
+    return torch.cat(norms)
+
+
+def _eq4(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+         norm: Norm = Norm.LINF) -> tuple[torch.Tensor | None, str]:
+    try:
+        return diagnose(model, x, y, norm=norm).eps_l.to(torch.float32), ""
+    except (EpslError, RuntimeError) as exc:
+        return None, f"Eq. 4 prediction skipped: {str(exc).splitlines()[0]}"
+

@@ -33,7 +33,8 @@ counts only if the model misclassifies it; ε* is then ``||x_adv - x||_p`` of th
 already misclassified has ε* = 0 (attack ``clean``); one that no attack flips within the box has
 ε* = +inf (attack ``""``). ε* is therefore an upper bound of the true minimal perturbation,
 and the robust accuracy ``acc(ε) = share(ε* > ε)`` it gives at every ε at once is an upper
-bound of the true robust accuracy.
+bound of the true robust accuracy. The result, :class:`MinimalResult` with its tensors file,
+is defined in :mod:`epsl.attacks.minimal_result` and importable from here.
 
 Example::
 
@@ -45,37 +46,33 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from epsl.attacks import batch_slices, check_attack_inputs, project, require_torchattacks, sign_steps
+from epsl.attacks.library import require_torchattacks
+from epsl.attacks.minimal_result import MinimalResult
+from epsl.attacks.projected_gradient import sign_steps
+from epsl.attacks.threat import batch_slices, check_attack_inputs, project
 from epsl.distributed import agree, shard_map
 from epsl.errors import EpslError, check_seed
 from epsl.modes import eval_mode
 from epsl.norms import Norm, distance, max_radius, parse_norm
 from epsl.registry import Registry
-from epsl.results.files import atomic_path
 
 __all__ = ["DEFAULT_ATTACKS", "MINIMAL_ATTACKS", "MinimalAttackSpec", "MinimalConfig",
            "MinimalResult", "minimal_perturbation", "check_minimal_dependencies",
            "require_foolbox", "verify"]
 
 Progress = Callable[[int], None]
-TENSORS_FILE = "minimal.safetensors"
 
 
 #: The ensemble run when ``MinimalConfig.attacks`` is not given, per norm (docs/calibration.md).
@@ -185,118 +182,6 @@ class MinimalConfig:
             drop.add("fab_targets")
         return {k: (list(v) if isinstance(v, tuple) else v)
                 for k, v in dataclasses.asdict(self).items() if k not in drop}
-
-
-@dataclass(frozen=True)
-class MinimalResult:
-    """Per-example minimal perturbations of N examples.
-
-    Attributes:
-        x_adv: N x C x H x W, the smallest verified adversarial point (x where none was found,
-            and for examples misclassified at x).
-        eps_star: (N,) float64, ``||x_adv - x||_p`` in ``norm``; 0 if misclassified at x, +inf
-            if no attack flips it inside [0, 1]^d.
-        attack: the attack that found ``eps_star`` per example (``clean``, ``""`` for none).
-        pred: (N,) the model's prediction at ``x_adv`` (verified: != label where ε* is finite).
-        label: (N,) true class.
-        per_attack: each attack's own verified ε per example (+inf where it failed), N each.
-        seconds: wall time per attack.
-        norm: the norm ε* is measured in (``linf``, ``l2``, ``l1``).
-    """
-
-    x_adv: torch.Tensor
-    eps_star: torch.Tensor
-    attack: tuple[str, ...]
-    pred: torch.Tensor
-    label: torch.Tensor
-    per_attack: dict[str, torch.Tensor] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-    norm: str = "linf"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "norm", parse_norm(self.norm).value)
-
-    def __len__(self) -> int:
-        return int(self.eps_star.shape[0])
-
-    def accuracy(self, eps: float) -> float:
-        """Robust accuracy at ``eps`` by ε*: the share of examples with ε* > eps (an upper bound
-        of the true robust accuracy)."""
-        return float((self.eps_star > eps).double().mean()) if len(self) else float("nan")
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row per example: ``index, label, eps_star, eps_star_attack, pred_adv`` and
-        ``eps_<attack>`` for each attack of the ensemble."""
-        frame = pd.DataFrame({
-            "index": np.arange(len(self)),
-            "label": self.label.cpu().numpy(),
-            "eps_star": self.eps_star.cpu().numpy().astype(np.float64),
-            "eps_star_attack": list(self.attack),
-            "pred_adv": self.pred.cpu().numpy(),
-        })
-        for name, values in self.per_attack.items():
-            frame[f"eps_{name.replace('-', '_')}"] = values.cpu().numpy().astype(np.float64)
-        return frame
-
-    def save_tensors(self, folder: Path | str) -> Path:
-        """Write ``minimal.safetensors`` (the verified points and ε* per example, exact) into
-        ``folder`` atomically, so that a later audit can re-score the points; the table and
-        record are :mod:`epsl.results.records`'s. The metadata names the norm (files written before
-        other norms existed have none and are ℓ∞)."""
-        tensors = {"x_adv": self.x_adv, "eps_star": self.eps_star, "pred": self.pred,
-                   "label": self.label,
-                   **{f"per_attack.{k}": v for k, v in self.per_attack.items()}}
-        path = Path(folder) / TENSORS_FILE
-        with atomic_path(path) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                      metadata={"format": "epsl.attacks.eps_star/1", "attack": json.dumps(self.attack),
-                                "norm": self.norm})
-        return path
-
-    @classmethod
-    def load(cls, folder: Path | str) -> MinimalResult:
-        """Read what :meth:`save_tensors` wrote (bit for bit); one-line error when it is
-        missing or incomplete."""
-        path = Path(folder) / TENSORS_FILE
-        if not path.is_file():
-            raise EpslError(f"{path}: no such file (recompute eps*)")
-        try:
-            tensors = load_file(str(path))
-            with safe_open_metadata(path) as metadata:
-                attack = tuple(json.loads(metadata["attack"]))
-                norm = metadata.get("norm", Norm.LINF.value)
-            per_attack = {k.removeprefix("per_attack."): v for k, v in tensors.items()
-                          if k.startswith("per_attack.")}
-            return cls(tensors["x_adv"], tensors["eps_star"], attack, tensors["pred"],
-                       tensors["label"], per_attack, norm=norm)
-        except (KeyError, ValueError, OSError, RuntimeError, EpslError) as exc:
-            raise EpslError(f"{path}: unreadable eps* tensors ({str(exc).splitlines()[0]}); "
-                            "recompute eps*") from None
-
-    def subset(self, idx: torch.Tensor | slice) -> MinimalResult:
-        """The examples ``idx`` (a 1-D tensor of indices or a slice) of this result."""
-        if isinstance(idx, torch.Tensor):
-            if idx.ndim != 1:
-                raise EpslError(f"subset takes a 1-D index or a slice (got shape "
-                                f"{tuple(idx.shape)})")
-            idx = idx.cpu()
-        where = (lambda t: t[idx.to(t.device)]) if isinstance(idx, torch.Tensor) \
-            else (lambda t: t[idx])
-        names = np.asarray(self.attack, dtype=object)
-        attack = tuple(names[idx.numpy() if isinstance(idx, torch.Tensor) else idx]) \
-            if len(names) else ()
-        return MinimalResult(where(self.x_adv), where(self.eps_star), attack,
-                             where(self.pred), where(self.label),
-                             {k: where(v) for k, v in self.per_attack.items()}, norm=self.norm)
-
-
-@contextlib.contextmanager
-def safe_open_metadata(path: Path) -> Iterator[dict[str, str]]:
-    """The string metadata of a safetensors file."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        yield handle.metadata() or {}
 
 
 # --------------------------------------------------------------------------- verification
