@@ -211,7 +211,7 @@ def test_compare_drops_a_switched_off_result_of_other_weights(digits_checkpoint,
     """A comparison that does not audit (or find ε*) must not show an audit an earlier run left
     for other weights at the same path; one made from these weights stays."""
     from epsl.results.records import Result, record_path
-    from epsl.runs.compare import _drop_other_origin
+    from epsl.runs.compare import drop_other_origin
     from epsl.runs.context import DataConfig, provenance
 
     ev = DataConfig(str(digits_checkpoint), limit=10, device="cpu").prepare()
@@ -223,9 +223,9 @@ def test_compare_drops_a_switched_off_result_of_other_weights(digits_checkpoint,
         Result("audit", {"eps": 0.1}, origin, table).save(folder)
         if not kept:  # another model's result is removed only with overwrite
             with pytest.raises(EpslError, match="holds an audit result of another model"):
-                _drop_other_origin(folder, "audit", ev, False)
+                drop_other_origin(folder, "audit", ev, False)
             assert record_path(folder, "audit").is_file()
-        _drop_other_origin(folder, "audit", ev, True)
+        drop_other_origin(folder, "audit", ev, True)
         assert record_path(folder, "audit").is_file() == kept
 
 

@@ -23,19 +23,19 @@ from typing import Any
 import numpy as np
 
 from epsl.analysis.cards import proof_card, proof_groups
-from epsl.bounds.radius import CertifyOptions, certify
-from epsl.runs.context import DataConfig, Evaluation, provenance
-from epsl.diagnostics import diagnose
-from epsl.runs.diagnose import DEFAULT_EPS
-from epsl.errors import EpslError
 from epsl.attacks.eps_star import (
     MinimalConfig,
     MinimalResult,
     check_minimal_dependencies,
     minimal_perturbation,
 )
+from epsl.bounds.radius import CertifyOptions, certify
+from epsl.diagnostics import diagnose
+from epsl.errors import EpslError
 from epsl.norms import Norm, check_radius, parse_norm
 from epsl.results.records import Result, reusable
+from epsl.runs.context import DataConfig, Evaluation, provenance
+from epsl.runs.diagnose import DEFAULT_EPS
 from epsl.stats import accuracy_interval
 
 __all__ = ["CertifyConfig", "certify_result", "ensure_certify", "run_certify"]

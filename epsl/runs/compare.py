@@ -34,23 +34,18 @@ from typing import Any
 import pandas as pd
 import torch
 
-from epsl.version import __version__
-from epsl.models import sources
 from epsl.analysis.figures import render_all
+from epsl.analysis.folders import Run, load_runs
 from epsl.analysis.paired import paired_tests
 from epsl.analysis.report import audit_notes, write_report
-from epsl.analysis.folders import Run, load_runs
 from epsl.analysis.tables import comparison_table, with_reported, write_comparison
 from epsl.attacks import default_step_size, sweep
 from epsl.attacks.audit import AuditConfig, check_dependencies, ensemble_in
-from epsl.runs.audit import AuditRunConfig, ensure_audit
-from epsl.runs.eps_star import ensure_calibration
-from epsl.runs.context import DataConfig, Evaluation, load_source, provenance
-from epsl.runs.diagnose import ensure_diagnostics
-from epsl.errors import EpslError, check_seed
-from epsl.results.files import check_out_dir, safe_name
 from epsl.attacks.eps_star import MinimalConfig, MinimalResult, check_minimal_dependencies
+from epsl.errors import EpslError, check_seed
+from epsl.models import sources
 from epsl.norms import check_radius, parse_norm
+from epsl.results.files import check_out_dir, safe_name
 from epsl.results.records import (
     Result,
     article,
@@ -63,6 +58,11 @@ from epsl.results.records import (
     record_path,
     reusable,
 )
+from epsl.runs.audit import AuditRunConfig, ensure_audit
+from epsl.runs.context import DataConfig, Evaluation, load_source, provenance
+from epsl.runs.diagnose import ensure_diagnostics
+from epsl.runs.eps_star import ensure_calibration
+from epsl.version import __version__
 
 PRODUCTS = kind("comparison").files()
 Log = Callable[[str], None]
@@ -288,7 +288,7 @@ def _attacks(ev: Evaluation, folder: Path, config: CompareConfig,
     return True
 
 
-def _drop_other_origin(folder: Path, name: str, ev: Evaluation, overwrite: bool) -> None:
+def drop_other_origin(folder: Path, name: str, ev: Evaluation, overwrite: bool) -> None:
     """Remove (only with ``overwrite``; else refuse) the record of a result this call does not
     compute (an audit without ``audit=True``, ε* without ``minimal``) when an earlier run left
     it in ``folder`` for another model, so the comparison never shows it as this model's.
@@ -325,7 +325,7 @@ def evaluate_model(ev: Evaluation, folder: Path, config: CompareConfig, *,
         reused.append("diagnostics")
     points: MinimalResult | None = None  # eps* computed in this call, for the audit
     if config.minimal is None:
-        _drop_other_origin(folder / "minimal", "minimal", ev, overwrite)
+        drop_other_origin(folder / "minimal", "minimal", ev, overwrite)
     else:
         result, computed = ensure_calibration(ev, folder / "minimal", config.minimal,
                                               config.grid(), eq4, say, overwrite=overwrite)
@@ -336,7 +336,7 @@ def evaluate_model(ev: Evaluation, folder: Path, config: CompareConfig, *,
     if not _attacks(ev, folder / "attacks", config, source_model, say, overwrite):
         reused.append("attacks")
     if not config.audit:
-        _drop_other_origin(folder / "audit", "audit", ev, overwrite)
+        drop_other_origin(folder / "audit", "audit", ev, overwrite)
     else:
         def eps_star() -> MinimalResult | None:
             if points is None and config.minimal is not None:  # reused: re-score its points

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from epsl.version import __version__
-from epsl.models.checkpoint import check_dataset, check_finished, load, weights_file
 from epsl.data import Split, check_selection, load_split, preprocessing_for
 from epsl.device import resolve_device
 from epsl.errors import EpslError
+from epsl.models.checkpoint import check_dataset, check_finished, load, weights_file
 from epsl.results.records import COMMAND, Provenance, file_sha256
+from epsl.version import __version__
 
 
 @dataclass(frozen=True)

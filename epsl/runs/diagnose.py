@@ -13,7 +13,6 @@ from typing import Any
 
 import pandas as pd
 
-from epsl.runs.context import DataConfig, Evaluation, provenance
 from epsl.diagnostics.features import activations
 from epsl.diagnostics.jacobians import DEFAULT_METHOD, Progress, parse_memory
 from epsl.diagnostics.landscape import loss_landscape
@@ -21,6 +20,7 @@ from epsl.diagnostics.margins import Diagnostics, diagnose, predicted_accuracy
 from epsl.errors import EpslError, check_seed
 from epsl.norms import Norm, check_radius, parse_norm
 from epsl.results.records import Result, check_replaceable, reusable
+from epsl.runs.context import DataConfig, Evaluation, provenance
 from epsl.stats import accuracy_interval
 
 #: the radii reported by default in each norm (pixel units on the [0, 1] scale): ℓ∞'s are the

@@ -22,18 +22,18 @@ import numpy as np
 import pandas as pd
 
 from epsl.analysis.cards import report_card
-from epsl.runs.context import DataConfig, Evaluation, provenance
-from epsl.diagnostics import diagnose
-from epsl.runs.diagnose import DEFAULT_EPS
-from epsl.errors import EpslError
 from epsl.attacks.eps_star import (
     MinimalConfig,
     MinimalResult,
     check_minimal_dependencies,
     minimal_perturbation,
 )
+from epsl.diagnostics import diagnose
+from epsl.errors import EpslError
 from epsl.norms import check_radius, dual
 from epsl.results.records import Result, check_replaceable, reusable
+from epsl.runs.context import DataConfig, Evaluation, provenance
+from epsl.runs.diagnose import DEFAULT_EPS
 from epsl.stats import accuracy_interval
 
 
