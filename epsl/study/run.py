@@ -1,6 +1,8 @@
 """The whole study of the paper from a preset (:mod:`epsl.study.config`): train the grid of
 defenses, diagnose, attack, audit, and render the figures and the comparison report. Each stage
-is one function below.
+is one function: the training here, the per-model stages in :mod:`epsl.study.stages`, those over
+the whole grid (comparisons, seeds, headline) in :mod:`epsl.study.grid`; :func:`reproduce`
+checks what it can up front and runs them in order.
 
 Every stage writes its outputs atomically through :mod:`epsl.results.records` and is skipped when a
 result made from the same checkpoint content, examples and settings is already there, so an
@@ -31,54 +33,45 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
-
-from epsl.analysis.tables import headline as headline_table
-from epsl.analysis.tables import seed_summary, seed_table
-from epsl.attacks import sweep
-from epsl.attacks.audit import AuditConfig, check_dependencies
-from epsl.attacks.eps_star import MinimalResult, check_minimal_dependencies
-from epsl.bounds.radius import CertifyOptions
+from epsl.attacks.audit import check_dependencies
+from epsl.attacks.eps_star import check_minimal_dependencies
 from epsl.defenses.resume import config_difference
 from epsl.defenses.train import TrainConfig, train
 from epsl.errors import EpslError, check_progress
 from epsl.models.checkpoint import read_metadata, weights_file
-from epsl.norms import max_radius
-from epsl.results.files import (
-    check_out_dir,
-    check_writable,
-    on_disk,
-    read_json,
-    read_table,
-    safe_name,
-    write_json,
-    write_table,
-    write_text,
+from epsl.results.files import check_out_dir, check_writable, on_disk, safe_name
+from epsl.study.config import check_same_preset
+from epsl.study.grid import (
+    STAGE_FILE,
+    stage_compare,
+    stage_headline,
+    stage_seed_compare,
+    stage_seeds,
+    stage_threat_model,
 )
-from epsl.results.records import Result, file_sha256, reusable
-from epsl.runs.audit import AuditRunConfig, ensure_audit
-from epsl.runs.certify import CertifyConfig, ensure_certify
-from epsl.runs.compare import PRODUCTS, CompareConfig, compare
-from epsl.runs.context import DataConfig, Evaluation, provenance
-from epsl.runs.diagnose import (
-    ActivationsConfig,
-    LandscapeConfig,
-    ensure_diagnostics,
-    run_activations,
-    run_landscape,
+from epsl.study.preset import ModelSpec, Preset
+from epsl.study.stages import (
+    Log,
+    audit_config,
+    stage_activations,
+    stage_audit,
+    stage_certify,
+    stage_landscape,
+    stage_minimal,
+    stage_sweeps,
 )
-from epsl.runs.eps_star import ensure_calibration
-from epsl.study.config import ModelSpec, Preset, ThreatModel, check_same_preset
 
-Log = Callable[[str], None]
+__all__ = ["ReproduceResult", "check_trained", "reproduce", "seed_checkpoints", "stage_train",
+           "train_config"]
 
 
 @dataclass(frozen=True)
 class ReproduceResult:
+    """What :func:`reproduce` did, and where."""
+
     out: Path
     checkpoints: dict[str, Path]  # a model source's spec (robustbench:...) as a Path
     ran: list[str]  # stages computed in this call
@@ -86,20 +79,6 @@ class ReproduceResult:
     report: Path | None
     seconds: float
     headline: str = ""  # the headline table and audit verdicts (Markdown), as in headline.md
-
-
-STAGE_FILE = "stages.json"
-
-
-def _stage_record(out: Path) -> dict[str, Any]:
-    path = out / STAGE_FILE
-    return read_json(path) if path.exists() else {}
-
-
-def _mark(out: Path, stage: str, made_from: Any) -> None:
-    record = _stage_record(out)
-    record[stage] = made_from
-    write_json(out / STAGE_FILE, record)
 
 
 def train_config(preset: Preset, spec: ModelSpec, seed: int | None = None) -> TrainConfig:
@@ -136,9 +115,6 @@ def seed_checkpoints(preset: Preset, out: Path, seed: int) -> dict[str, Path]:
             / f"{safe_name(spec.name, 'model name')}.safetensors" for spec in preset.models}
 
 
-# --------------------------------------------------------------------------- stages
-
-
 def stage_train(preset: Preset, spec: ModelSpec, path: Path, say: Log,
                 progress: Callable[[int], None] | None,
                 seed: int | None = None) -> bool:
@@ -155,303 +131,6 @@ def stage_train(preset: Preset, spec: ModelSpec, path: Path, say: Log,
     acc = result.metadata.get("metrics", {}).get("test_accuracy", float("nan"))
     say(f"  {spec.name}: test accuracy {acc:.2%}")
     return True
-
-
-def stage_activations(spec: ModelSpec, data: DataConfig, ev: Evaluation, folder: Path,
-                      say: Log) -> bool:
-    """Penultimate and logit activations (Figures 10, 11) into ``folder``; ``ev`` is
-    ``data`` prepared."""
-    config = ActivationsConfig(data=data)
-    if reusable(folder, "activations", provenance(ev, config.reuse_settings())):
-        return False
-    say(f"activations {spec.name}")
-    run_activations(config, evaluation=ev).save(folder, overwrite=True)
-    return True
-
-
-def stage_landscape(preset: Preset, spec: ModelSpec, data: DataConfig, ev: Evaluation,
-                    direction: str, folder: Path, say: Log) -> bool:
-    """The loss landscape (Figure 5: random, Figure 9: adversarial direction) around the
-    first ``[landscape] images`` images into ``folder``."""
-    ls = preset.landscape
-    images = replace(ev, data=ev.data.subset(ls.images))
-    config = LandscapeConfig(data=replace(data, limit=ls.images),
-                             direction=direction, span=ls.span, steps=ls.steps,
-                             seed=preset.attacks.seed)
-    if reusable(folder, "landscape", provenance(images, config.reuse_settings())):
-        return False
-    say(f"landscape ({direction}) {spec.name}")
-    run_landscape(config, evaluation=images).save(folder, overwrite=True)
-    return True
-
-
-def stage_minimal(preset: Preset, ev: Evaluation, folder: Path, say: Log) -> bool:
-    """ε* per example and the report card of Eq. 4 (:mod:`epsl.runs.eps_star`) into ``folder``,
-    before the audit, which re-scores its points. ε_L comes from the run folder's diagnostics,
-    written there as the comparison writes them, and both are found by the functions the
-    comparison calls, so it reuses both."""
-    assert preset.minimal is not None
-    eq4, _ = ensure_diagnostics(ev, folder.parent, preset.grid(), norm=preset.norm)
-    return ensure_calibration(ev, folder, preset.minimal, preset.grid(), eq4, say)[1]
-
-
-def stage_certify(preset: Preset, data: DataConfig, ev: Evaluation, folder: Path,
-                  say: Log) -> bool:
-    """ε_cert (CROWN) on the first ``[certify] images`` examples beside ε_L and ε* from the
-    run folder (:func:`stage_minimal`'s), and the three-way card, into ``folder``."""
-    settings = preset.certify
-    assert preset.minimal is not None
-    part = replace(ev, data=ev.data.subset(settings.images))
-    eq4, _ = ensure_diagnostics(ev, folder.parent, preset.grid(), norm=preset.norm)
-    minimal = read_table(folder.parent / "minimal" / "minimal.csv")
-    record = read_json(folder.parent / "minimal" / "minimal.json")
-    n = len(part.data)
-    seconds = float(sum(record.get("seconds", {}).values())) * n / max(len(minimal), 1)
-    config = CertifyConfig(data=data, minimal=preset.minimal, eps=preset.grid(),
-                           options=CertifyOptions(method=settings.method, steps=settings.steps))
-    _, computed = ensure_certify(part, folder, config,
-                                 eps_l=eq4["eps_l"].to_numpy()[:n],
-                                 eps_star=minimal["eps_star"].to_numpy()[:n],
-                                 eps_star_seconds=seconds, log=say)
-    return computed
-
-
-def audit_config(preset: Preset) -> AuditConfig:
-    """The study's audit: ``[audit]``'s mode and Square budget, ``[attacks]``'s seed, PGD-k
-    and step size, and ``[minimal]``'s ensemble (whose points it re-scores)."""
-    a = preset.attacks
-    settings: dict[str, Any] = {"seed": a.seed, "pgd_steps": a.pgd_steps,
-                                "step_size": a.pgd_step_size, "minimal": preset.minimal}
-    settings.update(preset.audit.budgets())
-    return AuditConfig.quick(**settings) if preset.audit.quick else AuditConfig(**settings)
-
-
-def stage_audit(preset: Preset, spec: ModelSpec, data: DataConfig, ev: Evaluation,
-                checkpoints: dict[str, Path], folder: Path, say: Log) -> bool:
-    """The audit (worst case over the paper's and stronger attacks, the minimum-norm ensemble,
-    gradient-masking checks) on the first ``[audit] limit`` examples, transferred from
-    ``[attacks] transfer_from``; ε* comes from :func:`stage_minimal`'s points."""
-    part = replace(ev, data=ev.data.subset(preset.audit.limit))
-    transfer = preset.attacks.transfer_from
-    source = str(checkpoints[transfer]) if transfer and transfer != spec.name else None
-    config = AuditRunConfig(data=data, eps=preset.eps, audit=audit_config(preset),
-                            source=source, norm=preset.norm)
-
-    def points() -> MinimalResult | None:
-        if preset.minimal is None:
-            return None
-        return MinimalResult.load(folder.parent / "minimal").subset(slice(0, len(part.data)))
-
-    return ensure_audit(config, folder, part, points=points, log=say)
-
-
-def stage_sweeps(preset: Preset, spec: ModelSpec, ev: Evaluation, folder: Path,
-                 say: Log) -> bool:
-    """PGD steps (Table 11) and restarts (Table 10) sweeps and the unbounded-ε check
-    (Table 9) on the sweep model, as one attack table."""
-    a, seed = preset.attacks, preset.attacks.seed
-    whole = max_radius(preset.norm, ev.data.x[0].numel())  # the unbounded radius: the box
-    plan: dict[str, dict[str, Any]] = {
-        "steps": {"eps": [preset.eps], "steps": list(a.sweep_steps), "restarts": [1]},
-        "restarts": {"eps": [preset.eps], "steps": [a.pgd_steps],
-                     "restarts": list(a.sweep_restarts), "step_size": a.pgd_step_size},
-        "unbounded": {"eps": [whole], "steps": [100], "restarts": [1]}}
-    if preset.norm != "linf":
-        plan = {name: {**setting, "norm": preset.norm} for name, setting in plan.items()}
-    origin = provenance(ev, {"sweeps": plan, "seed": seed})
-    if reusable(folder, "attack", origin):
-        return False
-    say(f"PGD steps / restarts sweeps and unbounded eps on {spec.name}")
-    x, y = ev.data.x.to(ev.device), ev.data.y.to(ev.device)
-    frame = pd.concat([sweep(ev.model, x, y, attack="pgd", seed=seed, **setting)
-                       for setting in plan.values()], ignore_index=True)
-    Result("attack", {"eps": preset.eps, "norm": preset.norm, "steps": list(a.sweep_steps),
-                      "restarts": list(a.sweep_restarts), "unbounded_eps": whole},
-           origin, frame).save(folder, overwrite=True)
-    return True
-
-
-def _grid_config(preset: Preset, checkpoints: dict[str, Path], **settings: Any) -> CompareConfig:
-    """The :class:`~epsl.runs.compare.CompareConfig` of the grid ``checkpoints`` with the preset's
-    ε, data, paper's attacks and ε* ensemble (no audit); ``settings`` set the other fields."""
-    transfer = preset.attacks.transfer_from
-    reported = tuple(m.reported for m in preset.models)
-    return CompareConfig(
-        checkpoints=tuple(str(checkpoints[m.name]) for m in preset.models),
-        data=replace(preset.data(), checkpoint=None),
-        source=str(checkpoints[transfer]) if transfer else None,
-        pgd_steps=preset.attacks.pgd_steps, restarts=preset.attacks.restarts,
-        audit=False, seed=preset.attacks.seed,
-        names=tuple(m.name for m in preset.models),
-        reported=reported if any(r is not None for r in reported) else (),
-        **{"eps": preset.eps, "norm": preset.norm, "step_size": preset.attacks.pgd_step_size,
-           "minimal": preset.minimal, **settings})
-
-
-def _compare_grid(preset: Preset, checkpoints: dict[str, Path], folder: Path, say: Log,
-                  **settings: Any) -> None:
-    """:func:`epsl.runs.compare.compare` of the grid ``checkpoints`` into ``folder`` (see
-    :func:`_grid_config`); ``settings`` set the other :class:`~epsl.runs.compare.CompareConfig`
-    fields (ε grid, figures, title, minimal)."""
-    compare(_grid_config(preset, checkpoints, **settings), folder, overwrite=True,
-            log=lambda m: say(f"  {m}"))
-
-
-def _made_from(checkpoints: dict[str, Path], model_dir: str | None = None) -> dict[str, str]:
-    """What a comparison stage was made from: every checkpoint's content hash (a model
-    source's: its weights file's under ``model_dir``)."""
-    return {name: file_sha256(weights_file(path, model_dir))
-            for name, path in checkpoints.items()}
-
-
-def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: Log) -> bool:
-    """:func:`epsl.runs.compare.compare` on the grid: the diagnostics (Eq. 4), the paper's
-    white-box and transfer attacks, the comparison table, figures and the HTML report, copied
-    to the top of ``out``. Reused only for exactly these models with exactly these weights."""
-    runs = out / "runs"
-    # the comparison reads the audit and eps* tables: switching either on or off, or another
-    # ensemble, rebuilds it
-    minimal = None if preset.minimal is None else preset.minimal.reuse_settings()
-    reported = {m.name: asdict(m.reported) for m in preset.models if m.reported is not None}
-    made_from = {**_made_from(checkpoints, preset.model_dir),
-                 "~stages": {"audit": preset.audit.enabled, "minimal": minimal,
-                             "transfer_from": preset.attacks.transfer_from,
-                             **({"reported": reported} if reported else {}),
-                             **({"certify": asdict(preset.certify)}
-                                if preset.certify.enabled and minimal is not None else {})}}
-    if _stage_record(out).get("compare") == made_from and (out / "report.html").exists():
-        return False
-    say("diagnostics, attacks, comparison, figures and report")
-    _compare_grid(preset, checkpoints, runs, say, eps_grid=preset.eps_grid, figures=True,
-                  title=f"The {preset.name} study: {preset.description}"
-                  if preset.description else f"The {preset.name} study")
-    _copy_products(runs, out)
-    _mark(out, "compare", made_from)
-    return True
-
-
-def stage_threat_model(preset: Preset, section: ThreatModel, checkpoints: dict[str, Path],
-                       out: Path, say: Log) -> bool:
-    """A ``[[threat_models]]`` section: :func:`epsl.runs.compare.compare` of the grid in
-    ``section.norm`` at ``section.eps`` (ε_L, ε* with the section's ensemble, the paper's
-    attacks with the default step size of the norm, no audit) into ``out/<norm>/runs``, its
-    tables, report and figures copied to ``out/<norm>``. Reused only for these weights and
-    this section."""
-    folder = out / section.norm
-    minimal = section.minimal
-    made_from = {**_made_from(checkpoints, preset.model_dir),
-                 "~section": {"norm": section.norm, "eps": section.eps,
-                              "eps_grid": list(section.eps_grid),
-                              "minimal": None if minimal is None else minimal.reuse_settings(),
-                              "transfer_from": preset.attacks.transfer_from}}
-    stage = f"compare {section.norm}"
-    if _stage_record(out).get(stage) == made_from and (folder / "report.html").exists():
-        return False
-    say(f"the {section.norm} section: eps_L, eps*, attacks, report card and figures")
-    _compare_grid(preset, checkpoints, folder / "runs", say, eps=section.eps,
-                  eps_grid=section.eps_grid, norm=section.norm, step_size=None,
-                  minimal=minimal, figures=True,
-                  title=f"The {preset.name} study in {section.norm} (eps = {section.eps:g})")
-    _copy_products(folder / "runs", folder)
-    _mark(out, stage, made_from)
-    return True
-
-
-def _copy_products(runs: Path, folder: Path) -> None:
-    """The comparison's tables, report and figures from ``runs`` to ``folder``."""
-    with on_disk() as writer:
-        if writer:
-            for name in PRODUCTS:
-                if (runs / name).is_file():  # paired.csv only when there is a pair to test
-                    shutil.copyfile(runs / name, folder / name)
-            if (folder / "figures").exists():
-                shutil.rmtree(folder / "figures")
-            shutil.copytree(runs / "figures", folder / "figures")
-
-
-def seed_folder(out: Path, seed: int) -> Path:
-    """Where the models of an extra training seed are evaluated: ``out/runs/seed<k>``."""
-    return out / "runs" / f"seed{seed}"
-
-
-def stage_seed_compare(preset: Preset, seed: int, checkpoints: dict[str, Path], out: Path,
-                       say: Log) -> bool:
-    """The grid trained under an extra seed: Eq. 4 and the paper's white-box and transfer
-    attacks at the preset's ε (no ε grid, figures, ε* or audit), by :func:`epsl.runs.compare.compare`
-    into :func:`seed_folder`; the attacks keep the preset's attack seed."""
-    made_from = _made_from(checkpoints)
-    folder = seed_folder(out, seed)
-    stage = f"compare seed{seed}"
-    if _stage_record(out).get(stage) == made_from and (folder / "comparison.csv").exists():
-        return False
-    say(f"diagnostics and attacks, training seed {seed}")
-    _compare_grid(preset, checkpoints, folder, say, figures=False, minimal=None,
-                  title=f"The {preset.name} study, training seed {seed}")
-    _mark(out, stage, made_from)
-    return True
-
-
-def stage_seeds(preset: Preset, out: Path) -> Any:
-    """``seeds.csv`` (one row per model and training seed) and ``seeds_summary.csv`` (per
-    model, the mean and standard deviation over the seeds) from every seed's comparison; None
-    with a single seed."""
-    if not preset.extra_seeds:
-        return None
-    assert preset.train is not None  # extra seeds are a train preset's
-    tables = {preset.train.seed: read_table(out / "comparison.csv")}
-    tables |= {seed: read_table(seed_folder(out, seed) / "comparison.csv")
-               for seed in preset.extra_seeds}
-    per_seed = seed_table(tables)
-    summary = seed_summary(per_seed)
-    write_table(per_seed, out / "seeds.csv")
-    write_table(summary, out / "seeds_summary.csv")
-    return summary
-
-
-def stage_headline(preset: Preset, out: Path, recompute: bool, seeds: Any = None) -> str:
-    """The few columns a terminal shows, the audit verdicts, the paired tests and the spread
-    over training seeds, from the tables on disk, kept in ``headline.md``."""
-    path = out / "headline.md"
-    if not recompute and path.exists():
-        return path.read_text()
-    paired = read_table(out / "paired.csv") if (out / "paired.csv").is_file() else None
-    sections = {section.norm: read_table(out / section.norm / "comparison.csv")
-                for section in preset.threat_models
-                if (out / section.norm / "comparison.csv").is_file()}
-    text = headline_table(read_table(out / "comparison.csv"),
-                          source_run=preset.attacks.transfer_from, paired=paired, seeds=seeds,
-                          sections=sections)
-    if preset.kind == "evaluate":
-        text = evaluated_note(preset) + "\n" + text
-    write_text(path, text)
-    return text
-
-
-def evaluated_note(preset: Preset) -> str:
-    """What an ``evaluate`` study ran and did not, for the top of its headline."""
-    ran = ["ε_L (Eq. 4)", "the paper's white-box attacks"]
-    if preset.attacks.transfer_from:
-        ran.append(f"transfer attacks from {preset.attacks.transfer_from}")
-    if preset.minimal is not None:
-        ran.append("ε* and the report card of Eq. 4")
-    if preset.certify.enabled and preset.minimal is not None:
-        ran.append("the certified floor")
-    if preset.audit.enabled:
-        limits = [n for n in (preset.audit.limit, preset.limit) if n is not None]
-        ran.append(f"the audit (on the first {min(limits):,} examples at most)" if limits
-                   else "the audit")
-    if preset.attacks.sweep_model:
-        ran.append(f"the PGD sweeps on {preset.attacks.sweep_model}")
-    skipped = ["training (the models are their checkpoints)", "the activations and loss "
-               "landscapes of trained defenses", "extra training seeds"]
-    if not preset.attacks.transfer_from:
-        skipped.append("transfer attacks (no transfer_from)")
-    if not preset.attacks.sweep_model:
-        skipped.append("the PGD sweeps (no sweep_model)")
-    count = len(preset.models)
-    return (f"Evaluated {count} checkpoint{'s' if count > 1 else ''} "
-            f"({', '.join(m.name for m in preset.models)}); ran {', '.join(ran)}; not run: "
-            f"{', '.join(skipped)}.\n")
 
 
 def _check_checkpoints(preset: Preset, checkpoints: dict[str, Path]) -> None:
@@ -478,32 +157,30 @@ def _check_examples(preset: Preset) -> None:
                limit=data.limit, sample=data.sample, sample_seed=data.sample_seed)
 
 
-# --------------------------------------------------------------------------- the study
-
-
-def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
-              log: Log | None = None,
-              progress: Callable[[int], None] | None = None) -> ReproduceResult:
-    """Run the study of ``preset`` into ``out``: :func:`stage_train` for every model of the
-    grid; per model :func:`stage_activations`, :func:`stage_landscape` (random and adversarial
-    directions), :func:`stage_minimal`, :func:`stage_audit` and, on the sweep model,
-    :func:`stage_sweeps`; then
-    :func:`stage_compare` and :func:`stage_headline`. A stage whose result is on disk, made
-    from the same inputs, is skipped."""
-    check_progress(progress)
-    say = log or (lambda _msg: None)
-    t0 = time.perf_counter()
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise EpslError(f"out={out} exists and is not a folder")
-    check_writable(out)
-    if preset.audit.enabled:  # fail now, not after training the grid
+def _check_dependencies(preset: Preset) -> None:
+    """The audit's and ε*'s optional packages are installed: fail now, not after training the
+    grid."""
+    if preset.audit.enabled:
         check_dependencies(audit_config(preset))
     if preset.minimal is not None:
         check_minimal_dependencies(preset.minimal)
     for section in preset.threat_models:
         if section.minimal is not None:
             check_minimal_dependencies(section.minimal)
+
+
+def _check_grid(preset: Preset, out: Path, checkpoints: dict[str, Path]) -> None:
+    """No checkpoint the study trains, under the main seed or an extra one, is there trained
+    with another config (:func:`check_trained`), before any training or writing."""
+    for seed in (None, *preset.extra_seeds):
+        where = checkpoints if seed is None else seed_checkpoints(preset, out, seed)
+        for spec in preset.models:
+            check_trained(preset, spec, where[spec.name], seed)
+
+
+def _remove_results(out: Path, force: bool) -> None:
+    """With ``force``, the checkpoints, runs, figures and stage record of an earlier study in
+    ``out`` removed (by the writing rank), so that every stage is computed again."""
     with on_disk() as writer:
         for child in ("models", "runs", "figures", STAGE_FILE) if force and writer else ():
             target = out / child
@@ -511,62 +188,115 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-    evaluate = preset.kind == "evaluate"
+
+
+def _prepare_out(preset: Preset, out: Path, force: bool) -> dict[str, Path]:
+    """Everything that can fail before a model is trained, checked first: ``out`` is a
+    writable folder, the optional packages are there, the checkpoints of an ``evaluate``
+    preset (or the examples and the checkpoints already trained) are usable and ``out`` holds
+    no other study (:func:`~epsl.study.config.check_same_preset`, which then records the
+    preset). With ``force`` the earlier results go first. Returns every model's checkpoint."""
+    if out.exists() and not out.is_dir():
+        raise EpslError(f"out={out} exists and is not a folder")
+    check_writable(out)
+    _check_dependencies(preset)
+    _remove_results(out, force)
     checkpoints = {spec.name: Path(preset.checkpoint(spec, out)) for spec in preset.models}
-    if evaluate:
+    if preset.kind == "evaluate":
         _check_checkpoints(preset, checkpoints)
     else:
         _check_examples(preset)
-        for seed in (None, *preset.extra_seeds):  # before any training or writing
-            where = checkpoints if seed is None else seed_checkpoints(preset, out, seed)
-            for spec in preset.models:
-                check_trained(preset, spec, where[spec.name], seed)
+        _check_grid(preset, out, checkpoints)
     check_out_dir(out, [], overwrite=True)
     check_same_preset(out, preset, force)
-    ran: list[str] = []
-    skipped: list[str] = []
+    return checkpoints
 
-    def note(stage: str, computed: bool) -> None:
-        (ran if computed else skipped).append(stage)
 
-    for spec in preset.models if not evaluate else ():
-        note(f"train {spec.name}", stage_train(preset, spec, checkpoints[spec.name], say,
-                                               progress))
-    for spec in preset.models:
-        folder = out / "runs" / safe_name(spec.name, "model name")
-        data = preset.data().for_checkpoint(checkpoints[spec.name])
-        ev = data.prepare()
-        if not evaluate:  # the figures of the trained defenses
-            note(f"activations {spec.name}",
-                 stage_activations(spec, data, ev, folder / "activations", say))
-            for direction in ("random", "adversarial"):
-                note(f"landscape-{direction} {spec.name}",
-                     stage_landscape(preset, spec, data, ev, direction,
-                                     folder / f"landscape-{direction}", say))
-        if preset.minimal is not None:
-            note(f"minimal {spec.name}", stage_minimal(preset, ev, folder / "minimal", say))
-            if preset.certify.enabled:
-                note(f"certify {spec.name}",
-                     stage_certify(preset, data, ev, folder / "certify", say))
-        if preset.audit.enabled:
-            note(f"audit {spec.name}", stage_audit(preset, spec, data, ev, checkpoints,
-                                                   folder / "audit", say))
-        if preset.attacks.sweep_model == spec.name:
-            note(f"sweeps {spec.name}", stage_sweeps(preset, spec, ev, folder / "sweeps", say))
-    note("compare", stage_compare(preset, checkpoints, out, say))
-    for section in preset.threat_models:
-        note(f"compare {section.norm}",
-             stage_threat_model(preset, section, checkpoints, out, say))
+class _Stages:
+    """The stages one call computed (``ran``) and those it found on disk (``skipped``)."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+
+    def note(self, stage: str, computed: bool) -> None:
+        (self.ran if computed else self.skipped).append(stage)
+
+
+def _model_stages(preset: Preset, spec: ModelSpec, checkpoints: dict[str, Path], out: Path,
+                  say: Log, stages: _Stages) -> None:
+    """The per-model stages of ``spec`` (:mod:`epsl.study.stages`) into ``out/runs/<name>``:
+    the activations and landscapes of a trained defense, ε* and the certified floor, the audit
+    and, on the sweep model, the sweeps."""
+    folder = out / "runs" / safe_name(spec.name, "model name")
+    data = preset.data().for_checkpoint(checkpoints[spec.name])
+    ev = data.prepare()
+    if preset.kind != "evaluate":  # the figures of the trained defenses
+        stages.note(f"activations {spec.name}",
+                    stage_activations(spec, data, ev, folder / "activations", say))
+        for direction in ("random", "adversarial"):
+            stages.note(f"landscape-{direction} {spec.name}",
+                        stage_landscape(preset, spec, data, ev, direction,
+                                        folder / f"landscape-{direction}", say))
+    if preset.minimal is not None:
+        stages.note(f"minimal {spec.name}", stage_minimal(preset, ev, folder / "minimal", say))
+        if preset.certify.enabled:
+            stages.note(f"certify {spec.name}",
+                        stage_certify(preset, data, ev, folder / "certify", say))
+    if preset.audit.enabled:
+        stages.note(f"audit {spec.name}", stage_audit(preset, spec, data, ev, checkpoints,
+                                                      folder / "audit", say))
+    if preset.attacks.sweep_model == spec.name:
+        stages.note(f"sweeps {spec.name}",
+                    stage_sweeps(preset, spec, ev, folder / "sweeps", say))
+
+
+def _seed_stages(preset: Preset, out: Path, say: Log, progress: Callable[[int], None] | None,
+                 stages: _Stages) -> None:
+    """Each extra training seed: the grid trained under it (:func:`seed_checkpoints`), then
+    its comparison (:func:`~epsl.study.grid.stage_seed_compare`)."""
     for seed in preset.extra_seeds:
         seeded = seed_checkpoints(preset, out, seed)
         for spec in preset.models:
-            note(f"train {spec.name} seed{seed}",
-                 stage_train(preset, spec, seeded[spec.name], say, progress, seed=seed))
-        note(f"compare seed{seed}", stage_seed_compare(preset, seed, seeded, out, say))
-    recompute = (any(stage.startswith("compare") for stage in ran)
+            stages.note(f"train {spec.name} seed{seed}",
+                        stage_train(preset, spec, seeded[spec.name], say, progress, seed=seed))
+        stages.note(f"compare seed{seed}", stage_seed_compare(preset, seed, seeded, out, say))
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
+              log: Log | None = None,
+              progress: Callable[[int], None] | None = None) -> ReproduceResult:
+    """Run the study of ``preset`` into ``out``: :func:`stage_train` for every model of the
+    grid; per model :func:`~epsl.study.stages.stage_activations`,
+    :func:`~epsl.study.stages.stage_landscape` (random and adversarial directions),
+    :func:`~epsl.study.stages.stage_minimal`, :func:`~epsl.study.stages.stage_audit` and, on
+    the sweep model, :func:`~epsl.study.stages.stage_sweeps`; then
+    :func:`~epsl.study.grid.stage_compare` and :func:`~epsl.study.grid.stage_headline`. A
+    stage whose result is on disk, made from the same inputs, is skipped."""
+    check_progress(progress)
+    say = log or (lambda _msg: None)
+    t0 = time.perf_counter()
+    out = Path(out)
+    checkpoints = _prepare_out(preset, out, force)
+    stages = _Stages()
+    for spec in preset.models if preset.kind != "evaluate" else ():
+        stages.note(f"train {spec.name}", stage_train(preset, spec, checkpoints[spec.name], say,
+                                                      progress))
+    for spec in preset.models:
+        _model_stages(preset, spec, checkpoints, out, say, stages)
+    stages.note("compare", stage_compare(preset, checkpoints, out, say))
+    for section in preset.threat_models:
+        stages.note(f"compare {section.norm}",
+                    stage_threat_model(preset, section, checkpoints, out, say))
+    _seed_stages(preset, out, say, progress, stages)
+    recompute = (any(stage.startswith("compare") for stage in stages.ran)
                  or not (out / "headline.md").exists())
     headline = stage_headline(preset, out, recompute,
                               seeds=stage_seeds(preset, out) if recompute else None)
     report = out / "report.html"
-    return ReproduceResult(out, checkpoints, ran, skipped, report if report.exists() else None,
-                           time.perf_counter() - t0, headline)
+    return ReproduceResult(out, checkpoints, stages.ran, stages.skipped,
+                           report if report.exists() else None, time.perf_counter() - t0,
+                           headline)
