@@ -415,3 +415,7 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
                                                    else f" ({config.norm})"))
     Result("comparison", record).save(out, overwrite=True)
     return CompareResult(table, tuple(runs), out, report, reused, paired)
+
+
+__all__ = ["PRODUCTS", "CompareConfig", "CompareResult", "ReportedAccuracy", "compare", "drop_other_origin",
+           "evaluate_model", "model_names"]

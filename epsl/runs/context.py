@@ -233,3 +233,7 @@ def provenance(ev: Evaluation, settings: Mapping[str, Any], *, examples: Split |
                                                 weights_file(source, ev.model_dir))},
         device=str(ev.device), epsl_version=__version__,
         torch_version=torch.__version__, command=COMMAND.get())
+
+
+__all__ = ["PROBE_EXAMPLES", "PROBE_NOISE", "DataConfig", "Evaluation", "behaviour", "check_finite",
+           "check_fits", "data_sha256", "load_model", "load_source", "prepare", "provenance"]

@@ -228,3 +228,8 @@ def ensure_diagnostics(ev: Evaluation, folder: Path, eps: Sequence[float],
     record.save(folder, overwrite=True)
     assert record.table is not None
     return record.table, True
+
+
+__all__ = ["ActivationsConfig", "DEFAULT_EPS", "DEFAULT_EPS_BY_NORM", "DiagnoseConfig", "LandscapeConfig",
+           "check_eps", "default_eps", "diagnostics_result", "diagnostics_settings",
+           "ensure_diagnostics", "run_activations", "run_diagnose", "run_landscape"]

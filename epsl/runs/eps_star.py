@@ -158,3 +158,6 @@ def ensure_calibration(ev: Evaluation, folder: Path, config: MinimalConfig,
     result = _calibrate(ev, config, eps, diagnostics, None)
     result.save(folder, overwrite=True)
     return result, True
+
+
+__all__ = ["CalibrateConfig", "calibration_result", "ensure_calibration", "minimal_table", "run_calibrate"]
