@@ -155,7 +155,7 @@ class Provenance:
         The model's behaviour is compared with a tolerance (relative 1e-4 of its scale) that
         floating-point differences between CPUs or GPUs stay within."""
         mine, theirs = self.key(), other.key()
-        for name in mine.keys() | theirs.keys():
+        for name in [*mine, *(key for key in theirs if key not in mine)]:  # in key order
             if mine.get(name) != theirs.get(name):
                 return _first_difference(name, mine.get(name), theirs.get(name))
         if not _behaves_alike(self.behaviour, other.behaviour):
