@@ -571,3 +571,21 @@ def test_epsl_figures_refuses_an_linf_radius_beyond_the_box(run_root: Path,
     assert bad.exit_code == 1
     assert "eps must lie in (0, 1] for the linf norm" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_svg_files_are_the_same_bytes_on_every_run(tmp_path: Path) -> None:
+    """matplotlib salts an SVG's element ids per process; epsl fixes the salt, so a rerun of a
+    study writes the same files (PNG and SVG alike)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = ("import sys, matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt\n"
+            "from epsl.analysis.figures.base import save_figure\n"
+            "fig, ax = plt.subplots(); ax.plot([1, 10], [1, 0]); ax.set_xscale('log')\n"
+            "save_figure(fig, sys.argv[1], 'f')\n")
+    digests = set()
+    for run in ("a", "b"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / run)], check=True)
+        digests.add(hashlib.sha256((tmp_path / run / "f.svg").read_bytes()).hexdigest())
+    assert len(digests) == 1

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import seaborn as sns
 from matplotlib.axes import Axes
@@ -185,13 +186,15 @@ def resolve_eps(runs: Sequence[Run], eps: float | None = None) -> float | None:
 
 def save_figure(fig: Figure, out_dir: Path | str, name: str, *, dpi: int = DPI,
                 formats: Sequence[str] = ("png", "svg")) -> dict[str, Path]:
-    """Write ``fig`` as ``out_dir/name.png`` and ``.svg``, each atomically; return the paths."""
+    """Write ``fig`` as ``out_dir/name.png`` and ``.svg``, each atomically and byte for byte the
+    same on every run; return the paths."""
     out_dir = Path(out_dir)
     paths = {}
     for fmt in formats:
         path = out_dir / f"{name}.{fmt}"
         metadata = {"Date": None} if fmt == "svg" else {"Software": None}
-        with atomic_path(path) as tmp:
+        # a fixed salt: the SVG's element ids, random per process otherwise, repeat run to run
+        with atomic_path(path) as tmp, matplotlib.rc_context({"svg.hashsalt": "epsl"}):
             fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
         paths[fmt] = path
     return paths
