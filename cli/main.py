@@ -30,10 +30,15 @@ class _Epsl(click.Group):
     """The group, remembering the command line it runs for every result's provenance."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        result = super().invoke(ctx)
-        from epsl.distributed import finish  # after a command that succeeded, on every rank
+        from epsl.cli.entry import stopped
 
-        finish()
+        try:
+            result = super().invoke(ctx)
+            from epsl.distributed import finish  # after a command that succeeded, every rank
+
+            finish()
+        except KeyboardInterrupt as exc:  # outside a command: joining or leaving torchrun
+            raise click.exceptions.Exit(stopped(exc, "nothing half-written was kept")) from None
         return result
 
     def main(self, args: Any = None, *rest: Any, **options: Any) -> Any:

@@ -222,7 +222,7 @@ def test_compare_drops_a_switched_off_result_of_other_weights(digits_checkpoint,
         folder = tmp_path / str(kept)
         Result("audit", {"eps": 0.1}, origin, table).save(folder)
         if not kept:  # another model's result is removed only with overwrite
-            with pytest.raises(EpslError, match="holds an audit result of another model"):
+            with pytest.raises(EpslError, match="holds an audit result of another origin"):
                 drop_other_origin(folder, "audit", ev, False)
             assert record_path(folder, "audit").is_file()
         drop_other_origin(folder, "audit", ev, True)

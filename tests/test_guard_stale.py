@@ -297,3 +297,37 @@ def test_sigterm_mid_run_exits_with_one_line_and_no_temporaries(digits_checkpoin
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("Error: terminated")
     assert not [p for p in tmp_path.rglob("*.tmp")]
     assert not (out / "audit.json").exists()
+
+
+def test_the_sweep_leaves_folders_another_run_is_writing(tmp_path: Path) -> None:
+    out, busy = tmp_path / "out", tmp_path / "out" / "m"
+    busy.mkdir(parents=True)
+    (out / ".old.csv.a1b2c3d4.tmp").write_text("stale")
+    writing = busy / ".diagnostics.csv.zz9y8x7w.tmp"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom epsl.results.files import folder_lock\n"
+         "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)",
+         str(busy)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        writing.write_text("being written by the holder")
+        assert sweep_temporaries(out) == [out / ".old.csv.a1b2c3d4.tmp"]
+        assert writing.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sweep_temporaries(out) == [writing]
+
+
+def test_sigterm_outside_a_command_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leaving torchrun's group after a command (or joining it before) is outside the command:
+    SIGTERM there still ends in one line and 143, not click's 'Aborted!'."""
+    from epsl.cli.entry import Terminated
+
+    def terminated() -> None:
+        raise Terminated
+
+    monkeypatch.setattr("epsl.distributed.finish", terminated)
+    result = run("explain", "steps")
+    assert result.exit_code == 143, result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: terminated")

@@ -143,7 +143,7 @@ def folder_lock(folder: Path | str) -> Iterator[None]:
     read-only temporary folder), the folder is not locked."""
     import fcntl
 
-    folder = Path(os.path.abspath(folder))
+    folder = Path(os.path.realpath(folder))  # one lock whatever link or relative path names it
     key = str(folder)
     dist = _group()
     if key in _HELD or (dist is not None and dist.get_rank() != 0):
@@ -202,11 +202,37 @@ def sweep_temporaries(folder: Path | str, depth: int = 3, name: str | None = Non
     for entry in entries:
         if entry.is_file(follow_symlinks=False) and _TEMPORARY.match(entry.name) \
                 and (name is None or entry.name.startswith(f".{name}.")):
-            Path(entry.path).unlink(missing_ok=True)
-            removed.append(Path(entry.path))
-        elif entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+            written = folder / entry.name[1:].rsplit(".", 2)[0]  # the file it was to become
+            if not held_elsewhere(written):
+                Path(entry.path).unlink(missing_ok=True)
+                removed.append(Path(entry.path))
+        elif entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".") \
+                and not held_elsewhere(Path(entry.path)):
             removed += sweep_temporaries(entry.path, depth - 1, name)
     return removed
+
+
+def held_elsewhere(path: Path | str) -> bool:
+    """Whether another process holds ``path`` (:func:`folder_lock`): a run writing into a
+    subfolder, or a checkpoint, whose temporaries are not stale."""
+    import fcntl
+
+    key = os.path.realpath(path)
+    if key in _HELD:
+        return False
+    try:
+        lock = _lock_file(Path(key))
+        if not lock.exists():
+            return False
+        with lock.open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False
 
 
 def write_text(path: Path | str, text: str) -> None:

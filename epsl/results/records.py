@@ -190,7 +190,7 @@ def _behaves_alike(mine: Any, theirs: Any) -> bool:
             or any(len(a) != len(b) for a, b in zip(mine, theirs, strict=True)):
         return False
     values = [abs(float(v)) for row in mine for v in row]
-    tolerance = 1e-4 * max(1.0, max(values))
+    tolerance = 1e-4 * max([1.0, *values])
     return all(abs(float(a) - float(b)) <= tolerance
                for row_a, row_b in zip(mine, theirs, strict=True)
                for a, b in zip(row_a, row_b, strict=True))
@@ -372,9 +372,9 @@ def reusable(folder: Path | str, name: str, provenance: Provenance) -> Result | 
         if not isinstance(files, dict) or any(file not in files for file in pinned):
             return None  # an older epsl's record, whose files no digest pins
         found = load(folder, name)
-    except (EpslError, AttributeError):
-        return None
-    if found.provenance is None or not found.provenance.same_origin(provenance):
+        if found.provenance is None or not found.provenance.same_origin(provenance):
+            return None
+    except (EpslError, AttributeError, TypeError, ValueError):  # a record not as epsl writes it
         return None
     return found
 

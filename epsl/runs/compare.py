@@ -305,9 +305,10 @@ def drop_other_origin(folder: Path, name: str, ev: Evaluation, overwrite: bool) 
             found, data=mine.data, settings={}, source=None)):
         return  # this model's (on these examples or a part of them)
     if not overwrite:
-        raise EpslError(f"{folder} holds {article(name)} {name} result of another model, which this "
-                        f"comparison would show as {folder.parent.name}'s; pass overwrite=True "
-                        "to remove it, or choose another out folder")
+        raise EpslError(f"{folder} holds {article(name)} {name} result of another origin (another "
+                        f"model, or other examples), which this comparison would show as "
+                        f"{folder.parent.name}'s; pass overwrite=True to remove it, or choose "
+                        "another out folder")
     invalidate(folder, name)
 
 
