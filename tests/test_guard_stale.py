@@ -6,6 +6,7 @@ Each case is driven through the CLI, where a user meets it."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -119,20 +121,28 @@ def test_behaviour_tolerates_last_bits_but_not_a_change() -> None:
     assert "outputs" in str(base.difference(moved))
 
 
-def test_a_folder_held_by_another_run_is_refused(digits_checkpoint: Path, tmp_path: Path) -> None:
-    out = tmp_path / "diag"
+@contextlib.contextmanager
+def held_by_another_process(folder: Path) -> Iterator[int]:
+    """``folder`` held by a second process (as another ``epsl`` run holds its ``--out``) until
+    the block ends; yields its pid."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom epsl.results.files import folder_lock\n"
          "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)",
-         str(out)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+         str(folder)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        result = run("diagnose", digits_checkpoint, "--eps", "0.1", "--limit", "8", "--out", out)
-        one_line_error(result, "another epsl run", f"process {holder.pid}", "is writing into")
-        assert not out.exists()
+        yield holder.pid
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_folder_held_by_another_run_is_refused(digits_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "diag"
+    with held_by_another_process(out) as pid:
+        result = run("diagnose", digits_checkpoint, "--eps", "0.1", "--limit", "8", "--out", out)
+        one_line_error(result, "another epsl run", f"process {pid}", "is writing into")
+        assert not out.exists()
     # released with its process: the folder is free again
     assert run("diagnose", digits_checkpoint, "--eps", "0.1", "--limit", "8",
                "--out", out).exit_code == 0
@@ -304,18 +314,10 @@ def test_the_sweep_leaves_folders_another_run_is_writing(tmp_path: Path) -> None
     busy.mkdir(parents=True)
     (out / ".old.csv.a1b2c3d4.tmp").write_text("stale")
     writing = busy / ".diagnostics.csv.zz9y8x7w.tmp"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom epsl.results.files import folder_lock\n"
-         "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)",
-         str(busy)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with held_by_another_process(busy):
         writing.write_text("being written by the holder")
         assert sweep_temporaries(out) == [out / ".old.csv.a1b2c3d4.tmp"]
         assert writing.exists()
-    finally:
-        holder.kill()
-        holder.wait()
     assert sweep_temporaries(out) == [writing]
 
 
