@@ -22,7 +22,7 @@ import torch
 
 from epsl.analysis.cards import proof_card, proof_lines
 from epsl.attacks.eps_star import MinimalConfig, minimal_perturbation
-from epsl.bounds.radius import CertifyOptions, certify
+from epsl.certify.radius import CertifyOptions, certify
 from epsl.data import load_split
 from epsl.defenses import DefenseConfig
 from epsl.defenses.train import TrainConfig, train

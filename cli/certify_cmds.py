@@ -9,7 +9,7 @@ import click
 
 from epsl.analysis.cards import proof_lines
 from epsl.attacks.eps_star import MinimalConfig
-from epsl.bounds.radius import CertifyOptions
+from epsl.certify.radius import CertifyOptions
 from epsl.cli.common import (
     EPS,
     SEED,

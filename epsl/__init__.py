@@ -40,15 +40,15 @@ def certify(model: Any, x: Any, y: Any, *, eps_star: Any = None, **options: Any)
     """ε_cert per example: the largest ℓ∞ radius (in the [0, 1] box) at which CROWN bounds
     prove the prediction cannot change, by bisection on [0, ``eps_star``] (ε* from
     :func:`epsl.attacks.eps_star.minimal_perturbation`, or the whole box). ``options`` are
-    :class:`epsl.bounds.radius.CertifyOptions` fields (``steps``, ``method``, ``exact`` ...).
-    Returns a :class:`epsl.bounds.radius.CertifyOutput` (``eps_cert``, ``eps_exact`` ...).
+    :class:`epsl.certify.radius.CertifyOptions` fields (``steps``, ``method``, ``exact`` ...).
+    Returns a :class:`epsl.certify.radius.CertifyOutput` (``eps_cert``, ``eps_exact`` ...).
 
     >>> out = epsl.certify(model, x, y, eps_star=found.eps_star, steps=8)
     """
     import numpy as np
 
-    from epsl.bounds.radius import CertifyOptions
-    from epsl.bounds.radius import certify as run
+    from epsl.certify.radius import CertifyOptions
+    from epsl.certify.radius import certify as run
 
     hi = None if eps_star is None else np.asarray(
         eps_star.detach().cpu() if hasattr(eps_star, "detach") else eps_star, dtype=np.float64)

@@ -12,14 +12,14 @@ from scipy.optimize import linprog
 from torch import nn
 
 from epsl.attacks.eps_star import MinimalConfig, minimal_perturbation
-from epsl.bounds.crown import (
+from epsl.certify.crown import (
     ball,
     crown_margins,
     ibp_margins,
     margin_threshold,
     trace_network,
 )
-from epsl.bounds.radius import CertifyOptions, certify
+from epsl.certify.radius import CertifyOptions, certify
 from epsl.errors import EpslError
 from epsl.models import Normalize, checkpoint, create_model
 

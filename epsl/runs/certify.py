@@ -1,4 +1,4 @@
-"""``epsl certify``: ε_cert (the certified floor, :mod:`epsl.bounds.radius`) beside ε_L and ε*
+"""``epsl certify``: ε_cert (the certified floor, :mod:`epsl.certify.radius`) beside ε_L and ε*
 per example, and the three-way report card of Eq. 4
 (:func:`epsl.analysis.cards.proof_card`): where Eq. 4 is provably conservative
 (ε_L ≤ ε_cert), provably optimistic (ε_L > ε*) or undecided.
@@ -29,7 +29,7 @@ from epsl.attacks.eps_star import (
     check_minimal_dependencies,
     minimal_perturbation,
 )
-from epsl.bounds.radius import CertifyOptions, certify
+from epsl.certify.radius import CertifyOptions, certify
 from epsl.diagnostics import diagnose
 from epsl.errors import EpslError
 from epsl.norms import Norm, check_radius, parse_norm

@@ -138,7 +138,7 @@ class LandscapeSettings:
 
 @dataclass(frozen=True)
 class CertifySettings:
-    """``[certify]``: ε_cert (CROWN, :mod:`epsl.bounds.radius`) on the first ``images`` test
+    """``[certify]``: ε_cert (CROWN, :mod:`epsl.certify.radius`) on the first ``images`` test
     images of every model of the main seed, bisected on [0, ε*] ``steps`` times, and the
     three-way card of Eq. 4 (provably conservative, provably optimistic, undecided). Off unless
     ``enabled``; ℓ∞ studies only."""

@@ -18,7 +18,7 @@ import pandas as pd
 from epsl.attacks import sweep
 from epsl.attacks.audit import AuditConfig
 from epsl.attacks.eps_star import MinimalResult
-from epsl.bounds.radius import CertifyOptions
+from epsl.certify.radius import CertifyOptions
 from epsl.norms import max_radius
 from epsl.results.files import read_json, read_table
 from epsl.results.records import Result, reusable

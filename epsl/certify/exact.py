@@ -4,7 +4,7 @@ layers and ReLUs in a chain), in the [0, 1] box, as a mixed-integer program (Tje
 
 The program's variables are the input x, the radius t (the objective, with |x - x0| <= t), each
 hidden layer's outputs and one binary per unstable ReLU (big-M encoding). The big-M constants
-are CROWN's pre-activation bounds (:mod:`epsl.bounds.crown`) on the ball of radius ``upper``,
+are CROWN's pre-activation bounds (:mod:`epsl.certify.crown`) on the ball of radius ``upper``,
 which contains the optimum. The search has a time limit; one that runs out reports the interval
 it reached and NaN as ε_exact, never a guess. The solver's point is re-scored: clipped to the
 box, misclassified by the model, at an ℓ∞ distance which may exceed ε_exact by the solver's
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from epsl.bounds.crown import Network, ball
+from epsl.certify.crown import Network, ball
 from epsl.errors import EpslError
 
 __all__ = ["EXACT_STATUS", "dense_layers", "exact_minimum"]

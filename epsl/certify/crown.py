@@ -3,7 +3,7 @@ interval bound propagation (IBP) and backward linear bound propagation (CROWN, Z
 2018, https://arxiv.org/abs/1811.00866), on the layers epsl's models and the zoo's use.
 
 :func:`trace_network` turns the network into a :class:`Network` of ops
-(:func:`epsl.bounds.trace.trace_ops`: affine ops, the add of two ops, ReLU and max pooling;
+(:func:`epsl.certify.trace.trace_ops`: affine ops, the add of two ops, ReLU and max pooling;
 anything else is refused in one line that names the layer).
 
 CROWN bounds every margin ``z_y - z_c`` from below by a linear function of the input, carried
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from epsl.bounds.trace import Op, trace_ops
+from epsl.certify.trace import Op, trace_ops
 
 __all__ = ["Network", "ball", "crown_margins", "ibp_margins", "margin_threshold", "trace_network"]
 
@@ -43,7 +43,7 @@ JACOBIAN_FLOATS = 2 ** 24
 
 def trace_network(model: nn.Module, example: torch.Tensor) -> Network:
     """The float64, eval-mode graph of ``model`` (:class:`Network`), checked op by op
-    (:func:`epsl.bounds.trace.trace_ops`); ``example`` (1 x C x H x W) fixes the shapes. An
+    (:func:`epsl.certify.trace.trace_ops`); ``example`` (1 x C x H x W) fixes the shapes. An
     unsupported layer is a one-line :class:`EpslError` naming it."""
     network = Network(trace_ops(model))
     network.set_shapes(example.detach().cpu().double())

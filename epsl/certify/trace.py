@@ -1,4 +1,4 @@
-"""A network as the list of ops that :mod:`epsl.bounds.crown` can bound.
+"""A network as the list of ops that :mod:`epsl.certify.crown` can bound.
 
 The network is traced once with ``torch.fx`` (:func:`trace_ops`), in float64 and eval mode, into
 ops of four kinds:
@@ -314,7 +314,7 @@ def _call_op(node: fx.Node, root: nn.Module, index: dict[fx.Node, int]) -> Op:
 
 def trace_ops(model: nn.Module) -> list[Op]:
     """The ops of a float64, eval-mode copy of ``model``, in topological order, the last
-    being the logits (shapes not yet set: :meth:`epsl.bounds.crown.Network.set_shapes`).
+    being the logits (shapes not yet set: :meth:`epsl.certify.crown.Network.set_shapes`).
     An unsupported layer is a one-line :class:`EpslError` naming it."""
     net = copy.deepcopy(model).cpu().double().eval()
     for p in net.parameters():

@@ -3,9 +3,9 @@
 
     ε_cert  ≤  true minimal ℓ∞ perturbation (in the [0, 1] box)  ≤  ε*
 
-- **ε_cert** is the largest radius at which CROWN (:mod:`epsl.bounds.crown`) proves that no point of
+- **ε_cert** is the largest radius at which CROWN (:mod:`epsl.certify.crown`) proves that no point of
   the ℓ∞ ball intersected with the box changes the prediction: every margin ``z_y - z_c`` has
-  a lower bound above :func:`epsl.bounds.crown.margin_threshold`. It is found per example by
+  a lower bound above :func:`epsl.certify.crown.margin_threshold`. It is found per example by
   bisection on ``[0, hi]``, ``hi`` being ε* where known (no radius at or above ε* can be
   certified, since a verified adversarial point lies there) and the whole box otherwise. The
   bisection's last certified radius is returned, so ε_cert is sound at the bisection's
@@ -13,7 +13,7 @@
 - **ε_exact** (``exact=True``, small ReLU networks of affine layers and ReLUs) is the true
   minimal ℓ∞ distance to a point of the box where some other class's logit reaches the true
   class's, by a mixed-integer program per example in [ε_cert, ``hi``]
-  (:func:`epsl.bounds.exact.exact_minimum`). One that runs out of time reports the interval
+  (:func:`epsl.certify.exact.exact_minimum`). One that runs out of time reports the interval
   it reached (``eps_exact_lo``, ``eps_exact_hi``) and NaN as ``eps_exact``, never a guess.
 
 Every bound is computed in float64 on a float64 copy of the network. In float32 the bounds
@@ -34,14 +34,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from epsl.bounds.crown import (
+from epsl.certify.crown import (
     Network,
     crown_margins,
     ibp_margins,
     margin_threshold,
     trace_network,
 )
-from epsl.bounds.exact import EXACT_STATUS, dense_layers, exact_minimum
+from epsl.certify.exact import EXACT_STATUS, dense_layers, exact_minimum
 from epsl.distributed import shard_map
 from epsl.errors import EpslError
 
