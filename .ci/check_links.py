@@ -47,7 +47,7 @@ def broken(path: Path) -> list[str]:
         line = text.count("\n", 0, match.start()) + 1
         if not where.exists():
             problems.append(f"{path.relative_to(ROOT)}:{line}: {target}: no such file")
-        elif anchor and where.suffix == ".md" \
+        elif anchor and where.suffix == ".md"\
                 and anchor not in anchors(where.read_text(encoding="utf-8")):
             problems.append(f"{path.relative_to(ROOT)}:{line}: {target}: no heading "
                             f"#{anchor} in {where.relative_to(ROOT)}")

@@ -32,7 +32,7 @@ TAIL_COLUMNS = ("pgd_steps", "eps_star_accuracy", "attacks_worst", "audit_worst"
 NOT_FRACTIONS = (set(BASE_COLUMNS) - _FRACTIONS) | {"pgd_steps", "audit_n", "audit_verdict",
                                                     "eq4_optimistic_from", "certify_n",
                                                     "reported_attack", "reported_against",
-                                                    "reported_verdict", "reported_source"} \
+                                                    "reported_verdict", "reported_source"}\
     | CARD_STATS
 #: The header each column is shown under (an attack column's is made by :func:`column_header`).
 HEADERS = {"model": "model", "run": "run", "dataset": "data", "arch": "arch", "norm": "norm",

@@ -5,7 +5,7 @@ A *run folder* holds any of the results that ``epsl diagnose``, ``epsl activatio
 either directly or in subfolders (up to two levels deep, e.g. ``run/attacks/attack.csv``).
 Every result is read through :mod:`epsl.results.records`: its JSON record (``diagnostics.json``,
 ``attack.json``, ``audit.json``, ``activations.json``, ``landscape.json``,
-``minimal.json``) names its schema,
+``eps_star.json``) names its schema,
 holds its provenance (and so the model's metadata, which labels the run) and sits beside its
 table:
 
@@ -17,14 +17,14 @@ table:
 - ``attack.csv``: one row per example per setting, ``index, label, attack, loss_name, eps,
   steps, restarts, step_size, random_start, source, correct, loss, margin, pred``.
 - ``audit.csv``: ``index, label, clean_correct, <attack>..., robust, broken_by``.
-- ``minimal.csv``: ε* per example beside ε_L (``epsl calibrate``): ``index, label, eps_star,
+- ``eps_star.csv``: ε* per example beside ε_L (``epsl eps-star``): ``index, label, eps_star,
   eps_star_attack, pred_adv, eps_<attack>..., eps_l, rival, ratio, optimistic``; its record
   holds the report card of Eq. 4.
 
 Several attack, landscape and activations results in one run are concatenated; the shallowest
-diagnostics, audit and minimal (ε*) results are used. A record of an unknown schema is refused in one line.
+diagnostics, audit and ε* results are used. A record of an unknown schema is refused in one line.
 
-**The threat model.** Every diagnostics, minimal (ε*), attack and audit record's summary names
+**The threat model.** Every diagnostics, ε*, attack and audit record's summary names
 its norm (``"norm": "linf" | "l2" | "l1"``, :mod:`epsl.norms`); a record without one is ℓ∞ (an
 older run). The diagnostics table's gradient-gap column is named by the dual norm
 (``grad_gap_l1`` for ℓ∞, ``grad_gap_l2`` for ℓ2, ``grad_gap_linf`` for ℓ1) and attack tables may
@@ -45,15 +45,15 @@ import pandas as pd
 
 from epsl.errors import EpslError
 from epsl.norms import Norm, dual, parse_norm
-from epsl.results.records import KINDS, TABLE_FORMATS, Result, load
+from epsl.results.records import KINDS, TABLE_FORMATS, Result, holds, load, stored_kind
 
-RUN_KINDS = ("diagnostics", "activations", "landscape", "attack", "audit", "minimal", "certify")
+RUN_KINDS = ("diagnostics", "activations", "landscape", "attack", "audit", "eps_star", "certify")
 #: the text columns of each kind's table; every other column holds numbers, or true/false in
 #: :data:`BOOLEAN_COLUMNS` and the audit's per-attack columns (:func:`column_type`)
 TEXT_COLUMNS: dict[str, frozenset[str]] = {
     "activations": frozenset({"layer"}), "landscape": frozenset({"direction"}),
     "attack": frozenset({"attack", "loss_name", "norm", "source"}),
-    "audit": frozenset({"broken_by"}), "minimal": frozenset({"eps_star_attack"}),
+    "audit": frozenset({"broken_by"}), "eps_star": frozenset({"eps_star_attack"}),
     "certify": frozenset({"group", "exact_status"}),
 }
 BOOLEAN_COLUMNS = frozenset({"correct", "clean_correct", "robust", "optimistic", "random_start",
@@ -64,7 +64,7 @@ _TRUE, _FALSE = frozenset({"true", "1", "1.0"}), frozenset({"false", "0", "0.0"}
 _CONCATENATED = ("activations", "landscape", "attack")
 #: the kinds whose records name the norm they were measured in (activations and landscapes
 #: are not measured in one)
-NORMED_KINDS = ("diagnostics", "minimal", "attack", "audit")
+NORMED_KINDS = ("diagnostics", "eps_star", "attack", "audit")
 _MAX_DEPTH = 2
 
 
@@ -90,8 +90,8 @@ class Run:
     attack_summary: dict[str, Any] = field(default_factory=dict)
     audit: pd.DataFrame | None = None
     audit_summary: dict[str, Any] = field(default_factory=dict)
-    minimal: pd.DataFrame | None = None
-    minimal_summary: dict[str, Any] = field(default_factory=dict)
+    eps_star: pd.DataFrame | None = None
+    eps_star_summary: dict[str, Any] = field(default_factory=dict)
     #: ``certify.csv`` (ε_cert beside ε_L and ε*, ``epsl certify``) and its record's summary
     certify: pd.DataFrame | None = None
     certify_summary: dict[str, Any] = field(default_factory=dict)
@@ -148,7 +148,7 @@ def _record_norms(result: Result, path: Path) -> set[Norm]:
 
 
 def _run_norm(results: Mapping[str, Sequence[Result]], root: Path) -> Norm:
-    """The one norm of a run folder's diagnostics, minimal, attack and audit results."""
+    """The one norm of a run folder's diagnostics, eps_star, attack and audit results."""
     seen: dict[Norm, Path] = {}
     for name in NORMED_KINDS:
         for result in results.get(name, ()):
@@ -253,7 +253,8 @@ def check_table(frame: pd.DataFrame, kind: str, path: Path) -> pd.DataFrame:
 def _table_path(result: Result) -> Path:
     """The file ``result``'s table was read from (the first format there, as
     :func:`epsl.results.records.load` reads it)."""
-    folder, name = result.folder or Path("."), KINDS[result.kind].table
+    folder = result.folder or Path(".")
+    name = stored_kind(folder, result.kind).table
     found = [folder / f"{name}.{fmt}" for fmt in TABLE_FORMATS
              if (folder / f"{name}.{fmt}").is_file()]
     return found[0] if found else folder / f"{name}.csv"
@@ -272,7 +273,7 @@ def _folders(root: Path) -> list[Path]:
 def _results(root: Path) -> dict[str, list[Result]]:
     folders = _folders(root)
     results = {name: [load(folder, name) for folder in folders
-                      if (folder / KINDS[name].record).is_file()] for name in RUN_KINDS}
+                      if holds(folder, name)] for name in RUN_KINDS}
     if not any(results.values()):
         stray = [folder / f"{KINDS[name].table}.{fmt}" for folder in folders
                  for name in RUN_KINDS for fmt in TABLE_FORMATS
@@ -308,19 +309,19 @@ def load_run(path: Path | str, *, label: str | None = None) -> Run:
 
     # the model's metadata and checkpoint, from the first result that knows them
     origin = next((r.provenance for name in ("diagnostics", "audit", "attack", "activations",
-                                             "landscape", "minimal")
+                                             "landscape", "eps_star")
                    for r in results[name] if r.provenance is not None), None)
     meta = dict(origin.model) if origin is not None else {}
     diagnostics, attack, audited = first("diagnostics"), first("attack"), first("audit")
-    minimal, certified = first("minimal"), first("certify")
+    eps_star, certified = first("eps_star"), first("certify")
     summary = dict(diagnostics.summary) if diagnostics is not None else {}
     if origin is not None:
         summary.setdefault("checkpoint", origin.checkpoint)
     run = Run(name=root.resolve().name, path=root, meta=meta, summary=summary,
               attack_summary=dict(attack.summary) if attack is not None else {},
               audit_summary=dict(audited.summary) if audited is not None else {},
-              minimal_summary=dict(minimal.summary) if minimal is not None else {},
-              minimal=tables["minimal"],
+              eps_star_summary=dict(eps_star.summary) if eps_star is not None else {},
+              eps_star=tables["eps_star"],
               certify_summary=dict(certified.summary) if certified is not None else {},
               certify=tables["certify"],
               diagnostics=tables["diagnostics"], activations=tables["activations"],
@@ -442,3 +443,8 @@ def defense_kind(meta: Mapping[str, Any]) -> str:
     if not reg:
         return "noise" if sigma else "natural"
     return f"{reg}+noise" if sigma else reg
+
+
+__all__ = ["BOOLEAN_COLUMNS", "NORMED_KINDS", "RUN_KINDS", "Run", "TEXT_COLUMNS", "check_table",
+           "column_type", "common_norm", "defense_kind", "defense_label", "defense_params",
+           "grad_gap_column", "load_run", "load_runs", "logit_columns", "unique_labels"]

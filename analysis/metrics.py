@@ -76,7 +76,7 @@ def strongest_setting(accuracies: pd.DataFrame) -> pd.DataFrame:
     """Per (attack, loss_name, eps, transfer), the setting with the most steps, then the most
     restarts: the number a paper table would report for "PGD-k"."""
     order = accuracies.sort_values(["steps", "restarts"])
-    return order.groupby(["attack", "loss_name", "eps", "transfer"], sort=True).tail(1) \
+    return order.groupby(["attack", "loss_name", "eps", "transfer"], sort=True).tail(1)\
         .reset_index(drop=True)
 
 

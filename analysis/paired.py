@@ -140,3 +140,7 @@ def paired_html(paired: pd.DataFrame) -> str:
                    + "</tr>" for row in rows[2:])
     return (f'<table class="comparison paired"><thead><tr>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table>")
+
+
+__all__ = ["PAIRED_COLUMNS", "eq4_prediction", "paired_html", "paired_lines", "paired_markdown",
+           "paired_tests", "worst_case"]

@@ -72,3 +72,6 @@ def render_runs(run_dirs: Sequence[Path | str], out: Path | str, *, eps: float |
     write_json(out / "config.json", config)
     write_text(out / "index.md", _index_markdown(entries, runs, norm))
     return FiguresResult(out, tuple(runs), tuple(entries), report, eps, norm)
+
+
+__all__ = ["FiguresResult", "PRODUCTS", "render_runs"]

@@ -266,3 +266,6 @@ def audit_notes(runs: Sequence[Any]) -> dict[str, Any]:
     return {r.label: {"verdict": r.audit_summary.get("verdict"),
                       "warnings": r.audit_summary.get("warnings") or []}
             for r in runs if r.audit_summary}
+
+
+__all__ = ["QUESTION", "audit_notes", "render_report", "write_report"]

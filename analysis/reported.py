@@ -59,7 +59,7 @@ def with_reported(table: pd.DataFrame, reported: dict[str, dict[str, Any]]) -> p
                 side = "above" if float(value) > float(hi) else "below"
                 apart.append(f"{what} {float(value):.1%} {side} epsl's [{100 * float(lo):.1f}, "
                              f"{100 * float(hi):.1f}]")
-        table.at[i, "reported_verdict"] = "disagrees: " + "; ".join(apart) if apart \
+        table.at[i, "reported_verdict"] = "disagrees: " + "; ".join(apart) if apart\
             else "agrees"
     return table
 
@@ -76,7 +76,7 @@ def reported_markdown(table: pd.DataFrame) -> str:
         return ""
     rows = table[table["reported_robust"].notna()]
     worst = [c if isinstance(c, str) else None for c in rows["reported_against"]]
-    attack = str(rows["reported_attack"].dropna().iloc[0]) if \
+    attack = str(rows["reported_attack"].dropna().iloc[0]) if\
         rows["reported_attack"].notna().any() else "reported"
     shown = pd.DataFrame({
         "model": list(rows["model"]),

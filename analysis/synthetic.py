@@ -231,10 +231,10 @@ def audit_frames(attack: pd.DataFrame, clean_correct: pd.Series, eps: float
     return frame, summary
 
 
-def minimal_frame(diagnostics: pd.DataFrame, *, seed: int = 0,
+def eps_star_frame(diagnostics: pd.DataFrame, *, seed: int = 0,
                   attacks: Sequence[str] = ("fmn", "fab"), norm: str | Norm = "linf"
                   ) -> pd.DataFrame:
-    """Per-example ε* with the columns of ``epsl calibrate``'s ``minimal.csv``: ``index, label,
+    """Per-example ε* with the columns of ``epsl eps-star``'s ``eps_star.csv``: ``index, label,
     eps_star, eps_star_attack, pred_adv, eps_<attack>..., eps_l, rival, ratio, optimistic``.
 
     ε* is where :func:`attack_frame`'s strongest PGD breaks the example (ε_L times the same
@@ -275,7 +275,7 @@ def minimal_frame(diagnostics: pd.DataFrame, *, seed: int = 0,
         frame[f"eps_{name}"] = np.where(correct, own, 0.0)
     frame["eps_l"] = eps_l
     frame["rival"] = diagnostics["rival"].to_numpy()
-    # the ratio and the flag exactly as epsl.runs.eps_star.minimal_table makes them
+    # the ratio and the flag exactly as epsl.runs.eps_star.eps_star_table makes them
     keep = (eps_star > 0) & (eps_l > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(np.isinf(eps_star), 0.0, eps_l / eps_star)
@@ -284,9 +284,9 @@ def minimal_frame(diagnostics: pd.DataFrame, *, seed: int = 0,
     return frame
 
 
-def minimal_summary(table: pd.DataFrame, eps: Sequence[float], *, seed: int = 0,
+def eps_star_summary(table: pd.DataFrame, eps: Sequence[float], *, seed: int = 0,
                     norm: str | Norm = "linf") -> dict[str, Any]:
-    """The ``minimal.json`` numbers of ``epsl calibrate`` for ``table``: its norm, ε* accuracy
+    """The ``eps_star.json`` numbers of ``epsl eps-star`` for ``table``: its norm, ε* accuracy
     at each ε with its 95% interval, the report card of Eq. 4 and which attack found each
     ε*."""
     n = len(table)
@@ -302,7 +302,7 @@ def minimal_summary(table: pd.DataFrame, eps: Sequence[float], *, seed: int = 0,
         "found_by": {str(k): int(v) for k, v in
                      table["eps_star_attack"].replace("", "none").value_counts().items()},
         "seconds": {name: 0.0 for name in attacks},
-        "minimal": {"attacks": attacks, "seed": seed},
+        "eps_star": {"attacks": attacks, "seed": seed},
     }
 
 
@@ -314,8 +314,8 @@ def write_synthetic_run(out: Path | str, defense: Mapping[str, Any] | str = "nat
                         norm: str | Norm = "linf") -> Path:
     """Write a run folder through :mod:`epsl.results.records`: ``diagnostics.csv`` + ``.json``,
     ``activations.csv``, ``landscape.csv``, ``attacks/attack.csv``, ``audit/audit.csv`` and,
-    when ``tables`` names ``"minimal"`` (not by default), ``minimal/minimal.csv``, each with its
-    record. ``defense`` is a ``defense`` dict or a key of :data:`PRESETS`. Adding ``"minimal"``
+    when ``tables`` names ``"eps_star"`` (not by default), ``eps_star/eps_star.csv``, each with its
+    record. ``defense`` is a ``defense`` dict or a key of :data:`PRESETS`. Adding ``"eps_star"``
     leaves every other table unchanged (it draws from a generator of its own). Every record
     names ``norm``; ``eps`` defaults to :func:`default_eps` of it (0.3 in ℓ∞)."""
     out = Path(out)
@@ -350,8 +350,13 @@ def write_synthetic_run(out: Path | str, defense: Mapping[str, Any] | str = "nat
     if "audit" in tables:
         audit, summary = audit_frames(attack, diag["correct"], eps)
         Result("audit", {**summary, "norm": p.value}, origin, audit).save(out / "audit")
-    if "minimal" in tables:
-        minimal = minimal_frame(diag, seed=seed, norm=p)
-        Result("minimal", minimal_summary(minimal, eps_list, seed=seed, norm=p), origin,
-               minimal).save(out / "minimal")
+    if "eps_star" in tables:
+        eps_star = eps_star_frame(diag, seed=seed, norm=p)
+        Result("eps_star", eps_star_summary(eps_star, eps_list, seed=seed, norm=p), origin,
+               eps_star).save(out / "eps_star")
     return out
+
+
+__all__ = ["NORM_SCALE", "PIXELS", "PRESETS", "activations_frame", "attack_frame", "audit_frames",
+           "default_eps", "defense_config", "diagnostics_frame", "eps_star_frame",
+           "eps_star_summary", "landscape_frame", "model_meta", "write_synthetic_run"]

@@ -4,7 +4,7 @@ One row per model: its defense parameters (α, β, σ, adversarial training and 
 steps), train and test accuracy from the checkpoint, the clean accuracy and the Eq. 4 predicted
 accuracy (share of examples with ε < ε_L) on the evaluated examples, white-box FGSM and PGD
 accuracy on the cross-entropy and CW losses, black-box (transfer) accuracy, and the audit's
-worst case; with ε* tables (``epsl calibrate``), the accuracy by ε* and the report card of
+worst case; with ε* tables (``epsl eps-star``), the accuracy by ε* and the report card of
 Eq. 4 (Spearman's ρ of ε_L and ε*, the median ratio ε_L / ε*, the share of examples where Eq. 4
 is optimistic and the ε from which its curve overstates the accuracy). Every accuracy is a
 mean over per-example rows, and every one computed here from such rows carries its 95%
@@ -158,7 +158,7 @@ def comparison_row(run: Run, eps: float | None) -> dict[str, Any]:
             row["audit_n"] = len(run.audit)  # the audit may run on fewer examples than n
             if run.audit_summary.get("verdict"):
                 row["audit_verdict"] = str(run.audit_summary["verdict"])
-    if run.minimal is not None:
+    if run.eps_star is not None:
         _card_row(row, run, eps)
     if run.certify is not None:
         _proof_row(row, run, eps)
@@ -184,11 +184,11 @@ def _proof_row(row: dict[str, Any], run: Run, eps: float | None) -> None:
 def _card_row(row: dict[str, Any], run: Run, eps: float | None) -> None:
     """ε*'s accuracy at ``eps`` and the report card of Eq. 4 (from the record, else computed
     from the table)."""
-    assert run.minimal is not None
-    eps_star = run.minimal["eps_star"].astype(float)
+    assert run.eps_star is not None
+    eps_star = run.eps_star["eps_star"].astype(float)
     if eps is not None:
         _with_interval(row, "eps_star_accuracy", int((eps_star > eps).sum()), len(eps_star))
-    card = run.minimal_summary.get("report_card") or report_card(run.minimal["eps_l"], eps_star,
+    card = run.eps_star_summary.get("report_card") or report_card(run.eps_star["eps_l"], eps_star,
                                                                  norm=run.norm)
     for column, key in (("eq4_spearman", "spearman"), ("eq4_ratio_median", "ratio_median"),
                         ("eq4_optimistic", "optimistic_share")):
@@ -220,7 +220,7 @@ def comparison_table(runs: Sequence[Run], *, eps: float | None = None) -> pd.Dat
     attacks = [c for c in frame.columns if c not in BASE_COLUMNS and not is_interval_bound(c)
                and c not in TAIL_COLUMNS]
     attacks = [c for c in FIRST_ATTACKS if c in attacks] + sorted(
-        c for c in attacks if c not in FIRST_ATTACKS and not c.startswith("transfer_")) + \
+        c for c in attacks if c not in FIRST_ATTACKS and not c.startswith("transfer_")) +\
         sorted(c for c in attacks if c.startswith("transfer_"))
     tail = [c for c in TAIL_COLUMNS if c in frame.columns]
     order = [c for column in BASE_COLUMNS + attacks + tail

@@ -27,13 +27,12 @@ from pathlib import Path
 
 import foolbox
 import torch
-import torch.nn.functional as F
 import torchattacks
+from common import plain_train
 
 from epsl.attacks import pgd
 from epsl.data import Split, load_split
-from epsl.models import Classifier, create_model
-from epsl.models.checkpoint import model_kwargs_for
+from epsl.models import Classifier
 
 #: eps and step size per norm (None: 2.5 * eps / steps), as in the tests that compare with
 #: the reference libraries
@@ -41,20 +40,6 @@ EPS = {"linf": 0.1, "l2": 0.5}
 STEP_SIZES: dict[str, float | None] = {"linf": 0.01, "l2": None}
 Reference = Callable[[Classifier, torch.Tensor, torch.Tensor, float, float, int, bool],
                      torch.Tensor]
-
-
-def train(arch: str, data: Split, *, seed: int, epochs: int = 8) -> Classifier:
-    """The test suite's ``quick_train``: a plain seeded Adam loop on the digits."""
-    torch.manual_seed(seed)
-    model = create_model(arch, **model_kwargs_for("digits"))
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(data), generator=gen).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(data.x[idx]), data.y[idx]).backward()
-            opt.step()
-    return model.eval()
 
 
 def torchattacks_pgd(norm: str) -> Reference:
@@ -147,7 +132,7 @@ def main() -> None:
     rows = []
     for spec in args.models:
         arch, _, seed = spec.partition(":")
-        model = train(arch, train_split, seed=int(seed or 0))
+        model = plain_train(arch, train_split, seed=int(seed or 0))  # the tests' digits_model
         clean = robust_accuracy(model, test_split.x, test_split.y)
         print(f"{spec}: clean accuracy {100 * clean:.1f}% on {len(test_split)} test digits")
         for norm in args.norms:

@@ -25,28 +25,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchattacks
+from common import plain_train
 
 from epsl.attacks import pgd
 from epsl.data import load_split
 from epsl.errors import EpslError
-from epsl.models import Classifier, create_model
-from epsl.models.checkpoint import model_kwargs_for
+from epsl.models import Classifier
 
 
 def train(arch: str, dataset: str, *, examples: int, epochs: int, seed: int = 0) -> Classifier:
-    torch.manual_seed(seed)
+    """``arch`` trained briefly (Adam, lr 1e-3) on the first ``examples`` of ``dataset``'s
+    training split."""
     data = load_split(dataset, "train").subset(examples)
-    model = create_model(arch, **model_kwargs_for(dataset))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(data), generator=gen).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(data.x[idx]), data.y[idx]).backward()
-            opt.step()
-    return model.eval()
+    return plain_train(arch, data, dataset=dataset, seed=seed, epochs=epochs, lr=1e-3)
 
 
 def timed(run: Callable[[], float]) -> tuple[float, float]:

@@ -20,8 +20,8 @@ What runs, each timed alone on the same images (interleaved after a warm-up, med
 repeats, because the machine may be shared):
 
 - each member of the default ℓ∞ ensemble (FMN 100, FAB 50) and, for ℓ2, DDN 100, through
-  :func:`epsl.attacks.eps_star.minimal_perturbation` with that member alone (``attacks=(name,)``);
-- targeted FAB 50 over the top-k classes (``MinimalConfig(fab_targets=k)``) for each k of
+  :func:`epsl.attacks.eps_star.find_eps_star` with that member alone (``attacks=(name,)``);
+- targeted FAB 50 over the top-k classes (``EpsStarConfig(fab_targets=k)``) for each k of
   ``--targets``, against untargeted FAB on the same images: time, and ε* as the median ratio
   targeted / untargeted and the share of examples within 1% of the untargeted ensemble
   (FMN + untargeted FAB) and of their own ensemble's (FMN + targeted FAB) ε*;
@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from epsl.attacks import apgd, pgd, square
-from epsl.attacks.eps_star import MinimalConfig, minimal_perturbation
+from epsl.attacks.eps_star import EpsStarConfig, find_eps_star
 from epsl.models import Classifier, create_model
 
 warnings.simplefilter("ignore", DeprecationWarning)  # foolbox 3.3 imports a deprecated scipy
@@ -129,8 +129,8 @@ def peak_mib(case: str, n: int, name: str, targets: tuple[int, ...] = ()) -> flo
 def _members(model: Classifier, x: torch.Tensor, y: torch.Tensor, fab_steps: int,
              targets: tuple[int, ...] = ()) -> dict[str, Callable[[], Any]]:
     def ensemble(**settings: Any) -> Callable[[], Any]:
-        config = MinimalConfig(fab_steps=fab_steps, **settings)
-        return lambda: minimal_perturbation(model, x, y, config=config)
+        config = EpsStarConfig(fab_steps=fab_steps, **settings)
+        return lambda: find_eps_star(model, x, y, config=config)
 
     runs = {"fmn": ensemble(attacks=("fmn",)), "fab": ensemble(attacks=("fab",)),
             "ddn": ensemble(attacks=("ddn",), norm="l2")}

@@ -4,30 +4,28 @@ once everything is computed."""
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
-from tqdm import tqdm
 
 from epsl.attacks import ATTACKS, LOSSES
-from epsl.attacks.audit import AuditConfig
+from epsl.attacks.audit import AuditBudgets, AuditConfig
 from epsl.cli.common import (
     RADIUS,
     SEED,
     FractionType,
-    checkpoint_options,
+    checkpoint_eval_options,
     data_config,
     default,
-    eval_data_options,
-    minimal_budget_options,
-    minimal_config,
+    eps_star_budget_options,
+    eps_star_config,
     norm_option,
+    progress_bar,
     result_options,
+    run_and_save,
+    say_written,
 )
 from epsl.norms import NORMS
-from epsl.results.files import check_out_dir
-from epsl.results.records import kind
 from epsl.runs.attack import AttackRunConfig, run_attack
 from epsl.runs.audit import AuditRunConfig, run_audit
 from epsl.stats import with_interval
@@ -43,20 +41,8 @@ source_option = click.option("--source", type=click.Path(dir_okay=False), defaul
                                   "attack scored on CHECKPOINT), e.g. a naturally trained model.")
 
 
-def _precheck(out: str, products: list[str], overwrite: bool) -> None:
-    """Fail before any computation when results are in the way or ``out`` cannot be written
-    (without creating ``out``)."""
-    check_out_dir(out, products, overwrite, create=False)
-
-
-def _progress_bar() -> tqdm:
-    return tqdm(unit="attack", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
-
-
 @click.command("attack", short_help="Attack a checkpoint with FGSM, PGD, APGD or Square.")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@eval_data_options
-@checkpoint_options
+@checkpoint_eval_options
 @click.option("--attack", "attack_name", type=click.Choice(ATTACKS.names()), default="pgd",
               show_default=True, help="Which attack (APGD and Square need torchattacks).")
 @click.option("--loss", type=click.Choice(LOSSES.names()), default=None,
@@ -108,10 +94,7 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, norm: str,
                              random_start=False if no_random_start else None,
                              cw_confidence=cw_confidence, seed=seed, batch_size=batch_size,
                              source=source, norm=norm)
-    _precheck(out, kind("attack").files(), overwrite)
-    record = run_attack(config)
-    paths = record.save(out, overwrite=overwrite)
-    summary = record.summary
+    summary, paths = run_and_save(out, "attack", lambda: run_attack(config), overwrite=overwrite)
     click.echo(f"{attack_name} ({summary['loss']}, {summary['norm']})"
                f"{' transferred from ' + source if source else ''} on {summary['n']} examples")
     click.echo(f"{'eps':>8} {'steps':>6} {'restarts':>8} {'step size':>10} "
@@ -119,42 +102,40 @@ def attack(checkpoint: str, attack_name: str, loss: str | None, norm: str,
     for row in summary["settings"]:
         click.echo(f"{row['eps']:>8.4f} {row['steps']:>6} {row['restarts']:>8} "
                    f"{row['step_size']:>10.4g} {with_interval(row['accuracy'], row['n']):>20}")
-    click.echo("\n".join(f"wrote {path}" for path in paths))
+    say_written(paths)
 
 
 @click.command("audit", short_help="Audit a checkpoint for signs of gradient masking.")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@eval_data_options
-@checkpoint_options
+@checkpoint_eval_options
 @norm_option
 @click.option("--eps", type=RADIUS, required=True,
               help="Radius in the --norm, pixel units: (0, 1] for linf, up to sqrt(D) for l2, "
                    "D for l1 ('8/255' accepted).")
 @source_option
 @click.option("--quick", is_flag=True,
-              help="Fewer steps, restarts and queries (AuditConfig.quick()) for a first look.")
+              help="Fewer steps, restarts and queries (AuditBudgets.quick()) for a first look.")
 @click.option("--skip-expensive", is_flag=True,
               help="Skip APGD, the minimum-norm ensemble and Square.")
-@click.option("--min-norm/--no-min-norm", "minimal_norm", default=True, show_default=True,
+@click.option("--min-norm/--no-min-norm", "eps_star_norm", default=True, show_default=True,
               help="Run the minimum-norm ensemble of the --norm (linf: FMN + FAB; l2: FMN + DDN "
                    "+ FAB): an example with eps* <= EPS is broken.")
-@minimal_budget_options
+@eps_star_budget_options
 @click.option("--pgd-steps", type=STEP, default=None,
-              help=f"Steps of PGD-k (default {default(AuditConfig, 'pgd_steps')}).")
+              help=f"Steps of PGD-k (default {default(AuditBudgets, 'pgd_steps')}).")
 @click.option("--strong-steps", type=STEP, default=None,
-              help=f"Steps of the long PGD (default {default(AuditConfig, 'strong_steps')}).")
+              help=f"Steps of the long PGD (default {default(AuditBudgets, 'strong_steps')}).")
 @click.option("--strong-restarts", type=STEP, default=None,
-              help=f"Random restarts of PGD-k (default {default(AuditConfig, 'strong_restarts')}).")
+              help=f"Random restarts of PGD-k (default {default(AuditBudgets, 'strong_restarts')}).")
 @click.option("--square-queries", type=STEP, default=None,
-              help=f"Queries of the Square attack (default {default(AuditConfig, 'square_queries')}).")
+              help=f"Queries of the Square attack (default {default(AuditBudgets, 'square_queries')}).")
 @click.option("--unbounded-steps", type=STEP, default=None,
               help="Steps of the unbounded-eps check (default "
-                   f"{default(AuditConfig, 'unbounded_steps')}).")
+                   f"{default(AuditBudgets, 'unbounded_steps')}).")
 @seed_option
 @batch_option
 @result_options
 def audit_command(checkpoint: str, norm: str, eps: float, source: str | None, quick: bool,
-                  skip_expensive: bool, minimal_norm: bool, fmn_steps: int, fab_steps: int,
+                  skip_expensive: bool, eps_star_norm: bool, fmn_steps: int, fab_steps: int,
                   ddn_steps: int, fab_targets: int | None,
                   pgd_steps: int | None, strong_steps: int | None,
                   strong_restarts: int | None, square_queries: int | None,
@@ -176,21 +157,20 @@ def audit_command(checkpoint: str, norm: str, eps: float, source: str | None, qu
              "strong_restarts": strong_restarts, "square_queries": square_queries,
              "unbounded_steps": unbounded_steps}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    minimal = (minimal_config(fmn_steps=fmn_steps, fab_steps=fab_steps, ddn_steps=ddn_steps,
+    eps_star = (eps_star_config(fmn_steps=fmn_steps, fab_steps=fab_steps, ddn_steps=ddn_steps,
                               fab_targets=fab_targets,
                               seed=seed, batch_size=batch_size, norm=norm)
-               if minimal_norm else None)
-    overrides |= {"skip_expensive": skip_expensive, "minimal": minimal, "seed": seed,
+               if eps_star_norm else None)
+    overrides |= {"skip_expensive": skip_expensive, "eps_star": eps_star, "seed": seed,
                   "batch_size": batch_size}
-    budgets = AuditConfig.quick(**overrides) if quick else AuditConfig(**overrides)
-    config = AuditRunConfig(data=data_config(checkpoint, options), eps=eps, audit=budgets,
+    audit = AuditConfig.build(quick=quick, **overrides)
+    config = AuditRunConfig(data=data_config(checkpoint, options), eps=eps, audit=audit,
                             source=source, norm=norm)
-    _precheck(out, kind("audit").files(), overwrite)
-    with _progress_bar() as bar:
-        record = run_audit(config, progress=bar.update)
-    paths = record.save(out, overwrite=overwrite)
-    _print_audit(checkpoint, record.summary)
-    click.echo("\n".join(f"wrote {path}" for path in paths))
+    with progress_bar(unit="attack") as bar:
+        summary, paths = run_and_save(out, "audit", lambda: run_audit(config, progress=bar.update),
+                                      overwrite=overwrite)
+    _print_audit(checkpoint, summary)
+    say_written(paths)
 
 
 def _print_audit(checkpoint: str, summary: dict[str, Any]) -> None:
@@ -219,3 +199,6 @@ def _print_audit(checkpoint: str, summary: dict[str, Any]) -> None:
 
 
 COMMANDS: list[click.Command] = [attack, audit_command]
+
+__all__ = ["COMMANDS", "STEP", "attack", "audit_command", "batch_option", "seed_option",
+           "source_option"]

@@ -8,23 +8,23 @@ from typing import Any
 import click
 
 from epsl.analysis.cards import proof_lines
-from epsl.attacks.eps_star import MinimalConfig
+from epsl.attacks.eps_star import EpsStarConfig
 from epsl.certify.radius import CertifyOptions
 from epsl.cli.common import (
     EPS,
-    SEED,
-    checkpoint_options,
+    batch_size_option,
+    checkpoint_eval_options,
     data_config,
     default,
-    eval_data_options,
-    minimal_budget_options,
-    minimal_config,
+    eps_star_budget_options,
+    eps_star_config,
+    format_option,
     precheck,
     progress_bar,
     result_options,
     say_written,
+    seed_option,
 )
-from epsl.cli.diagnose_cmds import format_option
 from epsl.results.records import kind
 from epsl.runs.certify import CertifyConfig, run_certify
 from epsl.runs.diagnose import DEFAULT_EPS
@@ -33,9 +33,7 @@ from epsl.stats import with_interval
 
 @click.command("certify", short_help="A certified floor under eps* (CROWN), and the proofs "
                                      "of Eq. 4.")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@eval_data_options
-@checkpoint_options
+@checkpoint_eval_options
 @click.option("--eps", "eps", type=EPS, multiple=True,
               help="l_inf radii of the certified accuracy; '8/255' accepted; repeatable. "
                    "Default: 2/255 4/255 8/255 0.1 0.2 0.3.")
@@ -47,17 +45,14 @@ from epsl.stats import with_interval
 @click.option("--eps-max", type=EPS, default=None,
               help="Cap the bisection's upper end (default: eps*, or 1 where unbroken).")
 @click.option("--exact", is_flag=True,
-              help="Also the true minimal perturbation as a mixed-integer program (scipy's "
+              help="Also the true eps_star perturbation as a mixed-integer program (scipy's "
                    "HiGHS; ReLU networks of affine layers only).")
 @click.option("--exact-time", type=click.FloatRange(min=0, min_open=True),
               default=default(CertifyOptions, "exact_time"), show_default=True,
               help="Seconds of solver time per example for --exact.")
-@minimal_budget_options
-@click.option("--seed", type=SEED, default=default(MinimalConfig, "seed"), show_default=True,
-              help="Seed of FAB's random draws (eps*).")
-@click.option("--batch-size", type=click.IntRange(min=1),
-              default=default(CertifyOptions, "batch_size"), show_default=True,
-              help="Examples bounded together.")
+@eps_star_budget_options
+@seed_option(EpsStarConfig, "Seed of FAB's random draws (eps*).")
+@batch_size_option(CertifyOptions, "Examples bounded together.")
 @format_option
 @result_options
 def certify(checkpoint: str, eps: tuple[float, ...], method: str, steps: int,
@@ -76,12 +71,12 @@ def certify(checkpoint: str, eps: tuple[float, ...], method: str, steps: int,
 
     Example: epsl certify model.safetensors --limit 50 --out cert
     """
-    minimal = minimal_config(attacks=(), fmn_steps=fmn_steps, fab_steps=fab_steps,
+    eps_star = eps_star_config(attacks=(), fmn_steps=fmn_steps, fab_steps=fab_steps,
                              ddn_steps=ddn_steps,
                              fab_targets=fab_targets, fab_restarts=1, seed=seed, batch_size=None,
                              norm="linf")
     config = CertifyConfig(
-        data=data_config(checkpoint, options), minimal=minimal,
+        data=data_config(checkpoint, options), eps_star=eps_star,
         options=CertifyOptions(method=method, steps=steps, batch_size=batch_size, exact=exact,
                                exact_time=exact_time),
         eps=tuple(eps) or DEFAULT_EPS, eps_max=eps_max, table_format=table_format)
@@ -105,3 +100,5 @@ def certify(checkpoint: str, eps: tuple[float, ...], method: str, steps: int,
 
 
 COMMANDS: list[click.Command] = [certify]
+
+__all__ = ["COMMANDS", "certify"]

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 from tqdm import tqdm
 
-from epsl.attacks.eps_star import MinimalConfig
+from epsl.attacks.eps_star import EpsStarConfig
 from epsl.cli.entry import stopped
 from epsl.data import DATASETS, SPLITS
 from epsl.device import DEVICES
@@ -25,6 +25,7 @@ from epsl.errors import SEED_MAX, EpslError, path_error
 from epsl.models import MODELS
 from epsl.norms import NORMS
 from epsl.results.files import check_out_dir, folder_lock
+from epsl.results.records import TABLE_FORMATS, Result, kind
 from epsl.runs.context import DataConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -89,6 +90,31 @@ def default(cls: type, name: str) -> Any:
     if spec.default_factory is not dataclasses.MISSING:
         return spec.default_factory()
     raise KeyError(f"{cls.__name__}.{name} has no default")
+
+
+#: ``--eps`` of the commands that report accuracies at radii in the ``--norm`` (the norm's
+#: radii without it: :data:`epsl.runs.diagnose.DEFAULT_EPS`).
+radii_option = click.option(
+    "--eps", "eps", type=RADIUS, multiple=True,
+    help="Radii in the --norm at which to report accuracies, pixel units: in (0, 1] for linf, "
+         "up to sqrt(D) for l2, D for l1; '8/255' accepted; repeatable. Default: 2/255 4/255 "
+         "8/255 0.1 0.2 0.3 (linf), 0.1 0.25 0.5 1 2 (l2), 0.5 1 2 5 12 (l1).")
+
+format_option = click.option("--format", "table_format", type=click.Choice(TABLE_FORMATS),
+                             default="csv", show_default=True, help="Table file format.")
+
+
+def seed_option(config: type, help: str) -> Callable[[F], F]:
+    """``--seed`` (:data:`SEED`), its default that of the field ``seed`` of ``config``."""
+    return click.option("--seed", type=SEED, default=default(config, "seed"), show_default=True,
+                        help=help)
+
+
+def batch_size_option(config: type, help: str) -> Callable[[F], F]:
+    """``--batch-size`` (a whole number from 1), its default that of the field ``batch_size``
+    of ``config``."""
+    return click.option("--batch-size", type=click.IntRange(min=1),
+                        default=default(config, "batch_size"), show_default=True, help=help)
 
 
 #: library parameters whose option is named otherwise (``--model`` fills ``model=``,
@@ -191,6 +217,14 @@ checkpoint_options = _compose(
                       "the weights' file (default: torch hub's cache)."),
 )
 
+#: The head of every command that evaluates one checkpoint: the CHECKPOINT argument, the data
+#: it is evaluated on and how it is loaded.
+checkpoint_eval_options = _compose(
+    click.argument("checkpoint", type=click.Path(dir_okay=False)),
+    eval_data_options,
+    checkpoint_options,
+)
+
 device_option = click.option("--device", type=click.Choice(DEVICES), default="auto",
                              show_default=True, help="Where to compute.")
 overwrite_option = click.option("--overwrite", is_flag=True,
@@ -217,34 +251,34 @@ def data_config(checkpoint: str | None, options: dict[str, Any]) -> DataConfig:
 
 
 #: The minimum-norm ensemble's budgets, for every command that finds ε*.
-minimal_budget_options = _compose(
+eps_star_budget_options = _compose(
     click.option("--fmn-steps", type=click.IntRange(min=1),
-                 default=default(MinimalConfig, "fmn_steps"), show_default=True,
+                 default=default(EpsStarConfig, "fmn_steps"), show_default=True,
                  help="Steps of Foolbox's FMN attack in the --norm (eps*)."),
     click.option("--fab-steps", type=click.IntRange(min=1),
-                 default=default(MinimalConfig, "fab_steps"), show_default=True,
+                 default=default(EpsStarConfig, "fab_steps"), show_default=True,
                  help="Steps of torchattacks' FAB in the --norm (eps*)."),
     click.option("--ddn-steps", type=click.IntRange(min=1),
-                 default=default(MinimalConfig, "ddn_steps"), show_default=True,
+                 default=default(EpsStarConfig, "ddn_steps"), show_default=True,
                  help="Steps of Foolbox's DDN attack (l2 only; eps*)."),
     click.option("--fab-targets", type=click.IntRange(min=1), default=None,
                  help="Run FAB targeted at the K wrong classes with the highest logits "
                       "instead of untargeted: its cost grows with the classes, so use it at "
-                      "100+ classes (docs/calibration.md measures K=9 against untargeted)."),
+                      "100+ classes (docs/eps-star.md measures K=9 against untargeted)."),
 )
 
 
-def minimal_config(*, fmn_steps: int, fab_steps: int, seed: int, batch_size: int | None,
+def eps_star_config(*, fmn_steps: int, fab_steps: int, seed: int, batch_size: int | None,
                    attacks: tuple[str, ...] = (), fab_restarts: int | None = None,
                    ddn_steps: int | None = None, norm: str = "linf",
-                   fab_targets: int | None = None) -> MinimalConfig:
+                   fab_targets: int | None = None) -> EpsStarConfig:
     """The one place the CLI builds the minimum-norm ensemble (calibrate, compare, audit): in
     the command's ``--norm`` (its default attacks unless ``attacks``), the budgets given,
     seeded and batched like the command's attacks."""
-    return MinimalConfig(attacks=attacks or None, norm=norm,
+    return EpsStarConfig(attacks=attacks or None, norm=norm,
                          fmn_steps=fmn_steps, fab_steps=fab_steps,
-                         ddn_steps=ddn_steps or default(MinimalConfig, "ddn_steps"),
-                         fab_restarts=fab_restarts or default(MinimalConfig, "fab_restarts"),
+                         ddn_steps=ddn_steps or default(EpsStarConfig, "ddn_steps"),
+                         fab_restarts=fab_restarts or default(EpsStarConfig, "fab_restarts"),
                          fab_targets=fab_targets, seed=seed, batch_size=batch_size)
 
 
@@ -254,9 +288,20 @@ def precheck(out: str, products: list[str], overwrite: bool) -> None:
     check_out_dir(out, products, overwrite, create=False)
 
 
-def progress_bar(total: int) -> tqdm:
-    """A progress bar on stderr, shown only on a terminal."""
-    return tqdm(total=total, unit="ex", file=sys.stderr, disable=not sys.stderr.isatty(),
+def run_and_save(out: str, name: str, run: Callable[[], Result], *, overwrite: bool,
+                 table_format: str = "csv") -> tuple[dict[str, Any], list[Path]]:
+    """Refuse before any work where results are in the way in ``out`` (:func:`precheck` for a
+    result of kind ``name``), then ``run()`` and save the result there: its summary and the
+    files written."""
+    precheck(out, kind(name).files(table_format), overwrite)
+    record = run()
+    return record.summary, record.save(out, table_format=table_format, overwrite=overwrite)
+
+
+def progress_bar(total: int | None = None, unit: str = "ex") -> tqdm:
+    """A progress bar on stderr, shown only on a terminal, counting ``unit`` up to ``total``
+    (open-ended for ``None``)."""
+    return tqdm(total=total, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(),
                 leave=False)
 
 
@@ -264,3 +309,29 @@ def say_written(paths: list[Path]) -> None:
     """Say which files a command wrote, one line each."""
     for path in paths:
         click.echo(f"wrote {path}")
+
+
+def former_name(command: click.Command, old: str) -> click.Command:
+    """``command`` under the name ``old`` it had in an earlier release: hidden from ``--help``,
+    it says what it became on stderr and then runs as ``command``."""
+    callback = command.callback
+    assert callback is not None
+
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        click.echo(f"note: 'epsl {old}' is now 'epsl {command.name}'", err=True)
+        return callback(*args, **kwargs)
+
+    alias = click.Command(old, params=command.params, callback=run, help=command.help,
+                          short_help=command.short_help, hidden=True,
+                          context_settings=command.context_settings)
+    return alias
+
+
+__all__ = ["EPS", "FractionType", "PARAMETER_ALIASES", "RADIUS", "SEED", "batch_size_option",
+           "checkpoint_eval_options", "checkpoint_options", "data_config", "data_options",
+           "default", "device_option", "eps_star_budget_options", "eps_star_config",
+           "eval_data_options", "format_option", "former_name", "handle_errors", "in_flags",
+           "norm_option", "out_option", "overwrite_option", "parse_fraction", "precheck",
+           "progress_bar", "radii_option", "result_options", "run_and_save", "say_written",
+           "seed_option"]

@@ -9,23 +9,27 @@ from typing import Any
 import click
 
 from epsl.analysis.cards import card_lines
-from epsl.attacks.eps_star import MINIMAL_ATTACKS, MinimalConfig
+from epsl.attacks.eps_star import MIN_NORM_ATTACKS, EpsStarConfig
 from epsl.cli.common import (
-    RADIUS,
-    SEED,
     FractionType,
+    batch_size_option,
+    checkpoint_eval_options,
     checkpoint_options,
     data_config,
     data_options,
     default,
-    eval_data_options,
-    minimal_budget_options,
-    minimal_config,
+    eps_star_budget_options,
+    eps_star_config,
+    format_option,
+    former_name,
     norm_option,
     precheck,
     progress_bar,
+    radii_option,
     result_options,
+    run_and_save,
     say_written,
+    seed_option,
 )
 from epsl.data import SPLITS
 from epsl.diagnostics import DIRECTIONS, METHODS
@@ -40,30 +44,20 @@ from epsl.runs.diagnose import (
     run_diagnose,
     run_landscape,
 )
-from epsl.runs.eps_star import CalibrateConfig, run_calibrate
+from epsl.runs.eps_star import EpsStarRunConfig, run_eps_star
 from epsl.stats import with_interval
 
 SPAN = FractionType(0.0, None, low_open=True)
-FORMATS = ("csv", "parquet")
-
-format_option = click.option("--format", "table_format", type=click.Choice(FORMATS),
-                             default="csv", show_default=True, help="Table file format.")
 
 
 @click.command("diagnose", short_help="Per-example logit gaps, gradient gaps, cosines and eps_L.")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@eval_data_options
-@checkpoint_options
+@checkpoint_eval_options
 @norm_option
-@click.option("--eps", "eps", type=RADIUS, multiple=True,
-              help="Radius in the --norm, pixel units: in (0, 1] for linf, up to sqrt(D) for "
-                   "l2, D for l1; '8/255' accepted; repeatable. Default: 2/255 4/255 8/255 0.1 "
-                   "0.2 0.3 (linf), 0.1 0.25 0.5 1 2 (l2), 0.5 1 2 5 12 (l1).")
+@radii_option
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Examples per Jacobian chunk (default: from --memory).")
-@click.option("--batch-size", type=click.IntRange(min=1),
-              default=default(DiagnoseConfig, "batch_size"), show_default=True,
-              help="Examples per unit of work (progress; sharding under torchrun).")
+@batch_size_option(DiagnoseConfig, "Examples per unit of work (progress; sharding under "
+                                   "torchrun).")
 @click.option("--memory", default=None, metavar="SIZE",
               help="Memory the Jacobian blocks may use, e.g. 2GiB or 512MB (default: half "
                    "the free GPU memory; on the CPU a quarter of the available, at most 1 "
@@ -112,12 +106,8 @@ def diagnose(checkpoint: str, norm: str, eps: tuple[float, ...], chunk_size: int
 
 
 @click.command("activations", short_help="Penultimate and logit activations summed per unit.")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@eval_data_options
-@checkpoint_options
-@click.option("--batch-size", type=click.IntRange(min=1),
-              default=default(ActivationsConfig, "batch_size"), show_default=True,
-              help="Examples per forward pass.")
+@checkpoint_eval_options
+@batch_size_option(ActivationsConfig, "Examples per forward pass.")
 @format_option
 @result_options
 def activations(checkpoint: str, batch_size: int, table_format: str, out: str, overwrite: bool,
@@ -130,10 +120,8 @@ def activations(checkpoint: str, batch_size: int, table_format: str, out: str, o
     """
     config = ActivationsConfig(data=data_config(checkpoint, options), batch_size=batch_size,
                                table_format=table_format)
-    precheck(out, kind("activations").files(table_format), overwrite)
-    record = run_activations(config)
-    paths = record.save(out, table_format=table_format, overwrite=overwrite)
-    summary = record.summary
+    summary, paths = run_and_save(out, "activations", lambda: run_activations(config),
+                                  overwrite=overwrite, table_format=table_format)
     click.echo(f"n={summary['n']}  penultimate neurons {summary['n_features']}, "
                f"never active {summary['n_inactive']}")
     say_written(paths)
@@ -164,11 +152,9 @@ def _span(value: float) -> float:
                    "(the paper's +-10 is 10/255). Points are not clipped to [0, 1].")
 @click.option("--steps", type=click.IntRange(min=2), default=default(LandscapeConfig, "steps"),
               show_default=True, help="Grid points per axis.")
-@click.option("--seed", type=SEED, default=default(LandscapeConfig, "seed"), show_default=True,
-              help="Seed of the Rademacher directions.")
-@click.option("--batch-size", type=click.IntRange(min=1),
-              default=default(LandscapeConfig, "batch_size"), show_default=True,
-              help="Grid points per forward pass, at most (fewer where --memory needs).")
+@seed_option(LandscapeConfig, "Seed of the Rademacher directions.")
+@batch_size_option(LandscapeConfig, "Grid points per forward pass, at most (fewer where "
+                                    "--memory needs).")
 @click.option("--memory", default=None, metavar="SIZE",
               help="Memory the forward passes and the table may use, e.g. 2GiB or 512MB "
                    "(default: as for diagnose, on the CPU a quarter of the available, at most "
@@ -189,64 +175,55 @@ def landscape(checkpoint: str, images: int, direction: str, span: float, steps: 
     config = LandscapeConfig(data=data_config(checkpoint, {**options, "limit": images}),
                              direction=direction, span=_span(span), steps=steps, seed=seed,
                              batch_size=batch_size, table_format=table_format, memory=memory)
-    precheck(out, kind("landscape").files(table_format), overwrite)
-    record = run_landscape(config)
-    paths = record.save(out, table_format=table_format, overwrite=overwrite)
-    summary = record.summary
+    summary, paths = run_and_save(out, "landscape", lambda: run_landscape(config),
+                                  overwrite=overwrite, table_format=table_format)
     click.echo(f"{summary['images']} images x {summary['grid_points']} grid points, "
                f"direction {direction}, range +-{span:.4f}")
     say_written(paths)
 
 
-@click.command("calibrate", short_help="How far eps_L can be trusted, against eps* per example.")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@eval_data_options
-@checkpoint_options
+@click.command("eps-star", short_help="eps* per example beside eps_L: how far Eq. 4 can be trusted.")
+@checkpoint_eval_options
 @norm_option
-@click.option("--eps", "eps", type=RADIUS, multiple=True,
-              help="Radii in the --norm at which to report the eps* accuracy; '8/255' "
-                   "accepted; repeatable. Default: the norm's, as for epsl diagnose.")
-@click.option("--attack", "attacks", type=click.Choice(list(MINIMAL_ATTACKS)), multiple=True,
+@radii_option
+@click.option("--attack", "attacks", type=click.Choice(list(MIN_NORM_ATTACKS)), multiple=True,
               help="Minimum-norm attacks of the ensemble; repeatable. Default: the norm's "
                    "(linf: fmn fab; l2: fmn ddn fab; l1: fmn pgd-bisect).")
-@minimal_budget_options
+@eps_star_budget_options
 @click.option("--fab-restarts", type=click.IntRange(min=1),
-              default=default(MinimalConfig, "fab_restarts"), show_default=True,
+              default=default(EpsStarConfig, "fab_restarts"), show_default=True,
               help="Restarts of FAB.")
-@click.option("--seed", type=SEED, default=default(MinimalConfig, "seed"), show_default=True,
-              help="Seed of FAB's and PGD's random draws and of the bootstrap.")
-@click.option("--batch-size", type=click.IntRange(min=1),
-              default=default(MinimalConfig, "batch_size"), show_default=True,
-              help="Examples per attack call.")
+@seed_option(EpsStarConfig, "Seed of FAB's and PGD's random draws and of the bootstrap.")
+@batch_size_option(EpsStarConfig, "Examples per attack call.")
 @format_option
 @result_options
-def calibrate(checkpoint: str, norm: str, eps: tuple[float, ...], attacks: tuple[str, ...],
-              fmn_steps: int, fab_steps: int, ddn_steps: int,
-              fab_targets: int | None, fab_restarts: int, seed: int,
-              batch_size: int,
-              table_format: str, out: str, overwrite: bool, **options: Any) -> None:
+def eps_star_command(checkpoint: str, norm: str, eps: tuple[float, ...],
+                     attacks: tuple[str, ...], fmn_steps: int, fab_steps: int,
+                     ddn_steps: int, fab_targets: int | None, fab_restarts: int, seed: int,
+                     batch_size: int, table_format: str, out: str, overwrite: bool,
+                     **options: Any) -> None:
     """How far Eq. 4's eps_L can be trusted on CHECKPOINT, example by example.
 
     Finds eps*, the smallest perturbation in the --norm that really flips each example (the
     best verified point of the minimum-norm attacks), beside eps_L, and prints the report
     card of Eq. 4: Spearman's rho with a bootstrap 95% interval, the ratio eps_L / eps*, the
     share of examples where Eq. 4 is optimistic, and where its accuracy curve overstates the
-    empirical one. Writes OUT/minimal.csv (one row per example), OUT/minimal.safetensors (the
-    verified points) and OUT/minimal.json.
+    empirical one. Writes OUT/eps_star.csv (one row per example), OUT/eps_star.safetensors (the
+    verified points) and OUT/eps_star.json.
 
-    Example: epsl calibrate model.safetensors --eps 0.1 --out calib
+    Example: epsl eps-star model.safetensors --eps 0.1 --out eps-star
     """
-    minimal = minimal_config(attacks=tuple(attacks), fmn_steps=fmn_steps, fab_steps=fab_steps,
-                             ddn_steps=ddn_steps,
-                             fab_targets=fab_targets, fab_restarts=fab_restarts, seed=seed,
-                             batch_size=batch_size, norm=norm)
-    config = CalibrateConfig(data=data_config(checkpoint, options), minimal=minimal,
-                             eps=tuple(eps) or default_eps(norm), table_format=table_format)
-    precheck(out, kind("minimal").files(table_format), overwrite)
+    eps_star = eps_star_config(attacks=tuple(attacks), fmn_steps=fmn_steps, fab_steps=fab_steps,
+                               ddn_steps=ddn_steps, fab_targets=fab_targets,
+                               fab_restarts=fab_restarts, seed=seed, batch_size=batch_size,
+                               norm=norm)
+    config = EpsStarRunConfig(data=data_config(checkpoint, options), eps_star=eps_star,
+                              eps=tuple(eps) or default_eps(norm), table_format=table_format)
+    precheck(out, kind("eps_star").files(table_format), overwrite)
     evaluation = config.data.prepare()
     n = len(evaluation.data)
-    with progress_bar(n * len(minimal.attacks)) as bar:
-        record = run_calibrate(config, evaluation=evaluation, progress=bar.update)
+    with progress_bar(n * len(eps_star.attacks)) as bar:
+        record = run_eps_star(config, evaluation=evaluation, progress=bar.update)
     paths = record.save(out, table_format=table_format, overwrite=overwrite)
     summary = record.summary
     click.echo(f"n={n}  eps* found by: "
@@ -259,4 +236,7 @@ def calibrate(checkpoint: str, norm: str, eps: tuple[float, ...], attacks: tuple
     say_written(paths)
 
 
-COMMANDS: list[click.Command] = [diagnose, activations, landscape, calibrate]
+COMMANDS: list[click.Command] = [diagnose, activations, landscape, eps_star_command,
+                                 former_name(eps_star_command, "calibrate")]
+
+__all__ = ["COMMANDS", "SPAN", "activations", "diagnose", "eps_star_command", "landscape"]

@@ -30,3 +30,5 @@ def explain_command(code: str | None) -> None:
 
 
 COMMANDS: list[click.Command] = [explain_command]
+
+__all__ = ["COMMANDS", "explain_command"]

@@ -83,7 +83,7 @@ def reproduce_command(preset: str, out: str, force: bool, norm: str | None, eps:
         ("train.seed" if study.kind == "train" else "attacks.seed"): seed,
         "models": models.split(",") if models else None,
         "audit.enabled": False if no_audit else None,
-        "minimal.enabled": False if no_min_norm else None,
+        "eps_star.enabled": False if no_min_norm else None,
         "device": device if device != "auto" else None,
     })
     interactive = sys.stderr.isatty()
@@ -105,3 +105,5 @@ def reproduce_command(preset: str, out: str, force: bool, norm: str | None, eps:
 
 
 COMMANDS = [reproduce_command]
+
+__all__ = ["COMMANDS", "reproduce_command"]

@@ -174,3 +174,5 @@ def info_command(checkpoint: str, arch: str | None, model_factory: str | None,
 
 
 COMMANDS = [train_command, info_command]
+
+__all__ = ["COMMANDS", "info_command", "train_command"]

@@ -22,7 +22,7 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise EpslError("device=cuda was asked for but no CUDA device is available")
-    if name.startswith("cuda") and "TORCHELASTIC_RUN_ID" in os.environ \
+    if name.startswith("cuda") and "TORCHELASTIC_RUN_ID" in os.environ\
             and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > torch.cuda.device_count():
         raise EpslError(f"torchrun started more processes on this machine than it has GPUs "
                         f"({torch.cuda.device_count()}): use --nproc-per-node "
@@ -51,3 +51,6 @@ def autocast(device: torch.device, precision: str) -> Any:
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=_AUTOCAST[precision])
+
+
+__all__ = ["DEVICES", "PRECISIONS", "autocast", "model_device", "resolve_device"]

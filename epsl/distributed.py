@@ -175,7 +175,7 @@ def agree(index: torch.Tensor) -> torch.Tensor:
         return index
     size = torch.tensor([index.numel()], dtype=torch.int64)
     dist.broadcast(size, src=0)
-    values = index.detach().to("cpu", torch.int64).contiguous() if world().rank == 0 \
+    values = index.detach().to("cpu", torch.int64).contiguous() if world().rank == 0\
         else torch.empty(int(size), dtype=torch.int64)
     dist.broadcast(values, src=0)
     return values.to(index.device)
@@ -317,3 +317,8 @@ def _gather_rows(rows: torch.Tensor, totals: list[int], size: int) -> list[torch
     everyone = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(everyone, padded.contiguous())
     return [t[:n].to(rows.dtype) for t, n in zip(everyone, totals, strict=True)]
+
+
+__all__ = ["TORCHRUN_ENV", "World", "agree", "all_sum", "backend", "barrier", "batch_rows",
+           "finish", "global_sum", "launch_id", "launched", "restart_count", "setup", "shard_map",
+           "world"]

@@ -25,7 +25,7 @@ def check_seed(value: object, name: str = "seed") -> None:
     """One meaning of a seed everywhere: an integer in [0, 2**63) (:data:`SEED_MAX`), checked
     before any work, so that no generator refuses it after a long computation; ``name`` is the
     parameter the one-line :class:`EpslError` names (``seed``, ``sample_seed``, ...)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral)\
             or not 0 <= int(value) <= SEED_MAX:
         raise EpslError(f"{name} must be a non-negative integer below 2**63 (got {value!r})")
 
@@ -66,3 +66,7 @@ class UnknownNameError(EpslError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+__all__ = ["EpslError", "SEED_MAX", "UnknownNameError", "check_progress", "check_seed",
+           "os_reason", "path_error"]

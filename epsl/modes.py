@@ -44,3 +44,6 @@ def eval_mode(model: nn.Module, *, warn: bool = True) -> Iterator[nn.Module]:
             param.requires_grad_(True)
         if was_training:
             model.train()
+
+
+__all__ = ["eval_mode"]

@@ -41,3 +41,6 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+
+__all__ = ["Registry"]

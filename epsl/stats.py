@@ -90,3 +90,6 @@ def with_interval(accuracy: float, n: int) -> str:
     """``76.9% [72.2, 81.1]``: an accuracy over ``n`` examples and its 95% interval."""
     lo, hi = accuracy_interval(accuracy, n)
     return f"{accuracy:.1%} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+__all__ = ["PairedTest", "accuracy_interval", "clopper_pearson", "mcnemar", "with_interval"]

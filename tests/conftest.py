@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from benchmarks.common import plain_train
 from epsl.data import Split, load_split
-from epsl.models import Classifier, checkpoint, create_model
+from epsl.models import Classifier, checkpoint
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -53,17 +53,9 @@ def digits_train() -> Split:
 
 
 def quick_train(data: Split, *, epochs: int = 8, seed: int = 0) -> Classifier:
-    """A plain Adam loop (independent of epsl.defenses.train) giving a ~95% digits model in seconds."""
-    torch.manual_seed(seed)
-    model = create_model("small-cnn", **checkpoint.model_kwargs_for("digits"))
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(data), generator=gen).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(data.x[idx]), data.y[idx]).backward()
-            opt.step()
-    return model.eval()
+    """A plain Adam loop (independent of epsl.defenses.train) giving a ~95% digits model in
+    seconds; the benchmarks train with the same loop (``benchmarks/common.py``)."""
+    return plain_train("small-cnn", data, epochs=epochs, seed=seed)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import torchattacks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -29,41 +28,25 @@ from epsl.attacks import (
     transfer,
 )
 from epsl.errors import EpslError
-
-with warnings.catch_warnings():  # foolbox 3.3 imports a deprecated scipy namespace
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import foolbox as fb
+from epsl.norms import distance
+from tests.attack_cases import (
+    SEED_SPREAD,
+    clean_correct,
+    reference_pgd,
+    tiny_data,
+    tiny_model,
+)
 
 PROPERTY = settings(max_examples=25, deadline=None)
-#: How much a reference library's robust accuracy on one seed may lie below epsl's without
-#: epsl being the weaker attack. Over seeds 0-4, the robust accuracy of PGD-20 from a random
-#: start has a standard deviation of at most 0.9 points for torchattacks and Foolbox on two
-#: digits models, l_inf and l2 (``python benchmarks/attack_strength.py``, docs/attacks.md);
-#: rounded up to one point. From x both attacks are deterministic and measured equal; the same
-#: point absorbs the few examples whose margin lies within float rounding of 0, which differs
-#: from one CPU to another.
-SEED_SPREAD = 0.01
-
-
-def tiny_model(seed: int = 0, classes: int = 4) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, classes)).eval()
-
-
-def tiny_data(seed: int, n: int, classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 1, 4, 4, generator=gen), torch.randint(0, classes, (n,), generator=gen)
+#: eps and step size per norm of the comparison with the reference libraries (PGD-20), as in
+#: ``benchmarks/attack_strength.py``
+REFERENCE_SETTINGS = {"linf": (0.1, 0.01), "l2": (0.5, 2.5 * 0.5 / 20)}
 
 
 def assert_in_threat_model(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> None:
     assert x_adv.shape == x.shape
     assert float((x_adv - x).abs().max()) <= eps + 1e-6
     assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
-
-
-def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).argmax(1) == y
 
 
 attack_settings = st.fixed_dictionaries({
@@ -251,34 +234,26 @@ def test_every_registered_attack_respects_the_threat_model(name, digits_model, d
     assert result.accuracy < clean_correct(digits_model, x, y).float().mean().item()
 
 
-def reference_pgd(library: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                  eps: float, step_size: float, steps: int, random_start: bool) -> torch.Tensor:
-    """torchattacks' PGD or Foolbox's LinfPGD, each with its own random start."""
-    if library == "torchattacks":
-        return torchattacks.PGD(model, eps=eps, alpha=step_size, steps=steps,
-                                random_start=random_start)(x, y)
-    attack = fb.attacks.LinfPGD(abs_stepsize=step_size, steps=steps, random_start=random_start)
-    return attack(fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=eps)[1]
-
-
+@pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("library", ["torchattacks", "foolbox"])
 @pytest.mark.parametrize("random_start", [False, True], ids=["no-random-start", "random-start"])
 def test_pgd_is_as_strong_as_the_reference_libraries(digits_model, digits_test, library,
-                                                     random_start):
+                                                     random_start, norm):
     """Same model, data (the whole digits test split), eps, steps and step size as
-    torchattacks' PGD and Foolbox's LinfPGD (Madry et al.'s PGD): epsl's robust accuracy is at
-    most :data:`SEED_SPREAD` above the reference's (measured over seeds 0-4: never above it on
-    any seed). Speed is compared side by side in ``benchmarks/attacks.py``, not in a timed
-    test."""
+    torchattacks' PGD and PGDL2 and Foolbox's LinfPGD and L2PGD (Madry et al.'s PGD; in l2
+    normalised-gradient steps, scaled onto the ball, clipped): epsl's robust accuracy is at most
+    :data:`SEED_SPREAD` above the reference's (measured over seeds 0-4: never above it on any
+    seed). Speed is compared side by side in ``benchmarks/attacks.py``, not in a timed test."""
     x, y = digits_test.x, digits_test.y
-    eps, steps, alpha = 0.1, 20, 0.01
+    (eps, alpha), steps = REFERENCE_SETTINGS[norm], 20
     torch.manual_seed(0)
-    x_ref = reference_pgd(library, digits_model, x, y, eps=eps, step_size=alpha, steps=steps,
-                          random_start=random_start)
-    assert_in_threat_model(x_ref, x, eps)
+    x_ref = reference_pgd(library, digits_model, x, y, norm=norm, eps=eps, step_size=alpha,
+                          steps=steps, random_start=random_start)
+    assert float(distance(x_ref, x, norm).max()) <= eps * (1 + 1e-5)
+    assert float(x_ref.min()) >= 0.0 and float(x_ref.max()) <= 1.0
     with torch.no_grad():
         ref_accuracy = (digits_model(x_ref).argmax(1) == y).float().mean().item()
-    ours = pgd(digits_model, x, y, eps=eps, step_size=alpha, steps=steps,
+    ours = pgd(digits_model, x, y, eps=eps, step_size=alpha, steps=steps, norm=norm,
                random_start=random_start, seed=0).accuracy
     assert ref_accuracy < 0.9  # the attack does something on this natural model
     assert ours <= ref_accuracy + SEED_SPREAD

@@ -1,18 +1,16 @@
 """Attacks in every l_p norm: the projections against scipy and closed forms, the threat model
-of every attack in every norm, FGM on an affine model against its closed-form flip point,
-l2 PGD against torchattacks' PGDL2 and Foolbox's L2PGD, the random starts (which never make
-PGD weaker), and one-line refusals (library and CLI)."""
+of every attack in every norm, FGM on an affine model against its closed-form flip point, the
+random starts (which never make PGD weaker), and one-line refusals (library and CLI). l2 PGD
+against torchattacks' PGDL2 and Foolbox's L2PGD is in test_attacks.py, beside l_inf."""
 
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torchattacks
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,43 +35,17 @@ from epsl.errors import EpslError
 from epsl.norms import NORMS, distance, dual, lp
 from epsl.runs.attack import AttackRunConfig, accuracy_table
 from epsl.runs.context import DataConfig
-
-with warnings.catch_warnings():  # foolbox 3.3 imports a deprecated scipy namespace
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import foolbox as fb
+from tests.attack_cases import clean_correct, tiny_data, tiny_model
 
 PROPERTY = settings(max_examples=20, deadline=None)
 #: a radius per norm that moves a digit (D = 64 pixels) about as far in each
 RADII = {"linf": 0.2, "l2": 1.0, "l1": 4.0}
-#: How much a reference library's robust accuracy on one seed may lie below epsl's without
-#: epsl being the weaker attack. Over seeds 0-4, the robust accuracy of PGD-20 from a random
-#: start has a standard deviation of at most 0.9 points for torchattacks (PGD, PGDL2) and
-#: Foolbox (LinfPGD, L2PGD) on two digits models, l_inf and l2
-#: (``python benchmarks/attack_strength.py``, docs/attacks.md); rounded up to one point. From x
-#: both attacks are deterministic and measured equal; the same point absorbs the few examples
-#: whose margin lies within float rounding of 0, which differs from one CPU to another.
-SEED_SPREAD = 0.01
-
-
-def tiny_model(seed: int = 0, classes: int = 4) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, classes)).eval()
-
-
-def tiny_data(seed: int, n: int, classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 1, 4, 4, generator=gen), torch.randint(0, classes, (n,), generator=gen)
 
 
 def assert_in_threat_model(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> None:
     assert x_adv.shape == x.shape
     assert float(distance(x_adv, x, norm).max()) <= eps * (1 + 1e-6)
     assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
-
-
-def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).argmax(1) == y
 
 
 # --------------------------------------------------------------------------- projections
@@ -148,7 +120,7 @@ def test_project_lands_in_ball_and_box_and_keeps_inside_points(seed, eps, scale,
     projected = project(x_adv, x, eps, norm)
     assert projected.dtype == x.dtype
     assert_in_threat_model(projected, x, eps, norm)
-    inside = (distance(x_adv, x, norm) <= eps * (1 - 1e-5)) & (x_adv.flatten(1) >= 0).all(1) \
+    inside = (distance(x_adv, x, norm) <= eps * (1 - 1e-5)) & (x_adv.flatten(1) >= 0).all(1)\
         & (x_adv.flatten(1) <= 1).all(1)
     assert torch.allclose(projected[inside], x_adv[inside], atol=1e-6)
 
@@ -294,40 +266,6 @@ def test_every_attack_in_every_norm_respects_the_threat_model(attack, norm, digi
     assert result.accuracy < clean.float().mean().item()
 
 
-def reference_l2_pgd(library: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                     eps: float, step_size: float, steps: int,
-                     random_start: bool) -> torch.Tensor:
-    """torchattacks' PGDL2 or Foolbox's L2PGD, each with its own random start."""
-    if library == "torchattacks":
-        return torchattacks.PGDL2(model, eps=eps, alpha=step_size, steps=steps,
-                                  random_start=random_start)(x, y)
-    attack = fb.attacks.L2PGD(abs_stepsize=step_size, steps=steps, random_start=random_start)
-    return attack(fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=eps)[1]
-
-
-@pytest.mark.parametrize("library", ["torchattacks", "foolbox"])
-@pytest.mark.parametrize("random_start", [False, True], ids=["no-random-start", "random-start"])
-def test_l2_pgd_is_as_strong_as_the_reference_libraries(digits_model, digits_test, library,
-                                                        random_start):
-    """Same model, the whole digits test split, eps, steps and step size as torchattacks'
-    PGDL2 and Foolbox's L2PGD (normalised-gradient steps, scale onto the ball, clip). epsl's
-    robust accuracy is at most :data:`SEED_SPREAD` above the reference's (measured over seeds
-    0-4: never above it on any seed)."""
-    x, y = digits_test.x, digits_test.y
-    eps, steps = 0.5, 20
-    alpha = 2.5 * eps / steps
-    torch.manual_seed(0)
-    x_ref = reference_l2_pgd(library, digits_model, x, y, eps=eps, step_size=alpha, steps=steps,
-                             random_start=random_start)
-    assert float(distance(x_ref, x, "l2").max()) <= eps * (1 + 1e-5)
-    with torch.no_grad():
-        ref_accuracy = (digits_model(x_ref).argmax(1) == y).float().mean().item()
-    ours = pgd(digits_model, x, y, eps=eps, step_size=alpha, steps=steps, seed=0, norm="l2",
-               random_start=random_start)
-    assert ref_accuracy < 0.9  # the attack does something on this natural model
-    assert ours.accuracy <= ref_accuracy + SEED_SPREAD
-
-
 #: a radius per norm at which PGD-20 from x leaves 60-75% of the digits correct (clean 99%)
 HALF_RADII = {"linf": 0.1, "l2": 0.5, "l1": 1.0}
 
@@ -424,7 +362,7 @@ def test_run_config_carries_the_norm(tmp_path) -> None:
     assert AttackRunConfig(data=data, eps=(0.1,)).norm == "linf"
     config = AttackRunConfig(data=data, eps=(0.5, 2.0), norm="L2")
     assert config.norm == "l2" and config.reuse_settings()["norm"] == "l2"
-    assert AttackRunConfig(data=data, eps=(0.5,)).reuse_settings() != \
+    assert AttackRunConfig(data=data, eps=(0.5,)).reuse_settings() !=\
         AttackRunConfig(data=data, eps=(0.5,), norm="l2").reuse_settings()
     for bad, message in [({"norm": "l3"}, "norm must be one of"),
                          ({"attack": "apgd", "norm": "l1"}, "apgd supports norm linf or l2"),

@@ -16,8 +16,8 @@ from epsl.attacks.audit import WARNING_DOCS, AuditConfig, audit, masking_checks
 from epsl.errors import EpslError
 from tests.conftest import quick_train
 
-TINY = AuditConfig(pgd_steps=10, strong_steps=30, strong_restarts=2, apgd_steps=10,
-                   square_queries=100, unbounded_steps=30, skip_expensive=True)
+TINY = AuditConfig.build(pgd_steps=10, strong_steps=30, strong_restarts=2, apgd_steps=10,
+                         square_queries=100, unbounded_steps=30, skip_expensive=True)
 
 
 class Rounded(nn.Module):
@@ -72,8 +72,8 @@ def test_probability_outputs_are_caught(digits_model, batch):
 @pytest.mark.slow
 def test_square_sees_through_the_rounding_layer(digits_model, digits_test):
     x, y = digits_test.x[:24], digits_test.y[:24]
-    config = AuditConfig(pgd_steps=10, strong_steps=20, strong_restarts=2, apgd_steps=10,
-                         square_queries=150, unbounded_steps=20)
+    config = AuditConfig.build(pgd_steps=10, strong_steps=20, strong_restarts=2, apgd_steps=10,
+                               square_queries=150, unbounded_steps=20)
     result = audit(Rounded(digits_model).eval(), x, y, eps=0.2, config=config)
     square_breaks = result.accuracies.set_index("attack").loc["square", "new_breaks"]
     assert square_breaks > 0
@@ -117,7 +117,7 @@ def test_table_is_the_worst_case_over_attacks(digits_model, batch):
     assert (standalone["accuracy"] >= result.robust_accuracy - 1e-9).all()
     assert result.robust_accuracy <= result.summary["paper_attacks_accuracy"]
     ran_on = result.accuracies.set_index("attack")["examples"]
-    assert ran_on[f"pgd{TINY.strong_steps}-xent"] == int(table[["clean_correct", "fgsm",
+    assert ran_on[f"pgd{TINY.budgets.strong_steps}-xent"] == int(table[["clean_correct", "fgsm",
                                                                 "pgd10-xent", "pgd10-cw"]]
                                                           .all(axis=1).sum())
     assert "eps_l" in table and result.summary["eq4_accuracy"] is not None
@@ -130,7 +130,7 @@ def test_save_writes_csv_and_json(digits_model, batch, tmp_path):
     table = pd.read_csv(tmp_path / "audit.csv")
     record = json.loads((tmp_path / "audit.json").read_text())
     assert len(table) == 8 and record["robust_accuracy"] == pytest.approx(table.robust.mean())
-    assert record["config"]["pgd_steps"] == 10 and record["verdict"] == result.verdict
+    assert record["config"]["budgets"]["pgd_steps"] == 10 and record["verdict"] == result.verdict
     assert {a["attack"] for a in record["attacks"]} >= {"clean", "fgsm", "pgd10-xent"}
 
 
@@ -146,7 +146,7 @@ def _accuracies(rows: list[tuple[str, float]]) -> pd.DataFrame:
 def test_thresholds_follow_the_papers_tables():
     """Table 10 (restarts 52.3% -> 49.86%) is a plateau; Table 11 (PGD-20 49.73% -> 1000
     steps 40.94%) is the drop Mosbach et al. exploited."""
-    config = AuditConfig(pgd_steps=20, strong_steps=1000, strong_restarts=9)
+    config = AuditConfig.build(pgd_steps=20, strong_steps=1000, strong_restarts=9)
     n = 10_000
     quiet = torch.zeros(n, dtype=torch.bool)
     table = pd.DataFrame({"index": range(n)})
@@ -188,7 +188,7 @@ def test_train_mode_model_is_restored(digits_model, batch):
 
 def test_strong_pgd_must_have_more_steps_than_the_papers():
     with pytest.raises(EpslError, match="must exceed pgd_steps"):
-        AuditConfig(pgd_steps=40, strong_steps=40)
+        AuditConfig.build(pgd_steps=40, strong_steps=40)
 
 
 @pytest.mark.parametrize("progress", [True, False, "bar"])
@@ -241,8 +241,9 @@ def test_audit_in_other_norms(digits_model, batch, norm, eps):
     from epsl.norms import distance, max_radius
 
     x, y = batch
-    config = dataclasses.replace(TINY, skip_expensive=False, apgd_steps=5, square_queries=30,
-                                 minimal=None)
+    config = dataclasses.replace(TINY, skip_expensive=False, eps_star=None,
+                                 budgets=dataclasses.replace(TINY.budgets, apgd_steps=5,
+                                                             square_queries=30))
     result = audit(digits_model, x, y, eps=eps, norm=norm, config=config)
     names = list(result.accuracies["attack"])
     assert "fgm" in names and "fgsm" not in names
@@ -266,7 +267,7 @@ def test_audit_in_other_norms(digits_model, batch, norm, eps):
 
 def test_audit_norm_checks(digits_model, batch):
     from epsl.attacks.audit import ensemble_in
-    from epsl.attacks.eps_star import MinimalConfig
+    from epsl.attacks.eps_star import EpsStarConfig
     from epsl.runs.audit import AuditRunConfig
     from epsl.runs.context import DataConfig
 
@@ -278,11 +279,11 @@ def test_audit_norm_checks(digits_model, batch):
     with pytest.raises(EpslError, match="norm must be one of"):
         audit(digits_model, x, y, eps=0.1, norm="l3", config=TINY)
     # the default l_inf ensemble follows the norm; a tuned one of another norm is refused
-    assert ensemble_in(MinimalConfig(seed=3), "l2") == MinimalConfig(norm="l2", seed=3)
-    with pytest.raises(EpslError, match="minimal runs in linf but norm=l2"):
-        ensemble_in(MinimalConfig(fmn_steps=7), "l2")
+    assert ensemble_in(EpsStarConfig(seed=3), "l2") == EpsStarConfig(norm="l2", seed=3)
+    with pytest.raises(EpslError, match="eps_star runs in linf but norm=l2"):
+        ensemble_in(EpsStarConfig(fmn_steps=7), "l2")
     data = DataConfig(checkpoint="x.safetensors")
     l2 = AuditRunConfig(data=data, eps=0.5, norm="l2")
     linf = AuditRunConfig(data=data, eps=0.5)
-    assert l2.audit.minimal.norm == "l2" and l2.reuse_settings() != linf.reuse_settings()
+    assert l2.audit.eps_star.norm == "l2" and l2.reuse_settings() != linf.reuse_settings()
     assert "norm" not in linf.reuse_settings()  # l_inf audits made before norms still reused

@@ -304,15 +304,15 @@ def _cases(tmp: Path, ckpt: Path) -> dict[str, tuple[list[object], int, str]]:
                     "refused to load"),
         "reproduce": (["reproduce", "--preset", tmp / "bad.toml", "--out", out], 1,
                       "missing keys"),
-        "calibrate": (["calibrate", ckpt, "--limit", 0, "--out", out], 2,
+        "eps-star": (["eps-star", ckpt, "--limit", 0, "--out", out], 2,
                       "Invalid value for '--limit'"),
-        "calibrate-data": (["calibrate", ckpt, "--data", tmp / "nan.npz", "--out", out], 1,
+        "eps-star-data": (["eps-star", ckpt, "--data", tmp / "nan.npz", "--out", out], 1,
                            "NaN or infinite pixels"),
     }
 
 
 CASES = ["train", "info", "diagnose", "diagnose-usage", "activations", "landscape", "attack",
-         "audit", "figures", "compare", "reproduce", "calibrate", "calibrate-data"]
+         "audit", "figures", "compare", "reproduce", "eps-star", "eps-star-data"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -344,7 +344,7 @@ def test_every_eps_option_has_one_range() -> None:
              for name, command in main.commands.items()
              for param in command.params if param.name in ("eps", "adv_eps", "eps_grid")}
     assert set(found) >= {"attack eps", "audit eps", "compare eps", "compare eps_grid",
-                          "diagnose eps", "reproduce eps", "train adv_eps", "calibrate eps"}
+                          "diagnose eps", "reproduce eps", "train adv_eps", "eps-star eps"}
     # figures read the norm from the runs' records and check --eps in it
     assert all((kind is RADIUS) == (has_norm or key == "figures eps")
                for key, (kind, has_norm) in found.items()), found

@@ -129,7 +129,7 @@ def test_audit_writes_csv_json_and_prints_a_verdict(digits_checkpoint, tmp_path)
     assert record["provenance"]["checkpoint"] == str(digits_checkpoint)
     assert record["provenance"]["source"]["checkpoint"] == str(digits_checkpoint)
     assert record["config"]["skip_expensive"] is True
-    assert record["config"]["strong_steps"] == 10 and "pgd10-xent" in table.columns
+    assert record["config"]["budgets"]["strong_steps"] == 10 and "pgd10-xent" in table.columns
     assert "verdict:" in result.output and "robust accuracy" in result.output
 
 

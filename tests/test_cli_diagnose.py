@@ -1,4 +1,4 @@
-"""``epsl diagnose``, ``activations``, ``landscape`` and ``calibrate`` through click's CliRunner."""
+"""``epsl diagnose``, ``activations``, ``landscape`` and ``eps-star`` through click's CliRunner."""
 
 from __future__ import annotations
 
@@ -77,30 +77,41 @@ def test_diagnose_parquet_and_overwrite(digits_checkpoint: Path, tmp_path: Path)
     assert _run(*args, "--overwrite").exit_code == 0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--dataset", "imagenet"], "imagenet"),
-    (["--eps", "0"], "must be >"),
-    (["--eps", "1.5"], "in (0, 1] for the linf norm"),
-    (["--eps", "-0.1"], "must be >"),
-    (["--eps", "abc"], "not a number"),
-    (["--limit", "0"], "--limit"),
-    (["--dataset", "fashion-mnist", "--data-root", "{data_root}", "--limit", "3"],
-     "expects inputs of shape (1, 8, 8)"),
-    (["--data", "{npz}"], "expects inputs of shape (1, 8, 8)"),
-    (["--chunk-size", "0"], "chunk-size"),
-], ids=["unknown-dataset", "eps-zero", "eps-above-one", "eps-negative", "eps-text", "limit-zero",
-        "shape-mismatch-idx", "shape-mismatch-npz", "chunk-zero"])
-def test_diagnose_bad_input_is_one_line_and_writes_nothing(
-        digits_checkpoint: Path, tmp_path: Path, args: list[str], message: str) -> None:
-    out = tmp_path / "diag"
+#: (command, its bad options, what the one-line error says), by test id
+BAD_INPUT = {
+    "diagnose-unknown-dataset": ("diagnose", ["--dataset", "imagenet"], "imagenet"),
+    "diagnose-eps-zero": ("diagnose", ["--eps", "0"], "must be >"),
+    "diagnose-eps-above-one": ("diagnose", ["--eps", "1.5"], "in (0, 1] for the linf norm"),
+    "diagnose-eps-negative": ("diagnose", ["--eps", "-0.1"], "must be >"),
+    "diagnose-eps-text": ("diagnose", ["--eps", "abc"], "not a number"),
+    "diagnose-limit-zero": ("diagnose", ["--limit", "0"], "--limit"),
+    "diagnose-shape-mismatch-idx": (
+        "diagnose", ["--dataset", "fashion-mnist", "--data-root", "{data_root}", "--limit", "3"],
+        "expects inputs of shape (1, 8, 8)"),
+    "diagnose-shape-mismatch-npz": ("diagnose", ["--data", "{npz}"],
+                                    "expects inputs of shape (1, 8, 8)"),
+    "diagnose-chunk-zero": ("diagnose", ["--chunk-size", "0"], "chunk-size"),
+    "landscape-range-in-0-255": ("landscape", ["--range", "10"], "10/255"),
+    "landscape-range-zero": ("landscape", ["--range", "0"], "must be >"),
+    "landscape-steps-one": ("landscape", ["--steps", "1"], "steps"),
+    "landscape-unknown-direction": ("landscape", ["--direction", "up"], "direction"),
+    "landscape-images-zero": ("landscape", ["--images", "0"], "images"),
+}
+
+
+@pytest.mark.parametrize("command, args, message", BAD_INPUT.values(), ids=BAD_INPUT.keys())
+def test_bad_input_is_one_line_and_writes_nothing(digits_checkpoint: Path, tmp_path: Path,
+                                                  command: str, args: list[str],
+                                                  message: str) -> None:
+    out = tmp_path / "out"
     write_fashion_mnist(tmp_path / "data")  # 28x28 IDX files: the wrong shape for digits
     np.savez(tmp_path / "other.npz", x=np.zeros((4, 1, 12, 12), np.float32), y=np.arange(4))
     args = [a.format(data_root=tmp_path / "data", npz=tmp_path / "other.npz") for a in args]
-    result = _run("diagnose", digits_checkpoint, *args, "--out", out)
+    result = _run(command, digits_checkpoint, *args, "--out", out)
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()
 
 
 def test_missing_checkpoint_is_an_error(tmp_path: Path) -> None:
@@ -141,36 +152,21 @@ def test_landscape_command(digits_checkpoint: Path, tmp_path: Path) -> None:
     assert len(summary["clean_loss"]) == 2
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--range", "10"], "10/255"),
-    (["--range", "0"], "must be >"),
-    (["--steps", "1"], "steps"),
-    (["--direction", "up"], "direction"),
-    (["--images", "0"], "images"),
-])
-def test_landscape_bad_input(digits_checkpoint: Path, tmp_path: Path, args: list[str],
-                             message: str) -> None:
-    out = tmp_path / "land"
-    result = _run("landscape", digits_checkpoint, *args, "--out", out)
-    assert result.exit_code != 0 and message in result.output
-    assert not out.exists()
-
-
-def test_calibrate_writes_eps_star_and_the_report_card(digits_checkpoint: Path,
+def test_eps_star_writes_eps_star_and_the_report_card(digits_checkpoint: Path,
                                                        tmp_path: Path) -> None:
-    """epsl calibrate: eps* per example beside eps_L, the report card printed and saved, the
+    """epsl eps-star: eps* per example beside eps_L, the report card printed and saved, the
     verified points kept; a rerun without --overwrite changes nothing."""
-    from epsl.attacks.eps_star import MinimalResult
+    from epsl.attacks.eps_star import EpsStarResult
     from epsl.results.records import load
 
     out = tmp_path / "calib"
-    args = ["calibrate", str(digits_checkpoint), "--limit", "30", "--eps", "0.1",
+    args = ["eps-star", str(digits_checkpoint), "--limit", "30", "--eps", "0.1",
             "--fmn-steps", "20", "--fab-steps", "10", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["minimal.csv", "minimal.json",
-                                                     "minimal.safetensors"]
-    record = load(out, "minimal")
+    assert sorted(p.name for p in out.iterdir()) == ["eps_star.csv", "eps_star.json",
+                                                     "eps_star.safetensors"]
+    record = load(out, "eps_star")
     table = record.table
     assert table is not None and len(table) == 30
     card = record.summary["report_card"]
@@ -186,7 +182,7 @@ def test_calibrate_writes_eps_star_and_the_report_card(digits_checkpoint: Path,
     share = float((table["eps_star"] > 0.1).mean())
     assert record.summary["eps_star_accuracy"][repr(0.1)] == pytest.approx(share)
     assert f"{share:.1%} [" in result.output
-    points = MinimalResult.load(out)
+    points = EpsStarResult.load(out)
     assert torch.equal(points.eps_star, torch.as_tensor(table["eps_star"].to_numpy()))
     before = snapshot(out)
     again = CliRunner().invoke(main, args)

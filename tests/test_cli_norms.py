@@ -1,4 +1,4 @@
-"""``--norm`` on diagnose, calibrate, audit and compare: the record says the norm, the numbers are
+"""``--norm`` on diagnose, eps-star, audit and compare: the record says the norm, the numbers are
 the library's in that norm, reuse never serves one norm for another, and bad radii are one line
 with nothing written."""
 
@@ -39,7 +39,7 @@ def test_diagnose_l2_is_the_library_l2(digits_checkpoint, digits_model, digits_t
     (["diagnose", "--norm", "l2", "--eps", "8.5"], "exceeds the whole [0, 1] box in l2"),
     (["diagnose", "--eps", "1.5"], "in (0, 1] for the linf norm"),
     (["diagnose", "--norm", "l1", "--eps", "65"], "exceeds the whole [0, 1] box in l1"),
-    (["calibrate", "--norm", "l2", "--eps", "9"], "exceeds the whole [0, 1] box in l2"),
+    (["eps-star", "--norm", "l2", "--eps", "9"], "exceeds the whole [0, 1] box in l2"),
     (["audit", "--norm", "l2", "--eps", "9"], "exceeds the whole [0, 1] box in l2"),
     (["audit", "--eps", "2"], "in (0, 1] for the linf norm"),
     (["attack", "--attack", "apgd", "--norm", "l1", "--eps", "2"], "apgd supports norm"),
@@ -65,8 +65,8 @@ def test_compare_in_l2_is_l2_throughout_and_never_reuses_linf(digits_checkpoint,
     assert second.exit_code == 0, second.output
     assert "eps_L diagnostics (l2)" in second.output  # recomputed, not reused from l_inf
     assert json.loads((model / "diagnostics.json").read_text())["norm"] == "l2"
-    minimal = json.loads((model / "minimal" / "minimal.json").read_text())
-    assert minimal["norm"] == "l2" and minimal["minimal"]["attacks"] == ["fmn", "ddn", "fab"]
+    eps_star = json.loads((model / "eps_star" / "eps_star.json").read_text())
+    assert eps_star["norm"] == "l2" and eps_star["eps_star"]["attacks"] == ["fmn", "ddn", "fab"]
     attacks = pd.read_csv(model / "attacks" / "attack.csv")
     assert set(attacks["norm"]) == {"l2"} and set(attacks["eps"]) == {0.5}
     record = json.loads((out / "compare.json").read_text())

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from epsl.attacks import apgd, fgsm, pgd, square, transfer
 from epsl.attacks.audit import AuditConfig, audit
-from epsl.attacks.eps_star import MinimalConfig, minimal_perturbation
+from epsl.attacks.eps_star import EpsStarConfig, find_eps_star
 from epsl.cli.main import main
 from epsl.defenses.train import TrainConfig, train
 from epsl.diagnostics import METHODS, diagnose
@@ -87,9 +87,9 @@ def test_transfer_agrees(pair: tuple) -> None:
 
 def test_eps_star_agrees(pair: tuple) -> None:
     cpu, gpu, x, y = pair
-    config = MinimalConfig(fmn_steps=50, fab_steps=20)
-    a = minimal_perturbation(cpu, x[:100], y[:100], config=config)
-    b = minimal_perturbation(gpu, x[:100].cuda(), y[:100].cuda(), config=config)
+    config = EpsStarConfig(fmn_steps=50, fab_steps=20)
+    a = find_eps_star(cpu, x[:100], y[:100], config=config)
+    b = find_eps_star(gpu, x[:100].cuda(), y[:100].cuda(), config=config)
     assert abs(a.accuracy(0.1) - b.accuracy(0.1)) <= POINT
     finite = torch.isfinite(a.eps_star) & torch.isfinite(b.eps_star.cpu()) & (a.eps_star > 0)
     ratio = (b.eps_star.cpu()[finite] / a.eps_star[finite]).median()
@@ -98,7 +98,8 @@ def test_eps_star_agrees(pair: tuple) -> None:
 
 def test_audit_agrees(pair: tuple) -> None:
     cpu, gpu, x, y = pair
-    config = AuditConfig.quick(seed=0, fmn_steps=30, fab_steps=10, square_queries=100)
+    config = AuditConfig.quick(seed=0, square_queries=100,
+                               eps_star=EpsStarConfig(fmn_steps=30, fab_steps=10))
     a = audit(cpu, x[:100], y[:100], eps=0.1, config=config)
     b = audit(gpu, x[:100].cuda(), y[:100].cuda(), eps=0.1, config=config)
     assert abs(a.robust_accuracy - b.robust_accuracy) <= 0.02  # two points: many attacks
@@ -118,13 +119,13 @@ def test_training_agrees_within_one_point(tmp_path: Path, precision: str) -> Non
 
 
 def test_commands_run_on_cuda(tmp_path: Path, digits_checkpoint: Path) -> None:
-    """compare (with the audit and ε*), calibrate and a shrunk reproduce, all on --device cuda."""
+    """compare (with the audit and ε*), eps-star and a shrunk reproduce, all on --device cuda."""
     runner = CliRunner()
     for args in (
         ["compare", str(digits_checkpoint), "--eps", "0.1", "--limit", "40", "--audit",
          "--fmn-steps", "20", "--fab-steps", "10", "--device", "cuda", "--out",
          str(tmp_path / "cmp")],
-        ["calibrate", str(digits_checkpoint), "--limit", "40", "--device", "cuda", "--out",
+        ["eps-star", str(digits_checkpoint), "--limit", "40", "--device", "cuda", "--out",
          str(tmp_path / "cal")],
         ["reproduce", "--models", "natural,pgd7", "--epochs", "1", "--limit", "40",
          "--device", "cuda", "--out", str(tmp_path / "study")],

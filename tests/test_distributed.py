@@ -243,7 +243,7 @@ def _worker(agent: int, rank: int) -> int | None:
       "--batch-size", "32"], "attack.csv"),
     (["attack", "--attack", "square", "--eps", "0.1", "--steps", "50", "--batch-size", "32"],
      "attack.csv"),
-    (["calibrate", "--fmn-steps", "10", "--fab-steps", "5", "--limit", "96"], "minimal.csv"),
+    (["eps-star", "--fmn-steps", "10", "--fab-steps", "5", "--limit", "96"], "eps_star.csv"),
     (["certify", "--fmn-steps", "10", "--fab-steps", "5", "--limit", "6", "--steps", "3",
       "--batch-size", "2"], "certify.csv"),
 ], ids=["diagnose", "pgd", "square", "eps-star", "certify"])
@@ -271,19 +271,19 @@ def test_without_torchrun_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_what_n_processes_cannot_train_is_refused_in_one_line(tmp_path: Path) -> None:
-    from epsl.defenses.train import TrainConfig, _check_world
+    from epsl.defenses.train import TrainConfig, check_world
     from epsl.errors import EpslError
 
     cpu = torch.device("cpu")
     two = distributed.World(rank=0, size=2)
-    _check_world(two, 130, TrainConfig(batch_size=64), cpu)  # last batch of 2: fine
+    check_world(two, 130, TrainConfig(batch_size=64), cpu)  # last batch of 2: fine
     with pytest.raises(EpslError, match="last batch 1"):
-        _check_world(two, 129, TrainConfig(batch_size=64), cpu)
+        check_world(two, 129, TrainConfig(batch_size=64), cpu)
     with pytest.raises(EpslError, match="at least 4 examples in every batch"):
-        _check_world(distributed.World(rank=1, size=4), 100, TrainConfig(batch_size=2), cpu)
-    _check_world(distributed.World(), 129, TrainConfig(batch_size=64), cpu)  # one process
+        check_world(distributed.World(rank=1, size=4), 100, TrainConfig(batch_size=2), cpu)
+    check_world(distributed.World(), 129, TrainConfig(batch_size=64), cpu)  # one process
     with pytest.raises(EpslError, match=r"^sync_bn=True needs CUDA"):  # the library's words
-        _check_world(distributed.World(), 129, TrainConfig(sync_bn=True), cpu)
+        check_world(distributed.World(), 129, TrainConfig(sync_bn=True), cpu)
     result = CliRunner().invoke(main, [*TRAIN, "--epochs", "1", "--sync-bn",
                                        "--out", str(tmp_path / "m.safetensors")])
     assert result.exit_code == 1
@@ -347,7 +347,7 @@ def test_sharded_compare_with_audit_and_eps_star_equals_one_process(
     monkeypatch.chdir(tmp_path)
     one_process(*args, "--out", "one")
     tables = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.csv"))
-    assert {"comparison.csv", "a/audit/audit.csv", "b/minimal/minimal.csv"} <= {
+    assert {"comparison.csv", "a/audit/audit.csv", "b/eps_star/eps_star.csv"} <= {
         str(t) for t in tables}
     for table in tables:
         assert (tmp_path / "one" / table).read_bytes() == (tmp_path / "two" / table).read_bytes(), table

@@ -28,7 +28,7 @@ from tests.files import snapshot
 
 EPS = 0.3
 KINDS = ["natural", "noise", "ls", "ls+noise", "lsq+noise", "pgd"]
-CALIBRATED = ["noise", "ls+noise", "pgd"]  # runs with a minimal (ε*) table
+CALIBRATED = ["noise", "ls+noise", "pgd"]  # runs with a ε* table
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def run_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for seed, kind in enumerate(KINDS):
         tables = ("diagnostics", "activations", "attack") + (("landscape",) if kind == "pgd"
                                                              else ())
-        tables += ("minimal",) if kind in CALIBRATED else ()
+        tables += ("eps_star",) if kind in CALIBRATED else ()
         write_synthetic_run(root / kind, kind, n=80, seed=seed, tables=tables)
     return root
 
@@ -179,7 +179,7 @@ def test_eps_l_vs_eps_star_plots_each_calibrated_run(runs: list[Run]) -> None:
         assert ax.get_title().startswith(run.label + "\n")
         assert ax.get_xscale() == ax.get_yscale() == "log"
         # the plotted points are the table's positive finite (ε*, ε_L), split by ratio > 1
-        rows = run.minimal.to_dict("records")
+        rows = run.eps_star.to_dict("records")
         drawn = [r for r in rows if 0 < r["eps_star"] < math.inf and 0 < r["eps_l"] < math.inf]
         optimistic = sorted((r["eps_star"], r["eps_l"]) for r in drawn if r["ratio"] > 1)
         conservative = sorted((r["eps_star"], r["eps_l"]) for r in drawn if not r["ratio"] > 1)
@@ -191,30 +191,30 @@ def test_eps_l_vs_eps_star_plots_each_calibrated_run(runs: list[Run]) -> None:
         x, y = identity[0].get_xdata(), identity[0].get_ydata()
         assert np.allclose(x, y) and x[0] <= min(ax.get_xlim()) and x[-1] >= max(ax.get_xlim())
         # the title's numbers come from the record's report card
-        card = run.minimal_summary["report_card"]
+        card = run.eps_star_summary["report_card"]
         assert (f"ρ = {card['spearman']:.2f} [{card['spearman_lo']:.2f}, "
                 f"{card['spearman_hi']:.2f}]") in ax.get_title()
         assert f"{card['optimistic_share']:.0%} [" in ax.get_title()
         unbroken = sum(math.isinf(r["eps_star"]) for r in rows)
         notes = " ".join(t.get_text() for t in ax.texts)
         assert (f"{unbroken} never flipped" in notes) == bool(unbroken)
-    assert sum(math.isinf(v) for v in _by_kind(runs, "pgd").minimal["eps_star"]) > 0
+    assert sum(math.isinf(v) for v in _by_kind(runs, "pgd").eps_star["eps_star"]) > 0
     assert panels[0].get_shared_x_axes().joined(panels[0], panels[-1])
     assert panels[0].get_shared_y_axes().joined(panels[0], panels[-1])
 
 
 def test_eps_l_vs_eps_star_computes_the_card_without_a_record(runs: list[Run]) -> None:
-    run = replace(_by_kind(runs, "noise"), minimal_summary={})
+    run = replace(_by_kind(runs, "noise"), eps_star_summary={})
     title = F.fig_eps_l_vs_eps_star([run]).axes[0].get_title()
-    table = run.minimal[(run.minimal["eps_l"] > 0) & (run.minimal["eps_star"] > 0)]
+    table = run.eps_star[(run.eps_star["eps_l"] > 0) & (run.eps_star["eps_star"] > 0)]
     rho = table["eps_l"].corr(table["eps_star"], method="spearman")
     assert f"Spearman ρ = {rho:.2f} [" in title
     share = sum(r > 1 for r in table["ratio"]) / len(table)
     assert f"optimistic (ε_L > ε*): {share:.0%} [" in title
 
 
-def test_eps_l_vs_eps_star_needs_a_minimal_table(runs: list[Run]) -> None:
-    with pytest.raises(EpslError, match="no run has a minimal table"):
+def test_eps_l_vs_eps_star_needs_a_eps_star_table(runs: list[Run]) -> None:
+    with pytest.raises(EpslError, match="no run has a eps_star table"):
         F.fig_eps_l_vs_eps_star([_by_kind(runs, "natural")])
 
 
@@ -232,12 +232,12 @@ def test_accuracy_vs_eps_draws_the_eps_star_curve(runs: list[Run]) -> None:
     (line,) = _eps_star_lines(fig)
     assert line.get_drawstyle() == "steps-post"
     x, y = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
-    star = run.minimal["eps_star"].tolist()
+    star = run.eps_star["eps_star"].tolist()
     assert np.allclose(y, [sum(s > v for s in star) / len(star) for v in x])
     assert x[0] == 0 and x[-1] == pytest.approx(fig.axes[0].get_xlim()[1])
     assert F.EPS_STAR_LABEL in _legend_texts(fig)
-    # the rest of the panel is what the run draws without its minimal table
-    plain = F.fig_accuracy_vs_eps([replace(run, minimal=None, minimal_summary={})], eps=EPS)
+    # the rest of the panel is what the run draws without its ε* table
+    plain = F.fig_accuracy_vs_eps([replace(run, eps_star=None, eps_star_summary={})], eps=EPS)
     assert not _eps_star_lines(plain) and F.EPS_STAR_LABEL not in _legend_texts(plain)
     assert "ε*" in fig.get_suptitle() and "ε*" not in plain.get_suptitle()
     others = [ln for ln in fig.axes[0].get_lines() if ln is not line]
@@ -247,15 +247,15 @@ def test_accuracy_vs_eps_draws_the_eps_star_curve(runs: list[Run]) -> None:
         assert np.array_equal(mine.get_ydata(), theirs.get_ydata())
 
 
-def test_render_all_lists_eps_star_figure_only_with_minimal(runs: list[Run],
+def test_render_all_lists_eps_star_figure_only_with_eps_star(runs: list[Run],
                                                             tmp_path: Path) -> None:
-    # render_all renders exactly figure_specs: without a minimal table, no ε* figure
+    # render_all renders exactly figure_specs: without an ε* table, no ε* figure
     plain, calibrated = _by_kind(runs, "natural"), _by_kind(runs, "noise")
     assert "eps_l_vs_eps_star" not in {s.name for s in F.figure_specs([plain], eps=EPS)}
     specs = {s.name: s for s in F.figure_specs([plain, calibrated], eps=EPS)}
     assert specs["eps_l_vs_eps_star"].runs == (calibrated.label,)
     # a run with nothing but ε*: the scatter, and the accuracy curves (Eq. 4 from its ε_L, ε*)
-    write_synthetic_run(tmp_path / "calibrated", "ls+noise", n=40, tables=("minimal",))
+    write_synthetic_run(tmp_path / "calibrated", "ls+noise", n=40, tables=("eps_star",))
     only = load_run(tmp_path / "calibrated")
     index = F.render_all([only], tmp_path / "figs")
     assert [e["name"] for e in index] == ["accuracy_vs_eps", "eps_l_vs_eps_star"]
@@ -264,14 +264,14 @@ def test_render_all_lists_eps_star_figure_only_with_minimal(runs: list[Run],
         assert (tmp_path / "figs" / entry["png"]).stat().st_size > 10_000
 
 
-def test_synthetic_minimal_table_is_consistent(tmp_path: Path) -> None:
+def test_synthetic_eps_star_table_is_consistent(tmp_path: Path) -> None:
     base = ("diagnostics", "activations", "attack", "audit")
     write_synthetic_run(tmp_path / "a" / "run", "pgd", n=60, seed=3, tables=base)
-    write_synthetic_run(tmp_path / "b" / "run", "pgd", n=60, seed=3, tables=(*base, "minimal"))
+    write_synthetic_run(tmp_path / "b" / "run", "pgd", n=60, seed=3, tables=(*base, "eps_star"))
     before, after = load_run(tmp_path / "a" / "run"), load_run(tmp_path / "b" / "run")
     for name in base:  # adding ε* changes no other table
         pd.testing.assert_frame_equal(getattr(before, name), getattr(after, name))
-    table, diagnostics = after.minimal, after.diagnostics
+    table, diagnostics = after.eps_star, after.diagnostics
     assert list(table.columns) == ["index", "label", "eps_star", "eps_star_attack", "pred_adv",
                                    "eps_fmn", "eps_fab", "eps_l", "rival", "ratio",
                                    "optimistic"]
@@ -287,7 +287,7 @@ def test_synthetic_minimal_table_is_consistent(tmp_path: Path) -> None:
             assert row["optimistic"] == (expected > 1)
         else:
             assert math.isnan(row["ratio"]) and not row["optimistic"]
-    assert after.minimal_summary["report_card"]["n"] == 60
+    assert after.eps_star_summary["report_card"]["n"] == 60
 
 
 def test_predicted_accuracy_matches_a_loop() -> None:
@@ -361,7 +361,7 @@ def test_cli_figures(run_root: Path, tmp_path: Path) -> None:
     for entry in index:
         assert (out / entry["png"]).stat().st_size > 0 and (out / entry["svg"]).is_file()
     config = json.loads((out / "config.json").read_text())
-    assert config["eps"] == 0.3 and [r["label"] for r in config["runs"]] == \
+    assert config["eps"] == 0.3 and [r["label"] for r in config["runs"]] ==\
         ["natural", "LS α=0.75 + σ=0.5"]
     assert (out / "report.html").is_file() and (out / "comparison.csv").is_file()
     before = snapshot(out)
@@ -392,7 +392,7 @@ L2_KINDS = ["natural", "noise", "ls", "ls+noise", "lsq+noise", "pgd"]
 def l2_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("l2runs")
     for seed, kind in enumerate(L2_KINDS):
-        tables = ("diagnostics", "activations", "attack", "audit", "minimal") + (
+        tables = ("diagnostics", "activations", "attack", "audit", "eps_star") + (
             ("landscape",) if kind == "pgd" else ())
         write_synthetic_run(root / kind, kind, n=40, seed=seed, tables=tables, norm="l2")
     return root
@@ -439,13 +439,13 @@ def test_a_record_without_a_norm_is_linf(tmp_path: Path) -> None:
 def test_a_folder_of_two_norms_is_refused_in_one_line(tmp_path: Path) -> None:
     folder = tmp_path / "mixed"
     write_synthetic_run(folder, "natural", n=20, tables=("diagnostics",), norm="l2")
-    write_synthetic_run(folder, "natural", n=20, tables=("minimal",))  # an l-inf eps*
+    write_synthetic_run(folder, "natural", n=20, tables=("eps_star",))  # an l-inf eps*
     with pytest.raises(EpslError) as error:
         load_run(folder)
     message = str(error.value)
     assert "\n" not in message
     assert f"{folder / 'diagnostics.json'} is l2" in message
-    assert f"{folder / 'minimal' / 'minimal.json'} is linf" in message
+    assert f"{folder / 'eps_star' / 'eps_star.json'} is linf" in message
 
 
 def test_runs_of_two_norms_never_share_a_table_or_figure(run_root: Path, l2_root: Path,

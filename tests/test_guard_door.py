@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from epsl.analysis.synthetic import PRESETS, diagnostics_frame
 from epsl.attacks.audit import AuditConfig
-from epsl.attacks.eps_star import MinimalConfig
+from epsl.attacks.eps_star import EpsStarConfig
 from epsl.cli.main import main
 from epsl.data import load_split
 from epsl.defenses.train import TrainConfig
@@ -38,7 +38,7 @@ def run(*args: object) -> Result:
 def error_line(result: Result, status: int | None = 1) -> str:
     """The one ``Error:`` line of a failed command (click's usage errors, status 2, print the
     usage above it); no traceback."""
-    assert result.exit_code != 0 and (status is None or result.exit_code == status), \
+    assert result.exit_code != 0 and (status is None or result.exit_code == status),\
         result.output
     assert "Traceback" not in result.output and not isinstance(result.exception, (
         AttributeError, TypeError, ValueError, OSError)), repr(result.exception)
@@ -71,7 +71,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # ------------------------------------------------------------------ row 7: seeds
 
 @pytest.mark.parametrize("command, seed_option, value", [
-    ("calibrate", "--seed", "-5"), ("compare", "--seed", "-5"), ("attack", "--seed", "-5"),
+    ("eps-star", "--seed", "-5"), ("compare", "--seed", "-5"), ("attack", "--seed", "-5"),
     ("audit", "--seed", "-5"), ("certify", "--seed", "-1"), ("landscape", "--seed", "-1"),
     ("diagnose", "--sample-seed", "-1"), ("train", "--seed", "99999999999999999999"),
     ("attack", "--seed", str(2**63)), ("reproduce", "--seed", "-1"),
@@ -94,7 +94,7 @@ def test_seeds_are_checked_before_any_work(model_files: dict[str, Path], tmp_pat
 
 
 @pytest.mark.parametrize("make, name", [
-    (lambda seed: MinimalConfig(seed=seed), "seed"),
+    (lambda seed: EpsStarConfig(seed=seed), "seed"),
     (lambda seed: CompareConfig(checkpoints=("m",), eps=0.1, seed=seed), "seed"),
     (lambda seed: AttackRunConfig(data=DataConfig(), eps=(0.1,), seed=seed), "seed"),
     (lambda seed: AuditConfig(seed=seed), "seed"),
@@ -102,7 +102,7 @@ def test_seeds_are_checked_before_any_work(model_files: dict[str, Path], tmp_pat
     (lambda seed: LandscapeConfig(data=DataConfig(), seed=seed), "seed"),
     (lambda seed: DataConfig(sample=3, sample_seed=seed), "sample_seed"),
     (lambda seed: AttackSettings(seed=seed), "[attacks] seed"),
-], ids=["minimal", "compare", "attack", "audit", "train", "landscape", "data", "preset"])
+], ids=["eps_star", "compare", "attack", "audit", "train", "landscape", "data", "preset"])
 @pytest.mark.parametrize("seed", [-5, 2**63, 1.5, True])
 def test_every_config_checks_its_seed(make: object, name: str, seed: object) -> None:
     with pytest.raises(EpslError, match=rf"^{re.escape(name)} must be a non-negative integer "

@@ -38,7 +38,7 @@ transfer_from = "NAME"
 [audit]
 enabled = false
 
-[minimal]
+[eps_star]
 enabled = false
 
 [certify]

@@ -193,9 +193,9 @@ def test_the_cli_runs_targeted_fab_and_records_it(hundred_class_files, tmp_path)
     from epsl.cli.main import main
 
     ckpt, data = hundred_class_files
-    result = CliRunner().invoke(main, ["calibrate", ckpt, "--data", data, "--fab-targets", "3",
+    result = CliRunner().invoke(main, ["eps-star", ckpt, "--data", data, "--fab-targets", "3",
                                        "--fmn-steps", "5", "--fab-steps", "5",
                                        "--out", str(tmp_path / "cal")])
     assert result.exit_code == 0, result.output
-    record = json.loads((tmp_path / "cal" / "minimal.json").read_text())
+    record = json.loads((tmp_path / "cal" / "eps_star.json").read_text())
     assert record["provenance"]["settings"]["fab_targets"] == 3

@@ -173,7 +173,7 @@ def test_compare_recomputes_what_other_examples_or_settings_made(smoothed: Path,
     invoke(*args, "--limit", 24, "--overwrite")
     assert json.loads(audit_json.read_text())["examples"] == 24
     assert json.loads((out / "compare.json").read_text())["reused"] == {"ls": []}
-    for name, sub in (("diagnostics", ""), ("attack", "attacks"), ("minimal", "minimal")):
+    for name, sub in (("diagnostics", ""), ("attack", "attacks"), ("eps_star", "eps_star")):
         assert load(out / "ls" / sub, name).provenance.data["n"] == 24
     # another seed changes eps* (FAB's draws), the attacks and the audit, not the diagnostics
     invoke(*args, "--limit", 24, "--overwrite", "--seed", 1)
@@ -181,7 +181,7 @@ def test_compare_recomputes_what_other_examples_or_settings_made(smoothed: Path,
     # an unchanged rerun reuses everything
     invoke(*args, "--limit", 24, "--overwrite", "--seed", 1)
     assert json.loads((out / "compare.json").read_text())["reused"] == {
-        "ls": ["diagnostics", "minimal", "attacks", "audit"]}
+        "ls": ["diagnostics", "eps_star", "attacks", "audit"]}
 
 
 def test_an_interrupted_rewrite_leaves_no_record_to_reuse(tmp_path: Path,
@@ -206,16 +206,16 @@ def test_an_interrupted_rewrite_leaves_no_record_to_reuse(tmp_path: Path,
 
 
 def test_eps_star_without_its_points_is_recomputed(tmp_path: Path, smoothed: Path) -> None:
-    """A minimal record whose minimal.safetensors is gone is not reused (the audit would need
+    """An eps_star record whose eps_star.safetensors is gone is not reused (the audit would need
     the points): compare finds eps* again."""
     out = tmp_path / "cmp"
     args = ["compare", smoothed, "--eps", "0.1", "--pgd-steps", 2, "--fmn-steps", 10,
             "--fab-steps", 5, "--no-figures", "--limit", 10, "--out", out]
     invoke(*args)
-    (out / "ls" / "minimal" / "minimal.safetensors").unlink()
+    (out / "ls" / "eps_star" / "eps_star.safetensors").unlink()
     invoke(*args, "--overwrite")
-    assert "minimal" not in json.loads((out / "compare.json").read_text())["reused"]["ls"]
-    assert (out / "ls" / "minimal" / "minimal.safetensors").is_file()
+    assert "eps_star" not in json.loads((out / "compare.json").read_text())["reused"]["ls"]
+    assert (out / "ls" / "eps_star" / "eps_star.safetensors").is_file()
 
 
 def test_a_result_saved_without_tensors_leaves_no_old_ones(tmp_path: Path) -> None:
@@ -223,7 +223,7 @@ def test_a_result_saved_without_tensors_leaves_no_old_ones(tmp_path: Path) -> No
     run wrote there, so the folder is not complete and is never reused with another run's
     points."""
     table = pd.DataFrame({"index": [0, 1], "eps_l": [0.1, 0.2]})
-    for name in ("diagnostics", "minimal"):
+    for name in ("diagnostics", "eps_star"):
         folder = tmp_path / name
         folder.mkdir()
         stale = folder / KINDS[name].tensors

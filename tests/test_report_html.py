@@ -131,7 +131,7 @@ def test_the_report_names_its_threat_model(tmp_path: Path) -> None:
     from epsl.analysis.report import render_report
 
     l2 = load_runs([write_synthetic_run(tmp_path / k, k, n=40, seed=i, norm="l2",
-                                        tables=("diagnostics", "attack", "minimal"))
+                                        tables=("diagnostics", "attack", "eps_star"))
                     for i, k in enumerate(["natural", "pgd"])])
     text = render_report(comparison_table(l2), [], title="The digits study")
     assert "<title>The digits study (ℓ2)</title>" in text and "<h1>The digits study (ℓ2)</h1>" in text

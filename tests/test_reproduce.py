@@ -46,7 +46,7 @@ images = 2
 span = 0.2
 steps = 5
 
-[minimal]
+[eps_star]
 fmn_steps = 10
 fab_steps = 5
 
@@ -59,7 +59,7 @@ steps = 3
 norm = "l2"
 eps = 0.5
 eps_grid = [1.0]
-[threat_models.minimal]
+[threat_models.eps_star]
 fmn_steps = 10
 ddn_steps = 10
 fab_steps = 5
@@ -113,7 +113,7 @@ def test_every_stage_writes_its_outputs(study: tuple[Path, Path, str]) -> None:
 
 def test_eps_star_is_found_once_and_feeds_the_audit_and_the_table(
         study: tuple[Path, Path, str]) -> None:
-    """stage_minimal finds eps* (and eps_L, in the run folder) before the audit; the audit
+    """stage_eps_star finds eps* (and eps_L, in the run folder) before the audit; the audit
     re-scores its points as the min-norm attack; the comparison reuses both (same
     provenance) and shows the report card."""
     from epsl.results.records import load
@@ -121,21 +121,21 @@ def test_eps_star_is_found_once_and_feeds_the_audit_and_the_table(
     _, out, output = study
     compare_record = load(out / "runs", "comparison", table=False).summary
     for name in ("natural", "lsq"):
-        minimal = load(out / "runs" / name / "minimal", "minimal")
-        assert minimal.table is not None and len(minimal.table) == 40
-        assert {"diagnostics", "minimal"} <= set(compare_record["reused"][name])
+        eps_star = load(out / "runs" / name / "eps_star", "eps_star")
+        assert eps_star.table is not None and len(eps_star.table) == 40
+        assert {"diagnostics", "eps_star"} <= set(compare_record["reused"][name])
         audit = pd.read_csv(out / "runs" / name / "audit" / "audit.csv")
         assert len(audit) == 20 and "min-norm" in audit.columns
         # where the min-norm attack ran, it broke exactly the examples with eps* <= eps
         ran = audit["min-norm"].notna()
-        star = minimal.table["eps_star"].to_numpy()[:20][ran.to_numpy()]
+        star = eps_star.table["eps_star"].to_numpy()[:20][ran.to_numpy()]
         broken = ~audit.loc[ran, "min-norm"].astype(bool).to_numpy()
         assert (broken == (star <= 0.1)).all()
     table = pd.read_csv(out / "comparison.csv")
     assert table["eq4_spearman"].notna().all() and table["eps_star_accuracy"].notna().all()
     assert "Spearman ρ(ε_L, ε*)" in output
     # seeds other than the main one skip eps* (documented): their folders hold none
-    assert not list((out / "runs" / "seed1").rglob("minimal.json"))
+    assert not list((out / "runs" / "seed1").rglob("eps_star.json"))
 
 
 def test_second_run_reuses_everything(study: tuple[Path, Path, str]) -> None:
@@ -209,9 +209,9 @@ def test_bundled_presets_load() -> None:
     ("name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\n[[models]]\nname='a'\n"
      "label_smoothing=3\n", "label_smoothing"),
     ("not toml [", "not valid TOML"),
-    ("name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\n[minimal]\nfmn_step=5\n"
-     "[[models]]\nname='a'\n", "[minimal]: unknown keys ['fmn_step']"),
-    ("name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\n[minimal]\nattacks=['pgd']\n"
+    ("name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\n[eps_star]\nfmn_step=5\n"
+     "[[models]]\nname='a'\n", "[eps_star]: unknown keys ['fmn_step']"),
+    ("name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\n[eps_star]\nattacks=['pgd']\n"
      "[[models]]\nname='a'\n", "pgd"),
 ])
 def test_bad_presets(tmp_path: Path, text: str, message: str) -> None:
@@ -272,7 +272,7 @@ def _no_training(*args: object, **kwargs: object) -> None:
 def test_extra_seeds_train_other_models_and_summarise_them(study: tuple[Path, Path, str]
                                                            ) -> None:
     _, out, output = study
-    main, other = out / "models" / "natural.safetensors", out / "models" / "seed1" / \
+    main, other = out / "models" / "natural.safetensors", out / "models" / "seed1" /\
         "natural.safetensors"
     assert main.read_bytes() != other.read_bytes()  # another seed, another model
     assert read_metadata(other)["train_config"]["seed"] == 1
@@ -302,24 +302,24 @@ def test_seeds_must_differ(tmp_path: Path) -> None:
         load_preset(str(path))
 
 
-def test_minimal_section_is_the_library_config(tmp_path: Path) -> None:
-    """``[minimal]`` fills :class:`MinimalConfig` itself; ``enabled = false`` is no ensemble,
+def test_eps_star_section_is_the_library_config(tmp_path: Path) -> None:
+    """``[eps_star]`` fills :class:`EpsStarConfig` itself; ``enabled = false`` is no ensemble,
     and the JSON form written to preset.json reads back to the same preset."""
-    from epsl.attacks.eps_star import MinimalConfig
+    from epsl.attacks.eps_star import EpsStarConfig
     from epsl.study.config import preset_from_dict, preset_to_dict
 
     head = "name='x'\ndataset='digits'\narch='small-cnn'\neps=0.1\n"
     path = tmp_path / "m.toml"
-    path.write_text(head + "[minimal]\nattacks=['fmn']\nfmn_steps=7\nseed=3\n"
+    path.write_text(head + "[eps_star]\nattacks=['fmn']\nfmn_steps=7\nseed=3\n"
                     "[[models]]\nname='natural'\n")
     preset = load_preset(str(path))
-    assert preset.minimal == MinimalConfig(attacks=("fmn",), fmn_steps=7, seed=3)
+    assert preset.eps_star == EpsStarConfig(attacks=("fmn",), fmn_steps=7, seed=3)
     assert preset_from_dict(preset_to_dict(preset)) == preset
-    path.write_text(head + "[minimal]\nenabled=false\n[[models]]\nname='natural'\n")
+    path.write_text(head + "[eps_star]\nenabled=false\n[[models]]\nname='natural'\n")
     off = load_preset(str(path))
-    assert off.minimal is None and preset_from_dict(preset_to_dict(off)).minimal is None
-    assert override(off, **{"minimal.fmn_steps": 9}).minimal == MinimalConfig(fmn_steps=9)
-    assert override(preset, **{"minimal.enabled": False}).minimal is None
+    assert off.eps_star is None and preset_from_dict(preset_to_dict(off)).eps_star is None
+    assert override(off, **{"eps_star.fmn_steps": 9}).eps_star == EpsStarConfig(fmn_steps=9)
+    assert override(preset, **{"eps_star.enabled": False}).eps_star is None
 
 
 def test_train_section_is_the_library_config(tmp_path: Path) -> None:
@@ -365,12 +365,12 @@ def test_the_l2_section_is_l2_throughout(study: tuple[Path, Path, str]) -> None:
     for model in ("natural", "lsq"):
         runs = section / "runs" / model
         assert json.loads((runs / "diagnostics.json").read_text())["norm"] == "l2"
-        assert json.loads((runs / "minimal" / "minimal.json").read_text())["norm"] == "l2"
+        assert json.loads((runs / "eps_star" / "eps_star.json").read_text())["norm"] == "l2"
         assert "grad_gap_l2" in pd.read_csv(runs / "diagnostics.csv").columns
         attacks = pd.read_csv(runs / "attacks" / "attack.csv")
         assert set(attacks["norm"]) == {"l2"} and set(attacks["eps"]) == {0.5, 1.0}
-        table = pd.read_csv(runs / "minimal" / "minimal.csv")
-        points = load_file(str(runs / "minimal" / "minimal.safetensors"))
+        table = pd.read_csv(runs / "eps_star" / "eps_star.csv")
+        points = load_file(str(runs / "eps_star" / "eps_star.safetensors"))
         x = load_split("digits", "test").x[:40]
         found = np.isfinite(table["eps_star"]) & (table["eps_star"] > 0)
         dist = (points["x_adv"] - x).flatten(1).double().norm(dim=1).numpy()
@@ -386,7 +386,7 @@ def test_the_l2_section_is_l2_throughout(study: tuple[Path, Path, str]) -> None:
      "each norm once"),
     ("[[threat_models]]\nnorm='linf'\neps=0.5\n", "each norm once"),
     ("[[threat_models]]\nnorm='l2'\neps=-1\n", "positive radius"),
-    ("[[threat_models]]\nnorm='l2'\neps=0.5\n[threat_models.minimal]\nfmn_step=3\n",
+    ("[[threat_models]]\nnorm='l2'\neps=0.5\n[threat_models.eps_star]\nfmn_step=3\n",
      "unknown keys ['fmn_step']"),
     ("[[threat_models]]\neps=0.5\n", "each needs norm"),
 ])
@@ -399,15 +399,15 @@ def test_bad_threat_models(tmp_path: Path, section: str, message: str) -> None:
 
 
 def test_threat_models_round_trip_and_a_study_in_l2(tmp_path: Path) -> None:
-    from epsl.attacks.eps_star import MinimalConfig
+    from epsl.attacks.eps_star import EpsStarConfig
     from epsl.study.config import preset_from_dict, preset_to_dict
 
     path = tmp_path / "l2.toml"
     path.write_text("name='x'\ndataset='digits'\narch='small-cnn'\nnorm='l2'\neps=0.5\n"
-                    "eps_grid=[1.0, 2.0]\n[minimal]\nfmn_steps=7\n[[threat_models]]\n"
+                    "eps_grid=[1.0, 2.0]\n[eps_star]\nfmn_steps=7\n[[threat_models]]\n"
                     "norm='linf'\neps=0.1\n[[models]]\nname='natural'\n")
     preset = load_preset(str(path))
-    assert preset.norm == "l2" and preset.minimal == MinimalConfig(norm="l2", fmn_steps=7)
+    assert preset.norm == "l2" and preset.eps_star == EpsStarConfig(norm="l2", fmn_steps=7)
     assert preset.threat_models[0].norm == "linf"
     assert preset_from_dict(preset_to_dict(preset)) == preset
     path.write_text("name='x'\ndataset='digits'\narch='small-cnn'\neps=0.5\n"
@@ -424,8 +424,8 @@ def test_the_certified_floor_joins_the_study(study: tuple[Path, Path, str]) -> N
     for name in ("natural", "lsq"):
         table = pd.read_csv(out / "runs" / name / "certify" / "certify.csv")
         assert len(table) == 4
-        minimal = pd.read_csv(out / "runs" / name / "minimal" / "minimal.csv").head(4)
-        assert (table["eps_star"].to_numpy() == minimal["eps_star"].to_numpy()).all()
+        eps_star = pd.read_csv(out / "runs" / name / "eps_star" / "eps_star.csv").head(4)
+        assert (table["eps_star"].to_numpy() == eps_star["eps_star"].to_numpy()).all()
         assert (table["eps_cert"] <= table["eps_star"]).all()
         assert set(table["group"]) <= {"conservative", "optimistic", "undecided",
                                        "misclassified"}

@@ -18,13 +18,13 @@ from safetensors.torch import save_file
 import epsl
 from epsl.cli.main import main
 from epsl.errors import EpslError
-from epsl.models.safeload import NetworkRefused, _numpy_numbers, offline
+from epsl.models.safeload import NetworkRefused, numpy_numbers, offline
 from epsl.models.sources import robustbench_zoo
 from tests.system import REQUIRED
 
 pytest.importorskip("timm")
 #: what RobustBench's own torch.load (weights_only by default) needs for the numpy epoch
-SCALARS = _numpy_numbers()
+SCALARS = numpy_numbers()
 
 
 def _entry(dataset: str, threat: str, name: str) -> dict:
@@ -92,7 +92,7 @@ def test_robustbench_loads_bit_for_bit_as_robustbench_does(
         assert torch.equal(model.head(model.features(x)), model(x))
     assert not model.training
     assert meta["source"] == "robustbench" and meta["threat_model"] == threat
-    assert (meta["dataset"], meta["num_classes"], tuple(meta["input_shape"])) == \
+    assert (meta["dataset"], meta["num_classes"], tuple(meta["input_shape"])) ==\
         (dataset, classes, shape)
     assert meta["penultimate"] == head
     assert meta["weights"] == str((zoo_dir / f"{name}.pt").resolve())

@@ -197,7 +197,7 @@ def test_compare_against_an_independent_fgsm(digits_checkpoint: Path, digits_mod
     again = CliRunner().invoke(main, [*args, "--overwrite"])
     assert again.exit_code == 0, again.output
     record = json.loads((out / "compare.json").read_text())
-    assert record["reused"] == {"natural": ["diagnostics", "minimal", "attacks"]}
+    assert record["reused"] == {"natural": ["diagnostics", "eps_star", "attacks"]}
 
 
 # ------------------------------------------------------------------ uncertainty
@@ -295,7 +295,7 @@ def test_paired_tests_pair_the_examples(runs: list[Run], run_dirs: list[Path]) -
 
 
 def test_report_card_columns_come_from_the_eps_star_tables(tmp_path: Path) -> None:
-    """With a minimal (eps*) table, the comparison gains the accuracy by eps* (the share with
+    """With an eps* table, the comparison gains the accuracy by eps* (the share with
     eps* > eps, with its interval) and the report card (from the record, equal to one computed
     from the table's columns); the headline and the HTML report show it; without, none of it."""
     from epsl.analysis.cards import report_card
@@ -303,20 +303,20 @@ def test_report_card_columns_come_from_the_eps_star_tables(tmp_path: Path) -> No
     from epsl.analysis.tables import card_markdown, headline
 
     folder = write_synthetic_run(tmp_path / "cal", "lsq+noise", n=80, seed=3,
-                                 tables=("diagnostics", "attack", "minimal"))
+                                 tables=("diagnostics", "attack", "eps_star"))
     plain = write_synthetic_run(tmp_path / "plain", "natural", n=80, seed=4,
                                 tables=("diagnostics", "attack"))
     runs = load_runs([folder, plain])
     table = comparison_table(runs, eps=0.3)
     row, other = table.iloc[0], table.iloc[1]
-    minimal = runs[0].minimal
-    assert minimal is not None
-    star = minimal["eps_star"].to_numpy()
+    eps_star = runs[0].eps_star
+    assert eps_star is not None
+    star = eps_star["eps_star"].to_numpy()
     k = int((star > 0.3).sum())
     assert row["eps_star_accuracy"] == pytest.approx(k / len(star))
     lo, hi = binomtest(k, len(star)).proportion_ci(method="exact")
     assert (row["eps_star_accuracy_lo"], row["eps_star_accuracy_hi"]) == pytest.approx((lo, hi))
-    card = report_card(minimal["eps_l"], minimal["eps_star"])
+    card = report_card(eps_star["eps_l"], eps_star["eps_star"])
     assert row["eq4_spearman"] == pytest.approx(card["spearman"])
     assert row["eq4_spearman_lo"] <= row["eq4_spearman"] <= row["eq4_spearman_hi"]
     assert row["eq4_ratio_median"] == pytest.approx(card["ratio_median"])
@@ -342,8 +342,8 @@ HAND_EPS_STAR = [0.4, 1.9, 1.5, 2.5, 0.0]
 def _hand_run(norm: str) -> Run:
     from epsl.norms import parse_norm
 
-    minimal = pd.DataFrame({"index": range(5), "eps_l": HAND_EPS_L, "eps_star": HAND_EPS_STAR})
-    return Run(name=f"hand-{norm}", path=Path(f"hand-{norm}"), minimal=minimal,
+    eps_star = pd.DataFrame({"index": range(5), "eps_l": HAND_EPS_L, "eps_star": HAND_EPS_STAR})
+    return Run(name=f"hand-{norm}", path=Path(f"hand-{norm}"), eps_star=eps_star,
                label=f"hand {norm}", norm=parse_norm(norm))
 
 
@@ -431,7 +431,7 @@ def test_the_one_step_attack_is_fgm_outside_linf_and_a_section_joins_the_headlin
     main = comparison_table([_hand_run("linf")], eps=0.3)
     l2 = comparison_table([_hand_run("l2")], eps=1.0)
     text = headline(main, sections={"l2": l2})
-    assert "In ℓ2 (l2/comparison.md), Eq. 4 against ε* in the same norm (accuracy by ε* at " \
+    assert "In ℓ2 (l2/comparison.md), Eq. 4 against ε* in the same norm (accuracy by ε* at "\
            "ε = 1):" in text
     assert text.count("| hand l2 | 60.0% [") == 1  # 3 / 5 by ε* at 1, with its interval
     assert "In ℓ2" not in headline(main)

@@ -106,7 +106,7 @@ strong_restarts = 1
 apgd_steps = 2
 unbounded_steps = 2
 
-[minimal]
+[eps_star]
 fmn_steps = 4
 fab_steps = 2
 
@@ -146,7 +146,7 @@ def test_the_bundled_preset_names_real_zoo_models_with_the_leaderboards_numbers(
         assert spec.name in models  # in RobustBench 1.1.1's model_zoo
         assert spec.reported is not None and "RobustBench" in spec.reported.source
         clean, robust = LEADERBOARD[spec.name]
-        assert (100 * spec.reported.clean, 100 * spec.reported.robust) == \
+        assert (100 * spec.reported.clean, 100 * spec.reported.robust) ==\
             (pytest.approx(clean), pytest.approx(robust))
     assert set(LEADERBOARD) == {m.name for m in preset.models}
     assert preset_from_dict(preset_to_dict(preset)) == preset
@@ -172,7 +172,7 @@ def test_the_study_evaluates_without_training(study: tuple[Path, Path, str]) -> 
     assert not (out / "models").exists()  # nothing trained
     for name in ("Wong2020Fast", "small"):
         run = out / "runs" / name
-        for path in ("diagnostics.csv", "attacks/attack.csv", "minimal/minimal.csv",
+        for path in ("diagnostics.csv", "attacks/attack.csv", "eps_star/eps_star.csv",
                      "audit/audit.csv"):
             assert (run / path).is_file(), path
         assert not (run / "activations").exists() and not (run / "landscape-random").exists()
@@ -214,7 +214,7 @@ def test_a_second_run_reuses_everything(study: tuple[Path, Path, str],
                                        "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "0 stages run" in result.output
-    assert {k: v for k, v in snapshot(out).items() if "preset.json" not in str(k)} == \
+    assert {k: v for k, v in snapshot(out).items() if "preset.json" not in str(k)} ==\
         {k: v for k, v in before.items() if "preset.json" not in str(k)}
 
 
@@ -280,8 +280,8 @@ def test_a_sharded_zoo_study_writes_the_tables_of_one_process(
         pytest.skip("needs torch.distributed with gloo")
     _, small, data = zoo
     text = _test_preset(small)
-    text = text[:text.index("[[models]]")].replace('transfer_from = "small"', "") + \
-        f'[[models]]\nname = "small"\ncheckpoint = "{small}"\nreported = {{ clean = 0.5, ' \
+    text = text[:text.index("[[models]]")].replace('transfer_from = "small"', "") +\
+        f'[[models]]\nname = "small"\ncheckpoint = "{small}"\nreported = {{ clean = 0.5, '\
         'robust = 0.25, source = "a test" }\n'
     (tmp_path / "p.toml").write_text(text)
     args = ["reproduce", "--preset", str(tmp_path / "p.toml"), "--data", str(data),
@@ -291,10 +291,10 @@ def test_a_sharded_zoo_study_writes_the_tables_of_one_process(
     result = CliRunner().invoke(main, [*args, "--out", "one"])
     assert result.exit_code == 0, result.output
     tables = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.csv"))
-    assert {"comparison.csv", "runs/small/audit/audit.csv", "runs/small/minimal/minimal.csv"} \
+    assert {"comparison.csv", "runs/small/audit/audit.csv", "runs/small/eps_star/eps_star.csv"}\
         <= {str(t) for t in tables}
     for table in [*tables, Path("headline.md")]:
-        assert (tmp_path / "one" / table).read_bytes() == \
+        assert (tmp_path / "one" / table).read_bytes() ==\
             (tmp_path / "two" / table).read_bytes(), table
 
 

@@ -40,7 +40,9 @@ import torch
 from torch import nn
 
 from epsl.attacks.audit_plan import (
+    AuditBudgets,
     AuditConfig,
+    AuditThresholds,
     Step,
     attack_plan,
     check_dependencies,
@@ -49,8 +51,8 @@ from epsl.attacks.audit_plan import (
     run_ensemble,
     settings_text,
 )
+from epsl.attacks.eps_star_result import EpsStarResult
 from epsl.attacks.library import ATTACK_NORMS
-from epsl.attacks.minimal_result import MinimalResult
 from epsl.attacks.projected_gradient import pgd
 from epsl.attacks.threat import AttackResult, default_step_size, input_gradient, score
 from epsl.device import model_device
@@ -61,8 +63,9 @@ from epsl.norms import Norm, check_radius, max_radius, parse_norm
 from epsl.results.records import Provenance, Result
 from epsl.stats import accuracy_interval
 
-__all__ = ["WARNING_DOCS", "AuditConfig", "AuditResult", "AuditWarning", "Step", "audit",
-           "check_dependencies", "ensemble_in", "masking_checks", "run_ensemble"]
+__all__ = ["WARNING_DOCS", "AuditBudgets", "AuditConfig", "AuditResult", "AuditThresholds",
+           "AuditWarning", "Step", "audit", "check_dependencies", "ensemble_in", "masking_checks",
+           "run_ensemble"]
 
 # Where each warning's page is, as something a user can run wherever epsl is installed: the
 # pages ship as package data (epsl/warning_pages/<code>.md, read by epsl.explain).
@@ -155,17 +158,17 @@ class AuditResult:
 
 
 def _check_audit_inputs(x: torch.Tensor, y: torch.Tensor, eps: float, norm: Norm,
-                        minimal: MinimalResult | None) -> None:
+                        eps_star: EpsStarResult | None) -> None:
     check_radius(norm, eps, dim=x[0].numel() if len(x) else None)
     if len(y) == 0:
         raise EpslError("the audit needs at least one example")
-    if minimal is not None and getattr(minimal, "norm", "linf") != norm.value:
-        raise EpslError(f"the eps* given to the audit are {minimal.norm} distances, not "
+    if eps_star is not None and getattr(eps_star, "norm", "linf") != norm.value:
+        raise EpslError(f"the eps* given to the audit are {eps_star.norm} distances, not "
                         f"{norm.value}")
-    if minimal is not None and (len(minimal) != len(y)
-                                or not torch.equal(minimal.label.cpu(), y.cpu())):
+    if eps_star is not None and (len(eps_star) != len(y)
+                                or not torch.equal(eps_star.label.cpu(), y.cpu())):
         raise EpslError(f"the eps* given to the audit were found on other examples "
-                        f"({len(minimal)} with other labels, not these {len(y)})")
+                        f"({len(eps_star)} with other labels, not these {len(y)})")
 
 
 def _unbounded(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -173,10 +176,10 @@ def _unbounded(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                ) -> tuple[AttackResult, dict[str, Any]]:
     """The Table 9 check: PGD at ``unbounded_eps`` of the whole box in ``norm`` (accuracy must
     reach 0), and its row."""
-    radius = config.unbounded_eps * max_radius(norm, x[0].numel())
+    radius = config.budgets.unbounded_eps * max_radius(norm, x[0].numel())
     settings: dict[str, Any] = {
-        "eps": radius, "steps": config.unbounded_steps,
-        "step_size": default_step_size(radius, config.unbounded_steps),
+        "eps": radius, "steps": config.budgets.unbounded_steps,
+        "step_size": default_step_size(radius, config.budgets.unbounded_steps),
         "seed": config.seed, "batch_size": config.batch_size,
         **({} if norm is Norm.LINF else {"norm": norm.value})}
     start = time.perf_counter()
@@ -191,7 +194,7 @@ def _unbounded(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
           source: nn.Module | None = None, config: AuditConfig | None = None,
           progress: Callable[[int], None] | None = None,
-          minimal: MinimalResult | None = None, norm: str | Norm = "linf") -> AuditResult:
+          eps_star: EpsStarResult | None = None, norm: str | Norm = "linf") -> AuditResult:
     """Audit ``model``'s ℓp robustness at ``eps`` on (x, y) for signs of gradient masking.
 
     Runs, on the same examples: clean accuracy; FGSM; PGD-k with cross-entropy and with the CW
@@ -211,8 +214,8 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         source: optional model for the transfer attack (same input shape).
         config: attack budgets and warning thresholds (default :class:`AuditConfig`).
         progress: advanced by one per attack of the plan.
-        minimal: ε* already found on exactly these examples with ``config.minimal``
-            (:func:`epsl.attacks.eps_star.minimal_perturbation`); None runs the ensemble on the
+        eps_star: ε* already found on exactly these examples with ``config.eps_star``
+            (:func:`epsl.attacks.eps_star.find_eps_star`); None runs the ensemble on the
             examples still robust when its turn comes.
         norm: ``"linf"`` (the paper's), ``"l2"`` or ``"l1"``: every attack, ε* and Eq. 4 in
             it. In ℓ2, FGSM is FGM and APGD and Square run in L2; in ℓ1 APGD and Square do not
@@ -220,16 +223,16 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     """
     p = parse_norm(norm)
     config = config or AuditConfig()
-    config = dataclasses.replace(config, minimal=ensemble_in(config.minimal, p))
+    config = dataclasses.replace(config, eps_star=ensemble_in(config.eps_star, p))
     check_progress(progress)
     check_dependencies(config)
-    _check_audit_inputs(x, y, eps, p, minimal)
+    _check_audit_inputs(x, y, eps, p, eps_star)
     device = model_device(model)
     x, y = x.to(device), y.to(device)
     n = len(y)
     with eval_mode(model):
         clean = score(model, x, y, batch_size=config.batch_size)
-    plan = [a for a in attack_plan(model, x, y, eps, source, config, minimal, p)
+    plan = [a for a in attack_plan(model, x, y, eps, source, config, eps_star, p)
             if not (a.expensive and config.skip_expensive)]
     found = run_ensemble(plan, clean.correct, survivors_only=config.survivors_only,
                          progress=progress)
@@ -240,8 +243,8 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     table["unbounded"] = unbounded.correct.cpu().numpy()
     grad_l1 = _input_grad_l1(model, x, y, config.batch_size)
     table["grad_l1"] = grad_l1.detach().cpu().numpy()
-    zero_grad = (grad_l1 <= config.zero_grad_atol).float().mean().item()
-    notes = _notes(config, minimal)
+    zero_grad = (grad_l1 <= config.thresholds.zero_grad_atol).float().mean().item()
+    notes = _notes(config, eps_star)
     if p.value not in ATTACK_NORMS["apgd"] and not config.skip_expensive:
         notes.append(f"APGD and Square skipped: torchattacks has no {p.value} version")
     eps_l, note = _eq4(model, x, y, p)
@@ -258,7 +261,7 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     accuracies = pd.DataFrame([clean_row, *found.rows, unbounded_row])
     warnings = masking_checks(accuracies, table, n, found.white_robust, zero_grad,
                               unbounded.accuracy, config)
-    paper = [f"pgd{config.pgd_steps}-xent", f"pgd{config.pgd_steps}-cw", fgsm_name(p)]
+    paper = [f"pgd{config.budgets.pgd_steps}-xent", f"pgd{config.budgets.pgd_steps}-cw", fgsm_name(p)]
     summary = {"clean_accuracy": clean.accuracy,
                "paper_attacks_accuracy": float(table[paper].all(axis=1).mean()),
                "unbounded_accuracy": unbounded.accuracy, "zero_gradient_fraction": zero_grad,
@@ -269,9 +272,9 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                        summary=summary, norm=p.value)
 
 
-def _notes(config: AuditConfig, minimal: MinimalResult | None) -> list[str]:
+def _notes(config: AuditConfig, eps_star: EpsStarResult | None) -> list[str]:
     notes = []
-    if minimal is not None and config.minimal is not None and not config.skip_expensive:
+    if eps_star is not None and config.eps_star is not None and not config.skip_expensive:
         notes.append("min-norm: eps* was found before the audit; its seconds exclude that")
     if config.skip_expensive:
         notes.append("APGD, the minimum-norm ensemble and Square skipped (skip_expensive)")
@@ -322,14 +325,14 @@ def masking_checks(accuracies: pd.DataFrame, table: pd.DataFrame, n: int,
     new = dict(zip(accuracies["attack"], accuracies["new_breaks"], strict=True))
     before = dict(zip(accuracies["attack"],
                       accuracies["robust_after"].shift(1, fill_value=1.0), strict=True))
-    k = config.pgd_steps
+    k = config.budgets.pgd_steps
     marginal = [
-        ("steps", f"pgd{config.strong_steps}-xent",
-         f"PGD with {config.strong_steps} steps breaks {{pct}} more examples than FGSM and "
+        ("steps", f"pgd{config.budgets.strong_steps}-xent",
+         f"PGD with {config.budgets.strong_steps} steps breaks {{pct}} more examples than FGSM and "
          f"PGD-{k}: the paper-strength attack had not converged, or the loss surface is "
          f"convoluted. Report robustness under the long attack, not PGD-{k}."),
-        ("restarts", f"pgd{k}-xent-restarts{config.strong_restarts}",
-         f"{config.strong_restarts} random restarts of PGD-{k} break {{pct}} more examples: "
+        ("restarts", f"pgd{k}-xent-restarts{config.budgets.strong_restarts}",
+         f"{config.budgets.strong_restarts} random restarts of PGD-{k} break {{pct}} more examples: "
          f"the loss has many local maxima. Report robustness with restarts."),
         ("stronger-attacks", None,
          "APGD (CE/DLR) and the minimum-norm attacks break {pct} more examples than every PGD "
@@ -344,7 +347,7 @@ def masking_checks(accuracies: pd.DataFrame, table: pd.DataFrame, n: int,
         share = sum(new[a] or 0.0 for a in names)
         robust_before = before[names[0]]
         relative = share / robust_before if robust_before > 0 else 0.0
-        if share > config.drop_tolerance and relative > config.relative_drop_tolerance:
+        if share > config.thresholds.drop_tolerance and relative > config.thresholds.relative_drop_tolerance:
             pct = f"{share:.1%} (a {relative:.0%} relative drop)"
             found.append(_warning(code, text.format(pct=pct)))
     robust_white = white_robust.cpu().numpy()
@@ -353,7 +356,7 @@ def masking_checks(accuracies: pd.DataFrame, table: pd.DataFrame, n: int,
             continue
         beaten = (table[name].fillna(True).to_numpy() == False) & robust_white  # noqa: E712
         share = float(beaten.sum()) / n
-        if share > config.blackbox_tolerance:
+        if share > config.thresholds.blackbox_tolerance:
             what = ("the transfer attack" if name == "transfer"
                     else "the gradient-free Square attack")
             found.append(_warning(
@@ -362,14 +365,15 @@ def masking_checks(accuracies: pd.DataFrame, table: pd.DataFrame, n: int,
                 f"that survived every white-box attack ({share:.1%} of all {n}): white-box "
                 f"gradients are misleading (gradient masking). Trust the worst case over all "
                 f"attacks and investigate the model's gradients."))
-    if unbounded_accuracy > config.unbounded_tolerance:
+    if unbounded_accuracy > config.thresholds.unbounded_tolerance:
         found.append(_warning(
             "unbounded",
-            f"PGD with eps={config.unbounded_eps:g} and {config.unbounded_steps} steps leaves "
+            f"PGD with eps={config.budgets.unbounded_eps:g} and "
+            f"{config.budgets.unbounded_steps} steps leaves "
             f"{unbounded_accuracy:.1%} accuracy (it must reach 0%, Table 9): the attack cannot "
             f"follow the gradients, a sign of gradient masking. Check for non-differentiable "
             f"or saturating layers; try more steps."))
-    if zero_grad > config.vanishing_tolerance:
+    if zero_grad > config.thresholds.vanishing_tolerance:
         found.append(_warning(
             "vanishing-gradients",
             f"{zero_grad:.1%} of the examples have an exactly zero input gradient of the "

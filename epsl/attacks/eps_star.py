@@ -4,7 +4,7 @@ ensemble of minimum-norm attacks, to check Eq. 4's ε_L example by example.
 Eq. 4 predicts, per example, the smallest perturbation that flips it *if the logits were
 linear*. The truth is the smallest perturbation that flips it in the network; no attack finds it
 exactly, so epsl takes, per example, the smallest verified perturbation found by several
-minimum-norm attacks, each in the norm of :attr:`MinimalConfig.norm`:
+minimum-norm attacks, each in the norm of :attr:`EpsStarConfig.norm`:
 
 ============== =================================== ================================ ===========
 name           ℓ∞                                  ℓ2                               ℓ1
@@ -33,15 +33,15 @@ counts only if the model misclassifies it; ε* is then ``||x_adv - x||_p`` of th
 already misclassified has ε* = 0 (attack ``clean``); one that no attack flips within the box has
 ε* = +inf (attack ``""``). ε* is therefore an upper bound of the true minimal perturbation,
 and the robust accuracy ``acc(ε) = share(ε* > ε)`` it gives at every ε at once is an upper
-bound of the true robust accuracy. The result, :class:`MinimalResult` with its tensors file,
-is defined in :mod:`epsl.attacks.minimal_result` and importable from here.
+bound of the true robust accuracy. The result, :class:`EpsStarResult` with its tensors file,
+is defined in :mod:`epsl.attacks.eps_star_result` and importable from here.
 
 Example::
 
-    >>> from epsl.attacks.eps_star import minimal_perturbation
-    >>> found = minimal_perturbation(model, x, y)          # x: N x C x H x W in [0, 1]
+    >>> from epsl.attacks.eps_star import find_eps_star
+    >>> found = find_eps_star(model, x, y)          # x: N x C x H x W in [0, 1]
     >>> found.eps_star, found.accuracy(0.1), found.to_frame().head()
-    >>> in_l2 = minimal_perturbation(model, x, y, config=MinimalConfig(norm="l2"))
+    >>> in_l2 = find_eps_star(model, x, y, config=EpsStarConfig(norm="l2"))
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from epsl.attacks.eps_star_result import EpsStarResult
 from epsl.attacks.library import require_torchattacks
-from epsl.attacks.minimal_result import MinimalResult
 from epsl.attacks.projected_gradient import sign_steps
 from epsl.attacks.threat import batch_slices, check_attack_inputs, project
 from epsl.distributed import agree, shard_map
@@ -68,33 +68,33 @@ from epsl.modes import eval_mode
 from epsl.norms import Norm, distance, max_radius, parse_norm
 from epsl.registry import Registry
 
-__all__ = ["DEFAULT_ATTACKS", "MINIMAL_ATTACKS", "MinimalAttackSpec", "MinimalConfig",
-           "MinimalResult", "minimal_perturbation", "check_minimal_dependencies",
+__all__ = ["DEFAULT_ATTACKS", "MIN_NORM_ATTACKS", "EpsStarAttackSpec", "EpsStarConfig",
+           "EpsStarResult", "find_eps_star", "check_eps_star_dependencies",
            "require_foolbox", "verify"]
 
 Progress = Callable[[int], None]
 
 
-#: The ensemble run when ``MinimalConfig.attacks`` is not given, per norm (docs/calibration.md).
+#: The ensemble run when ``EpsStarConfig.attacks`` is not given, per norm (docs/eps-star.md).
 DEFAULT_ATTACKS: dict[Norm, tuple[str, ...]] = {
     Norm.LINF: ("fmn", "fab"),
     Norm.L2: ("fmn", "ddn", "fab"),
-    Norm.L1: ("fmn", "pgd-bisect"),  # FMN alone leaves 4-24% unbroken in l1 (calibration.md)
+    Norm.L1: ("fmn", "pgd-bisect"),  # FMN alone leaves 4-24% unbroken in l1 (eps-star.md)
 }
 
 
 @dataclass(frozen=True)
-class MinimalConfig:
+class EpsStarConfig:
     """Which minimum-norm attacks make the ensemble, in which norm, and their budgets.
 
-    The defaults were chosen by measurement on the digits study (docs/calibration.md): in ℓ∞,
+    The defaults were chosen by measurement on the digits study (docs/eps-star.md): in ℓ∞,
     FMN at 100 steps and FAB at 50 steps each find the ensemble's best point on about 75-85% of
     the examples, so neither alone suffices; more steps changed the ensemble's ε* by less than
     1%. In ℓ2, FMN + DDN 100 + FAB 50 is within 1% of a large reference on 99-100% of the
-    examples; in ℓ1, FMN + the PGD bisection on 76-89% (docs/calibration.md).
+    examples; in ℓ1, FMN + the PGD bisection on 76-89% (docs/eps-star.md).
 
     Attributes:
-        attacks: names in :data:`MINIMAL_ATTACKS`, run in this order; None (the default) is
+        attacks: names in :data:`MIN_NORM_ATTACKS`, run in this order; None (the default) is
             :data:`DEFAULT_ATTACKS` of ``norm``, resolved here, so ``config.attacks`` is always
             the tuple that runs. (``dataclasses.replace(config, norm=...)`` keeps the attacks
             already resolved: pass ``attacks=None`` too for the other norm's default.)
@@ -138,9 +138,9 @@ class MinimalConfig:
         if not self.attacks:
             raise EpslError("the minimum-norm ensemble needs at least one attack")
         for name in self.attacks:
-            spec = MINIMAL_ATTACKS[name]  # an unknown name fails here, with the known ones
+            spec = MIN_NORM_ATTACKS[name]  # an unknown name fails here, with the known ones
             if norm not in spec.norms:
-                able = ", ".join(n for n in MINIMAL_ATTACKS if norm in MINIMAL_ATTACKS[n].norms)
+                able = ", ".join(n for n in MIN_NORM_ATTACKS if norm in MIN_NORM_ATTACKS[n].norms)
                 raise EpslError(f"the minimum-norm attack {name} does not run in {norm.value} "
                                 f"({spec.why_not or 'not implemented'}); in {norm.value} "
                                 f"choose from {able}")
@@ -214,29 +214,29 @@ def verify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tens
 #: in ``config.norm``; ``best`` is the ensemble's verified ε so far (+inf where nothing was
 #: found yet) and ``index`` the examples' positions in the whole batch (for per-example random
 #: draws).
-MinimalAttack = Callable[[nn.Module, torch.Tensor, torch.Tensor, MinimalConfig, torch.Tensor,
+EpsStarAttack = Callable[[nn.Module, torch.Tensor, torch.Tensor, EpsStarConfig, torch.Tensor,
                           torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class MinimalAttackSpec:
+class EpsStarAttackSpec:
     """A member of the ensemble: how it runs, the norms it runs in, why not in the others (for
     the one-line error) and the library it needs (``foolbox``, ``torchattacks`` or None)."""
 
-    run: MinimalAttack
+    run: EpsStarAttack
     norms: tuple[Norm, ...]
     library: str | None = None
     why_not: str = ""
 
 
-MINIMAL_ATTACKS: Registry[MinimalAttackSpec] = Registry("minimum-norm attack")
+MIN_NORM_ATTACKS: Registry[EpsStarAttackSpec] = Registry("minimum-norm attack")
 
 
 def _member(name: str, *, norms: tuple[Norm, ...], library: str | None = None,
-            why_not: str = "") -> Callable[[MinimalAttack], MinimalAttack]:
-    """Register ``fn`` in :data:`MINIMAL_ATTACKS` as ``name``, running in ``norms``."""
-    def decorator(fn: MinimalAttack) -> MinimalAttack:
-        MINIMAL_ATTACKS.register(name)(MinimalAttackSpec(fn, norms, library, why_not))
+            why_not: str = "") -> Callable[[EpsStarAttack], EpsStarAttack]:
+    """Register ``fn`` in :data:`MIN_NORM_ATTACKS` as ``name``, running in ``norms``."""
+    def decorator(fn: EpsStarAttack) -> EpsStarAttack:
+        MIN_NORM_ATTACKS.register(name)(EpsStarAttackSpec(fn, norms, library, why_not))
         return fn
     return decorator
 
@@ -258,7 +258,7 @@ _FMN_CLASS = {Norm.LINF: "LInfFMNAttack", Norm.L2: "L2FMNAttack", Norm.L1: "L1FM
 
 
 @_member("fmn", norms=(Norm.LINF, Norm.L2, Norm.L1), library="foolbox")
-def _fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConfig,
+def _fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EpsStarConfig,
          best: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     fb = require_foolbox()
     fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
@@ -269,7 +269,7 @@ def _fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConf
 
 @_member("ddn", norms=(Norm.L2,), library="foolbox",
          why_not="DDN is an l2 attack")
-def _ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConfig,
+def _ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EpsStarConfig,
          best: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     fb = require_foolbox("the minimum-norm attack DDN needs")
     fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
@@ -291,7 +291,7 @@ FAB_JACOBIAN_FLOATS = 2**25
 
 @_member("fab", norms=(Norm.LINF, Norm.L2), library="torchattacks",
          why_not="torchattacks 3.5.1's FAB fails in l1")
-def _fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConfig,
+def _fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EpsStarConfig,
          best: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     ta = require_torchattacks("the minimum-norm attack FAB needs")
     norm = parse_norm(config.norm)
@@ -311,7 +311,7 @@ def _fab(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConf
 
 def _fab_targeted(ta: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                   logits: torch.Tensor, settings: dict[str, Any],
-                  config: MinimalConfig) -> torch.Tensor:
+                  config: EpsStarConfig) -> torch.Tensor:
     """Targeted FAB toward each of the ``config.fab_targets`` wrong classes with the highest
     clean logits, one torchattacks call per rank; per example, the smallest verified point.
 
@@ -358,7 +358,7 @@ def _example_noise(index: torch.Tensor, shape: tuple[int, ...], draws: int, seed
 
 
 @_member("pgd-bisect", norms=(Norm.LINF, Norm.L2, Norm.L1))
-def _pgd_bisect(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: MinimalConfig,
+def _pgd_bisect(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EpsStarConfig,
                 best: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Per-example bisection of ε in [0, min(best, the whole box)] with PGD in ``config.norm``
     (CW loss, random start keyed by seed and example, projected onto the ε-ball): the interval
@@ -391,21 +391,21 @@ def _pgd_bisect(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Mini
 # --------------------------------------------------------------------------- the ensemble
 
 
-def check_minimal_dependencies(config: MinimalConfig) -> None:
+def check_eps_star_dependencies(config: EpsStarConfig) -> None:
     """Fail in one line, before any work, when a library an attack of ``config`` needs is
     missing (FMN, DDN: foolbox; FAB: torchattacks)."""
     assert config.attacks is not None
     for name in config.attacks:
-        library = MINIMAL_ATTACKS[name].library
+        library = MIN_NORM_ATTACKS[name].library
         if library == "foolbox":
             require_foolbox(f"the minimum-norm attack {name.upper()} needs")
         elif library == "torchattacks":
             require_torchattacks(f"the minimum-norm attack {name.upper()} needs")
 
 
-def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                         config: MinimalConfig | None = None,
-                         progress: Progress | None = None) -> MinimalResult:
+def find_eps_star(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                         config: EpsStarConfig | None = None,
+                         progress: Progress | None = None) -> EpsStarResult:
     """ε* per example: the smallest verified perturbation in ``config.norm`` (ℓ∞ by default)
     within [0, 1]^d that any attack of ``config.attacks`` finds (module docstring).
 
@@ -413,14 +413,14 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         model: classifier on N x C x H x W pixels in [0, 1] returning logits (run in eval mode
             with its parameters frozen).
         x: N x C x H x W inputs in [0, 1]; y: (N,) labels.
-        config: the ensemble, its norm and its budgets (default :class:`MinimalConfig`: ℓ∞).
+        config: the ensemble, its norm and its budgets (default :class:`EpsStarConfig`: ℓ∞).
         progress: called with the number of examples finished after each chunk of each attack.
 
     Returns:
-        :class:`MinimalResult` on x's examples, on the model's device.
+        :class:`EpsStarResult` on x's examples, on the model's device.
     """
-    config = config or MinimalConfig()
-    check_minimal_dependencies(config)
+    config = config or EpsStarConfig()
+    check_eps_star_dependencies(config)
     x, y = check_attack_inputs(model, x, y, 1.0)
     n = len(y)
     with eval_mode(model):
@@ -434,14 +434,14 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         per_attack: dict[str, torch.Tensor] = {}
         seconds: dict[str, float] = {}
         devices = [x.device] if x.device.type == "cuda" else []
-        assert config.attacks is not None  # resolved by MinimalConfig
+        assert config.attacks is not None  # resolved by EpsStarConfig
         for name in config.attacks:
-            run = MINIMAL_ATTACKS[name].run
+            run = MIN_NORM_ATTACKS[name].run
             own = torch.where(correct, torch.full_like(eps_star, math.inf),
                               torch.zeros_like(eps_star))
             start = time.perf_counter()
 
-            def one_chunk(part: slice, run: MinimalAttack = run) -> tuple[torch.Tensor, ...]:
+            def one_chunk(part: slice, run: EpsStarAttack = run) -> tuple[torch.Tensor, ...]:
                 idx = todo[part]
                 # torchattacks and Foolbox draw from (and reseed) torch's global generators:
                 # seeded per chunk, a chunk's result does not depend on the chunks before it,
@@ -468,5 +468,5 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                     attack[i] = name
             seconds[name] = round(time.perf_counter() - start, 3)
             per_attack[name] = own
-    return MinimalResult(x_best, eps_star, tuple(attack), pred, y, per_attack, seconds,
+    return EpsStarResult(x_best, eps_star, tuple(attack), pred, y, per_attack, seconds,
                          norm=config.norm)

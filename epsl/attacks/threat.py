@@ -348,7 +348,7 @@ def ball_noise(x: torch.Tensor, eps: float | torch.Tensor, norm: str | Norm = "l
     else:  # Laplace: a uniform sign times an exponential size
         uniform = torch.rand((n, dim), generator=generator, dtype=torch.float64) * 2 - 1
         direction = uniform.sign() * -torch.log1p(-uniform.abs())
-    size = direction.abs().sum(1, keepdim=True) if p is Norm.L1 else \
+    size = direction.abs().sum(1, keepdim=True) if p is Norm.L1 else\
         torch.linalg.vector_norm(direction, ord=2, dim=1, keepdim=True)
     fraction = torch.rand((n, 1), generator=generator, dtype=torch.float64)
     radius = _radii(eps, n, torch.device("cpu")).cpu() * fraction

@@ -211,3 +211,7 @@ RECIPES: dict[str, DefenseConfig] = {
     "logit squeeze 2 + noise 0.3": DefenseConfig(logit_squeeze=2.0, noise_sigma=0.3),
     "PGD-7 adversarial (eps=0.1)": DefenseConfig(adv="pgd", adv_eps=0.1, adv_steps=7),
 }
+
+__all__ = ["ADV_METHODS", "DefenseConfig", "LossTerm", "RECIPES", "StepOutput",
+           "adversarial_examples", "batch_loss", "gaussian_noise", "objective", "smooth_labels",
+           "soft_cross_entropy", "squeeze_penalty"]

@@ -235,7 +235,7 @@ def keep_previous_state(out: Path) -> None:
     if not (current.exists() and out.exists()):
         return
     try:
-        if state_info(current).get("epochs_done") != \
+        if state_info(current).get("epochs_done") !=\
                 checkpoint.read_metadata(out).get("epochs_done"):
             return
         link = previous.with_name(f".{previous.name}.{os.getpid()}.tmp")
@@ -263,3 +263,8 @@ def save_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     with on_disk() as writer:
         if writer and metadata["complete"]:  # nothing left to resume
             previous_state_path(out).unlink(missing_ok=True)
+
+
+__all__ = ["Start", "agree_on_start", "config_difference", "keep_previous_state",
+           "launch_metadata", "load_state", "previous_state_path", "restarted", "same_config",
+           "save_epoch", "save_state", "start_point", "state_info", "state_path"]

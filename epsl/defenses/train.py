@@ -33,7 +33,7 @@ from epsl.models import MODELS, checkpoint, create_model
 from epsl.results.files import check_writable
 
 __all__ = ["OPTIMIZERS", "BatchShard", "EpochReport", "Progress", "TrainConfig", "TrainResult",
-           "accuracy", "previous_state_path", "state_path", "train"]
+           "accuracy", "check_world", "previous_state_path", "state_path", "train"]
 
 OPTIMIZERS = ("auto", "adam", "sgd")
 
@@ -272,7 +272,7 @@ def train(config: TrainConfig, out: Path | str, *, resume: bool = False,
     optimizer, kind = _optimizer(config, model, data.train.info.augment)
     base_lr = optimizer.param_groups[0]["lr"]
     total_steps, epochs = _length(config, len(data.train))
-    _check_world(world, len(data.train), config, device)
+    check_world(world, len(data.train), config, device)
     meta_base = _base_metadata(config, data, kind, world)
     begin = start_point(out, config, device,
                         lambda m: _optimizer(config, m, data.train.info.augment)[0],
@@ -429,7 +429,7 @@ def _fast_path(model: nn.Module, config: TrainConfig, device: torch.device,
     """channels_last memory format (default: on CUDA), DistributedDataParallel under torchrun
     (after SyncBatchNorm with ``sync_bn``) and optional torch.compile; the weights stay those
     of ``model``, which is what checkpoints save and what adversarial examples are made on."""
-    channels_last = (device.type == "cuda") if config.channels_last is None \
+    channels_last = (device.type == "cuda") if config.channels_last is None\
         else config.channels_last
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -452,8 +452,8 @@ def _fast_path(model: nn.Module, config: TrainConfig, device: torch.device,
     return _FastPath(module, channels_last)
 
 
-def _check_world(world: distributed.World, n_train: int, config: TrainConfig,
-                 device: torch.device) -> None:
+def check_world(world: distributed.World, n_train: int, config: TrainConfig,
+                device: torch.device) -> None:
     """Refuse, before any work, what N processes cannot train as one."""
     if config.sync_bn and device.type != "cuda":
         raise EpslError("sync_bn=True needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only "

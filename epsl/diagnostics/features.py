@@ -94,3 +94,6 @@ def activations(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256,
                 else:
                     sums[name] = [a + p.cpu() for a, p in zip(sums[name], parts, strict=True)]
     return ActivationStats(len(x), *sums["penultimate"], *sums["logit"])
+
+
+__all__ = ["ActivationStats", "activations"]

@@ -306,3 +306,9 @@ def jacobian(model: nn.Module, x: torch.Tensor, *, chunk_size: int | None = None
         torch.Size([4, 10, 1, 8, 8])
     """
     return jacobian_and_logits(model, x, chunk_size=chunk_size, method=method)[0]
+
+
+__all__ = ["AUTO_METHOD", "Block", "CPU_BUDGET_BYTES", "DEFAULT_METHOD", "METHODS", "Progress",
+           "activation_bytes", "auto_chunk_size", "format_bytes", "jacobian",
+           "jacobian_and_logits", "linearise", "memory_budget", "parse_memory", "plan_chunks",
+           "resolve_method"]

@@ -45,7 +45,7 @@ def check_table_fits(images: int, steps: int, budget: int) -> None:
     if need <= budget:
         return
     fit = int(math.isqrt(max(budget - 1, 0) // (images * TABLE_ROW_BYTES + 16)))
-    lower = f"steps={fit} (the most that fit) or fewer images=N" if fit >= 2 else \
+    lower = f"steps={fit} (the most that fit) or fewer images=N" if fit >= 2 else\
         "fewer images=N"
     raise EpslError(f"a landscape of {images} image{'s' if images != 1 else ''} on a {steps} x "
                     f"{steps} grid is a table of "
@@ -132,3 +132,6 @@ def loss_landscape(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                 "loss": torch.cat(losses).double().numpy(),
             }))
     return pd.concat(frames, ignore_index=True)
+
+
+__all__ = ["DIRECTIONS", "TABLE_ROW_BYTES", "check_table_fits", "grid_chunk", "loss_landscape"]

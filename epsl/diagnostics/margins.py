@@ -461,3 +461,8 @@ def predicted_accuracy(eps_l: torch.Tensor | Any, eps: float | Iterable[float]
     if isinstance(eps, numbers.Real) or (hasattr(eps, "ndim") and eps.ndim == 0):
         return one(float(eps))  # type: ignore[arg-type]
     return {float(e): one(e) for e in eps}  # type: ignore[union-attr]
+
+
+__all__ = ["Diagnostics", "TENSORS_FILE", "TENSOR_FIELDS", "TOP_LOGITS", "candidate_classes",
+           "diagnose", "diagnose_norms", "grad_gap_column", "margins_from_jacobian",
+           "predicted_accuracy", "reduce_blocks"]

@@ -144,8 +144,12 @@ class MadryCNN(Classifier):
         return F.relu(self.fc1(x.flatten(1)))
 
 
-class _WideBlock(nn.Module):
-    def __init__(self, in_planes: int, out_planes: int, stride: int, dropout: float) -> None:
+class _PreActBlock(nn.Module):
+    """BN-ReLU-conv twice with a skip (a 1x1 conv where the shape changes), and dropout
+    between the convolutions: the block of Wide ResNet and of PreAct ResNet (no dropout)."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
@@ -166,72 +170,52 @@ class _WideBlock(nn.Module):
         return self.conv2(out) + skip
 
 
-class WideResNet(Classifier):
+class _PreActNet(Classifier):
+    """A 3x3 stem, then stages of :class:`_PreActBlock` (``stages``: output width and stride of
+    each, ``blocks`` blocks per stage; the first of a stage strides), then BN-ReLU and global
+    average pooling: the layout Wide ResNet and PreAct ResNet share."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], *, in_channels: int,
+                 num_classes: int, stem: int, stages: Sequence[tuple[int, int]], blocks: int,
+                 dropout: float = 0.0) -> None:
+        super().__init__(mean, std)
+        self.conv1 = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)
+        layers: list[nn.Module] = []
+        in_planes = stem
+        for planes, stride in stages:
+            for i in range(blocks):
+                layers.append(_PreActBlock(in_planes, planes, stride if i == 0 else 1, dropout))
+                in_planes = planes
+        self.blocks = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn(self.blocks(self.conv1(x))))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+
+class WideResNet(_PreActNet):
     """Wide ResNet (Zagoruyko & Komodakis 2016); ``depth=28, widen_factor=10`` is the paper's."""
 
     def __init__(self, *, in_channels: int, num_classes: int, input_size: int,
                  mean: Sequence[float], std: Sequence[float], depth: int = 28,
                  widen_factor: int = 10, dropout: float = 0.0) -> None:
-        super().__init__(mean, std)
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WRN depth must be 6n+4, got {depth}")
-        n = (depth - 4) // 6
-        widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-        layers: list[nn.Module] = []
-        in_planes = widths[0]
-        for stage, stride in zip(range(1, 4), (1, 2, 2), strict=True):
-            for i in range(n):
-                layers.append(_WideBlock(in_planes, widths[stage], stride if i == 0 else 1, dropout))
-                in_planes = widths[stage]
-        self.blocks = nn.Sequential(*layers)
-        self.bn = nn.BatchNorm2d(in_planes)
-        self.fc = nn.Linear(in_planes, num_classes)
-
-    def body(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn(self.blocks(self.conv1(x))))
-        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+        stages = [(16 * widen_factor, 1), (32 * widen_factor, 2), (64 * widen_factor, 2)]
+        super().__init__(mean, std, in_channels=in_channels, num_classes=num_classes, stem=16,
+                         stages=stages, blocks=(depth - 4) // 6, dropout=dropout)
 
 
-class _PreActBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.shortcut: nn.Module | None = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        skip = x if self.shortcut is None else self.shortcut(out)
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + skip
-
-
-class PreActResNet18(Classifier):
+class PreActResNet18(_PreActNet):
     """Pre-activation ResNet-18 (He et al. 2016), the usual CIFAR robustness baseline."""
 
     def __init__(self, *, in_channels: int, num_classes: int, input_size: int,
                  mean: Sequence[float], std: Sequence[float], width: int = 64) -> None:
-        super().__init__(mean, std)
-        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-        layers: list[nn.Module] = []
-        in_planes = width
-        for mult, stride in ((1, 1), (2, 2), (4, 2), (8, 2)):
-            for i in range(2):
-                layers.append(_PreActBlock(in_planes, width * mult, stride if i == 0 else 1))
-                in_planes = width * mult
-        self.blocks = nn.Sequential(*layers)
-        self.bn = nn.BatchNorm2d(in_planes)
-        self.fc = nn.Linear(in_planes, num_classes)
-
-    def body(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn(self.blocks(self.conv1(x))))
-        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+        stages = [(width * mult, stride) for mult, stride in ((1, 1), (2, 2), (4, 2), (8, 2))]
+        super().__init__(mean, std, in_channels=in_channels, num_classes=num_classes,
+                         stem=width, stages=stages, blocks=2)
 
 
 MODELS.register("small-cnn")(SmallCNN)
@@ -312,3 +296,8 @@ def split_head(model: Wrapped, example: torch.Tensor) -> str | None:
         model.fc, model.head_name = None, None
         return None
     return name
+
+
+__all__ = ["Classifier", "MLP", "MODELS", "MadryCNN", "ModelFactory", "Normalize",
+           "PreActResNet18", "SmallCNN", "WideResNet", "Wrapped", "create_model", "split_head",
+           "wrn_28_10"]

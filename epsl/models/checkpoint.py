@@ -270,3 +270,7 @@ def check_dataset(meta: dict[str, Any], shape: tuple[int, ...], num_classes: int
     if classes is not None and num_classes > int(classes):
         raise EpslError(f"{path} has {classes} classes but the data has labels up to "
                         f"{num_classes - 1}")
+
+
+__all__ = ["METADATA_KEY", "check_dataset", "check_finished", "fitting_architectures", "load",
+           "misfit", "model_kwargs_for", "read_metadata", "save", "weights_file"]

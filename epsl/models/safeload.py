@@ -68,7 +68,7 @@ def unsafe_globals(path: Path | str) -> list[str]:
         return []
 
 
-def _numpy_numbers() -> list[Any]:
+def numpy_numbers() -> list[Any]:
     """numpy scalars and their dtypes, which many published checkpoints hold beside the weights
     (``"epoch": np.int64(...)``): they rebuild plain numbers and run nothing, so they are
     allowed (torch's documented recipe); every other global is still refused."""
@@ -95,7 +95,7 @@ def read_weights(path: Path | str) -> Any:
         except (SafetensorError, OSError, ValueError) as exc:
             raise EpslError(f"{path}: not a readable safetensors file ({_short(exc)})") from None
     try:
-        with torch.serialization.safe_globals(_numpy_numbers()), warnings.catch_warnings():
+        with torch.serialization.safe_globals(numpy_numbers()), warnings.catch_warnings():
             # its note on pickle protocols would be a second line before the one that matters
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(str(path), map_location="cpu", weights_only=True)
@@ -145,3 +145,7 @@ def offline() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+__all__ = ["NetworkRefused", "OFFLINE_ENV", "SAFE_FORMATS", "numpy_numbers", "offline",
+           "read_weights", "state_dict_of", "unsafe_globals"]

@@ -310,7 +310,7 @@ def _timm_file(name: str, model_dir: Path | None, net: nn.Module | None = None) 
         if isinstance(found, str):
             return Path(found)
     cache = _import("huggingface_hub.constants", f"timm:{name}").HF_HUB_CACHE
-    return Path(cache) / f"models--{repo.replace('/', '--')}" / "snapshots" / "*" / \
+    return Path(cache) / f"models--{repo.replace('/', '--')}" / "snapshots" / "*" /\
         "model.safetensors"
 
 
@@ -408,3 +408,8 @@ def _torchvision_load(name: str, model_dir: Path | None) -> tuple[nn.Module, dic
 
 SOURCES.register("torchvision")(Source(_torchvision_file, _torchvision_load,
                                        "torchvision:resnet50.IMAGENET1K_V2"))
+
+
+__all__ = ["ROBUSTBENCH_CLASSES", "ROBUSTBENCH_DATASETS", "ROBUSTBENCH_MODEL_DIR", "SOURCES",
+           "Source", "ZOO_INSTALL", "load", "parse", "robustbench_state", "robustbench_zoo",
+           "weights_file"]

@@ -48,7 +48,7 @@ def _group() -> Any:
     ``sys.modules`` so that this module, which the torch-free analysis uses, never imports
     torch."""
     dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized() \
+    if dist is not None and dist.is_available() and dist.is_initialized()\
             and dist.get_world_size() > 1:
         return dist
     return None
@@ -200,13 +200,13 @@ def sweep_temporaries(folder: Path | str, depth: int = 3, name: str | None = Non
     except OSError:
         return removed
     for entry in entries:
-        if entry.is_file(follow_symlinks=False) and _TEMPORARY.match(entry.name) \
+        if entry.is_file(follow_symlinks=False) and _TEMPORARY.match(entry.name)\
                 and (name is None or entry.name.startswith(f".{name}.")):
             written = folder / entry.name[1:].rsplit(".", 2)[0]  # the file it was to become
             if not held_elsewhere(written):
                 Path(entry.path).unlink(missing_ok=True)
                 removed.append(Path(entry.path))
-        elif entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".") \
+        elif entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")\
                 and not held_elsewhere(Path(entry.path)):
             removed += sweep_temporaries(entry.path, depth - 1, name)
     return removed
@@ -362,3 +362,8 @@ def safe_name(name: str, what: str) -> str:
         raise EpslError(f"{what} {name!r} {reason}: it becomes a file name inside the output "
                         "folder; use letters, digits and - + _ . (not first)")
     return name
+
+
+__all__ = ["NAME_BYTES", "atomic_path", "check_out_dir", "check_writable", "folder_lock",
+           "held_elsewhere", "on_disk", "read_json", "read_table", "safe_name",
+           "sweep_temporaries", "to_json", "write_json", "write_table", "write_text"]

@@ -73,6 +73,8 @@ class Kind:
     optional: tuple[str, ...] = ()
     #: the extra file holding the result's exact tensors (:attr:`Result.tensors`)
     tensors: str | None = None
+    #: the same kind as an earlier release laid it out (its name and files), still read
+    formerly: Kind | None = None
 
     def files(self, table_format: str = "csv") -> list[str]:
         """The names this result writes in its folder (for overwrite checks)."""
@@ -92,11 +94,16 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     Kind("audit", "audit.json", "audit"),
     Kind("activations", "activations.json", "activations"),
     Kind("landscape", "landscape.json", "landscape"),
-    Kind("minimal", "minimal.json", "minimal", extra=("minimal.safetensors",),
-         tensors="minimal.safetensors"),
+    # epsl 0.2.0 called it "minimal" (minimal.json, minimal.csv, minimal.safetensors)
+    Kind("eps_star", "eps_star.json", "eps_star", extra=("eps_star.safetensors",),
+         tensors="eps_star.safetensors",
+         formerly=Kind("minimal", "minimal.json", "minimal", extra=("minimal.safetensors",),
+                       tensors="minimal.safetensors")),
     Kind("certify", "certify.json", "certify"),
+    Kind("estimate", "estimate.json", "estimate"),
     Kind("comparison", "compare.json", None,
-         extra=("comparison.csv", "comparison.md", "report.html"), optional=("paired.csv",)),
+         extra=("comparison.csv", "comparison.md", "report.html"),
+         optional=("paired.csv", "estimates.csv", "estimate_pairs.csv")),
 )}
 
 
@@ -186,7 +193,7 @@ def _behaves_alike(mine: Any, theirs: Any) -> bool:
     the signature's scale): last-bit differences pass, a changed model does not."""
     if mine is None and theirs is None:  # neither pins a model (provenances made by hand)
         return True
-    if not mine or not theirs or len(mine) != len(theirs) \
+    if not mine or not theirs or len(mine) != len(theirs)\
             or any(len(a) != len(b) for a, b in zip(mine, theirs, strict=True)):
         return False
     values = [abs(float(v)) for row in mine for v in row]
@@ -198,7 +205,7 @@ def _behaves_alike(mine: Any, theirs: Any) -> bool:
 
 class Tensors(Protocol):
     """What a result's exact tensors are (:class:`epsl.diagnostics.Diagnostics`,
-    :class:`epsl.attacks.eps_star.MinimalResult`): they write their kind's extra file themselves."""
+    :class:`epsl.attacks.eps_star.EpsStarResult`): they write their kind's extra file themselves."""
 
     def save_tensors(self, folder: Path | str) -> Path: ...
 
@@ -310,11 +317,29 @@ def record_path(folder: Path | str, name: str) -> Path:
     return Path(folder) / kind(name).record
 
 
-def load(folder: Path | str, name: str, *, table: bool = True) -> Result:
-    """Read the result of kind ``name`` in ``folder``. A record of another kind or schema
-    version, or one whose table is missing, is a one-line :class:`EpslError`."""
+def stored_kind(folder: Path | str, name: str) -> Kind:
+    """The layout in which ``folder`` holds its result of kind ``name``: this release's, or,
+    where only an earlier release's record is there (:attr:`Kind.formerly`), that one."""
     spec = kind(name)
     folder = Path(folder)
+    if (spec.formerly is not None and not (folder / spec.record).is_file()
+            and (folder / spec.formerly.record).is_file()):
+        return spec.formerly
+    return spec
+
+
+def holds(folder: Path | str, name: str) -> bool:
+    """Whether ``folder`` has a record of kind ``name``, in this release's layout or an
+    earlier one."""
+    return (Path(folder) / stored_kind(folder, name).record).is_file()
+
+
+def load(folder: Path | str, name: str, *, table: bool = True) -> Result:
+    """Read the result of kind ``name`` in ``folder`` (in an earlier release's layout too,
+    :func:`stored_kind`). A record of another kind or schema version, or one whose table is
+    missing, is a one-line :class:`EpslError`."""
+    folder = Path(folder)
+    spec = stored_kind(folder, name)
     path = folder / spec.record
     raw = read_json(path)
     if not isinstance(raw, dict) or "schema" not in raw:
@@ -327,6 +352,8 @@ def load(folder: Path | str, name: str, *, table: bool = True) -> Result:
     check_digests(folder, spec, raw.get("files"), path)
     summary = {k: v for k, v in raw.items()
                if k not in ("schema", "schema_version", "provenance", "files")}
+    if spec.name != name:  # an earlier release's layout: its settings under today's name
+        summary = renamed(summary, spec.name, name)
     prov = raw.get("provenance")
     provenance = Provenance.from_dict(prov, str(path)) if isinstance(prov, dict) else None
     frame = None
@@ -336,7 +363,16 @@ def load(folder: Path | str, name: str, *, table: bool = True) -> Result:
         if not tables:
             raise EpslError(f"{path}: its table {spec.table}.csv is missing")
         frame = read_table(tables[0])
-    return Result(spec.name, summary, provenance, frame, folder)
+    return Result(kind(name).name, summary, provenance, frame, folder)
+
+
+def renamed(summary: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """``summary`` with its key ``old`` (and its config's) named ``new``, as this release
+    names the settings of a kind that an earlier one called ``old``."""
+    out = {new if k == old else k: v for k, v in summary.items()}
+    if isinstance(out.get("config"), dict):
+        out["config"] = {new if k == old else k: v for k, v in out["config"].items()}
+    return out
 
 
 def check_digests(folder: Path, spec: Kind, files: Any, path: Path) -> None:
@@ -422,5 +458,5 @@ def file_sha256(path: Path | str) -> str:
 
 
 __all__ = ["COMMAND", "KINDS", "Kind", "Provenance", "Result", "Tensors", "article",
-           "check_digests", "check_replaceable", "clear", "digests", "file_sha256", "kind", "load",
-           "record_path", "reusable"]
+           "check_digests", "check_replaceable", "clear", "digests", "file_sha256", "holds", "kind",
+           "load", "record_path", "reusable", "stored_kind"]

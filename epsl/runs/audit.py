@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from epsl.attacks.audit import AuditConfig, audit, check_dependencies, ensemble_in
-from epsl.attacks.eps_star import MinimalResult
+from epsl.attacks.eps_star import EpsStarResult
 from epsl.norms import check_radius, parse_norm
 from epsl.results.records import Provenance, Result, check_replaceable, reusable
 from epsl.runs.context import DataConfig, Evaluation, load_source, provenance
@@ -35,7 +35,7 @@ class AuditRunConfig:
         object.__setattr__(self, "norm", p.value)
         check_radius(p, self.eps)
         object.__setattr__(self, "audit", dataclasses.replace(
-            self.audit, minimal=ensemble_in(self.audit.minimal, p)))
+            self.audit, eps_star=ensemble_in(self.audit.eps_star, p)))
 
     def reuse_settings(self) -> dict[str, Any]:
         """The radius, every budget and threshold, and the norm where it is not ℓ∞ (so ℓ∞
@@ -45,31 +45,31 @@ class AuditRunConfig:
 
 
 def run_audit(config: AuditRunConfig, *, evaluation: Evaluation | None = None,
-              source_model: nn.Module | None = None, minimal: MinimalResult | None = None,
+              source_model: nn.Module | None = None, eps_star: EpsStarResult | None = None,
               progress: Callable[[int], None] | None = None) -> Result:
     """The audit result of ``config`` (:meth:`AuditResult.record`) with its provenance.
     ``evaluation``: ``config.data`` already prepared (its examples are the ones audited);
-    ``source_model``: ``config.source`` already loaded; ``minimal``: ε* already found on these
-    examples with ``config.audit.minimal``."""
+    ``source_model``: ``config.source`` already loaded; ``eps_star``: ε* already found on these
+    examples with ``config.audit.eps_star``."""
     check_dependencies(config.audit)
     ev = evaluation or config.data.prepare()
     return _audit_result(config, ev, provenance(ev, config.reuse_settings(), source=config.source),
-                         source_model, minimal, progress)
+                         source_model, eps_star, progress)
 
 
 def _audit_result(config: AuditRunConfig, ev: Evaluation, origin: Provenance,
-                  source_model: nn.Module | None, minimal: MinimalResult | None,
+                  source_model: nn.Module | None, eps_star: EpsStarResult | None,
                   progress: Callable[[int], None] | None) -> Result:
     if source_model is None:
         source_model = load_source(config.source, ev)
     found = audit(ev.model, ev.data.x.to(ev.device), ev.data.y.to(ev.device), eps=config.eps,
-                  source=source_model, config=config.audit, progress=progress, minimal=minimal,
+                  source=source_model, config=config.audit, progress=progress, eps_star=eps_star,
                   norm=config.norm)
     return found.record(origin)
 
 
 def ensure_audit(config: AuditRunConfig, folder: Path, ev: Evaluation, *,
-                 points: Callable[[], MinimalResult | None],
+                 points: Callable[[], EpsStarResult | None],
                  source_model: nn.Module | None = None,
                  log: Callable[[str], None] | None = None, overwrite: bool = True) -> bool:
     """The audit of ``ev``'s examples in ``folder``, reused when made from the same

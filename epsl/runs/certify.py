@@ -24,10 +24,10 @@ import numpy as np
 
 from epsl.analysis.cards import proof_card, proof_groups
 from epsl.attacks.eps_star import (
-    MinimalConfig,
-    MinimalResult,
-    check_minimal_dependencies,
-    minimal_perturbation,
+    EpsStarConfig,
+    EpsStarResult,
+    check_eps_star_dependencies,
+    find_eps_star,
 )
 from epsl.certify.radius import CertifyOptions, certify
 from epsl.diagnostics import diagnose
@@ -45,12 +45,12 @@ __all__ = ["CertifyConfig", "certify_result", "ensure_certify", "run_certify"]
 class CertifyConfig:
     """``epsl certify``: which checkpoint and examples, how the bounds are computed
     (``options``), the minimum-norm ensemble whose ε* closes each bisection from above and
-    sets the card's upper side (``minimal``, ℓ∞), the radii of the certified accuracy, and
+    sets the card's upper side (``eps_star``, ℓ∞), the radii of the certified accuracy, and
     ``eps_max``, an optional cap on the bisection's upper end."""
 
     data: DataConfig
     options: CertifyOptions = dataclasses.field(default_factory=CertifyOptions)
-    minimal: MinimalConfig = dataclasses.field(default_factory=MinimalConfig)
+    eps_star: EpsStarConfig = dataclasses.field(default_factory=EpsStarConfig)
     eps: tuple[float, ...] = DEFAULT_EPS
     eps_max: float | None = None
     table_format: str = "csv"
@@ -58,8 +58,8 @@ class CertifyConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.options, CertifyOptions):
             raise EpslError(f"options must be CertifyOptions (got {self.options!r})")
-        if parse_norm(self.minimal.norm) is not Norm.LINF:
-            raise EpslError(f"certify bounds the l_inf ball only (got norm {self.minimal.norm})")
+        if parse_norm(self.eps_star.norm) is not Norm.LINF:
+            raise EpslError(f"certify bounds the l_inf ball only (got norm {self.eps_star.norm})")
         check_radius("linf", self.eps)
         if self.eps_max is not None and not 0 < self.eps_max <= 1:
             raise EpslError(f"eps_max must lie in (0, 1], the l_inf radii of the box (got "
@@ -67,7 +67,7 @@ class CertifyConfig:
 
     def reuse_settings(self) -> dict[str, Any]:
         """The bounds' settings and the ensemble's (its ε* is each bisection's upper end)."""
-        return {"certify": self.options.settings(), "minimal": self.minimal.reuse_settings(),
+        return {"certify": self.options.settings(), "eps_star": self.eps_star.reuse_settings(),
                 "eps_max": self.eps_max}
 
 
@@ -116,14 +116,14 @@ def certify_result(ev: Evaluation, config: CertifyConfig, *,
 
 
 def run_certify(config: CertifyConfig, *, evaluation: Evaluation | None = None,
-                eps_star: MinimalResult | None = None,
+                eps_star: EpsStarResult | None = None,
                 progress: Callable[[int], None] | None = None) -> Result:
     """ε_cert, ε_L and ε* for a checkpoint on its examples, and the three-way card. ``eps_star``:
-    ε* already found for exactly these examples with ``config.minimal`` (else found here).
+    ε* already found for exactly these examples with ``config.eps_star`` (else found here).
     Examples of which none is correctly classified are refused in one line before ε* is
     searched: there is nothing to certify (a study's stage, :func:`ensure_certify`, records
     them as they are)."""
-    check_minimal_dependencies(config.minimal)
+    check_eps_star_dependencies(config.eps_star)
     ev = evaluation or config.data.prepare()
     diag = diagnose(ev.model, ev.data.x, ev.data.y, device=ev.device)
     if not bool(diag.correct.any()):
@@ -131,8 +131,8 @@ def run_certify(config: CertifyConfig, *, evaluation: Evaluation | None = None,
                         "accuracy 0%), so there is nothing to certify: check that the "
                         "examples and their labels are the checkpoint's (dataset=, data=), "
                         "or certify more of them")
-    found = eps_star or minimal_perturbation(ev.model, ev.data.x, ev.data.y,
-                                             config=config.minimal)
+    found = eps_star or find_eps_star(ev.model, ev.data.x, ev.data.y,
+                                             config=config.eps_star)
     if len(found.eps_star) != len(ev.data):
         raise EpslError(f"eps* holds {len(found.eps_star)} examples, not {len(ev.data)}")
     return certify_result(ev, config, eps_l=diag.eps_l.double().numpy(),

@@ -178,7 +178,7 @@ def behaviour(net: nn.Module, examples: Split, device: torch.device, *,
     except RuntimeError as exc:
         raise EpslError(f"{checkpoint} does not accept inputs of shape "
                         f"{tuple(examples.x.shape[1:])} ({str(exc).splitlines()[0]})") from None
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 \
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2\
             or logits.shape[0] != len(probe):
         what = (f"a {type(logits).__name__}" if not isinstance(logits, torch.Tensor)
                 else f"a tensor of shape {tuple(logits.shape)}")

@@ -20,7 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from epsl.attacks.eps_star import MinimalConfig
+from epsl.attacks.audit_plan import AuditBudgets
+from epsl.attacks.eps_star import EpsStarConfig
 from epsl.defenses import DefenseConfig
 from epsl.defenses.train import TrainConfig
 from epsl.errors import EpslError
@@ -123,25 +124,61 @@ def _train(raw: Any, where: str) -> tuple[TrainConfig, tuple[int, ...]]:
     return _section(TrainConfig, raw, f"{where} [train]"), tuple(seeds)
 
 
-def _minimal(raw: Any, where: str, seed: int = 0) -> MinimalConfig | None:
-    """``[minimal]`` as the library's :class:`MinimalConfig` (None with ``enabled = false``;
+def _audit(raw: Any, where: str, attacks: AttackSettings) -> AuditSettings:
+    """``[audit]``: ``enabled``, ``limit`` and the budgets of its attacks, as keys of
+    :class:`AuditBudgets` on its defaults or, with ``quick = true``, on
+    :meth:`AuditBudgets.quick` (the JSON form holds them whole, in ``budgets``). The audit's
+    PGD-k is ``[attacks]``'s: its ``pgd_steps`` and ``pgd_step_size``."""
+    where = f"{where} [audit]"
+    if not isinstance(raw, dict):
+        raise EpslError(f"{where}: expected a table of settings (got {raw!r})")
+    raw = dict(raw)
+    settings = {key: raw.pop(key) for key in ("enabled", "limit") if key in raw}
+    quick = raw.pop("quick", False)
+    if not isinstance(quick, bool):
+        raise EpslError(f"{where}: quick must be true or false (got {quick!r})")
+    elsewhere = sorted(set(raw) & {"pgd_steps", "step_size"})
+    if elsewhere:
+        raise EpslError(f"{where}: the audit's PGD-k is [attacks]' pgd_steps and pgd_step_size; "
+                        f"remove {', '.join(elsewhere)} here")
+    given = raw.pop("budgets", None)
+    if given is not None and (raw or quick):
+        raise EpslError(f"{where}: give the budgets either as keys of [audit] or as its "
+                        "budgets table, not both")
+    base = asdict(AuditBudgets.quick() if quick else AuditBudgets())
+    budgets = {**base, **(raw if given is None else given),
+               "pgd_steps": attacks.pgd_steps, "step_size": attacks.pgd_step_size}
+    return _section(AuditSettings, {**settings,
+                                    "budgets": _section(AuditBudgets, budgets, where)}, where)
+
+
+def _eps_star(raw: Any, where: str, seed: int = 0) -> EpsStarConfig | None:
+    """``[eps_star]`` as the library's :class:`EpsStarConfig` (None with ``enabled = false``;
     the JSON form writes null); its ``seed`` defaults to ``seed``, the attacks' own."""
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        raise EpslError(f"{where} [minimal]: expected a table of settings (got {raw!r})")
+        raise EpslError(f"{where} [eps_star]: expected a table of settings (got {raw!r})")
     raw = dict(raw)
     enabled = raw.pop("enabled", True)
     if not isinstance(enabled, bool):
-        raise EpslError(f"{where} [minimal]: enabled must be true or false (got {enabled!r})")
+        raise EpslError(f"{where} [eps_star]: enabled must be true or false (got {enabled!r})")
     raw.setdefault("seed", seed)
-    section = _section(MinimalConfig, raw, f"{where} [minimal]")
+    section = _section(EpsStarConfig, raw, f"{where} [eps_star]")
     return section if enabled else None
 
 
+def former_section(raw: dict[str, Any], where: str) -> Any:
+    """The ``[minimal]`` table of a preset written for epsl 0.2.0, which is ``[eps_star]``
+    today (removed from ``raw``), or ``{}``; both at once is a one-line error."""
+    if "minimal" in raw and "eps_star" in raw:
+        raise EpslError(f"{where}: [minimal] is the former name of [eps_star]; keep one")
+    return raw.pop("minimal", {})
+
+
 def _threat_models(raw: Any, where: str, seed: int = 0) -> tuple[ThreatModel, ...]:
-    """``[[threat_models]]`` tables, each with an optional ``[threat_models.minimal]`` table
-    read like ``[minimal]`` in the section's norm (default: the norm's default ensemble)."""
+    """``[[threat_models]]`` tables, each with an optional ``[threat_models.eps_star]`` table
+    read like ``[eps_star]`` in the section's norm (default: the norm's default ensemble)."""
     if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
         raise EpslError(f"{where}: threat_models must be a list of [[threat_models]] tables")
     sections = []
@@ -150,10 +187,10 @@ def _threat_models(raw: Any, where: str, seed: int = 0) -> tuple[ThreatModel, ..
         norm = entry.get("norm")
         if not isinstance(norm, str):
             raise EpslError(f"{where} [[threat_models]]: each needs norm = \"l2\" or \"l1\"")
-        minimal = entry.pop("minimal", {})
-        if isinstance(minimal, dict):
-            minimal = {"norm": norm, **minimal}
-        entry["minimal"] = _minimal(minimal, f"{where} [[threat_models]] {norm}", seed=seed)
+        eps_star = entry.pop("eps_star", former_section(entry, f"{where} [[threat_models]]"))
+        if isinstance(eps_star, dict):
+            eps_star = {"norm": norm, **eps_star}
+        entry["eps_star"] = _eps_star(eps_star, f"{where} [[threat_models]] {norm}", seed=seed)
         sections.append(_section(ThreatModel, entry, f"{where} [[threat_models]]"))
     return tuple(sections)
 
@@ -182,8 +219,8 @@ def preset_from_dict(raw: dict[str, Any], where: str = "preset") -> Preset:
             name, _section(DefenseConfig, entry, f"{where} model {name}"), checkpoint=checkpoint,
             reported=None if reported is None else _section(
                 ReportedAccuracy, reported, f"{where} model {name} reported")))
-    sections = {"attacks": AttackSettings, "audit": AuditSettings,
-                "landscape": LandscapeSettings, "certify": CertifySettings}
+    sections = {"attacks": AttackSettings, "landscape": LandscapeSettings,
+                "certify": CertifySettings}
     evaluate = raw.get("kind") == "evaluate"
     if evaluate:
         # nothing is trained, so no model is the natural transfer source unless one is named
@@ -199,10 +236,11 @@ def preset_from_dict(raw: dict[str, Any], where: str = "preset") -> Preset:
     parsed_train, extra_seeds = (None, ()) if train_section is None else _train(train_section,
                                                                                  where)
     parsed = {key: _section(cls, raw.pop(key, {}), f"{where}") for key, cls in sections.items()}
-    minimal = raw.pop("minimal", {})
-    if isinstance(minimal, dict) and isinstance(raw.get("norm"), str):
-        minimal = {"norm": raw["norm"], **minimal}  # the ensemble runs in the study's norm
-    parsed["minimal"] = _minimal(minimal, where, seed=parsed["attacks"].seed)
+    parsed["audit"] = _audit(raw.pop("audit", {}), where, parsed["attacks"])
+    eps_star = raw.pop("eps_star", former_section(raw, where))
+    if isinstance(eps_star, dict) and isinstance(raw.get("norm"), str):
+        eps_star = {"norm": raw["norm"], **eps_star}  # the ensemble runs in the study's norm
+    parsed["eps_star"] = _eps_star(eps_star, where, seed=parsed["attacks"].seed)
     parsed["threat_models"] = _threat_models(raw.pop("threat_models", []), where,
                                              seed=parsed["attacks"].seed)
     parsed["train"] = parsed_train
@@ -255,11 +293,14 @@ def override(preset: Preset, **changes: Any) -> Preset:
         if section == "train" and "extra_seeds" in values:
             values = dict(values)
             top["extra_seeds"] = tuple(values.pop("extra_seeds"))
-        if section == "minimal":
-            top[section] = _override_minimal(preset.minimal, values)
+        if section == "eps_star":
+            top[section] = _override_eps_star(preset.eps_star, values)
             if values.get("enabled", True) is False:  # eps* off in every norm's section
-                top["threat_models"] = tuple(replace(t, minimal=None)
+                top["threat_models"] = tuple(replace(t, eps_star=None)
                                              for t in preset.threat_models)
+            continue
+        if section == "audit":
+            top[section] = _override_audit(preset.audit, values)
             continue
         current = getattr(preset, section, None)
         if section == "train" and current is None:
@@ -271,6 +312,11 @@ def override(preset: Preset, **changes: Any) -> Preset:
             top[section] = replace(current, **values)  # type: ignore[type-var]
         except TypeError as exc:
             raise EpslError(f"preset [{section}]: {exc}") from None
+    if "attacks" in top:  # the audit's PGD-k follows the paper's
+        audit = top.get("audit", preset.audit)
+        top["audit"] = replace(audit, budgets=replace(
+            audit.budgets, pgd_steps=top["attacks"].pgd_steps,
+            step_size=top["attacks"].pgd_step_size))
     if "norm" in top and parse_norm(top["norm"]).value != preset.norm:
         top.update(_change_norm(preset, parse_norm(top["norm"]).value, top))
     if "models" in top and isinstance(top["models"], (list, tuple)):
@@ -308,17 +354,17 @@ def _change_norm(preset: Preset, norm: str, top: dict[str, Any]) -> dict[str, An
             "certify": certify if norm == "linf" else replace(certify, enabled=False)}
 
 
-def _override_minimal(current: MinimalConfig | None,
-                      values: dict[str, Any]) -> MinimalConfig | None:
-    """``minimal.enabled=False`` switches ε* off; other keys change the ensemble."""
+def _override_eps_star(current: EpsStarConfig | None,
+                      values: dict[str, Any]) -> EpsStarConfig | None:
+    """``eps_star.enabled=False`` switches ε* off; other keys change the ensemble."""
     values = dict(values)
     if values.pop("enabled", True) is False:
         return None
     try:
-        base = current if current is not None else _minimal({}, "preset")
+        base = current if current is not None else _eps_star({}, "preset")
         return replace(base, **values)
     except TypeError as exc:
-        raise EpslError(f"preset [minimal]: {exc}") from None
+        raise EpslError(f"preset [eps_star]: {exc}") from None
 
 
 def preset_to_dict(preset: Preset) -> dict[str, Any]:
@@ -331,13 +377,23 @@ def preset_to_dict(preset: Preset) -> dict[str, Any]:
     return d  # type: ignore[no-any-return]
 
 
+def _override_audit(audit: AuditSettings, values: dict[str, Any]) -> AuditSettings:
+    """``audit`` with ``values`` set: ``enabled``, ``limit`` or any budget."""
+    values = dict(values)
+    settings = {key: values.pop(key) for key in ("enabled", "limit") if key in values}
+    try:
+        return replace(audit, budgets=replace(audit.budgets, **values), **settings)
+    except TypeError as exc:
+        raise EpslError(f"preset [audit]: {exc}") from None
+
+
 def _results_key(preset: Preset) -> dict[str, Any]:
     """The settings that determine results already on disk: everything but which models and
     stages a call runs, ε*'s ensemble and the other norms' sections (their results are keyed
     on their own provenance, and the comparison's stage record names what it read)."""
     d = preset_to_dict(preset)
     # the weights' folder neither: every result is keyed on the weights' own content hash
-    for key in ("models", "description", "minimal", "threat_models", "certify", "model_dir"):
+    for key in ("models", "description", "eps_star", "threat_models", "certify", "model_dir"):
         d.pop(key, None)
     d["audit"].pop("enabled", None)
     d["attacks"].pop("transfer_from", None)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from epsl.attacks.eps_star import MinimalConfig
+from epsl.attacks.audit_plan import AuditBudgets
+from epsl.attacks.eps_star import EpsStarConfig
 from epsl.defenses import DefenseConfig
 from epsl.defenses.train import TrainConfig
 from epsl.errors import EpslError, check_seed
@@ -94,30 +95,21 @@ class AttackSettings:
 
 @dataclass(frozen=True)
 class AuditSettings:
-    """``[audit]``: whether, on how many examples and how hard (``quick``) to audit;
-    ``square_queries`` overrides the Square attack's budget (None: that of the mode)."""
+    """``[audit]``: whether and on how many examples to audit, and how hard its attacks work
+    (:class:`~epsl.attacks.audit_plan.AuditBudgets`). In the TOML, ``quick = true`` starts from
+    :meth:`AuditBudgets.quick` and any budget key overrides it; the audit's PGD-k is
+    ``[attacks]``'s ``pgd_steps`` and ``pgd_step_size``."""
 
     SECTION: ClassVar[str] = "[audit] "
     enabled: bool = True
     limit: int | None = 200
-    quick: bool = False
-    square_queries: int | None = None
-    #: the strong PGD's, APGD's and the unbounded check's budgets (None: those of the mode)
-    strong_steps: int | None = None
-    strong_restarts: int | None = None
-    apgd_steps: int | None = None
-    unbounded_steps: int | None = None
+    budgets: AuditBudgets = field(default_factory=AuditBudgets)
 
     def __post_init__(self) -> None:
-        _at_least_one(self.SECTION, limit=self.limit, square_queries=self.square_queries,
-                      strong_steps=self.strong_steps, strong_restarts=self.strong_restarts,
-                      apgd_steps=self.apgd_steps, unbounded_steps=self.unbounded_steps)
-
-    def budgets(self) -> dict[str, int]:
-        """The budgets set here, as :class:`epsl.attacks.audit.AuditConfig` fields."""
-        return {key: value for key in ("square_queries", "strong_steps", "strong_restarts",
-                                       "apgd_steps", "unbounded_steps")
-                if (value := getattr(self, key)) is not None}
+        _at_least_one(self.SECTION, limit=self.limit)
+        if not isinstance(self.budgets, AuditBudgets):
+            raise EpslError(f"{self.SECTION}budgets must be an AuditBudgets "
+                            f"(got {self.budgets!r})")
 
 
 @dataclass(frozen=True)
@@ -157,17 +149,17 @@ class CertifySettings:
 @dataclass(frozen=True)
 class ThreatModel:
     """``[[threat_models]]``: one more section of the study in another ℓp norm, on the same
-    models and examples: ε_L, ε* (``minimal``, in ``norm``; None: no ε*) and the paper's
+    models and examples: ε_L, ε* (``eps_star``, in ``norm``; None: no ε*) and the paper's
     attacks in ``norm`` at ``eps``, the report card and the figures, into ``out/<norm>/`` (no
-    audit: the study's audit is in its main norm). In the TOML, ``[threat_models.minimal]``
-    sets the ensemble's budgets like ``[minimal]`` does; without it the section runs the norm's
+    audit: the study's audit is in its main norm). In the TOML, ``[threat_models.eps_star]``
+    sets the ensemble's budgets like ``[eps_star]`` does; without it the section runs the norm's
     default ensemble, and ``enabled = false`` (or ``--no-min-norm``) switches it off."""
 
     SECTION: ClassVar[str] = "[[threat_models]] "
     norm: str
     eps: float
     eps_grid: tuple[float, ...] = ()
-    minimal: MinimalConfig | None = None
+    eps_star: EpsStarConfig | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -176,8 +168,8 @@ class ThreatModel:
             check_radius(self.norm, self.eps_grid, name="eps_grid")
         except EpslError as exc:
             raise EpslError(f"{self.SECTION}{exc}") from None
-        if self.minimal is not None and self.minimal.norm != self.norm:
-            raise EpslError(f"{self.SECTION}minimal runs in {self.minimal.norm}, the section "
+        if self.eps_star is not None and self.eps_star.norm != self.norm:
+            raise EpslError(f"{self.SECTION}eps_star runs in {self.eps_star.norm}, the section "
                             f"in {self.norm}")
 
     def grid(self) -> list[float]:
@@ -223,10 +215,10 @@ class Preset:
     attacks: AttackSettings = field(default_factory=AttackSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     landscape: LandscapeSettings = field(default_factory=LandscapeSettings)
-    #: ``[minimal]``: ε* per example (the minimum-norm ensemble, read straight into
-    #: :class:`epsl.attacks.eps_star.MinimalConfig`) and the report card of Eq. 4 for every model of the
+    #: ``[eps_star]``: ε* per example (the minimum-norm ensemble, read straight into
+    #: :class:`epsl.attacks.eps_star.EpsStarConfig`) and the report card of Eq. 4 for every model of the
     #: main seed; the audit counts it as an attack. ``enabled = false`` in the TOML: None.
-    minimal: MinimalConfig | None = field(default_factory=MinimalConfig)
+    eps_star: EpsStarConfig | None = field(default_factory=EpsStarConfig)
     #: the threat model of ``eps``, ``eps_grid``, ε*, the attacks and the audit: ``linf`` (the
     #: paper's), ``l2`` or ``l1``
     norm: str = "linf"
@@ -251,7 +243,7 @@ class Preset:
         object.__setattr__(self, "norm", parse_norm(self.norm).value)
         check_radius(self.norm, self.eps)
         check_radius(self.norm, self.eps_grid, name="eps_grid")
-        object.__setattr__(self, "minimal", ensemble_in(self.minimal, self.norm))
+        object.__setattr__(self, "eps_star", ensemble_in(self.eps_star, self.norm))
         norms = [self.norm, *(t.norm for t in self.threat_models)]
         if len(set(norms)) != len(norms):
             raise EpslError(f"each norm once: norm = {self.norm!r} and [[threat_models]] "

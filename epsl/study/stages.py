@@ -17,7 +17,7 @@ import pandas as pd
 
 from epsl.attacks import sweep
 from epsl.attacks.audit import AuditConfig
-from epsl.attacks.eps_star import MinimalResult
+from epsl.attacks.eps_star import EpsStarResult
 from epsl.certify.radius import CertifyOptions
 from epsl.norms import max_radius
 from epsl.results.files import read_json, read_table
@@ -32,11 +32,11 @@ from epsl.runs.diagnose import (
     run_activations,
     run_landscape,
 )
-from epsl.runs.eps_star import ensure_calibration
+from epsl.runs.eps_star import ensure_eps_star
 from epsl.study.preset import ModelSpec, Preset
 
 __all__ = ["Log", "audit_config", "stage_activations", "stage_audit", "stage_certify",
-           "stage_landscape", "stage_minimal", "stage_sweeps"]
+           "stage_landscape", "stage_eps_star", "stage_sweeps"]
 
 #: where a stage says what it computes: one line at a time
 Log = Callable[[str], None]
@@ -70,62 +70,59 @@ def stage_landscape(preset: Preset, spec: ModelSpec, data: DataConfig, ev: Evalu
     return True
 
 
-def stage_minimal(preset: Preset, ev: Evaluation, folder: Path, say: Log) -> bool:
+def stage_eps_star(preset: Preset, ev: Evaluation, folder: Path, say: Log) -> bool:
     """ε* per example and the report card of Eq. 4 (:mod:`epsl.runs.eps_star`) into ``folder``,
     before the audit, which re-scores its points. ε_L comes from the run folder's diagnostics,
     written there as the comparison writes them, and both are found by the functions the
     comparison calls, so it reuses both."""
-    assert preset.minimal is not None
+    assert preset.eps_star is not None
     eq4, _ = ensure_diagnostics(ev, folder.parent, preset.grid(), norm=preset.norm)
-    return ensure_calibration(ev, folder, preset.minimal, preset.grid(), eq4, say)[1]
+    return ensure_eps_star(ev, folder, preset.eps_star, preset.grid(), eq4, say)[1]
 
 
 def stage_certify(preset: Preset, data: DataConfig, ev: Evaluation, folder: Path,
                   say: Log) -> bool:
     """ε_cert (CROWN) on the first ``[certify] images`` examples beside ε_L and ε* from the
-    run folder (:func:`stage_minimal`'s), and the three-way card, into ``folder``."""
+    run folder (:func:`stage_eps_star`'s), and the three-way card, into ``folder``."""
     settings = preset.certify
-    assert preset.minimal is not None
+    assert preset.eps_star is not None
     part = replace(ev, data=ev.data.subset(settings.images))
     eq4, _ = ensure_diagnostics(ev, folder.parent, preset.grid(), norm=preset.norm)
-    minimal = read_table(folder.parent / "minimal" / "minimal.csv")
-    record = read_json(folder.parent / "minimal" / "minimal.json")
+    eps_star = read_table(folder.parent / "eps_star" / "eps_star.csv")
+    record = read_json(folder.parent / "eps_star" / "eps_star.json")
     n = len(part.data)
-    seconds = float(sum(record.get("seconds", {}).values())) * n / max(len(minimal), 1)
-    config = CertifyConfig(data=data, minimal=preset.minimal, eps=preset.grid(),
+    seconds = float(sum(record.get("seconds", {}).values())) * n / max(len(eps_star), 1)
+    config = CertifyConfig(data=data, eps_star=preset.eps_star, eps=preset.grid(),
                            options=CertifyOptions(method=settings.method, steps=settings.steps))
     _, computed = ensure_certify(part, folder, config,
                                  eps_l=eq4["eps_l"].to_numpy()[:n],
-                                 eps_star=minimal["eps_star"].to_numpy()[:n],
+                                 eps_star=eps_star["eps_star"].to_numpy()[:n],
                                  eps_star_seconds=seconds, log=say)
     return computed
 
 
 def audit_config(preset: Preset) -> AuditConfig:
-    """The study's audit: ``[audit]``'s mode and Square budget, ``[attacks]``'s seed, PGD-k
-    and step size, and ``[minimal]``'s ensemble (whose points it re-scores)."""
-    a = preset.attacks
-    settings: dict[str, Any] = {"seed": a.seed, "pgd_steps": a.pgd_steps,
-                                "step_size": a.pgd_step_size, "minimal": preset.minimal}
-    settings.update(preset.audit.budgets())
-    return AuditConfig.quick(**settings) if preset.audit.quick else AuditConfig(**settings)
+    """The study's audit: ``[audit]``'s budgets (whose PGD-k is ``[attacks]``'), ``[attacks]``'s
+    seed, and ``[eps_star]``'s ensemble (whose points it re-scores)."""
+    return AuditConfig(budgets=preset.audit.budgets, eps_star=preset.eps_star,
+                       seed=preset.attacks.seed)
 
 
 def stage_audit(preset: Preset, spec: ModelSpec, data: DataConfig, ev: Evaluation,
                 checkpoints: dict[str, Path], folder: Path, say: Log) -> bool:
     """The audit (worst case over the paper's and stronger attacks, the minimum-norm ensemble,
     gradient-masking checks) on the first ``[audit] limit`` examples, transferred from
-    ``[attacks] transfer_from``; ε* comes from :func:`stage_minimal`'s points."""
+    ``[attacks] transfer_from``; ε* comes from :func:`stage_eps_star`'s points."""
     part = replace(ev, data=ev.data.subset(preset.audit.limit))
     transfer = preset.attacks.transfer_from
     source = str(checkpoints[transfer]) if transfer and transfer != spec.name else None
     config = AuditRunConfig(data=data, eps=preset.eps, audit=audit_config(preset),
                             source=source, norm=preset.norm)
 
-    def points() -> MinimalResult | None:
-        if preset.minimal is None:
+    def points() -> EpsStarResult | None:
+        if preset.eps_star is None:
             return None
-        return MinimalResult.load(folder.parent / "minimal").subset(slice(0, len(part.data)))
+        return EpsStarResult.load(folder.parent / "eps_star").subset(slice(0, len(part.data)))
 
     return ensure_audit(config, folder, part, points=points, log=say)
 

@@ -1,6 +1,6 @@
 """ε* (epsl.attacks.eps_star): the ensemble against the libraries it wraps called directly, verification
 of every point, an affine model where Eq. 4 is exact, Foolbox's DeepFool as an outside reference
-for ε_L, PGD at the study ε, bad configs, batching, and the ``minimal`` record's round trip."""
+for ε_L, PGD at the study ε, bad configs, batching, and the ``eps_star`` record's round trip."""
 
 from __future__ import annotations
 
@@ -17,20 +17,20 @@ from torch import nn
 
 from epsl.analysis.cards import report_card
 from epsl.attacks import pgd
-from epsl.attacks.eps_star import MinimalConfig, MinimalResult, minimal_perturbation
+from epsl.attacks.eps_star import EpsStarConfig, EpsStarResult, find_eps_star
 from epsl.diagnostics import diagnose
 from epsl.errors import EpslError
 from epsl.results.records import load, reusable
 from epsl.runs.context import DataConfig, provenance
-from epsl.runs.eps_star import CalibrateConfig, run_calibrate
+from epsl.runs.eps_star import EpsStarRunConfig, run_eps_star
 
 with warnings.catch_warnings():  # foolbox 3.3 imports a deprecated scipy namespace
     warnings.simplefilter("ignore", DeprecationWarning)
     import foolbox as fb
 
-#: Small budgets for the digits tests (the defaults are timed in benchmarks/minimal.py); one
+#: Small budgets for the digits tests (the defaults are timed in benchmarks/eps_star.py); one
 #: chunk, so that the libraries called directly see the batch epsl gives them.
-SMALL = MinimalConfig(fmn_steps=30, fab_steps=10, batch_size=None)
+SMALL = EpsStarConfig(fmn_steps=30, fab_steps=10, batch_size=None)
 
 
 def linf(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -59,9 +59,9 @@ def clean_correct(digits_model, digits_batch):
 
 
 @pytest.fixture(scope="module")
-def found(digits_model, digits_batch) -> MinimalResult:
+def found(digits_model, digits_batch) -> EpsStarResult:
     x, y = digits_batch
-    return minimal_perturbation(digits_model, x, y, config=SMALL)
+    return find_eps_star(digits_model, x, y, config=SMALL)
 
 
 # --------------------------------------------------------------------------- the libraries
@@ -105,7 +105,7 @@ def test_every_finite_point_is_verified(digits_model, digits_batch, clean_correc
     assert (~clean_correct).any()  # the batch holds misclassified examples to check
     assert bool((found.eps_star[~clean_correct] == 0).all())
     assert bool((found.eps_star[clean_correct] > 0).all())
-    assert [found.attack[i] for i in range(len(y)) if not clean_correct[i]] == \
+    assert [found.attack[i] for i in range(len(y)) if not clean_correct[i]] ==\
         ["clean"] * int((~clean_correct).sum())
     assert {found.attack[i] for i in range(len(y)) if clean_correct[i]} <= {"fmn", "fab"}
     assert torch.equal(found.x_adv[~clean_correct], x[~clean_correct])
@@ -139,7 +139,7 @@ def test_affine_model_eps_star_equals_eps_l():
     box. Each x leans toward one class's template (sign of its weights), so ε_L is not tiny
     (for ε_L ~ 1e-5 float32 rounding of x itself, ~3e-8, is no longer small beside it).
 
-    Measured (default MinimalConfig, 48 examples, ε_L in [0.020, 0.055], points in
+    Measured (default EpsStarConfig, 48 examples, ε_L in [0.020, 0.055], points in
     [0.30, 0.70]): ε*/ε_L - 1 in [1.3e-6, 5.2e-3], median 4.3e-5. FMN alone is that close at
     the median but stalls on a few examples (up to +22%); FAB stops 0.52% past the boundary on
     every example (its steps extrapolate by η = 1.05 and back off by β = 0.9, so it ends just
@@ -154,7 +154,7 @@ def test_affine_model_eps_star_equals_eps_l():
         y = model(x).argmax(1)
     eps_l = diagnose(model, x, y).eps_l.double()
     assert bool((eps_l > 0.01).all()) and bool((eps_l < 0.3).all())
-    found = minimal_perturbation(model, x, y, config=MinimalConfig())
+    found = find_eps_star(model, x, y, config=EpsStarConfig())
     assert torch.isfinite(found.eps_star).all()
     assert float(found.x_adv.min()) > 0.1 and float(found.x_adv.max()) < 0.9  # box inactive
     assert bool((found.eps_star >= eps_l * (1 - 1e-5)).all())  # nothing beats the minimum
@@ -232,9 +232,9 @@ def test_eps_star_accuracy_is_at_most_pgd_accuracy_at_the_study_eps(digits_model
     {"bisect_pgd_steps": 0}, {"batch_size": 0},
 ], ids=["unknown", "duplicate", "none", "fmn-steps", "fab-steps", "fab-restarts",
         "bisect-steps", "bisect-pgd-steps", "batch-size"])
-def test_bad_minimal_config_is_a_one_line_error(bad):
+def test_bad_eps_star_config_is_a_one_line_error(bad):
     with pytest.raises(EpslError) as info:
-        MinimalConfig(**bad)
+        EpsStarConfig(**bad)
     assert "\n" not in str(info.value)
     if "attacks" in bad and bad["attacks"]:
         assert ("nope" if "nope" in bad["attacks"] else "twice") in str(info.value)
@@ -245,8 +245,8 @@ BISECT = dataclasses.replace(SMALL, attacks=("fmn", "fab", "pgd-bisect"), bisect
 
 
 @pytest.fixture(scope="module")
-def bisected(digits_model, digits_batch) -> MinimalResult:
-    return minimal_perturbation(digits_model, *digits_batch, config=BISECT)
+def bisected(digits_model, digits_batch) -> EpsStarResult:
+    return find_eps_star(digits_model, *digits_batch, config=BISECT)
 
 
 def test_pgd_bisect_only_adds_candidates(digits_model, digits_batch, found, bisected):
@@ -277,14 +277,14 @@ def test_pgd_bisect_does_not_depend_on_batching(digits_model, digits_batch, bise
     batch size changes its ε* by floating-point rounding only, and the batch size rightly
     stays out of the settings that decide reuse. (Before, the starts were drawn per chunk and
     6 of 120 examples moved by up to 5e-3.)"""
-    chunked = minimal_perturbation(digits_model, *digits_batch,
+    chunked = find_eps_star(digits_model, *digits_batch,
                                    config=dataclasses.replace(BISECT, batch_size=37))
     assert torch.equal(torch.isfinite(chunked.eps_star), torch.isfinite(bisected.eps_star))
     finite = torch.isfinite(bisected.eps_star)
     assert torch.allclose(chunked.eps_star[finite], bisected.eps_star[finite], rtol=0,
                           atol=1e-6)
     assert BISECT.reuse_settings() == dataclasses.replace(BISECT, batch_size=37).reuse_settings()
-    assert "batch_size" not in MinimalConfig().reuse_settings()
+    assert "batch_size" not in EpsStarConfig().reuse_settings()
 
 
 def test_batch_size_changes_eps_star_only_by_rounding(digits_model, digits_batch, found):
@@ -293,7 +293,7 @@ def test_batch_size_changes_eps_star_only_by_rounding(digits_model, digits_batch
     points differ in float32 rounding: measured at most 1.2e-7 (with equal finiteness), hence
     the 1e-6 tolerance."""
     x, y = digits_batch
-    chunked = minimal_perturbation(digits_model, x, y,
+    chunked = find_eps_star(digits_model, x, y,
                                    config=dataclasses.replace(SMALL, batch_size=37))
     assert torch.equal(torch.isinf(chunked.eps_star), torch.isinf(found.eps_star))
     finite = torch.isfinite(found.eps_star)
@@ -310,8 +310,8 @@ def test_batch_size_changes_eps_star_only_by_rounding(digits_model, digits_batch
 def test_progress_counts_every_attacked_example(digits_model, digits_batch, clean_correct):
     x, y = digits_batch[0][:40], digits_batch[1][:40]
     done: list[int] = []
-    minimal_perturbation(digits_model, x, y, progress=done.append,
-                         config=MinimalConfig(fmn_steps=5, fab_steps=2, batch_size=16))
+    find_eps_star(digits_model, x, y, progress=done.append,
+                         config=EpsStarConfig(fmn_steps=5, fab_steps=2, batch_size=16))
     attacked = int(clean_correct[:40].sum())
     assert sum(done) == 2 * attacked and max(done) <= 16
 
@@ -327,19 +327,19 @@ def same_card(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
 
 
-def test_minimal_record_round_trip_and_reuse(digits_checkpoint, tmp_path):
+def test_eps_star_record_round_trip_and_reuse(digits_checkpoint, tmp_path):
     data = DataConfig(str(digits_checkpoint), limit=60, device="cpu")
-    config = CalibrateConfig(data, minimal=MinimalConfig(fab_steps=10, fmn_steps=30))
-    result = run_calibrate(config)
+    config = EpsStarRunConfig(data, eps_star=EpsStarConfig(fab_steps=10, fmn_steps=30))
+    result = run_eps_star(config)
     found = result.tensors
     result.save(tmp_path, overwrite=False)
-    loaded = load(tmp_path, "minimal")
+    loaded = load(tmp_path, "eps_star")
     pd.testing.assert_frame_equal(loaded.table, result.table, check_dtype=False)
     assert same_card(loaded.summary["report_card"], result.summary["report_card"])
     # the card is what the saved columns give
     assert same_card(report_card(loaded.table["eps_l"], loaded.table["eps_star"], seed=0),
                      result.summary["report_card"])
-    points = MinimalResult.load(tmp_path)
+    points = EpsStarResult.load(tmp_path)
     for name in ("x_adv", "eps_star", "pred", "label"):
         assert torch.equal(getattr(points, name), getattr(found, name)), name
     assert points.attack == found.attack and points.per_attack.keys() == found.per_attack.keys()
@@ -353,21 +353,21 @@ def test_minimal_record_round_trip_and_reuse(digits_checkpoint, tmp_path):
     assert loaded.summary["eps_star_accuracy"]["0.1"] == pytest.approx(
         float((table["eps_star"] > 0.1).mean()))
 
-    def minimal_provenance(ev, config):
+    def eps_star_provenance(ev, config):
         return provenance(ev, config.reuse_settings())
 
     ev = data.prepare()
-    same = minimal_provenance(ev, MinimalConfig(fab_steps=10, fmn_steps=30))
-    assert reusable(tmp_path, "minimal", same) is not None
-    rebatched = minimal_provenance(ev, MinimalConfig(fab_steps=10, fmn_steps=30, batch_size=7))
-    assert reusable(tmp_path, "minimal", rebatched) is not None  # batching changes no number
-    for other in (MinimalConfig(fab_steps=11, fmn_steps=30),
-                  MinimalConfig(fab_steps=10, fmn_steps=30, seed=1),
-                  MinimalConfig(attacks=("fmn",), fab_steps=10, fmn_steps=30)):
-        assert reusable(tmp_path, "minimal", minimal_provenance(ev, other)) is None
+    same = eps_star_provenance(ev, EpsStarConfig(fab_steps=10, fmn_steps=30))
+    assert reusable(tmp_path, "eps_star", same) is not None
+    rebatched = eps_star_provenance(ev, EpsStarConfig(fab_steps=10, fmn_steps=30, batch_size=7))
+    assert reusable(tmp_path, "eps_star", rebatched) is not None  # batching changes no number
+    for other in (EpsStarConfig(fab_steps=11, fmn_steps=30),
+                  EpsStarConfig(fab_steps=10, fmn_steps=30, seed=1),
+                  EpsStarConfig(attacks=("fmn",), fab_steps=10, fmn_steps=30)):
+        assert reusable(tmp_path, "eps_star", eps_star_provenance(ev, other)) is None
     fewer = DataConfig(str(digits_checkpoint), limit=59, device="cpu").prepare()
-    assert reusable(tmp_path, "minimal",
-                    minimal_provenance(fewer, MinimalConfig(fab_steps=10, fmn_steps=30))) is None
+    assert reusable(tmp_path, "eps_star",
+                    eps_star_provenance(fewer, EpsStarConfig(fab_steps=10, fmn_steps=30))) is None
 
 
 # --------------------------------------------------------------------------- l2 and l1
@@ -379,19 +379,19 @@ def lp_numpy(x_adv: torch.Tensor, x: torch.Tensor, norm: str) -> np.ndarray:
     return np.linalg.norm(delta, ord={"linf": np.inf, "l2": 2, "l1": 1}[norm], axis=1)
 
 
-L2_SMALL = MinimalConfig(norm="l2", fmn_steps=30, ddn_steps=30, fab_steps=10, batch_size=None)
-L1_SMALL = MinimalConfig(norm="l1", fmn_steps=30, bisect_steps=6, bisect_pgd_steps=10,
+L2_SMALL = EpsStarConfig(norm="l2", fmn_steps=30, ddn_steps=30, fab_steps=10, batch_size=None)
+L1_SMALL = EpsStarConfig(norm="l1", fmn_steps=30, bisect_steps=6, bisect_pgd_steps=10,
                          batch_size=None)
 
 
 @pytest.fixture(scope="module")
-def found_l2(digits_model, digits_batch) -> MinimalResult:
-    return minimal_perturbation(digits_model, *digits_batch, config=L2_SMALL)
+def found_l2(digits_model, digits_batch) -> EpsStarResult:
+    return find_eps_star(digits_model, *digits_batch, config=L2_SMALL)
 
 
 @pytest.fixture(scope="module")
-def found_l1(digits_model, digits_batch) -> MinimalResult:
-    return minimal_perturbation(digits_model, *digits_batch, config=L1_SMALL)
+def found_l1(digits_model, digits_batch) -> EpsStarResult:
+    return find_eps_star(digits_model, *digits_batch, config=L1_SMALL)
 
 
 def test_l2_eps_star_is_at_most_foolbox_fmn_and_ddn_called_directly(digits_model, digits_batch,
@@ -469,7 +469,7 @@ def test_hyperplane_eps_star_is_the_closed_form_distance(norm):
     minimum. Measured with the default ensembles: ℓ2 ε*/distance in [1.0001, 1.0052] (FAB's
     0.52% overshoot, DDN within 0.16% at the median); ℓ1 in [0.99999, 1.00003] where Foolbox's
     L1FMN converges (28 of 40), and 2.2x to 234x on the 12 it leaves unbroken, which only the
-    PGD bisection breaks (on a grid from the whole box: ℓ1's weak spot, docs/calibration.md).
+    PGD bisection breaks (on a grid from the whole box: ℓ1's weak spot, docs/eps-star.md).
     Nothing beats the closed form beyond float32 rounding."""
     model = Hyperplane().eval()
     gen = torch.Generator().manual_seed(1)
@@ -480,7 +480,7 @@ def test_hyperplane_eps_star_is_the_closed_form_distance(norm):
     w = model.weight.detach().double().numpy()
     gap = np.abs(x.double().numpy().reshape(n, -1) @ w + float(model.bias.detach()))
     closed = gap / (np.linalg.norm(w, 2) if norm == "l2" else np.abs(w).max())
-    found = minimal_perturbation(model, x, y, config=MinimalConfig(norm=norm))
+    found = find_eps_star(model, x, y, config=EpsStarConfig(norm=norm))
     ratio = found.eps_star.numpy() / closed
     print(norm, "eps*/closed form:", ratio.min(), np.median(ratio), ratio.max())
     assert np.isfinite(ratio).all()
@@ -496,31 +496,31 @@ def test_hyperplane_eps_star_is_the_closed_form_distance(norm):
 
 def test_lp_result_round_trip_keeps_the_norm(found_l2, tmp_path):
     found_l2.save_tensors(tmp_path)
-    back = MinimalResult.load(tmp_path)
+    back = EpsStarResult.load(tmp_path)
     assert back.norm == "l2"
     assert torch.equal(back.eps_star, found_l2.eps_star) and back.attack == found_l2.attack
     assert back.subset(slice(0, 5)).norm == "l2"
     # a file written before other norms existed has no norm: it is linf
     from safetensors.torch import load_file, save_file
-    tensors = load_file(str(tmp_path / "minimal.safetensors"))
-    save_file(tensors, str(tmp_path / "minimal.safetensors"),
+    tensors = load_file(str(tmp_path / "eps_star.safetensors"))
+    save_file(tensors, str(tmp_path / "eps_star.safetensors"),
               metadata={"format": "epsl.attacks.eps_star/1", "attack": '["fmn"]'})
-    assert MinimalResult.load(tmp_path).norm == "linf"
+    assert EpsStarResult.load(tmp_path).norm == "linf"
 
 
 def test_linf_reuse_settings_are_those_of_before_and_other_norms_differ():
     """The study's ℓ∞ records hash as before (no norm, no DDN budget); every ℓ2/ℓ1 setting
     names its norm, so no ℓ∞ record is ever reused for them."""
-    assert MinimalConfig().reuse_settings() == {
+    assert EpsStarConfig().reuse_settings() == {
         "attacks": ["fmn", "fab"], "fmn_steps": 100, "fab_steps": 50, "fab_restarts": 1,
         "bisect_steps": 8, "bisect_pgd_steps": 20, "seed": 0}
-    assert MinimalConfig(norm="L2").norm == "l2"
-    assert MinimalConfig(norm="l2").attacks == ("fmn", "ddn", "fab")
-    assert MinimalConfig(norm="l1").attacks == ("fmn", "pgd-bisect")
-    l2 = MinimalConfig(norm="l2").reuse_settings()
-    assert l2["norm"] == "l2" and l2["ddn_steps"] == MinimalConfig().ddn_steps
-    same_attacks = MinimalConfig(norm="l2", attacks=("fmn", "fab")).reuse_settings()
-    assert same_attacks != MinimalConfig().reuse_settings() and "ddn_steps" not in same_attacks
+    assert EpsStarConfig(norm="L2").norm == "l2"
+    assert EpsStarConfig(norm="l2").attacks == ("fmn", "ddn", "fab")
+    assert EpsStarConfig(norm="l1").attacks == ("fmn", "pgd-bisect")
+    l2 = EpsStarConfig(norm="l2").reuse_settings()
+    assert l2["norm"] == "l2" and l2["ddn_steps"] == EpsStarConfig().ddn_steps
+    same_attacks = EpsStarConfig(norm="l2", attacks=("fmn", "fab")).reuse_settings()
+    assert same_attacks != EpsStarConfig().reuse_settings() and "ddn_steps" not in same_attacks
 
 
 @pytest.mark.parametrize("bad, says", [
@@ -530,40 +530,40 @@ def test_linf_reuse_settings_are_those_of_before_and_other_norms_differ():
 ], ids=["fab-l1", "ddn-linf", "unknown-norm"])
 def test_an_attack_outside_its_norm_is_a_one_line_error(bad, says):
     with pytest.raises(EpslError) as info:
-        MinimalConfig(**bad)
+        EpsStarConfig(**bad)
     assert "\n" not in str(info.value) and says in str(info.value)
 
 
 def test_an_linf_result_is_not_reused_for_an_l2_request(digits_checkpoint, tmp_path):
-    """ensure_calibration decides reuse by the provenance's settings, which name the norm: an
+    """ensure_eps_star decides reuse by the provenance's settings, which name the norm: an
     ℓ∞ result in the folder is recomputed for ℓ2 (and then reused for ℓ2), and ε_L beside ε*
     is that of the same norm (epsl.diagnostics.diagnose(norm=...))."""
-    from epsl.runs.eps_star import ensure_calibration
+    from epsl.runs.eps_star import ensure_eps_star
 
     ev = DataConfig(str(digits_checkpoint), limit=30, device="cpu").prepare()
-    linf_config = MinimalConfig(fmn_steps=10, fab_steps=5)
-    l2_config = MinimalConfig(norm="l2", fmn_steps=10, ddn_steps=10, fab_steps=5)
+    linf_config = EpsStarConfig(fmn_steps=10, fab_steps=5)
+    l2_config = EpsStarConfig(norm="l2", fmn_steps=10, ddn_steps=10, fab_steps=5)
     diag = {n: diagnose(ev.model, ev.data.x, ev.data.y, norm=n).to_frame() for n in ("linf", "l2")}
-    first, computed = ensure_calibration(ev, tmp_path, linf_config, (0.1,), diag["linf"])
+    first, computed = ensure_eps_star(ev, tmp_path, linf_config, (0.1,), diag["linf"])
     assert computed and first.summary["norm"] == "linf"
-    second, computed = ensure_calibration(ev, tmp_path, l2_config, (0.5,), diag["l2"])
+    second, computed = ensure_eps_star(ev, tmp_path, l2_config, (0.5,), diag["l2"])
     assert computed and second.summary["norm"] == "l2"
-    assert MinimalResult.load(tmp_path).norm == "l2"
+    assert EpsStarResult.load(tmp_path).norm == "l2"
     assert np.allclose(second.table["eps_l"], diag["l2"]["eps_l"])
     assert not np.allclose(second.table["eps_l"], diag["linf"]["eps_l"])
-    again, computed = ensure_calibration(ev, tmp_path, l2_config, (0.5,), diag["l2"])
+    again, computed = ensure_eps_star(ev, tmp_path, l2_config, (0.5,), diag["l2"])
     assert not computed and again.summary["norm"] == "l2"
     with pytest.raises(EpslError, match="another norm"):
-        ensure_calibration(ev, tmp_path / "other", l2_config, (0.5,), diag["linf"])
+        ensure_eps_star(ev, tmp_path / "other", l2_config, (0.5,), diag["linf"])
 
 
-def test_calibrate_config_checks_radii_in_its_norm(digits_checkpoint):
+def test_eps_star_run_config_checks_radii_in_its_norm(digits_checkpoint):
     data = DataConfig(str(digits_checkpoint), limit=20, device="cpu")
-    CalibrateConfig(data, minimal=MinimalConfig(norm="l2"), eps=(0.5, 2.0))  # > 1 is fine in l2
+    EpsStarRunConfig(data, eps_star=EpsStarConfig(norm="l2"), eps=(0.5, 2.0))  # > 1 is fine in l2
     with pytest.raises(EpslError, match="linf"):
-        CalibrateConfig(data, eps=(2.0,))
-    result = run_calibrate(CalibrateConfig(
-        data, minimal=MinimalConfig(norm="l2", fmn_steps=10, ddn_steps=10, fab_steps=5),
+        EpsStarRunConfig(data, eps=(2.0,))
+    result = run_eps_star(EpsStarRunConfig(
+        data, eps_star=EpsStarConfig(norm="l2", fmn_steps=10, ddn_steps=10, fab_steps=5),
         eps=(0.5,)))
     assert result.summary["norm"] == "l2" and result.tensors.norm == "l2"
     eps_l = diagnose(*(lambda ev: (ev.model, ev.data.x, ev.data.y))(data.prepare()),

@@ -12,7 +12,7 @@ import torch
 import torchattacks
 
 import epsl.attacks.eps_star
-from epsl.attacks.eps_star import MinimalConfig, minimal_perturbation
+from epsl.attacks.eps_star import EpsStarConfig, find_eps_star
 from epsl.diagnostics import diagnose
 from epsl.errors import EpslError
 from epsl.models import create_model
@@ -50,7 +50,7 @@ def test_targeted_fab_is_torchattacks_fab_per_target_and_every_point_is_real(hun
     misclassified and its distance is ε*."""
     model, x, y = hundred
     k, steps = 3, 5
-    found = minimal_perturbation(model, x, y, config=MinimalConfig(
+    found = find_eps_star(model, x, y, config=EpsStarConfig(
         attacks=("fab",), fab_steps=steps, fab_targets=k, batch_size=None))
     with torch.no_grad():
         logits = model(x)
@@ -75,7 +75,7 @@ def test_hundred_classes_run_the_whole_ensemble(hundred):
     misclassified point at that distance and the smallest of the members' (untargeted FAB at
     100 classes: the next test)."""
     model, x, y = hundred
-    found = minimal_perturbation(model, x, y, config=MinimalConfig(
+    found = find_eps_star(model, x, y, config=EpsStarConfig(
         fmn_steps=10, fab_steps=5, fab_targets=3))
     assert set(found.per_attack) == {"fmn", "fab"}
     assert torch.isfinite(found.eps_star).all() and (found.eps_star > 0).all()
@@ -89,9 +89,9 @@ def test_untargeted_fab_in_memory_chunks_equals_one_call(hundred, monkeypatch):
     one torchattacks call on the whole batch gives."""
     model, x, y = hundred
     x, y = x[:2], y[:2]
-    config = MinimalConfig(attacks=("fab",), fab_steps=3, batch_size=None)
+    config = EpsStarConfig(attacks=("fab",), fab_steps=3, batch_size=None)
     monkeypatch.setattr(epsl.attacks.eps_star, "FAB_JACOBIAN_FLOATS", 1)
-    chunked = minimal_perturbation(model, x, y, config=config)
+    chunked = find_eps_star(model, x, y, config=config)
     attack = torchattacks.FAB(model, norm="Linf", eps=1.0, steps=3, n_restarts=1, seed=0,
                               n_classes=CLASSES)
     whole = linf_if_wrong(model, x, y, attack(x, y))
@@ -99,12 +99,12 @@ def test_untargeted_fab_in_memory_chunks_equals_one_call(hundred, monkeypatch):
 
 
 def test_reuse_settings_name_fab_targets_only_when_set():
-    plain = MinimalConfig().reuse_settings()
+    plain = EpsStarConfig().reuse_settings()
     assert "fab_targets" not in plain
-    top3 = MinimalConfig(fab_targets=3).reuse_settings()
+    top3 = EpsStarConfig(fab_targets=3).reuse_settings()
     assert top3["fab_targets"] == 3 and top3 != plain
-    assert top3 != MinimalConfig(fab_targets=9).reuse_settings()
-    assert "fab_targets" not in MinimalConfig(attacks=("fmn",), fab_targets=3).reuse_settings()
+    assert top3 != EpsStarConfig(fab_targets=9).reuse_settings()
+    assert "fab_targets" not in EpsStarConfig(attacks=("fmn",), fab_targets=3).reuse_settings()
 
 
 @pytest.mark.parametrize("bad, says", [
@@ -113,34 +113,34 @@ def test_reuse_settings_name_fab_targets_only_when_set():
 ], ids=["zero", "restarts"])
 def test_bad_fab_targets_is_a_one_line_error(bad, says):
     with pytest.raises(EpslError) as info:
-        MinimalConfig(**bad)
+        EpsStarConfig(**bad)
     assert "\n" not in str(info.value) and says in str(info.value)
 
 
 def test_a_targeted_result_is_not_reused_for_an_untargeted_request(digits_checkpoint, tmp_path):
-    """ensure_calibration decides reuse by the provenance's settings: an untargeted ε* in the
+    """ensure_eps_star decides reuse by the provenance's settings: an untargeted ε* in the
     folder is recomputed for fab_targets=2, which is then reused for fab_targets=2 only."""
-    from epsl.runs.eps_star import ensure_calibration
+    from epsl.runs.eps_star import ensure_eps_star
 
     ev = DataConfig(str(digits_checkpoint), limit=20, device="cpu").prepare()
     diag = diagnose(ev.model, ev.data.x, ev.data.y).to_frame()
-    untargeted = MinimalConfig(fmn_steps=5, fab_steps=3)
-    targeted = MinimalConfig(fmn_steps=5, fab_steps=3, fab_targets=2)
+    untargeted = EpsStarConfig(fmn_steps=5, fab_steps=3)
+    targeted = EpsStarConfig(fmn_steps=5, fab_steps=3, fab_targets=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        _, computed = ensure_calibration(ev, tmp_path, untargeted, (0.1,), diag)
+        _, computed = ensure_eps_star(ev, tmp_path, untargeted, (0.1,), diag)
         assert computed
-        _, computed = ensure_calibration(ev, tmp_path, targeted, (0.1,), diag)
+        _, computed = ensure_eps_star(ev, tmp_path, targeted, (0.1,), diag)
         assert computed
-        _, computed = ensure_calibration(ev, tmp_path, targeted, (0.1,), diag)
+        _, computed = ensure_eps_star(ev, tmp_path, targeted, (0.1,), diag)
         assert not computed
-        _, computed = ensure_calibration(ev, tmp_path, untargeted, (0.1,), diag)
+        _, computed = ensure_eps_star(ev, tmp_path, untargeted, (0.1,), diag)
         assert computed
 
 
 def test_the_audit_keeps_fab_targets_in_another_norm():
     from epsl.attacks.audit import ensemble_in
 
-    assert ensemble_in(MinimalConfig(fab_targets=9), "l2") == MinimalConfig(norm="l2",
+    assert ensemble_in(EpsStarConfig(fab_targets=9), "l2") == EpsStarConfig(norm="l2",
                                                                             fab_targets=9)
-    assert ensemble_in(MinimalConfig(), "l2") == MinimalConfig(norm="l2")
+    assert ensemble_in(EpsStarConfig(), "l2") == EpsStarConfig(norm="l2")

@@ -1,13 +1,13 @@
 """How large must the minimum-norm ensemble's budgets be? The share of correctly classified
 examples whose ε* is within 1% of a large reference ensemble's, per candidate ensemble, with the
-time per model (docs/calibration.md).
+time per model (docs/eps-star.md).
 
-    python benchmarks/calibrate_budgets.py --norm l2
-    python benchmarks/calibrate_budgets.py --norm l1 --models /tmp/after/models/natural.safetensors
-    python benchmarks/calibrate_budgets.py --norm l2 --limit 60       # a smoke run
+    python benchmarks/eps_star_budgets.py --norm l2
+    python benchmarks/eps_star_budgets.py --norm l1 --models /tmp/after/models/natural.safetensors
+    python benchmarks/eps_star_budgets.py --norm l2 --limit 60       # a smoke run
 
 Each member (an attack at one budget) runs once per model through
-:func:`epsl.attacks.eps_star.minimal_perturbation` with that attack alone, so that its ε per example is
+:func:`epsl.attacks.eps_star.find_eps_star` with that attack alone, so that its ε per example is
 verified and measured in the norm exactly as in the ensemble; an ensemble's ε* is then the
 per-example minimum of its members' (which is what the ensemble computes: FMN, DDN and FAB do
 not read the best ε so far) and its time the sum of theirs. The reference is the minimum over
@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from epsl.attacks.eps_star import DEFAULT_ATTACKS, MinimalConfig, minimal_perturbation
+from epsl.attacks.eps_star import DEFAULT_ATTACKS, EpsStarConfig, find_eps_star
 from epsl.norms import parse_norm
 from epsl.runs.context import DataConfig
 
-#: a member: (attack, settings of MinimalConfig); named "<attack> <steps>[x<restarts>]"
+#: a member: (attack, settings of EpsStarConfig); named "<attack> <steps>[x<restarts>]"
 Member = tuple[str, dict[str, int]]
 
 
@@ -58,8 +58,8 @@ PLANS: dict[str, dict[str, list[tuple[str, int, int]] | list[list[str]]]] = {
 
 #: l1 (FAB fails in l1 and DDN is l2-only): the PGD bisection starts below the best eps found
 #: so far, so it is not an independent member; each ensemble runs whole through
-#: minimal_perturbation, and the reference is the minimum over the reference ensemble and every
-#: candidate. (name, MinimalConfig settings)
+#: find_eps_star, and the reference is the minimum over the reference ensemble and every
+#: candidate. (name, EpsStarConfig settings)
 WHOLE: dict[str, dict[str, object]] = {
     "FMN 100": {"attacks": ("fmn",), "fmn_steps": 100},
     "FMN 300": {"attacks": ("fmn",), "fmn_steps": 300},
@@ -78,7 +78,7 @@ def run_model_whole(checkpoint: Path, norm: str, limit: int, threads: int) -> di
     torch.set_num_threads(threads)
     ev = DataConfig(checkpoint=str(checkpoint), dataset="digits", limit=limit,
                     device="cpu").prepare()
-    default = MinimalConfig(norm=norm)
+    default = EpsStarConfig(norm=norm)
     default_name = next(name for name, settings in WHOLE.items()
                         if all(getattr(default, k) == v for k, v in settings.items()))
     eps: dict[str, np.ndarray] = {}
@@ -86,8 +86,8 @@ def run_model_whole(checkpoint: Path, norm: str, limit: int, threads: int) -> di
     unbroken: dict[str, int] = {}
     correct = None
     for name, settings in [*WHOLE.items(), WHOLE_REFERENCE]:
-        config = MinimalConfig(norm=norm, batch_size=None, **settings)  # type: ignore[arg-type]
-        found = minimal_perturbation(ev.model, ev.data.x, ev.data.y, config=config)
+        config = EpsStarConfig(norm=norm, batch_size=None, **settings)  # type: ignore[arg-type]
+        found = find_eps_star(ev.model, ev.data.x, ev.data.y, config=config)
         eps[name] = found.eps_star.numpy()
         seconds[name] = sum(found.seconds.values())
         correct = eps[name] > 0
@@ -124,7 +124,7 @@ def run_model(checkpoint: Path, norm: str, limit: int, threads: int) -> dict[str
     plan = PLANS[norm]
     names = {f"{a.upper()} {s}" + (f"x{r}" if r > 1 else "") for a, s, r in plan["reference"]}
     names |= {m for cand in plan["candidates"] for m in cand}  # type: ignore[union-attr]
-    default_members = [f"{a.upper()} {MinimalConfig(norm=norm).__dict__[a + '_steps']}"
+    default_members = [f"{a.upper()} {EpsStarConfig(norm=norm).__dict__[a + '_steps']}"
                        for a in DEFAULT_ATTACKS[parse_norm(norm)]]
     names |= set(default_members)
     eps: dict[str, np.ndarray] = {}
@@ -133,8 +133,8 @@ def run_model(checkpoint: Path, norm: str, limit: int, threads: int) -> dict[str
     for name in sorted(names):
         attack, steps, restarts = parse_member(name)
         _, (attack, settings) = member(attack, steps, restarts)
-        config = MinimalConfig(attacks=(attack,), norm=norm, batch_size=None, **settings)
-        found = minimal_perturbation(ev.model, ev.data.x, ev.data.y, config=config)
+        config = EpsStarConfig(attacks=(attack,), norm=norm, batch_size=None, **settings)
+        found = find_eps_star(ev.model, ev.data.x, ev.data.y, config=config)
         eps[name] = found.per_attack[attack].numpy()
         seconds[name] = found.seconds[attack]
         correct = found.eps_star.numpy() > 0
@@ -152,7 +152,7 @@ def run_model(checkpoint: Path, norm: str, limit: int, threads: int) -> dict[str
                      "seconds": sum(seconds[m] for m in cand)})
     improves = {}
     for m in default_members:
-        others = np.min(np.stack([eps[o] for o in default_members if o != m]), axis=0) \
+        others = np.min(np.stack([eps[o] for o in default_members if o != m]), axis=0)\
             if len(default_members) > 1 else np.full(len(eps[m]), math.inf)
         improves[m] = float((eps[m][correct] * 1.01 < others[correct]).mean())
     return {"checkpoint": str(checkpoint), "n": int(len(ev.data)), "n_correct": int(correct.sum()),

@@ -1,15 +1,15 @@
 """ε* (the minimum-norm ensemble of epsl.attacks.eps_star) against one PGD-40 run: wall time on the same
 model and the same batch, in one run, with the ratio ε* / PGD-40 and the time per example.
 
-    python benchmarks/minimal.py                          # digits small-cnn trained here
-    python benchmarks/minimal.py --checkpoint runs/natural.safetensors --repeats 5
-    python benchmarks/minimal.py --quick                  # 24 examples, 1 repeat, 2 epochs
+    python benchmarks/eps_star.py                          # digits small-cnn trained here
+    python benchmarks/eps_star.py --checkpoint runs/natural.safetensors --repeats 5
+    python benchmarks/eps_star.py --quick                  # 24 examples, 1 repeat, 2 epochs
 
-ε* runs :func:`epsl.attacks.eps_star.minimal_perturbation` with the default :class:`MinimalConfig`
+ε* runs :func:`epsl.attacks.eps_star.find_eps_star` with the default :class:`EpsStarConfig`
 (FMN 100 steps, FAB 50 steps, one chunk of 256) and gives ε* at every ε at once; PGD-40 is
 :func:`epsl.attacks.pgd` at ε = 0.1 (step 2.5 ε / 40, cross-entropy, a seeded random start)
 and gives the robust accuracy at one ε. The per-attack times come from
-``MinimalResult.seconds``. Runs are interleaved and the median over repeats is reported, after
+``EpsStarResult.seconds``. Runs are interleaved and the median over repeats is reported, after
 a warm-up, because the machine may be shared. Without ``--checkpoint`` a digits small-cnn is
 trained here (seeded Adam, a few seconds) so that the attacks have something real to break.
 """
@@ -27,7 +27,7 @@ from attacks import train  # benchmarks/attacks.py: the seeded training loop of 
 from torch import nn
 
 from epsl.attacks import default_step_size, pgd
-from epsl.attacks.eps_star import MinimalConfig, minimal_perturbation
+from epsl.attacks.eps_star import EpsStarConfig, find_eps_star
 from epsl.data import load_split
 from epsl.models import checkpoint
 
@@ -35,20 +35,20 @@ EPS, STEPS = 0.1, 40
 
 
 def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, repeats: int,
-        config: MinimalConfig) -> dict[str, object]:
+        config: EpsStarConfig) -> dict[str, object]:
     step_size = default_step_size(EPS, STEPS)
     times: dict[str, list[float]] = {"eps_star": [], "pgd40": []}
     per_attack: dict[str, list[float]] = {name: [] for name in config.attacks}
     accuracy: dict[str, float] = {}
     warm = slice(0, min(8, len(y)))  # first calls pay for imports and allocator growth
-    minimal_perturbation(model, x[warm], y[warm], config=config)
+    find_eps_star(model, x[warm], y[warm], config=config)
     pgd(model, x[warm], y[warm], eps=EPS, step_size=step_size, steps=STEPS, seed=0)
     for _ in range(repeats):
         start = time.perf_counter()
         attacked = pgd(model, x, y, eps=EPS, step_size=step_size, steps=STEPS, seed=0)
         times["pgd40"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        found = minimal_perturbation(model, x, y, config=config)
+        found = find_eps_star(model, x, y, config=config)
         times["eps_star"].append(time.perf_counter() - start)
         for name, seconds in found.seconds.items():
             per_attack[name].append(seconds)
@@ -57,7 +57,7 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, repeats: int,
     median = {name: statistics.median(values) for name, values in times.items()}
     return {
         "n": len(y), "eps": EPS, "pgd_steps": STEPS, "pgd_step_size": step_size,
-        "minimal": config.reuse_settings(), "repeats": repeats,
+        "eps_star": config.reuse_settings(), "repeats": repeats,
         "eps_star_seconds": median["eps_star"], "pgd40_seconds": median["pgd40"],
         "ratio": median["eps_star"] / median["pgd40"],
         "eps_star_ms_per_example": 1000 * median["eps_star"] / len(y),
@@ -94,9 +94,9 @@ def main() -> None:
         dataset, source = meta.get("dataset", "digits"), str(args.checkpoint)
     data = load_split(dataset, "test")
     data = data.subset(n) if n is not None else data
-    row = run(model, data.x, data.y, repeats=repeats, config=MinimalConfig())
+    row = run(model, data.x, data.y, repeats=repeats, config=EpsStarConfig())
 
-    print(f"eps* (default MinimalConfig: {', '.join(row['minimal']['attacks'])}) against "
+    print(f"eps* (default EpsStarConfig: {', '.join(row['eps_star']['attacks'])}) against "
           f"PGD-{STEPS} (eps {EPS}, step {row['pgd_step_size']:.4g}, xent); {dataset} "
           f"({source}), n {row['n']}; torch {torch.__version__}, {args.threads} threads, "
           f"median of {repeats}")

@@ -1,7 +1,7 @@
-"""What ε* found (:func:`epsl.attacks.eps_star.minimal_perturbation`): per example, the smallest
+"""What ε* found (:func:`epsl.attacks.eps_star.find_eps_star`): per example, the smallest
 verified adversarial point, its ε* in the norm, the attack that found it and every attack's own
-ε, with its exact tensors file ``minimal.safetensors`` (:meth:`MinimalResult.save_tensors`,
-:meth:`MinimalResult.load`).
+ε, with its exact tensors file ``eps_star.safetensors`` (:meth:`EpsStarResult.save_tensors`,
+:meth:`EpsStarResult.load`).
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from safetensors.torch import load_file, save_file
 from epsl.errors import EpslError
 from epsl.norms import Norm, parse_norm
 from epsl.results.files import atomic_path
+from epsl.results.records import stored_kind
 
-__all__ = ["TENSORS_FILE", "MinimalResult", "safe_open_metadata"]
+__all__ = ["TENSORS_FILE", "EpsStarResult", "safe_open_metadata"]
 
-TENSORS_FILE = "minimal.safetensors"
+TENSORS_FILE = "eps_star.safetensors"
 
 
 @dataclass(frozen=True)
-class MinimalResult:
+class EpsStarResult:
     """Per-example minimal perturbations of N examples.
 
     Attributes:
@@ -78,7 +79,7 @@ class MinimalResult:
         return frame
 
     def save_tensors(self, folder: Path | str) -> Path:
-        """Write ``minimal.safetensors`` (the verified points and ε* per example, exact) into
+        """Write ``eps_star.safetensors`` (the verified points and ε* per example, exact) into
         ``folder`` atomically, so that a later audit can re-score the points; the table and
         record are :mod:`epsl.results.records`'s. The metadata names the norm (files written before
         other norms existed have none and are ℓ∞)."""
@@ -93,10 +94,10 @@ class MinimalResult:
         return path
 
     @classmethod
-    def load(cls, folder: Path | str) -> MinimalResult:
+    def load(cls, folder: Path | str) -> EpsStarResult:
         """Read what :meth:`save_tensors` wrote (bit for bit); one-line error when it is
-        missing or incomplete."""
-        path = Path(folder) / TENSORS_FILE
+        missing or incomplete. Reads an earlier release's file name too."""
+        path = Path(folder) / (stored_kind(folder, "eps_star").tensors or TENSORS_FILE)
         if not path.is_file():
             raise EpslError(f"{path}: no such file (recompute eps*)")
         try:
@@ -112,19 +113,19 @@ class MinimalResult:
             raise EpslError(f"{path}: unreadable eps* tensors ({str(exc).splitlines()[0]}); "
                             "recompute eps*") from None
 
-    def subset(self, idx: torch.Tensor | slice) -> MinimalResult:
+    def subset(self, idx: torch.Tensor | slice) -> EpsStarResult:
         """The examples ``idx`` (a 1-D tensor of indices or a slice) of this result."""
         if isinstance(idx, torch.Tensor):
             if idx.ndim != 1:
                 raise EpslError(f"subset takes a 1-D index or a slice (got shape "
                                 f"{tuple(idx.shape)})")
             idx = idx.cpu()
-        where = (lambda t: t[idx.to(t.device)]) if isinstance(idx, torch.Tensor) \
+        where = (lambda t: t[idx.to(t.device)]) if isinstance(idx, torch.Tensor)\
             else (lambda t: t[idx])
         names = np.asarray(self.attack, dtype=object)
-        attack = tuple(names[idx.numpy() if isinstance(idx, torch.Tensor) else idx]) \
+        attack = tuple(names[idx.numpy() if isinstance(idx, torch.Tensor) else idx])\
             if len(names) else ()
-        return MinimalResult(where(self.x_adv), where(self.eps_star), attack,
+        return EpsStarResult(where(self.x_adv), where(self.eps_star), attack,
                              where(self.pred), where(self.label),
                              {k: where(v) for k, v in self.per_attack.items()}, norm=self.norm)
 

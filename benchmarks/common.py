@@ -1,0 +1,31 @@
+"""What the benchmark scripts share (``from common import ...``, as ``python benchmarks/X.py``
+puts this folder on the path); the test suite's ``digits_model`` is trained with it too, so the
+benchmarks measure the models the tests compare."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from epsl.data import Split
+from epsl.models import Classifier, create_model
+from epsl.models.checkpoint import model_kwargs_for
+
+__all__ = ["plain_train"]
+
+
+def plain_train(arch: str, data: Split, *, dataset: str = "digits", seed: int = 0,
+                epochs: int = 8, lr: float = 2e-3) -> Classifier:
+    """``arch`` (built for ``dataset``'s inputs) trained on ``data`` by a plain seeded Adam loop,
+    independent of :mod:`epsl.defenses.train`: cross-entropy, batches of 64 in a seeded random
+    order, ``epochs`` passes; returned in eval mode."""
+    torch.manual_seed(seed)
+    model = create_model(arch, **model_kwargs_for(dataset))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(data), generator=gen).split(64):
+            opt.zero_grad()
+            F.cross_entropy(model(data.x[idx]), data.y[idx]).backward()
+            opt.step()
+    return model.eval()
