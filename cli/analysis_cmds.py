@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from epsl.analysis.estimates import DEFAULT_PREDICTOR, PREDICTORS
 from epsl.cli.common import (
     RADIUS,
     SEED,
@@ -14,10 +15,10 @@ from epsl.cli.common import (
     data_config,
     default,
     device_option,
+    eps_star_budget_options,
+    eps_star_config,
     eval_data_options,
     handle_errors,
-    minimal_budget_options,
-    minimal_config,
     norm_option,
     overwrite_option,
 )
@@ -79,10 +80,18 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
               help="Extra eps for the accuracy-vs-eps figure (FGSM and PGD, xent); repeat.")
 @click.option("--audit", "run_audit", is_flag=True,
               help="Also run the robustness audit (quick settings) for the worst case.")
-@click.option("--min-norm/--no-min-norm", "minimal", default=True, show_default=True,
+@click.option("--min-norm/--no-min-norm", "eps_star", default=True, show_default=True,
               help="Find eps* per example with the minimum-norm attacks of the --norm and show "
                    "the report card of Eq. 4; the audit counts it as one more attack.")
-@minimal_budget_options
+@eps_star_budget_options
+@click.option("--labelled", type=click.IntRange(min=2), default=None,
+              help="Also estimate each model's robust accuracy from the full audit on this many "
+                   "images (the same seeded sample for every model) and the --predictor on "
+                   "all, with each pair's difference (epsl estimate).")
+@click.option("--labelled-seed", type=SEED, default=0, show_default=True,
+              help="Seed of the --labelled sample.")
+@click.option("--predictor", type=click.Choice(PREDICTORS), default=DEFAULT_PREDICTOR,
+              show_default=True, help="The cheap predictor of --labelled (epsl estimate).")
 @click.option("--no-figures", is_flag=True, help="Skip the figures (table and report only).")
 @click.option("--seed", type=SEED, default=default(CompareConfig, "seed"), show_default=True,
               help="Seeds random starts.")
@@ -93,9 +102,9 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
 @handle_errors
 def compare(checkpoints: tuple[str, ...], norm: str, eps: float, source: str | None,
             pgd_steps: int, restarts: int, step_size: float | None, eps_grid: tuple[float, ...],
-            run_audit: bool, minimal: bool, fmn_steps: int, fab_steps: int, ddn_steps: int,
-            fab_targets: int | None,
-            no_figures: bool,
+            run_audit: bool, eps_star: bool, fmn_steps: int, fab_steps: int, ddn_steps: int,
+            fab_targets: int | None, labelled: int | None, labelled_seed: int,
+            predictor: str, no_figures: bool,
             seed: int, out: Path, overwrite: bool, **options: Any) -> None:
     """Compare CKPT... as Tables 1-4 do: Eq. 4 prediction, FGSM and PGD (xent, CW), transfer;
     with eps*, the smallest perturbation that flips each example, and Eq. 4's report card.
@@ -110,10 +119,11 @@ def compare(checkpoints: tuple[str, ...], norm: str, eps: float, source: str | N
         checkpoints=tuple(checkpoints), eps=eps, data=data_config(None, options),
         source=source, pgd_steps=pgd_steps, restarts=restarts, step_size=step_size,
         eps_grid=tuple(eps_grid), audit=run_audit,
-        minimal=minimal_config(fmn_steps=fmn_steps, fab_steps=fab_steps, ddn_steps=ddn_steps,
+        eps_star=eps_star_config(fmn_steps=fmn_steps, fab_steps=fab_steps, ddn_steps=ddn_steps,
                                fab_targets=fab_targets,
-                               seed=seed, batch_size=batch_size, norm=norm) if minimal else None,
-        figures=not no_figures, seed=seed, batch_size=batch_size, norm=norm)
+                               seed=seed, batch_size=batch_size, norm=norm) if eps_star else None,
+        figures=not no_figures, seed=seed, batch_size=batch_size, norm=norm,
+        labelled=labelled, labelled_seed=labelled_seed, predictor=predictor)
     result = run_compare(config, out, overwrite=overwrite,
                          log=lambda msg: click.echo(msg, err=True))
     from epsl.analysis.paired import paired_markdown
@@ -122,7 +132,27 @@ def compare(checkpoints: tuple[str, ...], norm: str, eps: float, source: str | N
     click.echo(to_markdown(result.table.drop(columns=["run", "dataset", "arch"])), nl=False)
     if not result.paired.empty:
         click.echo("\nPaired tests (exact McNemar):\n" + paired_markdown(result.paired), nl=False)
+    if result.estimates is not None:
+        click.echo(_estimates_text(*result.estimates, labelled=labelled))
     click.echo(f"report: {result.report}")
 
 
+def _estimates_text(models: Any, pairs: Any, *, labelled: int | None) -> str:
+    """``compare --labelled``'s estimates: each model's, and each pair's difference."""
+    lines = [f"\nRobust accuracy from the audit on the same {labelled} images and the "
+             "predictor on all (prediction-powered, 95% intervals; the audited images alone "
+             "beside it):"]
+    for row in models.itertuples():
+        lines.append(f"- {row.model}: {row.estimate:.1%} [{row.low:.1%}, {row.high:.1%}]; "
+                     f"alone [{row.classical_low:.1%}, {row.classical_high:.1%}]")
+    if len(pairs):
+        lines.append("Differences (model minus against), in points:")
+        for row in pairs.itertuples():
+            lines.append(f"- {row.model} - {row.against}: {100 * row.estimate:+.1f} "
+                         f"[{100 * row.low:+.1f}, {100 * row.high:+.1f}]")
+    return "\n".join(lines)
+
+
 COMMANDS: list[click.Command] = [figures, compare]
+
+__all__ = ["COMMANDS", "compare", "figures"]

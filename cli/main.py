@@ -103,15 +103,18 @@ def _register() -> None:
         attack_cmds,
         certify_cmds,
         diagnose_cmds,
+        estimate_cmds,
         explain_cmds,
         reproduce_cmds,
         train_cmds,
     )
 
-    for module in (train_cmds, diagnose_cmds, certify_cmds, attack_cmds, analysis_cmds,
-                   reproduce_cmds, explain_cmds):
+    for module in (train_cmds, diagnose_cmds, certify_cmds, attack_cmds, estimate_cmds,
+                   analysis_cmds, reproduce_cmds, explain_cmds):
         for command in module.COMMANDS:
             main.add_command(command)
 
 
 _register()
+
+__all__ = ["main"]

@@ -7,7 +7,7 @@ from typing import Any
 
 from epsl.version import __version__
 
-__all__ = ["Normalize", "__version__", "certify", "eps_l", "load"]
+__all__ = ["Normalize", "__version__", "certify", "eps_l", "estimate", "load"]
 
 
 def eps_l(model: Any, x: Any, y: Any, *, mean: Any = None, std: Any = None, **options: Any) -> Any:
@@ -39,7 +39,7 @@ def eps_l(model: Any, x: Any, y: Any, *, mean: Any = None, std: Any = None, **op
 def certify(model: Any, x: Any, y: Any, *, eps_star: Any = None, **options: Any) -> Any:
     """ε_cert per example: the largest ℓ∞ radius (in the [0, 1] box) at which CROWN bounds
     prove the prediction cannot change, by bisection on [0, ``eps_star``] (ε* from
-    :func:`epsl.attacks.eps_star.minimal_perturbation`, or the whole box). ``options`` are
+    :func:`epsl.attacks.eps_star.find_eps_star`, or the whole box). ``options`` are
     :class:`epsl.certify.radius.CertifyOptions` fields (``steps``, ``method``, ``exact`` ...).
     Returns a :class:`epsl.certify.radius.CertifyOutput` (``eps_cert``, ``eps_exact`` ...).
 
@@ -54,6 +54,35 @@ def certify(model: Any, x: Any, y: Any, *, eps_star: Any = None, **options: Any)
         eps_star.detach().cpu() if hasattr(eps_star, "detach") else eps_star, dtype=np.float64)
     unbroken = None if hi is None else ~np.isfinite(hi)
     return run(model, x, y, hi=hi, hi_unbroken=unbroken, options=CertifyOptions(**options))
+
+
+def estimate(checkpoint: str, *, eps: float | tuple[float, ...], labelled: int,
+             folder: str | None = None, **options: Any) -> Any:
+    """The robust accuracy of ``checkpoint``'s images at ``eps`` at ε_L's cost: the full audit
+    on a seeded random sample of ``labelled`` images, ε_L and PGD-20 (CW) on all, combined by
+    prediction-powered inference into a valid 95% interval; with the conformal floor
+    ε* ≥ q·ε_L. ``options`` are :class:`epsl.runs.estimate.EstimateConfig` fields
+    (``predictor``, ``labelled_seed``, ``alpha``, ``norm``, ``audit`` ...) or
+    :class:`epsl.runs.context.DataConfig` fields (``dataset``, ``limit``, ``sample`` ...);
+    ``folder`` keeps the audits and diagnostics for reuse. Returns the ``estimate``
+    :class:`~epsl.results.records.Result`: ``.summary["results"]`` per eps, ``.table`` per
+    image.
+
+    >>> found = epsl.estimate("model.safetensors", eps=0.1, labelled=60, limit=600)
+    >>> found.summary["results"]["0.1"]["robust_accuracy"]
+    """
+    import dataclasses
+
+    from epsl.runs.context import DataConfig
+    from epsl.runs.estimate import EstimateConfig, run_estimate
+
+    data_fields = {f.name for f in dataclasses.fields(DataConfig)}
+    data = DataConfig(checkpoint=checkpoint,
+                      **{k: v for k, v in options.items() if k in data_fields})
+    config = EstimateConfig(data=data, eps=(eps,) if isinstance(eps, int | float) else eps,
+                            labelled=labelled,
+                            **{k: v for k, v in options.items() if k not in data_fields})
+    return run_estimate(config, folder=folder)
 
 
 def __getattr__(name: str) -> Any:

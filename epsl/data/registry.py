@@ -56,6 +56,13 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def take(self, rows: torch.Tensor, *, seed: int) -> Split:
+        """The examples at positions ``rows`` (sorted, distinct) of this split, as a seeded
+        sample (drawn with ``seed``) whose ``indices`` are their indices in the whole split."""
+        whole = self.indices if self.indices is not None else torch.arange(len(self))
+        return replace(self, x=self.x[rows], y=self.y[rows], sample=int(rows.numel()),
+                       sample_seed=seed, indices=whole[rows])
+
     def subset(self, limit: int | None) -> Split:
         """The first ``limit`` examples (all of them for ``None``)."""
         if limit is None or limit >= len(self):

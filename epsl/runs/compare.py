@@ -12,7 +12,7 @@ Markdown) and a self-contained HTML report with the figures are written to ``out
 Layout::
 
     out/<name>/diagnostics.{csv,json,safetensors}   (as epsl diagnose writes them)
-    out/<name>/minimal/minimal.{csv,json,safetensors} (as epsl calibrate writes them)
+    out/<name>/eps_star/eps_star.{csv,json,safetensors} (as epsl eps-star writes them)
     out/<name>/attacks/attack.{csv,json}            (one row per example per setting)
     out/<name>/audit/audit.{csv,json}               (with audit=True)
     out/comparison.csv, comparison.md, report.html, compare.json, figures/...
@@ -34,6 +34,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from epsl.analysis.estimates import DEFAULT_PREDICTOR, paired_estimates
 from epsl.analysis.figures import render_all
 from epsl.analysis.folders import Run, load_runs
 from epsl.analysis.paired import paired_tests
@@ -41,11 +42,11 @@ from epsl.analysis.report import audit_notes, write_report
 from epsl.analysis.tables import comparison_table, with_reported, write_comparison
 from epsl.attacks import default_step_size, sweep
 from epsl.attacks.audit import AuditConfig, check_dependencies, ensemble_in
-from epsl.attacks.eps_star import MinimalConfig, MinimalResult, check_minimal_dependencies
+from epsl.attacks.eps_star import EpsStarConfig, EpsStarResult, check_eps_star_dependencies
 from epsl.errors import EpslError, check_seed
 from epsl.models import sources
 from epsl.norms import check_radius, parse_norm
-from epsl.results.files import check_out_dir, safe_name
+from epsl.results.files import check_out_dir, safe_name, write_table
 from epsl.results.records import (
     Result,
     article,
@@ -61,7 +62,8 @@ from epsl.results.records import (
 from epsl.runs.audit import AuditRunConfig, ensure_audit
 from epsl.runs.context import DataConfig, Evaluation, load_source, provenance
 from epsl.runs.diagnose import ensure_diagnostics
-from epsl.runs.eps_star import ensure_calibration
+from epsl.runs.eps_star import ensure_eps_star
+from epsl.runs.estimate import CheapAttack, EstimateConfig, run_estimate
 from epsl.version import __version__
 
 PRODUCTS = kind("comparison").files()
@@ -83,7 +85,7 @@ class ReportedAccuracy:
     def __post_init__(self) -> None:
         for name in ("clean", "robust"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) \
+            if isinstance(value, bool) or not isinstance(value, int | float)\
                     or not 0 <= value <= 1:
                 raise EpslError(f"reported {name} accuracy must be a fraction in [0, 1] "
                                 f"(got {value!r}; 43.21% is 0.4321)")
@@ -108,8 +110,8 @@ class CompareConfig:
         source: checkpoint whose adversarial examples are transferred (black-box columns).
         pgd_steps, restarts, step_size: PGD-k (step size default ``2.5 * eps / steps``).
         audit: also run :func:`epsl.attacks.audit.audit` (quick settings) for the worst case.
-        minimal: the minimum-norm ensemble that finds ε* per example
-            (:func:`epsl.attacks.eps_star.minimal_perturbation`) for the report card of Eq. 4; the
+        eps_star: the minimum-norm ensemble that finds ε* per example
+            (:func:`epsl.attacks.eps_star.find_eps_star`) for the report card of Eq. 4; the
             audit counts it as one more attack. None: no ε*. The default ℓ∞ ensemble follows
             ``norm`` (:func:`epsl.attacks.audit.ensemble_in`); another must run in ``norm``.
         figures: render the figures into ``out/figures`` and embed them in the report.
@@ -118,6 +120,10 @@ class CompareConfig:
             (:func:`model_names`).
         reported: a leaderboard's accuracies for each checkpoint (None: none reported), set
             beside epsl's clean accuracy and worst case in the table; empty: none.
+        labelled: also estimate each model's robust accuracy at ε from the full audit on this
+            many images, the same seeded sample for every model (``labelled_seed``), and the
+            cheap ``predictor`` on all (:mod:`epsl.runs.estimate`); and each pair's difference
+            from the same images. None: no estimate.
     """
 
     checkpoints: tuple[str, ...]
@@ -130,7 +136,7 @@ class CompareConfig:
     cw_confidence: float = 50.0
     eps_grid: tuple[float, ...] = ()
     audit: bool = False
-    minimal: MinimalConfig | None = field(default_factory=MinimalConfig)
+    eps_star: EpsStarConfig | None = field(default_factory=EpsStarConfig)
     figures: bool = True
     seed: int = 0
     batch_size: int | None = 256
@@ -138,6 +144,9 @@ class CompareConfig:
     norm: str = "linf"
     names: tuple[str, ...] = ()
     reported: tuple[ReportedAccuracy | None, ...] = ()
+    labelled: int | None = None
+    labelled_seed: int = 0
+    predictor: str = DEFAULT_PREDICTOR
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", parse_norm(self.norm).value)
@@ -145,9 +154,9 @@ class CompareConfig:
             raise EpslError("give at least one checkpoint to compare")
         if not isinstance(self.data, DataConfig):
             raise EpslError(f"data must be a DataConfig (got {self.data!r})")
-        if self.minimal is not None and not isinstance(self.minimal, MinimalConfig):
-            raise EpslError(f"minimal must be a MinimalConfig or None (got {self.minimal!r})")
-        object.__setattr__(self, "minimal", ensemble_in(self.minimal, self.norm))
+        if self.eps_star is not None and not isinstance(self.eps_star, EpsStarConfig):
+            raise EpslError(f"eps_star must be an EpsStarConfig or None (got {self.eps_star!r})")
+        object.__setattr__(self, "eps_star", ensemble_in(self.eps_star, self.norm))
         if self.data.checkpoint is not None:
             raise EpslError("CompareConfig.data names no checkpoint: the checkpoints are "
                             "CompareConfig.checkpoints")
@@ -165,6 +174,8 @@ class CompareConfig:
             raise EpslError(f"names must be unique (got {list(self.names)})")
         for name in self.names:  # each is a folder of out: refused here, before any work
             safe_name(name, "model name")
+        if self.labelled is not None:
+            self.estimate_run(".")  # its checks, before any work
 
     def grid(self) -> list[float]:
         """ε and the extra radii, sorted: the columns of the diagnostics and ε* summaries."""
@@ -181,7 +192,16 @@ class CompareConfig:
     def audit_config(self) -> AuditConfig:
         """The audit ``compare --audit`` runs: the quick settings, seeded like the attacks,
         with the minimum-norm ensemble that the comparison's ε* uses."""
-        return AuditConfig.quick(seed=self.seed, minimal=self.minimal)
+        return AuditConfig.quick(seed=self.seed, eps_star=self.eps_star)
+
+    def estimate_run(self, checkpoint: str) -> EstimateConfig:
+        """The estimate of ``compare --labelled`` on ``checkpoint``: the audit on the labelled
+        images, PGD-20 (CW) on all, seeded like the attacks."""
+        assert self.labelled is not None
+        return EstimateConfig(data=self.data.for_checkpoint(checkpoint), eps=(self.eps,),
+                              labelled=self.labelled, labelled_seed=self.labelled_seed,
+                              predictor=self.predictor, norm=self.norm,
+                              attack=CheapAttack(seed=self.seed), audit=self.audit_config())
 
     def audit_run(self, checkpoint: str) -> AuditRunConfig:
         """:meth:`audit_config` on ``checkpoint`` at ε, with the comparison's source."""
@@ -200,6 +220,9 @@ class CompareResult:
     report: Path
     reused: dict[str, list[str]] = field(default_factory=dict)
     paired: pd.DataFrame = field(default_factory=pd.DataFrame)  # paired_tests at eps
+    #: with ``labelled``: each model's estimate and each pair's (estimates.csv,
+    #: estimate_pairs.csv)
+    estimates: tuple[pd.DataFrame, pd.DataFrame] | None = None
 
 
 def model_names(checkpoints: Sequence[str]) -> list[str]:
@@ -290,7 +313,7 @@ def _attacks(ev: Evaluation, folder: Path, config: CompareConfig,
 
 def drop_other_origin(folder: Path, name: str, ev: Evaluation, overwrite: bool) -> None:
     """Remove (only with ``overwrite``; else refuse) the record of a result this call does not
-    compute (an audit without ``audit=True``, ε* without ``minimal``) when an earlier run left
+    compute (an audit without ``audit=True``, ε* without ``eps_star``) when an earlier run left
     it in ``folder`` for another model, so the comparison never shows it as this model's.
     (Its examples may be a part of these: the study audits the first ``[audit] limit`` of
     them.)"""
@@ -324,24 +347,24 @@ def evaluate_model(ev: Evaluation, folder: Path, config: CompareConfig, *,
                                        overwrite=overwrite)
     if not computed:
         reused.append("diagnostics")
-    points: MinimalResult | None = None  # eps* computed in this call, for the audit
-    if config.minimal is None:
-        drop_other_origin(folder / "minimal", "minimal", ev, overwrite)
+    points: EpsStarResult | None = None  # eps* computed in this call, for the audit
+    if config.eps_star is None:
+        drop_other_origin(folder / "eps_star", "eps_star", ev, overwrite)
     else:
-        result, computed = ensure_calibration(ev, folder / "minimal", config.minimal,
+        result, computed = ensure_eps_star(ev, folder / "eps_star", config.eps_star,
                                               config.grid(), eq4, say, overwrite=overwrite)
         if computed:
             points = result.tensors  # type: ignore[assignment]
         else:
-            reused.append("minimal")
+            reused.append("eps_star")
     if not _attacks(ev, folder / "attacks", config, source_model, say, overwrite):
         reused.append("attacks")
     if not config.audit:
         drop_other_origin(folder / "audit", "audit", ev, overwrite)
     else:
-        def eps_star() -> MinimalResult | None:
-            if points is None and config.minimal is not None:  # reused: re-score its points
-                return MinimalResult.load(folder / "minimal")
+        def eps_star() -> EpsStarResult | None:
+            if points is None and config.eps_star is not None:  # reused: re-score its points
+                return EpsStarResult.load(folder / "eps_star")
             return points
 
         if not ensure_audit(config.audit_run(ev.checkpoint), folder / "audit", ev,
@@ -369,6 +392,32 @@ def _check_inputs(config: CompareConfig) -> tuple[list[Evaluation], torch.nn.Mod
     return evaluations, source_model
 
 
+def _estimates(config: CompareConfig, evaluations: list[Evaluation], names: list[str],
+               out: Path, log: Log | None, overwrite: bool
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``compare --labelled``: each model's estimate (saved in ``out/<name>/estimate/``) and
+    every pair's difference, from the same labelled images; written to ``estimates.csv`` and
+    ``estimate_pairs.csv``."""
+    tables, rows = {}, []
+    for ev, name in zip(evaluations, names, strict=True):
+        result = run_estimate(config.estimate_run(ev.checkpoint), folder=out / name / "estimate",
+                              evaluation=ev, log=log, overwrite=overwrite)
+        result.save(out / name / "estimate", overwrite=True)
+        assert result.table is not None
+        tables[name] = result.table
+        found = result.summary["results"][repr(config.eps)]
+        rows.append({"model": name, "estimate": found["robust_accuracy"]["estimate"],
+                     "low": found["robust_accuracy"]["interval"][0],
+                     "high": found["robust_accuracy"]["interval"][1],
+                     "classical_low": found["classical"]["interval"][0],
+                     "classical_high": found["classical"]["interval"][1],
+                     "effective_labelled": found["effective_labelled"]})
+    per_model, pairs = pd.DataFrame(rows), paired_estimates(tables)
+    write_table(per_model, out / "estimates.csv")
+    write_table(pairs, out / "estimate_pairs.csv")
+    return per_model, pairs
+
+
 def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
             log: Log | None = None) -> CompareResult:
     """Evaluate every checkpoint of ``config`` and write the comparison and report to ``out``.
@@ -382,8 +431,8 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
     check_out_dir(out, PRODUCTS, overwrite, create=False)
     if config.audit:
         check_dependencies(config.audit_config())
-    if config.minimal is not None:
-        check_minimal_dependencies(config.minimal)
+    if config.eps_star is not None:
+        check_eps_star_dependencies(config.eps_star)
     evaluations, source_model = _check_inputs(config)
     out = check_out_dir(out, PRODUCTS, overwrite)
     clear(out, "comparison")
@@ -399,6 +448,8 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
                                       zip(names, config.reported, strict=True) if r is not None})
     paired = paired_tests(runs, eps=config.eps)
     write_comparison(out, table, paired=paired)
+    estimates = None if config.labelled is None else _estimates(
+        config, evaluations, names, out, log, overwrite)
     entries: list[dict[str, Any]] = []
     if config.figures:
         entries = [{**e, "png": f"figures/{e['png']}", "svg": f"figures/{e['svg']}"}
@@ -408,6 +459,9 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
               for name, ev in zip(names, evaluations, strict=True)}
     record = {"config": dataclasses.asdict(config), "models": models, "reused": reused,
               "figures": entries, "epsl_version": __version__}
+    if estimates is not None:
+        record["estimates"] = {"models": estimates[0].to_dict("records"),
+                               "pairs": estimates[1].to_dict("records")}
     report = write_report(out, table, entries, notes=audit_notes(runs), paired=paired,
                           config=record["config"],
                           title=config.title or f"Comparison of {len(names)} models at "
@@ -415,7 +469,7 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
                                                 + ("" if config.norm == "linf"
                                                    else f" ({config.norm})"))
     Result("comparison", record).save(out, overwrite=True)
-    return CompareResult(table, tuple(runs), out, report, reused, paired)
+    return CompareResult(table, tuple(runs), out, report, reused, paired, estimates)
 
 
 __all__ = ["PRODUCTS", "CompareConfig", "CompareResult", "ReportedAccuracy", "compare", "drop_other_origin",

@@ -1,0 +1,279 @@
+"""``epsl estimate``: the robust accuracy of a checkpoint's examples at ε_L's cost, with a valid
+95% interval, and a per-example floor under ε*.
+
+ε_L (Eq. 4) and a cheap attack (PGD-20 with the CW loss) run on every selected image; the full
+audit (:func:`epsl.attacks.audit.audit`, ε* included) runs on a seeded uniform random sample of
+``labelled`` of them. Prediction-powered inference (:mod:`epsl.ppi`, through
+:mod:`epsl.analysis.estimates`) combines the two into an interval for the robust accuracy of
+all the images that is valid whatever the predictor's bias, and narrower than the audited
+sample's own interval when the predictor tracks the audit. From ε* on the same sample, the
+split-conformal quantile q of ε*/ε_L gives ``eps_floor = q·ε_L`` per image: for a new image of
+the same pool, ε* ≥ eps_floor with probability at least 1 − α. ε* is the attacks' best, an
+upper estimate of the true minimum, so the floor is a statistical floor under the attacks, not
+a certificate (:mod:`epsl.runs.certify` gives one).
+
+Its folder holds ``estimate.csv`` (one row per image and ε), ``estimate.json``, and the results
+it reuses when their provenance matches: ``diagnostics/`` (ε_L of every image),
+``labelled/eps_star/`` and ``labelled/audit-<ε>/`` (the labelled sample's ε* and audits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from epsl.analysis.estimates import (
+    CHEAP_PGD_STEPS,
+    DEFAULT_PREDICTOR,
+    Estimate,
+    check_predictor,
+    estimate,
+    floor,
+)
+from epsl.attacks.audit import AuditConfig, check_dependencies, ensemble_in
+from epsl.attacks.eps_star import EpsStarResult
+from epsl.attacks.projected_gradient import pgd
+from epsl.attacks.threat import default_step_size
+from epsl.data import sample_indices
+from epsl.errors import EpslError, check_seed
+from epsl.norms import check_radius, parse_norm
+from epsl.results.files import read_table
+from epsl.results.records import Result
+from epsl.runs.audit import AuditRunConfig, ensure_audit
+from epsl.runs.context import DataConfig, Evaluation, provenance
+from epsl.runs.diagnose import ensure_diagnostics
+from epsl.runs.eps_star import ensure_eps_star
+from epsl.stats import clopper_pearson
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CheapAttack:
+    """The attack run on every image: white-box PGD from x then ``restarts`` random starts,
+    with the CW loss (κ = ``cw_confidence``), as the study's PGD-20 (CW).
+
+    Attributes:
+        steps: PGD steps; step_size: None for ``2.5 * eps / steps``; seed: its random starts.
+    """
+
+    steps: int = CHEAP_PGD_STEPS
+    step_size: float | None = None
+    restarts: int = 1
+    cw_confidence: float = 50.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.restarts < 1:
+            raise EpslError(f"the cheap attack needs steps and restarts >= 1 (got "
+                            f"{self.steps}, {self.restarts})")
+        check_seed(self.seed)
+
+
+@dataclass(frozen=True)
+class EstimateConfig:
+    """``epsl estimate``: which checkpoint and images (``data``), the radii, how many images
+    the full audit labels and with which seed, the predictor, the floor's α, the norm, the
+    cheap attack and the audit (whose minimum-norm ensemble also gives the floor's ε*).
+
+    Attributes:
+        labelled: n, the images the full audit runs on (2 ≤ n < the images selected).
+        labelled_seed: seed of their uniform draw (``numpy``'s ``default_rng``).
+        predictor: ``eq4``, ``pgd`` or ``combined`` (:mod:`epsl.analysis.estimates`).
+        alpha: the floor's miss rate: ε* ≥ eps_floor with probability ≥ 1 − alpha.
+    """
+
+    data: DataConfig
+    eps: tuple[float, ...]
+    labelled: int
+    labelled_seed: int = 0
+    predictor: str = DEFAULT_PREDICTOR
+    alpha: float = 0.05
+    norm: str = "linf"
+    attack: CheapAttack = field(default_factory=CheapAttack)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    table_format: str = "csv"
+
+    def __post_init__(self) -> None:
+        norm = parse_norm(self.norm)
+        object.__setattr__(self, "norm", norm.value)
+        object.__setattr__(self, "eps", tuple(float(e) for e in self.eps))
+        if not self.eps:
+            raise EpslError("give at least one eps")
+        check_radius(norm, self.eps)
+        if self.labelled < 2:
+            raise EpslError(f"labelled must be at least 2 (got {self.labelled}): an interval "
+                            "needs the spread of the audited images")
+        if not 0 < self.alpha < 1:
+            raise EpslError(f"alpha must be in (0, 1) (got {self.alpha})")
+        check_predictor(self.predictor)
+        check_seed(self.labelled_seed, "labelled_seed")
+        object.__setattr__(self, "audit", dataclasses.replace(
+            self.audit, eps_star=ensemble_in(self.audit.eps_star, norm)))
+
+    def reuse_settings(self) -> dict[str, Any]:
+        return {"eps": list(self.eps), "labelled": self.labelled,
+                "labelled_seed": self.labelled_seed, "predictor": self.predictor,
+                "alpha": self.alpha, "norm": self.norm,
+                "attack": dataclasses.asdict(self.attack), "audit": self.audit.reuse_settings()}
+
+
+def labelled_rows(images: int, labelled: int, seed: int) -> np.ndarray:
+    """The positions of the ``labelled`` images among ``images``: a seeded uniform draw
+    without replacement (:func:`epsl.data.sample_indices`), sorted."""
+    if labelled >= images:
+        raise EpslError(f"labelled={labelled} is not fewer than the {images} images selected: "
+                        "label fewer, or run the full audit on all of them (epsl audit)")
+    return sample_indices(images, labelled, seed)
+
+
+def cheap_attack(ev: Evaluation, eps: float, config: EstimateConfig) -> pd.DataFrame:
+    """``pgd_robust, pgd_margin`` of every image under the cheap attack at ``eps``."""
+    a = config.attack
+    found = pgd(ev.model, ev.data.x.to(ev.device), ev.data.y.to(ev.device), eps=eps,
+                step_size=a.step_size or default_step_size(eps, a.steps), steps=a.steps,
+                loss="cw", cw_confidence=a.cw_confidence, restarts=a.restarts, seed=a.seed,
+                batch_size=config.audit.batch_size, norm=config.norm)
+    return pd.DataFrame({"pgd_robust": found.correct.cpu().numpy().astype(float),
+                         "pgd_margin": found.margin.detach().cpu().double().numpy()})
+
+
+def _labelled_truth(ev: Evaluation, rows: np.ndarray, diagnostics: pd.DataFrame,
+                    config: EstimateConfig, work: Path, log: Log | None, overwrite: bool
+                    ) -> tuple[dict[float, np.ndarray], np.ndarray | None]:
+    """The full audit's ``robust`` per eps, and ε* (None without the ensemble), of the
+    labelled images, each reused from ``work/labelled/`` when its provenance matches."""
+    sample = dataclasses.replace(ev, data=ev.data.take(torch.as_tensor(rows),
+                                                       seed=config.labelled_seed))
+    ensemble, star, points = config.audit.eps_star, None, None
+    if ensemble is not None:
+        part = diagnostics.iloc[rows].reset_index(drop=True)
+        result, _ = ensure_eps_star(sample, work / "labelled" / "eps_star", ensemble, config.eps,
+                                    part, log, overwrite=overwrite)
+        # as saved, so that a reused result gives the same numbers as a fresh one
+        star = read_table(work / "labelled" / "eps_star" / "eps_star.csv")["eps_star"]\
+            .to_numpy(dtype=float)
+        points = result.tensors if isinstance(result.tensors, EpsStarResult) else None
+        if points is None:
+            points = EpsStarResult.load(work / "labelled" / "eps_star")
+    truth = {}
+    for eps in config.eps:
+        run = AuditRunConfig(data=config.data, eps=eps, audit=config.audit, norm=config.norm)
+        folder = work / "labelled" / f"audit-{eps:g}"
+        ensure_audit(run, folder, sample, points=lambda: points, log=log, overwrite=overwrite)
+        truth[eps] = read_table(folder / "audit.csv")["robust"].to_numpy(dtype=float)
+    return truth, star
+
+
+def _rows(diagnostics: pd.DataFrame, eps: float, pgd_outcome: pd.DataFrame, mask: np.ndarray,
+          truth: np.ndarray, star: np.ndarray | None) -> pd.DataFrame:
+    """The per-image table at ``eps``: ε_L, the predictions, the truth where labelled."""
+    eps_l = diagnostics["eps_l"].to_numpy(dtype=float)
+    robust = np.full(len(mask), np.nan)
+    robust[mask] = truth
+    table = pd.DataFrame({"index": diagnostics["index"].to_numpy(), "eps": eps, "eps_l": eps_l,
+                          "eq4_robust": eps_l > eps, **pgd_outcome, "labelled": mask,
+                          "robust": robust})
+    if star is not None:
+        table["eps_star"] = np.nan
+        table.loc[mask, "eps_star"] = star
+    return table
+
+
+def _interval(found: Estimate) -> dict[str, Any]:
+    i = found.interval
+    return {"robust_accuracy": {"estimate": i.estimate, "interval": [i.low, i.high]},
+            "classical": {"estimate": i.classical_estimate,
+                          "interval": [i.classical_low, i.classical_high]},
+            "effective_labelled": i.effective_labelled, "lam": i.lam}
+
+
+def _share(values: np.ndarray) -> dict[str, Any]:
+    k, n = int(np.sum(values)), len(values)
+    return {"estimate": k / n, "interval": list(clopper_pearson(k, n))}
+
+
+def run_estimate(config: EstimateConfig, *, folder: Path | str | None = None,
+                 evaluation: Evaluation | None = None, log: Log | None = None,
+                 overwrite: bool = False) -> Result:
+    """The estimate of ``config`` as an ``estimate`` result (its table: one row per image and
+    eps). ``folder``: where the diagnostics, the labelled sample's ε* and audits are reused
+    from and saved to (a temporary folder when None); ``evaluation``: ``config.data`` already
+    prepared; ``overwrite``: replace results of another origin in ``folder`` (else refused).
+    Raises :class:`EpslError` in one line for a sample that leaves no valid interval (all
+    labelled images alike)."""
+    check_dependencies(config.audit)
+    ev = evaluation or config.data.prepare()
+    check_radius(config.norm, config.eps, dim=ev.data.x[0].numel())
+    rows = labelled_rows(len(ev.data), config.labelled, config.labelled_seed)
+    mask = np.zeros(len(ev.data), dtype=bool)
+    mask[rows] = True
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(folder) if folder is not None else Path(scratch)
+        ensure_diagnostics(ev, work / "diagnostics", config.eps, log, norm=config.norm,
+                           overwrite=overwrite)
+        # as saved, so that a reused result gives the same numbers as a fresh one
+        diagnostics = read_table(work / "diagnostics" / "diagnostics.csv")
+        truth, star = _labelled_truth(ev, rows, diagnostics, config, work, log, overwrite)
+    tables, results = [], {}
+    conformal = None if star is None else floor(
+        pd.DataFrame({"eps_star": star, "eps_l": diagnostics["eps_l"].to_numpy()[rows]}),
+        np.ones(len(rows), dtype=bool), config.alpha)
+    for eps in config.eps:
+        if log is not None:
+            log(f"cheap attack: PGD-{config.attack.steps} (CW) at eps={eps:g} on "
+                f"{len(ev.data)} images")
+        table = _rows(diagnostics, eps, cheap_attack(ev, eps, config), mask, truth[eps], star)
+        found = estimate(table, mask, eps, predictor=config.predictor,
+                         seed=config.labelled_seed)
+        table["prediction"] = found.prediction
+        if conformal is not None:
+            table["eps_floor"] = conformal.floor(table["eps_l"])
+        tables.append(table)
+        results[repr(eps)] = {**_interval(found),
+                              "eq4_accuracy": _share(table["eq4_robust"].to_numpy()),
+                              "pgd_accuracy": _share(table["pgd_robust"].to_numpy() > 0)}
+    summary = {"examples": len(ev.data), "labelled": config.labelled,
+               "labelled_seed": config.labelled_seed, "predictor": config.predictor,
+               "norm": config.norm, "eps": list(config.eps), "results": results,
+               "floor": None if conformal is None else dataclasses.asdict(conformal),
+               "config": dataclasses.asdict(config)}
+    return Result("estimate", summary, provenance(ev, config.reuse_settings()),
+                  pd.concat(tables, ignore_index=True))
+
+
+def summary_lines(summary: dict[str, Any]) -> Sequence[str]:
+    """What ``epsl estimate`` prints: per eps, the estimate and intervals."""
+    n, labelled = summary["examples"], summary["labelled"]
+    lines = [f"{labelled} of {n} images audited (seed {summary['labelled_seed']}); predictor "
+             f"{summary['predictor']} on all {n}"]
+    for eps, r in summary["results"].items():
+        est, lo, hi = r["robust_accuracy"]["estimate"], *r["robust_accuracy"]["interval"]
+        c_est, c_lo, c_hi = r["classical"]["estimate"], *r["classical"]["interval"]
+        e4 = r["eq4_accuracy"]
+        lines += [f"eps={float(eps):g} ({summary['norm']})",
+                  f"  robust accuracy (PPI)          {est:.1%} [{lo:.1%}, {hi:.1%}]",
+                  f"  audited images alone           {c_est:.1%} [{c_lo:.1%}, {c_hi:.1%}]",
+                  f"  as many labelled images as     {r['effective_labelled']:.0f} "
+                  f"({r['effective_labelled'] / labelled:.1f}x the {labelled} audited)",
+                  f"  Eq. 4 predicted                {e4['estimate']:.1%} "
+                  f"[{e4['interval'][0]:.1%}, {e4['interval'][1]:.1%}]"]
+    if summary.get("floor"):
+        f = summary["floor"]
+        lines.append(f"floor: eps* >= {f['q']:.3f} x eps_L for a new image with probability "
+                     f">= {1 - f['alpha']:.0%} (split-conformal on {f['calibration']} audited, "
+                     "correctly classified images; a floor under the attacks, not a certificate)"
+                     + (" -- too few images for a floor above 0" if f["trivial"] else ""))
+    return lines
+
+
+__all__ = ["CheapAttack", "EstimateConfig", "cheap_attack", "labelled_rows", "run_estimate",
+           "summary_lines"]

@@ -1,0 +1,130 @@
+"""``epsl estimate`` end to end on a small digits model: the interval is ppi_py's on the table it
+writes, the labelled images are the seeded draw, the truth is the audit's, results are reused,
+and bad input is one line with nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from epsl.cli.main import main
+from epsl.data import sample_indices
+
+FAST = ["--limit", "40", "--labelled", "14", "--quick-audit", "--fmn-steps", "5",
+        "--fab-steps", "3", "--pgd-steps", "5"]
+
+
+@pytest.fixture(scope="module")
+def estimated(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+              ) -> tuple[Path, CliRunner]:
+    out = tmp_path_factory.mktemp("estimate") / "est"
+    result = CliRunner().invoke(main, ["estimate", str(digits_checkpoint), "--eps", "0.08",
+                                       "--eps", "0.12", *FAST, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_it_writes_one_row_per_image_and_eps(estimated: tuple[Path, CliRunner]) -> None:
+    out, _ = estimated
+    table = pd.read_csv(out / "estimate.csv")
+    assert len(table) == 80 and sorted(set(table["eps"])) == [0.08, 0.12]
+    for column in ("index", "eps_l", "eq4_robust", "pgd_robust", "pgd_margin", "prediction",
+                   "labelled", "robust", "eps_star", "eps_floor"):
+        assert column in table, column
+    labelled = table[table["eps"] == 0.08]["labelled"].to_numpy()
+    assert np.flatnonzero(labelled).tolist() == sample_indices(40, 14, 0).tolist()
+    assert table.loc[~table["labelled"], "robust"].isna().all()
+    assert table.loc[table["labelled"], "robust"].isin([0, 1]).all()
+    # Eq. 4's prediction is eps_L > eps, the pgd predictor the cheap attack's survival
+    assert (table["eq4_robust"] == (table["eps_l"] > table["eps"])).all()
+    assert (table["prediction"] == table["pgd_robust"]).all()
+
+
+def test_the_interval_is_ppi_pys_on_that_table(estimated: tuple[Path, CliRunner]) -> None:
+    ppi_py = pytest.importorskip("ppi_py")
+    out, result = estimated
+    table = pd.read_csv(out / "estimate.csv")
+    record = json.loads((out / "estimate.json").read_text())
+    for eps in (0.08, 0.12):
+        rows = table[table["eps"] == eps]
+        mask = rows["labelled"].to_numpy()
+        y, yhat = rows["robust"].to_numpy()[mask], rows["prediction"].to_numpy()
+        low, high = ppi_py.ppi_mean_ci(y, yhat[mask], yhat[~mask], alpha=0.05)
+        point = ppi_py.ppi_mean_pointestimate(y, yhat[mask], yhat[~mask])
+        found = record["results"][repr(eps)]
+        assert found["robust_accuracy"]["interval"] == pytest.approx([low[0], high[0]],
+                                                                     abs=1e-12)
+        assert found["robust_accuracy"]["estimate"] == pytest.approx(point[0], abs=1e-12)
+        assert found["classical"]["estimate"] == pytest.approx(y.mean())
+        assert f"{point[0]:.1%}" in result.output
+
+
+def test_the_truth_is_the_labelled_audit_and_is_reused(estimated: tuple[Path, CliRunner],
+                                                        digits_checkpoint: Path) -> None:
+    out, _ = estimated
+    table = pd.read_csv(out / "estimate.csv")
+    audit = pd.read_csv(out / "labelled" / "audit-0.08" / "audit.csv")
+    rows = table[(table["eps"] == 0.08) & table["labelled"]]
+    assert rows["robust"].astype(bool).tolist() == audit["robust"].tolist()
+    # the audit's rows are the labelled images in order (its index counts within the sample)
+    assert rows["index"].tolist() == sample_indices(40, 14, 0).tolist()
+    assert audit["index"].tolist() == list(range(14))
+    again = CliRunner().invoke(main, ["estimate", str(digits_checkpoint), "--eps", "0.08",
+                                      "--eps", "0.12", *FAST, "--out", str(out), "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert "audit at" not in again.output and "eps_L diagnostics" not in again.output
+    assert pd.read_csv(out / "estimate.csv").equals(table)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--labelled", "40"], "--labelled 40 is not fewer than the 40 images"),
+    (["--labelled", "1"], "Invalid value for '--labelled'"),
+    (["--alpha", "1.5"], "Invalid value for '--alpha'"),
+])
+def test_bad_input_is_one_line_and_nothing_is_written(digits_checkpoint: Path, tmp_path: Path,
+                                                      args: list[str], message: str) -> None:
+    out = tmp_path / "est"
+    result = CliRunner().invoke(main, ["estimate", str(digits_checkpoint), "--eps", "0.1",
+                                       "--limit", "40", "--labelled", "10", *args,
+                                       "--out", str(out)])
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_compare_labels_the_same_images_for_every_model(digits_checkpoint: Path,
+                                                         digits_train: object,
+                                                         tmp_path: Path) -> None:
+    """``compare --labelled``: one draw for every model; each pair's difference is ppi_py's
+    vector mean of the differences."""
+    ppi_py = pytest.importorskip("ppi_py")
+    from epsl.models import checkpoint
+    from tests.conftest import quick_train
+
+    other = tmp_path / "weak.safetensors"
+    checkpoint.save(other, quick_train(digits_train, epochs=1, seed=3), {  # type: ignore[arg-type]
+        "arch": "small-cnn", "arch_kwargs": checkpoint.model_kwargs_for("digits"),
+        "dataset": "digits", "input_shape": [1, 8, 8], "num_classes": 10,
+        "normalization": {"mean": [0.3], "std": [0.4]}, "train_config": {"defense": {}}})
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(main, [
+        "compare", str(digits_checkpoint), str(other), "--eps", "0.08", "--limit", "40",
+        "--labelled", "14", "--no-min-norm", "--pgd-steps", "5", "--no-figures",
+        "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    tables = {name: pd.read_csv(out / name / "estimate" / "estimate.csv")
+              for name in ("natural", "weak")}
+    mask = tables["natural"]["labelled"].to_numpy()
+    assert (tables["weak"]["labelled"].to_numpy() == mask).all()
+    y = (tables["weak"]["robust"] - tables["natural"]["robust"]).to_numpy()[mask]
+    yhat = (tables["weak"]["prediction"] - tables["natural"]["prediction"]).to_numpy()
+    low, high = ppi_py.ppi_mean_ci(y, yhat[mask], yhat[~mask], alpha=0.05)
+    pairs = pd.read_csv(out / "estimate_pairs.csv")
+    assert pairs[["model", "against"]].values.tolist() == [["weak", "natural"]]
+    assert pairs[["low", "high"]].to_numpy()[0] == pytest.approx([low[0], high[0]], abs=1e-12)
+    assert "weak - natural" in result.output
