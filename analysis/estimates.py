@@ -344,7 +344,9 @@ def study_estimates(runs: Sequence[Run], *, fraction: float = STUDY_FRACTION,
 
 
 def _interval_cell(frame: pd.DataFrame, column: str) -> list[str]:
-    return [format_cell(column, value, (low, high)) for value, low, high in
+    """``estimate [low, high]`` per row; an accuracy's normal interval is shown within
+    [0, 1] (the interval itself is kept as computed)."""
+    return [format_cell(column, value, (max(low, 0.0), min(high, 1.0))) for value, low, high in
             zip(frame[column], frame[f"{column}_lo"], frame[f"{column}_hi"], strict=True)]
 
 

@@ -12,12 +12,13 @@ import pandas as pd
 from epsl.norms import Norm
 
 from .display import column_cells, markdown_table, norm_line, table_norm
+from .estimates import PREDICTOR_LABELS, estimates_markdown, estimates_sentence
 from .paired import paired_lines
 from .reported import reported_markdown
 from .seeds import seeds_markdown
 
 __all__ = ["CARD_HEADLINE", "HEADLINE", "PROOF_HEADLINE", "card_frame", "card_markdown",
-           "headline", "proof_markdown"]
+           "estimates_section", "headline", "proof_markdown"]
 
 #: The README's headline columns of a study: (comparison column, header); ``{pgd}`` is the
 #: paper's PGD-k with its k.
@@ -66,7 +67,8 @@ def card_markdown(table: pd.DataFrame) -> str:
 
 def headline(table: pd.DataFrame, *, source_run: str | None = None,
              paired: pd.DataFrame | None = None, seeds: pd.DataFrame | None = None,
-             sections: dict[str, pd.DataFrame] | None = None) -> str:
+             sections: dict[str, pd.DataFrame] | None = None,
+             estimates: pd.DataFrame | None = None) -> str:
     """The few columns a terminal can show, as Markdown with 95% intervals, then one line per
     model with the audit's verdict and, with ``paired`` (:func:`~epsl.analysis.paired.
     paired_tests`), each model's worst case against adversarial training and against Eq. 4:
@@ -74,11 +76,13 @@ def headline(table: pd.DataFrame, *, source_run: str | None = None,
     ``source_run`` (the ``run`` whose adversarial examples the transfer columns use) shows
     ``(source)`` in its own transfer cell; ``seeds`` (:func:`~epsl.analysis.seeds.seed_summary`)
     adds the mean and sd over training seeds; ``sections`` (folder name → comparison table of
-    another norm, as a study's ``[[threat_models]]``) adds each one's report card of Eq. 4."""
+    another norm, as a study's ``[[threat_models]]``) adds each one's report card of Eq. 4;
+    ``estimates`` (:func:`~epsl.analysis.estimates.study_estimates`) adds one sentence on robust
+    accuracy at ε_L's cost and its table."""
     pgd = _paper_pgd(table)
     return (_columns_markdown(table, source_run, pgd) + _card_text(table) + _proof_text(table)
             + _reported_text(table) + _sections_text(sections or {}) + _seeds_text(seeds, pgd)
-            + _audit_text(table) + _paired_text(paired))
+            + _audit_text(table) + _paired_text(paired) + estimates_section(estimates))
 
 
 def _paper_pgd(table: pd.DataFrame) -> str:
@@ -90,7 +94,7 @@ def _paper_pgd(table: pd.DataFrame) -> str:
 
 def _at_eps(table: pd.DataFrame) -> str:
     """`` at ε = <the table's ε>`` ('' without one)."""
-    eps = table["eps"].dropna()
+    eps = table.get("eps", pd.Series(dtype=float)).dropna()
     return f" at ε = {float(eps.iloc[0]):g}" if len(eps) else ""
 
 
@@ -111,34 +115,30 @@ def _columns_markdown(table: pd.DataFrame, source_run: str | None, pgd: str) -> 
     return text
 
 
+def _section(intro: str, body: str) -> str:
+    """``body`` under its one-line ``intro``, after a blank line ('' without a body)."""
+    return f"\n{intro}:\n\n{body}" if body else ""
+
+
 def _card_text(table: pd.DataFrame) -> str:
-    card = card_markdown(table)
-    if not card:
-        return ""
-    return ("\nEq. 4 against ε*, the smallest perturbation that really flips each example "
-            f"(accuracy by ε*{_at_eps(table)}; the rest on the correctly classified examples, "
-            "95% intervals):\n\n" + card)
+    return _section("Eq. 4 against ε*, the smallest perturbation that really flips each example "
+                    f"(accuracy by ε*{_at_eps(table)}; the rest on the correctly classified "
+                    "examples, 95% intervals)", card_markdown(table))
 
 
 def _proof_text(table: pd.DataFrame) -> str:
-    proofs = proof_markdown(table)
-    if not proofs:
-        return ""
-    count = table["certify_n"].dropna()
+    count = table.get("certify_n", pd.Series(dtype=float)).dropna()
     images = f"the first {int(count.max())} test images" if len(count) else "some images"
-    return (f"\nWith proofs, on {images} (CROWN's ε_cert ≤ the true minimum ≤ ε*; "
-            f"certified accuracy{_at_eps(table)}; the shares of the correctly classified, 95% "
-            "intervals):\n\n" + proofs)
+    return _section(f"With proofs, on {images} (CROWN's ε_cert ≤ the true minimum ≤ ε*; "
+                    f"certified accuracy{_at_eps(table)}; the shares of the correctly classified, "
+                    "95% intervals)", proof_markdown(table))
 
 
 def _reported_text(table: pd.DataFrame) -> str:
-    against = reported_markdown(table)
-    if not against:
-        return ""
-    sources = sorted({str(s) for s in table["reported_source"].dropna()})
-    return (f"\nAgainst the reported accuracies{_at_eps(table)} (epsl's worst case over every "
-            f"attack it ran, 95% intervals, on its own examples; reported: "
-            f"{'; '.join(sources)}):\n\n" + against)
+    sources = sorted({str(s) for s in table.get("reported_source", pd.Series(dtype=object)).dropna()})
+    return _section(f"Against the reported accuracies{_at_eps(table)} (epsl's worst case over "
+                    "every attack it ran, 95% intervals, on its own examples; reported: "
+                    f"{'; '.join(sources)})", reported_markdown(table))
 
 
 def _sections_text(sections: dict[str, pd.DataFrame]) -> str:
@@ -187,3 +187,21 @@ def _paired_text(paired: pd.DataFrame | None) -> str:
         if lines:
             text += f"\n{title}:\n" + "\n".join(lines) + "\n"
     return text
+
+
+def estimates_section(estimates: pd.DataFrame | None) -> str:
+    """The section on robust accuracy at ε_L's cost (:func:`~epsl.analysis.estimates.
+    study_estimates`): one sentence, then the table under its intro line ('' without a row);
+    the headline's and ``estimates.md``'s."""
+    if estimates is None or estimates.empty:
+        return ""
+    labelled = estimates["labelled"]
+    share = (f"{int(labelled.iloc[0])} random images" if labelled.nunique() == 1 else
+             f"a random {(labelled / estimates['images']).median():.0%} of each model's images")
+    predictor = PREDICTOR_LABELS[str(estimates["predictor"].iloc[0])]
+    return (f"\n{estimates_sentence(estimates)}\n" + _section(
+        f"Robust accuracy at ε_L's cost{_at_eps(estimates)}: the full audit on all images beside "
+        f"PPI++ from the full audit on {share} and {predictor} on all, and the classical "
+        "interval on the audited images alone (one draw; 95% intervals; effective n and "
+        f"coverage over {int(estimates['draws'].max()):,} draws, estimates.csv)",
+        estimates_markdown(estimates)))

@@ -143,8 +143,9 @@ def _estimates_text(models: Any, pairs: Any, *, labelled: int | None) -> str:
              "predictor on all (prediction-powered, 95% intervals; the audited images alone "
              "beside it):"]
     for row in models.itertuples():
-        lines.append(f"- {row.model}: {row.estimate:.1%} [{row.low:.1%}, {row.high:.1%}]; "
-                     f"alone [{row.classical_low:.1%}, {row.classical_high:.1%}]")
+        lines.append(f"- {row.model}: {row.estimate:.1%} [{max(row.low, 0):.1%}, "
+                     f"{min(row.high, 1):.1%}]; alone [{max(row.classical_low, 0):.1%}, "
+                     f"{min(row.classical_high, 1):.1%}]")
     if len(pairs):
         lines.append("Differences (model minus against), in points:")
         for row in pairs.itertuples():

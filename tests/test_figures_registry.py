@@ -19,7 +19,7 @@ PAPER_ORDER = ["fig1_eps_l_panels", "fig2_logits", "fig3_ls_noise_ablation",
                "fig8_lsq_noise_ablation", "fig4_ls_gradients", "fig4_lsq_gradients",
                "fig5_landscape", "fig9_landscape", "fig10_penultimate_activity",
                "fig11_logit_activity", "accuracy_vs_eps", "eps_l_vs_eps_star",
-               "certified_accuracy", "accuracy_vs_steps", "accuracy_vs_restarts"]
+               "certified_accuracy", "accuracy_vs_steps", "accuracy_vs_restarts", "estimates"]
 FIGURES_DIR = Path(F.__file__).parent
 
 
@@ -27,9 +27,9 @@ FIGURES_DIR = Path(F.__file__).parent
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("registry")
     layout = {"natural": ("diagnostics", "activations", "attack"),
-              "noise": ("diagnostics", "activations", "attack", "minimal"),
+              "noise": ("diagnostics", "activations", "attack", "eps_star"),
               "ls": ("diagnostics",), "ls+noise": ("diagnostics", "landscape"),
-              "lsq": ("diagnostics",), "pgd": ("landscape", "attack"), "calibrated": ("minimal",)}
+              "lsq": ("diagnostics",), "pgd": ("landscape", "attack"), "calibrated": ("eps_star",)}
     for seed, (name, tables) in enumerate(layout.items()):
         kind = "ls+noise" if name == "calibrated" else name
         write_synthetic_run(root / name, kind, n=24, seed=seed, tables=tables)
@@ -76,7 +76,7 @@ def test_a_planner_sees_only_the_runs_holding_its_tables(root: Path,
     monkeypatch.setattr(registry, "FIGURES", {})
     seen: list[list[str]] = []
 
-    @F.figure("probe", "Probe.", needs=("minimal", "landscape"))
+    @F.figure("probe", "Probe.", needs=("eps_star", "landscape"))
     def _probe(runs: list[Run], eps: float | None) -> F.Plan:
         seen.append([r.name for r in runs])
         return F.Plan(lambda: None, runs[:1])  # type: ignore[arg-type,return-value]

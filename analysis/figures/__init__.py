@@ -33,6 +33,8 @@ fig_certified_accuracy     ``eps_star``      beyond the paper: certified accurac
 fig_accuracy_vs_steps      ``sweeps``        Table 11: PGD accuracy against the number of steps
 fig_accuracy_vs_restarts   ``sweeps``        Table 10: PGD accuracy against the number of
                                              restarts
+fig_estimates              ``estimates``     beyond the paper: robust accuracy from 10% of the
+                                             images audited (PPI) against the full audit
 =========================  ================  ==================================================
 
 Shared drawing helpers, :func:`resolve_eps` and :func:`save_figure` live in :mod:`.base`.
@@ -43,12 +45,13 @@ from __future__ import annotations
 # Importing a figure module registers its figures: this order is the order of figure_specs,
 # render_all, figures.json and the report (tests/test_figures_registry.py pins it).
 # isort: off
-from . import margins, landscape, activity, accuracy, eps_star, sweeps  # noqa: F401
+from . import margins, landscape, activity, accuracy, eps_star, sweeps, estimates  # noqa: F401
 # isort: on
 from .accuracy import EPS_STAR_COLOR, EPS_STAR_LABEL, Style, eps_star_curve, fig_accuracy_vs_eps
 from .activity import fig_logit_activity, fig_penultimate_activity
 from .base import DPI, EPS_UNIT, palette, resolve_eps, save_figure
-from .eps_star import fig_certified_accuracy, fig_eps_l_vs_eps_star, minimal_card
+from .eps_star import eps_star_card, fig_certified_accuracy, fig_eps_l_vs_eps_star
+from .estimates import fig_estimates
 from .landscape import fig_landscape
 from .margins import (
     ABLATION_ROLES,
@@ -66,8 +69,8 @@ __all__ = [
     "ABLATION_ROLES", "DPI", "EPS_STAR_COLOR", "EPS_STAR_LABEL", "EPS_UNIT", "FIGURES", "FigureSpec",
     "Plan", "RegisteredFigure", "Style", "ablation_runs", "eps_star_curve", "fig_accuracy_vs_eps",
     "fig_accuracy_vs_restarts", "fig_accuracy_vs_steps", "fig_certified_accuracy", "fig_eps_l_panels",
-    "fig_eps_l_vs_eps_star",
+    "fig_eps_l_vs_eps_star", "fig_estimates",
     "fig_gradient_norms", "fig_landscape", "fig_logit_activity", "fig_logits", "fig_noise_ablation",
-    "fig_penultimate_activity", "figure", "figure_specs", "minimal_card", "palette", "render_all",
+    "fig_penultimate_activity", "figure", "figure_specs", "eps_star_card", "palette", "render_all",
     "resolve_eps", "save_figure", "sweep_runs",
 ]

@@ -1,5 +1,5 @@
 """Accuracy against ε (Table 1 as curves): the empirical attacks of ``attack.csv``, the
-empirical curve of ε* (``minimal.csv``) and the Eq. 4 prediction, one panel per model; and the
+empirical curve of ε* (``eps_star.csv``) and the Eq. 4 prediction, one panel per model; and the
 helpers the PGD sweeps share (:mod:`.sweeps`)."""
 
 from __future__ import annotations
@@ -97,28 +97,28 @@ EPS_STAR_COLOR = "#5b2c83"  # dark purple: apart from the attack palette and Eq.
 EPS_STAR_LABEL = "ε* (min-norm ensemble): share with ε* > ε"
 
 
-def eps_star_curve(minimal: pd.DataFrame, end: float) -> pd.DataFrame:
-    """The empirical accuracy ``acc(ε) = share(ε* > ε)`` of a minimal (ε*) table on [0, end],
+def eps_star_curve(eps_star: pd.DataFrame, end: float) -> pd.DataFrame:
+    """The empirical accuracy ``acc(ε) = share(ε* > ε)`` of a ε* table on [0, end],
     at 0, at every finite ε* up to ``end`` and at ``end`` (it changes only at the ε*, so a
     step line through these points, continuous from the right, is the whole curve); the frame
     of :func:`~epsl.analysis.cards.accuracy_curves`, ``empirical`` the column to draw."""
-    star = minimal["eps_star"].to_numpy(dtype=float)
+    star = eps_star["eps_star"].to_numpy(dtype=float)
     inside = star[np.isfinite(star) & (star > 0) & (star <= end)]
     grid = np.unique(np.concatenate([[0.0], inside, [end]]))
-    return accuracy_curves(minimal["eps_l"], star, grid)
+    return accuracy_curves(eps_star["eps_l"], star, grid)
 
 
 def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Figure:
     """Table 1 as curves, one panel per model: empirical accuracy under each attack (markers;
     from ``attack.csv``, the strongest steps/restarts per setting) next to the Eq. 4 prediction,
     the fraction of examples with ε < ε_L (thick black line, from ``diagnostics.csv``, else
-    from ``minimal.csv``). A run with a minimal table (``epsl calibrate``) also gets the
+    from ``eps_star.csv``). A run with an ε* table (``epsl eps-star``) also gets the
     empirical curve of its ε*, ``acc(ε) = share(ε* > ε)`` (purple step line): the accuracy
     the strongest attack of the ensemble leaves at every ε at once."""
     chosen = [r for r in runs if r.attack is not None or r.diagnostics is not None
-              or r.minimal is not None]
+              or r.eps_star is not None]
     if not chosen:
-        raise EpslError("no run has an attack, diagnostics or minimal (ε*) table")
+        raise EpslError("no run has an attack, diagnostics or eps_star (ε*) table")
     tables = {id(r): with_intervals(strongest_setting(attack_accuracies(r.attack)))
               for r in chosen if r.attack is not None}
     settings = sorted({(a, loss, bool(t)) for table in tables.values()
@@ -130,7 +130,7 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
     rows = math.ceil(len(chosen) / cols)
     fig = new_figure(3.4 * cols + 0.8, 3.0 * rows + 1.2)
     axes = axes_grid(fig, rows, cols, sharex=True, sharey=True)
-    with_star = [r for r in chosen if r.minimal is not None and len(r.minimal)]
+    with_star = [r for r in chosen if r.eps_star is not None and len(r.eps_star)]
     norm = runs_norm(chosen)
     eps_max = _eps_axis_end(tables.values(), [r.diagnostics for r in chosen], eps,
                             [eps_star_values(r) for r in with_star], norm)
@@ -141,7 +141,7 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
             ax.set_visible(False)
             continue
         run = chosen[k]
-        predictor = run.diagnostics if run.diagnostics is not None else run.minimal
+        predictor = run.diagnostics if run.diagnostics is not None else run.eps_star
         if predictor is not None and len(predictor):
             predicted = predicted_accuracy(predictor, grid)
             n = len(predictor)
@@ -149,8 +149,8 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
             ax.fill_between(grid, band[:, 0], band[:, 1], color="black", alpha=0.12,
                             linewidth=0, zorder=2)
             ax.plot(grid, predicted, color="black", linewidth=2.4, zorder=3)
-        if run.minimal is not None and len(run.minimal):
-            curve = eps_star_curve(run.minimal, float(grid[-1]))
+        if run.eps_star is not None and len(run.eps_star):
+            curve = eps_star_curve(run.eps_star, float(grid[-1]))
             ax.plot(curve["eps"], curve["empirical"], color=EPS_STAR_COLOR, linewidth=2.0,
                     drawstyle="steps-post", zorder=3.5, gid="eps_star")
         for (attack, loss, transfer), group in tables.get(id(run), pd.DataFrame(
@@ -190,10 +190,14 @@ def fig_accuracy_vs_eps(runs: Sequence[Run], *, eps: float | None = None) -> Fig
 
 
 @figure("accuracy_vs_eps", "Accuracy against ε: empirical attacks (and, where a run has a "
-        "minimal table, the share with ε* > ε) next to the Eq. 4 prediction.",
-        needs=("attack", "diagnostics", "minimal"))
+        "eps_star table, the share with ε* > ε) next to the Eq. 4 prediction.",
+        needs=("attack", "diagnostics", "eps_star"))
 def _plan_accuracy_vs_eps(runs: list[Run], eps: float | None) -> Plan | None:
     # Eq. 4 alone (runs with diagnostics only) is no curve worth a figure of its own
-    if not any(r.attack is not None or r.minimal is not None for r in runs):
+    if not any(r.attack is not None or r.eps_star is not None for r in runs):
         return None
     return Plan(partial(fig_accuracy_vs_eps, runs, eps=eps), runs)
+
+
+__all__ = ["EPS_STAR_COLOR", "EPS_STAR_LABEL", "Style", "attack_runs", "attack_style",
+           "eps_star_curve", "fig_accuracy_vs_eps", "interval_yerr"]

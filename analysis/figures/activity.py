@@ -102,3 +102,6 @@ def _plan_penultimate(runs: list[Run], eps: float | None) -> Plan | None:
         needs=("activations",), norm_free=True)
 def _plan_logit_activity(runs: list[Run], eps: float | None) -> Plan | None:
     return Plan(partial(fig_logit_activity, runs), runs) if _has_layer(runs, "logit") else None
+
+
+__all__ = ["fig_logit_activity", "fig_penultimate_activity"]

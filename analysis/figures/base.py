@@ -164,8 +164,8 @@ def figure_legend(fig: Figure, handles: Sequence[Any], labels: Sequence[str], *,
 
 
 def eps_star_values(run: Run) -> np.ndarray:
-    assert run.minimal is not None
-    return run.minimal["eps_star"].to_numpy(dtype=float)
+    assert run.eps_star is not None
+    return run.eps_star["eps_star"].to_numpy(dtype=float)
 
 
 def resolve_eps(runs: Sequence[Run], eps: float | None = None) -> float | None:
@@ -198,3 +198,9 @@ def save_figure(fig: Figure, out_dir: Path | str, name: str, *, dpi: int = DPI,
             fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
         paths[fmt] = path
     return paths
+
+
+__all__ = ["DPI", "EPS_UNIT", "axes_grid", "column_values", "diagnosed_runs", "eps_axis",
+           "eps_star_values", "eps_symbol", "figure_legend", "grad_gap_symbol", "lin_bins",
+           "log_bins", "log_x", "new_figure", "palette", "plain_log_ticks", "resolve_eps",
+           "run_handles", "runs_norm", "save_figure", "step_hist"]

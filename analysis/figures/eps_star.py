@@ -1,12 +1,11 @@
 """ε_L against ε*, example by example: how Eq. 4's estimate compares with the smallest
-perturbation a minimum-norm attack ensemble found (``minimal.csv`` of ``epsl calibrate``),
+perturbation a minimum-norm attack ensemble found (``eps_star.csv`` of ``epsl eps-star``),
 with the report card of Eq. 4 in each panel's title."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from epsl.errors import EpslError
 from ..cards import report_card
 from ..folders import Run
 from .base import EPS_UNIT, axes_grid, eps_star_values, eps_symbol, new_figure, plain_log_ticks, runs_norm
-from .registry import Plan, figure
+from .registry import figure, over_runs_with
 
 _CONSERVATIVE_COLOR, _OPTIMISTIC_COLOR = (sns.color_palette("colorblind")[i] for i in (0, 3))
 
@@ -29,7 +28,7 @@ _PROVEN_COLOR = sns.color_palette("colorblind")[2]
 
 
 def _proven_conservative(run: Run, n: int) -> np.ndarray:
-    """Per example of the minimal table: whether ``certify.csv`` proves ε_L ≤ ε_cert."""
+    """Per example of the ε* table: whether ``certify.csv`` proves ε_L ≤ ε_cert."""
     mask = np.zeros(n, dtype=bool)
     if run.certify is not None and len(run.certify):
         index = run.certify["index"].to_numpy(dtype=int)
@@ -38,22 +37,22 @@ def _proven_conservative(run: Run, n: int) -> np.ndarray:
     return mask
 
 
-def _minimal_runs(runs: Sequence[Run]) -> list[Run]:
-    chosen = [r for r in runs if r.minimal is not None and len(r.minimal)]
+def _eps_star_runs(runs: Sequence[Run]) -> list[Run]:
+    chosen = [r for r in runs if r.eps_star is not None and len(r.eps_star)]
     if not chosen:
-        raise EpslError("no run has a minimal table (minimal.csv, from epsl calibrate)")
+        raise EpslError("no run has a eps_star table (eps_star.csv, from epsl eps-star)")
     return chosen
 
 
-def minimal_card(run: Run) -> dict[str, Any]:
-    """The report card of Eq. 4 of a run with a minimal table: from its record
-    (``minimal.json``), recomputed with :func:`~epsl.analysis.cards.report_card` when
+def eps_star_card(run: Run) -> dict[str, Any]:
+    """The report card of Eq. 4 of a run with an ε* table: from its record
+    (``eps_star.json``), recomputed with :func:`~epsl.analysis.cards.report_card` when
     the record lacks it."""
-    card = run.minimal_summary.get("report_card")
+    card = run.eps_star_summary.get("report_card")
     if isinstance(card, dict) and {"spearman", "optimistic_share"} <= card.keys():
         return card
-    assert run.minimal is not None
-    return report_card(run.minimal["eps_l"], run.minimal["eps_star"], norm=run.norm)
+    assert run.eps_star is not None
+    return report_card(run.eps_star["eps_l"], run.eps_star["eps_star"], norm=run.norm)
 
 
 def _number(card: dict[str, Any], key: str) -> float:
@@ -94,8 +93,8 @@ def _legend(fig: Figure, chosen: Sequence[Run], cols: int) -> None:
 
 def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
     """Eq. 4 example by example: ε_L (y) against ε* (x), the smallest perturbation a
-    minimum-norm attack ensemble found (``minimal.csv`` of ``epsl calibrate``), one panel per
-    run with a minimal table (up to three columns, shared log-log axes).
+    minimum-norm attack ensemble found (``eps_star.csv`` of ``epsl eps-star``), one panel per
+    run with an ε* table (up to three columns, shared log-log axes).
 
     Points above the dashed line ε_L = ε* (``ratio > 1``, orange triangles) are examples where
     Eq. 4 is *optimistic*: it promises more robustness than the network has, a proven
@@ -105,7 +104,7 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
     are drawn (misclassified examples have ε* = 0); examples no attack flipped (ε* = ∞) are
     counted in the panel.
     """
-    chosen = _minimal_runs(runs)
+    chosen = _eps_star_runs(runs)
     norm = runs_norm(chosen)
     star_symbol, eps_l_symbol = (eps_symbol(s, norm) for s in ("$\\epsilon^*$", "$\\epsilon_L$"))
     cols = min(3, len(chosen))
@@ -118,12 +117,12 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
             ax.set_visible(False)
             continue
         run = chosen[k]
-        assert run.minimal is not None
-        eps_l = run.minimal["eps_l"].to_numpy(dtype=float)
+        assert run.eps_star is not None
+        eps_l = run.eps_star["eps_l"].to_numpy(dtype=float)
         star = eps_star_values(run)
         shown = np.isfinite(eps_l) & np.isfinite(star) & (eps_l > 0) & (star > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = (run.minimal["ratio"].to_numpy(dtype=float) if "ratio" in run.minimal
+            ratio = (run.eps_star["ratio"].to_numpy(dtype=float) if "ratio" in run.eps_star
                      else eps_l / star)
         optimistic = shown & (ratio > 1)
         for picked, color, marker, size, gid in (
@@ -148,7 +147,7 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
             ax.text(0.97, 0.03, "\n".join(notes), transform=ax.transAxes, ha="right",
                     va="bottom", fontsize=7.5, color="dimgray",
                     bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})
-        ax.set_title(f"{run.label}\n{_card_title(minimal_card(run))}", fontsize=9)
+        ax.set_title(f"{run.label}\n{_card_title(eps_star_card(run))}", fontsize=9)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(f"{star_symbol}, min-norm ensemble ({EPS_UNIT}, log)"
@@ -170,12 +169,10 @@ def fig_eps_l_vs_eps_star(runs: Sequence[Run]) -> Figure:
     return fig
 
 
-@figure("eps_l_vs_eps_star", "ε_L (Eq. 4) against ε*, the smallest perturbation a minimum-norm "
-        "attack ensemble found, per example and model (log-log); points above the line "
-        "ε_L = ε* are where Eq. 4 is optimistic.", needs=("minimal",))
-def _plan_eps_l_vs_eps_star(runs: list[Run], eps: float | None) -> Plan | None:
-    calibrated = [r for r in runs if r.minimal is not None and len(r.minimal)]
-    return Plan(partial(fig_eps_l_vs_eps_star, calibrated), calibrated) if calibrated else None
+figure("eps_l_vs_eps_star", "ε_L (Eq. 4) against ε*, the smallest perturbation a minimum-norm "
+       "attack ensemble found, per example and model (log-log); points above the line "
+       "ε_L = ε* are where Eq. 4 is optimistic.", needs=("eps_star",))(
+    over_runs_with("eps_star", fig_eps_l_vs_eps_star))
 
 
 def _share_above(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -233,9 +230,10 @@ def fig_certified_accuracy(runs: Sequence[Run]) -> Figure:
     return fig
 
 
-@figure("certified_accuracy", "The certified accuracy (CROWN's ε_cert), Eq. 4's prediction and "
-        "the accuracy by ε* against ε on the certified images; the true accuracy lies between "
-        "the certified and the ε* curve.", needs=("certify",))
-def _plan_certified_accuracy(runs: list[Run], eps: float | None) -> Plan | None:
-    certified = [r for r in runs if r.certify is not None and len(r.certify)]
-    return Plan(partial(fig_certified_accuracy, certified), certified) if certified else None
+figure("certified_accuracy", "The certified accuracy (CROWN's ε_cert), Eq. 4's prediction and "
+       "the accuracy by ε* against ε on the certified images; the true accuracy lies between "
+       "the certified and the ε* curve.", needs=("certify",))(
+    over_runs_with("certify", fig_certified_accuracy))
+
+
+__all__ = ["eps_star_card", "fig_certified_accuracy", "fig_eps_l_vs_eps_star"]

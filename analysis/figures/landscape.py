@@ -30,7 +30,7 @@ def fig_landscape(run: Run, *, direction: str = "random", images: int = 8) -> Fi
     rows = math.ceil(len(ids) / cols)
     fig = new_figure(3.2 * cols + 0.6, 2.9 * rows + 0.7)
     axes = axes_grid(fig, rows, cols)
-    second = "adversarial sign$(\\nabla_x$xent$)$" if direction == "adversarial" \
+    second = "adversarial sign$(\\nabla_x$xent$)$" if direction == "adversarial"\
         else "random $r_2$"
     for k, ax in enumerate(axes.ravel()):
         if k >= len(ids):
@@ -53,24 +53,26 @@ def fig_landscape(run: Run, *, direction: str = "random", images: int = 8) -> Fi
     return fig
 
 
-def _plan_landscape(run: Run, direction: str) -> Plan | None:
+#: The landscape figure of each second direction: its file stem and caption, in paper order.
+LANDSCAPE_FIGURES = {
+    "random": ("fig5_landscape", "Figure 5: cross-entropy over two random directions, first "
+               "eight images."),
+    "adversarial": ("fig9_landscape", "Figure 9: cross-entropy over a random and the "
+                    "adversarial direction, first eight images."),
+}
+
+
+def _plan_landscape(runs: list[Run], eps: float | None, *, direction: str) -> Plan | None:
+    (run,) = runs
     assert run.landscape is not None
     if not (run.landscape["direction"] == direction).any():
         return None
     return Plan(partial(fig_landscape, run, direction=direction), [run])
 
 
-@figure("fig5_landscape", "Figure 5: cross-entropy over two random directions, first eight "
-        "images.", needs=("landscape",), per_run=True,
-        norm_free=True)
-def _plan_random(runs: list[Run], eps: float | None) -> Plan | None:
-    (run,) = runs
-    return _plan_landscape(run, "random")
+for _direction, (_name, _caption) in LANDSCAPE_FIGURES.items():
+    figure(_name, _caption, needs=("landscape",), per_run=True, norm_free=True)(
+        partial(_plan_landscape, direction=_direction))
 
 
-@figure("fig9_landscape", "Figure 9: cross-entropy over a random and the adversarial direction, "
-        "first eight images.", needs=("landscape",), per_run=True,
-        norm_free=True)
-def _plan_adversarial(runs: list[Run], eps: float | None) -> Plan | None:
-    (run,) = runs
-    return _plan_landscape(run, "adversarial")
+__all__ = ["LANDSCAPE_FIGURES", "fig_landscape"]

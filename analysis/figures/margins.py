@@ -214,7 +214,7 @@ def fig_gradient_norms(runs: Sequence[Run], *, parameter: str = "label_smoothing
         raise EpslError(f"parameter must be one of {', '.join(_PARAMETERS)}")
     symbol, name = _PARAMETERS[parameter]
     chosen = sweep_runs(runs, parameter) or diagnosed_runs(runs)
-    colors = list(sns.color_palette("crest", len(chosen))) if len(chosen) > 1 \
+    colors = list(sns.color_palette("crest", len(chosen))) if len(chosen) > 1\
         else palette(1)
     fig = new_figure(12, 4.3)
     axes = axes_grid(fig, 1, 3)
@@ -289,3 +289,7 @@ def _plan_ls_gradients(runs: list[Run], eps: float | None) -> Plan | None:
         needs=("diagnostics",), norm_free=True)
 def _plan_lsq_gradients(runs: list[Run], eps: float | None) -> Plan | None:
     return _plan_gradients(runs, "logit_squeeze")
+
+
+__all__ = ["ABLATION_ROLES", "ablation_runs", "fig_eps_l_panels", "fig_gradient_norms",
+           "fig_logits", "fig_noise_ablation", "sweep_runs"]

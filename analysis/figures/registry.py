@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import groupby
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -106,6 +107,17 @@ def figure(name: str, caption: str, *, needs: Sequence[str], per_run: bool = Fal
     return decorator
 
 
+def over_runs_with(table: str, draw: Callable[[list[Run]], Figure]) -> Planner:
+    """The planner of a figure drawn by ``draw`` from every run that holds a non-empty
+    ``table`` (no figure without one)."""
+
+    def plan(runs: list[Run], eps: float | None) -> Plan | None:
+        chosen = [r for r in runs if getattr(r, table) is not None and len(getattr(r, table))]
+        return Plan(partial(draw, chosen), chosen) if chosen else None
+
+    return plan
+
+
 def _slug(text: str) -> str:
     keep = "".join(c if c.isascii() and c.isalnum() else "-" for c in text.lower())
     return "-".join(p for p in keep.split("-") if p)[:40] or "run"
@@ -162,3 +174,7 @@ def render_all(runs: Sequence[Run], out_dir: Path | str, *, eps: float | None = 
         index.append({"name": spec.name, "caption": spec.caption, "runs": list(spec.runs),
                       **{k: str(p.relative_to(out_dir)) for k, p in paths.items()}})
     return index
+
+
+__all__ = ["FIGURES", "FigureSpec", "Plan", "Planner", "RegisteredFigure", "caption_norm",
+           "figure", "figure_specs", "over_runs_with", "render_all"]

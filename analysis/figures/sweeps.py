@@ -116,3 +116,6 @@ def _plan_steps(runs: list[Run], eps: float | None) -> Plan | None:
         "(Table 10).", needs=("attack",))
 def _plan_restarts(runs: list[Run], eps: float | None) -> Plan | None:
     return _plan_sweep(runs, "restarts", eps)
+
+
+__all__ = ["fig_accuracy_vs_restarts", "fig_accuracy_vs_steps"]

@@ -250,14 +250,19 @@ def run_estimate(config: EstimateConfig, *, folder: Path | str | None = None,
                   pd.concat(tables, ignore_index=True))
 
 
+def _clipped(low: float, high: float) -> tuple[float, float]:
+    return max(low, 0.0), min(high, 1.0)
+
+
 def summary_lines(summary: dict[str, Any]) -> Sequence[str]:
-    """What ``epsl estimate`` prints: per eps, the estimate and intervals."""
+    """What ``epsl estimate`` prints: per eps, the estimate and intervals (a normal interval
+    shown within [0, 1]; ``estimate.json`` keeps it as computed)."""
     n, labelled = summary["examples"], summary["labelled"]
     lines = [f"{labelled} of {n} images audited (seed {summary['labelled_seed']}); predictor "
              f"{summary['predictor']} on all {n}"]
     for eps, r in summary["results"].items():
-        est, lo, hi = r["robust_accuracy"]["estimate"], *r["robust_accuracy"]["interval"]
-        c_est, c_lo, c_hi = r["classical"]["estimate"], *r["classical"]["interval"]
+        est, (lo, hi) = r["robust_accuracy"]["estimate"], _clipped(*r["robust_accuracy"]["interval"])
+        c_est, (c_lo, c_hi) = r["classical"]["estimate"], _clipped(*r["classical"]["interval"])
         e4 = r["eq4_accuracy"]
         lines += [f"eps={float(eps):g} ({summary['norm']})",
                   f"  robust accuracy (PPI)          {est:.1%} [{lo:.1%}, {hi:.1%}]",

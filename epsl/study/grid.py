@@ -13,8 +13,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from epsl.analysis.estimates import study_estimates
+from epsl.analysis.folders import Run, load_run
+from epsl.analysis.headline import estimates_section
 from epsl.analysis.headline import headline as headline_table
 from epsl.analysis.seeds import seed_summary, seed_table
+from epsl.errors import EpslError
 from epsl.models.checkpoint import weights_file
 from epsl.results.files import on_disk, read_json, read_table, write_json, write_table, write_text
 from epsl.results.records import file_sha256
@@ -22,11 +26,14 @@ from epsl.runs.compare import PRODUCTS, CompareConfig, compare
 from epsl.study.preset import Preset, ThreatModel
 from epsl.study.stages import Log
 
-__all__ = ["STAGE_FILE", "evaluated_note", "seed_folder", "stage_compare", "stage_headline",
-           "stage_seed_compare", "stage_seeds", "stage_threat_model"]
+__all__ = ["ESTIMATES_FILE", "STAGE_FILE", "evaluated_note", "seed_folder", "stage_compare",
+           "stage_estimates", "stage_headline", "stage_seed_compare", "stage_seeds",
+           "stage_threat_model"]
 
 #: in a study folder: each comparison stage and what it was made from
 STAGE_FILE = "stages.json"
+#: in a study folder: robust accuracy at ε_L's cost per model (:func:`stage_estimates`)
+ESTIMATES_FILE = "estimates.csv"
 
 
 def _stage_record(out: Path) -> dict[str, Any]:
@@ -54,14 +61,14 @@ def _grid_config(preset: Preset, checkpoints: dict[str, Path], **settings: Any) 
         names=tuple(m.name for m in preset.models),
         reported=reported if any(r is not None for r in reported) else (),
         **{"eps": preset.eps, "norm": preset.norm, "step_size": preset.attacks.pgd_step_size,
-           "minimal": preset.minimal, **settings})
+           "eps_star": preset.eps_star, **settings})
 
 
 def _compare_grid(preset: Preset, checkpoints: dict[str, Path], folder: Path, say: Log,
                   **settings: Any) -> None:
     """:func:`epsl.runs.compare.compare` of the grid ``checkpoints`` into ``folder`` (see
     :func:`_grid_config`); ``settings`` set the other :class:`~epsl.runs.compare.CompareConfig`
-    fields (ε grid, figures, title, minimal)."""
+    fields (ε grid, figures, title, eps_star)."""
     compare(_grid_config(preset, checkpoints, **settings), folder, overwrite=True,
             log=lambda m: say(f"  {m}"))
 
@@ -80,14 +87,14 @@ def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: 
     runs = out / "runs"
     # the comparison reads the audit and eps* tables: switching either on or off, or another
     # ensemble, rebuilds it
-    minimal = None if preset.minimal is None else preset.minimal.reuse_settings()
+    eps_star = None if preset.eps_star is None else preset.eps_star.reuse_settings()
     reported = {m.name: asdict(m.reported) for m in preset.models if m.reported is not None}
     made_from = {**_made_from(checkpoints, preset.model_dir),
-                 "~stages": {"audit": preset.audit.enabled, "minimal": minimal,
+                 "~stages": {"audit": preset.audit.enabled, "eps_star": eps_star,
                              "transfer_from": preset.attacks.transfer_from,
                              **({"reported": reported} if reported else {}),
                              **({"certify": asdict(preset.certify)}
-                                if preset.certify.enabled and minimal is not None else {})}}
+                                if preset.certify.enabled and eps_star is not None else {})}}
     if _stage_record(out).get("compare") == made_from and (out / "report.html").exists():
         return False
     say("diagnostics, attacks, comparison, figures and report")
@@ -107,11 +114,11 @@ def stage_threat_model(preset: Preset, section: ThreatModel, checkpoints: dict[s
     tables, report and figures copied to ``out/<norm>``. Reused only for these weights and
     this section."""
     folder = out / section.norm
-    minimal = section.minimal
+    eps_star = section.eps_star
     made_from = {**_made_from(checkpoints, preset.model_dir),
                  "~section": {"norm": section.norm, "eps": section.eps,
                               "eps_grid": list(section.eps_grid),
-                              "minimal": None if minimal is None else minimal.reuse_settings(),
+                              "eps_star": None if eps_star is None else eps_star.reuse_settings(),
                               "transfer_from": preset.attacks.transfer_from}}
     stage = f"compare {section.norm}"
     if _stage_record(out).get(stage) == made_from and (folder / "report.html").exists():
@@ -119,7 +126,7 @@ def stage_threat_model(preset: Preset, section: ThreatModel, checkpoints: dict[s
     say(f"the {section.norm} section: eps_L, eps*, attacks, report card and figures")
     _compare_grid(preset, checkpoints, folder / "runs", say, eps=section.eps,
                   eps_grid=section.eps_grid, norm=section.norm, step_size=None,
-                  minimal=minimal, figures=True,
+                  eps_star=eps_star, figures=True,
                   title=f"The {preset.name} study in {section.norm} (eps = {section.eps:g})")
     _copy_products(folder / "runs", folder)
     _mark(out, stage, made_from)
@@ -154,7 +161,7 @@ def stage_seed_compare(preset: Preset, seed: int, checkpoints: dict[str, Path], 
     if _stage_record(out).get(stage) == made_from and (folder / "comparison.csv").exists():
         return False
     say(f"diagnostics and attacks, training seed {seed}")
-    _compare_grid(preset, checkpoints, folder, say, figures=False, minimal=None,
+    _compare_grid(preset, checkpoints, folder, say, figures=False, eps_star=None,
                   title=f"The {preset.name} study, training seed {seed}")
     _mark(out, stage, made_from)
     return True
@@ -177,9 +184,39 @@ def stage_seeds(preset: Preset, out: Path) -> Any:
     return summary
 
 
+def _study_runs(preset: Preset, out: Path) -> list[Run]:
+    """The main norm's run folders of the grid, ``out/runs/<name>``, that hold a result."""
+    runs = []
+    for spec in preset.models:
+        try:
+            runs.append(load_run(out / "runs" / spec.name))
+        except EpslError:  # no folder or no result in it: the model has no section row
+            continue
+    return runs
+
+
+def stage_estimates(preset: Preset, out: Path, recompute: bool) -> bool:
+    """Robust accuracy at ε_L's cost, from the full tables on disk (no attack is run):
+    :func:`~epsl.analysis.estimates.study_estimates` of the main norm's models with the
+    audit, the diagnostics and PGD CW on every image, seeded, so the same tables give the same
+    ``estimates.csv`` and ``estimates.md``. Computed again with ``recompute`` or when
+    ``estimates.csv`` is missing; nothing is written without the audit or such a model.
+    Returns whether it was computed."""
+    path = out / ESTIMATES_FILE
+    if not preset.audit.enabled or (not recompute and path.exists()):
+        return False
+    frame = study_estimates(_study_runs(preset, out))
+    if frame.empty:
+        return False
+    write_table(frame, path)
+    write_text(out / "estimates.md", estimates_section(frame).lstrip("\n"))
+    return True
+
+
 def stage_headline(preset: Preset, out: Path, recompute: bool, seeds: Any = None) -> str:
-    """The few columns a terminal shows, the audit verdicts, the paired tests and the spread
-    over training seeds, from the tables on disk, kept in ``headline.md``."""
+    """The few columns a terminal shows, the audit verdicts, the paired tests, the spread
+    over training seeds and robust accuracy at ε_L's cost (:func:`stage_estimates`), from the
+    tables on disk, kept in ``headline.md``."""
     path = out / "headline.md"
     if not recompute and path.exists():
         return path.read_text()
@@ -187,9 +224,10 @@ def stage_headline(preset: Preset, out: Path, recompute: bool, seeds: Any = None
     sections = {section.norm: read_table(out / section.norm / "comparison.csv")
                 for section in preset.threat_models
                 if (out / section.norm / "comparison.csv").is_file()}
+    estimates = read_table(out / ESTIMATES_FILE) if (out / ESTIMATES_FILE).is_file() else None
     text = headline_table(read_table(out / "comparison.csv"),
                           source_run=preset.attacks.transfer_from, paired=paired, seeds=seeds,
-                          sections=sections)
+                          sections=sections, estimates=estimates)
     if preset.kind == "evaluate":
         text = evaluated_note(preset) + "\n" + text
     write_text(path, text)
@@ -201,9 +239,9 @@ def evaluated_note(preset: Preset) -> str:
     ran = ["ε_L (Eq. 4)", "the paper's white-box attacks"]
     if preset.attacks.transfer_from:
         ran.append(f"transfer attacks from {preset.attacks.transfer_from}")
-    if preset.minimal is not None:
+    if preset.eps_star is not None:
         ran.append("ε* and the report card of Eq. 4")
-    if preset.certify.enabled and preset.minimal is not None:
+    if preset.certify.enabled and preset.eps_star is not None:
         ran.append("the certified floor")
     if preset.audit.enabled:
         limits = [n for n in (preset.audit.limit, preset.limit) if n is not None]

@@ -13,9 +13,10 @@ Layout of ``out``::
     out/preset.json                    the resolved preset (with overrides)
     out/models/<name>.safetensors      one checkpoint per defense (a train preset's), reused only
                                        when trained with the preset's config (check_trained)
-    out/runs/<name>/...                diagnostics, eps* (minimal), attacks, audit, activations,
+    out/runs/<name>/...                diagnostics, eps*, attacks, audit, activations,
                                        landscape
     out/comparison.{csv,md}, out/report.html, out/figures/   tables and figures
+    out/estimates.{csv,md}             robust accuracy at ε_L's cost, from the full tables
     out/headline.md                    the headline columns and the audit verdicts
     out/<norm>/...                     each [[threat_models]] section: its comparison, report
                                        card, report and figures, and runs/<name>/ per model
@@ -37,7 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from epsl.attacks.audit import check_dependencies
-from epsl.attacks.eps_star import check_minimal_dependencies
+from epsl.attacks.eps_star import check_eps_star_dependencies
 from epsl.defenses.resume import config_difference
 from epsl.defenses.train import TrainConfig, train
 from epsl.errors import EpslError, check_progress
@@ -47,6 +48,7 @@ from epsl.study.config import check_same_preset
 from epsl.study.grid import (
     STAGE_FILE,
     stage_compare,
+    stage_estimates,
     stage_headline,
     stage_seed_compare,
     stage_seeds,
@@ -59,8 +61,8 @@ from epsl.study.stages import (
     stage_activations,
     stage_audit,
     stage_certify,
+    stage_eps_star,
     stage_landscape,
-    stage_minimal,
     stage_sweeps,
 )
 
@@ -162,11 +164,11 @@ def _check_dependencies(preset: Preset) -> None:
     grid."""
     if preset.audit.enabled:
         check_dependencies(audit_config(preset))
-    if preset.minimal is not None:
-        check_minimal_dependencies(preset.minimal)
+    if preset.eps_star is not None:
+        check_eps_star_dependencies(preset.eps_star)
     for section in preset.threat_models:
-        if section.minimal is not None:
-            check_minimal_dependencies(section.minimal)
+        if section.eps_star is not None:
+            check_eps_star_dependencies(section.eps_star)
 
 
 def _check_grid(preset: Preset, out: Path, checkpoints: dict[str, Path]) -> None:
@@ -238,8 +240,8 @@ def _model_stages(preset: Preset, spec: ModelSpec, checkpoints: dict[str, Path],
             stages.note(f"landscape-{direction} {spec.name}",
                         stage_landscape(preset, spec, data, ev, direction,
                                         folder / f"landscape-{direction}", say))
-    if preset.minimal is not None:
-        stages.note(f"minimal {spec.name}", stage_minimal(preset, ev, folder / "minimal", say))
+    if preset.eps_star is not None:
+        stages.note(f"eps_star {spec.name}", stage_eps_star(preset, ev, folder / "eps_star", say))
         if preset.certify.enabled:
             stages.note(f"certify {spec.name}",
                         stage_certify(preset, data, ev, folder / "certify", say))
@@ -272,9 +274,10 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
     """Run the study of ``preset`` into ``out``: :func:`stage_train` for every model of the
     grid; per model :func:`~epsl.study.stages.stage_activations`,
     :func:`~epsl.study.stages.stage_landscape` (random and adversarial directions),
-    :func:`~epsl.study.stages.stage_minimal`, :func:`~epsl.study.stages.stage_audit` and, on
+    :func:`~epsl.study.stages.stage_eps_star`, :func:`~epsl.study.stages.stage_audit` and, on
     the sweep model, :func:`~epsl.study.stages.stage_sweeps`; then
-    :func:`~epsl.study.grid.stage_compare` and :func:`~epsl.study.grid.stage_headline`. A
+    :func:`~epsl.study.grid.stage_compare`, :func:`~epsl.study.grid.stage_estimates` and
+    :func:`~epsl.study.grid.stage_headline`. A
     stage whose result is on disk, made from the same inputs, is skipped."""
     check_progress(progress)
     say = log or (lambda _msg: None)
@@ -294,6 +297,9 @@ def reproduce(preset: Preset, out: Path | str, *, force: bool = False,
     _seed_stages(preset, out, say, progress, stages)
     recompute = (any(stage.startswith("compare") for stage in stages.ran)
                  or not (out / "headline.md").exists())
+    estimated = stage_estimates(preset, out, recompute)
+    stages.note("estimates", estimated)
+    recompute = recompute or estimated  # a study from before the section gets it
     headline = stage_headline(preset, out, recompute,
                               seeds=stage_seeds(preset, out) if recompute else None)
     report = out / "report.html"
