@@ -7,6 +7,13 @@ example of each against ε*'s (docs/results.md, docs/benchmarks.md).
     python benchmarks/certify.py --images 20 --exact-time 10 --json runs/bench-certify.json
 
 Each model is trained here (seeded) with epsl's own training loop.
+
+``--speed`` times CROWN alone instead: milliseconds per example of one bound evaluation
+(:func:`epsl.certify.crown.crown_margins`, tracing excluded) on a small ResNet-like CIFAR net
+with BatchNorm, a residual block and an average pool (:func:`resnet_like`, random weights,
+BatchNorm statistics from a few batches of random images), at three radii:
+
+    python benchmarks/certify.py --speed --repeats 2   # 8 images, best of 2 per radius
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from epsl.analysis.cards import proof_card, proof_lines
-from epsl.attacks.eps_star import MinimalConfig, minimal_perturbation
+from epsl.attacks.eps_star import EpsStarConfig, find_eps_star
+from epsl.certify.crown import crown_margins, trace_network
 from epsl.certify.radius import CertifyOptions, certify
 from epsl.data import load_split
 from epsl.defenses import DefenseConfig
@@ -44,7 +53,7 @@ def run(label_smoothing: float, images: int, exact_time: float, hidden: int,
     test = load_split("digits", "test").subset(images)
     x, y = test.x, test.y
     t0 = time.perf_counter()
-    found = minimal_perturbation(model, x, y, config=MinimalConfig(seed=seed))
+    found = find_eps_star(model, x, y, config=EpsStarConfig(seed=seed))
     t_star = time.perf_counter() - t0
     eps_l = diagnose(model, x, y).eps_l.double().numpy()
     star = found.eps_star.double().numpy()
@@ -67,6 +76,57 @@ def run(label_smoothing: float, images: int, exact_time: float, hidden: int,
                                     "exact": out.seconds["exact"] / len(y)}}
 
 
+class ResidualBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN plus the identity, then ReLU (C x H x W -> C x H x W)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(h)))
+
+
+def resnet_like(seed: int = 0) -> nn.Module:
+    """3 x 32 x 32 -> 10 logits: conv 8 (stride 2) + BN + ReLU, a residual block of width 8,
+    conv 16 (stride 2) + BN + ReLU, average pool 2, linear; random weights, BatchNorm
+    statistics from 8 batches of random images (so that they are a trained net's, roughly)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        ResidualBlock(8),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
+    model.train()
+    with torch.no_grad():
+        for _ in range(8):
+            model(torch.rand(64, 3, 32, 32))
+    return model.eval()
+
+
+def time_crown(images: int, repeats: int, seed: int) -> dict[float, float]:
+    """Milliseconds per example of one CROWN bound evaluation on :func:`resnet_like`, by
+    radius: the best of ``repeats`` calls on ``images`` images at once."""
+    model = resnet_like(seed)
+    x = torch.rand(images, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    network = trace_network(model, x[:1])
+    ms: dict[float, float] = {}
+    for eps in (0.1 / 255, 0.25 / 255, 0.5 / 255):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            crown_margins(network, x, y, eps)
+            times.append(time.perf_counter() - t0)
+        ms[eps] = 1000 * min(times) / images
+    return ms
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=60)
@@ -75,8 +135,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--speed", action="store_true",
+                        help="time CROWN per example on a small ResNet-like net instead")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.speed:
+        images = 8 if args.images == 60 else args.images
+        print(f"CROWN on resnet_like (BatchNorm, residual, avg pool; 3x32x32), {images} images, "
+              f"{args.threads} threads, best of {args.repeats}:")
+        for eps, ms in time_crown(images, args.repeats, args.seed).items():
+            print(f"  eps = {eps * 255:g}/255: {ms:.1f} ms per example")
+        return
     rows = [run(ls, args.images, args.exact_time, args.hidden, args.seed) for ls in (0.0, 0.5)]
     for row in rows:
         card = row["card"]

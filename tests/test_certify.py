@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from scipy.optimize import linprog
 from torch import nn
 
-from epsl.attacks.eps_star import MinimalConfig, minimal_perturbation
+from epsl.attacks.eps_star import EpsStarConfig, find_eps_star
 from epsl.certify.crown import (
     ball,
     crown_margins,
@@ -194,7 +194,7 @@ def _quick_mlp(data, seed: int = 0, label_smoothing: float = 0.0) -> nn.Module:
 def test_eps_cert_le_eps_exact_le_eps_star_on_a_small_relu_mlp(digits_train, digits_test) -> None:
     model = _quick_mlp(digits_train)
     x, y = digits_test.x[:12], digits_test.y[:12]
-    found = minimal_perturbation(model, x, y, config=MinimalConfig(seed=0))
+    found = find_eps_star(model, x, y, config=EpsStarConfig(seed=0))
     star = found.eps_star.numpy()
     out = certify(model, x, y, hi=star, options=CertifyOptions(exact=True, exact_time=30))
     ok = out.correct

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from epsl.certify.trace import Op, trace_ops
+from epsl.certify.ops import Op, cannot_bound
+from epsl.certify.trace import trace_ops
 
 __all__ = ["Network", "ball", "crown_margins", "ibp_margins", "margin_threshold", "trace_network"]
 
@@ -58,14 +59,18 @@ class Network:
     _jacobians: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def set_shapes(self, example: torch.Tensor) -> None:
-        """Each op's per-example output shape, and each affine op's ``constant`` fn(0)."""
+        """Each op's per-example output shape, and each affine op's ``constant`` fn(0), from a
+        batch of two copies of ``example`` (1 x C x H x W). An op that fails on it, or whose
+        output does not keep the batch dimension first (a reshape or a reduction across
+        examples), is refused in one line."""
+        batch = example[:1].repeat(2, *([1] * (example.dim() - 1)))
         values: list[torch.Tensor] = []
         with torch.no_grad():
             for op in self.ops:
-                if op.kind == "affine":
-                    assert op.fn is not None
-                    op.constant = op.fn(torch.zeros_like(values[op.inputs[0]]))[0]
-                values.append(example[:1] if op.kind == "input" else _value(op, values))
+                if op.kind == "input":
+                    values.append(batch)
+                else:
+                    values.append(_checked_value(op, values))
                 op.shape = tuple(values[-1].shape[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,11 +125,11 @@ class Network:
                 continue
             j = op.inputs[0]
             if op.kind == "affine":
-                assert op.fn is not None and op.constant is not None
-                total = total + (coef * op.constant).flatten(2).sum(-1)
+                assert op.constant is not None
+                if op.biased:  # a sum of zeros adds nothing
+                    total = total + (coef * op.constant).flatten(2).sum(-1)
                 in_shape = self.ops[j].shape
-                _, vjp = torch.func.vjp(op.fn, coef.new_zeros(n * s, *in_shape))
-                (back,) = vjp(coef.reshape(n * s, *op.shape))
+                back = _transposed(op, coef.reshape(n * s, *op.shape), (n * s, *in_shape))
                 _accumulate(lams, j, back.reshape(n, s, *in_shape))
             elif op.kind == "add":
                 _accumulate(lams, op.inputs[0], coef)
@@ -138,9 +143,10 @@ class Network:
                 up_bias = torch.where(unstable, -hi * lo / width, torch.zeros_like(lo))
                 low_slope = torch.where(unstable, (hi >= -lo).to(lo.dtype),
                                         (lo >= 0).to(lo.dtype))
-                pos, neg = coef.clamp_min(0), coef.clamp_max(0)
+                neg = coef.clamp_max(0)
                 total = total + (neg * up_bias).flatten(2).sum(-1)
-                _accumulate(lams, j, pos * low_slope + neg * up_slope)
+                # pos * low_slope + neg * up_slope, in one product (one of pos, neg is zero)
+                _accumulate(lams, j, coef * torch.where(coef >= 0, low_slope, up_slope))
             else:  # maxpool
                 total, back = self._maxpool_back(op, coef, bounds[j], total)
                 _accumulate(lams, j, back)
@@ -276,11 +282,41 @@ class Network:
         assert op.fn is not None
         zero = torch.zeros(size_out, *self.ops[op.inputs[0]].shape, dtype=torch.float64,
                            device=op.constant.device if op.constant is not None else None)
-        _, vjp = torch.func.vjp(op.fn, zero)
-        (rows,) = vjp(torch.eye(size_out, dtype=torch.float64, device=zero.device)
-                      .view(size_out, *op.shape))
+        _, vjp = torch.func.vjp(op.fn, zero)  # type: ignore[misc]
+        rows = vjp(torch.eye(size_out, dtype=torch.float64, device=zero.device)
+                   .view(size_out, *op.shape))[0]
         self._jacobians[i] = rows.reshape(size_out, size_in)
         return self._jacobians[i]
+
+
+def _transposed(op: Op, coef: torch.Tensor, in_shape: tuple[int, ...]) -> torch.Tensor:
+    """The adjoint of affine ``op``'s linear part on ``coef`` (M x *out -> ``in_shape``, M x
+    *in): its ``transpose``, or else the vector-Jacobian product of ``fn``."""
+    if op.transpose is not None:
+        return op.transpose(coef, in_shape)
+    assert op.fn is not None
+    _, vjp = torch.func.vjp(op.fn, coef.new_zeros(in_shape))  # type: ignore[misc]
+    return vjp(coef)[0]  # type: ignore[no-any-return]
+
+
+def _checked_value(op: Op, values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """:func:`_value` on a batch of two, with the affine op's ``constant`` set (from one zero
+    example), refusing an op that fails or mixes the batch dimension in one line."""
+    first = values[op.inputs[0]]
+    try:
+        if op.kind == "affine":
+            assert op.fn is not None
+            op.constant = op.fn(first.new_zeros(1, *first.shape[1:]))[0]
+            op.biased = bool(op.constant.any())
+        out = _value(op, values)
+    except RuntimeError as exc:
+        raise cannot_bound(f"{op.name} on a {tuple(first.shape[1:])} input ("
+                           f"{str(exc).splitlines()[0] if str(exc) else 'RuntimeError'})"
+                           ) from None
+    if out.dim() == 0 or out.shape[0] != len(first) or op.constant is not None \
+            and op.constant.shape != out.shape[1:]:
+        raise cannot_bound(f"{op.name}: its output does not keep the batch dimension first")
+    return out
 
 
 def _value(op: Op, values: Sequence[torch.Tensor]) -> torch.Tensor:
