@@ -33,7 +33,8 @@ from .tables import comparison_table, to_markdown, write_comparison
 __all__ = [
     "FiguresResult", "Run", "accuracy_curves", "comparison_table", "defense_label", "fig_accuracy_vs_eps",
     "fig_accuracy_vs_restarts", "fig_accuracy_vs_steps", "fig_eps_l_panels",
-    "fig_eps_l_vs_eps_star", "fig_estimates", "fig_gradient_norms", "fig_landscape", "fig_logit_activity", "fig_logits",
+    "fig_eps_l_vs_eps_star", "fig_estimates", "fig_gradient_norms", "fig_landscape",
+    "fig_logit_activity", "fig_logits",
     "fig_noise_ablation", "fig_penultimate_activity", "load_run", "load_runs", "render_all",
     "render_report", "render_runs", "report_card", "save_figure", "to_markdown", "write_comparison",
     "write_report",

@@ -277,14 +277,16 @@ def labelled_size(images: int, fraction: float) -> int:
 
 def study_tables(runs: Sequence[Run]) -> list[tuple[Run, pd.DataFrame, float]]:
     """``(run, per-image table, eps)`` of every run :func:`image_table` can read; a run
-    without an audit, diagnostics or the cheap PGD CW rows at the audit's ε is left out."""
+    without an audit, diagnostics or the cheap PGD CW rows at the audit's ε, or with fewer than
+    3 audited images, is left out."""
     found = []
     for run in runs:
         try:
             table, eps = image_table(run)
         except EpslError:  # not every run of a study is audited: it has no section row
             continue
-        found.append((run, table, eps))
+        if len(table) >= 3:  # two labelled images and one more at the least
+            found.append((run, table, eps))
     return found
 
 
@@ -339,7 +341,7 @@ def study_estimates(runs: Sequence[Run], *, fraction: float = STUDY_FRACTION,
     if draws < 1:
         raise EpslError(f"draws must be at least 1 (got {draws!r})")
     rows = [estimate_row(run.name, table, eps, fraction=fraction, draws=draws, seed=seed)
-            for run, table, eps in study_tables(runs) if len(table) >= 3]
+            for run, table, eps in study_tables(runs)]
     return pd.DataFrame(rows, columns=ESTIMATE_COLUMNS)
 
 

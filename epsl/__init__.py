@@ -7,7 +7,7 @@ from typing import Any
 
 from epsl.version import __version__
 
-__all__ = ["Normalize", "__version__", "certify", "eps_l", "estimate", "load"]
+__all__ = ["Normalize", "__version__", "eps_cert", "eps_l", "estimate", "load"]
 
 
 def eps_l(model: Any, x: Any, y: Any, *, mean: Any = None, std: Any = None, **options: Any) -> Any:
@@ -36,14 +36,15 @@ def eps_l(model: Any, x: Any, y: Any, *, mean: Any = None, std: Any = None, **op
     return diagnose(model, x, y, **options).eps_l
 
 
-def certify(model: Any, x: Any, y: Any, *, eps_star: Any = None, **options: Any) -> Any:
-    """ε_cert per example: the largest ℓ∞ radius (in the [0, 1] box) at which CROWN bounds
+def eps_cert(model: Any, x: Any, y: Any, *, eps_star: Any = None, **options: Any) -> Any:
+    """ε_cert per example (``.eps_cert``, beside the intervals' radius and, with ``exact``, the
+    MILP's): the largest ℓ∞ radius (in the [0, 1] box) at which CROWN bounds
     prove the prediction cannot change, by bisection on [0, ``eps_star``] (ε* from
     :func:`epsl.attacks.eps_star.find_eps_star`, or the whole box). ``options`` are
     :class:`epsl.certify.radius.CertifyOptions` fields (``steps``, ``method``, ``exact`` ...).
     Returns a :class:`epsl.certify.radius.CertifyOutput` (``eps_cert``, ``eps_exact`` ...).
 
-    >>> out = epsl.certify(model, x, y, eps_star=found.eps_star, steps=8)
+    >>> out = epsl.eps_cert(model, x, y, eps_star=found.eps_star, steps=8)
     """
     import numpy as np
 
