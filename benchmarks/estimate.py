@@ -33,6 +33,7 @@ from epsl.attacks.audit import AuditConfig, audit
 from epsl.attacks.eps_star import find_eps_star
 from epsl.attacks.threat import default_step_size
 from epsl.diagnostics import diagnose
+from epsl.errors import EpslError
 from epsl.models import MODELS
 
 
@@ -73,7 +74,10 @@ def ratio(study: Path, pool: int, audit_seconds: float, cheap_seconds: float) ->
           "compute, classical / PPI |")
     print("|---|---|---|---|---|---|")
     for path in runs:
-        table, eps = image_table(load_run(path))
+        try:
+            table, eps = image_table(load_run(path))
+        except EpslError:  # not a model's run folder (figures/), or not audited
+            continue
         p = float(table["robust"].mean())
         draws = simulate(table, eps, round(0.1 * len(table)), draws=1000)
         classical = math.ceil(1.96 ** 2 * p * (1 - p) / 0.02 ** 2)
