@@ -85,9 +85,9 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
                    "the report card of Eq. 4; the audit counts it as one more attack.")
 @eps_star_budget_options
 @click.option("--labelled", type=click.IntRange(min=2), default=None,
-              help="Also estimate each model's robust accuracy from the full audit on this many "
-                   "images (the same seeded sample for every model) and the --predictor on "
-                   "all, with each pair's difference (epsl estimate).")
+              help="Also estimate each model's robust accuracy from the audit (quick settings) "
+                   "on this many images (the same seeded sample for every model) and the "
+                   "--predictor on all, with each pair's difference (epsl estimate).")
 @click.option("--labelled-seed", type=SEED, default=0, show_default=True,
               help="Seed of the --labelled sample.")
 @click.option("--predictor", type=click.Choice(PREDICTORS), default=DEFAULT_PREDICTOR,

@@ -22,7 +22,7 @@ from epsl.cli.common import (
     result_options,
     say_written,
 )
-from epsl.results.records import kind
+from epsl.results.records import clear, kind
 from epsl.runs.estimate import CheapAttack, EstimateConfig, run_estimate, summary_lines
 
 
@@ -60,13 +60,14 @@ def estimate_command(checkpoint: str, norm: str, eps: tuple[float, ...], labelle
                      overwrite: bool, **options: Any) -> None:
     """The robust accuracy of CHECKPOINT's images at EPS, from the full audit on --labelled
     of them and a cheap predictor on all: a 95% interval valid whatever the predictor's bias
-    (prediction-powered inference), and a per-image floor eps* >= q x eps_L (split-conformal,
-    from eps* on the same images).
+    (prediction-powered inference; a normal interval, so valid as --labelled grows), and a
+    per-image floor eps* >= q x eps_L (split-conformal, from eps* on the same images).
 
     Writes OUT/estimate.csv (one row per image and eps: eps_l, eq4_robust, pgd_robust,
     pgd_margin, prediction, labelled, robust where audited, eps_star, eps_floor),
-    OUT/estimate.json, and the results it reuses: OUT/diagnostics/, OUT/labelled/eps_star/ and
-    OUT/labelled/audit-EPS/.
+    OUT/estimate.json, and the results it reuses: OUT/diagnostics/ and, per labelled draw,
+    OUT/labelled/nN-seedS/eps_star/ and .../audit-EPS/. An eps where the audited images are all
+    alike gets their exact interval instead, and says so.
 
     Example: epsl estimate model.safetensors --eps 0.1 --labelled 60 --out estimate
     """
@@ -80,6 +81,8 @@ def estimate_command(checkpoint: str, norm: str, eps: tuple[float, ...], labelle
                             norm=norm, attack=CheapAttack(steps=pgd_steps, seed=seed),
                             audit=audit)
     precheck(out, kind("estimate").files(), overwrite)
+    if overwrite:  # a run cut short never leaves the previous estimate beside new audits
+        clear(out, "estimate")
     record = run_estimate(config, folder=out, log=click.echo, overwrite=overwrite)
     paths = record.save(out, overwrite=overwrite)
     for line in summary_lines(record.summary):

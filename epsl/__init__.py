@@ -61,7 +61,8 @@ def estimate(checkpoint: str, *, eps: float | tuple[float, ...], labelled: int,
              folder: str | None = None, **options: Any) -> Any:
     """The robust accuracy of ``checkpoint``'s images at ``eps`` at ε_L's cost: the full audit
     on a seeded random sample of ``labelled`` images, ε_L and PGD-20 (CW) on all, combined by
-    prediction-powered inference into a valid 95% interval; with the conformal floor
+    prediction-powered inference into a 95% interval (a normal interval, valid whatever the
+    predictor's bias as ``labelled`` grows); with the conformal floor
     ε* ≥ q·ε_L. ``options`` are :class:`epsl.runs.estimate.EstimateConfig` fields
     (``predictor``, ``labelled_seed``, ``alpha``, ``norm``, ``audit`` ...) or
     :class:`epsl.runs.context.DataConfig` fields (``dataset``, ``limit``, ``sample`` ...);

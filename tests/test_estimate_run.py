@@ -24,7 +24,7 @@ def estimated(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
               ) -> tuple[Path, CliRunner]:
     out = tmp_path_factory.mktemp("estimate") / "est"
     result = CliRunner().invoke(main, ["estimate", str(digits_checkpoint), "--eps", "0.08",
-                                       "--eps", "0.12", *FAST, "--out", str(out)])
+                                       "--eps", "0.12", "--eps", "0.5", *FAST, "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out, result
 
@@ -32,7 +32,7 @@ def estimated(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 def test_it_writes_one_row_per_image_and_eps(estimated: tuple[Path, CliRunner]) -> None:
     out, _ = estimated
     table = pd.read_csv(out / "estimate.csv")
-    assert len(table) == 80 and sorted(set(table["eps"])) == [0.08, 0.12]
+    assert len(table) == 120 and sorted(set(table["eps"])) == [0.08, 0.12, 0.5]
     for column in ("index", "eps_l", "eq4_robust", "pgd_robust", "pgd_margin", "prediction",
                    "labelled", "robust", "eps_star", "eps_floor"):
         assert column in table, column
@@ -64,18 +64,33 @@ def test_the_interval_is_ppi_pys_on_that_table(estimated: tuple[Path, CliRunner]
         assert f"{point[0]:.1%}" in result.output
 
 
+def test_an_eps_with_no_spread_gets_the_exact_interval(estimated: tuple[Path, CliRunner]
+                                                       ) -> None:
+    """At eps=0.5 every audited image is broken: no prediction-powered interval there, the
+    audited images' exact one instead, and the other radii keep theirs."""
+    out, result = estimated
+    record = json.loads((out / "estimate.json").read_text())
+    found = record["results"]["0.5"]
+    assert "no spread" in found["refused"] and found["effective_labelled"] is None
+    assert found["robust_accuracy"]["estimate"] == 0.0
+    assert found["robust_accuracy"]["interval"] == pytest.approx([0.0, 1 - 0.025 ** (1 / 14)])
+    assert "refused" not in record["results"]["0.08"]
+    assert "eps=0.5 (linf): no prediction-powered interval" in result.output
+
+
 def test_the_truth_is_the_labelled_audit_and_is_reused(estimated: tuple[Path, CliRunner],
                                                         digits_checkpoint: Path) -> None:
     out, _ = estimated
     table = pd.read_csv(out / "estimate.csv")
-    audit = pd.read_csv(out / "labelled" / "audit-0.08" / "audit.csv")
+    audit = pd.read_csv(out / "labelled" / "n14-seed0" / "audit-0.08" / "audit.csv")
     rows = table[(table["eps"] == 0.08) & table["labelled"]]
     assert rows["robust"].astype(bool).tolist() == audit["robust"].tolist()
     # the audit's rows are the labelled images in order (its index counts within the sample)
     assert rows["index"].tolist() == sample_indices(40, 14, 0).tolist()
     assert audit["index"].tolist() == list(range(14))
     again = CliRunner().invoke(main, ["estimate", str(digits_checkpoint), "--eps", "0.08",
-                                      "--eps", "0.12", *FAST, "--out", str(out), "--overwrite"])
+                                      "--eps", "0.12", "--eps", "0.5", *FAST, "--out", str(out),
+                                      "--overwrite"])
     assert again.exit_code == 0, again.output
     assert "audit at" not in again.output and "eps_L diagnostics" not in again.output
     assert pd.read_csv(out / "estimate.csv").equals(table)

@@ -195,13 +195,16 @@ class CompareConfig:
         return AuditConfig.quick(seed=self.seed, eps_star=self.eps_star)
 
     def estimate_run(self, checkpoint: str) -> EstimateConfig:
-        """The estimate of ``compare --labelled`` on ``checkpoint``: the audit on the labelled
-        images, PGD-20 (CW) on all, seeded like the attacks."""
+        """The estimate of ``compare --labelled`` on ``checkpoint``: the audit (the quick
+        settings of :meth:`audit_config`) on the labelled images, PGD-20 (CW) on all, seeded and
+        batched like the attacks."""
         assert self.labelled is not None
         return EstimateConfig(data=self.data.for_checkpoint(checkpoint), eps=(self.eps,),
                               labelled=self.labelled, labelled_seed=self.labelled_seed,
                               predictor=self.predictor, norm=self.norm,
-                              attack=CheapAttack(seed=self.seed), audit=self.audit_config())
+                              attack=CheapAttack(seed=self.seed),
+                              audit=dataclasses.replace(self.audit_config(),
+                                                        batch_size=self.batch_size))
 
     def audit_run(self, checkpoint: str) -> AuditRunConfig:
         """:meth:`audit_config` on ``checkpoint`` at ε, with the comparison's source."""
@@ -400,19 +403,28 @@ def _estimates(config: CompareConfig, evaluations: list[Evaluation], names: list
     ``estimate_pairs.csv``."""
     tables, rows = {}, []
     for ev, name in zip(evaluations, names, strict=True):
-        result = run_estimate(config.estimate_run(ev.checkpoint), folder=out / name / "estimate",
-                              evaluation=ev, log=log, overwrite=overwrite)
-        result.save(out / name / "estimate", overwrite=True)
-        assert result.table is not None
+        folder = out / name / "estimate"
+        result = run_estimate(config.estimate_run(ev.checkpoint), folder=folder, evaluation=ev,
+                              log=log, overwrite=overwrite)
+        assert result.provenance is not None and result.table is not None
+        check_replaceable(folder, "estimate", result.provenance, overwrite)
+        result.save(folder, overwrite=True)
         tables[name] = result.table
-        found = result.summary["results"][repr(config.eps)]
+        found = result.summary["results"][repr(float(config.eps))]
         rows.append({"model": name, "estimate": found["robust_accuracy"]["estimate"],
                      "low": found["robust_accuracy"]["interval"][0],
                      "high": found["robust_accuracy"]["interval"][1],
                      "classical_low": found["classical"]["interval"][0],
                      "classical_high": found["classical"]["interval"][1],
-                     "effective_labelled": found["effective_labelled"]})
-    per_model, pairs = pd.DataFrame(rows), paired_estimates(tables)
+                     "effective_labelled": found["effective_labelled"],
+                     "refused": found.get("refused")})
+    per_model = pd.DataFrame(rows)
+    try:
+        pairs = paired_estimates(tables)
+    except EpslError as refused:  # e.g. two models alike on every audited image
+        if log is not None:
+            log(f"no paired estimates: {refused}")
+        pairs = paired_estimates({})
     write_table(per_model, out / "estimates.csv")
     write_table(pairs, out / "estimate_pairs.csv")
     return per_model, pairs

@@ -1,11 +1,12 @@
 """``epsl estimate``: the robust accuracy of a checkpoint's examples at ε_L's cost, with a valid
-95% interval, and a per-example floor under ε*.
+95% interval (a normal interval, so valid as n grows), and a per-example floor under ε*.
 
 ε_L (Eq. 4) and a cheap attack (PGD-20 with the CW loss) run on every selected image; the full
 audit (:func:`epsl.attacks.audit.audit`, ε* included) runs on a seeded uniform random sample of
 ``labelled`` of them. Prediction-powered inference (:mod:`epsl.ppi`, through
 :mod:`epsl.analysis.estimates`) combines the two into an interval for the robust accuracy of
-all the images that is valid whatever the predictor's bias, and narrower than the audited
+all the images that is valid whatever the predictor's bias (asymptotically: a normal
+interval), and narrower than the audited
 sample's own interval when the predictor tracks the audit. From ε* on the same sample, the
 split-conformal quantile q of ε*/ε_L gives ``eps_floor = q·ε_L`` per image: for a new image of
 the same pool, ε* ≥ eps_floor with probability at least 1 − α. ε* is the attacks' best, an
@@ -14,7 +15,7 @@ a certificate (:mod:`epsl.runs.certify` gives one).
 
 Its folder holds ``estimate.csv`` (one row per image and ε), ``estimate.json``, and the results
 it reuses when their provenance matches: ``diagnostics/`` (ε_L of every image),
-``labelled/eps_star/`` and ``labelled/audit-<ε>/`` (the labelled sample's ε* and audits).
+``labelled/n<n>-seed<seed>/eps_star/`` and ``…/audit-<ε>/`` (each labelled draw's ε* and audits).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from epsl.analysis.estimates import (
     check_predictor,
     estimate,
     floor,
+    plain_prediction,
 )
 from epsl.attacks.audit import AuditConfig, check_dependencies, ensemble_in
 from epsl.attacks.eps_star import EpsStarResult
@@ -100,7 +102,6 @@ class EstimateConfig:
     norm: str = "linf"
     attack: CheapAttack = field(default_factory=CheapAttack)
     audit: AuditConfig = field(default_factory=AuditConfig)
-    table_format: str = "csv"
 
     def __post_init__(self) -> None:
         norm = parse_norm(self.norm)
@@ -115,6 +116,11 @@ class EstimateConfig:
         if not 0 < self.alpha < 1:
             raise EpslError(f"alpha must be in (0, 1) (got {self.alpha})")
         check_predictor(self.predictor)
+        if self.predictor == "combined" and self.labelled < 3:
+            raise EpslError(f"labelled must be at least 3 with predictor='combined' (got "
+                            f"{self.labelled}): its model is cross-fitted on the audited images")
+        if len(set(self.eps)) != len(self.eps):
+            raise EpslError(f"eps holds a radius twice ({list(self.eps)})")
         check_seed(self.labelled_seed, "labelled_seed")
         object.__setattr__(self, "audit", dataclasses.replace(
             self.audit, eps_star=ensemble_in(self.audit.eps_star, norm)))
@@ -153,21 +159,24 @@ def _labelled_truth(ev: Evaluation, rows: np.ndarray, diagnostics: pd.DataFrame,
     labelled images, each reused from ``work/labelled/`` when its provenance matches."""
     sample = dataclasses.replace(ev, data=ev.data.take(torch.as_tensor(rows),
                                                        seed=config.labelled_seed))
+    # one folder per draw, two levels down: a reader of the estimate's folder never takes the
+    # sample's audit for the run's own, and another draw never replaces this one
+    drawn = work / "labelled" / f"n{config.labelled}-seed{config.labelled_seed}"
     ensemble, star, points = config.audit.eps_star, None, None
     if ensemble is not None:
         part = diagnostics.iloc[rows].reset_index(drop=True)
-        result, _ = ensure_eps_star(sample, work / "labelled" / "eps_star", ensemble, config.eps,
+        result, _ = ensure_eps_star(sample, drawn / "eps_star", ensemble, config.eps,
                                     part, log, overwrite=overwrite)
         # as saved, so that a reused result gives the same numbers as a fresh one
-        star = read_table(work / "labelled" / "eps_star" / "eps_star.csv")["eps_star"]\
+        star = read_table(drawn / "eps_star" / "eps_star.csv")["eps_star"]\
             .to_numpy(dtype=float)
         points = result.tensors if isinstance(result.tensors, EpsStarResult) else None
         if points is None:
-            points = EpsStarResult.load(work / "labelled" / "eps_star")
+            points = EpsStarResult.load(drawn / "eps_star")
     truth = {}
     for eps in config.eps:
         run = AuditRunConfig(data=config.data, eps=eps, audit=config.audit, norm=config.norm)
-        folder = work / "labelled" / f"audit-{eps:g}"
+        folder = drawn / f"audit-{eps!r}"
         ensure_audit(run, folder, sample, points=lambda: points, log=log, overwrite=overwrite)
         truth[eps] = read_table(folder / "audit.csv")["robust"].to_numpy(dtype=float)
     return truth, star
@@ -196,6 +205,14 @@ def _interval(found: Estimate) -> dict[str, Any]:
             "effective_labelled": i.effective_labelled, "lam": i.lam}
 
 
+def _exact(truth: np.ndarray) -> dict[str, Any]:
+    """Where PPI is refused (every audited image alike): the audited images' share with its
+    exact (Clopper-Pearson) interval, which holds at any n."""
+    found = _share(truth > 0)
+    return {"robust_accuracy": found, "classical": found, "effective_labelled": None,
+            "lam": None}
+
+
 def _share(values: np.ndarray) -> dict[str, Any]:
     k, n = int(np.sum(values)), len(values)
     return {"estimate": k / n, "interval": list(clopper_pearson(k, n))}
@@ -208,8 +225,9 @@ def run_estimate(config: EstimateConfig, *, folder: Path | str | None = None,
     eps). ``folder``: where the diagnostics, the labelled sample's ε* and audits are reused
     from and saved to (a temporary folder when None); ``evaluation``: ``config.data`` already
     prepared; ``overwrite``: replace results of another origin in ``folder`` (else refused).
-    Raises :class:`EpslError` in one line for a sample that leaves no valid interval (all
-    labelled images alike)."""
+    Where the audited images are all alike at an eps (no spread), that eps has no
+    prediction-powered interval: its entry says why (``refused``) and gives the audited images'
+    exact interval."""
     check_dependencies(config.audit)
     ev = evaluation or config.data.prepare()
     check_radius(config.norm, config.eps, dim=ev.data.x[0].numel())
@@ -232,15 +250,22 @@ def run_estimate(config: EstimateConfig, *, folder: Path | str | None = None,
             log(f"cheap attack: PGD-{config.attack.steps} (CW) at eps={eps:g} on "
                 f"{len(ev.data)} images")
         table = _rows(diagnostics, eps, cheap_attack(ev, eps, config), mask, truth[eps], star)
-        found = estimate(table, mask, eps, predictor=config.predictor,
-                         seed=config.labelled_seed)
-        table["prediction"] = found.prediction
+        shares = {"eq4_accuracy": _share(table["eq4_robust"].to_numpy()),
+                  "pgd_accuracy": _share(table["pgd_robust"].to_numpy() > 0)}
+        try:
+            found = estimate(table, mask, eps, predictor=config.predictor,
+                             seed=config.labelled_seed)
+        except EpslError as refused:  # this eps only: the others keep their estimates
+            table["prediction"] = plain_prediction(table, eps, "pgd" if config.predictor
+                                                   == "combined" else config.predictor)
+            results[repr(eps)] = {**_exact(truth[eps]), **shares,
+                                  "refused": f"eps={eps:g}: {refused}"}
+        else:
+            table["prediction"] = found.prediction
+            results[repr(eps)] = {**_interval(found), **shares}
         if conformal is not None:
             table["eps_floor"] = conformal.floor(table["eps_l"])
         tables.append(table)
-        results[repr(eps)] = {**_interval(found),
-                              "eq4_accuracy": _share(table["eq4_robust"].to_numpy()),
-                              "pgd_accuracy": _share(table["pgd_robust"].to_numpy() > 0)}
     summary = {"examples": len(ev.data), "labelled": config.labelled,
                "labelled_seed": config.labelled_seed, "predictor": config.predictor,
                "norm": config.norm, "eps": list(config.eps), "results": results,
@@ -261,6 +286,13 @@ def summary_lines(summary: dict[str, Any]) -> Sequence[str]:
     lines = [f"{labelled} of {n} images audited (seed {summary['labelled_seed']}); predictor "
              f"{summary['predictor']} on all {n}"]
     for eps, r in summary["results"].items():
+        if r.get("refused"):
+            share = r["robust_accuracy"]
+            lines += [f"eps={float(eps):g} ({summary['norm']}): no prediction-powered interval "
+                      f"({r['refused']})",
+                      f"  audited images alone (exact)   {share['estimate']:.1%} "
+                      f"[{share['interval'][0]:.1%}, {share['interval'][1]:.1%}]"]
+            continue
         est, (lo, hi) = r["robust_accuracy"]["estimate"], _clipped(*r["robust_accuracy"]["interval"])
         c_est, (c_lo, c_hi) = r["classical"]["estimate"], _clipped(*r["classical"]["interval"])
         e4 = r["eq4_accuracy"]
