@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from scipy.optimize import linprog
 from torch import nn
 
+from benchmarks.common import fit
 from epsl.attacks.eps_star import EpsStarConfig, find_eps_star
 from epsl.certify.crown import (
     ball,
@@ -179,15 +180,7 @@ def test_bounds_contain_sampled_and_pgd_points_with_batchnorm_and_residual_adds(
 def _quick_mlp(data, seed: int = 0, label_smoothing: float = 0.0) -> nn.Module:
     torch.manual_seed(seed)
     model = create_model("mlp", hidden=16, depth=2, **checkpoint.model_kwargs_for("digits"))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(15):
-        for idx in torch.randperm(len(data), generator=gen).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(data.x[idx]), data.y[idx],
-                            label_smoothing=label_smoothing).backward()
-            opt.step()
-    return model.eval()
+    return fit(model, data, seed=seed, epochs=15, lr=3e-3, label_smoothing=label_smoothing)
 
 
 @pytest.mark.slow
@@ -215,14 +208,7 @@ def narrow_cnn(digits_train) -> nn.Module:
     """A small-cnn of width 8 (hidden 32) trained briefly: the study's architecture, cheap."""
     torch.manual_seed(0)
     model = create_model("small-cnn", width=8, hidden=32, **checkpoint.model_kwargs_for("digits"))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(6):
-        for idx in torch.randperm(len(digits_train), generator=gen).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(digits_train.x[idx]), digits_train.y[idx]).backward()
-            opt.step()
-    return model.eval()
+    return fit(model, digits_train, seed=0, epochs=6, lr=3e-3)
 
 
 def test_crown_is_at_least_as_tight_as_ibp_on_every_example(narrow_cnn, digits_test) -> None:

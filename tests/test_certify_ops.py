@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
+from benchmarks.common import fit
 from epsl.certify.crown import ball, crown_margins, ibp_margins, trace_network
 from epsl.certify.radius import certify
 from epsl.errors import EpslError
@@ -240,14 +241,7 @@ def test_a_normalizing_mlp_certifies_through_the_cli_and_its_milp_agrees(
     from epsl.cli.main import main
 
     torch.manual_seed(0)
-    model = NormalizedMLP()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(15):
-        for idx in torch.randperm(len(digits_train), generator=gen).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(digits_train.x[idx]), digits_train.y[idx]).backward()
-            opt.step()
+    model = fit(NormalizedMLP(), digits_train, seed=0, epochs=15, lr=3e-3)
     torch.save(model.state_dict(), tmp_path / "mlp.pt")
     out = tmp_path / "cert"
     result = CliRunner().invoke(main, [
