@@ -10,6 +10,7 @@ import click
 
 from epsl.analysis.estimates import DEFAULT_PREDICTOR, PREDICTORS
 from epsl.attacks.audit import AuditConfig
+from epsl.certify.radius import CertifyOptions
 from epsl.cli.common import (
     RADIUS,
     SEED,
@@ -47,6 +48,9 @@ from epsl.runs.estimate import CheapAttack, EstimateConfig, run_estimate, summar
               show_default=True, help="Steps of the cheap attack (PGD, CW loss) on every image.")
 @click.option("--quick-audit", is_flag=True,
               help="Audit the labelled images with fewer steps, restarts and queries.")
+@click.option("--certify", "certify_method", type=click.Choice(["crown", "ibp"]), default=None,
+              help="Also certify the labelled images (l_inf; eps_cert by this bound, bisected "
+                   "on [0, eps*]) and set eps_cert beside the floor.")
 @eps_star_budget_options
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seeds the attacks' random starts.")
@@ -55,19 +59,19 @@ from epsl.runs.estimate import CheapAttack, EstimateConfig, run_estimate, summar
 @result_options
 def estimate_command(checkpoint: str, norm: str, eps: tuple[float, ...], labelled: int,
                      labelled_seed: int, predictor: str, alpha: float, pgd_steps: int,
-                     quick_audit: bool, fmn_steps: int, fab_steps: int, ddn_steps: int,
-                     fab_targets: int | None, seed: int, batch_size: int | None, out: str,
-                     overwrite: bool, **options: Any) -> None:
+                     quick_audit: bool, certify_method: str | None, fmn_steps: int,
+                     fab_steps: int, ddn_steps: int, fab_targets: int | None, seed: int,
+                     batch_size: int | None, out: str, overwrite: bool, **options: Any) -> None:
     """The robust accuracy of CHECKPOINT's images at EPS, from the full audit on --labelled
     of them and a cheap predictor on all: a 95% interval valid whatever the predictor's bias
     (prediction-powered inference; a normal interval, so valid as --labelled grows), and a
     per-image floor eps* >= q x eps_L (split-conformal, from eps* on the same images).
 
     Writes OUT/estimate.csv (one row per image and eps: eps_l, eq4_robust, pgd_robust,
-    pgd_margin, prediction, labelled, robust where audited, eps_star, eps_floor),
-    OUT/estimate.json, and the results it reuses: OUT/diagnostics/ and, per labelled draw,
-    OUT/labelled/nN-seedS/eps_star/ and .../audit-EPS/. An eps where the audited images are all
-    alike gets their exact interval instead, and says so.
+    pgd_margin, prediction, labelled, robust where audited, eps_star, eps_floor, and with
+    --certify eps_cert), OUT/estimate.json, and the results it reuses: OUT/diagnostics/ and,
+    per labelled draw, OUT/labelled/nN-seedS/eps_star/, .../audit-EPS/ and .../certify/. An eps
+    where the audited images are all alike gets their exact interval instead, and says so.
 
     Example: epsl estimate model.safetensors --eps 0.1 --labelled 60 --out estimate
     """
@@ -79,7 +83,8 @@ def estimate_command(checkpoint: str, norm: str, eps: tuple[float, ...], labelle
     config = EstimateConfig(data=data_config(checkpoint, options), eps=eps, labelled=labelled,
                             labelled_seed=labelled_seed, predictor=predictor, alpha=alpha,
                             norm=norm, attack=CheapAttack(steps=pgd_steps, seed=seed),
-                            audit=audit)
+                            audit=audit, certify=None if certify_method is None
+                            else CertifyOptions(method=certify_method))
     precheck(out, kind("estimate").files(), overwrite)
     if overwrite:  # a run cut short never leaves the previous estimate beside new audits
         clear(out, "estimate")

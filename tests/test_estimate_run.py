@@ -143,3 +143,38 @@ def test_compare_labels_the_same_images_for_every_model(digits_checkpoint: Path,
     assert pairs[["model", "against"]].values.tolist() == [["weak", "natural"]]
     assert pairs[["low", "high"]].to_numpy()[0] == pytest.approx([low[0], high[0]], abs=1e-12)
     assert "weak - natural" in result.output
+
+
+def test_eps_cert_is_set_beside_the_floor(estimated: tuple[Path, CliRunner],
+                                          digits_checkpoint: Path, digits_test: object) -> None:
+    """``--certify crown``: ε_cert of the labelled images is CROWN's bisection on [0, ε*] of
+    those images (computed here again from the library), never above ε*, and the summary
+    counts the images whose floor it proves from the table itself; the run reuses the draw's
+    ε* and audits."""
+    from epsl.certify.radius import CertifyOptions, certify
+    from epsl.models.checkpoint import load
+
+    out, _ = estimated
+    result = CliRunner().invoke(main, ["estimate", str(digits_checkpoint), "--eps", "0.08",
+                                       "--eps", "0.12", "--eps", "0.5", *FAST, "--certify",
+                                       "crown", "--out", str(out), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert "audit at" not in result.output and "eps_star" not in result.output
+    table = pd.read_csv(out / "estimate.csv")
+    rows = table[(table["eps"] == 0.08) & table["labelled"]]
+    assert table.loc[~table["labelled"], "eps_cert"].isna().all()
+    cert, star = rows["eps_cert"].to_numpy(), rows["eps_star"].to_numpy()
+    assert (cert <= star + 1e-12).all() and (cert > 0).any()
+    model, _ = load(digits_checkpoint)
+    index = rows["index"].to_numpy()
+    again = certify(model.eval(), digits_test.x[index], digits_test.y[index],  # type: ignore[attr-defined]
+                    hi=np.where(np.isfinite(star), star, 1.0), hi_unbroken=~np.isfinite(star),
+                    options=CertifyOptions())
+    assert np.array_equal(again.eps_cert, cert)
+    correct = rows["eps_l"].to_numpy() > 0
+    found = json.loads((out / "estimate.json").read_text())["certify"]
+    assert found["images"] == int(correct.sum())
+    assert found["certified"] == int((cert[correct] > 0).sum())
+    assert found["floor_proven"] == int((rows["eps_floor"].to_numpy()[correct]
+                                         <= cert[correct]).sum())
+    assert f"eps_floor <= eps_cert on {found['floor_proven']}" in result.output

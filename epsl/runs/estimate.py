@@ -11,11 +11,13 @@ sample's own interval when the predictor tracks the audit. From ε* on the same 
 split-conformal quantile q of ε*/ε_L gives ``eps_floor = q·ε_L`` per image: for a new image of
 the same pool, ε* ≥ eps_floor with probability at least 1 − α. ε* is the attacks' best, an
 upper estimate of the true minimum, so the floor is a statistical floor under the attacks, not
-a certificate (:mod:`epsl.runs.certify` gives one).
+a certificate. With ``certify`` (ℓ∞), CROWN's ε_cert (:mod:`epsl.runs.certify`) is found on the
+labelled images too and set beside the floor: where eps_floor ≤ ε_cert, the floor is proven.
 
 Its folder holds ``estimate.csv`` (one row per image and ε), ``estimate.json``, and the results
 it reuses when their provenance matches: ``diagnostics/`` (ε_L of every image),
-``labelled/n<n>-seed<seed>/eps_star/`` and ``…/audit-<ε>/`` (each labelled draw's ε* and audits).
+``labelled/n<n>-seed<seed>/eps_star/``, ``…/audit-<ε>/`` and ``…/certify/`` (each labelled
+draw's ε*, audits and certified radii).
 """
 
 from __future__ import annotations
@@ -44,12 +46,14 @@ from epsl.attacks.audit import AuditConfig, check_dependencies, ensemble_in
 from epsl.attacks.eps_star import EpsStarResult
 from epsl.attacks.projected_gradient import pgd
 from epsl.attacks.threat import default_step_size
+from epsl.certify.radius import CertifyOptions
 from epsl.data import sample_indices
 from epsl.errors import EpslError, check_seed
 from epsl.norms import check_radius, parse_norm
-from epsl.results.files import read_table
+from epsl.results.files import read_json, read_table
 from epsl.results.records import Result
 from epsl.runs.audit import AuditRunConfig, ensure_audit
+from epsl.runs.certify import CertifyConfig, ensure_certify
 from epsl.runs.context import DataConfig, Evaluation, provenance
 from epsl.runs.diagnose import ensure_diagnostics
 from epsl.runs.eps_star import ensure_eps_star
@@ -91,6 +95,8 @@ class EstimateConfig:
         labelled_seed: seed of their uniform draw (``numpy``'s ``default_rng``).
         predictor: ``eq4``, ``pgd`` or ``combined`` (:mod:`epsl.analysis.estimates`).
         alpha: the floor's miss rate: ε* ≥ eps_floor with probability ≥ 1 − alpha.
+        certify: also ε_cert (CROWN, ℓ∞ only) of the labelled images, beside the floor; None:
+            not certified.
     """
 
     data: DataConfig
@@ -102,6 +108,7 @@ class EstimateConfig:
     norm: str = "linf"
     attack: CheapAttack = field(default_factory=CheapAttack)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    certify: CertifyOptions | None = None
 
     def __post_init__(self) -> None:
         norm = parse_norm(self.norm)
@@ -124,12 +131,20 @@ class EstimateConfig:
         check_seed(self.labelled_seed, "labelled_seed")
         object.__setattr__(self, "audit", dataclasses.replace(
             self.audit, eps_star=ensemble_in(self.audit.eps_star, norm)))
+        if self.certify is not None:
+            if norm.value != "linf":
+                raise EpslError(f"certify bounds the l_inf ball only (got norm {norm.value})")
+            if self.audit.eps_star is None:
+                raise EpslError("certify needs eps* (the audit's minimum-norm ensemble): its "
+                                "bisection runs on [0, eps*]")
 
     def reuse_settings(self) -> dict[str, Any]:
+        certify = {} if self.certify is None else {"certify": self.certify.settings()}
         return {"eps": list(self.eps), "labelled": self.labelled,
                 "labelled_seed": self.labelled_seed, "predictor": self.predictor,
                 "alpha": self.alpha, "norm": self.norm,
-                "attack": dataclasses.asdict(self.attack), "audit": self.audit.reuse_settings()}
+                "attack": dataclasses.asdict(self.attack), "audit": self.audit.reuse_settings(),
+                **certify}
 
 
 def labelled_rows(images: int, labelled: int, seed: int) -> np.ndarray:
@@ -152,19 +167,31 @@ def cheap_attack(ev: Evaluation, eps: float, config: EstimateConfig) -> pd.DataF
                          "pgd_margin": found.margin.detach().cpu().double().numpy()})
 
 
+@dataclass(frozen=True)
+class LabelledTruth:
+    """What the expensive methods found on the labelled images, in the order of their rows:
+    the full audit's ``robust`` per ε; ε* (None without the ensemble); ε_cert and the
+    certify record's summary (None without ``certify``)."""
+
+    robust: dict[float, np.ndarray]
+    eps_star: np.ndarray | None = None
+    eps_cert: np.ndarray | None = None
+    certified: dict[str, Any] | None = None
+
+
 def _labelled_truth(ev: Evaluation, rows: np.ndarray, diagnostics: pd.DataFrame,
                     config: EstimateConfig, work: Path, log: Log | None, overwrite: bool
-                    ) -> tuple[dict[float, np.ndarray], np.ndarray | None]:
-    """The full audit's ``robust`` per eps, and ε* (None without the ensemble), of the
-    labelled images, each reused from ``work/labelled/`` when its provenance matches."""
+                    ) -> LabelledTruth:
+    """The full audit, ε* and (with ``certify``) ε_cert of the labelled images, each reused
+    from ``work/labelled/`` when its provenance matches."""
     sample = dataclasses.replace(ev, data=ev.data.take(torch.as_tensor(rows),
                                                        seed=config.labelled_seed))
     # one folder per draw, two levels down: a reader of the estimate's folder never takes the
     # sample's audit for the run's own, and another draw never replaces this one
     drawn = work / "labelled" / f"n{config.labelled}-seed{config.labelled_seed}"
     ensemble, star, points = config.audit.eps_star, None, None
+    part = diagnostics.iloc[rows].reset_index(drop=True)
     if ensemble is not None:
-        part = diagnostics.iloc[rows].reset_index(drop=True)
         result, _ = ensure_eps_star(sample, drawn / "eps_star", ensemble, config.eps,
                                     part, log, overwrite=overwrite)
         # as saved, so that a reused result gives the same numbers as a fresh one
@@ -179,22 +206,49 @@ def _labelled_truth(ev: Evaluation, rows: np.ndarray, diagnostics: pd.DataFrame,
         folder = drawn / f"audit-{eps!r}"
         ensure_audit(run, folder, sample, points=lambda: points, log=log, overwrite=overwrite)
         truth[eps] = read_table(folder / "audit.csv")["robust"].to_numpy(dtype=float)
-    return truth, star
+    if config.certify is None or ensemble is None or star is None:
+        return LabelledTruth(truth, star)
+    certify = CertifyConfig(data=config.data, options=config.certify, eps_star=ensemble,
+                            eps=config.eps)
+    seconds = read_json(drawn / "eps_star" / "eps_star.json").get("seconds", {})
+    found, _ = ensure_certify(sample, drawn / "certify", certify,
+                              eps_l=part["eps_l"].to_numpy(dtype=float), eps_star=star,
+                              eps_star_seconds=float(sum(seconds.values())), log=log)
+    cert = read_table(drawn / "certify" / "certify.csv")["eps_cert"].to_numpy(dtype=float)
+    return LabelledTruth(truth, star, cert, dict(found.summary))
 
 
 def _rows(diagnostics: pd.DataFrame, eps: float, pgd_outcome: pd.DataFrame, mask: np.ndarray,
-          truth: np.ndarray, star: np.ndarray | None) -> pd.DataFrame:
+          truth: LabelledTruth) -> pd.DataFrame:
     """The per-image table at ``eps``: ε_L, the predictions, the truth where labelled."""
     eps_l = diagnostics["eps_l"].to_numpy(dtype=float)
     robust = np.full(len(mask), np.nan)
-    robust[mask] = truth
+    robust[mask] = truth.robust[eps]
     table = pd.DataFrame({"index": diagnostics["index"].to_numpy(), "eps": eps, "eps_l": eps_l,
                           "eq4_robust": eps_l > eps, **pgd_outcome, "labelled": mask,
                           "robust": robust})
-    if star is not None:
+    if truth.eps_star is not None:
         table["eps_star"] = np.nan
-        table.loc[mask, "eps_star"] = star
+        table.loc[mask, "eps_star"] = truth.eps_star
     return table
+
+
+def _beside_floor(table: pd.DataFrame, truth: LabelledTruth) -> dict[str, Any]:
+    """ε_cert beside the floor on the labelled, correctly classified images: how many, on how
+    many the certificate is above 0, and on how many it proves the floor (eps_floor ≤
+    ε_cert), with the median ratio eps_floor / ε_cert where ε_cert > 0."""
+    assert truth.eps_cert is not None and truth.certified is not None
+    labelled = table[table["labelled"]]
+    correct = labelled["eps_l"].to_numpy() > 0
+    cert = truth.eps_cert[correct]
+    floor_values = labelled["eps_floor"].to_numpy(dtype=float)[correct]
+    positive = cert > 0
+    ratio = floor_values[positive] / cert[positive]
+    return {"images": int(correct.sum()), "certified": int(positive.sum()),
+            "floor_proven": int(np.sum(floor_values <= cert)),
+            "median_floor_over_cert": float(np.median(ratio)) if len(ratio) else None,
+            "card": truth.certified.get("card"), "method": truth.certified.get(
+                "settings", {}).get("certify", {}).get("method")}
 
 
 def _interval(found: Estimate) -> dict[str, Any]:
@@ -218,13 +272,21 @@ def _share(values: np.ndarray) -> dict[str, Any]:
     return {"estimate": k / n, "interval": list(clopper_pearson(k, n))}
 
 
+#: the cheap attack's outcome at one ε: ``pgd_robust, pgd_margin`` per image, in row order
+CheapOutcome = Callable[[float], pd.DataFrame]
+
+
 def run_estimate(config: EstimateConfig, *, folder: Path | str | None = None,
+                 diagnostics: Path | str | None = None, cheap: CheapOutcome | None = None,
                  evaluation: Evaluation | None = None, log: Log | None = None,
                  overwrite: bool = False) -> Result:
     """The estimate of ``config`` as an ``estimate`` result (its table: one row per image and
     eps). ``folder``: where the diagnostics, the labelled sample's ε* and audits are reused
-    from and saved to (a temporary folder when None); ``evaluation``: ``config.data`` already
-    prepared; ``overwrite``: replace results of another origin in ``folder`` (else refused).
+    from and saved to (a temporary folder when None); ``diagnostics``: another folder for the
+    diagnostics (default ``folder/diagnostics``); ``cheap``: the cheap attack's outcome at an
+    ε when it was run already (as ``config.attack``, on these images; default: run here);
+    ``evaluation``: ``config.data`` already prepared; ``overwrite``: replace results of
+    another origin in ``folder`` (else refused).
     Where the audited images are all alike at an eps (no spread), that eps has no
     prediction-powered interval: its entry says why (``refused``) and gives the audited images'
     exact interval."""
@@ -236,43 +298,55 @@ def run_estimate(config: EstimateConfig, *, folder: Path | str | None = None,
     mask[rows] = True
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(folder) if folder is not None else Path(scratch)
-        ensure_diagnostics(ev, work / "diagnostics", config.eps, log, norm=config.norm,
-                           overwrite=overwrite)
+        where = Path(diagnostics) if diagnostics is not None else work / "diagnostics"
+        ensure_diagnostics(ev, where, config.eps, log, norm=config.norm, overwrite=overwrite)
         # as saved, so that a reused result gives the same numbers as a fresh one
-        diagnostics = read_table(work / "diagnostics" / "diagnostics.csv")
-        truth, star = _labelled_truth(ev, rows, diagnostics, config, work, log, overwrite)
-    tables, results = [], {}
-    conformal = None if star is None else floor(
-        pd.DataFrame({"eps_star": star, "eps_l": diagnostics["eps_l"].to_numpy()[rows]}),
+        table = read_table(where / "diagnostics.csv")
+        truth = _labelled_truth(ev, rows, table, config, work, log, overwrite)
+    conformal = None if truth.eps_star is None else floor(
+        pd.DataFrame({"eps_star": truth.eps_star, "eps_l": table["eps_l"].to_numpy()[rows]}),
         np.ones(len(rows), dtype=bool), config.alpha)
+    tables, results = [], {}
     for eps in config.eps:
-        if log is not None:
-            log(f"cheap attack: PGD-{config.attack.steps} (CW) at eps={eps:g} on "
-                f"{len(ev.data)} images")
-        table = _rows(diagnostics, eps, cheap_attack(ev, eps, config), mask, truth[eps], star)
-        shares = {"eq4_accuracy": _share(table["eq4_robust"].to_numpy()),
-                  "pgd_accuracy": _share(table["pgd_robust"].to_numpy() > 0)}
-        try:
-            found = estimate(table, mask, eps, predictor=config.predictor,
-                             seed=config.labelled_seed)
-        except EpslError as refused:  # this eps only: the others keep their estimates
-            table["prediction"] = plain_prediction(table, eps, "pgd" if config.predictor
-                                                   == "combined" else config.predictor)
-            results[repr(eps)] = {**_exact(truth[eps]), **shares,
-                                  "refused": f"eps={eps:g}: {refused}"}
-        else:
-            table["prediction"] = found.prediction
-            results[repr(eps)] = {**_interval(found), **shares}
+        outcome = cheap(eps) if cheap is not None else None
+        if outcome is None:
+            if log is not None:
+                log(f"cheap attack: PGD-{config.attack.steps} (CW) at eps={eps:g} on "
+                    f"{len(ev.data)} images")
+            outcome = cheap_attack(ev, eps, config)
+        frame = _rows(table, eps, outcome, mask, truth)
+        results[repr(eps)] = _estimate_at(frame, mask, eps, truth.robust[eps], config)
         if conformal is not None:
-            table["eps_floor"] = conformal.floor(table["eps_l"])
-        tables.append(table)
+            frame["eps_floor"] = conformal.floor(frame["eps_l"])
+        if truth.eps_cert is not None:
+            frame["eps_cert"] = np.nan
+            frame.loc[mask, "eps_cert"] = truth.eps_cert
+        tables.append(frame)
     summary = {"examples": len(ev.data), "labelled": config.labelled,
                "labelled_seed": config.labelled_seed, "predictor": config.predictor,
                "norm": config.norm, "eps": list(config.eps), "results": results,
                "floor": None if conformal is None else dataclasses.asdict(conformal),
+               **({} if truth.eps_cert is None else
+                  {"certify": _beside_floor(tables[0], truth)}),
                "config": dataclasses.asdict(config)}
     return Result("estimate", summary, provenance(ev, config.reuse_settings()),
                   pd.concat(tables, ignore_index=True))
+
+
+def _estimate_at(table: pd.DataFrame, mask: np.ndarray, eps: float, truth: np.ndarray,
+                 config: EstimateConfig) -> dict[str, Any]:
+    """The summary at ``eps``, and ``prediction`` set in ``table``: the PPI interval, or where
+    the audited images are all alike, their exact interval marked ``refused``."""
+    shares = {"eq4_accuracy": _share(table["eq4_robust"].to_numpy()),
+              "pgd_accuracy": _share(table["pgd_robust"].to_numpy() > 0)}
+    try:
+        found = estimate(table, mask, eps, predictor=config.predictor, seed=config.labelled_seed)
+    except EpslError as refused:  # this eps only: the others keep their estimates
+        table["prediction"] = plain_prediction(table, eps, "pgd" if config.predictor
+                                               == "combined" else config.predictor)
+        return {**_exact(truth), **shares, "refused": f"eps={eps:g}: {refused}"}
+    table["prediction"] = found.prediction
+    return {**_interval(found), **shares}
 
 
 def _clipped(low: float, high: float) -> tuple[float, float]:
@@ -309,8 +383,16 @@ def summary_lines(summary: dict[str, Any]) -> Sequence[str]:
                      f">= {1 - f['alpha']:.0%} (split-conformal on {f['calibration']} audited, "
                      "correctly classified images; a floor under the attacks, not a certificate)"
                      + (" -- too few images for a floor above 0" if f["trivial"] else ""))
+    if summary.get("certify"):
+        c = summary["certify"]
+        ratio = c["median_floor_over_cert"]
+        lines.append(f"beside eps_cert ({c['method'] or 'crown'}, proven): on the "
+                     f"{c['images']} audited, correctly classified images, eps_cert > 0 on "
+                     f"{c['certified']} and eps_floor <= eps_cert on {c['floor_proven']}"
+                     + ("" if ratio is None else
+                        f"; median eps_floor / eps_cert {ratio:.2f}"))
     return lines
 
 
-__all__ = ["CheapAttack", "EstimateConfig", "cheap_attack", "labelled_rows", "run_estimate",
-           "summary_lines"]
+__all__ = ["CheapAttack", "CheapOutcome", "EstimateConfig", "LabelledTruth", "cheap_attack",
+           "labelled_rows", "run_estimate", "summary_lines"]
