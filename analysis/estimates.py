@@ -149,16 +149,20 @@ def pgd_outcome(run: Run, eps: float, steps: int = CHEAP_PGD_STEPS) -> pd.DataFr
     """``index, pgd_robust, pgd_margin`` of the white-box PGD CW run on every image at ``eps``
     with ``steps`` steps and one restart (else the most steps there are), from the run's attack
     table; None without one."""
-    if run.attack is None:
-        return None
-    attack = run.attack
+    return None if run.attack is None else attack_outcome(run.attack, eps, steps)
+
+
+def attack_outcome(attack: pd.DataFrame, eps: float, steps: int = CHEAP_PGD_STEPS, *,
+                   exact: bool = False) -> pd.DataFrame | None:
+    """:func:`pgd_outcome` from an attack table (``exact``: only rows of ``steps`` steps),
+    sorted by ``index``; None without such rows."""
     rows = attack[(attack["attack"] == "pgd") & (attack["loss_name"] == "cw")
                   & np.isclose(attack["eps"], eps) & (attack["source"].fillna("") == "")
                   & (attack["restarts"] == 1)]
-    if rows.empty:
+    if rows.empty or (exact and not (rows["steps"] == steps).any()):
         return None
     chosen = steps if (rows["steps"] == steps).any() else int(rows["steps"].max())
-    rows = rows[rows["steps"] == chosen].drop_duplicates("index")
+    rows = rows[rows["steps"] == chosen].drop_duplicates("index").sort_values("index")
     return pd.DataFrame({"index": rows["index"].to_numpy(),
                          "pgd_robust": rows["correct"].astype(float).to_numpy(),
                          "pgd_margin": rows["margin"].to_numpy(dtype=float)})
@@ -417,7 +421,7 @@ def estimates_sentence(frame: pd.DataFrame) -> str:
 
 
 __all__ = ["CHEAP_PGD_STEPS", "DEFAULT_PREDICTOR", "ESTIMATE_COLUMNS", "PREDICTORS",
-           "PREDICTOR_LABELS", "STUDY_FRACTION", "Draws", "Estimate", "check_predictor",
+           "PREDICTOR_LABELS", "STUDY_FRACTION", "Draws", "Estimate", "attack_outcome", "check_predictor",
            "estimate", "estimate_row", "estimates_markdown", "estimates_sentence", "features",
            "floor", "image_table", "labelled_size", "pgd_outcome", "plain_prediction", "simulate",
            "study_estimates", "study_tables"]

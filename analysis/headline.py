@@ -13,6 +13,7 @@ from epsl.norms import Norm
 
 from .display import column_cells, markdown_table, norm_line, table_norm
 from .estimates import PREDICTOR_LABELS, estimates_markdown, estimates_sentence
+from .labelled import is_labelled, labelled_markdown, labelled_sentence, pairs_markdown
 from .paired import paired_lines
 from .reported import reported_markdown
 from .seeds import seeds_markdown
@@ -68,7 +69,8 @@ def card_markdown(table: pd.DataFrame) -> str:
 def headline(table: pd.DataFrame, *, source_run: str | None = None,
              paired: pd.DataFrame | None = None, seeds: pd.DataFrame | None = None,
              sections: dict[str, pd.DataFrame] | None = None,
-             estimates: pd.DataFrame | None = None) -> str:
+             estimates: pd.DataFrame | None = None,
+             estimate_pairs: pd.DataFrame | None = None) -> str:
     """The few columns a terminal can show, as Markdown with 95% intervals, then one line per
     model with the audit's verdict and, with ``paired`` (:func:`~epsl.analysis.paired.
     paired_tests`), each model's worst case against adversarial training and against Eq. 4:
@@ -78,11 +80,13 @@ def headline(table: pd.DataFrame, *, source_run: str | None = None,
     adds the mean and sd over training seeds; ``sections`` (folder name → comparison table of
     another norm, as a study's ``[[threat_models]]``) adds each one's report card of Eq. 4;
     ``estimates`` (:func:`~epsl.analysis.estimates.study_estimates`) adds one sentence on robust
-    accuracy at ε_L's cost and its table."""
+    accuracy at ε_L's cost and its table (a labelled study's, with each pair's difference in
+    ``estimate_pairs``)."""
     pgd = _paper_pgd(table)
     return (_columns_markdown(table, source_run, pgd) + _card_text(table) + _proof_text(table)
             + _reported_text(table) + _sections_text(sections or {}) + _seeds_text(seeds, pgd)
-            + _audit_text(table) + _paired_text(paired) + estimates_section(estimates))
+            + _audit_text(table) + _paired_text(paired)
+            + estimates_section(estimates, estimate_pairs))
 
 
 def _paper_pgd(table: pd.DataFrame) -> str:
@@ -189,12 +193,23 @@ def _paired_text(paired: pd.DataFrame | None) -> str:
     return text
 
 
-def estimates_section(estimates: pd.DataFrame | None) -> str:
+def estimates_section(estimates: pd.DataFrame | None, pairs: pd.DataFrame | None = None
+                      ) -> str:
     """The section on robust accuracy at ε_L's cost (:func:`~epsl.analysis.estimates.
-    study_estimates`): one sentence, then the table under its intro line ('' without a row);
-    the headline's and ``estimates.md``'s."""
+    study_estimates`, or a labelled study's :func:`~epsl.analysis.labelled.labelled_estimates`
+    with its paired differences ``pairs``): one sentence, then the table under its intro line
+    ('' without a row); the headline's and ``estimates.md``'s."""
     if estimates is None or estimates.empty:
         return ""
+    if is_labelled(estimates):
+        predictor = PREDICTOR_LABELS[str(estimates["predictor"].iloc[0])]
+        return (f"\n{labelled_sentence(estimates)}\n" + _section(
+            f"Robust accuracy at ε_L's cost{_at_eps(estimates)}: PPI++ from the full audit on "
+            f"the labelled images and {predictor} on all, and the classical interval on the "
+            "labelled images alone (95% intervals; estimates.csv)",
+            labelled_markdown(estimates)) + _section(
+            "Each difference in robust accuracy, from the same labelled images (PPI++ and the "
+            "classical interval, 95%; estimate_pairs.csv)", pairs_markdown(pairs)))
     labelled = estimates["labelled"]
     share = (f"{int(labelled.iloc[0])} random images" if labelled.nunique() == 1 else
              f"a random {(labelled / estimates['images']).median():.0%} of each model's images")

@@ -40,6 +40,12 @@ from epsl.study.run import reproduce
 @click.option("--models", default=None, metavar="A,B,...",
               help="Train and evaluate only these models of the preset's grid.")
 @click.option("--no-audit", is_flag=True, help="Skip the robustness audit.")
+@click.option("--labelled", type=click.IntRange(min=2), default=None,
+              help="Audit (and find eps* on) a seeded random sample of this many of the "
+                   "examples instead of the first [audit] limit, and estimate every model's "
+                   "robust accuracy on all of them at eps_L's cost, with 95% intervals.")
+@click.option("--labelled-seed", type=SEED, default=None,
+              help="Seed of the labelled sample's draw (default: the preset's, 0).")
 @click.option("--no-min-norm", is_flag=True,
               help="Skip eps* (the minimum-norm attacks) and the report card of Eq. 4.")
 @click.option("--seed", type=SEED, default=None,
@@ -57,7 +63,8 @@ from epsl.study.run import reproduce
 def reproduce_command(preset: str, out: str, force: bool, norm: str | None, eps: float | None,
                       epochs: int | None, steps: int | None, limit: int | None,
                       sample: int | None, sample_seed: int | None, models: str | None,
-                      no_audit: bool, no_min_norm: bool, seed: int | None,
+                      no_audit: bool, labelled: int | None, labelled_seed: int | None,
+                      no_min_norm: bool, seed: int | None,
                       data_root: str | None, data_file: str | None, model_dir: str | None,
                       device: str) -> None:
     """Train the paper's grid of defenses, diagnose (Eq. 4), find eps* (the smallest
@@ -72,6 +79,8 @@ def reproduce_command(preset: str, out: str, force: bool, norm: str | None, eps:
     epsl reproduce --preset cifar10-paper --data-root ~/data --device cuda --out runs/c10
     epsl reproduce --preset zoo-cifar10-linf --model-dir models --data-root ~/data \\
         --limit 1000 --device cuda --out runs/zoo
+    epsl reproduce --preset zoo-cifar10-linf --model-dir models --data-root ~/data \\
+        --limit 10000 --labelled 1000 --device cuda --out runs/zoo-10k
     """
     study = load_preset(preset)
     study = override(study, **{
@@ -83,6 +92,7 @@ def reproduce_command(preset: str, out: str, force: bool, norm: str | None, eps:
         ("train.seed" if study.kind == "train" else "attacks.seed"): seed,
         "models": models.split(",") if models else None,
         "audit.enabled": False if no_audit else None,
+        "audit.labelled": labelled, "audit.labelled_seed": labelled_seed,
         "eps_star.enabled": False if no_min_norm else None,
         "device": device if device != "auto" else None,
     })

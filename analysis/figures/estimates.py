@@ -20,6 +20,7 @@ from epsl.errors import EpslError
 
 from ..estimates import DEFAULT_PREDICTOR, PREDICTOR_LABELS, STUDY_FRACTION, study_estimates, study_tables
 from ..folders import Run
+from ..labelled import estimate_result, labelled_estimates
 from .base import axes_grid, eps_symbol, figure_legend, new_figure, runs_norm
 from .registry import Plan, figure
 
@@ -50,8 +51,13 @@ def fig_estimates(runs: Sequence[Run], *, fraction: float = STUDY_FRACTION,
     images (seeded by ``seed``; the first draw of :func:`~epsl.analysis.estimates.
     study_estimates`) and the default predictor on all (blue), the classical interval on
     those images alone (grey) and Eq. 4's predicted accuracy, the share with ε_L > ε (orange
-    diamond). A row whose labelled sample has no spread shows no PPI or classical interval."""
-    frame = study_estimates(runs, fraction=fraction, draws=1, seed=seed)
+    diamond). A row whose labelled sample has no spread shows no PPI or classical interval.
+    Runs that hold an ``estimate`` result (a study with ``[audit] labelled``, ``compare
+    --labelled``) show their own labelled draw instead, with no full audit to set beside it."""
+    frame = labelled_estimates(runs)  # a labelled study's or compare --labelled's own draw
+    sampled = not frame.empty
+    if not sampled:
+        frame = study_estimates(runs, fraction=fraction, draws=1, seed=seed)
     if frame.empty:
         raise EpslError("no run has the audit, the diagnostics and PGD CW on every image at "
                         "the audit's ε (a study's runs/<model>/)")
@@ -79,12 +85,14 @@ def fig_estimates(runs: Sequence[Run], *, fraction: float = STUDY_FRACTION,
     epsilons = sorted(set(frame["eps"]))
     at = (f"{eps_symbol('ε', runs_norm(runs))} = {epsilons[0]:g}" if len(epsilons) == 1
           else eps_symbol("each model's audit ε", runs_norm(runs)))
-    ax.set_title(f"Robust accuracy at {at}: the full audit against {fraction:.0%} of the "
-                 "images audited", fontsize=10)
+    lines = _LINES[1:] if sampled else _LINES  # no full audit in a labelled study
+    ax.set_title(f"Robust accuracy at {at}: " + (
+        "the full audit on a random sample, the predictor on all images" if sampled else
+        f"the full audit against {fraction:.0%} of the images audited"), fontsize=10)
     handles = [Line2D([], [], color=color, marker=marker, linewidth=1.6)
-               for _, _, color, marker, _ in _LINES]
+               for _, _, color, marker, _ in lines]
     handles.append(Line2D([], [], color=_EQ4_COLOR, marker="D", linestyle=""))
-    figure_legend(fig, handles, [text for *_, text in _LINES]
+    figure_legend(fig, handles, [text for *_, text in lines]
                   + ["Eq. 4's prediction: share with ε_L > ε"], where="lower")
     return fig
 
@@ -92,15 +100,17 @@ def fig_estimates(runs: Sequence[Run], *, fraction: float = STUDY_FRACTION,
 def _plan(runs: list[Run], eps: float | None) -> Plan | None:
     """Every run :func:`~epsl.analysis.estimates.study_tables` can read (the audit's ε is its
     own: ``eps`` is not used)."""
-    chosen = [run for run, _, _ in study_tables(runs)]
+    chosen = [run for run in runs if estimate_result(run) is not None] or [
+        run for run, _, _ in study_tables(runs)]
     return Plan(partial(fig_estimates, chosen), chosen) if chosen else None
 
 
 figure("estimates", "Robust accuracy at ε_L's cost, per model: the full audit on every image "
-       f"(black), the PPI++ interval from the full audit on a random {STUDY_FRACTION:.0%} of "
-       f"the images and {PREDICTOR_LABELS[DEFAULT_PREDICTOR]} on all (blue), the classical "
-       "interval on those images alone (grey) and Eq. 4's prediction (orange); 95% "
-       "intervals.", needs=("audit",))(_plan)
+       f"(black, where it ran), the PPI++ interval from the full audit on a random sample (a "
+       f"random {STUDY_FRACTION:.0%} of the images where every image was audited) and "
+       f"{PREDICTOR_LABELS[DEFAULT_PREDICTOR]} on all (blue), the classical interval on those "
+       "images alone (grey) and Eq. 4's prediction (orange); 95% intervals.",
+       needs=("audit", "diagnostics"))(_plan)
 
 
 __all__ = ["fig_estimates"]

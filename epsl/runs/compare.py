@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
-from epsl.analysis.estimates import DEFAULT_PREDICTOR, paired_estimates
+from epsl.analysis.estimates import DEFAULT_PREDICTOR, attack_outcome, paired_estimates
 from epsl.analysis.figures import render_all
 from epsl.analysis.folders import Run, load_runs
 from epsl.analysis.paired import paired_tests
@@ -43,6 +44,7 @@ from epsl.analysis.tables import comparison_table, with_reported, write_comparis
 from epsl.attacks import default_step_size, sweep
 from epsl.attacks.audit import AuditConfig, check_dependencies, ensemble_in
 from epsl.attacks.eps_star import EpsStarConfig, EpsStarResult, check_eps_star_dependencies
+from epsl.certify.radius import CertifyOptions
 from epsl.errors import EpslError, check_seed
 from epsl.models import sources
 from epsl.norms import check_radius, parse_norm
@@ -63,7 +65,7 @@ from epsl.runs.audit import AuditRunConfig, ensure_audit
 from epsl.runs.context import DataConfig, Evaluation, load_source, provenance
 from epsl.runs.diagnose import ensure_diagnostics
 from epsl.runs.eps_star import ensure_eps_star
-from epsl.runs.estimate import CheapAttack, EstimateConfig, run_estimate
+from epsl.runs.estimate import CheapAttack, CheapOutcome, EstimateConfig, run_estimate
 from epsl.version import __version__
 
 PRODUCTS = kind("comparison").files()
@@ -124,6 +126,11 @@ class CompareConfig:
             many images, the same seeded sample for every model (``labelled_seed``), and the
             cheap ``predictor`` on all (:mod:`epsl.runs.estimate`); and each pair's difference
             from the same images. None: no estimate.
+        labelled_audit: the audit of the labelled images, whose ensemble also finds their ε*
+            for the floor (None: :meth:`audit_config`, batched like the attacks).
+        labelled_certify: also ε_cert (CROWN) of the labelled images, beside the floor.
+        alpha: with ``labelled``, the floor's miss rate (ε* ≥ eps_floor with probability
+            ≥ 1 − alpha).
     """
 
     checkpoints: tuple[str, ...]
@@ -147,6 +154,9 @@ class CompareConfig:
     labelled: int | None = None
     labelled_seed: int = 0
     predictor: str = DEFAULT_PREDICTOR
+    labelled_audit: AuditConfig | None = None
+    labelled_certify: CertifyOptions | None = None
+    alpha: float = 0.05
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", parse_norm(self.norm).value)
@@ -195,16 +205,24 @@ class CompareConfig:
         return AuditConfig.quick(seed=self.seed, eps_star=self.eps_star)
 
     def estimate_run(self, checkpoint: str) -> EstimateConfig:
-        """The estimate of ``compare --labelled`` on ``checkpoint``: the audit (the quick
-        settings of :meth:`audit_config`) on the labelled images, PGD-20 (CW) on all, seeded and
-        batched like the attacks."""
+        """The estimate of ``compare --labelled`` on ``checkpoint``: ``labelled_audit`` (else
+        the quick settings of :meth:`audit_config`, batched like the attacks) on the labelled
+        images, PGD-20 (CW) on all, seeded like the attacks."""
         assert self.labelled is not None
+        audit = self.labelled_audit or dataclasses.replace(self.audit_config(),
+                                                           batch_size=self.batch_size)
         return EstimateConfig(data=self.data.for_checkpoint(checkpoint), eps=(self.eps,),
                               labelled=self.labelled, labelled_seed=self.labelled_seed,
-                              predictor=self.predictor, norm=self.norm,
-                              attack=CheapAttack(seed=self.seed),
-                              audit=dataclasses.replace(self.audit_config(),
-                                                        batch_size=self.batch_size))
+                              predictor=self.predictor, alpha=self.alpha, norm=self.norm,
+                              attack=CheapAttack(seed=self.seed), audit=audit,
+                              certify=self.labelled_certify)
+
+    def cheap_is_pgd(self, attack: CheapAttack) -> bool:
+        """Whether ``attack`` is the comparison's own white-box PGD-k (CW), so that its rows
+        in the attack table are the cheap attack's outcome."""
+        return (attack.steps, attack.restarts, attack.step_size, attack.cw_confidence,
+                attack.seed) == (self.pgd_steps, self.restarts, self.step_size,
+                                 self.cw_confidence, self.seed)
 
     def audit_run(self, checkpoint: str) -> AuditRunConfig:
         """:meth:`audit_config` on ``checkpoint`` at ε, with the comparison's source."""
@@ -395,6 +413,23 @@ def _check_inputs(config: CompareConfig) -> tuple[list[Evaluation], torch.nn.Mod
     return evaluations, source_model
 
 
+def _cheap_from_table(folder: Path) -> CheapOutcome:
+    """The cheap attack's outcome at an ε from the attack table in ``folder`` (the
+    comparison's own PGD CW rows); None where the table has no row for every image there."""
+    try:
+        table = load(folder, "attack").table
+    except EpslError:  # no attack table there: the cheap attack runs
+        table = None
+
+    def outcome(eps: float) -> pd.DataFrame | None:
+        found = None if table is None else attack_outcome(table, eps, exact=True)
+        if found is None or not np.array_equal(found["index"], np.arange(len(found))):
+            return None
+        return found.drop(columns="index").reset_index(drop=True)
+
+    return outcome
+
+
 def _estimates(config: CompareConfig, evaluations: list[Evaluation], names: list[str],
                out: Path, log: Log | None, overwrite: bool
                ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -404,8 +439,13 @@ def _estimates(config: CompareConfig, evaluations: list[Evaluation], names: list
     tables, rows = {}, []
     for ev, name in zip(evaluations, names, strict=True):
         folder = out / name / "estimate"
-        result = run_estimate(config.estimate_run(ev.checkpoint), folder=folder, evaluation=ev,
-                              log=log, overwrite=overwrite)
+        run = config.estimate_run(ev.checkpoint)
+        # ε_L from the comparison's diagnostics; PGD CW from its attack table when it is the
+        # cheap attack
+        cheap = _cheap_from_table(out / name / "attacks") if config.cheap_is_pgd(run.attack) \
+            else None
+        result = run_estimate(run, folder=folder, diagnostics=out / name, cheap=cheap,
+                              evaluation=ev, log=log, overwrite=overwrite)
         assert result.provenance is not None and result.table is not None
         check_replaceable(folder, "estimate", result.provenance, overwrite)
         result.save(folder, overwrite=True)

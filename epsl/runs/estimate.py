@@ -272,8 +272,9 @@ def _share(values: np.ndarray) -> dict[str, Any]:
     return {"estimate": k / n, "interval": list(clopper_pearson(k, n))}
 
 
-#: the cheap attack's outcome at one ε: ``pgd_robust, pgd_margin`` per image, in row order
-CheapOutcome = Callable[[float], pd.DataFrame]
+#: the cheap attack's outcome at one ε, already computed: ``pgd_robust, pgd_margin`` per image,
+#: in row order (None: not computed at that ε, so it runs)
+CheapOutcome = Callable[[float], pd.DataFrame | None]
 
 
 def run_estimate(config: EstimateConfig, *, folder: Path | str | None = None,

@@ -39,7 +39,7 @@ from epsl.study.preset import (
     ThreatModel,
 )
 
-__all__ = ["KINDS", "PRESETS", "PRESET_FILE", "TRAIN_FROM_PRESET", "AttackSettings",
+__all__ = ["AUDIT_SETTINGS", "KINDS", "PRESETS", "PRESET_FILE", "TRAIN_FROM_PRESET", "AttackSettings",
            "AuditSettings", "CertifySettings", "LandscapeSettings", "ModelSpec", "Preset",
            "ThreatModel", "check_same_preset", "load_preset", "override", "preset_from_dict",
            "preset_to_dict"]
@@ -124,6 +124,10 @@ def _train(raw: Any, where: str) -> tuple[TrainConfig, tuple[int, ...]]:
     return _section(TrainConfig, raw, f"{where} [train]"), tuple(seeds)
 
 
+#: the keys of ``[audit]`` that are not budgets
+AUDIT_SETTINGS = ("enabled", "limit", "labelled", "labelled_seed", "predictor", "alpha")
+
+
 def _audit(raw: Any, where: str, attacks: AttackSettings) -> AuditSettings:
     """``[audit]``: ``enabled``, ``limit`` and the budgets of its attacks, as keys of
     :class:`AuditBudgets` on its defaults or, with ``quick = true``, on
@@ -133,7 +137,7 @@ def _audit(raw: Any, where: str, attacks: AttackSettings) -> AuditSettings:
     if not isinstance(raw, dict):
         raise EpslError(f"{where}: expected a table of settings (got {raw!r})")
     raw = dict(raw)
-    settings = {key: raw.pop(key) for key in ("enabled", "limit") if key in raw}
+    settings = {key: raw.pop(key) for key in AUDIT_SETTINGS if key in raw}
     quick = raw.pop("quick", False)
     if not isinstance(quick, bool):
         raise EpslError(f"{where}: quick must be true or false (got {quick!r})")
@@ -378,9 +382,10 @@ def preset_to_dict(preset: Preset) -> dict[str, Any]:
 
 
 def _override_audit(audit: AuditSettings, values: dict[str, Any]) -> AuditSettings:
-    """``audit`` with ``values`` set: ``enabled``, ``limit`` or any budget."""
+    """``audit`` with ``values`` set: ``enabled``, ``limit``, the labelled sample's settings
+    or any budget."""
     values = dict(values)
-    settings = {key: values.pop(key) for key in ("enabled", "limit") if key in values}
+    settings = {key: values.pop(key) for key in AUDIT_SETTINGS if key in values}
     try:
         return replace(audit, budgets=replace(audit.budgets, **values), **settings)
     except TypeError as exc:

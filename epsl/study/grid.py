@@ -17,6 +17,7 @@ from epsl.analysis.estimates import study_estimates
 from epsl.analysis.folders import Run, load_run
 from epsl.analysis.headline import estimates_section
 from epsl.analysis.headline import headline as headline_table
+from epsl.analysis.labelled import labelled_estimates
 from epsl.analysis.seeds import seed_summary, seed_table
 from epsl.errors import EpslError
 from epsl.models.checkpoint import weights_file
@@ -24,7 +25,7 @@ from epsl.results.files import on_disk, read_json, read_table, write_json, write
 from epsl.results.records import file_sha256
 from epsl.runs.compare import PRODUCTS, CompareConfig, compare
 from epsl.study.preset import Preset, ThreatModel
-from epsl.study.stages import Log
+from epsl.study.stages import Log, labelled_settings
 
 __all__ = ["ESTIMATES_FILE", "STAGE_FILE", "evaluated_note", "seed_folder", "stage_compare",
            "stage_estimates", "stage_headline", "stage_seed_compare", "stage_seeds",
@@ -85,12 +86,14 @@ def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: 
     white-box and transfer attacks, the comparison table, figures and the HTML report, copied
     to the top of ``out``. Reused only for exactly these models with exactly these weights."""
     runs = out / "runs"
+    labelled = labelled_settings(preset)
     # the comparison reads the audit and eps* tables: switching either on or off, or another
     # ensemble, rebuilds it
     eps_star = None if preset.eps_star is None else preset.eps_star.reuse_settings()
     reported = {m.name: asdict(m.reported) for m in preset.models if m.reported is not None}
     made_from = {**_made_from(checkpoints, preset.model_dir),
                  "~stages": {"audit": preset.audit.enabled, "eps_star": eps_star,
+                             **({"labelled": asdict(preset.audit)} if labelled else {}),
                              "transfer_from": preset.attacks.transfer_from,
                              **({"reported": reported} if reported else {}),
                              **({"certify": asdict(preset.certify)}
@@ -100,7 +103,7 @@ def stage_compare(preset: Preset, checkpoints: dict[str, Path], out: Path, say: 
     say("diagnostics, attacks, comparison, figures and report")
     _compare_grid(preset, checkpoints, runs, say, eps_grid=preset.eps_grid, figures=True,
                   title=f"The {preset.name} study: {preset.description}"
-                  if preset.description else f"The {preset.name} study")
+                  if preset.description else f"The {preset.name} study", **labelled)
     _copy_products(runs, out)
     _mark(out, "compare", made_from)
     return True
@@ -138,7 +141,9 @@ def _copy_products(runs: Path, folder: Path) -> None:
     with on_disk() as writer:
         if writer:
             for name in PRODUCTS:
-                if (runs / name).is_file():  # paired.csv only when there is a pair to test
+                # paired.csv only when there is a pair to test; the study writes its own
+                # estimates table (stage_estimates)
+                if name != ESTIMATES_FILE and (runs / name).is_file():
                     shutil.copyfile(runs / name, folder / name)
             if (folder / "figures").exists():
                 shutil.rmtree(folder / "figures")
@@ -205,12 +210,25 @@ def stage_estimates(preset: Preset, out: Path, recompute: bool) -> bool:
     path = out / ESTIMATES_FILE
     if not preset.audit.enabled or (not recompute and path.exists()):
         return False
-    frame = study_estimates(_study_runs(preset, out))
+    runs = _study_runs(preset, out)
+    pairs = None
+    if labelled_settings(preset):
+        frame = labelled_estimates(runs)
+        pairs = _pairs(out)
+    else:
+        frame = study_estimates(runs)
     if frame.empty:
         return False
     write_table(frame, path)
-    write_text(out / "estimates.md", estimates_section(frame).lstrip("\n"))
+    write_text(out / "estimates.md", estimates_section(frame, pairs).lstrip("\n"))
     return True
+
+
+def _pairs(out: Path) -> Any:
+    """A labelled study's paired estimates (``estimate_pairs.csv``, the comparison's), or
+    None."""
+    path = out / "estimate_pairs.csv"
+    return read_table(path) if path.is_file() else None
 
 
 def stage_headline(preset: Preset, out: Path, recompute: bool, seeds: Any = None) -> str:
@@ -227,7 +245,8 @@ def stage_headline(preset: Preset, out: Path, recompute: bool, seeds: Any = None
     estimates = read_table(out / ESTIMATES_FILE) if (out / ESTIMATES_FILE).is_file() else None
     text = headline_table(read_table(out / "comparison.csv"),
                           source_run=preset.attacks.transfer_from, paired=paired, seeds=seeds,
-                          sections=sections, estimates=estimates)
+                          sections=sections, estimates=estimates,
+                          estimate_pairs=_pairs(out) if labelled_settings(preset) else None)
     if preset.kind == "evaluate":
         text = evaluated_note(preset) + "\n" + text
     write_text(path, text)
@@ -239,11 +258,16 @@ def evaluated_note(preset: Preset) -> str:
     ran = ["ε_L (Eq. 4)", "the paper's white-box attacks"]
     if preset.attacks.transfer_from:
         ran.append(f"transfer attacks from {preset.attacks.transfer_from}")
-    if preset.eps_star is not None:
+    if preset.eps_star is not None and not labelled_settings(preset):
         ran.append("ε* and the report card of Eq. 4")
-    if preset.certify.enabled and preset.eps_star is not None:
-        ran.append("the certified floor")
-    if preset.audit.enabled:
+        if preset.certify.enabled:
+            ran.append("the certified floor")
+    if labelled_settings(preset):
+        ran.append(f"ε*, the audit{' and the certified floor' if preset.certify.enabled else ''} "
+                   f"on {preset.audit.labelled:,} examples drawn at random (seed "
+                   f"{preset.audit.labelled_seed}), and robust accuracy on all of them at ε_L's "
+                   "cost")
+    elif preset.audit.enabled:
         limits = [n for n in (preset.audit.limit, preset.limit) if n is not None]
         ran.append(f"the audit (on the first {min(limits):,} examples at most)" if limits
                    else "the audit")

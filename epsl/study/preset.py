@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from epsl.analysis.estimates import DEFAULT_PREDICTOR, PREDICTORS
 from epsl.attacks.audit_plan import AuditBudgets
 from epsl.attacks.eps_star import EpsStarConfig
 from epsl.defenses import DefenseConfig
@@ -98,18 +99,40 @@ class AuditSettings:
     """``[audit]``: whether and on how many examples to audit, and how hard its attacks work
     (:class:`~epsl.attacks.audit_plan.AuditBudgets`). In the TOML, ``quick = true`` starts from
     :meth:`AuditBudgets.quick` and any budget key overrides it; the audit's PGD-k is
-    ``[attacks]``'s ``pgd_steps`` and ``pgd_step_size``."""
+    ``[attacks]``'s ``pgd_steps`` and ``pgd_step_size``.
+
+    ``labelled = n`` audits a seeded uniform random sample of n of the study's examples
+    (``labelled_seed``) instead of the first ``limit``, which it replaces: the study then
+    estimates each model's robust accuracy on all of them at ε_L's cost
+    (:mod:`epsl.runs.estimate`, with ``predictor`` on every example and the floor's
+    ``alpha``), finds ε* on the labelled examples only, and compares the models on the same
+    ones."""
 
     SECTION: ClassVar[str] = "[audit] "
     enabled: bool = True
     limit: int | None = 200
     budgets: AuditBudgets = field(default_factory=AuditBudgets)
+    labelled: int | None = None
+    labelled_seed: int = 0
+    predictor: str = DEFAULT_PREDICTOR
+    alpha: float = 0.05
 
     def __post_init__(self) -> None:
         _at_least_one(self.SECTION, limit=self.limit)
         if not isinstance(self.budgets, AuditBudgets):
             raise EpslError(f"{self.SECTION}budgets must be an AuditBudgets "
                             f"(got {self.budgets!r})")
+        _choice(f"{self.SECTION}predictor", self.predictor, list(PREDICTORS))
+        check_seed(self.labelled_seed, f"{self.SECTION}labelled_seed")
+        if not 0 < self.alpha < 1:
+            raise EpslError(f"{self.SECTION}alpha must be in (0, 1) (got {self.alpha})")
+        if self.labelled is not None:
+            least = 3 if self.predictor == "combined" else 2
+            if self.labelled < least:
+                raise EpslError(f"{self.SECTION}labelled must be at least {least} (got "
+                                f"{self.labelled}): an interval needs the spread of the "
+                                "audited examples")
+            object.__setattr__(self, "limit", None)  # the sample replaces the first examples
 
 
 @dataclass(frozen=True)

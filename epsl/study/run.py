@@ -58,6 +58,7 @@ from epsl.study.preset import ModelSpec, Preset
 from epsl.study.stages import (
     Log,
     audit_config,
+    labelled_settings,
     stage_activations,
     stage_audit,
     stage_certify,
@@ -155,8 +156,13 @@ def _check_examples(preset: Preset) -> None:
     from epsl.data import load_split
 
     data = preset.data()
-    load_split(data.dataset, "test", data=data.data, data_root=data.data_root,
-               limit=data.limit, sample=data.sample, sample_seed=data.sample_seed)
+    split = load_split(data.dataset, "test", data=data.data, data_root=data.data_root,
+                       limit=data.limit, sample=data.sample, sample_seed=data.sample_seed)
+    labelled = preset.audit.labelled if preset.audit.enabled else None
+    if labelled is not None and labelled >= len(split):
+        raise EpslError(f"a labelled sample of {labelled} is not smaller than the "
+                        f"{len(split)} examples the study selects: label fewer, or audit them "
+                        "all (no labelled)")
 
 
 def _check_dependencies(preset: Preset) -> None:
@@ -229,7 +235,10 @@ def _model_stages(preset: Preset, spec: ModelSpec, checkpoints: dict[str, Path],
                   say: Log, stages: _Stages) -> None:
     """The per-model stages of ``spec`` (:mod:`epsl.study.stages`) into ``out/runs/<name>``:
     the activations and landscapes of a trained defense, ε* and the certified floor, the audit
-    and, on the sweep model, the sweeps."""
+    and, on the sweep model, the sweeps. A study that audits a random sample (``[audit]
+    labelled``) finds ε*, ε_cert and the audit on it in the comparison's stage
+    (:func:`~epsl.study.grid.stage_compare`), not here."""
+    sampled = bool(labelled_settings(preset))
     folder = out / "runs" / safe_name(spec.name, "model name")
     data = preset.data().for_checkpoint(checkpoints[spec.name])
     ev = data.prepare()
@@ -240,12 +249,12 @@ def _model_stages(preset: Preset, spec: ModelSpec, checkpoints: dict[str, Path],
             stages.note(f"landscape-{direction} {spec.name}",
                         stage_landscape(preset, spec, data, ev, direction,
                                         folder / f"landscape-{direction}", say))
-    if preset.eps_star is not None:
+    if preset.eps_star is not None and not sampled:
         stages.note(f"eps_star {spec.name}", stage_eps_star(preset, ev, folder / "eps_star", say))
         if preset.certify.enabled:
             stages.note(f"certify {spec.name}",
                         stage_certify(preset, data, ev, folder / "certify", say))
-    if preset.audit.enabled:
+    if preset.audit.enabled and not sampled:
         stages.note(f"audit {spec.name}", stage_audit(preset, spec, data, ev, checkpoints,
                                                       folder / "audit", say))
     if preset.attacks.sweep_model == spec.name:

@@ -35,7 +35,7 @@ from epsl.runs.diagnose import (
 from epsl.runs.eps_star import ensure_eps_star
 from epsl.study.preset import ModelSpec, Preset
 
-__all__ = ["Log", "audit_config", "stage_activations", "stage_audit", "stage_certify",
+__all__ = ["Log", "audit_config", "labelled_settings", "stage_activations", "stage_audit", "stage_certify",
            "stage_landscape", "stage_eps_star", "stage_sweeps"]
 
 #: where a stage says what it computes: one line at a time
@@ -106,6 +106,22 @@ def audit_config(preset: Preset) -> AuditConfig:
     seed, and ``[eps_star]``'s ensemble (whose points it re-scores)."""
     return AuditConfig(budgets=preset.audit.budgets, eps_star=preset.eps_star,
                        seed=preset.attacks.seed)
+
+
+def labelled_settings(preset: Preset) -> dict[str, Any]:
+    """The :class:`~epsl.runs.compare.CompareConfig` fields of a study that audits a random
+    sample (``[audit] labelled``): the sample, the predictor and the floor's α, the study's
+    audit (whose ensemble finds the floor's ε* on the sample), CROWN beside the floor where
+    ``[certify]`` is on, and no ε* on every example. Empty for any other study."""
+    audit = preset.audit
+    if not audit.enabled or audit.labelled is None:
+        return {}
+    certify = preset.certify
+    return {"labelled": audit.labelled, "labelled_seed": audit.labelled_seed,
+            "predictor": audit.predictor, "alpha": audit.alpha, "eps_star": None,
+            "labelled_audit": audit_config(preset),
+            "labelled_certify": CertifyOptions(method=certify.method, steps=certify.steps)
+            if certify.enabled and preset.eps_star is not None else None}
 
 
 def stage_audit(preset: Preset, spec: ModelSpec, data: DataConfig, ev: Evaluation,
