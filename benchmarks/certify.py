@@ -14,14 +14,23 @@ with BatchNorm, a residual block and an average pool (:func:`resnet_like`, rando
 BatchNorm statistics from a few batches of random images), at three radii:
 
     python benchmarks/certify.py --speed --repeats 2   # 8 images, best of 2 per radius
+
+``--lirpa`` times auto_LiRPA's CROWN beside it (github.com/Verified-Intelligence/auto_LiRPA,
+installed separately; intermediate bounds by CROWN too) on the same float64 net, boxes and
+margins, calls interleaved, and prints the largest difference between the two bounds:
+
+    python benchmarks/certify.py --speed --lirpa --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +39,7 @@ from torch import nn
 
 from epsl.analysis.cards import proof_card, proof_lines
 from epsl.attacks.eps_star import EpsStarConfig, find_eps_star
-from epsl.certify.crown import crown_margins, trace_network
+from epsl.certify.crown import ball, crown_margins, trace_network
 from epsl.certify.radius import CertifyOptions, certify
 from epsl.data import load_split
 from epsl.defenses import DefenseConfig
@@ -108,23 +117,52 @@ def resnet_like(seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def time_crown(images: int, repeats: int, seed: int) -> dict[float, float]:
+def lirpa_crown(model: nn.Module, x: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """auto_LiRPA's CROWN (intermediate bounds by CROWN too) on a float64 copy of ``model``,
+    built here: ``bound(lower, upper, spec)`` is the lower bound of ``spec`` @ logits over the
+    box [lower, upper]."""
+    from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
+
+    bounded = BoundedModule(copy.deepcopy(model).double(), x[:1].double())
+
+    def bound(lower: torch.Tensor, upper: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
+        box = PerturbationLpNorm(norm=float("inf"), x_L=lower, x_U=upper)
+        return bounded.compute_bounds(x=(BoundedTensor(lower, box),), C=spec, method="CROWN",
+                                      bound_upper=False)[0]
+    return bound
+
+
+def time_crown(images: int, repeats: int, seed: int, lirpa: bool = False
+               ) -> dict[float, dict[str, float]]:
     """Milliseconds per example of one CROWN bound evaluation on :func:`resnet_like`, by
-    radius: the best of ``repeats`` calls on ``images`` images at once."""
+    radius: the best of ``repeats`` calls on ``images`` images at once. With ``lirpa``, also
+    auto_LiRPA's on the same boxes and margins (calls interleaved) and the largest absolute
+    difference between the two margin bounds."""
     model = resnet_like(seed)
     x = torch.rand(images, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         y = model(x).argmax(1)
     network = trace_network(model, x[:1])
-    ms: dict[float, float] = {}
+    others = lirpa_crown(model, x) if lirpa else None
+    eye = torch.eye(10, dtype=torch.float64)  # the margins e_y - e_c (c != y), in class order
+    spec = (eye[y][:, None] - eye[None])[~torch.eye(10, dtype=torch.bool)[y]].view(-1, 9, 10)
+    out: dict[float, dict[str, float]] = {}
     for eps in (0.1 / 255, 0.25 / 255, 0.5 / 255):
-        times = []
+        lower, upper = ball(x, eps)  # the box both bound: the ℓ∞ ball clipped to [0, 1]
+        times: dict[str, list[float]] = {"epsl": [], "auto_LiRPA": []}
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            crown_margins(network, x, y, eps)
-            times.append(time.perf_counter() - t0)
-        ms[eps] = 1000 * min(times) / images
-    return ms
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                ours = crown_margins(network, x, y, eps, with_intervals=False)
+                times["epsl"].append(time.perf_counter() - t0)
+                if others is not None:
+                    t0 = time.perf_counter()
+                    theirs = others(lower, upper, spec)
+                    times["auto_LiRPA"].append(time.perf_counter() - t0)
+        out[eps] = {name: 1000 * min(t) / images for name, t in times.items() if t}
+        if others is not None:
+            out[eps]["max_diff"] = float((ours - theirs).abs().max())
+    return out
 
 
 def main() -> None:
@@ -138,14 +176,23 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true",
                         help="time CROWN per example on a small ResNet-like net instead")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--lirpa", action="store_true",
+                        help="with --speed: time auto_LiRPA's CROWN beside epsl's, same boxes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.speed:
         images = 8 if args.images == 60 else args.images
+        if args.lirpa and importlib.util.find_spec("auto_LiRPA") is None:
+            raise SystemExit("--lirpa needs auto_LiRPA (installed as docs/benchmarks.md says)")
         print(f"CROWN on resnet_like (BatchNorm, residual, avg pool; 3x32x32), {images} images, "
               f"{args.threads} threads, best of {args.repeats}:")
-        for eps, ms in time_crown(images, args.repeats, args.seed).items():
-            print(f"  eps = {eps * 255:g}/255: {ms:.1f} ms per example")
+        for eps, row in time_crown(images, args.repeats, args.seed, args.lirpa).items():
+            line = f"  eps = {eps * 255:g}/255: epsl {row['epsl']:.1f} ms per example"
+            if args.lirpa:
+                line += (f", auto_LiRPA {row['auto_LiRPA']:.1f} ms "
+                         f"(epsl / auto_LiRPA {row['epsl'] / row['auto_LiRPA']:.2f}), "
+                         f"max |difference| of the margin bounds {row['max_diff']:.1e}")
+            print(line)
         return
     rows = [run(ls, args.images, args.exact_time, args.hidden, args.seed) for ls in (0.0, 0.5)]
     for row in rows:
