@@ -2,19 +2,23 @@
 ±2 points (95%), the full audit on enough images against the audit on a few and the cheap
 predictor (ε_L and PGD-20 CW) on a pool, as a ratio; and the time of each part per image.
 
-    python benchmarks/estimate.py --time                       # WRN-28-10 (random weights), CPU
+    python benchmarks/estimate.py --time --quick               # WRN-28-10 (random weights), CPU
     python benchmarks/estimate.py --time --arch small-cnn      # the digits models' architecture
     python benchmarks/estimate.py STUDY_OUT --pool 10000       # the ratio on the study's models
+    python benchmarks/estimate.py STUDY_OUT --time --quick --images 2 --pool 10000 --labelled 1000
 
 ``--time`` runs each part on ``--images`` random CIFAR-shaped images (3 x 32 x 32; 8 x 8 digits
 for ``small-cnn``) and prints seconds per image: ε_L (Eq. 4), PGD-20 (CW), ε* (FMN 100 + FAB
-50) and the default audit (with ε*'s points re-scored, as ``epsl audit`` runs it). The ratio
+50) and the default audit (``--quick``: the quick audit of the zoo preset; with ε*'s points
+re-scored, as ``epsl audit`` runs it). The ratio
 reads each study model's tables: the classical interval needs
 ``n_c = 1.96² p(1 − p) / 0.02²`` audited images; prediction-powered inference needs
 ``n_c / e`` of them, with ``e`` the median effective labelled size per labelled image measured
 over 1,000 draws of 10% of the study's images (:func:`epsl.analysis.estimates.simulate`), plus
 the cheap predictor on the ``--pool`` images. The per-image times come from ``--time`` on the
-same machine (``--audit-seconds``, ``--cheap-seconds``).
+same machine (``--audit-seconds``, ``--cheap-seconds``). ``--labelled n`` with ``--time`` also
+prints what ``epsl reproduce --labelled n`` saves on ``--pool`` images: ε_L and PGD-20 (CW) on all
+of them, ε* and the audit on n, against all four on every image.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from epsl.attacks.threat import default_step_size
 from epsl.diagnostics import diagnose
 from epsl.errors import EpslError
 from epsl.models import MODELS
+from epsl.models.checkpoint import model_kwargs_for
 
 
 def _seconds(run: object) -> float:
@@ -43,14 +48,14 @@ def _seconds(run: object) -> float:
     return time.perf_counter() - start
 
 
-def time_parts(arch: str, images: int, eps: float) -> dict[str, float]:
+def time_parts(arch: str, images: int, eps: float, quick: bool = False) -> dict[str, float]:
     """Seconds per image of each part on a randomly initialised ``arch``."""
     torch.manual_seed(0)
     digits = arch == "small-cnn"
     shape = (1, 8, 8) if digits else (3, 32, 32)
-    kwargs = ({"in_channels": 1, "input_size": 8, "mean": (0.3,), "std": (0.4,)} if digits
-              else {})
-    model = MODELS[arch](num_classes=10, **kwargs).eval()
+    kwargs = ({"in_channels": 1, "input_size": 8, "mean": (0.3,), "std": (0.4,),
+               "num_classes": 10} if digits else model_kwargs_for("cifar10"))
+    model = MODELS[arch](**kwargs).eval()
     x = torch.rand(images, *shape)
     y = model(x).argmax(1)  # correctly classified, so every attack has work to do
     found = {}
@@ -61,7 +66,8 @@ def time_parts(arch: str, images: int, eps: float) -> dict[str, float]:
         "eps_star": lambda: found.setdefault("points", find_eps_star(model, x, y)),
     }
     seconds = {name: _seconds(run) / images for name, run in parts.items()}
-    seconds["audit"] = _seconds(lambda: audit(model, x, y, eps=eps, config=AuditConfig(),
+    config = AuditConfig.quick() if quick else AuditConfig()
+    seconds["audit"] = _seconds(lambda: audit(model, x, y, eps=eps, config=config,
                                               eps_star=found["points"])) / images
     return seconds
 
@@ -94,8 +100,14 @@ def main() -> None:
     parser.add_argument("--time", action="store_true", help="time each part per image")
     parser.add_argument("--arch", default="wrn-28-10", help="the architecture timed")
     parser.add_argument("--images", type=int, default=4, help="images timed")
+    parser.add_argument("--quick", action="store_true",
+                        help="time the quick audit (the zoo preset's) instead of the default")
     parser.add_argument("--eps", type=float, default=8 / 255, help="radius of the timed attacks")
     parser.add_argument("--pool", type=int, default=10000, help="images the predictor runs on")
+    parser.add_argument("--labelled", type=int, default=None,
+                        help="with --time: the parts' compute on --pool images with ε* and the "
+                             "audit on this many of them (epsl reproduce --labelled), against "
+                             "on all")
     parser.add_argument("--audit-seconds", type=float, default=None,
                         help="audit + ε* seconds per image (default: measured with --time)")
     parser.add_argument("--cheap-seconds", type=float, default=None,
@@ -103,12 +115,18 @@ def main() -> None:
     args = parser.parse_args()
     audit_s, cheap_s = args.audit_seconds, args.cheap_seconds
     if args.time:
-        seconds = time_parts(args.arch, args.images, args.eps)
+        seconds = time_parts(args.arch, args.images, args.eps, quick=args.quick)
         print(f"{args.arch}, {args.images} images, seconds per image on "
               f"{torch.get_num_threads()} threads: "
               + ", ".join(f"{k} {v:.3g}" for k, v in seconds.items()))
         audit_s = audit_s or seconds["audit"] + seconds["eps_star"]
         cheap_s = cheap_s or seconds["eps_l"] + seconds["pgd20_cw"]
+        if args.labelled is not None:
+            full = args.pool * (audit_s + cheap_s)
+            sampled = args.pool * cheap_s + args.labelled * audit_s
+            print(f"{args.pool} images, ε* and the audit on {args.labelled}: "
+                  f"{sampled / 3600:.1f} h against {full / 3600:.1f} h on all "
+                  f"({full / sampled:.1f}x less) per model on this machine")
     if args.study is not None:
         if audit_s is None or cheap_s is None:
             parser.error("give --time or --audit-seconds and --cheap-seconds")
