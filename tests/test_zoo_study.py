@@ -324,3 +324,32 @@ def test_reported_accuracies_beside_the_interval() -> None:
     agreeing = with_reported(table, {"a": {"clean": 0.83, "robust": 0.41, "source": "x"}})
     assert reported_markdown(agreeing).rstrip().endswith(
         "The 1 model agrees with the reported accuracies within epsl's 95% interval.")
+
+
+def test_the_zoo_at_eps_l_cost(zoo: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """``--labelled``: the audit and ε* on a seeded random sample of the evaluated images, ε_L
+    and the paper's attacks on all of them, and each checkpoint's estimate on all; the
+    headline says what ran on the sample."""
+    models, small, data = zoo
+    preset = tmp_path / "zoo-test.toml"
+    preset.write_text(_test_preset(small))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["reproduce", "--preset", str(preset), "--model-dir",
+                                       str(models), "--data", str(data), "--device", "cpu",
+                                       "--labelled", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("Wong2020Fast", "small"):
+        run = out / "runs" / name
+        assert not (run / "audit").exists() and not (run / "eps_star").exists()
+        table = pd.read_csv(run / "estimate" / "estimate.csv")
+        assert len(table) == IMAGES and int(table["labelled"].sum()) == 3
+        assert table.loc[table["labelled"], "robust"].notna().all()
+    estimates = pd.read_csv(out / "estimates.csv")
+    assert estimates["model"].tolist() == ["Wong2020Fast", "small"]
+    assert (estimates["images"] == IMAGES).all() and (estimates["labelled"] == 3).all()
+    headline = (out / "headline.md").read_text()
+    assert headline.startswith("Evaluated 2 checkpoints (Wong2020Fast, small); ran ")
+    assert "ε* and the audit on 3 examples drawn at random (seed 0)" in headline
+    assert "The full audit ran on 3 of the 4 images" in headline
+    table = pd.read_csv(out / "comparison.csv").set_index("run")
+    assert table.loc["Wong2020Fast", "reported_against"] != "audit_worst"

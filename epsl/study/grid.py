@@ -263,8 +263,11 @@ def evaluated_note(preset: Preset) -> str:
         if preset.certify.enabled:
             ran.append("the certified floor")
     if labelled_settings(preset):
-        ran.append(f"ε*, the audit{' and the certified floor' if preset.certify.enabled else ''} "
-                   f"on {preset.audit.labelled:,} examples drawn at random (seed "
+        star = preset.eps_star is not None
+        parts = (["ε*"] if star else []) + ["the audit"] + (
+            ["the certified floor"] if star and preset.certify.enabled else [])
+        ran.append(f"{', '.join(parts[:-1])}{' and ' if len(parts) > 1 else ''}{parts[-1]} on "
+                   f"{preset.audit.labelled:,} examples drawn at random (seed "
                    f"{preset.audit.labelled_seed}), and robust accuracy on all of them at ε_L's "
                    "cost")
     elif preset.audit.enabled:
