@@ -117,7 +117,8 @@ def paired_estimates(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     names = list(tables)
     if len(names) < 2:
         return pd.DataFrame(columns=["model", "against", "estimate", "low", "high",
-                                     "classical_low", "classical_high"])
+                                     "classical_estimate", "classical_low", "classical_high",
+                                     "refused"])
     first = tables[names[0]]
     mask = first["labelled"].to_numpy(dtype=bool)
     for name in names[1:]:
@@ -129,12 +130,23 @@ def paired_estimates(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     value = {n: tables[n]["prediction"].to_numpy(dtype=float) for n in names}
     y = np.column_stack([truth[b][mask] - truth[a][mask] for a, b in pairs])
     yhat = np.column_stack([value[b] - value[a] for a, b in pairs])
-    found = ppi_mean_ci(y, yhat[mask], yhat[~mask], value_range=(-1.0, 1.0))
+    # a pair whose labelled differences and predictions are all alike has no interval; the
+    # others are still one vector mean
+    flat = (np.ptp(y, axis=0) == 0) & (np.ptp(yhat[mask], axis=0) == 0)
+    nan = np.full(len(pairs), np.nan)
+    columns = {"estimate": y.mean(axis=0), "low": nan.copy(), "high": nan.copy(),
+               "classical_estimate": y.mean(axis=0), "classical_low": nan.copy(),
+               "classical_high": nan.copy()}
+    if not flat.all():
+        kept = ~flat
+        found = ppi_mean_ci(y[:, kept], yhat[mask][:, kept], yhat[~mask][:, kept],
+                            value_range=(-1.0, 1.0))
+        for key in columns:
+            columns[key][kept] = np.atleast_1d(getattr(found, key))
+    refused = [f"all {int(mask.sum())} labelled differences and their predictions are "
+               f"{y[0, j]:+g}: no interval" if flat[j] else "" for j in range(len(pairs))]
     return pd.DataFrame({"model": [b for _, b in pairs], "against": [a for a, _ in pairs],
-                         "estimate": found.estimate, "low": found.low, "high": found.high,
-                         "classical_estimate": found.classical_estimate,
-                         "classical_low": found.classical_low,
-                         "classical_high": found.classical_high})
+                         **columns, "refused": refused})
 
 
 def floor(table: pd.DataFrame, labelled: np.ndarray, alpha: float = 0.05) -> ConformalFloor:
@@ -153,12 +165,12 @@ def pgd_outcome(run: Run, eps: float, steps: int = CHEAP_PGD_STEPS) -> pd.DataFr
 
 
 def attack_outcome(attack: pd.DataFrame, eps: float, steps: int = CHEAP_PGD_STEPS, *,
-                   exact: bool = False) -> pd.DataFrame | None:
+                   exact: bool = False, restarts: int = 1) -> pd.DataFrame | None:
     """:func:`pgd_outcome` from an attack table (``exact``: only rows of ``steps`` steps),
-    sorted by ``index``; None without such rows."""
+    with ``restarts``, sorted by ``index``; None without such rows."""
     rows = attack[(attack["attack"] == "pgd") & (attack["loss_name"] == "cw")
                   & np.isclose(attack["eps"], eps) & (attack["source"].fillna("") == "")
-                  & (attack["restarts"] == 1)]
+                  & (attack["restarts"] == restarts)]
     if rows.empty or (exact and not (rows["steps"] == steps).any()):
         return None
     chosen = steps if (rows["steps"] == steps).any() else int(rows["steps"].max())
@@ -264,6 +276,11 @@ STUDY_FRACTION = 0.1
 #: each predictor as the headline names it
 PREDICTOR_LABELS = {"eq4": "Eq. 4 (ε_L > ε)", "pgd": f"PGD-{CHEAP_PGD_STEPS} (CW)",
                     "combined": f"ε_L, PGD-{CHEAP_PGD_STEPS} (CW) and its margin, cross-fitted"}
+def predictor_label(predictor: str, steps: int = CHEAP_PGD_STEPS) -> str:
+    """:data:`PREDICTOR_LABELS`' text for ``predictor`` with a cheap attack of ``steps``."""
+    return PREDICTOR_LABELS[predictor].replace(f"PGD-{CHEAP_PGD_STEPS}", f"PGD-{steps}")
+
+
 #: the columns of :func:`study_estimates`, one row per model
 ESTIMATE_COLUMNS = [
     "model", "eps", "images", "labelled", "predictor", "draws",
@@ -423,5 +440,6 @@ def estimates_sentence(frame: pd.DataFrame) -> str:
 __all__ = ["CHEAP_PGD_STEPS", "DEFAULT_PREDICTOR", "ESTIMATE_COLUMNS", "PREDICTORS",
            "PREDICTOR_LABELS", "STUDY_FRACTION", "Draws", "Estimate", "attack_outcome", "check_predictor",
            "estimate", "estimate_row", "estimates_markdown", "estimates_sentence", "features",
-           "floor", "image_table", "labelled_size", "pgd_outcome", "plain_prediction", "simulate",
+           "floor", "image_table", "labelled_size", "pgd_outcome", "plain_prediction",
+           "predictor_label", "simulate",
            "study_estimates", "study_tables"]

@@ -12,7 +12,7 @@ import pandas as pd
 from epsl.norms import Norm
 
 from .display import column_cells, markdown_table, norm_line, table_norm
-from .estimates import PREDICTOR_LABELS, estimates_markdown, estimates_sentence
+from .estimates import PREDICTOR_LABELS, estimates_markdown, estimates_sentence, predictor_label
 from .labelled import is_labelled, labelled_markdown, labelled_sentence, pairs_markdown
 from .paired import paired_lines
 from .reported import reported_markdown
@@ -202,7 +202,9 @@ def estimates_section(estimates: pd.DataFrame | None, pairs: pd.DataFrame | None
     if estimates is None or estimates.empty:
         return ""
     if is_labelled(estimates):
-        predictor = PREDICTOR_LABELS[str(estimates["predictor"].iloc[0])]
+        steps = estimates["pgd_steps"].dropna()
+        predictor = predictor_label(str(estimates["predictor"].iloc[0]),
+                                    *(int(steps.iloc[0]),) if len(steps) else ())
         return (f"\n{labelled_sentence(estimates)}\n" + _section(
             f"Robust accuracy at ε_L's cost{_at_eps(estimates)}: PPI++ from the full audit on "
             f"the labelled images and {predictor} on all, and the classical interval on the "

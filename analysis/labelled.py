@@ -15,17 +15,26 @@ import numpy as np
 import pandas as pd
 
 from epsl.analysis.display import format_cell, markdown_table
-from epsl.analysis.estimates import ESTIMATE_COLUMNS, PREDICTOR_LABELS, estimate
+from epsl.analysis.estimates import (
+    CHEAP_PGD_STEPS,
+    ESTIMATE_COLUMNS,
+    estimate,
+    predictor_label,
+)
 from epsl.analysis.folders import Run
 from epsl.errors import EpslError
 from epsl.results.records import Result, holds, load
 
 #: :data:`ESTIMATE_COLUMNS` (``audit_robust`` and the coverages NaN: no full audit; ``draws``
-#: 0: one draw, the study's own), then Eq. 4's and the cheap attack's predicted accuracy, the
-#: floor's q and calibration size, and beside the floor, the labelled, correctly classified
-#: images with ε_cert > 0 and those whose floor ε_cert proves (NaN without certify)
-LABELLED_COLUMNS = [*ESTIMATE_COLUMNS, "labelled_seed", "pgd_predicted", "floor_q",
-                    "floor_calibration", "certify_images", "certified", "floor_proven"]
+#: 0: one draw, the study's own), then the draw's seed, the cheap attack's steps, Eq. 4's and
+#: the cheap attack's predicted accuracy with their exact 95% intervals, the floor's q and
+#: calibration size, beside the floor the labelled, correctly classified images with
+#: ε_cert > 0 and those whose floor ε_cert proves (NaN without certify or floor), and the
+#: verdict of the labelled images' audit
+LABELLED_COLUMNS = [*ESTIMATE_COLUMNS, "labelled_seed", "pgd_steps", "eq4_predicted_lo",
+                    "eq4_predicted_hi", "pgd_predicted", "pgd_predicted_lo", "pgd_predicted_hi",
+                    "floor_q", "floor_calibration", "certify_images", "certified",
+                    "floor_proven", "audit_verdict"]
 
 
 def estimate_result(run: Run) -> Result | None:
@@ -44,8 +53,18 @@ def _effective(table: pd.DataFrame, mask: np.ndarray, eps: float, predictor: str
     return float(found.interval.effective_labelled) / int(mask.sum())
 
 
-def labelled_row(model: str, result: Result) -> dict[str, Any]:
-    """One row of :data:`LABELLED_COLUMNS` from an ``estimate`` result, at its first ε."""
+def _audit_verdict(run: Run, summary: dict[str, Any], eps: float) -> str:
+    """The verdict of the labelled images' audit at ``eps`` ('' where it cannot be read)."""
+    folder = (run.path / "estimate" / "labelled"
+              / f"n{summary['labelled']}-seed{summary['labelled_seed']}" / f"audit-{eps!r}")
+    try:
+        return str(load(folder, "audit", table=False).summary.get("verdict", ""))
+    except EpslError:
+        return ""
+
+
+def labelled_row(run: Run, result: Result) -> dict[str, Any]:
+    """One row of :data:`LABELLED_COLUMNS` from ``run``'s ``estimate`` result, at its first ε."""
     summary, table = result.summary, result.table
     assert table is not None
     eps = float(summary["eps"][0])
@@ -58,30 +77,36 @@ def labelled_row(model: str, result: Result) -> dict[str, Any]:
     nan = float("nan")
     floor = summary.get("floor") or {}
     certify = summary.get("certify") or {}
+    eq4, cheap = found["eq4_accuracy"], found["pgd_accuracy"]
+    proven = certify.get("floor_proven")
     return {
-        "model": model, "eps": eps, "images": len(rows), "labelled": int(mask.sum()),
+        "model": run.name, "eps": eps, "images": len(rows), "labelled": int(mask.sum()),
         "predictor": summary["predictor"], "draws": 0, "audit_robust": nan,
         "audit_robust_lo": nan, "audit_robust_hi": nan,
         "ppi": nan if refused else found["robust_accuracy"]["estimate"],
         "ppi_lo": nan if refused else low, "ppi_hi": nan if refused else high,
         "classical": found["classical"]["estimate"], "classical_lo": c_low,
-        "classical_hi": c_high, "eq4_predicted": found["eq4_accuracy"]["estimate"],
+        "classical_hi": c_high, "eq4_predicted": eq4["estimate"],
         "coverage": nan, "classical_coverage": nan,
         "effective": nan if refused else found["effective_labelled"] / int(mask.sum()),
         "effective_eq4": _effective(rows, mask, eps, "eq4"),
         "width_ratio": nan if refused else (high - low) / (c_high - c_low),
         "floor_coverage": nan, "refused": int(refused),
         "labelled_seed": summary["labelled_seed"],
-        "pgd_predicted": found["pgd_accuracy"]["estimate"],
+        "pgd_steps": summary.get("config", {}).get("attack", {}).get("steps", nan),
+        "eq4_predicted_lo": eq4["interval"][0], "eq4_predicted_hi": eq4["interval"][1],
+        "pgd_predicted": cheap["estimate"], "pgd_predicted_lo": cheap["interval"][0],
+        "pgd_predicted_hi": cheap["interval"][1],
         "floor_q": floor.get("q", nan), "floor_calibration": floor.get("calibration", nan),
         "certify_images": certify.get("images", nan), "certified": certify.get("certified", nan),
-        "floor_proven": certify.get("floor_proven", nan)}
+        "floor_proven": nan if proven is None else proven,
+        "audit_verdict": _audit_verdict(run, summary, eps)}
 
 
 def labelled_estimates(runs: Sequence[Run]) -> pd.DataFrame:
     """:func:`labelled_row` of every run with an ``estimate`` result, in the runs' order (an
     empty frame with :data:`LABELLED_COLUMNS` without one)."""
-    rows = [labelled_row(run.name, found) for run in runs
+    rows = [labelled_row(run, found) for run in runs
             if (found := estimate_result(run)) is not None]
     return pd.DataFrame(rows, columns=LABELLED_COLUMNS)
 
@@ -95,7 +120,7 @@ def is_labelled(frame: pd.DataFrame) -> bool:
 def _cell(frame: pd.DataFrame, column: str) -> list[str]:
     """``estimate [low, high]`` per row, a normal interval shown within [0, 1]; '–' where
     there is none."""
-    return ["–" if pd.isna(v) else format_cell(column, v, (max(lo, 0.0), min(hi, 1.0)))
+    return ["–" if pd.isna(v) else format_cell("ppi", v, (max(lo, 0.0), min(hi, 1.0)))
             for v, lo, hi in zip(frame[column], frame[f"{column}_lo"], frame[f"{column}_hi"],
                                  strict=True)]
 
@@ -116,12 +141,17 @@ def _floor_cell(row: pd.Series) -> str:
     return text
 
 
+def _steps(frame: pd.DataFrame) -> int:
+    steps = frame["pgd_steps"].dropna()
+    return int(steps.iloc[0]) if len(steps) else CHEAP_PGD_STEPS
+
+
 def labelled_markdown(frame: pd.DataFrame) -> str:
     """A labelled study's estimates as a Markdown table with 95% intervals ('' without a
     row): the labelled n of N, the PPI++ estimate, the classical one on the n alone, what
     Eq. 4 and the cheap attack predict on all, the effective labelled size (× n) of the
-    predictor and of Eq. 4 alone, and the floor ε* ≥ q·ε_L with, where certified, how many
-    of its images ε_cert proves it on."""
+    predictor and of Eq. 4 alone, the floor ε* ≥ q·ε_L with, where certified, how many of its
+    images ε_cert proves it on, and the labelled images' audit verdict."""
     if frame.empty:
         return ""
     short = {"eq4": "Eq. 4", "pgd": "PGD", "combined": "combined"}[str(frame["predictor"].iloc[0])]
@@ -131,13 +161,13 @@ def labelled_markdown(frame: pd.DataFrame) -> str:
                                                                frame["images"], strict=True)],
         f"PPI++ ({short})": _cell(frame, "ppi"),
         "classical (n alone)": _cell(frame, "classical"),
-        "Eq. 4 / PGD predicted": [f"{format_cell('eq4_predicted', a)} / "
-                                  f"{format_cell('pgd_predicted', b)}" for a, b in
-                                  zip(frame["eq4_predicted"], frame["pgd_predicted"],
-                                      strict=True)],
+        "Eq. 4 predicted": _cell(frame, "eq4_predicted"),
+        f"PGD-{_steps(frame)} (CW) predicted": _cell(frame, "pgd_predicted"),
         f"effective n ({short} / Eq. 4)": [f"{_times(a)} / {_times(b)}" for a, b in zip(
             frame["effective"], frame["effective_eq4"], strict=True)],
-        "floor ε* ≥ q·ε_L": [_floor_cell(row) for _, row in frame.iterrows()]})
+        "floor ε* ≥ q·ε_L": [_floor_cell(row) for _, row in frame.iterrows()],
+        "audit of the labelled images": [str(v) if isinstance(v, str) and v else "–"
+                                         for v in frame["audit_verdict"]]})
     return markdown_table(shown)
 
 
@@ -145,7 +175,7 @@ def labelled_sentence(frame: pd.DataFrame) -> str:
     """One sentence on a labelled study's estimates ('' without a row)."""
     if frame.empty:
         return ""
-    predictor = PREDICTOR_LABELS[str(frame["predictor"].iloc[0])]
+    predictor = predictor_label(str(frame["predictor"].iloc[0]), _steps(frame))
     n, images = int(frame["labelled"].iloc[0]), int(frame["images"].iloc[0])
     kept = frame.dropna(subset=["effective"])
     start = (f"The full audit ran on {n} of the {images} images, chosen at random (seed "
@@ -170,6 +200,8 @@ def pairs_markdown(pairs: pd.DataFrame | None) -> str:
         return ""
 
     def points(value: float, low: float, high: float) -> str:
+        if pd.isna(low):  # no spread in the pair's labelled differences
+            return f"{100 * value:+.1f} (all labelled images alike: no interval)"
         return f"{100 * value:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
     return markdown_table(pd.DataFrame({

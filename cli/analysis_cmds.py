@@ -85,9 +85,10 @@ def figures(run_dirs: tuple[Path, ...], out: Path, eps: float | None, overwrite:
                    "the report card of Eq. 4; the audit counts it as one more attack.")
 @eps_star_budget_options
 @click.option("--labelled", type=click.IntRange(min=2), default=None,
-              help="Also estimate each model's robust accuracy from the audit (quick settings) "
-                   "on this many images (the same seeded sample for every model) and the "
-                   "--predictor on all, with each pair's difference (epsl estimate).")
+              help="Also estimate each model's robust accuracy from the audit (quick settings, "
+                   "transferred from --source) on this many images (the same seeded sample for "
+                   "every model) and the --predictor on all (pgd: the comparison's own PGD-k "
+                   "CW), with each pair's difference (epsl estimate).")
 @click.option("--labelled-seed", type=SEED, default=0, show_default=True,
               help="Seed of the --labelled sample.")
 @click.option("--predictor", type=click.Choice(PREDICTORS), default=DEFAULT_PREDICTOR,
@@ -149,8 +150,9 @@ def _estimates_text(models: Any, pairs: Any, *, labelled: int | None) -> str:
     if len(pairs):
         lines.append("Differences (model minus against), in points:")
         for row in pairs.itertuples():
-            lines.append(f"- {row.model} - {row.against}: {100 * row.estimate:+.1f} "
-                         f"[{100 * row.low:+.1f}, {100 * row.high:+.1f}]")
+            interval = ("no interval: the labelled images are all alike" if row.low != row.low
+                        else f"[{100 * row.low:+.1f}, {100 * row.high:+.1f}]")
+            lines.append(f"- {row.model} - {row.against}: {100 * row.estimate:+.1f} {interval}")
     return "\n".join(lines)
 
 

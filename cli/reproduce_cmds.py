@@ -10,6 +10,7 @@ import click
 from tqdm import tqdm
 
 from epsl.cli.common import RADIUS, SEED, device_option, handle_errors
+from epsl.errors import EpslError
 from epsl.norms import NORMS
 from epsl.study.config import PRESETS, load_preset, override
 from epsl.study.run import reproduce
@@ -83,6 +84,8 @@ def reproduce_command(preset: str, out: str, force: bool, norm: str | None, eps:
         --limit 10000 --labelled 1000 --device cuda --out runs/zoo-10k
     """
     study = load_preset(preset)
+    if labelled_seed is not None and labelled is None and study.audit.labelled is None:
+        raise EpslError("--labelled-seed draws the sample of --labelled N: give --labelled too")
     study = override(study, **{
         "norm": norm, "eps": eps, "limit": limit, "sample": sample,
         "sample_seed": sample_seed, "data_root": data_root,

@@ -157,7 +157,8 @@ def test_eps_cert_is_set_beside_the_floor(estimated: tuple[Path, CliRunner],
     out, _ = estimated
     result = CliRunner().invoke(main, ["estimate", str(digits_checkpoint), "--eps", "0.08",
                                        "--eps", "0.12", "--eps", "0.5", *FAST, "--certify",
-                                       "crown", "--out", str(out), "--overwrite"])
+                                       "crown", "--alpha", "0.2", "--out", str(out),
+                                       "--overwrite"])
     assert result.exit_code == 0, result.output
     assert "audit at" not in result.output and "eps_star" not in result.output
     table = pd.read_csv(out / "estimate.csv")
@@ -175,6 +176,8 @@ def test_eps_cert_is_set_beside_the_floor(estimated: tuple[Path, CliRunner],
     found = json.loads((out / "estimate.json").read_text())["certify"]
     assert found["images"] == int(correct.sum())
     assert found["certified"] == int((cert[correct] > 0).sum())
+    # alpha = 0.2: 14 labelled images are enough for a floor above 0 (at 0.05, too few)
+    assert not json.loads((out / "estimate.json").read_text())["floor"]["trivial"]
     assert found["floor_proven"] == int((rows["eps_floor"].to_numpy()[correct]
                                          <= cert[correct]).sum())
     assert f"eps_floor <= eps_cert on {found['floor_proven']}" in result.output

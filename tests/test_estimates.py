@@ -219,3 +219,32 @@ def test_the_stage_writes_nothing_without_an_audited_model(tmp_path: Path) -> No
     write_synthetic_run(out / "runs" / "natural", "natural", n=40, tables=("diagnostics",))
     assert not stage_estimates(load_preset("digits"), out, recompute=True)
     assert not (out / "estimates.csv").exists() and not (out / "estimates.md").exists()
+
+
+def test_a_pair_with_no_spread_is_refused_and_the_others_keep_ppi_pys_interval() -> None:
+    """Two models broken on every labelled image, and predicted so: their difference has no
+    interval (refused, with its value); every other pair is still one vector mean, equal to
+    ppi_py's on those pairs alone."""
+    ppi_py = pytest.importorskip("ppi_py")
+    from epsl.analysis.estimates import paired_estimates
+
+    rng = np.random.default_rng(0)
+    size = 200
+    labelled = np.zeros(size, dtype=bool)
+    labelled[rng.choice(size, 40, replace=False)] = True
+    truth = (rng.random(size) < 0.6).astype(float)
+    prediction = np.where(rng.random(size) < 0.85, truth, 1 - truth)
+    broken = pd.DataFrame({"robust": np.where(labelled, 0.0, np.nan),
+                           "prediction": np.zeros(size), "labelled": labelled})
+    robust = pd.DataFrame({"robust": np.where(labelled, truth, np.nan),
+                           "prediction": prediction, "labelled": labelled})
+    pairs = paired_estimates({"a": broken, "b": broken.copy(), "c": robust})
+    flat = pairs[(pairs["model"] == "b") & (pairs["against"] == "a")].iloc[0]
+    assert flat["refused"] and np.isnan(flat["low"]) and flat["estimate"] == 0
+    kept = pairs[pairs["refused"] == ""]
+    assert len(kept) == 2
+    y = np.column_stack([truth[labelled], truth[labelled]])
+    yhat = np.column_stack([prediction, prediction])
+    low, high = ppi_py.ppi_mean_ci(y, yhat[labelled], yhat[~labelled], alpha=0.05)
+    assert kept["low"].to_numpy() == pytest.approx(low, abs=1e-12)
+    assert kept["high"].to_numpy() == pytest.approx(high, abs=1e-12)

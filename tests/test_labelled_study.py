@@ -171,3 +171,41 @@ def test_bad_labelled_presets(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(EpslError, match=message.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[").replace("]", r"\]")):
         load_preset(str(path))
+
+
+def test_the_labelled_audit_transfers_from_the_source(study: tuple[Path, Path, str]) -> None:
+    """The sample's audit is the study's: lsq's transfers natural's adversarial examples,
+    natural's (the source itself) none."""
+    _, out, _ = study
+    found = {}
+    for name in ("natural", "lsq"):
+        record = json.loads((out / "runs" / name / "estimate" / "labelled" / "n12-seed0" /
+                             "audit-0.1" / "audit.json").read_text())
+        found[name] = record["provenance"]["source"]
+    assert found["natural"] is None
+    assert found["lsq"] is not None and "natural.safetensors" in json.dumps(found["lsq"])
+
+
+def test_switching_the_sample_off_leaves_no_estimate_of_it(study: tuple[Path, Path, str],
+                                                           tmp_path: Path) -> None:
+    """The same folder, then the same preset without ``labelled``: the full audit's section
+    replaces the sample's, whose estimates, pairs and headline are gone."""
+    import shutil
+
+    from epsl.results.records import holds
+
+    preset, out, _ = study
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    plain = tmp_path / "plain.toml"
+    plain.write_text(preset.read_text().replace("labelled = 12\n", "limit = 20\n"))
+    result = CliRunner().invoke(main, ["reproduce", "--preset", str(plain), "--out", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert not (copy / "estimate_pairs.csv").exists()
+    for name in ("natural", "lsq"):
+        assert not holds(copy / "runs" / name / "estimate", "estimate")
+        assert (copy / "runs" / name / "audit" / "audit.csv").is_file()
+    headline = (copy / "headline.md").read_text()
+    assert "The full audit ran on 12" not in headline
+    estimates = pd.read_csv(copy / "estimates.csv")
+    assert (estimates["draws"] == 1000).all() and (estimates["images"] == 20).all()

@@ -18,7 +18,14 @@ from matplotlib.ticker import PercentFormatter
 
 from epsl.errors import EpslError
 
-from ..estimates import DEFAULT_PREDICTOR, PREDICTOR_LABELS, STUDY_FRACTION, study_estimates, study_tables
+from ..estimates import (
+    DEFAULT_PREDICTOR,
+    PREDICTOR_LABELS,
+    STUDY_FRACTION,
+    predictor_label,
+    study_estimates,
+    study_tables,
+)
 from ..folders import Run
 from ..labelled import estimate_result, labelled_estimates
 from .base import axes_grid, eps_symbol, figure_legend, new_figure, runs_norm
@@ -86,6 +93,12 @@ def fig_estimates(runs: Sequence[Run], *, fraction: float = STUDY_FRACTION,
     at = (f"{eps_symbol('ε', runs_norm(runs))} = {epsilons[0]:g}" if len(epsilons) == 1
           else eps_symbol("each model's audit ε", runs_norm(runs)))
     lines = _LINES[1:] if sampled else _LINES  # no full audit in a labelled study
+    if sampled:  # the draw's own predictor and cheap attack
+        steps = frame["pgd_steps"].dropna()
+        label = predictor_label(str(frame["predictor"].iloc[0]),
+                                *(int(steps.iloc[0]),) if len(steps) else ())
+        lines = ((lines[0][0], *lines[0][1:4], f"PPI++: audit on the labelled images + {label} "
+                  "on all"), *lines[1:])
     ax.set_title(f"Robust accuracy at {at}: " + (
         "the full audit on a random sample, the predictor on all images" if sampled else
         f"the full audit against {fraction:.0%} of the images audited"), fontsize=10)

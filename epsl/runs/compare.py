@@ -206,23 +206,24 @@ class CompareConfig:
 
     def estimate_run(self, checkpoint: str) -> EstimateConfig:
         """The estimate of ``compare --labelled`` on ``checkpoint``: ``labelled_audit`` (else
-        the quick settings of :meth:`audit_config`, batched like the attacks) on the labelled
-        images, PGD-20 (CW) on all, seeded like the attacks."""
+        the quick settings of :meth:`audit_config`, batched like the attacks), transferred from
+        ``source`` (unless it is the checkpoint), on the labelled images; the comparison's own
+        white-box PGD-k (CW) on all (:meth:`cheap_attack`), whose rows it reads back."""
         assert self.labelled is not None
         audit = self.labelled_audit or dataclasses.replace(self.audit_config(),
                                                            batch_size=self.batch_size)
         return EstimateConfig(data=self.data.for_checkpoint(checkpoint), eps=(self.eps,),
                               labelled=self.labelled, labelled_seed=self.labelled_seed,
                               predictor=self.predictor, alpha=self.alpha, norm=self.norm,
-                              attack=CheapAttack(seed=self.seed), audit=audit,
-                              certify=self.labelled_certify)
+                              attack=self.cheap_attack(), audit=audit,
+                              certify=self.labelled_certify,
+                              source=None if self.source == checkpoint else self.source)
 
-    def cheap_is_pgd(self, attack: CheapAttack) -> bool:
-        """Whether ``attack`` is the comparison's own white-box PGD-k (CW), so that its rows
-        in the attack table are the cheap attack's outcome."""
-        return (attack.steps, attack.restarts, attack.step_size, attack.cw_confidence,
-                attack.seed) == (self.pgd_steps, self.restarts, self.step_size,
-                                 self.cw_confidence, self.seed)
+    def cheap_attack(self) -> CheapAttack:
+        """The comparison's white-box PGD-k with the CW loss, as the estimate's cheap attack."""
+        return CheapAttack(steps=self.pgd_steps, step_size=self.step_size,
+                           restarts=self.restarts, cw_confidence=self.cw_confidence,
+                           seed=self.seed)
 
     def audit_run(self, checkpoint: str) -> AuditRunConfig:
         """:meth:`audit_config` on ``checkpoint`` at ε, with the comparison's source."""
@@ -413,17 +414,20 @@ def _check_inputs(config: CompareConfig) -> tuple[list[Evaluation], torch.nn.Mod
     return evaluations, source_model
 
 
-def _cheap_from_table(folder: Path) -> CheapOutcome:
-    """The cheap attack's outcome at an ε from the attack table in ``folder`` (the
-    comparison's own PGD CW rows); None where the table has no row for every image there."""
+def _cheap_from_table(folder: Path, attack: CheapAttack, images: int) -> CheapOutcome:
+    """The cheap attack's outcome at an ε from the attack table in ``folder``: the
+    comparison's own white-box PGD CW rows of ``attack``'s steps and restarts (the table's
+    provenance holds its seed, κ and step size, which the comparison made ``attack``'s); None
+    where the table has no such row for each of the ``images``."""
     try:
         table = load(folder, "attack").table
     except EpslError:  # no attack table there: the cheap attack runs
         table = None
 
     def outcome(eps: float) -> pd.DataFrame | None:
-        found = None if table is None else attack_outcome(table, eps, exact=True)
-        if found is None or not np.array_equal(found["index"], np.arange(len(found))):
+        found = None if table is None else attack_outcome(
+            table, eps, attack.steps, exact=True, restarts=attack.restarts)
+        if found is None or not np.array_equal(found["index"], np.arange(images)):
             return None
         return found.drop(columns="index").reset_index(drop=True)
 
@@ -440,11 +444,10 @@ def _estimates(config: CompareConfig, evaluations: list[Evaluation], names: list
     for ev, name in zip(evaluations, names, strict=True):
         folder = out / name / "estimate"
         run = config.estimate_run(ev.checkpoint)
-        # ε_L from the comparison's diagnostics; PGD CW from its attack table when it is the
-        # cheap attack
-        cheap = _cheap_from_table(out / name / "attacks") if config.cheap_is_pgd(run.attack) \
-            else None
-        result = run_estimate(run, folder=folder, diagnostics=out / name, cheap=cheap,
+        # ε_L from the comparison's diagnostics, the cheap attack from its attack table
+        result = run_estimate(run, folder=folder, diagnostics=out / name,
+                              cheap=_cheap_from_table(out / name / "attacks", run.attack,
+                                                      len(ev.data)),
                               evaluation=ev, log=log, overwrite=overwrite)
         assert result.provenance is not None and result.table is not None
         check_replaceable(folder, "estimate", result.provenance, overwrite)
@@ -493,6 +496,9 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
     reused = {name: evaluate_model(ev, out / name, config, source_model=source_model, log=log,
                                    overwrite=overwrite)
               for ev, name in zip(evaluations, names, strict=True)}
+    if config.labelled is None:  # an earlier --labelled run's estimate is not this one's
+        for name in names:
+            clear(out / name / "estimate", "estimate")
     runs = load_runs([out / name for name in names])
     table = comparison_table(runs, eps=config.eps)
     if any(r is not None for r in config.reported):

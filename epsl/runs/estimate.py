@@ -97,6 +97,8 @@ class EstimateConfig:
         alpha: the floor's miss rate: ε* ≥ eps_floor with probability ≥ 1 − alpha.
         certify: also ε_cert (CROWN, ℓ∞ only) of the labelled images, beside the floor; None:
             not certified.
+        source: the checkpoint whose adversarial examples the audit transfers (its black-box
+            check, as ``epsl audit --source``); None: none.
     """
 
     data: DataConfig
@@ -109,6 +111,7 @@ class EstimateConfig:
     attack: CheapAttack = field(default_factory=CheapAttack)
     audit: AuditConfig = field(default_factory=AuditConfig)
     certify: CertifyOptions | None = None
+    source: str | None = None
 
     def __post_init__(self) -> None:
         norm = parse_norm(self.norm)
@@ -132,6 +135,8 @@ class EstimateConfig:
         object.__setattr__(self, "audit", dataclasses.replace(
             self.audit, eps_star=ensemble_in(self.audit.eps_star, norm)))
         if self.certify is not None:
+            if not isinstance(self.certify, CertifyOptions):
+                raise EpslError(f"certify must be CertifyOptions or None (got {self.certify!r})")
             if norm.value != "linf":
                 raise EpslError(f"certify bounds the l_inf ball only (got norm {norm.value})")
             if self.audit.eps_star is None:
@@ -140,11 +145,12 @@ class EstimateConfig:
 
     def reuse_settings(self) -> dict[str, Any]:
         certify = {} if self.certify is None else {"certify": self.certify.settings()}
+        source = {} if self.source is None else {"source": self.source}
         return {"eps": list(self.eps), "labelled": self.labelled,
                 "labelled_seed": self.labelled_seed, "predictor": self.predictor,
                 "alpha": self.alpha, "norm": self.norm,
                 "attack": dataclasses.asdict(self.attack), "audit": self.audit.reuse_settings(),
-                **certify}
+                **certify, **source}
 
 
 def labelled_rows(images: int, labelled: int, seed: int) -> np.ndarray:
@@ -202,7 +208,8 @@ def _labelled_truth(ev: Evaluation, rows: np.ndarray, diagnostics: pd.DataFrame,
             points = EpsStarResult.load(drawn / "eps_star")
     truth = {}
     for eps in config.eps:
-        run = AuditRunConfig(data=config.data, eps=eps, audit=config.audit, norm=config.norm)
+        run = AuditRunConfig(data=config.data, eps=eps, audit=config.audit, norm=config.norm,
+                             source=config.source)
         folder = drawn / f"audit-{eps!r}"
         ensure_audit(run, folder, sample, points=lambda: points, log=log, overwrite=overwrite)
         truth[eps] = read_table(folder / "audit.csv")["robust"].to_numpy(dtype=float)
@@ -233,10 +240,11 @@ def _rows(diagnostics: pd.DataFrame, eps: float, pgd_outcome: pd.DataFrame, mask
     return table
 
 
-def _beside_floor(table: pd.DataFrame, truth: LabelledTruth) -> dict[str, Any]:
+def _beside_floor(table: pd.DataFrame, truth: LabelledTruth, trivial: bool) -> dict[str, Any]:
     """ε_cert beside the floor on the labelled, correctly classified images: how many, on how
     many the certificate is above 0, and on how many it proves the floor (eps_floor ≤
-    ε_cert), with the median ratio eps_floor / ε_cert where ε_cert > 0."""
+    ε_cert), with the median ratio eps_floor / ε_cert where ε_cert > 0 (None for both where
+    the floor is ``trivial``: 0, too few images for one)."""
     assert truth.eps_cert is not None and truth.certified is not None
     labelled = table[table["labelled"]]
     correct = labelled["eps_l"].to_numpy() > 0
@@ -245,10 +253,11 @@ def _beside_floor(table: pd.DataFrame, truth: LabelledTruth) -> dict[str, Any]:
     positive = cert > 0
     ratio = floor_values[positive] / cert[positive]
     return {"images": int(correct.sum()), "certified": int(positive.sum()),
-            "floor_proven": int(np.sum(floor_values <= cert)),
-            "median_floor_over_cert": float(np.median(ratio)) if len(ratio) else None,
-            "card": truth.certified.get("card"), "method": truth.certified.get(
-                "settings", {}).get("certify", {}).get("method")}
+            "floor_proven": None if trivial else int(np.sum(floor_values <= cert)),
+            "median_floor_over_cert": float(np.median(ratio)) if len(ratio) and not trivial
+            else None,
+            "median_eps_cert": float(np.median(cert)) if len(cert) else None,
+            "method": truth.certified.get("settings", {}).get("certify", {}).get("method")}
 
 
 def _interval(found: Estimate) -> dict[str, Any]:
@@ -328,7 +337,8 @@ def run_estimate(config: EstimateConfig, *, folder: Path | str | None = None,
                "norm": config.norm, "eps": list(config.eps), "results": results,
                "floor": None if conformal is None else dataclasses.asdict(conformal),
                **({} if truth.eps_cert is None else
-                  {"certify": _beside_floor(tables[0], truth)}),
+                  {"certify": _beside_floor(tables[0], truth, conformal is None
+                                            or conformal.trivial)}),
                "config": dataclasses.asdict(config)}
     return Result("estimate", summary, provenance(ev, config.reuse_settings()),
                   pd.concat(tables, ignore_index=True))
@@ -387,9 +397,11 @@ def summary_lines(summary: dict[str, Any]) -> Sequence[str]:
     if summary.get("certify"):
         c = summary["certify"]
         ratio = c["median_floor_over_cert"]
+        proven = ("no floor to prove" if c["floor_proven"] is None
+                  else f"eps_floor <= eps_cert on {c['floor_proven']}")
         lines.append(f"beside eps_cert ({c['method'] or 'crown'}, proven): on the "
                      f"{c['images']} audited, correctly classified images, eps_cert > 0 on "
-                     f"{c['certified']} and eps_floor <= eps_cert on {c['floor_proven']}"
+                     f"{c['certified']}; {proven}"
                      + ("" if ratio is None else
                         f"; median eps_floor / eps_cert {ratio:.2f}"))
     return lines

@@ -400,7 +400,10 @@ def _results_key(preset: Preset) -> dict[str, Any]:
     # the weights' folder neither: every result is keyed on the weights' own content hash
     for key in ("models", "description", "eps_star", "threat_models", "certify", "model_dir"):
         d.pop(key, None)
-    d["audit"].pop("enabled", None)
+    # which examples the audit runs on is in each audit's, estimate's and comparison's own
+    # provenance (the first [audit] limit, or the labelled draw)
+    for key in ("enabled", "limit", "labelled", "labelled_seed", "predictor", "alpha"):
+        d["audit"].pop(key, None)
     d["attacks"].pop("transfer_from", None)
     d["attacks"].pop("sweep_model", None)
     return d

@@ -141,10 +141,14 @@ def _copy_products(runs: Path, folder: Path) -> None:
     with on_disk() as writer:
         if writer:
             for name in PRODUCTS:
-                # paired.csv only when there is a pair to test; the study writes its own
-                # estimates table (stage_estimates)
-                if name != ESTIMATES_FILE and (runs / name).is_file():
+                # the study writes its own estimates table (stage_estimates); paired.csv and
+                # estimate_pairs.csv only when the comparison wrote them, never an earlier one's
+                if name == ESTIMATES_FILE:
+                    continue
+                if (runs / name).is_file():
                     shutil.copyfile(runs / name, folder / name)
+                else:
+                    (folder / name).unlink(missing_ok=True)
             if (folder / "figures").exists():
                 shutil.rmtree(folder / "figures")
             shutil.copytree(runs / "figures", folder / "figures")
@@ -208,20 +212,26 @@ def stage_estimates(preset: Preset, out: Path, recompute: bool) -> bool:
     ``estimates.csv`` is missing; nothing is written without the audit or such a model.
     Returns whether it was computed."""
     path = out / ESTIMATES_FILE
-    if not preset.audit.enabled or (not recompute and path.exists()):
+    if not recompute and path.exists():
         return False
-    runs = _study_runs(preset, out)
-    pairs = None
-    if labelled_settings(preset):
-        frame = labelled_estimates(runs)
-        pairs = _pairs(out)
-    else:
-        frame = study_estimates(runs)
+    labelled = bool(labelled_settings(preset))
+    runs = _study_runs(preset, out) if preset.audit.enabled else []
+    frame = labelled_estimates(runs) if labelled else study_estimates(runs)
+    # an earlier study's section never stays beside this one's tables
+    _remove(out, [] if not frame.empty else [ESTIMATES_FILE, "estimates.md"])
     if frame.empty:
         return False
     write_table(frame, path)
+    pairs = _pairs(out) if labelled else None
     write_text(out / "estimates.md", estimates_section(frame, pairs).lstrip("\n"))
     return True
+
+
+def _remove(out: Path, names: list[str]) -> None:
+    """The files ``names`` of ``out`` removed (by the writing rank)."""
+    with on_disk() as writer:
+        for name in names if writer else ():
+            (out / name).unlink(missing_ok=True)
 
 
 def _pairs(out: Path) -> Any:

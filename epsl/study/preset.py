@@ -127,6 +127,10 @@ class AuditSettings:
         if not 0 < self.alpha < 1:
             raise EpslError(f"{self.SECTION}alpha must be in (0, 1) (got {self.alpha})")
         if self.labelled is not None:
+            if not self.enabled:
+                raise EpslError(f"{self.SECTION}labelled = {self.labelled} audits a random "
+                                "sample, but the audit is off (enabled = false, --no-audit): "
+                                "switch it on or drop labelled")
             least = 3 if self.predictor == "combined" else 2
             if self.labelled < least:
                 raise EpslError(f"{self.SECTION}labelled must be at least {least} (got "

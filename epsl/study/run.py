@@ -46,6 +46,7 @@ from epsl.models.checkpoint import read_metadata, weights_file
 from epsl.results.files import check_out_dir, check_writable, on_disk, safe_name
 from epsl.study.config import check_same_preset
 from epsl.study.grid import (
+    ESTIMATES_FILE,
     STAGE_FILE,
     stage_compare,
     stage_estimates,
@@ -190,7 +191,8 @@ def _remove_results(out: Path, force: bool) -> None:
     """With ``force``, the checkpoints, runs, figures and stage record of an earlier study in
     ``out`` removed (by the writing rank), so that every stage is computed again."""
     with on_disk() as writer:
-        for child in ("models", "runs", "figures", STAGE_FILE) if force and writer else ():
+        for child in ("models", "runs", "figures", STAGE_FILE, ESTIMATES_FILE, "estimates.md",
+                      "headline.md") if force and writer else ():
             target = out / child
             if target.is_dir():
                 shutil.rmtree(target)
