@@ -208,9 +208,12 @@ def stage_estimates(preset: Preset, out: Path, recompute: bool) -> bool:
     """Robust accuracy at ε_L's cost, from the full tables on disk (no attack is run):
     :func:`~epsl.analysis.estimates.study_estimates` of the main norm's models with the
     audit, the diagnostics and PGD CW on every image, seeded, so the same tables give the same
-    ``estimates.csv`` and ``estimates.md``. Computed again with ``recompute`` or when
-    ``estimates.csv`` is missing; nothing is written without the audit or such a model.
-    Returns whether it was computed."""
+    ``estimates.csv`` and ``estimates.md``. A study that audits a random sample (``[audit]
+    labelled``) instead reads each model's estimate from ``runs/<name>/estimate/``
+    (:func:`~epsl.analysis.labelled.labelled_estimates`) and the pairs from
+    ``estimate_pairs.csv``. Computed again with ``recompute`` or when ``estimates.csv`` is
+    missing; without the audit or such a model, nothing is written and an earlier section is
+    removed. Returns whether it was computed."""
     path = out / ESTIMATES_FILE
     if not recompute and path.exists():
         return False
