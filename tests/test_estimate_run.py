@@ -181,3 +181,20 @@ def test_eps_cert_is_set_beside_the_floor(estimated: tuple[Path, CliRunner],
     assert found["floor_proven"] == int((rows["eps_floor"].to_numpy()[correct]
                                          <= cert[correct]).sum())
     assert f"eps_floor <= eps_cert on {found['floor_proven']}" in result.output
+
+
+def test_under_torchrun_the_estimate_needs_a_shared_folder(digits_checkpoint: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each process's temporary folder is its own, so without ``folder=`` the other ranks
+    would read results only the writing rank saved: refused in one line, before any work."""
+    import epsl.runs.estimate as estimate_module
+    from epsl.distributed import World
+    from epsl.errors import EpslError
+    from epsl.runs.context import DataConfig
+    from epsl.runs.estimate import EstimateConfig, run_estimate
+
+    monkeypatch.setattr(estimate_module, "world", lambda: World(rank=1, size=2))
+    config = EstimateConfig(data=DataConfig(checkpoint=str(digits_checkpoint), limit=20),
+                            eps=(0.1,), labelled=5)
+    with pytest.raises(EpslError, match="under torchrun, give run_estimate a folder="):
+        run_estimate(config)

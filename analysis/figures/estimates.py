@@ -58,7 +58,8 @@ def fig_estimates(runs: Sequence[Run], *, fraction: float = STUDY_FRACTION,
     images (seeded by ``seed``; the first draw of :func:`~epsl.analysis.estimates.
     study_estimates`) and the default predictor on all (blue), the classical interval on
     those images alone (grey) and Eq. 4's predicted accuracy, the share with ε_L > ε (orange
-    diamond). A row whose labelled sample has no spread shows no PPI or classical interval.
+    diamond). A row whose labelled sample has no spread shows no PPI or classical interval (a
+    labelled study's: no PPI interval, and the labelled images' exact one in grey).
     Runs that hold an ``estimate`` result (a study with ``[audit] labelled``, ``compare
     --labelled``) show their own labelled draw instead, with no full audit to set beside it."""
     frame = labelled_estimates(runs)  # a labelled study's or compare --labelled's own draw
@@ -78,9 +79,11 @@ def fig_estimates(runs: Sequence[Run], *, fraction: float = STUDY_FRACTION,
             _interval(ax, row, column, y + offset, color, marker)
         ax.plot([row["eq4_predicted"]], [y], marker="D", color=_EQ4_COLOR, markersize=7,
                 linestyle="", zorder=4, gid="eq4_predicted")
-        if math.isnan(float(row["ppi"])):
-            ax.text(0.99, y, "no spread in the labelled sample", transform=ax.get_yaxis_transform(),
-                    ha="right", va="center", fontsize=8, color="dimgray")
+        if math.isnan(float(row["ppi"])):  # a labelled study's row shows the exact interval
+            note = ("no spread: the labelled images' exact interval" if sampled else
+                    "no spread in the labelled sample")
+            ax.text(0.99, y + 0.25, note, transform=ax.get_yaxis_transform(), ha="right",
+                    va="center", fontsize=8, color="dimgray")
     ax.set_yticks(range(count))
     ax.set_yticklabels([f"{labels.get(m, m)}\n(n = {n} of {N})" for m, n, N in zip(
         frame["model"][::-1], frame["labelled"][::-1], frame["images"][::-1], strict=True)],

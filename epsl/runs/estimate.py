@@ -48,6 +48,7 @@ from epsl.attacks.projected_gradient import pgd
 from epsl.attacks.threat import default_step_size
 from epsl.certify.radius import CertifyOptions
 from epsl.data import sample_indices
+from epsl.distributed import world
 from epsl.errors import EpslError, check_seed
 from epsl.norms import check_radius, parse_norm
 from epsl.results.files import read_json, read_table
@@ -301,6 +302,10 @@ def run_estimate(config: EstimateConfig, *, folder: Path | str | None = None,
     prediction-powered interval: its entry says why (``refused``) and gives the audited images'
     exact interval."""
     check_dependencies(config.audit)
+    if folder is None and world().distributed:  # each rank's temporary folder is its own
+        raise EpslError("under torchrun, give run_estimate a folder= that every process "
+                        "shares: the writing process saves the results there, the others read "
+                        "them back")
     ev = evaluation or config.data.prepare()
     check_radius(config.norm, config.eps, dim=ev.data.x[0].numel())
     rows = labelled_rows(len(ev.data), config.labelled, config.labelled_seed)
