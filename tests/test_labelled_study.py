@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from epsl.cli.main import main
 from epsl.data import sample_indices
 from epsl.study.config import load_preset, override, preset_from_dict
+from tests.files import run_study
 
 LABELLED = """
 name = "tiny-labelled"
@@ -61,13 +62,7 @@ noise_sigma = 0.3
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    root = tmp_path_factory.mktemp("labelled")
-    preset = root / "labelled.toml"
-    preset.write_text(LABELLED)
-    out = root / "out"
-    result = CliRunner().invoke(main, ["reproduce", "--preset", str(preset), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return preset, out, result.output
+    return run_study(tmp_path_factory.mktemp("labelled"), LABELLED, "labelled")
 
 
 def test_the_sample_is_audited_and_every_image_estimated(study: tuple[Path, Path, str]) -> None:

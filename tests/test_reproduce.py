@@ -14,7 +14,7 @@ from epsl.cli.main import main
 from epsl.errors import EpslError
 from epsl.models.checkpoint import read_metadata
 from epsl.study.config import PRESETS, load_preset, override
-from tests.files import snapshot
+from tests.files import run_study, snapshot
 
 TINY = """
 name = "tiny"
@@ -76,13 +76,7 @@ noise_sigma = 0.3
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    root = tmp_path_factory.mktemp("study")
-    preset = root / "tiny.toml"
-    preset.write_text(TINY)
-    out = root / "out"
-    result = CliRunner().invoke(main, ["reproduce", "--preset", str(preset), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return preset, out, result.output
+    return run_study(tmp_path_factory.mktemp("study"), TINY, "tiny")
 
 
 def test_every_stage_writes_its_outputs(study: tuple[Path, Path, str]) -> None:

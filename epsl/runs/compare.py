@@ -31,11 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
-from epsl.analysis.estimates import DEFAULT_PREDICTOR, attack_outcome, paired_estimates
+from epsl.analysis.estimates import DEFAULT_PREDICTOR
 from epsl.analysis.figures import render_all
 from epsl.analysis.folders import Run, load_runs
 from epsl.analysis.paired import paired_tests
@@ -48,7 +47,7 @@ from epsl.certify.radius import CertifyOptions
 from epsl.errors import EpslError, check_seed
 from epsl.models import sources
 from epsl.norms import check_radius, parse_norm
-from epsl.results.files import check_out_dir, safe_name, write_table
+from epsl.results.files import check_out_dir, safe_name
 from epsl.results.records import (
     Result,
     article,
@@ -65,7 +64,7 @@ from epsl.runs.audit import AuditRunConfig, ensure_audit
 from epsl.runs.context import DataConfig, Evaluation, load_source, provenance
 from epsl.runs.diagnose import ensure_diagnostics
 from epsl.runs.eps_star import ensure_eps_star
-from epsl.runs.estimate import CheapAttack, CheapOutcome, EstimateConfig, run_estimate
+from epsl.runs.estimate import CheapAttack, EstimateConfig, estimate_models
 from epsl.version import __version__
 
 PRODUCTS = kind("comparison").files()
@@ -414,65 +413,6 @@ def _check_inputs(config: CompareConfig) -> tuple[list[Evaluation], torch.nn.Mod
     return evaluations, source_model
 
 
-def _cheap_from_table(folder: Path, attack: CheapAttack, images: int) -> CheapOutcome:
-    """The cheap attack's outcome at an ε from the attack table in ``folder``: the
-    comparison's own white-box PGD CW rows of ``attack``'s steps and restarts (the table's
-    provenance holds its seed, κ and step size, which the comparison made ``attack``'s); None
-    where the table has no such row for each of the ``images``."""
-    try:
-        table = load(folder, "attack").table
-    except EpslError:  # no attack table there: the cheap attack runs
-        table = None
-
-    def outcome(eps: float) -> pd.DataFrame | None:
-        found = None if table is None else attack_outcome(
-            table, eps, attack.steps, exact=True, restarts=attack.restarts)
-        if found is None or not np.array_equal(found["index"], np.arange(images)):
-            return None
-        return found.drop(columns="index").reset_index(drop=True)
-
-    return outcome
-
-
-def _estimates(config: CompareConfig, evaluations: list[Evaluation], names: list[str],
-               out: Path, log: Log | None, overwrite: bool
-               ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``compare --labelled``: each model's estimate (saved in ``out/<name>/estimate/``) and
-    every pair's difference, from the same labelled images; written to ``estimates.csv`` and
-    ``estimate_pairs.csv``."""
-    tables, rows = {}, []
-    for ev, name in zip(evaluations, names, strict=True):
-        folder = out / name / "estimate"
-        run = config.estimate_run(ev.checkpoint)
-        # ε_L from the comparison's diagnostics, the cheap attack from its attack table
-        result = run_estimate(run, folder=folder, diagnostics=out / name,
-                              cheap=_cheap_from_table(out / name / "attacks", run.attack,
-                                                      len(ev.data)),
-                              evaluation=ev, log=log, overwrite=overwrite)
-        assert result.provenance is not None and result.table is not None
-        check_replaceable(folder, "estimate", result.provenance, overwrite)
-        result.save(folder, overwrite=True)
-        tables[name] = result.table
-        found = result.summary["results"][repr(float(config.eps))]
-        rows.append({"model": name, "estimate": found["robust_accuracy"]["estimate"],
-                     "low": found["robust_accuracy"]["interval"][0],
-                     "high": found["robust_accuracy"]["interval"][1],
-                     "classical_low": found["classical"]["interval"][0],
-                     "classical_high": found["classical"]["interval"][1],
-                     "effective_labelled": found["effective_labelled"],
-                     "refused": found.get("refused")})
-    per_model = pd.DataFrame(rows)
-    try:
-        pairs = paired_estimates(tables)
-    except EpslError as refused:  # e.g. two models alike on every audited image
-        if log is not None:
-            log(f"no paired estimates: {refused}")
-        pairs = paired_estimates({})
-    write_table(per_model, out / "estimates.csv")
-    write_table(pairs, out / "estimate_pairs.csv")
-    return per_model, pairs
-
-
 def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
             log: Log | None = None) -> CompareResult:
     """Evaluate every checkpoint of ``config`` and write the comparison and report to ``out``.
@@ -506,8 +446,9 @@ def compare(config: CompareConfig, out: Path | str, *, overwrite: bool = False,
                                       zip(names, config.reported, strict=True) if r is not None})
     paired = paired_tests(runs, eps=config.eps)
     write_comparison(out, table, paired=paired)
-    estimates = None if config.labelled is None else _estimates(
-        config, evaluations, names, out, log, overwrite)
+    estimates = None if config.labelled is None else estimate_models(
+        [(name, ev, config.estimate_run(ev.checkpoint))
+         for ev, name in zip(evaluations, names, strict=True)], out, log=log, overwrite=overwrite)
     entries: list[dict[str, Any]] = []
     if config.figures:
         entries = [{**e, "png": f"figures/{e['png']}", "svg": f"figures/{e['svg']}"}

@@ -37,9 +37,11 @@ from epsl.analysis.estimates import (
     CHEAP_PGD_STEPS,
     DEFAULT_PREDICTOR,
     Estimate,
+    attack_outcome,
     check_predictor,
     estimate,
     floor,
+    paired_estimates,
     plain_prediction,
 )
 from epsl.attacks.audit import AuditConfig, check_dependencies, ensemble_in
@@ -51,8 +53,8 @@ from epsl.data import sample_indices
 from epsl.distributed import world
 from epsl.errors import EpslError, check_seed
 from epsl.norms import check_radius, parse_norm
-from epsl.results.files import read_json, read_table
-from epsl.results.records import Result
+from epsl.results.files import read_json, read_table, write_table
+from epsl.results.records import Result, check_replaceable, load
 from epsl.runs.audit import AuditRunConfig, ensure_audit
 from epsl.runs.certify import CertifyConfig, ensure_certify
 from epsl.runs.context import DataConfig, Evaluation, provenance
@@ -365,6 +367,65 @@ def _estimate_at(table: pd.DataFrame, mask: np.ndarray, eps: float, truth: np.nd
     return {**_interval(found), **shares}
 
 
+def cheap_from_table(folder: Path, attack: CheapAttack, images: int) -> CheapOutcome:
+    """The cheap attack's outcome at an ε from the attack table in ``folder``: the
+    comparison's own white-box PGD CW rows of ``attack``'s steps and restarts (the table's
+    provenance holds its seed, κ and step size, which the comparison made ``attack``'s); None
+    where the table has no such row for each of the ``images``."""
+    try:
+        table = load(folder, "attack").table
+    except EpslError:  # no attack table there: the cheap attack runs
+        table = None
+
+    def outcome(eps: float) -> pd.DataFrame | None:
+        found = None if table is None else attack_outcome(
+            table, eps, attack.steps, exact=True, restarts=attack.restarts)
+        if found is None or not np.array_equal(found["index"], np.arange(images)):
+            return None
+        return found.drop(columns="index").reset_index(drop=True)
+
+    return outcome
+
+
+def estimate_models(runs: Sequence[tuple[str, Evaluation, EstimateConfig]], out: Path, *,
+                    log: Log | None, overwrite: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``compare --labelled``: each model's estimate at its first ε (``runs``: its name in
+    ``out``, its examples prepared and its config, the same labelled draw for all), saved in
+    ``out/<name>/estimate/``, and every pair's difference from the same labelled images;
+    written to ``estimates.csv`` and ``estimate_pairs.csv``. ε_L comes from
+    ``out/<name>``'s diagnostics and the cheap attack from its attack table
+    (:func:`cheap_from_table`) where the comparison wrote them."""
+    tables, rows = {}, []
+    for name, ev, run in runs:
+        folder = out / name / "estimate"
+        result = run_estimate(run, folder=folder, diagnostics=out / name,
+                              cheap=cheap_from_table(out / name / "attacks", run.attack,
+                                                     len(ev.data)),
+                              evaluation=ev, log=log, overwrite=overwrite)
+        assert result.provenance is not None and result.table is not None
+        check_replaceable(folder, "estimate", result.provenance, overwrite)
+        result.save(folder, overwrite=True)
+        tables[name] = result.table
+        found = result.summary["results"][repr(run.eps[0])]
+        rows.append({"model": name, "estimate": found["robust_accuracy"]["estimate"],
+                     "low": found["robust_accuracy"]["interval"][0],
+                     "high": found["robust_accuracy"]["interval"][1],
+                     "classical_low": found["classical"]["interval"][0],
+                     "classical_high": found["classical"]["interval"][1],
+                     "effective_labelled": found["effective_labelled"],
+                     "refused": found.get("refused")})
+    per_model = pd.DataFrame(rows)
+    try:
+        pairs = paired_estimates(tables)
+    except EpslError as refused:  # e.g. two models alike on every audited image
+        if log is not None:
+            log(f"no paired estimates: {refused}")
+        pairs = paired_estimates({})
+    write_table(per_model, out / "estimates.csv")
+    write_table(pairs, out / "estimate_pairs.csv")
+    return per_model, pairs
+
+
 def _clipped(low: float, high: float) -> tuple[float, float]:
     return max(low, 0.0), min(high, 1.0)
 
@@ -413,4 +474,5 @@ def summary_lines(summary: dict[str, Any]) -> Sequence[str]:
 
 
 __all__ = ["CheapAttack", "CheapOutcome", "EstimateConfig", "LabelledTruth", "cheap_attack",
-           "labelled_rows", "run_estimate", "summary_lines"]
+           "cheap_from_table", "estimate_models", "labelled_rows", "run_estimate",
+           "summary_lines"]
