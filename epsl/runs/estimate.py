@@ -179,13 +179,12 @@ def cheap_attack(ev: Evaluation, eps: float, config: EstimateConfig) -> pd.DataF
 @dataclass(frozen=True)
 class LabelledTruth:
     """What the expensive methods found on the labelled images, in the order of their rows:
-    the full audit's ``robust`` per ε; ε* (None without the ensemble); ε_cert and the
-    certify record's summary (None without ``certify``)."""
+    the full audit's ``robust`` per ε; ε* (None without the ensemble); ε_cert (None without
+    ``certify``)."""
 
     robust: dict[float, np.ndarray]
     eps_star: np.ndarray | None = None
     eps_cert: np.ndarray | None = None
-    certified: dict[str, Any] | None = None
 
 
 def _labelled_truth(ev: Evaluation, rows: np.ndarray, diagnostics: pd.DataFrame,
@@ -221,11 +220,10 @@ def _labelled_truth(ev: Evaluation, rows: np.ndarray, diagnostics: pd.DataFrame,
     certify = CertifyConfig(data=config.data, options=config.certify, eps_star=ensemble,
                             eps=config.eps)
     seconds = read_json(drawn / "eps_star" / "eps_star.json").get("seconds", {})
-    found, _ = ensure_certify(sample, drawn / "certify", certify,
-                              eps_l=part["eps_l"].to_numpy(dtype=float), eps_star=star,
-                              eps_star_seconds=float(sum(seconds.values())), log=log)
+    ensure_certify(sample, drawn / "certify", certify, eps_l=part["eps_l"].to_numpy(dtype=float),
+                   eps_star=star, eps_star_seconds=float(sum(seconds.values())), log=log)
     cert = read_table(drawn / "certify" / "certify.csv")["eps_cert"].to_numpy(dtype=float)
-    return LabelledTruth(truth, star, cert, dict(found.summary))
+    return LabelledTruth(truth, star, cert)
 
 
 def _rows(diagnostics: pd.DataFrame, eps: float, pgd_outcome: pd.DataFrame, mask: np.ndarray,
@@ -243,12 +241,13 @@ def _rows(diagnostics: pd.DataFrame, eps: float, pgd_outcome: pd.DataFrame, mask
     return table
 
 
-def _beside_floor(table: pd.DataFrame, truth: LabelledTruth, trivial: bool) -> dict[str, Any]:
+def _beside_floor(table: pd.DataFrame, truth: LabelledTruth, trivial: bool, method: str
+                  ) -> dict[str, Any]:
     """ε_cert beside the floor on the labelled, correctly classified images: how many, on how
     many the certificate is above 0, and on how many it proves the floor (eps_floor ≤
     ε_cert), with the median ratio eps_floor / ε_cert where ε_cert > 0 (None for both where
     the floor is ``trivial``: 0, too few images for one)."""
-    assert truth.eps_cert is not None and truth.certified is not None
+    assert truth.eps_cert is not None
     labelled = table[table["labelled"]]
     correct = labelled["eps_l"].to_numpy() > 0
     cert = truth.eps_cert[correct]
@@ -260,7 +259,7 @@ def _beside_floor(table: pd.DataFrame, truth: LabelledTruth, trivial: bool) -> d
             "median_floor_over_cert": float(np.median(ratio)) if len(ratio) and not trivial
             else None,
             "median_eps_cert": float(np.median(cert)) if len(cert) else None,
-            "method": truth.certified.get("settings", {}).get("certify", {}).get("method")}
+            "method": method}
 
 
 def _interval(found: Estimate) -> dict[str, Any]:
@@ -345,7 +344,8 @@ def run_estimate(config: EstimateConfig, *, folder: Path | str | None = None,
                "floor": None if conformal is None else dataclasses.asdict(conformal),
                **({} if truth.eps_cert is None else
                   {"certify": _beside_floor(tables[0], truth, conformal is None
-                                            or conformal.trivial)}),
+                                            or conformal.trivial,
+                                            config.certify.method if config.certify else "")}),
                "config": dataclasses.asdict(config)}
     return Result("estimate", summary, provenance(ev, config.reuse_settings()),
                   pd.concat(tables, ignore_index=True))
